@@ -1,0 +1,193 @@
+"""Throughput of a TLS connection through the gateway's public port vs direct.
+
+Usage: python bench/proxy_throughput.py [--mb 200] [--runs 3] [--impl transport|sockets]
+
+Three processes, as in production: a TLS sink/source server (stands in for a
+scheduler), the Proxy (stands in for the gateway), and this client. Each run
+pushes N MB client->server, then pulls N MB server->client, over one TLS
+connection whose SNI is "daskgateway-bench". Prints MB/s (median of runs) for
+direct and proxied connections, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+CHUNK = 1024 * 1024
+
+
+def make_cert(directory: str) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+def recv_exact(conn: ssl.SSLSocket, nbytes: int, buf: bytearray) -> None:
+    view = memoryview(buf)
+    while nbytes:
+        n = conn.recv_into(view, min(len(buf), nbytes))
+        if not n:
+            raise ConnectionError("early EOF")
+        nbytes -= n
+
+
+def server_main(cert: str, key: str, port_q: mp.Queue) -> None:
+    """Blocking TLS server: 'U'+size -> read size bytes, reply 'k'; 'D'+size -> send size."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port_q.put(lsock.getsockname()[1])
+
+    def serve(raw: socket.socket) -> None:
+        buf = bytearray(CHUNK)
+        payload = os.urandom(CHUNK)
+        with ctx.wrap_socket(raw, server_side=True) as conn:
+            while True:
+                head = conn.recv(9)
+                if not head:
+                    return
+                op, size = head[:1], int.from_bytes(head[1:9], "big")
+                if op == b"U":
+                    recv_exact(conn, size, buf)
+                    conn.sendall(b"k")
+                else:
+                    while size:
+                        n = min(size, CHUNK)
+                        conn.sendall(payload[:n])
+                        size -= n
+
+    while True:
+        raw, _ = lsock.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=serve, args=(raw,), daemon=True).start()
+
+
+def proxy_main(target_port: int, impl: str, port_q: mp.Queue) -> None:
+    from tornado import web
+
+    from dask_gateway_server.proxy import Proxy
+
+    async def run() -> None:
+        Proxy._splice_impl = impl
+        proxy = Proxy(address="127.0.0.1:0")
+        await proxy.start(web.Application([]))
+        proxy.add_route("bench", f"tls://127.0.0.1:{target_port}", None)
+        port_q.put(proxy.http_port)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+def one_run(port: int, cert: str, size: int) -> tuple[float, float]:
+    """Return (upload MB/s, download MB/s) for one connection."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cert)
+    ctx.check_hostname = False
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with ctx.wrap_socket(raw, server_hostname="daskgateway-bench") as conn:
+        payload = os.urandom(CHUNK)
+        buf = bytearray(CHUNK)
+        t0 = time.perf_counter()
+        conn.sendall(b"U" + size.to_bytes(8, "big"))
+        left = size
+        while left:
+            n = min(left, CHUNK)
+            conn.sendall(payload[:n])
+            left -= n
+        assert conn.recv(1) == b"k"
+        t1 = time.perf_counter()
+        conn.sendall(b"D" + size.to_bytes(8, "big"))
+        recv_exact(conn, size, buf)
+        t2 = time.perf_counter()
+    mb = size / 1e6
+    return mb / (t1 - t0), mb / (t2 - t1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--impl", default="transport", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    size = args.mb * 1024 * 1024
+
+    tmp = tempfile.mkdtemp()
+    cert, key = make_cert(tmp)
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()
+    server = ctx.Process(target=server_main, args=(cert, key, q), daemon=True)
+    server.start()
+    server_port = q.get(timeout=30)
+    proxy = ctx.Process(target=proxy_main, args=(server_port, args.impl, q), daemon=True)
+    proxy.start()
+    proxy_port = q.get(timeout=30)
+
+    one_run(server_port, cert, CHUNK)  # warm up both paths
+    one_run(proxy_port, cert, CHUNK)
+    results: dict[str, list[tuple[float, float]]] = {"direct": [], "proxied": []}
+    for _ in range(args.runs):  # interleave so machine noise hits both alike
+        results["direct"].append(one_run(server_port, cert, size))
+        results["proxied"].append(one_run(proxy_port, cert, size))
+
+    medians = {}
+    for name, runs in results.items():
+        up = statistics.median(r[0] for r in runs)
+        down = statistics.median(r[1] for r in runs)
+        both = statistics.median(2 / (1 / r[0] + 1 / r[1]) for r in runs)
+        medians[name] = (up, down, both)
+        print(
+            f"{name:8s} upload {up:8.1f} MB/s   download {down:8.1f} MB/s   "
+            f"combined {both:8.1f} MB/s   (median of {len(runs)}, {args.mb} MiB each way)"
+        )
+    d, p = medians["direct"], medians["proxied"]
+    print(
+        f"ratio    upload {p[0] / d[0]:8.1%}        download {p[1] / d[1]:8.1%}        "
+        f"combined {p[2] / d[2]:8.1%}"
+    )
+    proxy.terminate()
+    server.terminate()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

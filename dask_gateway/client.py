@@ -1,0 +1,832 @@
+"""The user-facing client: ``Gateway`` (the REST API) and ``GatewayCluster``.
+
+Every public method works in two modes. In the default synchronous mode the
+coroutines run on a background event-loop thread and the methods block; with
+``asynchronous=True`` they return awaitables for use inside the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import ssl
+import tempfile
+import warnings
+import weakref
+from collections.abc import Awaitable, Iterable
+from datetime import datetime
+from enum import IntEnum
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+import dask.config
+from distributed.comm.core import CommClosedError
+from distributed.core import rpc
+from distributed.objects import SchedulerInfo
+from distributed.security import Security
+from distributed.utils import LoopRunner, NoOpAwaitable, SyncMethodMixin
+from tornado.httpclient import HTTPClientError, HTTPResponse
+
+from . import __version__
+from ._http import HTTPClient, proxy_settings
+from .auth import GatewayAuth, get_auth
+from .config import (
+    format_template,
+    resolve_address,
+    resolve_proxy_address,
+    resolve_public_address,
+)
+from .options import Options
+
+__all__ = [
+    "ClusterReport",
+    "ClusterStatus",
+    "Gateway",
+    "GatewayCluster",
+    "GatewayClusterError",
+    "GatewaySecurity",
+    "GatewayServerError",
+    "GatewayWarning",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayClusterError(Exception):
+    """A cluster is in a state that does not allow the request (HTTP 409, failed start)."""
+
+
+class GatewayServerError(Exception):
+    """The gateway failed internally (HTTP 500)."""
+
+
+class GatewayWarning(UserWarning):
+    """The gateway applied a request only partially, e.g. scaling clamped to a limit."""
+
+
+class ClusterStatus(IntEnum):
+    """Public status of a cluster, as named on the wire."""
+
+    PENDING = 1
+    RUNNING = 2
+    STOPPING = 3
+    STOPPED = 4
+    FAILED = 5
+
+    @classmethod
+    def from_name(cls, name: str) -> ClusterStatus:
+        """Parse a status name, case-insensitively."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            valid = ", ".join(s.name for s in cls)
+            raise ValueError(f"{name!r} is not a valid ClusterStatus (one of {valid})") from None
+
+    def __repr__(self) -> str:
+        return f"ClusterStatus.{self.name}"
+
+
+class GatewaySecurity(Security):
+    """TLS settings for talking to one cluster's scheduler.
+
+    The gateway issues each cluster a single self-signed certificate used by every
+    party, so it is both the trusted CA and our client certificate. Hostnames are not
+    checked: the certificate is pinned instead, and the proxy routes on SNI.
+    """
+
+    def __init__(self, tls_key: str, tls_cert: str):
+        self.tls_key = tls_key
+        self.tls_cert = tls_cert
+        self._ssl_context: ssl.SSLContext | None = None
+        super().__init__(require_encryption=True)
+
+    def _build_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.tls_cert)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.check_hostname = False
+        # The cluster certificate is a leaf used as its own CA, which strict X.509
+        # verification (default on newer Pythons) would refuse.
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        # The ssl module can only load a client certificate from files: write them to a
+        # private directory and remove them right away.
+        with tempfile.TemporaryDirectory(prefix="dask-gateway-") as tmp:
+            cert_path = os.path.join(tmp, "dask.crt")
+            key_path = os.path.join(tmp, "dask.pem")
+            for path, text in ((cert_path, self.tls_cert), (key_path, self.tls_key)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+            ctx.load_cert_chain(cert_path, key_path)
+        return ctx
+
+    def get_connection_args(self, role: str) -> dict[str, Any]:
+        if self._ssl_context is None:
+            self._ssl_context = self._build_context()
+        return {
+            "ssl_context": self._ssl_context,
+            "require_encryption": True,
+            "extra_conn_args": self.extra_conn_args,
+        }
+
+    def get_listen_args(self, role: str) -> dict[str, Any]:
+        raise NotImplementedError("GatewaySecurity is for clients; it cannot listen")
+
+    def __repr__(self) -> str:
+        return "GatewaySecurity<...>"
+
+
+def _datetime_from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000)
+
+
+class ClusterReport:
+    """A snapshot of one cluster, as reported by the gateway."""
+
+    __slots__ = (
+        "name",
+        "options",
+        "status",
+        "scheduler_address",
+        "dashboard_link",
+        "start_time",
+        "stop_time",
+        "tls_cert",
+        "tls_key",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        options: dict[str, Any],
+        status: ClusterStatus,
+        scheduler_address: str | None,
+        dashboard_link: str | None,
+        start_time: datetime,
+        stop_time: datetime | None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ):
+        self.name = name
+        self.options = options
+        self.status = status
+        self.scheduler_address = scheduler_address
+        self.dashboard_link = dashboard_link
+        self.start_time = start_time
+        self.stop_time = stop_time
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+
+    def __repr__(self) -> str:
+        return f"ClusterReport<name={self.name}, status={self.status.name}>"
+
+    @property
+    def security(self) -> GatewaySecurity | None:
+        """Credentials for the scheduler; only available while the cluster runs."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return GatewaySecurity(tls_key=self.tls_key, tls_cert=self.tls_cert)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any], public_address: str, proxy_address: str) -> ClusterReport:
+        """Build from the cluster JSON; keys this client does not know are ignored."""
+        status = ClusterStatus.from_name(data["status"])
+        running = status == ClusterStatus.RUNNING
+        route = data.get("dashboard_route")
+        return cls(
+            name=data["name"],
+            options=data.get("options") or {},
+            status=status,
+            scheduler_address=f"{proxy_address}/{data['name']}" if running else None,
+            dashboard_link=public_address + route if route else None,
+            start_time=_datetime_from_ms(data["start_time"]),
+            stop_time=_datetime_from_ms(data.get("stop_time")),
+            tls_cert=data.get("tls_cert"),
+            tls_key=data.get("tls_key"),
+        )
+
+
+def _status_query(status: Any) -> str:
+    """Normalise ``list_clusters(status=...)`` to ``NAME1,NAME2``."""
+    if isinstance(status, (str, ClusterStatus)):
+        status = [status]
+    names = []
+    for s in status:
+        if isinstance(s, ClusterStatus):
+            names.append(s.name)
+        elif isinstance(s, str):
+            names.append(ClusterStatus.from_name(s).name)
+        else:
+            raise TypeError(f"status must be a ClusterStatus or its name, got {s!r}")
+    return ",".join(names)
+
+
+def _error_message(resp: HTTPResponse) -> str:
+    """The server's reason: ``{"error": ...}`` when JSON, else the raw body."""
+    text = (resp.body or b"").decode("utf-8", "replace")
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text or (resp.reason or "")
+
+
+class Gateway(SyncMethodMixin):
+    """A connection to a dask-gateway server.
+
+    Parameters
+    ----------
+    address : str, optional
+        URL of the gateway, default config ``gateway.address``.
+    proxy_address : str or int, optional
+        Where scheduler connections go (``host:port``, a URL, or a port on the host of
+        ``address``); default config ``gateway.proxy-address``, else ``address``'s.
+    public_address : str, optional
+        Browser-facing root for dashboard links; default ``address``.
+    auth : GatewayAuth or str, optional
+        Authentication, default config ``gateway.auth.type``.
+    asynchronous : bool, optional
+        Return awaitables instead of blocking (use inside a running event loop).
+    loop : IOLoop, optional
+        A running event loop to use instead of a background one.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        asynchronous: bool = False,
+        loop: Any = None,
+    ):
+        self.address = resolve_address(address)
+        self.proxy_address = resolve_proxy_address(proxy_address, self.address)
+        self._public_address = resolve_public_address(public_address, self.address)
+        self.auth = get_auth(auth)
+        self._proxy = proxy_settings(self.address, dask.config.get("gateway.http-client.proxy", True))
+        self._http: HTTPClient | None = None
+        self._asynchronous = asynchronous
+        self._loop_runner = LoopRunner(loop=loop, asynchronous=asynchronous)
+        self._loop_runner.start()
+        self._cached_loop = self._loop_runner.loop
+        self._closed = False
+
+    @property
+    def loop(self) -> Any:
+        """The tornado IOLoop that runs this gateway's requests."""
+        return self._cached_loop
+
+    def __repr__(self) -> str:
+        return f"Gateway<{self.address}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _close_http(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def close(self) -> Awaitable[None] | None:
+        """Release the HTTP client and, in synchronous mode, the background loop."""
+        if self._closed:
+            return NoOpAwaitable() if self.asynchronous else None
+        self._closed = True
+        if self.asynchronous:
+            return self._close_http()
+        try:
+            self.sync(self._close_http)
+        finally:
+            self._loop_runner.stop()
+        return None
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        # Only the background loop thread needs releasing; skip when already closed,
+        # in async mode, or when running on that very thread (it cannot join itself).
+        if getattr(self, "_closed", True) or self._asynchronous or self.asynchronous:
+            return
+        self._closed = True
+        self._loop_runner.stop()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
+        """Send an API request and return the decoded JSON (None for empty bodies)."""
+        self._check_open()
+        if self._http is None:
+            self._http = HTTPClient(self.auth, self._proxy)
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        payload = None if body is None else json.dumps(body).encode()
+        resp = await self._http.fetch(method, self.address + path, payload, **kwargs)
+        if resp.code >= 400:
+            msg = _error_message(resp)
+            if resp.code in (404, 422):
+                raise ValueError(msg)
+            if resp.code == 409:
+                raise GatewayClusterError(msg)
+            if resp.code == 500:
+                raise GatewayServerError(msg)
+            raise HTTPClientError(resp.code, message=msg, response=resp)
+        return json.loads(resp.body) if resp.body else None
+
+    def _report(self, data: dict[str, Any]) -> ClusterReport:
+        return ClusterReport._from_json(data, self._public_address, self.proxy_address)
+
+    # ------------------------------------------------------------------ API
+
+    async def _list_clusters(self, status: Any = None) -> list[ClusterReport]:
+        path = "/api/v1/clusters/"
+        if status is not None:
+            path += "?status=" + _status_query(status)
+        data = await self._request("GET", path)
+        return [self._report(c) for c in data.values()]
+
+    def list_clusters(self, status: Any = None, **kwargs: Any) -> list[ClusterReport]:
+        """List this user's clusters (by default the pending and running ones).
+
+        ``status`` may be a ``ClusterStatus``, a status name, or a list of them.
+        """
+        return self.sync(self._list_clusters, status, **kwargs)
+
+    async def _get_cluster(self, cluster_name: str, wait: bool = False) -> ClusterReport:
+        path = "/api/v1/clusters/" + quote(cluster_name, safe="")
+        if wait:
+            path += "?wait"
+        return self._report(await self._request("GET", path))
+
+    def get_cluster(self, cluster_name: str, **kwargs: Any) -> ClusterReport:
+        """Get a report of one cluster."""
+        return self.sync(self._get_cluster, cluster_name, **kwargs)
+
+    async def _get_versions(self) -> dict[str, Any]:
+        server = await self._request("GET", "/api/version")
+        return {"server": server, "client": {"version": __version__}}
+
+    def get_versions(self, **kwargs: Any) -> dict[str, Any]:
+        """Versions of the server and of this client, to diagnose mismatches."""
+        return self.sync(self._get_versions, **kwargs)
+
+    async def _cluster_options(self, use_local_defaults: bool = True) -> Options:
+        options = Options._from_spec(await self._request("GET", "/api/v1/options"))
+        if use_local_defaults:
+            options.update(format_template(dask.config.get("gateway.cluster.options", None) or {}))
+        return options
+
+    def cluster_options(self, use_local_defaults: bool = True, **kwargs: Any) -> Options:
+        """The options the server offers for new clusters, pre-filled with defaults.
+
+        With ``use_local_defaults`` the values of config ``gateway.cluster.options``
+        are applied on top of the server's defaults.
+        """
+        return self.sync(self._cluster_options, use_local_defaults, **kwargs)
+
+    async def _submit(self, cluster_options: Options | None = None, **kwargs: Any) -> str:
+        if cluster_options is not None:
+            if not isinstance(cluster_options, Options):
+                raise TypeError(
+                    "cluster_options must be an `Options` object (see "
+                    f"`Gateway.cluster_options()`), got {type(cluster_options).__name__}"
+                )
+            options = dict(cluster_options)
+        else:
+            options = format_template(dask.config.get("gateway.cluster.options", None) or {})
+        options.update(kwargs)
+        data = await self._request("POST", "/api/v1/clusters/", {"cluster_options": options})
+        return data["name"]
+
+    def submit(self, cluster_options: Options | None = None, **kwargs: Any) -> str:
+        """Ask for a new cluster without waiting for it to start; returns its name.
+
+        Keyword arguments override individual options.
+        """
+        return self.sync(self._submit, cluster_options, **kwargs)
+
+    async def _wait_for_start(self, cluster_name: str) -> ClusterReport:
+        """Long-poll the cluster until it runs; raise if it failed or was stopped."""
+        while True:
+            report = await self._get_cluster(cluster_name, wait=True)
+            if report.status == ClusterStatus.RUNNING:
+                return report
+            if report.status == ClusterStatus.FAILED:
+                raise GatewayClusterError(
+                    f"Cluster {cluster_name!r} failed to start, see logs for more information"
+                )
+            if report.status == ClusterStatus.STOPPED:
+                raise GatewayClusterError(f"Cluster {cluster_name!r} is already stopped")
+            await asyncio.sleep(0.5)
+
+    def connect(self, cluster_name: str, shutdown_on_close: bool = False) -> GatewayCluster:
+        """Attach to an existing cluster (awaitable in asynchronous mode)."""
+        return GatewayCluster.from_name(
+            cluster_name,
+            shutdown_on_close=shutdown_on_close,
+            **self._cluster_kwargs(),
+        )
+
+    def new_cluster(
+        self, cluster_options: Options | None = None, shutdown_on_close: bool = True, **kwargs: Any
+    ) -> GatewayCluster:
+        """Create a cluster and wait until it runs (awaitable in asynchronous mode)."""
+        return GatewayCluster(
+            cluster_options=cluster_options,
+            shutdown_on_close=shutdown_on_close,
+            **self._cluster_kwargs(),
+            **kwargs,
+        )
+
+    def _cluster_kwargs(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "proxy_address": self.proxy_address,
+            "public_address": self._public_address,
+            "auth": self.auth,
+            "asynchronous": self._asynchronous,
+            "loop": self.loop,
+        }
+
+    async def _stop_cluster(self, cluster_name: str) -> None:
+        await self._request("DELETE", "/api/v1/clusters/" + quote(cluster_name, safe=""))
+
+    def stop_cluster(self, cluster_name: str, **kwargs: Any) -> None:
+        """Stop a cluster (no error if it is already stopped)."""
+        return self.sync(self._stop_cluster, cluster_name, **kwargs)
+
+    async def _post_with_warning(self, path: str, body: dict[str, Any]) -> None:
+        data = await self._request("POST", path, body)
+        if data and not data.get("ok", True) and data.get("msg"):
+            warnings.warn(GatewayWarning(data["msg"]), stacklevel=2)
+
+    async def _scale_cluster(self, cluster_name: str, n: int) -> None:
+        path = f"/api/v1/clusters/{quote(cluster_name, safe='')}/scale"
+        await self._post_with_warning(path, {"count": n})
+
+    def scale_cluster(self, cluster_name: str, n: int, **kwargs: Any) -> None:
+        """Set a cluster's worker count (turns adaptive scaling off)."""
+        return self.sync(self._scale_cluster, cluster_name, n, **kwargs)
+
+    async def _adapt_cluster(
+        self,
+        cluster_name: str,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+    ) -> None:
+        path = f"/api/v1/clusters/{quote(cluster_name, safe='')}/adapt"
+        await self._post_with_warning(
+            path, {"minimum": minimum, "maximum": maximum, "active": active}
+        )
+
+    def adapt_cluster(
+        self,
+        cluster_name: str,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Let the scheduler scale between ``minimum`` and ``maximum`` workers.
+
+        ``active=False`` stops adapting (the current worker count is kept).
+        """
+        return self.sync(
+            self._adapt_cluster, cluster_name, minimum, maximum, active, **kwargs
+        )
+
+
+# Synchronous clusters still open at interpreter exit are closed by an atexit hook.
+_live_clusters: weakref.WeakSet[GatewayCluster] = weakref.WeakSet()
+
+
+class GatewayCluster:
+    """A dask cluster managed by a dask-gateway server.
+
+    Creating one submits a new cluster and waits until it runs (in asynchronous
+    mode: on ``await cluster``). Use ``GatewayCluster.from_name`` to attach to an
+    existing cluster. Pass it to ``distributed.Client`` or call ``get_client()``.
+
+    Parameters
+    ----------
+    address, proxy_address, public_address, auth, asynchronous, loop
+        As for ``Gateway``.
+    cluster_options : Options, optional
+        Options for the new cluster; keyword arguments override single options.
+    shutdown_on_close : bool, optional
+        Stop the cluster when this object is closed or the process exits. Turn off to
+        keep it running and reconnect later with ``Gateway.connect``.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        cluster_options: Options | None = None,
+        shutdown_on_close: bool = True,
+        asynchronous: bool = False,
+        loop: Any = None,
+        **kwargs: Any,
+    ):
+        self._init(
+            name=None,
+            address=address,
+            proxy_address=proxy_address,
+            public_address=public_address,
+            auth=auth,
+            cluster_options=cluster_options,
+            shutdown_on_close=shutdown_on_close,
+            asynchronous=asynchronous,
+            loop=loop,
+            option_overrides=kwargs,
+        )
+
+    @classmethod
+    def from_name(
+        cls,
+        cluster_name: str,
+        shutdown_on_close: bool = False,
+        address: str | None = None,
+        proxy_address: str | int | None = None,
+        public_address: str | None = None,
+        auth: GatewayAuth | str | None = None,
+        asynchronous: bool = False,
+        loop: Any = None,
+    ) -> GatewayCluster:
+        """Attach to the existing cluster ``cluster_name``, waiting until it runs."""
+        self = cls.__new__(cls)
+        self._init(
+            name=cluster_name,
+            address=address,
+            proxy_address=proxy_address,
+            public_address=public_address,
+            auth=auth,
+            cluster_options=None,
+            shutdown_on_close=shutdown_on_close,
+            asynchronous=asynchronous,
+            loop=loop,
+            option_overrides={},
+        )
+        return self
+
+    def _init(
+        self,
+        name: str | None,
+        address: str | None,
+        proxy_address: str | int | None,
+        public_address: str | None,
+        auth: GatewayAuth | str | None,
+        cluster_options: Options | None,
+        shutdown_on_close: bool,
+        asynchronous: bool,
+        loop: Any,
+        option_overrides: dict[str, Any],
+    ) -> None:
+        self.status = "created"
+        self._asynchronous = asynchronous
+        self.name = name
+        self.shutdown_on_close = shutdown_on_close
+        self.scheduler_address: str | None = None
+        self.dashboard_link: str | None = None
+        self.security: GatewaySecurity | None = None
+        self.scheduler_info: dict[str, Any] = SchedulerInfo({"workers": {}})
+        self._cluster_options = cluster_options
+        self._option_overrides = option_overrides
+        self._start_task: asyncio.Future | None = None
+        self._scheduler_comm: rpc | None = None
+        self._watch_comm: Any = None
+        self._watch_task: asyncio.Task | None = None
+        self._clients: weakref.WeakSet = weakref.WeakSet()
+        self.gateway = Gateway(
+            address=address,
+            proxy_address=proxy_address,
+            public_address=public_address,
+            auth=auth,
+            asynchronous=asynchronous,
+            loop=loop,
+        )
+        if not asynchronous:
+            _live_clusters.add(self)
+            try:
+                self.gateway.sync(self._start)
+            except BaseException:
+                self.gateway.close()
+                raise
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def loop(self) -> Any:
+        return self.gateway.loop
+
+    @property
+    def asynchronous(self) -> bool:
+        """True when called from inside this cluster's event loop."""
+        return self.gateway.asynchronous
+
+    def __repr__(self) -> str:
+        return f"GatewayCluster<{self.name}, status={self.status}>"
+
+    def _repr_html_(self) -> str:
+        if self.dashboard_link:
+            link = escape(self.dashboard_link)
+            dashboard = f'<a href="{link}" target="_blank">{link}</a>'
+        else:
+            dashboard = "Not Available"
+        return (
+            "<div><b>GatewayCluster</b><ul>"
+            f"<li><b>Name: </b>{escape(str(self.name))}</li>"
+            f"<li><b>Status: </b>{escape(self.status)}</li>"
+            f"<li><b>Dashboard: </b>{dashboard}</li>"
+            "</ul></div>"
+        )
+
+    # ------------------------------------------------------------------ start
+
+    async def _start(self) -> None:
+        """Start (or attach) once; concurrent awaits share the same attempt."""
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start_once())
+        await self._start_task
+
+    async def _start_once(self) -> None:
+        self.status = "starting"
+        try:
+            if self.name is None:
+                self.name = await self.gateway._submit(
+                    self._cluster_options, **self._option_overrides
+                )
+            report = await self.gateway._wait_for_start(self.name)
+            self.scheduler_address = report.scheduler_address
+            self.dashboard_link = report.dashboard_link
+            self.security = report.security
+            await self._watch_workers()
+        except BaseException:
+            # Do not leave a half-started cluster running behind the user's back.
+            await self._close_async(shutdown=self.shutdown_on_close and self.name is not None)
+            raise
+        self.status = "running"
+
+    async def _watch_workers(self) -> None:
+        """Subscribe to the scheduler's worker updates to keep ``scheduler_info`` live."""
+        self._scheduler_comm = rpc(
+            self.scheduler_address,
+            connection_args=self.security.get_connection_args("client"),
+        )
+        comm = await self._scheduler_comm.live_comm()
+        comm.name = "GatewayCluster worker status"
+        await comm.write({"op": "subscribe_worker_status"})
+        self.scheduler_info = SchedulerInfo(await comm.read())
+        self._watch_comm = comm
+        self._watch_task = asyncio.ensure_future(self._read_worker_updates(comm))
+
+    async def _read_worker_updates(self, comm: Any) -> None:
+        while True:
+            try:
+                msgs = await comm.read()
+            except (CommClosedError, OSError):
+                break
+            for op, msg in msgs:
+                if op == "add":
+                    workers = msg.pop("workers")
+                    self.scheduler_info["workers"].update(workers)
+                    self.scheduler_info.update(msg)
+                elif op == "remove":
+                    self.scheduler_info["workers"].pop(msg, None)
+
+    def __await__(self):
+        return self._start_and_return().__await__()
+
+    async def _start_and_return(self) -> GatewayCluster:
+        await self._start()
+        return self
+
+    # ------------------------------------------------------------------ API
+
+    def get_client(self, set_as_default: bool = True) -> Any:
+        """A ``distributed.Client`` for this cluster (closed along with it in sync mode)."""
+        from distributed import Client
+
+        client = Client(
+            self,
+            security=self.security,
+            set_as_default=set_as_default,
+            asynchronous=self._asynchronous,
+            loop=self.loop,
+        )
+        if not self._asynchronous:
+            self._clients.add(client)
+        return client
+
+    def scale(self, n: int, **kwargs: Any) -> Awaitable[None] | None:
+        """Scale to ``n`` workers (turns adaptive scaling off)."""
+        return self.gateway.scale_cluster(self.name, n, **kwargs)
+
+    def adapt(
+        self,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        active: bool = True,
+        **kwargs: Any,
+    ) -> Awaitable[None] | None:
+        """Scale automatically with the load, between ``minimum`` and ``maximum`` workers."""
+        return self.gateway.adapt_cluster(
+            self.name, minimum=minimum, maximum=maximum, active=active, **kwargs
+        )
+
+    # ------------------------------------------------------------------ close
+
+    async def _close_async(self, shutdown: bool) -> None:
+        if self.status == "closed":
+            return
+        self.status = "closing"
+        if self._watch_comm is not None:
+            self._watch_comm.abort()
+        if self._watch_task is not None:
+            await self._watch_task
+        if self._scheduler_comm is not None:
+            await self._scheduler_comm.close_rpc()
+        try:
+            if shutdown and self.name is not None:
+                await self.gateway._stop_cluster(self.name)
+        finally:
+            self.status = "closed"
+            if self._asynchronous:
+                await self.gateway.close()
+
+    def close(self, shutdown: bool | None = None) -> Awaitable[None] | None:
+        """Disconnect; stop the cluster too if ``shutdown`` (default ``shutdown_on_close``)."""
+        if shutdown is None:
+            shutdown = self.shutdown_on_close
+        if self.asynchronous:
+            return self._close_async(shutdown)
+        if self.status == "closed":
+            self.gateway.close()
+            return None
+        for client in list(self._clients):
+            client.close()
+        try:
+            self.gateway.sync(self._close_async, shutdown)
+        finally:
+            self.gateway.close()
+        return None
+
+    def shutdown(self) -> Awaitable[None] | None:
+        """Stop the cluster and disconnect."""
+        return self.close(shutdown=True)
+
+    def __enter__(self) -> GatewayCluster:
+        if self._asynchronous:
+            raise TypeError("Use `async with` with an asynchronous GatewayCluster")
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> GatewayCluster:
+        return await self
+
+    async def __aexit__(self, *args: Any) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "status", "closed") == "closed" or getattr(self, "_asynchronous", True):
+            return
+        gateway = getattr(self, "gateway", None)
+        if gateway is None or gateway.asynchronous:
+            return  # never started, or on our own loop thread where we cannot block
+        try:
+            self.close()
+        except Exception as exc:
+            logger.warning("Failed to close %r during garbage collection: %s", self, exc)
+
+
+@atexit.register
+def _close_clusters_at_exit() -> None:
+    """Stop clusters the user forgot, so they do not run (and cost) forever."""
+    for cluster in list(_live_clusters):
+        if cluster.status == "closed":
+            continue
+        try:
+            cluster.close()
+        except Exception as exc:
+            logger.warning("Failed to close %r at exit: %s", cluster, exc)

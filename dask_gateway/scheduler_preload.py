@@ -1,0 +1,657 @@
+"""Dask scheduler preload that connects a scheduler to the dask-gateway server.
+
+Loaded with ``dask-scheduler --preload dask_gateway.scheduler_preload``. It
+
+* reports the scheduler's addresses and worker membership to the gateway with
+  periodic heartbeats (the first heartbeat is what marks a cluster RUNNING),
+* serves a tiny HTTP API the gateway uses to forward ``scale``/``adapt`` calls,
+* runs adaptive scaling on the scheduler so it works with no client attached,
+* asks the gateway to stop the cluster after an idle timeout.
+
+Configuration comes from the preload options below and the environment
+variables ``DASK_GATEWAY_API_URL``, ``DASK_GATEWAY_API_TOKEN`` (the token, or a
+path to a file holding it if the value contains ``/``) and
+``DASK_GATEWAY_CLUSTER_NAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import click
+from distributed.comm.addressing import get_address_host
+from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado import httpserver, netutil, web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+# Scheduler logs are what users and admins read, so log there.
+logger = logging.getLogger("distributed.scheduler")
+
+PLUGIN_NAME = "dask-gateway"
+#: Attribute on the scheduler holding the running service (used by teardown).
+SERVICE_ATTR = "dask_gateway_service"
+
+BACKOFF_START = 0.25  # first retry delay after a failed heartbeat
+MAX_IDLE_WAIT = 3600.0  # heartbeat period 0 means "only on changes"; still check in hourly
+SOON_DELAY = 0.5  # coalesce bursts of worker departures into one heartbeat
+HTTP_CONNECT_TIMEOUT = 5.0
+HTTP_REQUEST_TIMEOUT = 10.0
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayConfig:
+    """Everything the service needs, gathered from CLI options and env."""
+
+    api_url: str
+    api_token: str
+    cluster_name: str
+    api_address: str = "127.0.0.1:0"
+    heartbeat_period: float = 15.0
+    adaptive_period: float = 3.0
+    idle_timeout: float = 0.0
+
+    @classmethod
+    def from_env(cls, **options: Any) -> GatewayConfig:
+        """Read the gateway's env vars; fail loudly since nothing works without them."""
+        names = ("DASK_GATEWAY_API_URL", "DASK_GATEWAY_API_TOKEN", "DASK_GATEWAY_CLUSTER_NAME")
+        missing = [n for n in names if not os.environ.get(n)]
+        if missing:
+            raise RuntimeError(
+                "dask_gateway.scheduler_preload requires environment variables: "
+                + ", ".join(missing)
+            )
+        return cls(
+            api_url=os.environ["DASK_GATEWAY_API_URL"].rstrip("/"),
+            api_token=read_token(os.environ["DASK_GATEWAY_API_TOKEN"]),
+            cluster_name=os.environ["DASK_GATEWAY_CLUSTER_NAME"],
+            **options,
+        )
+
+
+def read_token(value: str) -> str:
+    """Return the token; a value containing '/' is a file path (k8s secret mount)."""
+    if "/" in value:
+        with open(value) as f:
+            return f.read().strip()
+    return value.strip()
+
+
+def parse_bind_address(address: str) -> tuple[str | None, int]:
+    """Split ``host:port`` (``:port`` or ``[v6]:port`` too); None host = all interfaces."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"Invalid address {address!r}, expected 'host:port'")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+# ---------------------------------------------------------------------------
+# Worker tracking
+# ---------------------------------------------------------------------------
+
+
+class WorkerTracker(SchedulerPlugin):
+    """Tracks workers by *name*, the identifier the gateway uses for its worker rows.
+
+    ``closing`` workers were chosen by us for removal (an expected closure);
+    ``closed`` holds departures not yet reported to the gateway.
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, on_departure: Callable[[str, bool], None] | None = None,
+                 on_arrival: Callable[[str], None] | None = None) -> None:
+        self.active: dict[str, None] = {}  # insertion-ordered set
+        self.closing: dict[str, None] = {}
+        self.closed: dict[str, None] = {}
+        self._names: dict[str, str] = {}  # address -> name; WorkerState may be gone on removal
+        self._on_departure = on_departure
+        self._on_arrival = on_arrival
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        name = str(scheduler.workers[worker].name)
+        self._names[worker] = name
+        self.closed.pop(name, None)  # came back before we reported it gone
+        if name not in self.closing:
+            self.active[name] = None
+        if self._on_arrival is not None:
+            self._on_arrival(name)
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        name = self._names.pop(worker, None)
+        if name is None:
+            return
+        expected = name in self.closing  # we chose it for scale-down
+        self.closing.pop(name, None)
+        self.active.pop(name, None)
+        self.closed[name] = None
+        if self._on_departure is not None:
+            self._on_departure(name, expected)
+
+    def mark_closing(self, names: list[str]) -> None:
+        """Move workers chosen for scale-down from active to closing."""
+        for name in names:
+            if name in self.active:
+                del self.active[name]
+                self.closing[name] = None
+
+    def forget_closed(self, names: list[str]) -> None:
+        """Drop departures the gateway has acknowledged."""
+        for name in names:
+            self.closed.pop(name, None)
+
+
+# ---------------------------------------------------------------------------
+# Scheduler API (gateway -> scheduler)
+# ---------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """A client error reported as ``{"error": msg}`` with an HTTP status."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+
+class BaseHandler(web.RequestHandler):
+    """Always answer errors with a small JSON body, never an HTML traceback."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], web.HTTPError) and exc_info[1].log_message:
+            reason = exc_info[1].log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": reason}))
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_status(200)
+
+
+class CommHandler(BaseHandler):
+    """``POST /api/comm``: scale/adapt requests forwarded by the gateway."""
+
+    def initialize(self, service: GatewaySchedulerService) -> None:
+        self.service = service
+
+    def get_current_user(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "token" and hmac.compare_digest(
+            token.strip().encode(), self.service.config.api_token.encode()
+        ):
+            return "gateway"
+        return None
+
+    def post(self) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "Forbidden")
+        try:
+            msg = json.loads(self.request.body or b"null")
+            self._dispatch(msg)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            self._send_error(400, f"Invalid JSON body: {exc}")
+        except APIError as exc:
+            self._send_error(exc.status, exc.msg)
+
+    def _send_error(self, status: int, msg: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": msg}))
+
+    def _dispatch(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            raise APIError(422, "Request body must be a JSON object")
+        op = msg.get("op")
+        if op == "scale":
+            self.service.scale(validate_count(msg.get("count"), "count", allow_none=False))
+        elif op == "adapt":
+            minimum = validate_count(msg.get("minimum"), "minimum")
+            maximum = validate_count(msg.get("maximum"), "maximum")
+            active = msg.get("active", True)
+            if not isinstance(active, bool):
+                raise APIError(422, f"active must be a boolean, got {active!r}")
+            if minimum is not None and maximum is not None and minimum > maximum:
+                raise APIError(422, "minimum must be <= maximum")
+            self.service.adapt(minimum=minimum, maximum=maximum, active=active)
+        else:
+            raise APIError(422, "op must be one of {scale, adapt}")
+
+
+def validate_count(value: Any, field: str, allow_none: bool = True) -> int | None:
+    """Check a worker count is a non-negative int (bool is rejected: it's not a count)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise APIError(422, f"{field} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def make_api_app(service: GatewaySchedulerService) -> web.Application:
+    return web.Application(
+        [
+            (r"/api/comm", CommHandler, {"service": service}),
+            (r"/api/health", HealthHandler),
+        ],
+        log_function=_log_request,
+    )
+
+
+def _log_request(handler: web.RequestHandler) -> None:
+    """Keep health probes out of the scheduler log; other requests at debug."""
+    if handler.request.path != "/api/health":
+        logger.debug(
+            "dask-gateway API %s %s -> %d",
+            handler.request.method,
+            handler.request.path,
+            handler.get_status(),
+        )
+
+
+# ---------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------
+
+
+class GatewaySchedulerService:
+    """Keeps the gateway informed and applies its scale/adapt requests."""
+
+    def __init__(self, scheduler: Any, config: GatewayConfig) -> None:
+        self.scheduler = scheduler
+        self.config = config
+        self.count = 0  # desired number of workers
+        self.tracker = WorkerTracker(on_departure=self._on_departure, on_arrival=self._on_arrival)
+        self.adaptive: tuple[int | None, int | None] | None = None  # (min, max) when active
+        self._adapt_history: collections.deque[int] = collections.deque(maxlen=3)
+        self._adapt_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._soon_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._retiring: set[str] = set()
+        self._http: AsyncHTTPClient | None = None
+        self._server: httpserver.HTTPServer | None = None
+        self.api_port: int | None = None
+        self._heartbeat_failures = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the API, register the plugin, then start the background loops."""
+        self._http = AsyncHTTPClient(force_instance=True)
+        self._start_api_server()
+        for addr, ws in self.scheduler.workers.items():  # normally none yet
+            self.tracker.add_worker(self.scheduler, addr)
+        self.scheduler.add_plugin(self.tracker, name=PLUGIN_NAME, idempotent=True)
+        self._spawn(self._heartbeat_loop())
+        if self.config.idle_timeout > 0:
+            self._spawn(self._idle_loop())
+        logger.info(
+            "dask-gateway: scheduler API at %s, reporting to %s as cluster %s",
+            self.api_address,
+            self.config.api_url,
+            self.config.cluster_name,
+        )
+
+    async def stop(self) -> None:
+        """Cancel loops and close the API server; safe to call more than once."""
+        if self._soon_handle is not None:
+            self._soon_handle.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.stop()
+            await self._server.close_all_connections()
+            self._server = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+        """Run a background task and keep a reference so it can't be garbage collected."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start_api_server(self) -> None:
+        host, port = parse_bind_address(self.config.api_address)
+        sockets = netutil.bind_sockets(port, address=host)
+        self._server = httpserver.HTTPServer(make_api_app(self))
+        self._server.add_sockets(sockets)
+        self.api_port = sockets[0].getsockname()[1]
+        self._api_host = host
+
+    # -- addresses -----------------------------------------------------------
+
+    @property
+    def _scheduler_host(self) -> str:
+        return get_address_host(self.scheduler.address)
+
+    @property
+    def api_address(self) -> str:
+        host = self._api_host
+        if host in (None, "", "0.0.0.0", "::"):
+            host = self._scheduler_host  # reachable address rather than a wildcard
+        return f"http://{_url_host(host)}:{self.api_port}"
+
+    @property
+    def dashboard_address(self) -> str:
+        server = self.scheduler.services.get("dashboard")
+        if server is None:
+            return ""
+        return f"http://{_url_host(self._scheduler_host)}:{server.port}"
+
+    # -- requests from the gateway ----------------------------------------------
+
+    def scale(self, count: int) -> None:
+        """An explicit scale turns adaptive mode off, like upstream."""
+        self._stop_adaptive()
+        self._set_count(count)
+
+    def adapt(self, minimum: int | None, maximum: int | None, active: bool = True) -> None:
+        self._stop_adaptive()
+        if not active:
+            return
+        self.adaptive = (minimum, maximum)
+        self._adapt_history.clear()
+        self._adapt_task = self._spawn(self._adaptive_loop())
+
+    def _stop_adaptive(self) -> None:
+        self.adaptive = None
+        if self._adapt_task is not None:
+            self._adapt_task.cancel()
+            self._adapt_task = None
+
+    def _set_count(self, count: int) -> None:
+        if count != self.count:
+            logger.info("dask-gateway: target worker count %d -> %d", self.count, count)
+            self.count = count
+            self.heartbeat_now()
+
+    # -- heartbeats --------------------------------------------------------------
+
+    def heartbeat_now(self) -> None:
+        self._wake.set()
+
+    def heartbeat_soon(self) -> None:
+        """Batch quick successive events (e.g. several workers dying) into one heartbeat."""
+        if self._soon_handle is None:
+            def fire() -> None:
+                self._soon_handle = None
+                self._wake.set()
+
+            self._soon_handle = asyncio.get_running_loop().call_later(SOON_DELAY, fire)
+
+    def _on_departure(self, name: str, expected: bool) -> None:
+        if not expected:
+            logger.info("dask-gateway: worker %s left unexpectedly", name)
+            self.heartbeat_soon()
+
+    def _on_arrival(self, name: str) -> None:
+        if len(self.tracker.active) > self.count:
+            self.heartbeat_soon()  # surplus worker; next heartbeat picks one to close
+
+    async def _heartbeat_loop(self) -> None:
+        """Heartbeat forever; on failure retry with exponential backoff capped at the period."""
+        period = self.config.heartbeat_period
+        backoff_cap = period if period > 0 else 15.0
+        backoff = BACKOFF_START
+        while True:
+            self._wake.clear()
+            if await self.send_heartbeat():
+                backoff = BACKOFF_START
+                delay = period if period > 0 else MAX_IDLE_WAIT
+            else:
+                delay = backoff
+                backoff = min(backoff * 2, max(backoff_cap, BACKOFF_START))
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def build_heartbeat(self) -> dict[str, Any]:
+        """Snapshot state for one heartbeat, choosing scale-down victims first."""
+        self._choose_workers_to_close()
+        return {
+            "scheduler_address": self.scheduler.address,
+            "dashboard_address": self.dashboard_address,
+            "api_address": self.api_address,
+            "count": self.count,
+            "active_workers": list(self.tracker.active),
+            "closing_workers": list(self.tracker.closing),
+            "closed_workers": list(self.tracker.closed),
+        }
+
+    async def send_heartbeat(self) -> bool:
+        msg = self.build_heartbeat()
+        url = f"{self.config.api_url}/v1/clusters/{self.config.cluster_name}/heartbeat"
+        ok = await self._request("POST", url, body=json.dumps(msg), what="heartbeat")
+        if ok:
+            self.tracker.forget_closed(msg["closed_workers"])
+            self._retire(msg["closing_workers"])
+        return ok
+
+    async def _request(self, method: str, url: str, what: str, body: str | None = None) -> bool:
+        """Send one request to the gateway; log one warning per failure streak."""
+        assert self._http is not None
+        req = HTTPRequest(
+            url,
+            method=method,
+            body=body,
+            headers={
+                "Authorization": f"token {self.config.api_token}",
+                "Content-Type": "application/json",
+            },
+            connect_timeout=HTTP_CONNECT_TIMEOUT,
+            request_timeout=HTTP_REQUEST_TIMEOUT,
+        )
+        try:
+            resp = await self._http.fetch(req, raise_error=False)
+            error = None if 200 <= resp.code < 300 else f"HTTP {resp.code} {resp.reason}"
+        except Exception as exc:  # connection refused, timeouts, DNS, ...
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            if self._heartbeat_failures and what == "heartbeat":
+                logger.info("dask-gateway: %s succeeded again after %d failures",
+                            what, self._heartbeat_failures)
+            if what == "heartbeat":
+                self._heartbeat_failures = 0
+            return True
+        if what != "heartbeat":
+            logger.warning("dask-gateway: %s to %s failed: %s", what, url, error)
+            return False
+        self._heartbeat_failures += 1
+        log = logger.warning if self._heartbeat_failures == 1 else logger.debug
+        log("dask-gateway: heartbeat to %s failed (%s); retrying with backoff", url, error)
+        return False
+
+    # -- scale down ----------------------------------------------------------------
+
+    def _choose_workers_to_close(self) -> None:
+        """Mark the cheapest workers as closing until active workers == count."""
+        excess = len(self.tracker.active) - self.count
+        if excess <= 0:
+            return
+        closing = set(self.tracker.closing)
+        connected_closing = sum(
+            1 for ws in self.scheduler.workers.values() if str(ws.name) in closing
+        )
+        candidates = self.scheduler.workers_to_close(
+            n=excess + connected_closing, attribute="name"
+        )
+        victims = [
+            str(n) for n in candidates if str(n) in self.tracker.active
+        ][:excess]
+        if victims:
+            logger.info("dask-gateway: closing workers %s to reach count %d", victims, self.count)
+            self.tracker.mark_closing(victims)
+
+    def _retire(self, names: list[str]) -> None:
+        """Retire reported closing workers not already being retired."""
+        todo = [n for n in names if n not in self._retiring]
+        if todo:
+            self._retiring.update(todo)
+            self._spawn(self._retire_workers(todo))
+
+    async def _retire_workers(self, names: list[str]) -> None:
+        """Retire gracefully; if data can't be moved, close anyway: the user asked to scale."""
+        stimulus_id = f"dask-gateway-scale-down-{time.time()}"
+        try:
+            await self.scheduler.retire_workers(
+                names=names, remove=True, close_workers=True, stimulus_id=stimulus_id
+            )
+            wanted = set(names)
+            leftover = [a for a, ws in self.scheduler.workers.items() if str(ws.name) in wanted]
+            for addr in leftover:
+                logger.info("dask-gateway: worker %s could not be retired, closing it", addr)
+                await self.scheduler.remove_worker(addr, stimulus_id=stimulus_id, close=True)
+        except Exception as exc:
+            logger.warning("dask-gateway: failed to retire workers %s: %s", names, exc)
+        finally:
+            self._retiring.difference_update(names)
+
+    # -- adaptive ------------------------------------------------------------------
+
+    async def _adaptive_loop(self) -> None:
+        while True:
+            try:
+                self.adapt_once()
+            except Exception as exc:
+                logger.warning("dask-gateway: adaptive step failed: %s", exc)
+            await asyncio.sleep(self.config.adaptive_period)
+
+    def adapt_once(self) -> None:
+        """Scale up at once; scale down only to the max of the recent targets."""
+        if self.adaptive is None:
+            return
+        minimum, maximum = self.adaptive
+        target = self.scheduler.adaptive_target()
+        if minimum is not None:
+            target = max(target, minimum)
+        if maximum is not None:
+            target = min(target, maximum)
+        self._adapt_history.append(target)
+        if target > self.count:
+            self._set_count(target)
+        elif target < self.count:
+            recent = max(self._adapt_history)
+            if recent < self.count:
+                self._set_count(recent)
+
+    # -- idle timeout --------------------------------------------------------------
+
+    async def _idle_loop(self) -> None:
+        """Ask the gateway to stop the cluster once nothing has happened for a while."""
+        timeout = self.config.idle_timeout
+        last_counter = self.scheduler.transition_counter
+        last_active = time.monotonic()
+        while True:
+            await asyncio.sleep(timeout / 4)
+            now = time.monotonic()
+            counter = self.scheduler.transition_counter
+            if counter != last_counter or self._is_busy():
+                last_counter = counter
+                last_active = now
+                continue
+            if now - last_active > timeout:
+                logger.info(
+                    "dask-gateway: idle for more than %.1f s, asking the gateway to stop the cluster",
+                    timeout,
+                )
+                if await self._request_shutdown():
+                    return  # the gateway will stop us; keep serving until then
+
+    def _is_busy(self) -> bool:
+        s = self.scheduler
+        return bool(
+            s.unrunnable
+            or getattr(s, "queued", None)
+            or any(ws.processing for ws in s.workers.values())
+        )
+
+    async def _request_shutdown(self) -> bool:
+        url = f"{self.config.api_url}/v1/clusters/{self.config.cluster_name}"
+        return await self._request("DELETE", url, what="idle shutdown request")
+
+
+def _url_host(host: str) -> str:
+    """Bracket IPv6 literals for use in a URL."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# ---------------------------------------------------------------------------
+# Preload entry points
+# ---------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--dg-api-address",
+    default="127.0.0.1:0",
+    show_default=True,
+    help="host:port to serve the scheduler API (used by the gateway) on.",
+)
+@click.option(
+    "--dg-heartbeat-period",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds between heartbeats to the gateway; 0 = only on state changes.",
+)
+@click.option(
+    "--dg-adaptive-period",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Seconds between adaptive scaling decisions.",
+)
+@click.option(
+    "--dg-idle-timeout",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Stop the cluster after this many idle seconds; 0 disables.",
+)
+async def dask_setup(
+    scheduler: Any,
+    dg_api_address: str,
+    dg_heartbeat_period: float,
+    dg_adaptive_period: float,
+    dg_idle_timeout: float,
+) -> None:
+    """Start the gateway service inside the scheduler (called by distributed)."""
+    config = GatewayConfig.from_env(
+        api_address=dg_api_address,
+        heartbeat_period=dg_heartbeat_period,
+        adaptive_period=dg_adaptive_period,
+        idle_timeout=dg_idle_timeout,
+    )
+    service = GatewaySchedulerService(scheduler, config)
+    await service.start()
+    setattr(scheduler, SERVICE_ATTR, service)
+
+
+async def dask_teardown(scheduler: Any) -> None:
+    """Stop the service when the scheduler closes."""
+    service = getattr(scheduler, SERVICE_ATTR, None)
+    if service is not None:
+        await service.stop()

@@ -1,0 +1,2 @@
+"""Dask Gateway server."""
+__version__ = "0.1.0"

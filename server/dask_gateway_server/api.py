@@ -1,0 +1,339 @@
+"""The REST API: tornado handlers speaking the public dask-gateway wire format.
+
+JSON in, JSON out; every error a client can cause is a JSON ``{"error": ...}`` with a 4xx
+status. Handlers know the authenticator and the reconciler, never processes or SQL.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tornado import web
+from traitlets import TraitError
+
+from . import __version__
+from .auth import AuthError, Authenticator
+from .models import Cluster, ClusterStatus, User
+from .reconciler import Reconciler, SchedulerUnreachable
+
+WAIT_TIMEOUT = 20.0
+
+
+class APIError(web.HTTPError):
+    """An error whose message is meant for the client."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(status)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BaseHandler(web.RequestHandler):
+    #: "user": the authenticator; "cluster": a cluster's token; "none".
+    auth_kind = "user"
+
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.settings["authenticator"]
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self.settings["reconciler"]
+
+    @property
+    def backend(self):
+        return self.settings["backend"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+
+    def check_xsrf_cookie(self) -> None:
+        """API clients authenticate with headers, not ambient cookies alone."""
+
+    async def prepare(self) -> None:
+        if self.auth_kind == "user":
+            self.current_user = await self.authenticate()
+
+    async def authenticate(self) -> User:
+        auth = self.authenticator
+        user = auth.user_from_cookie(self.get_cookie(auth.cookie_name))
+        if user is not None:
+            return user
+        try:
+            user = await auth.authenticate(self.request)
+        except AuthError as e:
+            headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
+            raise APIError(e.status, e.message, headers) from None
+        for k, v in getattr(self.request, "auth_response_headers", {}).items():
+            self.set_header(k, v)
+        self.set_cookie(auth.cookie_name, auth.new_session(user),
+                        expires_days=2 * auth.cache_max_age / 86400, httponly=True,
+                        samesite="Lax")
+        return user
+
+    def json_body(self) -> Any:
+        if not self.request.body:
+            return {}
+        try:
+            return json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "Request body must be valid JSON") from None
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, APIError):
+            message = exc.message
+            for k, v in exc.headers.items():
+                self.set_header(k, v)
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message or self._reason
+        else:
+            message = "Internal server error, see the gateway log"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
+
+    def get_cluster(self, name: str, action: str = "view") -> Cluster:
+        cluster = self.reconciler.clusters.get(name)
+        if cluster is None:
+            raise APIError(404, f"Cluster {name} not found")
+        if not self.current_user.can_access(cluster):
+            raise APIError(
+                403, f"User {self.current_user.name} lacks permissions to {action} cluster {name}"
+            )
+        return cluster
+
+
+class HealthHandler(BaseHandler):
+    auth_kind = "none"
+
+    def get(self) -> None:
+        self.write_json({"status": "pass"})
+
+
+class VersionHandler(BaseHandler):
+    auth_kind = "none"
+
+    def get(self) -> None:
+        self.write_json({"version": __version__})
+
+
+class OptionsHandler(BaseHandler):
+    async def get(self) -> None:
+        try:
+            options = await self.backend.get_cluster_options(self.current_user)
+        except Exception:
+            self.settings["log"].exception(
+                "cluster_options failed for user %s", self.current_user.name
+            )
+            raise APIError(500, "The gateway's cluster_options failed; see the gateway log")
+        self.write_json({"cluster_options": options.get_specification()})
+
+
+def _parse_statuses(value: str | None) -> set[ClusterStatus] | None:
+    if value is None:
+        return None
+    out = set()
+    for part in value.split(","):
+        part = part.strip()
+        if part:
+            try:
+                out.add(ClusterStatus.from_name(part))
+            except ValueError as e:
+                raise APIError(422, str(e)) from None
+    return out
+
+
+class ClustersHandler(BaseHandler):
+    async def get(self) -> None:
+        statuses = _parse_statuses(self.get_query_argument("status", None))
+        user = self.current_user
+        out = {}
+        for cluster in self.reconciler.clusters.values():
+            if cluster.username != user.name:
+                continue
+            if statuses is None:
+                if not cluster.is_active:
+                    continue
+            elif cluster.model_status not in statuses:
+                continue
+            out[cluster.name] = cluster.to_dict()
+        self.write_json(out)
+
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise APIError(422, f"Request body must be a JSON object, got {type(body).__name__}")
+        request = body.get("cluster_options")
+        try:
+            options, config = await self.backend.process_cluster_options(
+                self.current_user, request
+            )
+        except (ValueError, TypeError, TraitError, KeyError) as e:
+            raise APIError(422, str(e)) from None
+        cluster = await self.reconciler.create_cluster(self.current_user, options, config)
+        self.write_json({"name": cluster.name}, status=201)
+
+
+def _bool_arg(value: str | None) -> bool:
+    if value is None:
+        return False
+    if value == "":
+        return True
+    try:
+        return bool(int(value))
+    except ValueError:
+        return value.lower() in ("true", "yes")
+
+
+class ClusterHandler(BaseHandler):
+    auth_kind = "none"  # DELETE also accepts the cluster's own token
+
+    async def get(self, name: str) -> None:
+        self.current_user = await self.authenticate()
+        cluster = self.get_cluster(name)
+        if _bool_arg(self.get_query_argument("wait", None)) and not cluster.ready.is_set():
+            try:
+                await asyncio.wait_for(asyncio.shield(cluster.ready.wait()), WAIT_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+        self.write_json(cluster.to_dict())
+
+    async def delete(self, name: str) -> None:
+        token = _token_from(self.request)
+        cluster = self.reconciler.by_token.get(token) if token else None
+        if cluster is not None and cluster.name == name:
+            await self.reconciler.stop_cluster(cluster)
+        else:
+            self.current_user = await self.authenticate()
+            cluster = self.reconciler.clusters.get(name)
+            if cluster is not None:
+                if not self.current_user.can_access(cluster):
+                    raise APIError(403, f"User {self.current_user.name} lacks permissions "
+                                        f"to stop cluster {name}")
+                await self.reconciler.stop_cluster(cluster)
+        self.set_status(204)
+        self.finish()
+
+
+def _token_from(request) -> str | None:
+    kind, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if kind.lower() == "token" and token.strip() else None
+
+
+def _int_or_none(body: dict, key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise APIError(422, f"{key} must be a non-negative integer or null, got {value!r}")
+    return value
+
+
+class ScaleHandler(BaseHandler):
+    async def post(self, name: str) -> None:
+        cluster = self.get_cluster(name, "scale")
+        body = self.json_body()
+        count = body.get("count") if isinstance(body, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise APIError(422, f"Scale expects a non-negative integer, got {count!r}")
+        msg = None
+        limit = cluster.max_workers
+        if limit is not None and count > limit:
+            msg = (f"Scale request of {count} workers would exceed resource limit of "
+                   f"{limit} workers. Scaling to {limit} instead.")
+            count = limit
+        await self._send(cluster, {"op": "scale", "count": count})
+        await self.reconciler.set_count(cluster, count)
+        self.write_json({"ok": msg is None, "msg": msg})
+
+    async def _send(self, cluster: Cluster, msg: dict) -> None:
+        try:
+            await self.reconciler.send_to_scheduler(cluster, msg)
+        except SchedulerUnreachable:
+            raise APIError(409, f"cluster {cluster.name} is not running") from None
+
+
+class AdaptHandler(ScaleHandler):
+    async def post(self, name: str) -> None:
+        cluster = self.get_cluster(name, "adapt")
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise APIError(422, "Adapt expects a JSON object")
+        minimum = _int_or_none(body, "minimum")
+        maximum = _int_or_none(body, "maximum")
+        active = body.get("active", True)
+        if not isinstance(active, bool):
+            raise APIError(422, f"active must be true or false, got {active!r}")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise APIError(422, f"minimum ({minimum}) must not exceed maximum ({maximum})")
+        msg = None
+        limit = cluster.max_workers
+        if limit is not None:
+            new_max = limit if maximum is None else min(maximum, limit)
+            new_min = 0 if minimum is None else min(minimum, limit)
+            if (maximum is not None and maximum > limit) or (minimum is not None
+                                                             and minimum > limit):
+                msg = (f"Adapt with `maximum={maximum}, minimum={minimum}` workers would "
+                       f"exceed resource limit of {limit} workers. Using "
+                       f"`maximum={new_max}, minimum={new_min}` instead.")
+            minimum, maximum = new_min, new_max
+        await self._send(cluster, {"op": "adapt", "minimum": minimum, "maximum": maximum,
+                                   "active": active})
+        self.write_json({"ok": msg is None, "msg": msg})
+
+
+_HEARTBEAT_KEYS = {
+    "scheduler_address": str, "dashboard_address": str, "api_address": str, "count": int,
+    "active_workers": list, "closing_workers": list, "closed_workers": list,
+}
+
+
+class HeartbeatHandler(BaseHandler):
+    auth_kind = "none"
+
+    async def post(self, name: str) -> None:
+        token = _token_from(self.request)
+        cluster = self.reconciler.by_token.get(token) if token else None
+        if cluster is None or cluster.name != name:
+            raise APIError(401, "Unauthorized", {"WWW-Authenticate": "token"})
+        msg = self.json_body()
+        if not isinstance(msg, dict):
+            raise APIError(422, "Heartbeat must be a JSON object")
+        for key, kind in _HEARTBEAT_KEYS.items():
+            value = msg.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise APIError(422, f"Heartbeat field {key!r} must be {kind.__name__}")
+        for key in ("active_workers", "closing_workers", "closed_workers"):
+            if not all(isinstance(w, str) for w in msg[key]):
+                raise APIError(422, f"Heartbeat field {key!r} must list worker names")
+        await self.reconciler.on_heartbeat(cluster, msg)
+        self.set_status(200)
+        self.finish()
+
+
+class NotFoundHandler(BaseHandler):
+    auth_kind = "none"
+
+    def prepare(self) -> None:
+        raise APIError(404, "Not Found")
+
+
+def api_handlers(prefix: str) -> list:
+    """The API routes under ``prefix`` (the proxy prefix, "" by default)."""
+    p = prefix.rstrip("/")
+    name = r"([^/]+)"
+    return [
+        (rf"{p}/api/health", HealthHandler),
+        (rf"{p}/api/version", VersionHandler),
+        (rf"{p}/api/v1/options", OptionsHandler),
+        (rf"{p}/api/v1/clusters/", ClustersHandler),
+        (rf"{p}/api/v1/clusters/{name}", ClusterHandler),
+        (rf"{p}/api/v1/clusters/{name}/scale", ScaleHandler),
+        (rf"{p}/api/v1/clusters/{name}/adapt", AdaptHandler),
+        (rf"{p}/api/v1/clusters/{name}/heartbeat", HeartbeatHandler),
+    ]

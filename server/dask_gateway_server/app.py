@@ -1,0 +1,220 @@
+"""The gateway application: configuration, command line, wiring, start and stop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from traitlets import Bool, Unicode, Type, default, validate
+from traitlets.config import Application, catch_config_error
+
+from . import __version__
+from .api import NotFoundHandler, api_handlers
+from .auth import Authenticator, KerberosAuthenticator, SimpleAuthenticator
+from .backends.base import Backend, ClusterConfig, DBBackendBase
+from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
+from .proxy import Proxy
+from .reconciler import Reconciler
+from .store import Store, load_or_create_key_file
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"Address must be 'host:port', got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class GenerateConfig(Application):
+    """Write a config file listing every setting with its default."""
+
+    name = "dask-gateway-server generate-config"
+    output = Unicode("dask_gateway_config.py", help="Where to write the file.", config=True)
+    force = Bool(False, help="Overwrite an existing file.", config=True)
+    aliases = {"output": "GenerateConfig.output"}
+    flags = {"force": ({"GenerateConfig": {"force": True}}, "Overwrite an existing file.")}
+
+    def start(self) -> None:
+        path = os.path.abspath(self.output)
+        if os.path.exists(path) and not self.force:
+            print(f"{path} exists; pass --force to overwrite it", file=sys.stderr)
+            self.exit(1)
+        text = DaskGateway(parent=self.parent).generate_config_file()
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"Wrote {path}")
+
+
+class DaskGateway(Application):
+    """A multi-user gateway to Dask clusters."""
+
+    name = "dask-gateway-server"
+    version = __version__
+    description = "Start a Dask Gateway server."
+
+    aliases = {
+        "log-level": "DaskGateway.log_level",
+        "f": "DaskGateway.config_file",
+        "config": "DaskGateway.config_file",
+    }
+    subcommands = {
+        "generate-config": (GenerateConfig, "Write a config file with every setting."),
+    }
+
+    config_file = Unicode(
+        "dask_gateway_config.py", help="The config file to load (if it exists).", config=True
+    )
+    data_dir = Unicode(
+        help="Directory for the gateway's database and keys (created if missing).", config=True
+    )
+    address = Unicode(
+        "127.0.0.1:0",
+        help="Private address serving the API to schedulers (port 0: a free port). The public "
+        "port (Proxy.address) serves the API to users.",
+        config=True,
+    )
+    backend_class = Type(
+        UnsafeLocalBackend, klass=Backend, help="The backend that runs clusters.", config=True
+    )
+    authenticator_class = Type(
+        SimpleAuthenticator, klass=Authenticator, help="How users are authenticated.",
+        config=True,
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.path.join(os.getcwd(), ".dask-gateway")
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO
+
+    @default("log_format")
+    def _default_log_format(self) -> str:
+        return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
+
+    @default("log_datefmt")
+    def _default_log_datefmt(self) -> str:
+        return "%Y-%m-%d %H:%M:%S"
+
+    @validate("address")
+    def _check_address(self, proposal):
+        split_host_port(proposal.value)
+        return proposal.value
+
+    @property
+    def classes(self) -> list:
+        return [
+            DaskGateway, Proxy, Authenticator, SimpleAuthenticator, KerberosAuthenticator,
+            Backend, DBBackendBase, LocalBackend, UnsafeLocalBackend,
+            ClusterConfig, LocalClusterConfig,
+        ]
+
+    @catch_config_error
+    def initialize(self, argv=None) -> None:
+        super().initialize(argv)
+        if self.subapp is not None:
+            return
+        self.load_config_file(self.config_file)
+        self.log.name = "dask_gateway_server"
+        self.log.propagate = False
+        self.authenticator = self.authenticator_class(parent=self, log=self.log)
+        self.backend = self.backend_class(parent=self, log=self.log)
+        self.proxy = Proxy(parent=self, log=self.log)
+
+    def _store(self) -> Store:
+        backend = self.backend
+        url = getattr(backend, "db_url", "")
+        keys = list(getattr(backend, "db_encrypt_keys", []))
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        if not url:
+            url = "sqlite:///" + os.path.join(self.data_dir, "dask_gateway.sqlite")
+            if not keys:
+                keys = [load_or_create_key_file(os.path.join(self.data_dir, "dask_gateway.key"))]
+        elif not keys:
+            raise ValueError(
+                "db_encrypt_keys (or DASK_GATEWAY_ENCRYPT_KEYS) must be set with a custom db_url"
+            )
+        return Store(url, keys, echo=getattr(backend, "db_debug", False))
+
+    async def start_async(self) -> None:
+        self.store = self._store()
+        await self.store.setup()
+        self.reconciler = Reconciler(self.store, self.backend, self.proxy, log=self.log)
+        self.web_app = web.Application(
+            api_handlers(self.proxy.prefix)
+            + self.proxy.dashboard_handlers()
+            + [(r".*", NotFoundHandler)],
+            authenticator=self.authenticator,
+            backend=self.backend,
+            reconciler=self.reconciler,
+            log=self.log,
+            log_function=self._log_request,
+        )
+        host, port = split_host_port(self.address)
+        sockets = bind_sockets(port, host or None, family=socket.AF_INET if not host else
+                               socket.AF_UNSPEC)
+        self.private_server = HTTPServer(self.web_app, xheaders=False)
+        self.private_server.add_sockets(sockets)
+        bound = sockets[0].getsockname()
+        if not self.backend.api_url:
+            api_host = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+            self.backend.api_url = f"http://{api_host}:{bound[1]}{self.proxy.prefix}/api"
+        await self.authenticator.setup()
+        await self.backend.setup()
+        await self.proxy.start(self.web_app)
+        await self.reconciler.start()
+        self.log.info("Dask Gateway %s started at %s", __version__, self.proxy.public_url)
+
+    async def stop_async(self) -> None:
+        self.log.info("Stopping the gateway")
+        await self.reconciler.stop()
+        await self.proxy.stop()
+        self.private_server.stop()
+        await self.backend.cleanup()
+        await self.authenticator.cleanup()
+        await self.store.close()
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        if handler.request.path.endswith("/api/health") or handler.request.path.endswith(
+            "/heartbeat"
+        ):
+            level = logging.DEBUG
+        elif status < 400:
+            level = logging.INFO
+        elif status < 500:
+            level = logging.WARNING
+        else:
+            level = logging.ERROR
+        self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
+                     handler.request.uri, 1000 * handler.request.request_time())
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start_async()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop_async()
+
+    def start(self) -> None:
+        if self.subapp is not None:
+            return self.subapp.start()
+        try:
+            asyncio.run(self.run())
+        except Exception as e:
+            self.log.critical("The gateway failed: %s", e, exc_info=self.log_level <= 10)
+            sys.exit(1)
+
+
+main = DaskGateway.launch_instance

@@ -1,0 +1,334 @@
+"""What a backend is: the per-cluster configuration it accepts and the few calls it answers.
+
+A backend starts and stops schedulers and workers and says whether they are still alive. It
+knows nothing of HTTP, the database or timers: the reconciler decides *when*, the backend
+knows *how*.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from typing import Any
+
+from traitlets import (
+    Any as AnyTrait,
+    Bool,
+    Dict,
+    Float,
+    Instance,
+    Integer,
+    List,
+    TraitError,
+    TraitType,
+    Type,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
+from traitlets.config import Configurable, LoggingConfigurable
+
+from ..models import Cluster, User, Worker
+from ..options import Float as FloatField, Integer as IntegerField, Options, Select
+
+
+class MemoryLimit(TraitType):
+    """Bytes, given as an int or a string like ``"2 G"`` / ``"512M"`` (binary units)."""
+
+    default_value = 0
+    info_text = "a number of bytes, or a string like '2 G'"
+    _units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def validate(self, obj: Any, value: Any) -> int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0 or not math.isfinite(value):
+                self.error(obj, value)
+            return int(value)
+        if isinstance(value, str):
+            m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", value.upper())
+            if m:
+                return int(float(m.group(1)) * self._units[m.group(2)])
+        self.error(obj, value)
+
+
+class Command(List):
+    """A command as a list of arguments; a string is split on whitespace."""
+
+    def validate(self, obj: Any, value: Any) -> list:
+        if isinstance(value, str):
+            value = value.split()
+        return super().validate(obj, value)
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n > size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+class ClusterConfig(Configurable):
+    """Settings of one cluster, fixed when it is created (options may override them)."""
+
+    scheduler_cmd = Command(
+        [], help="Command that starts the scheduler; empty means distributed's, with `python`.",
+        config=True,
+    )
+    worker_cmd = Command(
+        [], help="Command that starts a worker; empty means distributed's, with `python`.",
+        config=True,
+    )
+    python = Unicode(
+        "", help="Python interpreter for scheduler and workers; empty means the gateway's own.",
+        config=True,
+    )
+    environment = Dict(
+        {}, help="Extra environment variables for the scheduler and workers.", config=True
+    )
+    worker_memory = MemoryLimit("2 G", help="Memory per worker (bytes or '2 G').", config=True)
+    worker_cores = Integer(1, min=1, help="Cores per worker.", config=True)
+    worker_threads = Integer(
+        help="Threads per worker; defaults to worker_cores.", config=True, allow_none=True
+    )
+    scheduler_memory = MemoryLimit("2 G", help="Memory for the scheduler.", config=True)
+    scheduler_cores = Integer(1, min=1, help="Cores for the scheduler.", config=True)
+    adaptive_period = Float(
+        3, min=0, help="Seconds between adaptive scaling decisions on the scheduler.",
+        config=True,
+    )
+    idle_timeout = Float(
+        0, min=0, help="Stop a cluster idle this many seconds (0 = never).", config=True
+    )
+    cluster_max_memory = MemoryLimit(
+        None, allow_none=True, help="Most memory a cluster may use (scheduler included).",
+        config=True,
+    )
+    cluster_max_cores = Float(
+        None, allow_none=True, help="Most cores a cluster may use (scheduler included).",
+        config=True,
+    )
+    cluster_max_workers = Integer(
+        None, allow_none=True, help="Most workers a cluster may have.", config=True
+    )
+
+    @default("worker_threads")
+    def _default_worker_threads(self) -> int:
+        return self.worker_cores
+
+    @validate("worker_threads")
+    def _check_worker_threads(self, proposal):
+        if proposal.value is not None and proposal.value < 1:
+            raise TraitError("worker_threads must be >= 1")
+        return proposal.value
+
+    def effective_max_workers(self) -> int | None:
+        """The worker limit that all three resource limits imply."""
+        limits = []
+        if self.cluster_max_workers is not None:
+            limits.append(self.cluster_max_workers)
+        if self.cluster_max_memory is not None:
+            if self.scheduler_memory > self.cluster_max_memory:
+                raise ValueError(
+                    f"Scheduler memory request of {format_bytes(self.scheduler_memory)} exceeds "
+                    f"cluster memory limit of {format_bytes(self.cluster_max_memory)}"
+                )
+            free = self.cluster_max_memory - self.scheduler_memory
+            limits.append(free // self.worker_memory if self.worker_memory else math.inf)
+        if self.cluster_max_cores is not None:
+            if self.scheduler_cores > self.cluster_max_cores:
+                raise ValueError(
+                    f"Scheduler cores request of {self.scheduler_cores} exceeds "
+                    f"cluster cores limit of {self.cluster_max_cores}"
+                )
+            free = self.cluster_max_cores - self.scheduler_cores
+            limits.append(free // self.worker_cores)
+        finite = [int(x) for x in limits if x != math.inf]
+        return min(finite) if finite else None
+
+    def to_dict(self) -> dict:
+        """Every setting, JSON-ready, with the worker limit resolved."""
+        out = {name: getattr(self, name) for name in self.trait_names(config=True)}
+        out["cluster_max_workers"] = self.effective_max_workers()
+        return out
+
+
+def default_cluster_options() -> Options:
+    """What a fresh gateway offers: cores and memory bounded by this machine, one environment."""
+    cores = os.cpu_count() or 1
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem_gib = 4.0
+
+    def handler(options):
+        return {
+            "worker_cores": options.worker_cores,
+            "worker_memory": int(options.worker_memory * 2**30),
+            "python": options.python,
+        }
+
+    return Options(
+        IntegerField("worker_cores", default=1, min=1, max=cores, label="Worker Cores"),
+        FloatField("worker_memory", default=1, min=0.25, max=round(mem_gib, 1),
+                   label="Worker Memory (GiB)"),
+        Select("environment", [("basic", sys.executable)], label="Environment",
+               target="python"),
+        handler=handler,
+    )
+
+
+class Backend(LoggingConfigurable):
+    """Starts, stops and checks schedulers and workers.
+
+    Subclasses implement the ``start_*``/``stop_*``/``check_*`` coroutines. ``state`` dicts they
+    return are stored with the object and handed back later (after a gateway restart too).
+    """
+
+    cluster_options = Union(
+        [Instance(Options), AnyTrait()],
+        help="Options users may set (an Options, or a callable(user) returning one; may be async).",
+        config=True,
+    )
+    cluster_config_class = Type(
+        ClusterConfig, klass=ClusterConfig, help="The ClusterConfig class to use.", config=True
+    )
+    api_url = Unicode(
+        "", help="URL schedulers use to reach the gateway API; default: the public address + /api.",
+        config=True,
+    )
+
+    @default("cluster_options")
+    def _default_cluster_options(self) -> Options:
+        return default_cluster_options()
+
+    async def setup(self) -> None:
+        """Prepare to run clusters (called once at gateway start)."""
+
+    async def cleanup(self) -> None:
+        """Release resources (called once at gateway stop)."""
+
+    async def get_cluster_options(self, user: User) -> Options:
+        opts = self.cluster_options
+        if callable(opts) and not isinstance(opts, Options):
+            opts = opts(user)
+            if hasattr(opts, "__await__"):
+                opts = await opts
+        if not isinstance(opts, Options):
+            raise TypeError(f"cluster_options must give an Options, got {type(opts).__name__}")
+        return opts
+
+    async def process_cluster_options(self, user: User, request: Any) -> tuple[dict, dict]:
+        """Validate a user's options; returns (options as shown to users, config dict).
+
+        Raises ValueError/TypeError/TraitError with a message meant for the user.
+        """
+        opts = await self.get_cluster_options(user)
+        options = opts.parse_options(request)
+        overrides = await opts.get_configuration(options, user)
+        config = self.cluster_config_class(parent=self, **overrides)
+        return options, config.to_dict()
+
+    def cluster_config(self, cluster: Cluster) -> ClusterConfig:
+        """The stored configuration of ``cluster`` as a ClusterConfig object."""
+        known = set(self.cluster_config_class.class_trait_names(config=True))
+        return self.cluster_config_class(
+            **{k: v for k, v in cluster.config.items() if k in known}
+        )
+
+    # -- the interface ----------------------------------------------------
+    async def start_cluster(self, cluster: Cluster) -> dict:
+        """Start the scheduler; return the state needed to find and stop it later."""
+        raise NotImplementedError
+
+    async def stop_cluster(self, cluster: Cluster) -> None:
+        """Stop the scheduler (and anything else of the cluster). Must be idempotent."""
+        raise NotImplementedError
+
+    async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
+        """For each cluster, is its scheduler still alive?"""
+        return [True] * len(clusters)
+
+    async def start_worker(self, cluster: Cluster, worker: Worker) -> dict:
+        """Start one worker; return the state needed to find and stop it later."""
+        raise NotImplementedError
+
+    async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
+        """Stop one worker. Must be idempotent."""
+        raise NotImplementedError
+
+    async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
+        """For each worker, is it still alive?"""
+        return [True] * len(workers)
+
+    def failure_details(self, cluster: Cluster) -> str:
+        """A short text (e.g. the end of the scheduler log) explaining a failure."""
+        return ""
+
+
+class DBBackendBase(Backend):
+    """Settings of the state store and the reconciler.
+
+    They live on the backend class so that config files written for the public dask-gateway
+    (``c.DBBackendBase.db_url``, ``c.LocalBackend.stop_clusters_on_shutdown``...) keep working.
+    """
+
+    db_url = Unicode(
+        "", help="SQLAlchemy URL of the state database; empty means a SQLite file in the data "
+        "directory.", config=True,
+    )
+    db_encrypt_keys = List(
+        help="Keys encrypting secrets at rest (env DASK_GATEWAY_ENCRYPT_KEYS, ';'-separated). "
+        "Empty with the default SQLite file: a key file is created next to it.",
+        config=True,
+    )
+    db_debug = Bool(False, help="Log every SQL statement.", config=True)
+    db_cleanup_period = Float(600, help="Seconds between removals of old records.", config=True)
+    db_cluster_max_age = Float(
+        86400, help="Seconds a stopped cluster is remembered.", config=True
+    )
+    stop_clusters_on_shutdown = Bool(
+        True, help="Stop every cluster when the gateway stops.", config=True
+    )
+    cluster_status_period = Float(
+        30, help="Seconds between checks that schedulers are alive.", config=True
+    )
+    worker_status_period = Float(
+        30, help="Seconds between checks that starting workers are alive.", config=True
+    )
+    cluster_heartbeat_period = Float(
+        15, help="Seconds between scheduler heartbeats.", config=True
+    )
+    cluster_heartbeat_timeout = Float(
+        help="Seconds without a heartbeat before a cluster is failed (default 2 periods).",
+        config=True,
+    )
+    cluster_start_timeout = Float(60, help="Seconds a cluster may take to start.", config=True)
+    worker_start_timeout = Float(60, help="Seconds a worker may take to start.", config=True)
+    check_timeouts_period = Float(
+        help="Seconds between timeout checks (default: min(20, shortest timeout / 2)).",
+        config=True,
+    )
+    worker_start_failure_limit = Integer(
+        3, help="Consecutive worker start failures before the cluster is failed.", config=True
+    )
+    parallelism = Integer(20, help="How many clusters and workers change at once.", config=True)
+    backoff_base_delay = Float(0.1, help="First retry delay after an error.", config=True)
+    backoff_max_delay = Float(300, help="Longest retry delay after errors.", config=True)
+
+    @default("cluster_heartbeat_timeout")
+    def _default_heartbeat_timeout(self) -> float:
+        return 2 * self.cluster_heartbeat_period
+
+    @default("check_timeouts_period")
+    def _default_check_timeouts_period(self) -> float:
+        shortest = min(
+            self.cluster_heartbeat_timeout, self.cluster_start_timeout, self.worker_start_timeout
+        )
+        return min(20.0, shortest / 2)
+
+    @default("db_encrypt_keys")
+    def _default_encrypt_keys(self) -> list:
+        env = os.environ.get("DASK_GATEWAY_ENCRYPT_KEYS", "")
+        return [k for k in env.split(";") if k.strip()]

@@ -1,0 +1,278 @@
+"""Schedulers and workers as processes on the gateway's machine."""
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from traitlets import Float, List, Type, Unicode, default
+
+from ..models import Cluster, Worker
+from .base import ClusterConfig, DBBackendBase
+
+__all__ = ["LocalBackend", "UnsafeLocalBackend", "LocalClusterConfig", "SubprocessLauncher"]
+
+
+class LocalClusterConfig(ClusterConfig):
+    """ClusterConfig of the local backends."""
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): tells a reused pid from ours."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces; fields resume after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    if fields and fields[0] == b"Z":
+        return None  # a zombie is dead
+    return int(fields[19])
+
+
+def is_alive(state: dict) -> bool:
+    pid = state.get("pid")
+    if not pid:
+        return False
+    ticks = _process_start_ticks(pid)
+    return ticks is not None and ticks == state.get("start_ticks", ticks)
+
+
+class SubprocessLauncher:
+    """Starts a process with fork+exec; the strategy a faster launcher can replace."""
+
+    async def launch(self, cmd: list[str], env: dict, cwd: str, log_path: str,
+                     user: str | None = None) -> dict:
+        """Start ``cmd``; return ``{"pid": ..., "start_ticks": ...}``."""
+        preexec = _switch_user(user) if user else None
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                env=env,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
+                # Own session: the process outlives a gateway restart and gets no terminal
+                # signals meant for the gateway.
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        finally:
+            os.close(fd)
+        # Reap the child when it exits so it does not linger as a zombie.
+        asyncio.ensure_future(proc.wait())
+        return {"pid": proc.pid, "start_ticks": _process_start_ticks(proc.pid)}
+
+
+def _switch_user(username: str):
+    entry = pwd.getpwnam(username)
+
+    def preexec() -> None:
+        os.setgroups(os.getgrouplist(username, entry.pw_gid))
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+
+    return preexec
+
+
+class LocalBackend(DBBackendBase):
+    """Runs each cluster's processes as the requesting user (the gateway must run as root and
+    every user must exist on the machine)."""
+
+    cluster_config_class = Type(
+        "dask_gateway_server.backends.local.LocalClusterConfig", klass=ClusterConfig,
+        help="The ClusterConfig class to use.", config=True,
+    )
+    launcher_class = Type(
+        SubprocessLauncher, klass=object, help="How processes are started.", config=True
+    )
+    sigint_timeout = Float(10, help="Seconds to wait after SIGINT before SIGTERM.", config=True)
+    sigterm_timeout = Float(5, help="Seconds to wait after SIGTERM before SIGKILL.", config=True)
+    sigkill_timeout = Float(5, help="Seconds to wait after SIGKILL.", config=True)
+    clusters_directory = Unicode(
+        "", help="Where cluster working directories go; empty means a temporary directory.",
+        config=True,
+    )
+    inherited_environment = List(
+        ["PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "LANG",
+         "LC_ALL", "HOME", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
+        help="Environment variables passed from the gateway to the clusters.", config=True,
+    )
+
+    run_as_user = True
+
+    @default("clusters_directory")
+    def _default_clusters_directory(self) -> str:
+        return os.path.join(tempfile.gettempdir(), "dask-gateway-clusters")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.launcher = self.launcher_class()
+
+    # -- paths and environment ------------------------------------------------
+    def workdir(self, cluster: Cluster) -> str:
+        return os.path.join(self.clusters_directory, cluster.name)
+
+    def _setup_workdir(self, cluster: Cluster) -> dict[str, str]:
+        workdir = self.workdir(cluster)
+        certs = os.path.join(workdir, ".certs")
+        logs = os.path.join(workdir, "logs")
+        os.makedirs(self.clusters_directory, mode=0o755, exist_ok=True)
+        for d in (workdir, certs, logs):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        paths = {"workdir": workdir, "cert": os.path.join(certs, "dask.crt"),
+                 "key": os.path.join(certs, "dask.pem"), "logs": logs}
+        for path, data in ((paths["cert"], cluster.tls_cert), (paths["key"], cluster.tls_key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        if self.run_as_user:
+            entry = pwd.getpwnam(cluster.username)
+            for root, dirs, files in os.walk(workdir):
+                for name in [root, *(os.path.join(root, x) for x in dirs + files)]:
+                    os.chown(name, entry.pw_uid, entry.pw_gid)
+        return paths
+
+    def _env(self, cluster: Cluster, config: ClusterConfig, role: str) -> dict[str, str]:
+        workdir = self.workdir(cluster)
+        cert = os.path.join(workdir, ".certs", "dask.crt")
+        key = os.path.join(workdir, ".certs", "dask.pem")
+        env = {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
+        env.update({str(k): str(v) for k, v in config.environment.items()})
+        env.update({
+            "USER": cluster.username,
+            "DASK_GATEWAY_API_URL": self.api_url,
+            "DASK_GATEWAY_API_TOKEN": cluster.token,
+            "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
+            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
+        })
+        return env
+
+    def _python(self, config: ClusterConfig) -> str:
+        return config.python or sys.executable
+
+    def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
+        base = config.scheduler_cmd or [self._python(config), "-m",
+                                        "distributed.cli.dask_scheduler"]
+        return [
+            *base,
+            "--protocol", "tls",
+            "--port", "0",
+            "--host", "127.0.0.1",
+            "--dashboard-address", "127.0.0.1:0",
+            "--preload", "dask_gateway.scheduler_preload",
+            "--dg-api-address", "127.0.0.1:0",
+            "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
+            "--dg-adaptive-period", str(config.adaptive_period),
+            "--dg-idle-timeout", str(config.idle_timeout),
+        ]
+
+    def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
+        extra: list[str] = []
+        base = config.worker_cmd
+        if not base:
+            # One process per worker: a nanny would double start time and memory; the
+            # gateway itself replaces a worker that dies.
+            base = [self._python(config), "-m", "distributed.cli.dask_worker"]
+            extra = ["--no-nanny", "--no-dashboard"]
+        else:
+            extra = ["--dashboard-address", "127.0.0.1:0"]
+        return [
+            *base,
+            cluster.scheduler_address,
+            *extra,
+            "--name", worker.name,
+            "--nthreads", str(config.worker_threads),
+            "--memory-limit", str(config.worker_memory),
+        ]
+
+    # -- the backend interface ------------------------------------------------
+    async def start_cluster(self, cluster: Cluster) -> dict:
+        config = self.cluster_config(cluster)
+        loop = asyncio.get_running_loop()
+        paths = await loop.run_in_executor(None, self._setup_workdir, cluster)
+        return await self.launcher.launch(
+            self.scheduler_command(cluster, config),
+            self._env(cluster, config, "scheduler"),
+            paths["workdir"],
+            os.path.join(paths["logs"], "scheduler.log"),
+            cluster.username if self.run_as_user else None,
+        )
+
+    async def stop_cluster(self, cluster: Cluster) -> None:
+        await self._terminate(cluster.state)
+        workdir = self.workdir(cluster)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: shutil.rmtree(workdir, ignore_errors=True)
+        )
+
+    async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
+        return [is_alive(c.state) for c in clusters]
+
+    async def start_worker(self, cluster: Cluster, worker: Worker) -> dict:
+        config = self.cluster_config(cluster)
+        workdir = self.workdir(cluster)
+        return await self.launcher.launch(
+            self.worker_command(cluster, config, worker),
+            self._env(cluster, config, "worker"),
+            workdir,
+            os.path.join(workdir, "logs", f"worker-{worker.name}.log"),
+            cluster.username if self.run_as_user else None,
+        )
+
+    async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
+        await self._terminate(worker.state)
+
+    async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
+        return [is_alive(w.state) for w in workers]
+
+    def failure_details(self, cluster: Cluster) -> str:
+        path = os.path.join(self.workdir(cluster), "logs", "scheduler.log")
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 2000))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    async def _terminate(self, state: dict) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL, waiting a while after each."""
+        pid = state.get("pid")
+        for sig, timeout in ((signal.SIGINT, self.sigint_timeout),
+                             (signal.SIGTERM, self.sigterm_timeout),
+                             (signal.SIGKILL, self.sigkill_timeout)):
+            if not is_alive(state):
+                return
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + timeout
+            delay = 0.01
+            while time.monotonic() < deadline:
+                if not is_alive(state):
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        self.log.warning("Process %s did not exit after SIGKILL", pid)
+
+
+class UnsafeLocalBackend(LocalBackend):
+    """Runs every cluster's processes as the gateway's own user (the default).
+
+    Users are not isolated from each other or from the gateway: for one trusted team.
+    """
+
+    run_as_user = False

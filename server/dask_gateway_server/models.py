@@ -1,0 +1,145 @@
+"""The gateway's data: users, clusters, workers and their states.
+
+Pure data with no I/O, so every other module can import it.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ClusterStatus(enum.IntEnum):
+    """The status a client sees; only the names travel on the wire."""
+
+    PENDING = 1
+    RUNNING = 2
+    STOPPING = 3
+    STOPPED = 4
+    FAILED = 5
+
+    @classmethod
+    def from_name(cls, name: str) -> "ClusterStatus":
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"{name!r} is not a valid ClusterStatus") from None
+
+
+class JobStatus(enum.IntEnum):
+    """Internal status (and target) of a cluster or worker."""
+
+    CREATED = 1
+    SUBMITTED = 2
+    RUNNING = 3
+    CLOSING = 4
+    STOPPED = 5
+    FAILED = 6
+
+    @property
+    def is_done(self) -> bool:
+        return self in (JobStatus.STOPPED, JobStatus.FAILED)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    groups: frozenset[str] = frozenset()
+    admin: bool = False
+
+    def can_access(self, cluster: "Cluster") -> bool:
+        return self.name == cluster.username
+
+
+@dataclass(eq=False)
+class Worker:
+    name: str
+    cluster_name: str
+    status: JobStatus = JobStatus.CREATED
+    target: JobStatus = JobStatus.RUNNING
+    state: dict = field(default_factory=dict)
+    start_time: int = field(default_factory=now_ms)
+    stop_time: int | None = None
+    close_expected: bool = False
+    id: int | None = None
+
+    @property
+    def is_active(self) -> bool:
+        """Counts towards the cluster's worker count."""
+        return self.target == JobStatus.RUNNING and not self.status.is_done
+
+    @property
+    def is_pending(self) -> bool:
+        return self.is_active and self.status in (JobStatus.CREATED, JobStatus.SUBMITTED)
+
+
+@dataclass(eq=False)
+class Cluster:
+    name: str
+    username: str
+    token: str
+    options: dict
+    config: dict
+    tls_cert: bytes
+    tls_key: bytes
+    status: JobStatus = JobStatus.CREATED
+    target: JobStatus = JobStatus.RUNNING
+    count: int = 0
+    state: dict = field(default_factory=dict)
+    scheduler_address: str = ""
+    dashboard_address: str = ""
+    api_address: str = ""
+    start_time: int = field(default_factory=now_ms)
+    stop_time: int | None = None
+    message: str = ""
+    id: int | None = None
+    # Memory only: rebuilt at start-up.
+    workers: dict[str, Worker] = field(default_factory=dict)
+    last_heartbeat: float = 0.0
+    worker_start_failures: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def model_status(self) -> ClusterStatus:
+        """Map (status, target) to the public status."""
+        if self.status.is_done:
+            return ClusterStatus[self.status.name]
+        if self.target != JobStatus.RUNNING or self.status == JobStatus.CLOSING:
+            return ClusterStatus.STOPPING
+        if self.status == JobStatus.RUNNING:
+            return ClusterStatus.RUNNING
+        return ClusterStatus.PENDING
+
+    @property
+    def is_active(self) -> bool:
+        return self.target == JobStatus.RUNNING
+
+    @property
+    def max_workers(self) -> int | None:
+        return self.config.get("cluster_max_workers")
+
+    def active_workers(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.is_active]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The eight-key JSON every client understands; no key may be added."""
+        status = self.model_status
+        running = status == ClusterStatus.RUNNING
+        return {
+            "name": self.name,
+            "dashboard_route": (
+                f"/clusters/{self.name}/status" if running and self.dashboard_address else None
+            ),
+            "status": status.name,
+            "start_time": self.start_time,
+            "stop_time": self.stop_time,
+            "options": self.options,
+            "tls_cert": self.tls_cert.decode() if running else None,
+            "tls_key": self.tls_key.decode() if running else None,
+        }

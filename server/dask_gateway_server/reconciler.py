@@ -1,0 +1,429 @@
+"""Drives every cluster and worker from its status to its target.
+
+Requests (create, stop, heartbeat) only record a target in the store and wake the reconciler;
+here the backend is asked to start or stop things, and timers catch what never reports back.
+The in-memory ``clusters`` dict is a cache of the store, rebuilt by ``start()``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .backends.base import Backend, DBBackendBase
+from .models import Cluster, JobStatus, User, Worker, now_ms
+from .store import Store
+from .tls import new_keypair
+from .workqueue import WorkQueue
+
+CLUSTER = "cluster"
+WORKER = "worker"
+
+
+class SchedulerUnreachable(Exception):
+    """The scheduler did not accept a message from the gateway."""
+
+
+class Reconciler:
+    def __init__(self, store: Store, backend: Backend, routes, log: logging.Logger | None = None):
+        """``routes`` is the proxy: ``add_route(name, scheduler, dashboard)``, ``remove_route``."""
+        self.store = store
+        self.backend = backend
+        self.settings: DBBackendBase = backend  # the timers and limits live on the backend
+        self.routes = routes
+        self.log = log or logging.getLogger("dask_gateway_server")
+        self.clusters: dict[str, Cluster] = {}
+        self.by_token: dict[str, Cluster] = {}
+        self.queue = WorkQueue()
+        self._failures: dict[Any, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._http = AsyncHTTPClient()
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        """Load every cluster from the store and resume driving the unfinished ones."""
+        for cluster in await self.store.load():
+            self._remember(cluster)
+            if cluster.status.is_done:
+                cluster.ready.set()
+                continue
+            if cluster.status == JobStatus.RUNNING:
+                # Schedulers kept running while we were down: give them a heartbeat period
+                # to find us again, and route their traffic meanwhile.
+                cluster.last_heartbeat = time.monotonic()
+                cluster.ready.set()
+                self.routes.add_route(cluster.name, cluster.scheduler_address,
+                                      cluster.dashboard_address)
+            self.queue.put((CLUSTER, cluster.name))
+            for worker in cluster.workers.values():
+                if not worker.status.is_done:
+                    self.queue.put((WORKER, cluster.name, worker.name))
+        self._tasks = [asyncio.create_task(self._worker_loop())
+                       for _ in range(self.settings.parallelism)]
+        self._tasks.append(asyncio.create_task(self._timer_loop()))
+        self._tasks.append(asyncio.create_task(self._cleanup_loop()))
+
+    async def stop(self) -> None:
+        """Stop reconciling; with ``stop_clusters_on_shutdown`` fail and stop every cluster."""
+        if self.settings.stop_clusters_on_shutdown:
+            active = [c for c in self.clusters.values() if not c.status.is_done]
+            for c in active:
+                await self.stop_cluster(c, failed=True, message="The gateway shut down")
+            if active:
+                await asyncio.wait(
+                    [asyncio.create_task(c.ready.wait()) for c in active], timeout=30
+                )
+                # ready is set when RUNNING too: wait for the real end.
+                deadline = time.monotonic() + 30
+                while any(not c.status.is_done for c in active) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+        self.queue.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _remember(self, cluster: Cluster) -> None:
+        self.clusters[cluster.name] = cluster
+        self.by_token[cluster.token] = cluster
+
+    def _forget(self, name: str) -> None:
+        cluster = self.clusters.pop(name, None)
+        if cluster is not None:
+            self.by_token.pop(cluster.token, None)
+
+    # -- requests (from the API) ------------------------------------------------
+    async def create_cluster(self, user: User, options: dict, config: dict) -> Cluster:
+        name = uuid.uuid4().hex
+        cert, key = new_keypair(name)
+        cluster = Cluster(
+            name=name,
+            username=user.name,
+            token=uuid.uuid4().hex + uuid.uuid4().hex,
+            options=options,
+            config=config,
+            tls_cert=cert,
+            tls_key=key,
+        )
+        await self.store.add_cluster(cluster)
+        self._remember(cluster)
+        self.queue.put((CLUSTER, name))
+        self.log.info("Created cluster %s for user %s", name, user.name)
+        return cluster
+
+    async def stop_cluster(self, cluster: Cluster, failed: bool = False,
+                           message: str = "") -> None:
+        if not cluster.is_active:
+            return
+        target = JobStatus.FAILED if failed else JobStatus.STOPPED
+        await self.store.update_cluster(cluster, target=target,
+                                        message=message or cluster.message)
+        self.queue.put((CLUSTER, cluster.name))
+
+    async def on_heartbeat(self, cluster: Cluster, msg: dict) -> None:
+        """The scheduler says where it is, how many workers it wants and which it has."""
+        if not cluster.is_active or cluster.status.is_done:
+            return
+        cluster.last_heartbeat = time.monotonic()
+        changes: dict[str, Any] = {}
+        became_running = cluster.status in (JobStatus.CREATED, JobStatus.SUBMITTED)
+        if became_running:
+            changes.update(
+                status=JobStatus.RUNNING,
+                scheduler_address=msg["scheduler_address"],
+                dashboard_address=msg["dashboard_address"],
+                api_address=msg["api_address"],
+            )
+        count = max(0, msg["count"])
+        if cluster.max_workers is not None:
+            count = min(count, cluster.max_workers)
+        if count != cluster.count:
+            changes["count"] = count
+        if changes:
+            await self.store.update_cluster(cluster, **changes)
+        if became_running:
+            self.routes.add_route(cluster.name, cluster.scheduler_address,
+                                  cluster.dashboard_address)
+            cluster.ready.set()
+            self.log.info("Cluster %s is running", cluster.name)
+
+        closing = set(msg["closing_workers"])
+        for name in set(msg["active_workers"]) | closing:
+            worker = cluster.workers.get(name)
+            if worker is None or worker.status.is_done:
+                continue
+            if worker.status in (JobStatus.CREATED, JobStatus.SUBMITTED):
+                await self.store.update_worker(worker, status=JobStatus.RUNNING)
+                cluster.worker_start_failures = 0
+            if name in closing and not worker.close_expected:
+                await self.store.update_worker(worker, close_expected=True,
+                                               target=JobStatus.STOPPED)
+        for name in msg["closed_workers"]:
+            worker = cluster.workers.get(name)
+            if worker is None or worker.status.is_done:
+                continue
+            if worker.close_expected or worker.target != JobStatus.RUNNING:
+                target = JobStatus.STOPPED
+            else:
+                self.log.warning("Worker %s of cluster %s was lost", name, cluster.name)
+                target = JobStatus.FAILED
+            await self.store.update_worker(worker, target=target)
+            self.queue.put((WORKER, cluster.name, name))
+
+        # Cancel workers still starting beyond the requested count, unstarted ones first.
+        extra = len(cluster.active_workers()) - cluster.count
+        if extra > 0:
+            pending = sorted((w for w in cluster.workers.values() if w.is_pending),
+                             key=lambda w: w.status)
+            for worker in pending[:extra]:
+                await self.store.update_worker(worker, target=JobStatus.STOPPED,
+                                               close_expected=True)
+                self.queue.put((WORKER, cluster.name, worker.name))
+        self.queue.put((CLUSTER, cluster.name))
+
+    async def set_count(self, cluster: Cluster, count: int) -> None:
+        """Record a count the scheduler has accepted, without waiting for its heartbeat."""
+        if cluster.is_active and count != cluster.count:
+            await self.store.update_cluster(cluster, count=count)
+            self.queue.put((CLUSTER, cluster.name))
+
+    async def send_to_scheduler(self, cluster: Cluster, msg: dict) -> None:
+        """POST ``msg`` to the scheduler's API, retrying; raises SchedulerUnreachable."""
+        delay = 0.1
+        error: Exception | None = None
+        for attempt in range(3):
+            if cluster.status != JobStatus.RUNNING or not cluster.is_active:
+                break
+            req = HTTPRequest(
+                f"{cluster.api_address}/api/comm",
+                method="POST",
+                headers={"Authorization": f"token {cluster.token}",
+                         "Content-Type": "application/json"},
+                body=json.dumps(msg),
+                request_timeout=10,
+            )
+            try:
+                await self._http.fetch(req)
+                return
+            except (HTTPClientError, OSError) as e:
+                error = e
+                await asyncio.sleep(delay)
+                delay *= 2
+        if error is not None:
+            self.log.warning("Scheduler of cluster %s unreachable: %s", cluster.name, error)
+            await self.stop_cluster(cluster, failed=True,
+                                    message=f"Scheduler unreachable: {error}")
+        raise SchedulerUnreachable(f"cluster {cluster.name} is not running")
+
+    # -- the reconcile loop ------------------------------------------------------------
+    async def _worker_loop(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                if key[0] == CLUSTER:
+                    cluster = self.clusters.get(key[1])
+                    if cluster is not None:
+                        await self._reconcile_cluster(cluster)
+                else:
+                    cluster = self.clusters.get(key[1])
+                    worker = cluster.workers.get(key[2]) if cluster else None
+                    if worker is not None:
+                        await self._reconcile_worker(cluster, worker)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                n = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(self.settings.backoff_max_delay,
+                            self.settings.backoff_base_delay * 2**n)
+                self.log.exception("Error reconciling %s; retrying in %.1f s", key, delay)
+                self.queue.put_after(key, delay)
+            finally:
+                self.queue.task_done(key)
+
+    async def _reconcile_cluster(self, cluster: Cluster) -> None:
+        if cluster.status.is_done:
+            return
+        if not cluster.is_active:
+            await self._shut_down(cluster)
+        elif cluster.status == JobStatus.CREATED:
+            await self._start(cluster)
+        elif cluster.status == JobStatus.RUNNING:
+            missing = cluster.count - len(cluster.active_workers())
+            for _ in range(missing):
+                worker = Worker(name=uuid.uuid4().hex, cluster_name=cluster.name)
+                await self.store.add_worker(cluster, worker)
+                cluster.workers[worker.name] = worker
+                self.queue.put((WORKER, cluster.name, worker.name))
+
+    async def _start(self, cluster: Cluster) -> None:
+        self.log.info("Starting cluster %s", cluster.name)
+        try:
+            state = await asyncio.wait_for(
+                self.backend.start_cluster(cluster), self.settings.cluster_start_timeout
+            )
+        except Exception as e:
+            self.log.warning("Cluster %s failed to start: %r", cluster.name, e)
+            await self.store.update_cluster(cluster, status=JobStatus.SUBMITTED,
+                                            target=JobStatus.FAILED,
+                                            message=f"Cluster failed to start: {e}")
+            self.queue.put((CLUSTER, cluster.name))
+            return
+        # A fast scheduler may have heartbeated (and be RUNNING) before we got here.
+        status = max(cluster.status, JobStatus.SUBMITTED)
+        await self.store.update_cluster(cluster, status=status, state=state)
+        if not cluster.is_active:  # stopped while starting
+            self.queue.put((CLUSTER, cluster.name))
+
+    async def _shut_down(self, cluster: Cluster) -> None:
+        if cluster.status == JobStatus.CREATED:
+            await self._finish(cluster)
+            return
+        if cluster.status != JobStatus.CLOSING:
+            self.log.info("Stopping cluster %s", cluster.name)
+            await self.store.update_cluster(cluster, status=JobStatus.CLOSING)
+        self.routes.remove_route(cluster.name)
+        live = [w for w in cluster.workers.values() if not w.status.is_done]
+        await asyncio.gather(*(self._stop_worker(cluster, w, JobStatus.STOPPED) for w in live))
+        await self.backend.stop_cluster(cluster)
+        await self._finish(cluster)
+
+    async def _finish(self, cluster: Cluster) -> None:
+        if cluster.target == JobStatus.FAILED:
+            details = self.backend.failure_details(cluster)
+            if details:
+                self.log.warning("Cluster %s failed (%s). End of its log:\n%s",
+                                 cluster.name, cluster.message, details)
+        await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
+        cluster.ready.set()
+        self.log.info("Cluster %s %s", cluster.name, cluster.status.name.lower())
+
+    async def _reconcile_worker(self, cluster: Cluster, worker: Worker) -> None:
+        if worker.status.is_done:
+            return
+        if worker.target != JobStatus.RUNNING or not cluster.is_active:
+            await self._stop_worker(cluster, worker, worker.target)
+            self.queue.put((CLUSTER, cluster.name))
+        elif worker.status == JobStatus.CREATED and cluster.status == JobStatus.RUNNING:
+            self.log.debug("Starting worker %s of cluster %s", worker.name, cluster.name)
+            try:
+                state = await asyncio.wait_for(
+                    self.backend.start_worker(cluster, worker), self.settings.worker_start_timeout
+                )
+            except Exception as e:
+                self.log.warning("Worker %s of cluster %s failed to start: %r",
+                                 worker.name, cluster.name, e)
+                await self._worker_failed(cluster, worker)
+                return
+            await self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
+            if worker.target != JobStatus.RUNNING:
+                self.queue.put((WORKER, cluster.name, worker.name))
+
+    async def _stop_worker(self, cluster: Cluster, worker: Worker, target: JobStatus) -> None:
+        if target == JobStatus.RUNNING:
+            target = JobStatus.STOPPED
+        if worker.status != JobStatus.CREATED:
+            await self.backend.stop_worker(cluster, worker)
+        await self.store.update_worker(worker, status=target, target=target, stop_time=now_ms())
+
+    async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
+        await self._stop_worker(cluster, worker, JobStatus.FAILED)
+        cluster.worker_start_failures += 1
+        limit = self.settings.worker_start_failure_limit
+        if cluster.worker_start_failures >= limit:
+            await self.stop_cluster(cluster, failed=True,
+                                    message=f"{limit} workers failed to start in a row")
+        else:
+            self.queue.put((CLUSTER, cluster.name))
+
+    # -- timers ---------------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        """Catch what never reports back: starts that hang, heartbeats that stop, deaths."""
+        s = self.settings
+        last_cluster_check = last_worker_check = time.monotonic()
+        period = max(0.05, min(s.check_timeouts_period, s.cluster_status_period,
+                               s.worker_status_period))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                now = time.monotonic()
+                await self._check_timeouts()
+                if now - last_cluster_check >= s.cluster_status_period:
+                    last_cluster_check = now
+                    await self._check_clusters()
+                if now - last_worker_check >= s.worker_status_period:
+                    last_worker_check = now
+                    await self._check_workers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("Error in the gateway's periodic checks")
+
+    async def _check_timeouts(self) -> None:
+        s = self.settings
+        now_wall = now_ms()
+        now = time.monotonic()
+        for cluster in list(self.clusters.values()):
+            if not cluster.is_active or cluster.status.is_done:
+                continue
+            if (cluster.status == JobStatus.SUBMITTED
+                    and now_wall - cluster.start_time > s.cluster_start_timeout * 1000):
+                await self.stop_cluster(
+                    cluster, failed=True,
+                    message=f"Cluster did not start within {s.cluster_start_timeout:g} s")
+            elif (cluster.status == JobStatus.RUNNING
+                  and now - cluster.last_heartbeat > s.cluster_heartbeat_timeout):
+                await self.stop_cluster(
+                    cluster, failed=True,
+                    message=f"No heartbeat from the scheduler for "
+                            f"{s.cluster_heartbeat_timeout:g} s")
+            elif cluster.status == JobStatus.RUNNING:
+                for worker in list(cluster.workers.values()):
+                    if (worker.status == JobStatus.SUBMITTED and worker.is_active
+                            and now_wall - worker.start_time > s.worker_start_timeout * 1000):
+                        self.log.warning("Worker %s of cluster %s did not start in time",
+                                         worker.name, cluster.name)
+                        await self._worker_failed(cluster, worker)
+
+    async def _check_clusters(self) -> None:
+        clusters = [c for c in self.clusters.values()
+                    if c.is_active and c.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)]
+        if not clusters:
+            return
+        for cluster, alive in zip(clusters, await self.backend.check_clusters(clusters)):
+            if not alive and cluster.is_active:
+                self.log.warning("Scheduler of cluster %s exited", cluster.name)
+                await self.stop_cluster(cluster, failed=True,
+                                        message="The scheduler exited unexpectedly")
+
+    async def _check_workers(self) -> None:
+        for cluster in list(self.clusters.values()):
+            if not cluster.is_active or cluster.status != JobStatus.RUNNING:
+                continue
+            starting = [w for w in cluster.workers.values()
+                        if w.status == JobStatus.SUBMITTED and w.is_active]
+            if not starting:
+                continue
+            alive = await self.backend.check_workers(cluster, starting)
+            for worker, ok in zip(starting, alive):
+                if not ok and worker.is_active and worker.status == JobStatus.SUBMITTED:
+                    self.log.warning("Worker %s of cluster %s exited while starting",
+                                     worker.name, cluster.name)
+                    await self._worker_failed(cluster, worker)
+
+    async def _cleanup_loop(self) -> None:
+        """Forget clusters stopped longer than ``db_cluster_max_age`` ago."""
+        while True:
+            await asyncio.sleep(self.settings.db_cleanup_period)
+            try:
+                cutoff = now_ms() - int(self.settings.db_cluster_max_age * 1000)
+                for name in await self.store.delete_stopped_before(cutoff):
+                    self._forget(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("Error removing old cluster records")

@@ -1,0 +1,261 @@
+"""The state store: clusters and workers in a SQL database (SQLite file or PostgreSQL).
+
+The database is the one source of truth; the in-memory objects are a cache of it, rebuilt by
+``load()`` at start-up. SQLAlchemy is synchronous, so every call runs on one dedicated thread:
+the event loop never blocks, and writes stay ordered.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from .models import Cluster, JobStatus, Worker
+
+metadata = sa.MetaData()
+
+clusters_table = sa.Table(
+    "clusters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Unicode(255), nullable=False, unique=True),
+    sa.Column("username", sa.Unicode(255), nullable=False, index=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("target", sa.Integer, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("token", sa.LargeBinary, nullable=False),
+    sa.Column("tls_credentials", sa.LargeBinary, nullable=False),
+    sa.Column("scheduler_address", sa.Unicode(255), nullable=False),
+    sa.Column("dashboard_address", sa.Unicode(255), nullable=False),
+    sa.Column("api_address", sa.Unicode(255), nullable=False),
+    sa.Column("message", sa.UnicodeText, nullable=False),
+    sa.Column("start_time", sa.BigInteger, nullable=False),
+    sa.Column("stop_time", sa.BigInteger, nullable=True),
+)
+
+workers_table = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Unicode(255), nullable=False),
+    sa.Column(
+        "cluster_id",
+        sa.Integer,
+        sa.ForeignKey("clusters.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("target", sa.Integer, nullable=False),
+    sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("close_expected", sa.Boolean, nullable=False),
+    sa.Column("start_time", sa.BigInteger, nullable=False),
+    sa.Column("stop_time", sa.BigInteger, nullable=True),
+)
+
+_CLUSTER_COLUMNS = {
+    "status", "target", "count", "options", "config", "state", "scheduler_address",
+    "dashboard_address", "api_address", "message", "start_time", "stop_time",
+}
+_WORKER_COLUMNS = {"status", "target", "state", "close_expected", "start_time", "stop_time"}
+
+
+def normalize_encrypt_key(key: str | bytes) -> bytes:
+    """Accept a key as 32 raw bytes or as its 44-character url-safe base64 text."""
+    if isinstance(key, str):
+        key = key.encode()
+    key = key.strip()
+    if len(key) == 32:
+        return base64.urlsafe_b64encode(key)
+    try:
+        raw = base64.urlsafe_b64decode(key)
+    except Exception:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(
+            "Each encryption key must be 32 bytes, or their url-safe base64 encoding "
+            "(for example the output of `openssl rand -base64 32`)"
+        )
+    return base64.urlsafe_b64encode(raw)
+
+
+def load_or_create_key_file(path: str) -> bytes:
+    """The key next to a default SQLite file, created readable by the gateway only."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+
+
+class StoreError(Exception):
+    """The database could not be read or written."""
+
+
+class Store:
+    """Async facade over the database; every public method runs off the event loop."""
+
+    def __init__(self, url: str, encrypt_keys: list[bytes], echo: bool = False):
+        if not encrypt_keys:
+            raise ValueError("The state store needs at least one encryption key")
+        self.url = url
+        self.fernet = MultiFernet([Fernet(normalize_encrypt_key(k)) for k in encrypt_keys])
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+
+    async def _run(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def setup(self) -> None:
+        await self._run(metadata.create_all, self.engine)
+
+    async def close(self) -> None:
+        await self._run(self.engine.dispose)
+        self._executor.shutdown(wait=True)
+
+    # -- secrets ---------------------------------------------------------
+    def _encrypt(self, data: bytes) -> bytes:
+        return self.fernet.encrypt(data)
+
+    def _decrypt(self, data: bytes) -> bytes:
+        try:
+            return self.fernet.decrypt(data)
+        except InvalidToken:
+            raise StoreError(
+                "Cannot decrypt data in the database: the encryption keys changed"
+            ) from None
+
+    # -- reads -------------------------------------------------------------
+    async def load(self) -> list[Cluster]:
+        """Every cluster (with its workers) that is not yet forgotten."""
+        return await self._run(self._load)
+
+    def _load(self) -> list[Cluster]:
+        clusters: dict[int, Cluster] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.select(clusters_table).order_by(clusters_table.c.id)):
+                cert, _, key = self._decrypt(row.tls_credentials).partition(b";")
+                clusters[row.id] = Cluster(
+                    id=row.id,
+                    name=row.name,
+                    username=row.username,
+                    token=self._decrypt(row.token).decode(),
+                    options=row.options,
+                    config=row.config,
+                    tls_cert=cert,
+                    tls_key=key,
+                    status=JobStatus(row.status),
+                    target=JobStatus(row.target),
+                    count=row.count,
+                    state=row.state,
+                    scheduler_address=row.scheduler_address,
+                    dashboard_address=row.dashboard_address,
+                    api_address=row.api_address,
+                    message=row.message,
+                    start_time=row.start_time,
+                    stop_time=row.stop_time,
+                )
+            for row in conn.execute(sa.select(workers_table).order_by(workers_table.c.id)):
+                cluster = clusters.get(row.cluster_id)
+                if cluster is None:
+                    continue
+                cluster.workers[row.name] = Worker(
+                    id=row.id,
+                    name=row.name,
+                    cluster_name=cluster.name,
+                    status=JobStatus(row.status),
+                    target=JobStatus(row.target),
+                    state=row.state,
+                    close_expected=row.close_expected,
+                    start_time=row.start_time,
+                    stop_time=row.stop_time,
+                )
+        return list(clusters.values())
+
+    # -- writes ------------------------------------------------------------
+    async def add_cluster(self, cluster: Cluster) -> None:
+        values = {c: _db_value(getattr(cluster, c)) for c in _CLUSTER_COLUMNS}
+        values.update(
+            name=cluster.name,
+            username=cluster.username,
+            token=self._encrypt(cluster.token.encode()),
+            tls_credentials=self._encrypt(cluster.tls_cert + b";" + cluster.tls_key),
+        )
+        cluster.id = await self._run(self._insert, clusters_table, values)
+
+    async def add_worker(self, cluster: Cluster, worker: Worker) -> None:
+        values = {c: _db_value(getattr(worker, c)) for c in _WORKER_COLUMNS}
+        values.update(name=worker.name, cluster_id=cluster.id)
+        worker.id = await self._run(self._insert, workers_table, values)
+
+    def _insert(self, table: sa.Table, values: dict) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(table.insert().values(**values)).inserted_primary_key[0]
+
+    async def update_cluster(self, cluster: Cluster, **changes: Any) -> None:
+        """Apply ``changes`` to ``cluster`` and persist them."""
+        await self._update(clusters_table, _CLUSTER_COLUMNS, cluster, changes)
+
+    async def update_worker(self, worker: Worker, **changes: Any) -> None:
+        await self._update(workers_table, _WORKER_COLUMNS, worker, changes)
+
+    async def _update(self, table, columns, obj, changes) -> None:
+        bad = set(changes) - columns
+        if bad:
+            raise AttributeError(f"Not stored columns: {sorted(bad)}")
+        for k, v in changes.items():
+            setattr(obj, k, v)
+        values = {k: _db_value(v) for k, v in changes.items()}
+        await self._run(self._update_row, table, obj.id, values)
+
+    def _update_row(self, table: sa.Table, id: int, values: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(table.update().where(table.c.id == id).values(**values))
+
+    async def delete_stopped_before(self, stop_time_ms: int) -> list[str]:
+        """Forget clusters that stopped before ``stop_time_ms``; returns their names."""
+        return await self._run(self._delete_stopped_before, stop_time_ms)
+
+    def _delete_stopped_before(self, stop_time_ms: int) -> list[str]:
+        c = clusters_table.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(c.id, c.name).where(c.stop_time.is_not(None), c.stop_time < stop_time_ms)
+            ).all()
+            ids = [r.id for r in rows]
+            if ids:
+                # Deleted explicitly: SQLite enforces ON DELETE CASCADE only with a pragma.
+                conn.execute(workers_table.delete().where(workers_table.c.cluster_id.in_(ids)))
+                conn.execute(clusters_table.delete().where(c.id.in_(ids)))
+        return [r.name for r in rows]
+
+
+def _db_value(v: Any) -> Any:
+    return int(v) if isinstance(v, JobStatus) else v
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

@@ -1,0 +1,64 @@
+"""A queue of keys to reconcile: each key is queued once, and never handled twice at once."""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Hashable
+
+
+class WorkQueue:
+    def __init__(self) -> None:
+        self._queue: deque[Hashable] = deque()
+        self._queued: set[Hashable] = set()
+        self._running: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._wakeup = asyncio.Event()
+        self.closed = False
+
+    def put(self, key: Hashable) -> None:
+        """Ask for ``key`` to be handled (again, if it is being handled now)."""
+        if self.closed:
+            return
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._wakeup.set()
+
+    def put_after(self, key: Hashable, delay: float) -> None:
+        """Handle ``key`` after ``delay`` seconds (an earlier timer for it is replaced)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.put(key)
+
+    async def get(self) -> Hashable:
+        while not self._queue:
+            if self.closed:
+                raise asyncio.CancelledError
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        key = self._queue.popleft()
+        self._queued.discard(key)
+        self._running.add(key)
+        return key
+
+    def task_done(self, key: Hashable) -> None:
+        self._running.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.put(key)
+
+    def close(self) -> None:
+        self.closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._wakeup.set()

@@ -1,0 +1,154 @@
+"""Fixtures that start real gateways (as `dask-gateway-server` processes) for the tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+CONFIG = HERE / "gateway_config.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    """A `dask-gateway-server` running in a subprocess, restartable on the same database."""
+
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
+                 config: Path = CONFIG):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.extra_args = extra_args or []
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / "gateway.log"
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def proxy_address(self) -> str:
+        return f"gateway://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "dask_gateway_server",
+            "-f", str(self.config),
+            f"--DaskGateway.data_dir={self.data_dir}",
+            f"--Proxy.address=127.0.0.1:{self.port}",
+            f"--LocalBackend.clusters_directory={self.data_dir / 'clusters'}",
+            "--log-level=DEBUG",
+            *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited at start:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.address}/api/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"gateway did not start:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def new_gateway(self, **kwargs):
+        from dask_gateway import Gateway
+
+        kwargs.setdefault("auth", "basic")
+        return Gateway(self.address, **kwargs)
+
+
+def _kill_leftovers(data_dir: Path) -> None:
+    """Kill any scheduler or worker a test left behind (they run in their own sessions)."""
+    marker = str(data_dir / "clusters")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in environ and b"distributed.cli" in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory):
+    """One gateway shared by the tests that don't restart it."""
+    data_dir = tmp_path_factory.mktemp("gateway")
+    gw = GatewayProcess(data_dir)
+    gw.start()
+    yield gw
+    code = gw.stop()
+    _kill_leftovers(data_dir)
+    assert code == 0, gw.log()
+
+
+@pytest.fixture
+def fresh_gateway(tmp_path):
+    """A gateway of the test's own, for tests that stop or restart it."""
+    gws: list[GatewayProcess] = []
+
+    def make(extra_args=None) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path / f"gw{len(gws)}", extra_args)
+        gws.append(gw)
+        return gw
+
+    yield make
+    for gw in gws:
+        try:
+            gw.stop(signal.SIGKILL)
+        except Exception:
+            pass
+        _kill_leftovers(gw.data_dir)
+
+
+@pytest.fixture
+def basic_env(gateway, monkeypatch):
+    """Dask config pointing at the shared gateway, as a user would set it."""
+    monkeypatch.setenv("DASK_GATEWAY__ADDRESS", gateway.address)
+    monkeypatch.setenv("DASK_GATEWAY__AUTH__TYPE", "basic")
+    import dask
+
+    dask.config.refresh()
+    yield
+    monkeypatch.undo()
+    dask.config.refresh()
