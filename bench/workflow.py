@@ -1,0 +1,97 @@
+"""Time the user's workflow against a gateway this script starts.
+
+Prints the median seconds of: new_cluster() until RUNNING, scale(2) until two workers are
+connected, the first compute, and shutdown(); over --runs runs (default 10).
+
+    python bench/workflow.py [--runs 10] [--address http://127.0.0.1:8000]
+
+With --address it measures an already running gateway (ours or the public one) instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def start_gateway(data_dir: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = os.path.join(os.path.dirname(__file__), "..", "tests", "gateway_config.py")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dask_gateway_server", "-f", config,
+         f"--DaskGateway.data_dir={data_dir}", f"--Proxy.address=127.0.0.1:{port}",
+         f"--LocalBackend.clusters_directory={data_dir}/clusters", "--log-level=WARN"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{address}/api/health", timeout=1)
+            return proc, address
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("gateway did not start")
+
+
+def one_run(gateway) -> dict[str, float]:
+    import dask.array as da
+
+    t0 = time.perf_counter()
+    cluster = gateway.new_cluster()
+    t1 = time.perf_counter()
+    client = cluster.get_client()
+    t2 = time.perf_counter()
+    cluster.scale(2)
+    client.wait_for_workers(2, timeout=120)
+    t3 = time.perf_counter()
+    da.ones((1000, 1000), chunks=(500, 500)).sum().compute()
+    t4 = time.perf_counter()
+    client.close()
+    t5 = time.perf_counter()
+    cluster.shutdown()
+    t6 = time.perf_counter()
+    return {"new_cluster": t1 - t0, "scale(2)": t3 - t2, "first compute": t4 - t3,
+            "shutdown": t6 - t5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--address", help="measure this running gateway instead")
+    args = parser.parse_args()
+
+    from dask_gateway import Gateway
+
+    proc = None
+    with tempfile.TemporaryDirectory() as tmp:
+        address = args.address
+        if address is None:
+            proc, address = start_gateway(tmp)
+        try:
+            results: dict[str, list[float]] = {}
+            with Gateway(address, auth="basic") as gateway:
+                one_run(gateway)  # warm-up: imports, caches
+                for _ in range(args.runs):
+                    for key, value in one_run(gateway).items():
+                        results.setdefault(key, []).append(value)
+            print(f"gateway {address}, {args.runs} runs, median seconds:")
+            for key, values in results.items():
+                print(f"  {key:14s} {statistics.median(values):7.3f}   "
+                      f"(min {min(values):.3f}, max {max(values):.3f})")
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,706 @@
+"""Unit tests of the client: options, config, auth, cookies, TLS settings, and the REST
+error mapping against a tiny in-test tornado server speaking the gateway wire protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import ssl
+import threading
+import warnings
+
+import dask.config
+import pytest
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+import dask_gateway
+from dask_gateway import (
+    BasicAuth,
+    Gateway,
+    GatewayClusterError,
+    GatewayServerError,
+    GatewayWarning,
+    JupyterHubAuth,
+    KerberosAuth,
+    Options,
+)
+from dask_gateway._http import CookieJar, proxy_settings
+from dask_gateway.auth import GatewayAuth, get_auth
+from dask_gateway.client import ClusterReport, ClusterStatus, GatewaySecurity
+from dask_gateway.comm import _split_address
+from dask_gateway.config import (
+    format_template,
+    resolve_address,
+    resolve_proxy_address,
+    resolve_public_address,
+)
+from dask_gateway.options import Float, Integer, Mapping, Select, String
+
+OPTIONS_SPEC = {
+    "cluster_options": [
+        {"field": "worker_cores", "label": "Worker Cores", "default": 1,
+         "spec": {"type": "int", "min": 1, "max": 4}},
+        {"field": "worker_memory", "label": "Worker Memory", "default": 1,
+         "spec": {"type": "float", "min": 1.0, "max": 8.5}},
+        {"field": "environment", "label": "Environment", "default": "basic",
+         "spec": {"type": "select", "options": ["basic", "tensorflow"]}},
+        {"field": "image", "label": "image", "default": "",
+         "spec": {"type": "string"}},
+        {"field": "debug", "label": "debug", "default": False, "spec": {"type": "bool"}},
+        {"field": "env", "label": "env", "default": {}, "spec": {"type": "mapping"}},
+    ]
+}
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def test_options_from_spec_defaults_and_repr():
+    opts = Options._from_spec(OPTIONS_SPEC)
+    assert dict(opts) == {
+        "worker_cores": 1,
+        "worker_memory": 1.0,
+        "environment": "basic",
+        "image": "",
+        "debug": False,
+        "env": {},
+    }
+    assert isinstance(opts.worker_memory, float)
+    assert repr(opts).startswith("Options<worker_cores=1, worker_memory=1.0, environment='basic'")
+    assert len(opts) == 6 and list(opts)[0] == "worker_cores"
+    assert "worker_cores" in dir(opts)
+
+
+def test_options_set_and_validate():
+    opts = Options._from_spec(OPTIONS_SPEC)
+    opts.worker_cores = 2
+    opts["worker_memory"] = 3  # ints are accepted for floats
+    opts.environment = "tensorflow"
+    opts.env = {"A": "1"}
+    assert opts["worker_cores"] == 2 and opts.worker_memory == 3.0
+    assert opts.environment == "tensorflow" and opts["env"] == {"A": "1"}
+
+    with pytest.raises(ValueError, match=r"^worker_cores must be <= 4, got 10$"):
+        opts.worker_cores = 10
+    with pytest.raises(ValueError, match=r"^worker_cores must be >= 1, got 0$"):
+        opts.worker_cores = 0
+    with pytest.raises(TypeError, match=r"^worker_cores must be an integer, got 'a'$"):
+        opts.worker_cores = "a"
+    with pytest.raises(TypeError, match="must be an integer"):
+        opts.worker_cores = True
+    with pytest.raises(ValueError, match=r"^worker_memory must be <= 8.5, got 9.0$"):
+        opts.worker_memory = 9
+    with pytest.raises(ValueError, match=r"^'medium' is not a valid option for environment$"):
+        opts.environment = "medium"
+    with pytest.raises(TypeError, match="image must be a string"):
+        opts.image = 1
+    with pytest.raises(TypeError, match="debug must be a bool"):
+        opts.debug = 1
+    with pytest.raises(TypeError, match="env must be a mapping"):
+        opts.env = []
+    # failed sets leave the old value
+    assert opts.worker_cores == 2
+
+
+def test_options_unknown_and_delete():
+    opts = Options._from_spec(OPTIONS_SPEC)
+    with pytest.raises(AttributeError, match="No option 'nope' available"):
+        opts.nope
+    with pytest.raises(AttributeError, match="No option 'nope' available"):
+        opts.nope = 1
+    with pytest.raises(KeyError, match="No option 'nope' available"):
+        opts["nope"]
+    with pytest.raises(KeyError, match="No option 'nope' available"):
+        opts.update(nope=1)
+    with pytest.raises(TypeError):
+        del opts["worker_cores"]
+    with pytest.raises(TypeError):
+        del opts.worker_cores
+
+
+def test_options_constructed_directly():
+    opts = Options(
+        Integer("n", default=2, max=3),
+        Float("x", default=0.5),
+        Select("s", ["a", "b"]),
+        String("t"),
+        Mapping("m"),
+        n=3,
+    )
+    assert dict(opts) == {"n": 3, "x": 0.5, "s": "a", "t": "", "m": {}}
+    with pytest.raises(ValueError, match="n must be <= 3, got 4"):
+        Options(Integer("n", max=3), n=4)
+
+
+def test_options_mapping_defaults_not_shared():
+    spec = {"cluster_options": [{"field": "m", "default": {"a": [1]}, "spec": {"type": "mapping"}}]}
+    a, b = Options._from_spec(spec), Options._from_spec(spec)
+    a.m["a"].append(2)
+    assert b.m == {"a": [1]}
+
+
+def test_options_spec_forward_compatibility():
+    spec = {"cluster_options": [
+        {"field": "n", "label": "N", "default": 1, "description": "new key",
+         "spec": {"type": "int", "min": None, "max": None, "step": 2}},
+    ]}
+    assert dict(Options._from_spec(spec)) == {"n": 1}
+    bad = {"cluster_options": [{"field": "q", "default": 1, "spec": {"type": "quantity"}}]}
+    with pytest.raises(ValueError, match="type 'quantity'"):
+        Options._from_spec(bad)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_defaults_registered():
+    assert dask.config.get("gateway.auth.type") == "basic"
+    assert dask.config.get("gateway.auth.kwargs") == {}
+    assert dask.config.get("gateway.http-client.proxy") is True
+    assert dask.config.get("gateway.cluster.options") == {}
+    assert dask.config.get("gateway.address") is None
+    assert dask_gateway.__version__ == "0.1.0"
+
+
+def test_format_template(monkeypatch):
+    monkeypatch.setenv("TEST_DG_TOKEN", "abc")
+    assert format_template({"a": ["x-{TEST_DG_TOKEN}", 1], "b": None}) == {
+        "a": ["x-abc", 1],
+        "b": None,
+    }
+    monkeypatch.delenv("TEST_DG_MISSING", raising=False)
+    with pytest.raises(ValueError, match="TEST_DG_MISSING"):
+        format_template("{TEST_DG_MISSING}")
+
+
+def test_resolve_address(monkeypatch):
+    assert resolve_address("http://h:8000/") == "http://h:8000"
+    with dask.config.set({"gateway.address": None}):
+        with pytest.raises(ValueError, match="No dask-gateway address"):
+            resolve_address(None)
+    monkeypatch.setenv("TEST_DG_HOST", "example.com")
+    with dask.config.set({"gateway.address": "https://{TEST_DG_HOST}/services/dg/"}):
+        assert resolve_address(None) == "https://example.com/services/dg"
+    assert resolve_public_address(None, "http://a") == "http://a"
+    assert resolve_public_address("/services/dg/", "http://a") == "/services/dg"
+    with dask.config.set({"gateway.public-address": "https://pub/"}):
+        assert resolve_public_address(None, "http://a") == "https://pub"
+
+
+@pytest.mark.parametrize(
+    "proxy, address, expected",
+    [
+        (None, "http://h:8000", "gateway://h:8000"),
+        (None, "http://h", "gateway://h:80"),
+        (None, "https://h/prefix", "gateway://h:443"),
+        (None, "tcp://h", "gateway://h:8786"),
+        (9000, "https://h/prefix", "gateway://h:9000"),
+        ("9000", "https://h", "gateway://h:9000"),
+        ("other:8786", "https://h", "gateway://other:8786"),
+        ("tls://other:8786", "https://h", "gateway://other:8786"),
+        ("gateway://other:8786", "https://h", "gateway://other:8786"),
+        (None, "http://[::1]:8000", "gateway://[::1]:8000"),
+    ],
+)
+def test_resolve_proxy_address(proxy, address, expected):
+    assert resolve_proxy_address(proxy, address) == expected
+
+
+def test_proxy_address_from_config_and_env(monkeypatch):
+    with dask.config.set({"gateway.proxy-address": 8786}):
+        assert resolve_proxy_address(None, "http://h:80") == "gateway://h:8786"
+    monkeypatch.setenv("DASK_GATEWAY__PROXY_ADDRESS", "tls://p:1234")
+    monkeypatch.setenv("DASK_GATEWAY__ADDRESS", "http://envhost:8000")
+    dask.config.refresh()
+    try:
+        gateway = Gateway()
+        try:
+            assert gateway.address == "http://envhost:8000"
+            assert gateway.proxy_address == "gateway://p:1234"
+            assert repr(gateway) == "Gateway<http://envhost:8000>"
+        finally:
+            gateway.close()
+    finally:
+        monkeypatch.delenv("DASK_GATEWAY__PROXY_ADDRESS")
+        monkeypatch.delenv("DASK_GATEWAY__ADDRESS")
+        dask.config.refresh()
+
+
+def test_http_proxy_settings(monkeypatch):
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    assert proxy_settings("http://h", False) == {}
+    assert proxy_settings("http://h", None) == {}
+    assert proxy_settings("http://h", True) == {}
+    with pytest.raises(TypeError):
+        proxy_settings("http://h", 3)
+    try:
+        import pycurl  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pycurl"):
+            proxy_settings("http://h", "http://user:pw@proxy:3128")
+        monkeypatch.setenv("http_proxy", "http://proxy:3128")
+        with pytest.warns(RuntimeWarning, match="pycurl"):
+            assert proxy_settings("http://h", True) == {}
+    else:
+        assert proxy_settings("http://h", "http://user:pw@proxy:3128") == {
+            "proxy_host": "proxy",
+            "proxy_port": 3128,
+            "proxy_username": "user",
+            "proxy_password": "pw",
+        }
+
+
+# ---------------------------------------------------------------------------- auth
+
+
+def test_basic_auth(monkeypatch):
+    monkeypatch.setattr("getpass.getuser", lambda: "localuser")
+    auth = BasicAuth()
+    assert (auth.username, auth.password) == ("localuser", "")
+    headers, ctx = BasicAuth("alice", "pw").pre_request(None)
+    assert headers == {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
+    assert ctx is None
+
+
+def test_jupyterhub_auth(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "tok")
+    assert JupyterHubAuth().pre_request(None)[0] == {"Authorization": "jupyterhub tok"}
+    assert JupyterHubAuth("other").api_token == "other"
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN")
+    with pytest.raises(ValueError, match="JUPYTERHUB_API_TOKEN"):
+        JupyterHubAuth()
+
+
+def test_kerberos_auth_missing_package():
+    try:
+        import kerberos  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pykerberos"):
+            KerberosAuth()
+    else:  # pragma: no cover - depends on the environment
+        assert isinstance(KerberosAuth(), GatewayAuth)
+
+
+class CustomAuth(GatewayAuth):
+    def __init__(self, token="default"):
+        self.token = token
+
+
+def test_get_auth(monkeypatch):
+    auth = BasicAuth("x")
+    assert get_auth(auth) is auth
+    assert isinstance(get_auth("basic"), BasicAuth)
+    assert isinstance(get_auth(None), BasicAuth)
+    assert isinstance(get_auth(CustomAuth), CustomAuth)
+    assert isinstance(get_auth(f"{__name__}.CustomAuth"), CustomAuth)
+    monkeypatch.setenv("TEST_DG_TOKEN", "secret")
+    with dask.config.set(
+        {"gateway.auth.type": "jupyterhub", "gateway.auth.kwargs": {"api_token": "{TEST_DG_TOKEN}"}}
+    ):
+        hub = get_auth()
+        assert isinstance(hub, JupyterHubAuth) and hub.api_token == "secret"
+    with pytest.raises(ImportError, match="Unknown auth type 'bogus'"):
+        get_auth("bogus")
+    with pytest.raises(ImportError):
+        get_auth("no_such_module_xyz.Auth")
+    with pytest.raises(TypeError):
+        get_auth(1)
+    with pytest.raises(TypeError, match="GatewayAuth"):
+        get_auth(dict)
+
+
+# ---------------------------------------------------------------------------- cookies
+
+
+def test_cookie_jar_ip_hosts_paths_and_expiry():
+    jar = CookieJar()
+    jar.update("http://127.0.0.1:8000/api/v1/clusters/", ["sess=abc; Max-Age=600; Path=/"])
+    jar.update("http://127.0.0.1:8000/api/", ["scoped=1; Path=/api/v1"])
+    assert jar.header_for("http://127.0.0.1:8000/api/version") == "sess=abc"
+    assert jar.header_for("http://127.0.0.1:8000/api/v1/options") == "sess=abc; scoped=1"
+    assert jar.header_for("http://10.0.0.1:8000/api/version") is None
+    jar.update("http://127.0.0.1:8000/", ["sess=; Max-Age=0; Path=/"])
+    assert jar.header_for("http://127.0.0.1:8000/api/version") is None
+    jar.update("http://a.example.com/", ["d=1; Domain=example.com; Secure"])
+    assert jar.header_for("https://b.example.com/") == "d=1"
+    assert jar.header_for("http://b.example.com/") is None
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def test_cluster_status():
+    assert ClusterStatus.from_name("running") is ClusterStatus.RUNNING
+    assert ClusterStatus.from_name("FAILED") == 5
+    with pytest.raises(ValueError, match="'foo' is not a valid ClusterStatus"):
+        ClusterStatus.from_name("foo")
+
+
+def test_cluster_report_from_json():
+    data = {
+        "name": "abc",
+        "dashboard_route": "/clusters/abc/status",
+        "status": "RUNNING",
+        "start_time": 1712345678901,
+        "stop_time": None,
+        "options": {"worker_cores": 2},
+        "tls_cert": None,
+        "tls_key": None,
+        "future_key": "ignored",
+    }
+    report = ClusterReport._from_json(data, "https://pub/prefix", "gateway://p:8786")
+    assert repr(report) == "ClusterReport<name=abc, status=RUNNING>"
+    assert report.scheduler_address == "gateway://p:8786/abc"
+    assert report.dashboard_link == "https://pub/prefix/clusters/abc/status"
+    assert report.start_time == datetime.datetime.fromtimestamp(1712345678.901)
+    assert report.start_time.tzinfo is None
+    assert report.stop_time is None and report.security is None
+    stopped = ClusterReport._from_json(
+        dict(data, status="STOPPED", dashboard_route=None, stop_time=1712345679000),
+        "https://pub",
+        "gateway://p:8786",
+    )
+    assert stopped.scheduler_address is None and stopped.dashboard_link is None
+    assert stopped.stop_time == datetime.datetime.fromtimestamp(1712345679)
+
+
+def _self_signed_pair():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("abc")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_gateway_security(tmp_path, monkeypatch):
+    key, cert = _self_signed_pair()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    sec = GatewaySecurity(tls_key=key, tls_cert=cert)
+    args = sec.get_connection_args("client")
+    ctx = args["ssl_context"]
+    assert args["require_encryption"] is True
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname is False
+    assert ctx.cert_store_stats()["x509"] == 1  # the cluster cert is its own CA
+    assert list(tmp_path.iterdir()) == []  # key material is not left on disk
+    assert sec.get_connection_args("client")["ssl_context"] is ctx
+    assert key not in repr(sec)
+
+
+def test_split_gateway_address():
+    assert _split_address("gateway://h:8000/ns.abc") == ("h:8000", "ns.abc")
+    assert _split_address("h:8000/abc") == ("h:8000", "abc")
+    with pytest.raises(ValueError, match="cluster name"):
+        _split_address("gateway://h:8000")
+
+
+# ---------------------------------------------------------------------------- fake server
+
+
+def cluster_json(name, status="RUNNING"):
+    return {
+        "name": name,
+        "dashboard_route": f"/clusters/{name}/status" if status == "RUNNING" else None,
+        "status": status,
+        "start_time": 1712345678901,
+        "stop_time": None,
+        "options": {},
+        "tls_cert": None,
+        "tls_key": None,
+    }
+
+
+class FakeState:
+    def __init__(self):
+        self.auth_headers = []  # Authorization headers received (None if absent)
+        self.bodies = []  # (path, JSON body) of POSTs
+        self.polls = 0
+
+
+class Base(web.RequestHandler):
+    def initialize(self, state):
+        self.state = state
+
+    def prepare(self):
+        header = self.request.headers.get("Authorization")
+        self.state.auth_headers.append(header)
+        if self.get_cookie("fake-session") == "ok":
+            return
+        expected = "Basic " + base64.b64encode(b"alice:pw").decode()
+        if header != expected:
+            self.set_header("WWW-Authenticate", "Basic")
+            self.fail(401, "Authentication required")
+            return
+        self.set_cookie("fake-session", "ok", expires_days=1)
+
+    def fail(self, code, msg):
+        self.set_status(code)
+        self.finish({"error": msg})
+
+    def body(self):
+        data = json.loads(self.request.body)
+        self.state.bodies.append((self.request.path, data))
+        return data
+
+
+class Version(web.RequestHandler):
+    def get(self):
+        self.finish({"version": "9.9.9"})
+
+
+class OptionsHandler(Base):
+    def get(self):
+        self.finish(OPTIONS_SPEC)
+
+
+class Clusters(Base):
+    def get(self):
+        status = self.get_query_argument("status", None)
+        if status == "BOGUS":
+            return self.fail(422, "'bogus' is not a valid ClusterStatus")
+        self.finish({"a": cluster_json("a"), "b": cluster_json("b", "PENDING")})
+
+    def post(self):
+        options = self.body()["cluster_options"]
+        if options.get("worker_cores", 1) > 4:
+            return self.fail(422, "worker_cores must be <= 4.000000, got 10")
+        self.set_status(201)
+        self.finish({"name": "new"})
+
+
+class Cluster(Base):
+    def get(self, name):
+        if name == "missing":
+            return self.fail(404, f"Cluster {name} not found")
+        if name == "forbidden":
+            return self.fail(403, f"User alice lacks permissions to view cluster {name}")
+        if name == "boom":
+            self.set_status(500)
+            return self.finish("500: Internal Server Error")
+        if name in ("failing", "stopped"):
+            self.state.polls += 1
+            assert self.get_query_argument("wait", None) == ""
+            status = "PENDING" if self.state.polls == 1 else name.upper().replace("ING", "ED")
+            return self.finish(cluster_json(name, status))
+        self.finish(cluster_json(name))
+
+    def delete(self, name):
+        self.set_status(204)
+        self.finish()
+
+
+class Scale(Base):
+    def post(self, name):
+        self.body()
+        if name == "stopped":
+            return self.fail(409, f"cluster {name} is not running")
+        self.finish({"ok": False, "msg": "Scale request of 10 workers would exceed resource limit"})
+
+
+class Adapt(Base):
+    def post(self, name):
+        self.body()
+        self.finish({"ok": True, "msg": None})
+
+
+@pytest.fixture(scope="module")
+def fake_gateway():
+    """A wire-protocol-speaking fake gateway running on its own thread."""
+    state = FakeState()
+    started = threading.Event()
+    holder = {}
+
+    def run():
+        async def main():
+            kw = {"state": state}
+            app = web.Application(
+                [
+                    (r"/api/version", Version),
+                    (r"/api/v1/options", OptionsHandler, kw),
+                    (r"/api/v1/clusters/", Clusters, kw),
+                    (r"/api/v1/clusters/([^/]+)", Cluster, kw),
+                    (r"/api/v1/clusters/([^/]+)/scale", Scale, kw),
+                    (r"/api/v1/clusters/([^/]+)/adapt", Adapt, kw),
+                ]
+            )
+            sockets = bind_sockets(0, "127.0.0.1")
+            server = HTTPServer(app)
+            server.add_sockets(sockets)
+            holder["port"] = sockets[0].getsockname()[1]
+            holder["stop"] = asyncio.Event()
+            holder["loop"] = asyncio.get_running_loop()
+            started.set()
+            await holder["stop"].wait()
+            server.stop()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield f"http://127.0.0.1:{holder['port']}", state
+    holder["loop"].call_soon_threadsafe(holder["stop"].set)
+    thread.join(10)
+
+
+@pytest.fixture
+def gateway(fake_gateway):
+    address, state = fake_gateway
+    with Gateway(address, auth=BasicAuth("alice", "pw")) as gateway:
+        yield gateway, state
+
+
+def test_auth_flow_uses_cookie_after_first_login(fake_gateway):
+    address, state = fake_gateway
+    with Gateway(address, auth=BasicAuth("alice", "pw")) as gateway:
+        state.auth_headers.clear()
+        gateway.list_clusters()
+        gateway.list_clusters()
+    # first request: no credentials -> 401; retry with Basic; then only the cookie
+    assert state.auth_headers[0] is None
+    assert state.auth_headers[1].startswith("Basic ")
+    assert state.auth_headers[2] is None and len(state.auth_headers) == 3
+
+
+def test_bad_credentials_raise_http_error(fake_gateway):
+    address, _ = fake_gateway
+    with Gateway(address, auth=BasicAuth("alice", "wrong")) as gateway:
+        with pytest.raises(HTTPClientError) as info:
+            gateway.list_clusters()
+    assert info.value.code == 401
+    assert "Authentication required" in str(info.value)
+
+
+def test_list_get_versions_options(gateway):
+    gateway, state = gateway
+    clusters = gateway.list_clusters()
+    assert [c.name for c in clusters] == ["a", "b"]
+    assert clusters[0].status is ClusterStatus.RUNNING
+    assert clusters[0].scheduler_address == f"{gateway.proxy_address}/a"
+    assert clusters[0].dashboard_link == f"{gateway.address}/clusters/a/status"
+    assert clusters[1].scheduler_address is None
+    gateway.list_clusters(status=["running", ClusterStatus.PENDING])
+    with pytest.raises(ValueError, match="not a valid ClusterStatus"):
+        gateway.list_clusters(status="bogus")
+    assert gateway.get_versions() == {
+        "server": {"version": "9.9.9"},
+        "client": {"version": dask_gateway.__version__},
+    }
+    assert gateway.get_cluster("a").name == "a"
+    opts = gateway.cluster_options()
+    assert opts.worker_cores == 1
+    with dask.config.set({"gateway.cluster.options": {"worker_cores": 3}}):
+        assert gateway.cluster_options().worker_cores == 3
+        assert gateway.cluster_options(use_local_defaults=False).worker_cores == 1
+    with dask.config.set({"gateway.cluster.options": {"unknown": 3}}):
+        with pytest.raises(KeyError, match="No option 'unknown'"):
+            gateway.cluster_options()
+
+
+def test_submit(gateway):
+    gateway, state = gateway
+    opts = gateway.cluster_options()
+    opts.worker_cores = 2
+    state.bodies.clear()
+    assert gateway.submit(opts, environment="tensorflow") == "new"
+    sent = state.bodies[-1][1]["cluster_options"]
+    assert sent["worker_cores"] == 2 and sent["environment"] == "tensorflow"
+    with dask.config.set({"gateway.cluster.options": {"worker_cores": 3}}):
+        gateway.submit(worker_memory=2)
+    assert state.bodies[-1][1] == {"cluster_options": {"worker_cores": 3, "worker_memory": 2}}
+    with pytest.raises(TypeError, match="must be an `Options`"):
+        gateway.submit({"worker_cores": 1})
+    with pytest.raises(ValueError, match=r"^worker_cores must be <= 4.000000, got 10$"):
+        gateway.submit(worker_cores=10)
+
+
+def test_error_mapping(gateway):
+    gateway, _ = gateway
+    with pytest.raises(ValueError, match="^Cluster missing not found$"):
+        gateway.get_cluster("missing")
+    with pytest.raises(GatewayServerError, match="Internal Server Error"):
+        gateway.get_cluster("boom")
+    with pytest.raises(HTTPClientError) as info:
+        gateway.get_cluster("forbidden")
+    assert info.value.code == 403
+    assert "lacks permissions to view cluster forbidden" in str(info.value)
+    with pytest.raises(GatewayClusterError, match="cluster stopped is not running"):
+        gateway.scale_cluster("stopped", 1)
+    gateway.stop_cluster("a")
+
+
+def test_scale_adapt_warning(gateway):
+    gateway, state = gateway
+    with pytest.warns(GatewayWarning, match="exceed resource limit"):
+        gateway.scale_cluster("a", 10)
+    assert state.bodies[-1] == ("/api/v1/clusters/a/scale", {"count": 10})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gateway.adapt_cluster("a", maximum=5)
+    assert state.bodies[-1] == (
+        "/api/v1/clusters/a/adapt",
+        {"minimum": None, "maximum": 5, "active": True},
+    )
+
+
+@pytest.mark.parametrize(
+    "name, msg",
+    [
+        ("failing", "Cluster 'failing' failed to start, see logs for more information"),
+        ("stopped", "Cluster 'stopped' is already stopped"),
+    ],
+)
+def test_connect_to_failed_or_stopped_cluster(gateway, name, msg):
+    gateway, state = gateway
+    state.polls = 0
+    with pytest.raises(GatewayClusterError, match=f"^{msg}$"):
+        gateway.connect(name)
+    assert state.polls == 2  # re-polled while PENDING
+
+
+async def test_async_gateway(fake_gateway):
+    address, _ = fake_gateway
+    async with Gateway(address, auth=BasicAuth("alice", "pw"), asynchronous=True) as gateway:
+        clusters = await gateway.list_clusters()
+        assert {c.name for c in clusters} == {"a", "b"}
+        assert (await gateway.cluster_options()).environment == "basic"
+        with pytest.raises(ValueError, match="not found"):
+            await gateway.get_cluster("missing")
+        with pytest.warns(GatewayWarning):
+            await gateway.scale_cluster("a", 10)
+
+
+def test_gateway_closed_errors(fake_gateway):
+    address, _ = fake_gateway
+    gateway = Gateway(address, auth=BasicAuth("alice", "pw"))
+    gateway.close()
+    gateway.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        gateway.list_clusters()
