@@ -7,7 +7,9 @@ only when the server answers 401.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import socket
 import time
 import urllib.request
 import warnings
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.netutil import Resolver
 
 from .auth import GatewayAuth
 
@@ -167,6 +170,31 @@ def proxy_settings(address: str, setting: Any) -> dict[str, Any]:
     return {}
 
 
+class _Resolver(Resolver):
+    """Host lookup that also works while the interpreter exits.
+
+    Clusters left open are stopped from an atexit hook, but by then thread pools
+    refuse new work, and tornado's default resolver needs one. Numeric hosts need no
+    lookup at all; other names use the loop's pool, or resolve inline at exit.
+    """
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        try:
+            infos = socket.getaddrinfo(
+                host, port, family, socket.SOCK_STREAM,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+        except socket.gaierror:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+            except RuntimeError:  # "cannot schedule new futures after shutdown"
+                infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        return [(fam, addr) for fam, _, _, _, addr in infos]
+
+
 class HTTPClient:
     """Sends requests to one gateway with cookie handling and the 401 auth retry.
 
@@ -183,7 +211,7 @@ class HTTPClient:
 
             self._client: AsyncHTTPClient = CurlAsyncHTTPClient(force_instance=True)
         else:
-            self._client = AsyncHTTPClient(force_instance=True)
+            self._client = AsyncHTTPClient(force_instance=True, resolver=_Resolver())
 
     async def _send(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float

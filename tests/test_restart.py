@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -48,6 +49,10 @@ def test_cluster_survives_gateway_restart(fresh_gateway, sig):
         cluster.scale(2)
         client.wait_for_workers(2, timeout=60)
         cluster.shutdown()
+        for _ in range(300):
+            if gw.get_cluster(name).status.name == "STOPPED":
+                break
+            time.sleep(0.05)
         assert gw.get_cluster(name).status.name == "STOPPED"
     assert cluster_processes(name, "scheduler") == []
     assert cluster_processes(name, "worker") == []

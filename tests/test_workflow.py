@@ -59,23 +59,25 @@ def test_the_whole_workflow(gateway, basic_env):
     cluster.adapt(active=False)
     client = cluster.get_client()
     client.wait_for_workers(2, timeout=60)
-    assert repr(client) == (
-        f"<Client: '{gateway.proxy_address}/{cluster.name}' processes=2 threads=4, "
-        f"memory=2.00 GiB>"
-    )
+    # distributed's own repr: the scheduler's address as it reports it, then the sizes.
+    assert re.fullmatch(r"<Client: 'tls://127\.0\.0\.1:\d+' processes=2 threads=4, "
+                        r"memory=2\.00 GiB>", repr(client)), repr(client)
+    assert client.scheduler.address == f"{gateway.proxy_address}/{cluster.name}"
     import dask.array as da
 
     result = da.random.normal(size=(1000, 1000), chunks=(500, 500)).mean().compute()
     assert abs(result) < 0.01
     name = cluster.name
     cluster.shutdown()
-    assert gw.get_cluster(name).status.name == "STOPPED"
+    assert name not in [c.name for c in gw.list_clusters()]
+    wait_for(lambda: gw.get_cluster(name).status.name == "STOPPED", what="STOPPED")
     assert cluster_processes(name, "scheduler") == []
+    assert cluster_processes(name, "worker") == []
 
     with gw.new_cluster() as cluster:
         client = cluster.get_client()
         name = cluster.name
-    assert gw.get_cluster(name).status.name == "STOPPED"
+    assert gw.get_cluster(name).status.name in ("STOPPING", "STOPPED")
 
     cluster = gw.new_cluster(shutdown_on_close=False)
     name = cluster.name

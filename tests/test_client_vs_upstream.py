@@ -1,0 +1,246 @@
+"""Our client against the *public* dask-gateway server (wire compatibility).
+
+The server, its Go proxy, and the schedulers/workers it starts come from a separate
+virtualenv holding the PyPI releases (create it with ``scripts/make-upstream-venv.sh``;
+override its location with ``DASK_GATEWAY_UPSTREAM_VENV``). This test never skips: a
+missing venv is a failure, so CI cannot silently lose the compatibility check.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import dask.array as da
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from dask_gateway import (
+    BasicAuth,
+    Gateway,
+    GatewayCluster,
+    GatewayClusterError,
+    GatewayWarning,
+)
+from dask_gateway.client import ClusterStatus
+
+UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", "/work/upstream-venv"))
+CONFIG = Path(__file__).parent / "upstream_config" / "dask_gateway_config.py"
+PASSWORD = "compat-test-password"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"upstream dask-gateway-server exited early:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/api/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"upstream dask-gateway-server not healthy after {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """Start the public dask-gateway-server; yield its address."""
+    server_bin = UPSTREAM_VENV / "bin" / "dask-gateway-server"
+    if not server_bin.exists():
+        pytest.fail(
+            f"The upstream dask-gateway virtualenv is missing ({server_bin} not found). "
+            "Create it with `scripts/make-upstream-venv.sh` (or point "
+            "DASK_GATEWAY_UPSTREAM_VENV at one)."
+        )
+    tmp = tmp_path_factory.mktemp("upstream")
+    port = _free_port()
+    env = dict(
+        os.environ,
+        UPSTREAM_VENV=str(UPSTREAM_VENV),
+        UPSTREAM_PROXY_ADDRESS=f"127.0.0.1:{port}",
+        UPSTREAM_PASSWORD=PASSWORD,
+        UPSTREAM_CLUSTERS_DIR=str(tmp / "clusters"),
+    )
+    env.pop("VIRTUAL_ENV", None)
+    log = tmp / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(server_bin), "-f", str(CONFIG)],
+            cwd=tmp,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(address, proc, log)
+        yield address
+    finally:
+        # SIGINT lets the server stop its clusters and its proxy cleanly.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def gateway(upstream):
+    with Gateway(upstream, auth=BasicAuth("alice", PASSWORD)) as gateway:
+        yield gateway
+
+
+def _wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_basics_and_errors(upstream, gateway):
+    assert gateway.get_versions()["server"] == {"version": "2026.3.0"}
+    assert gateway.proxy_address == "gateway://" + upstream.split("://")[1]
+    assert gateway.list_clusters() == []
+    opts = gateway.cluster_options()
+    assert dict(opts) == {"worker_cores": 1, "worker_memory": 1.0, "environment": "basic"}
+    with pytest.raises(ValueError, match="worker_cores must be <= 4"):
+        opts.worker_cores = 10
+    # the server validates too; its message keeps upstream's formatting
+    with pytest.raises(ValueError, match=r"worker_cores must be <= 4.000000, got 10"):
+        gateway.submit(worker_cores=10)
+    with pytest.raises(ValueError, match="not found"):
+        gateway.get_cluster("0123456789abcdef0123456789abcdef")
+    with pytest.raises(ValueError, match="not a valid ClusterStatus"):
+        gateway.list_clusters(status="bogus")
+    with Gateway(upstream, auth=BasicAuth("alice", "wrong")) as bad:
+        with pytest.raises(HTTPClientError) as info:
+            bad.list_clusters()
+        assert info.value.code == 401
+
+
+def test_full_workflow(gateway):
+    opts = gateway.cluster_options()
+    opts.worker_cores = 2
+    opts.environment = "tensorflow"
+    cluster = gateway.new_cluster(opts)
+    try:
+        assert repr(cluster) == f"GatewayCluster<{cluster.name}, status=running>"
+        assert cluster.scheduler_address == f"{gateway.proxy_address}/{cluster.name}"
+        assert cluster.dashboard_link == f"{gateway.address}/clusters/{cluster.name}/status"
+        assert cluster.name in cluster._repr_html_()
+        [report] = gateway.list_clusters()
+        assert report.name == cluster.name and report.status is ClusterStatus.RUNNING
+        assert report.options == {"worker_cores": 2, "worker_memory": 1.0, "environment": "tensorflow"}
+
+        client = cluster.get_client()
+        assert client.scheduler.address == cluster.scheduler_address
+        with pytest.warns(GatewayWarning, match="exceed resource limit of 3 workers"):
+            cluster.scale(5)
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=120)
+        _wait_for(lambda: len(cluster.scheduler_info["workers"]) == 2, what="scheduler_info")
+        assert {w["nthreads"] for w in cluster.scheduler_info["workers"].values()} == {2}
+        result = da.random.normal(size=(1000, 1000), chunks=(500, 500)).mean().compute()
+        assert abs(result) < 0.05
+
+        # adaptive with nothing to do settles at the minimum
+        cluster.adapt(minimum=1, maximum=2)
+        _wait_for(lambda: len(cluster.scheduler_info["workers"]) == 1, 120, "adapt to 1 worker")
+        cluster.adapt(active=False)
+    finally:
+        cluster.shutdown()
+    assert cluster.status == "closed"
+    assert client.status == "closed"  # clients from get_client close with the cluster
+    assert gateway.list_clusters() == []
+    assert gateway.get_cluster(cluster.name).status in (ClusterStatus.STOPPING, ClusterStatus.STOPPED)
+
+
+def test_context_manager_and_distributed_client(upstream, gateway):
+    from distributed import Client
+
+    with GatewayCluster(upstream, auth=BasicAuth("alice", PASSWORD), worker_cores=1) as cluster:
+        name = cluster.name
+        cluster.scale(1)
+        with Client(cluster) as client:
+            assert client.submit(lambda x: x + 1, 1).result(timeout=120) == 2
+    assert cluster.status == "closed"
+    assert name not in {c.name for c in gateway.list_clusters()}
+
+
+def test_shutdown_on_close_false_and_connect(gateway):
+    cluster = gateway.new_cluster(shutdown_on_close=False)
+    name = cluster.name
+    cluster.close()
+    assert cluster.status == "closed"
+    assert gateway.get_cluster(name).status is ClusterStatus.RUNNING
+    again = gateway.connect(name)
+    try:
+        assert again.name == name and again.status == "running"
+        assert again.shutdown_on_close is False
+    finally:
+        again.shutdown()
+    assert gateway.list_clusters() == []
+    with pytest.raises(GatewayClusterError, match=f"Cluster '{name}' is already stopped"):
+        _wait_for(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED)
+        gateway.connect(name)
+
+
+async def test_asynchronous(upstream):
+    async with Gateway(upstream, auth=BasicAuth("alice", PASSWORD), asynchronous=True) as gateway:
+        opts = await gateway.cluster_options()
+        async with gateway.new_cluster(opts) as cluster:
+            assert cluster.status == "running"
+            await cluster.scale(1)
+            async with cluster.get_client(set_as_default=False) as client:
+                await client.wait_for_workers(1, timeout=120)
+                x = da.ones((100, 100), chunks=(50, 50)).sum()
+                assert await client.compute(x) == 10000
+            reports = await gateway.list_clusters()
+            assert [r.name for r in reports] == [cluster.name]
+        assert cluster.status == "closed"
+        assert await gateway.list_clusters() == []
+
+
+def test_forgotten_clusters_are_stopped_at_exit(upstream, gateway):
+    # A host name rather than an IP: name lookups must still work inside atexit hooks.
+    address = upstream.replace("127.0.0.1", "localhost")
+    script = textwrap.dedent(
+        f"""
+        from dask_gateway import Gateway, BasicAuth
+        gateway = Gateway({address!r}, auth=BasicAuth("alice", {PASSWORD!r}))
+        kept = gateway.new_cluster(shutdown_on_close=False)
+        dropped = gateway.new_cluster()
+        client = dropped.get_client()
+        print(kept.name, dropped.name, flush=True)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr
+    kept, dropped = proc.stdout.split()
+    for noise in ("Traceback", "Exception ignored", "Failed to close", "Error"):
+        assert noise not in proc.stderr, proc.stderr
+    assert gateway.get_cluster(dropped).status in (ClusterStatus.STOPPING, ClusterStatus.STOPPED)
+    assert gateway.get_cluster(kept).status is ClusterStatus.RUNNING
+    gateway.stop_cluster(kept)
