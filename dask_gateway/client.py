@@ -16,7 +16,7 @@ import ssl
 import tempfile
 import warnings
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from datetime import datetime
 from enum import IntEnum
 from html import escape
@@ -513,6 +513,25 @@ class Gateway(SyncMethodMixin):
         )
 
 
+async def _follow_worker_updates(comm: Any, info: dict[str, Any]) -> None:
+    """Apply the scheduler's worker add/remove messages to ``info`` until the comm closes.
+
+    A plain function rather than a method so that the running task does not keep the
+    cluster alive: an unreferenced cluster can then be garbage collected and closed.
+    """
+    while True:
+        try:
+            msgs = await comm.read()
+        except (CommClosedError, OSError):
+            return
+        for op, msg in msgs:
+            if op == "add":
+                info["workers"].update(msg.pop("workers"))
+                info.update(msg)
+            elif op == "remove":
+                info["workers"].pop(msg, None)
+
+
 # Synchronous clusters still open at interpreter exit are closed by an atexit hook.
 _live_clusters: weakref.WeakSet[GatewayCluster] = weakref.WeakSet()
 
@@ -629,7 +648,9 @@ class GatewayCluster:
             try:
                 self.gateway.sync(self._start)
             except BaseException:
-                self.gateway.close()
+                # Failed, or interrupted (Ctrl-C) while waiting: do not leave a
+                # half-started cluster running behind the user's back.
+                self.close()
                 raise
 
     # ------------------------------------------------------------------ properties
@@ -670,20 +691,13 @@ class GatewayCluster:
 
     async def _start_once(self) -> None:
         self.status = "starting"
-        try:
-            if self.name is None:
-                self.name = await self.gateway._submit(
-                    self._cluster_options, **self._option_overrides
-                )
-            report = await self.gateway._wait_for_start(self.name)
-            self.scheduler_address = report.scheduler_address
-            self.dashboard_link = report.dashboard_link
-            self.security = report.security
-            await self._watch_workers()
-        except BaseException:
-            # Do not leave a half-started cluster running behind the user's back.
-            await self._close_async(shutdown=self.shutdown_on_close and self.name is not None)
-            raise
+        if self.name is None:
+            self.name = await self.gateway._submit(self._cluster_options, **self._option_overrides)
+        report = await self.gateway._wait_for_start(self.name)
+        self.scheduler_address = report.scheduler_address
+        self.dashboard_link = report.dashboard_link
+        self.security = report.security
+        await self._watch_workers()
         self.status = "running"
 
     async def _watch_workers(self) -> None:
@@ -697,27 +711,17 @@ class GatewayCluster:
         await comm.write({"op": "subscribe_worker_status"})
         self.scheduler_info = SchedulerInfo(await comm.read())
         self._watch_comm = comm
-        self._watch_task = asyncio.ensure_future(self._read_worker_updates(comm))
-
-    async def _read_worker_updates(self, comm: Any) -> None:
-        while True:
-            try:
-                msgs = await comm.read()
-            except (CommClosedError, OSError):
-                break
-            for op, msg in msgs:
-                if op == "add":
-                    workers = msg.pop("workers")
-                    self.scheduler_info["workers"].update(workers)
-                    self.scheduler_info.update(msg)
-                elif op == "remove":
-                    self.scheduler_info["workers"].pop(msg, None)
+        self._watch_task = asyncio.ensure_future(_follow_worker_updates(comm, self.scheduler_info))
 
     def __await__(self):
         return self._start_and_return().__await__()
 
     async def _start_and_return(self) -> GatewayCluster:
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_async(self.shutdown_on_close)
+            raise
         return self
 
     # ------------------------------------------------------------------ API
@@ -759,6 +763,9 @@ class GatewayCluster:
         if self.status == "closed":
             return
         self.status = "closing"
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            await asyncio.wait([self._start_task])
         if self._watch_comm is not None:
             self._watch_comm.abort()
         if self._watch_task is not None:

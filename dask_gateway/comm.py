@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 
+from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.comm.core import Comm, FatalCommClosedError
 from distributed.comm.registry import Backend, backends
 from distributed.comm.tcp import (
@@ -21,7 +22,6 @@ from distributed.comm.tcp import (
     convert_stream_closed_error,
     get_stream_address,
 )
-from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.utils import ensure_ip, get_ip
 from tornado.iostream import StreamClosedError
 

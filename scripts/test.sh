@@ -19,5 +19,11 @@ if [ -f scripts/make-upstream-venv.sh ]; then
     bash scripts/make-upstream-venv.sh
 fi
 
+# Services the tests talk to, started for real and stopped on exit.
+cleanup() { bash scripts/services/stop-pg.sh; }
+trap cleanup EXIT
+TEST_POSTGRES_URL=$(bash scripts/services/start-pg.sh | tail -1)
+export TEST_POSTGRES_URL
+
 cd "$ROOT"
-exec "$VENV/bin/pytest" -p no:cacheprovider "$@"
+"$VENV/bin/pytest" -p no:cacheprovider "$@"

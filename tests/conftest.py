@@ -42,7 +42,7 @@ class GatewayProcess:
     def proxy_address(self) -> str:
         return f"gateway://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, health_path: str = "/api/health") -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "dask_gateway_server",
@@ -62,7 +62,7 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited at start:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.address}/api/health", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.address}{health_path}", timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:

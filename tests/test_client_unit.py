@@ -442,6 +442,7 @@ class FakeState:
         self.auth_headers = []  # Authorization headers received (None if absent)
         self.bodies = []  # (path, JSON body) of POSTs
         self.polls = 0
+        self.deleted = []  # names of DELETEd clusters
 
 
 class Base(web.RequestHandler):
@@ -492,7 +493,7 @@ class Clusters(Base):
         if options.get("worker_cores", 1) > 4:
             return self.fail(422, "worker_cores must be <= 4.000000, got 10")
         self.set_status(201)
-        self.finish({"name": "new"})
+        self.finish({"name": "failing" if options.get("environment") == "doomed" else "new"})
 
 
 class Cluster(Base):
@@ -512,6 +513,7 @@ class Cluster(Base):
         self.finish(cluster_json(name))
 
     def delete(self, name):
+        self.state.deleted.append(name)
         self.set_status(204)
         self.finish()
 
@@ -680,9 +682,20 @@ def test_scale_adapt_warning(gateway):
 def test_connect_to_failed_or_stopped_cluster(gateway, name, msg):
     gateway, state = gateway
     state.polls = 0
+    state.deleted.clear()
     with pytest.raises(GatewayClusterError, match=f"^{msg}$"):
         gateway.connect(name)
     assert state.polls == 2  # re-polled while PENDING
+    assert state.deleted == []  # attaching never stops the cluster
+
+
+def test_new_cluster_failing_to_start_is_stopped(gateway):
+    gateway, state = gateway
+    state.polls = 0
+    state.deleted.clear()
+    with pytest.raises(GatewayClusterError, match="failed to start"):
+        gateway.new_cluster(environment="doomed")
+    assert state.deleted == ["failing"]
 
 
 async def test_async_gateway(fake_gateway):
