@@ -4,11 +4,11 @@
 # our client, to prove wire compatibility (numpy: the workers run dask.array tasks).
 # Idempotent: re-running only re-checks the pins.
 #
-# Usage: scripts/make-upstream-venv.sh [VENV_DIR]   (default /work/upstream-venv, or
+# Usage: scripts/make-upstream-venv.sh [VENV_DIR]   (default .venv-upstream in the repository, or
 #        $DASK_GATEWAY_UPSTREAM_VENV)
 set -euo pipefail
 
-VENV="${1:-${DASK_GATEWAY_UPSTREAM_VENV:-/work/upstream-venv}}"
+VENV="${1:-${DASK_GATEWAY_UPSTREAM_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv-upstream}}"
 PYTHON="${PYTHON:-python3}"
 UPSTREAM_VERSION="${UPSTREAM_VERSION:-2026.3.0}"
 DISTRIBUTED_VERSION="${DISTRIBUTED_VERSION:-2026.8.0}"

@@ -31,7 +31,9 @@ from dask_gateway import (
 )
 from dask_gateway.client import ClusterStatus
 
-UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", "/work/upstream-venv"))
+UPSTREAM_VENV = Path(
+    os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", Path(__file__).parent.parent / ".venv-upstream")
+)
 CONFIG = Path(__file__).parent / "upstream_config" / "dask_gateway_config.py"
 PASSWORD = "compat-test-password"
 
