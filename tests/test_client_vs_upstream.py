@@ -37,7 +37,7 @@ UPSTREAM_VENV = Path(
 CONFIG = Path(__file__).parent / "upstream_config" / "dask_gateway_config.py"
 PASSWORD = "compat-test-password"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
 
 def _free_port() -> int:

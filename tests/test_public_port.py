@@ -2,9 +2,10 @@
 and a URL prefix."""
 from __future__ import annotations
 
-import urllib.request
+import getpass
 
 from conftest import free_port
+from http_helpers import basic, call
 
 
 def test_dashboard_is_served_through_the_gateway(gateway):
@@ -14,14 +15,22 @@ def test_dashboard_is_served_through_the_gateway(gateway):
         with gw.new_cluster() as cluster:
             link = cluster.dashboard_link
             assert link == f"{gateway.address}/clusters/{cluster.name}/status"
-            with urllib.request.urlopen(link, timeout=30) as r:
-                page = r.read().decode()
+            owner = basic(getpass.getuser())
+            r = call("GET", link, headers=owner)
+            page = r.body.decode()
             assert r.status == 200 and "Dask" in page and "bokeh" in page.lower()
-            # The JSON the dashboard's pages poll, through the same route.
-            with urllib.request.urlopen(
-                f"{gateway.address}/clusters/{cluster.name}/info/main/workers.html", timeout=30
-            ) as r:
-                assert r.status == 200
+            # Another page of the dashboard, with the session cookie the first answer set.
+            cookie = r.headers["Set-Cookie"].split(";")[0]
+            r = call("GET", f"{gateway.address}/clusters/{cluster.name}/info/main/workers.html",
+                     headers={"Cookie": cookie})
+            assert r.status == 200
+            # Nobody else: no credentials is a login challenge, another user is refused.
+            r = call("GET", link)
+            assert r.status == 401 and r.headers["WWW-Authenticate"] == "Basic"
+            r = call("GET", link, headers=basic("mallory"))
+            assert r.status == 403
+            assert r.json() == {
+                "error": f"User mallory lacks permissions to view cluster {cluster.name}"}
 
 
 def test_separate_tcp_port_and_prefix(fresh_gateway):
@@ -39,6 +48,6 @@ def test_separate_tcp_port_and_prefix(fresh_gateway):
             client = cluster.get_client()
             assert client.submit(lambda: 1 + 1).result() == 2
             assert cluster.dashboard_link.startswith(f"{address}/clusters/")
-            with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as r:
-                assert r.status == 200
+            r = call("GET", cluster.dashboard_link, headers=basic(getpass.getuser()))
+            assert r.status == 200
             client.close()

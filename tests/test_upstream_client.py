@@ -13,6 +13,8 @@ from conftest import GatewayProcess
 HERE = Path(__file__).parent
 UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", HERE.parent / ".venv-upstream"))
 
+pytestmark = pytest.mark.interop
+
 
 @pytest.fixture
 def compat_gateway(tmp_path):

@@ -2,6 +2,8 @@
 
 Usage: python upstream_client_workflow.py http://127.0.0.1:PORT
 """
+import base64
+import getpass
 import json
 import sys
 import urllib.request
@@ -41,7 +43,10 @@ client = cluster.get_client()
 client.wait_for_workers(2, timeout=60)
 out["mean"] = float(da.random.normal(size=(1000, 1000), chunks=(500, 500)).mean().compute())
 out["workers"] = len(client.scheduler_info()["workers"])
-with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as r:
+# Dashboards are for their owner: log in as the user the client runs as.
+creds = base64.b64encode(f"{getpass.getuser()}:".encode()).decode()
+req = urllib.request.Request(cluster.dashboard_link, headers={"Authorization": f"Basic {creds}"})
+with urllib.request.urlopen(req, timeout=30) as r:
     out["dashboard_status"] = r.status
 cluster.adapt(minimum=1, maximum=2)
 cluster.adapt(active=False)

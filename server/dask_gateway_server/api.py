@@ -14,7 +14,8 @@ from traitlets import TraitError
 
 from . import __version__
 from .auth import AuthError, Authenticator
-from .models import Cluster, ClusterStatus, User
+from .limits import LimitExceeded, UserLimits
+from .models import Cluster, ClusterStatus, JobStatus, User
 from .reconciler import Reconciler, SchedulerUnreachable
 
 WAIT_TIMEOUT = 20.0
@@ -45,6 +46,10 @@ class BaseHandler(web.RequestHandler):
     def backend(self):
         return self.settings["backend"]
 
+    @property
+    def limits(self) -> UserLimits:
+        return self.settings["limits"]
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
 
@@ -56,21 +61,7 @@ class BaseHandler(web.RequestHandler):
             self.current_user = await self.authenticate()
 
     async def authenticate(self) -> User:
-        auth = self.authenticator
-        user = auth.user_from_cookie(self.get_cookie(auth.cookie_name))
-        if user is not None:
-            return user
-        try:
-            user = await auth.authenticate(self.request)
-        except AuthError as e:
-            headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
-            raise APIError(e.status, e.message, headers) from None
-        for k, v in getattr(self.request, "auth_response_headers", {}).items():
-            self.set_header(k, v)
-        self.set_cookie(auth.cookie_name, auth.new_session(user),
-                        expires_days=2 * auth.cache_max_age / 86400, httponly=True,
-                        samesite="Lax")
-        return user
+        return await authenticate_handler(self)
 
     def json_body(self) -> Any:
         if not self.request.body:
@@ -106,6 +97,37 @@ class BaseHandler(web.RequestHandler):
                 403, f"User {self.current_user.name} lacks permissions to {action} cluster {name}"
             )
         return cluster
+
+
+async def authenticate_handler(handler: web.RequestHandler) -> User:
+    """Who sent this request: the session cookie if valid, else the authenticator (which
+    then starts a session). Raises APIError (401 with a challenge, 502/503 ...)."""
+    auth: Authenticator = handler.settings["authenticator"]
+    user = auth.user_from_cookie(handler.get_cookie(auth.cookie_name))
+    if user is None:
+        try:
+            user = await auth.authenticate(handler.request)
+        except AuthError as e:
+            headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
+            raise APIError(e.status, e.message, headers) from None
+        for k, v in getattr(handler.request, "auth_response_headers", {}).items():
+            handler.set_header(k, v)
+        handler.set_cookie(auth.cookie_name, auth.new_session(user),
+                           expires_days=2 * auth.cache_max_age / 86400, httponly=True,
+                           samesite="Lax")
+    handler.settings["limits"].remember(user)
+    return user
+
+
+async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str) -> bool:
+    """Dashboards are for the cluster's owner and admins, like the API."""
+    user = await authenticate_handler(handler)
+    cluster = handler.settings["reconciler"].clusters.get(cluster_name)
+    if cluster is None:
+        raise APIError(404, f"Cluster {cluster_name} not found")
+    if not user.can_access(cluster):
+        raise APIError(403, f"User {user.name} lacks permissions to view cluster {cluster_name}")
+    return True
 
 
 class HealthHandler(BaseHandler):
@@ -152,16 +174,24 @@ class ClustersHandler(BaseHandler):
     async def get(self) -> None:
         statuses = _parse_statuses(self.get_query_argument("status", None))
         user = self.current_user
+        # Admins may ask for everyone's clusters; only then is the owner added to each entry
+        # (old clients never send ?all=1, so they keep their exact eight keys).
+        all_users = _bool_arg(self.get_query_argument("all", None))
+        if all_users and not user.admin:
+            raise APIError(403, f"User {user.name} is not an admin: ?all=1 is for admins")
         out = {}
         for cluster in self.reconciler.clusters.values():
-            if cluster.username != user.name:
+            if not all_users and cluster.username != user.name:
                 continue
             if statuses is None:
                 if not cluster.is_active:
                     continue
             elif cluster.model_status not in statuses:
                 continue
-            out[cluster.name] = cluster.to_dict()
+            model = cluster.to_dict()
+            if all_users:
+                model["username"] = cluster.username
+            out[cluster.name] = model
         self.write_json(out)
 
     async def post(self) -> None:
@@ -174,6 +204,11 @@ class ClustersHandler(BaseHandler):
                 self.current_user, request
             )
         except (ValueError, TypeError, TraitError, KeyError) as e:
+            raise APIError(422, str(e)) from None
+        try:
+            self.limits.check(self.current_user, self.reconciler.clusters.values(),
+                              config=config)
+        except LimitExceeded as e:
             raise APIError(422, str(e)) from None
         cluster = await self.reconciler.create_cluster(self.current_user, options, config)
         self.write_json({"name": cluster.name}, status=201)
@@ -247,6 +282,11 @@ class ScaleHandler(BaseHandler):
             msg = (f"Scale request of {count} workers would exceed resource limit of "
                    f"{limit} workers. Scaling to {limit} instead.")
             count = limit
+        try:
+            self.limits.check(self.limits.owner(cluster), self.reconciler.clusters.values(),
+                              changed=cluster, count=count)
+        except LimitExceeded as e:
+            raise APIError(422, str(e)) from None
         await self._send(cluster, {"op": "scale", "count": count})
         await self.reconciler.set_count(cluster, count)
         self.write_json({"ok": msg is None, "msg": msg})
@@ -282,9 +322,35 @@ class AdaptHandler(ScaleHandler):
                        f"exceed resource limit of {limit} workers. Using "
                        f"`maximum={new_max}, minimum={new_min}` instead.")
             minimum, maximum = new_min, new_max
+        user_max = self.limits.max_count(self.limits.owner(cluster),
+                                         self.reconciler.clusters.values(), cluster)
+        if user_max is not None and (maximum is None or maximum > user_max):
+            msg = (f"Adapt with `maximum={maximum}` workers would exceed the user limits of "
+                   f"{cluster.username}. Using `maximum={user_max}` instead.")
+            maximum = user_max
+            minimum = None if minimum is None else min(minimum, user_max)
         await self._send(cluster, {"op": "adapt", "minimum": minimum, "maximum": maximum,
                                    "active": active})
         self.write_json({"ok": msg is None, "msg": msg})
+
+
+class WorkersHandler(BaseHandler):
+    """Opt-in details the 8-key cluster JSON must not carry: running workers and their size.
+
+    Workers count once the scheduler's heartbeat reported them; cores and memory follow from
+    the cluster's configuration.
+    """
+
+    async def get(self, name: str) -> None:
+        cluster = self.get_cluster(name)
+        running = sum(1 for w in cluster.active_workers() if w.status == JobStatus.RUNNING)
+        config = cluster.config
+        self.write_json({
+            "workers": running,
+            "cores": running * int(config.get("worker_cores") or 0),
+            "memory": running * int(config.get("worker_memory") or 0),
+            "requested": cluster.count,
+        })
 
 
 _HEARTBEAT_KEYS = {
@@ -335,5 +401,6 @@ def api_handlers(prefix: str) -> list:
         (rf"{p}/api/v1/clusters/{name}", ClusterHandler),
         (rf"{p}/api/v1/clusters/{name}/scale", ScaleHandler),
         (rf"{p}/api/v1/clusters/{name}/adapt", AdaptHandler),
+        (rf"{p}/api/v1/clusters/{name}/workers", WorkersHandler),
         (rf"{p}/api/v1/clusters/{name}/heartbeat", HeartbeatHandler),
     ]

@@ -15,10 +15,12 @@ from traitlets import Bool, Unicode, Type, default, validate
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .api import NotFoundHandler, api_handlers
-from .auth import Authenticator, KerberosAuthenticator, SimpleAuthenticator
+from .api import NotFoundHandler, api_handlers, check_dashboard_access
+from .auth import (Authenticator, JupyterHubAuthenticator, KerberosAuthenticator,
+                   SimpleAuthenticator)
 from .backends.base import Backend, ClusterConfig, DBBackendBase
 from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
+from .limits import UserLimits
 from .proxy import Proxy
 from .reconciler import Reconciler
 from .store import Store, load_or_create_key_file
@@ -79,6 +81,12 @@ class DaskGateway(Application):
         "port (Proxy.address) serves the API to users.",
         config=True,
     )
+    open_dashboards = Bool(
+        False,
+        help="Let anyone who knows a cluster's name see its dashboard (the public "
+        "dask-gateway's behaviour). By default only its owner and admins can.",
+        config=True,
+    )
     backend_class = Type(
         UnsafeLocalBackend, klass=Backend, help="The backend that runs clusters.", config=True
     )
@@ -112,7 +120,7 @@ class DaskGateway(Application):
     def classes(self) -> list:
         return [
             DaskGateway, Proxy, Authenticator, SimpleAuthenticator, KerberosAuthenticator,
-            Backend, DBBackendBase, LocalBackend, UnsafeLocalBackend,
+            JupyterHubAuthenticator, UserLimits, Backend, DBBackendBase, LocalBackend, UnsafeLocalBackend,
             ClusterConfig, LocalClusterConfig,
         ]
 
@@ -127,6 +135,7 @@ class DaskGateway(Application):
         self.authenticator = self.authenticator_class(parent=self, log=self.log)
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
+        self.limits = UserLimits(parent=self)
 
     def _store(self) -> Store:
         backend = self.backend
@@ -146,7 +155,8 @@ class DaskGateway(Application):
     async def start_async(self) -> None:
         self.store = self._store()
         await self.store.setup()
-        self.reconciler = Reconciler(self.store, self.backend, self.proxy, log=self.log)
+        self.reconciler = Reconciler(self.store, self.backend, self.proxy, log=self.log,
+                                     count_limit=self._count_limit)
         self.web_app = web.Application(
             api_handlers(self.proxy.prefix)
             + self.proxy.dashboard_handlers()
@@ -154,6 +164,7 @@ class DaskGateway(Application):
             authenticator=self.authenticator,
             backend=self.backend,
             reconciler=self.reconciler,
+            limits=self.limits,
             log=self.log,
             log_function=self._log_request,
         )
@@ -168,9 +179,15 @@ class DaskGateway(Application):
             self.backend.api_url = f"http://{api_host}:{bound[1]}{self.proxy.prefix}/api"
         await self.authenticator.setup()
         await self.backend.setup()
+        if not self.open_dashboards:
+            self.proxy.check_dashboard_access = check_dashboard_access
         await self.proxy.start(self.web_app)
         await self.reconciler.start()
         self.log.info("Dask Gateway %s started at %s", __version__, self.proxy.public_url)
+
+    def _count_limit(self, cluster) -> int | None:
+        return self.limits.max_count(self.limits.owner(cluster),
+                                     self.reconciler.clusters.values(), cluster)
 
     async def stop_async(self) -> None:
         self.log.info("Stopping the gateway")

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import json
+import os
+import ssl
 import time
 import uuid
+from collections import OrderedDict
 
-from traitlets import Integer, Unicode
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Bool, Float, Integer, Set, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .models import User
@@ -41,6 +47,19 @@ class Authenticator(LoggingConfigurable):
         config=True,
     )
     cache_max_size = Integer(10000, help="Most sessions remembered at once.", config=True)
+    admin_users = Set(
+        Unicode(), help="Users who may see and stop every user's clusters.", config=True
+    )
+    admin_groups = Set(
+        Unicode(), help="Members of these groups are admins (groups come from JupyterHub).",
+        config=True,
+    )
+
+    def make_user(self, name: str, groups=(), admin: bool = False) -> User:
+        """A User, with admin rights from the identity provider or from this config."""
+        groups = frozenset(groups)
+        admin = admin or name in self.admin_users or bool(groups & self.admin_groups)
+        return User(name, groups, admin)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -119,7 +138,7 @@ class SimpleAuthenticator(Authenticator):
             password.encode(), self.password.encode()
         ):
             raise AuthError(401, "Invalid password", "Basic")
-        return User(_check_username(username))
+        return self.make_user(_check_username(username))
 
 
 class KerberosAuthenticator(Authenticator):
@@ -132,7 +151,7 @@ class KerberosAuthenticator(Authenticator):
         import os
 
         try:
-            import kerberos  # noqa: F401
+            import kerberos  # noqa: F401  (fail early, with a clear message)
         except ImportError:
             raise RuntimeError(
                 "KerberosAuthenticator needs the 'pykerberos' package installed"
@@ -159,4 +178,132 @@ class KerberosAuthenticator(Authenticator):
         except kerberos.GSSError as e:
             raise AuthError(401, f"Kerberos authentication failed: {e}", "Negotiate") from None
         request.auth_response_headers = {"WWW-Authenticate": f"Negotiate {response}"}
-        return User(principal.split("@", 1)[0])
+        return self.make_user(principal.split("@", 1)[0])
+
+
+class JupyterHubAuthenticator(Authenticator):
+    """Users of a JupyterHub, by their API tokens (``Authorization: jupyterhub <token>``).
+
+    The gateway runs as a hub service; each token is checked with the hub (``GET /user`` as
+    that user) and the answer cached for ``token_cache_ttl`` seconds, so a revoked token stops
+    working within that time and a busy user does not hit the hub on every request.
+    """
+
+    jupyterhub_api_url = Unicode(
+        help="The hub's API URL, e.g. http://127.0.0.1:8081/hub/api (env JUPYTERHUB_API_URL).",
+        config=True,
+    )
+    jupyterhub_api_token = Unicode(
+        help="Accepted for old config files; tokens are checked as the user, so it is unused.",
+        config=True,
+    )
+    jupyterhub_service_name = Unicode(
+        help="This service's name in the hub (env JUPYTERHUB_SERVICE_NAME).", config=True
+    )
+    use_service_access_scopes = Bool(
+        help="Require the token to grant access to this service (access:services).",
+        config=True,
+    )
+    tls_key = Unicode("", help="Client key for TLS to the hub.", config=True)
+    tls_cert = Unicode("", help="Client certificate for TLS to the hub.", config=True)
+    tls_ca = Unicode("", help="CA bundle to verify the hub's certificate.", config=True)
+    token_cache_ttl = Float(
+        60, help="Seconds a token check is trusted before asking the hub again.", config=True
+    )
+    hub_timeout = Float(10, help="Seconds to wait for the hub to answer.", config=True)
+
+    @default("cache_max_age")
+    def _default_cache_max_age(self) -> int:
+        # The session cookie must not outlive a revoked token for longer than the cache.
+        return max(1, int(self.token_cache_ttl))
+
+    @default("jupyterhub_api_url")
+    def _default_api_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL", "")
+
+    @default("jupyterhub_api_token")
+    def _default_api_token(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    @default("jupyterhub_service_name")
+    def _default_service_name(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME", "")
+
+    @default("use_service_access_scopes")
+    def _default_use_scopes(self) -> bool:
+        return bool(self.jupyterhub_service_name)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._tokens: OrderedDict[str, tuple[User, float]] = OrderedDict()
+
+    async def setup(self) -> None:
+        if not self.jupyterhub_api_url:
+            raise ValueError(
+                "JupyterHubAuthenticator needs the hub's API URL: set "
+                "c.JupyterHubAuthenticator.jupyterhub_api_url or JUPYTERHUB_API_URL"
+            )
+        if not self.use_service_access_scopes:
+            self.log.warning(
+                "JupyterHubAuthenticator accepts any valid hub token: set "
+                "jupyterhub_service_name to require access to this service"
+            )
+        self._http = AsyncHTTPClient()
+        self._ssl = None
+        if self.tls_ca or self.tls_cert:
+            ctx = ssl.create_default_context(cafile=self.tls_ca or None)
+            if self.tls_cert:
+                ctx.load_cert_chain(self.tls_cert, self.tls_key or None)
+            self._ssl = ctx
+
+    async def authenticate(self, request) -> User:
+        header = request.headers.get("Authorization", "")
+        kind, _, token = header.partition(" ")
+        token = token.strip()
+        if kind.lower() not in ("jupyterhub", "token", "bearer") or not token:
+            raise AuthError(401, "Authentication required", "jupyterhub")
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._tokens.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        user = await self._ask_hub(token)
+        self._tokens[key] = (user, now + self.token_cache_ttl)
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self.cache_max_size:
+            self._tokens.popitem(last=False)
+        return user
+
+    async def _ask_hub(self, token: str) -> User:
+        url = self.jupyterhub_api_url.rstrip("/") + "/user"
+        req = HTTPRequest(url, headers={"Authorization": f"token {token}"},
+                          request_timeout=self.hub_timeout, connect_timeout=self.hub_timeout,
+                          ssl_options=self._ssl)
+        try:
+            resp = await self._http.fetch(req)
+        except HTTPClientError as e:
+            if e.code in (401, 403, 404):
+                raise AuthError(401, "Invalid, expired or revoked JupyterHub token",
+                                "jupyterhub") from None
+            if e.code == 599:
+                raise AuthError(503, f"JupyterHub is unreachable: {e.message}") from None
+            raise AuthError(502, f"JupyterHub answered {e.code} while checking the token") \
+                from None
+        except (OSError, ssl.SSLError) as e:
+            raise AuthError(503, f"JupyterHub is unreachable: {e}") from None
+        try:
+            model = json.loads(resp.body)
+            name, kind = model["name"], model.get("kind", "user")
+        except (ValueError, KeyError, TypeError):
+            raise AuthError(502, "JupyterHub sent an unreadable user model") from None
+        if self.use_service_access_scopes:
+            scopes = set(model.get("scopes", []))
+            wanted = {"access:services",
+                      f"access:services!service={self.jupyterhub_service_name}"}
+            if not scopes & wanted:
+                raise AuthError(401, f"This token does not grant access to the "
+                                     f"{self.jupyterhub_service_name!r} service",
+                                "jupyterhub")
+        if kind != "user" or ":" in name:
+            name = f"{kind}:{name}"
+        return self.make_user(name, model.get("groups") or (), bool(model.get("admin")))

@@ -54,7 +54,7 @@ class User:
     admin: bool = False
 
     def can_access(self, cluster: "Cluster") -> bool:
-        return self.name == cluster.username
+        return self.admin or self.name == cluster.username
 
 
 @dataclass(eq=False)

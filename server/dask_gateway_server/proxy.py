@@ -840,9 +840,17 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
             return
         hook = self.proxy.check_dashboard_access
         if hook is not None:
-            allowed = hook(self, name)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
+            try:
+                allowed = hook(self, name)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+            except web.HTTPError as e:
+                # The hook's own status and message, e.g. 401 with a challenge header.
+                for key, value in getattr(e, "headers", {}).items():
+                    self.set_header(key, value)
+                self._send_json_error(e.status_code, getattr(e, "message", None)
+                                      or e.log_message or "Not allowed")
+                return
             if not allowed:
                 self._send_json_error(403, f"Not allowed to access cluster {name}")
                 return

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -30,8 +31,11 @@ class SchedulerUnreachable(Exception):
 
 
 class Reconciler:
-    def __init__(self, store: Store, backend: Backend, routes, log: logging.Logger | None = None):
-        """``routes`` is the proxy: ``add_route(name, scheduler, dashboard)``, ``remove_route``."""
+    def __init__(self, store: Store, backend: Backend, routes, log: logging.Logger | None = None,
+                 count_limit: Callable[[Cluster], int | None] | None = None):
+        """``routes`` is the proxy: ``add_route(name, scheduler, dashboard)``, ``remove_route``.
+        ``count_limit(cluster)`` caps the workers a scheduler may ask for (per-user limits)."""
+        self.count_limit = count_limit
         self.store = store
         self.backend = backend
         self.settings: DBBackendBase = backend  # the timers and limits live on the backend
@@ -141,6 +145,9 @@ class Reconciler:
         count = max(0, msg["count"])
         if cluster.max_workers is not None:
             count = min(count, cluster.max_workers)
+        user_limit = self.count_limit(cluster) if self.count_limit else None
+        if user_limit is not None:
+            count = min(count, user_limit)
         if count != cluster.count:
             changes["count"] = count
         if changes:
@@ -396,9 +403,13 @@ class Reconciler:
             return
         for cluster, alive in zip(clusters, await self.backend.check_clusters(clusters)):
             if not alive and cluster.is_active:
-                self.log.warning("Scheduler of cluster %s exited", cluster.name)
-                await self.stop_cluster(cluster, failed=True,
-                                        message="The scheduler exited unexpectedly")
+                reason = self.backend.exit_reason(cluster)
+                self.log.warning("Scheduler of cluster %s exited%s", cluster.name,
+                                 f": {reason}" if reason else "")
+                await self.stop_cluster(
+                    cluster, failed=True,
+                    message="The scheduler exited unexpectedly" + (f": {reason}" if reason
+                                                                    else ""))
 
     async def _check_workers(self) -> None:
         for cluster in list(self.clusters.values()):
@@ -411,8 +422,10 @@ class Reconciler:
             alive = await self.backend.check_workers(cluster, starting)
             for worker, ok in zip(starting, alive):
                 if not ok and worker.is_active and worker.status == JobStatus.SUBMITTED:
-                    self.log.warning("Worker %s of cluster %s exited while starting",
-                                     worker.name, cluster.name)
+                    reason = self.backend.exit_reason(cluster, worker)
+                    self.log.warning("Worker %s of cluster %s exited while starting%s",
+                                     worker.name, cluster.name,
+                                     f": {reason}" if reason else "")
                     await self._worker_failed(cluster, worker)
 
     async def _cleanup_loop(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any

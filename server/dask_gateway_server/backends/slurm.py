@@ -1,0 +1,589 @@
+"""Clusters whose scheduler and workers are Slurm jobs, submitted as the requesting user.
+
+The gateway (root, or a user allowed to ``sudo`` to the others) runs a small launcher as the
+cluster's user (``slurm_launcher.py``): it writes the cluster's TLS key and API token to a
+private staging directory and calls ``sbatch``. Secrets travel on the launcher's stdin, never
+on a command line, in the environment or in the job script. Status comes from one ``squeue``
+call per status period for every job the gateway knows; ``scancel`` stops jobs.
+"""
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import math
+import os
+import pwd
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from traitlets import Enum, Float, List, Type, Unicode, default
+
+from ..models import Cluster, JobStatus, User, Worker
+from .base import ClusterConfig, DBBackendBase
+
+__all__ = ["SlurmBackend", "SlurmClusterConfig"]
+
+LAUNCHER_SOURCE = (Path(__file__).parent / "slurm_launcher.py").read_text()
+
+#: Job states after which the job's processes are gone (or going). Anything else (PENDING,
+#: RUNNING, CONFIGURING, SUSPENDED, REQUEUED...) is alive; a job squeue no longer lists is gone.
+ENDED_STATES = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
+})
+GONE = "GONE"
+
+#: scancel complaints that mean "nothing left to cancel".
+_BENIGN_SCANCEL = ("already completing or completed", "Invalid job id", "Job has finished")
+
+
+class SlurmClusterConfig(ClusterConfig):
+    """ClusterConfig of the Slurm backend: where and how the jobs are submitted."""
+
+    partition = Unicode("", help="Slurm partition of the jobs (empty: Slurm's default).",
+                        config=True)
+    qos = Unicode("", help="Slurm QOS of the jobs (empty: the default).", config=True)
+    account = Unicode("", help="Slurm account charged for the jobs (empty: the user's default).",
+                      config=True)
+    scheduler_setup = Unicode(
+        "", help="Shell lines the scheduler's job runs before the scheduler (e.g. activating "
+        "an environment).", config=True,
+    )
+    worker_setup = Unicode(
+        "", help="Shell lines each worker's job runs before the worker.", config=True
+    )
+    staging_directory = Unicode(
+        "{home}/.dask-gateway/",
+        help="Where each cluster's private files and job logs go, as the user; '{home}' and "
+        "'{username}' are filled in. Must be visible on every node (a shared file system).",
+        config=True,
+    )
+    scheduler_time_limit = Unicode(
+        "", help="Slurm time limit of the scheduler's job, e.g. '8:00:00' (empty: the "
+        "partition's default).", config=True,
+    )
+    worker_time_limit = Unicode(
+        "", help="Slurm time limit of each worker's job (empty: the partition's default).",
+        config=True,
+    )
+    sbatch_options = List(
+        Unicode(), help="Extra sbatch options for every job, e.g. ['--constraint=gpu'].",
+        config=True,
+    )
+    scheduler_sbatch_options = List(
+        Unicode(), help="Extra sbatch options for the scheduler's job.", config=True
+    )
+    worker_sbatch_options = List(
+        Unicode(), help="Extra sbatch options for each worker's job.", config=True
+    )
+
+
+class _Batcher:
+    """Calls ``fn(items)`` once for all items that arrive while a previous call runs.
+
+    A burst of requests (twenty workers to start) becomes one call, with no added delay for a
+    lone request. ``fn`` returns one result per item: a value, or an exception to raise.
+    Callers that give up (cancelled) don't stop the call; ``on_abandoned`` gets their results.
+    """
+
+    def __init__(self, fn: Callable[[list], Awaitable[list]],
+                 on_abandoned: Callable[[Any], None] | None = None):
+        self.fn = fn
+        self.on_abandoned = on_abandoned
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    async def submit(self, item: Any) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((item, fut))
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                results = await self.fn([item for item, _ in batch])
+            except Exception as e:
+                results = [e] * len(batch)
+            for (_, fut), result in zip(batch, results):
+                if fut.cancelled():
+                    if self.on_abandoned and not isinstance(result, BaseException):
+                        self.on_abandoned(result)
+                elif isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+
+class SlurmBackend(DBBackendBase):
+    """Runs each cluster's scheduler and workers as Slurm jobs of the requesting user."""
+
+    cluster_config_class = Type(
+        "dask_gateway_server.backends.slurm.SlurmClusterConfig", klass=ClusterConfig,
+        help="The ClusterConfig class to use.", config=True,
+    )
+    sbatch = Unicode("sbatch", help="The sbatch command (name or path).", config=True)
+    squeue = Unicode("squeue", help="The squeue command (name or path).", config=True)
+    scancel = Unicode("scancel", help="The scancel command (name or path).", config=True)
+    sinfo = Unicode("sinfo", help="The sinfo command (name or path).", config=True)
+    user_switch = Enum(
+        ["auto", "runuser", "sudo", "none"], "auto",
+        help="How the gateway acts as the cluster's user: 'runuser' (the gateway runs as "
+        "root), 'sudo' (sudo -nHu; the gateway's user needs a sudoers rule), 'none' (every "
+        "job runs as the gateway's own user), 'auto': runuser as root, else sudo.",
+        config=True,
+    )
+    launcher_python = Unicode(
+        help="Python 3 (standard library only) that runs the launcher as the user; default: "
+        "the gateway's interpreter. Every user must be able to execute it.", config=True,
+    )
+    inherited_environment = List(
+        ["PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
+        help="Environment variables passed from the gateway to the jobs.", config=True,
+    )
+    job_name_prefix = Unicode(
+        "dask-gateway", help="Jobs are named '<prefix>-scheduler' and '<prefix>-worker'; their "
+        "comment is the cluster's name.", config=True,
+    )
+    command_timeout = Float(
+        60, help="Seconds a Slurm command (or the launcher) may take before it is killed.",
+        config=True,
+    )
+    partition_cache_ttl = Float(
+        60, help="Seconds the list of Slurm partitions (to check options) is reused.",
+        config=True,
+    )
+
+    @default("launcher_python")
+    def _default_launcher_python(self) -> str:
+        return sys.executable
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._tracked: set[str] = set()  # job ids squeue is asked about
+        self._states: dict[str, tuple[str, str]] = {}  # job id -> (state, reason)
+        self._polled: set[str] = set()
+        self._poll_time = -math.inf
+        self._poll_lock = asyncio.Lock()
+        self._ended: dict[str, str] = {}  # job id -> why it ended, in words
+        self._details: dict[str, str] = {}  # cluster name -> failure details
+        self._worker_batchers: dict[str, _Batcher] = {}
+        self._cancel_batchers: dict[str, _Batcher] = {}
+        self._partitions: tuple[float, set[str]] | None = None
+
+    # -- running commands -------------------------------------------------------
+    async def _run(self, cmd: list[str], input: bytes | None = None,
+                   env: dict | None = None) -> tuple[int, str, str]:
+        """Run ``cmd`` without blocking the event loop; returns (returncode, stdout, stderr)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=env if env is not None else self._command_env(),
+            )
+        except FileNotFoundError:
+            raise RuntimeError(f"Command not found: {cmd[0]} (is Slurm installed here?)") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(input), self.command_timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"{cmd[0]} did not finish within {self.command_timeout:g} s") \
+                from None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _command_env(self) -> dict[str, str]:
+        keep = ("PATH", "LANG", "LC_ALL", "SLURM_CONF")
+        return {k: os.environ[k] for k in keep if k in os.environ}
+
+    def _user_prefix(self, username: str) -> list[str]:
+        """The command prefix that runs a command as ``username``."""
+        mode = self.user_switch
+        if mode == "none" or username == getpass.getuser():
+            return []
+        if mode == "auto":
+            mode = "runuser" if os.geteuid() == 0 and shutil.which("runuser") else "sudo"
+        if mode == "runuser":
+            return [shutil.which("runuser") or "runuser", "-u", username, "--"]
+        return ["sudo", "-nHu", username, "--"]
+
+    async def _launch(self, username: str, request: dict) -> dict:
+        """Run the launcher as ``username`` with ``request``; returns its answer."""
+        cmd = [*self._user_prefix(username), self.launcher_python, "-I", "-S", "-c",
+               LAUNCHER_SOURCE]
+        code, out, err = await self._run(cmd, input=json.dumps(request).encode())
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            detail = err.strip() or out.strip() or f"exit code {code}"
+            raise RuntimeError(f"The Slurm launcher failed for user {username}: {detail}") \
+                from None
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    # -- what the jobs are ------------------------------------------------------------
+    async def _staging_dir(self, cluster: Cluster, config: SlurmClusterConfig) -> str:
+        loop = asyncio.get_running_loop()
+        entry = await loop.run_in_executor(None, pwd.getpwnam, cluster.username)
+        base = config.staging_directory.format(home=entry.pw_dir, username=cluster.username)
+        return os.path.join(base, cluster.name)
+
+    def _python(self, config: ClusterConfig) -> str:
+        return config.python or sys.executable
+
+    def _job_env(self) -> dict[str, str]:
+        return {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
+
+    def _exports(self, cluster: Cluster, config: ClusterConfig, staging: str,
+                 role: str) -> dict[str, str]:
+        """Variables the job script exports: paths to secrets, never the secrets."""
+        cert = os.path.join(staging, "dask.crt")
+        key = os.path.join(staging, "dask.pem")
+        env = {str(k): str(v) for k, v in config.environment.items()}
+        env.update({
+            "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
+            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
+        })
+        if role == "scheduler":
+            env["DASK_GATEWAY_API_URL"] = self.api_url
+            # A value holding '/' is a file the preload reads the token from.
+            env["DASK_GATEWAY_API_TOKEN"] = os.path.join(staging, "api-token")
+        return env
+
+    def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
+        """The scheduler's command line; it listens on the node's address, all ports free."""
+        base = config.scheduler_cmd or [self._python(config), "-m",
+                                        "distributed.cli.dask_scheduler"]
+        return [
+            *base,
+            "--protocol", "tls",
+            "--port", "0",
+            "--dashboard-address", ":0",
+            "--preload", "dask_gateway.scheduler_preload",
+            "--dg-api-address", ":0",
+            "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
+            "--dg-adaptive-period", str(config.adaptive_period),
+            "--dg-idle-timeout", str(config.idle_timeout),
+        ]
+
+    def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
+        """One worker process per job, no nanny: Slurm and the gateway replace dead workers."""
+        if config.worker_cmd:
+            base, extra = list(config.worker_cmd), ["--dashboard-address", ":0"]
+        else:
+            base = [self._python(config), "-m", "distributed.cli.dask_worker"]
+            extra = ["--no-nanny", "--no-dashboard"]
+        return [
+            *base,
+            cluster.scheduler_address,
+            *extra,
+            "--name", worker.name,
+            "--nthreads", str(config.worker_threads),
+            "--memory-limit", str(config.worker_memory),
+        ]
+
+    def _script(self, exports: dict[str, str], setup: str, cmd: list[str]) -> str:
+        lines = ["#!/bin/bash", "# Submitted by dask-gateway."]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
+        if setup.strip():
+            lines.append(setup.rstrip())
+        lines.append("exec " + shlex.join(cmd))
+        return "\n".join(lines) + "\n"
+
+    def _sbatch_args(self, cluster: Cluster, config: SlurmClusterConfig, role: str,
+                     staging: str, log_name: str) -> list[str]:
+        if role == "scheduler":
+            cores, memory = config.scheduler_cores, config.scheduler_memory
+            time_limit, extra = config.scheduler_time_limit, config.scheduler_sbatch_options
+        else:
+            cores, memory = config.worker_cores, config.worker_memory
+            time_limit, extra = config.worker_time_limit, config.worker_sbatch_options
+        args = [
+            f"--job-name={self.job_name_prefix}-{role}",
+            f"--comment={cluster.name}",
+            f"--chdir={staging}",
+            f"--output={os.path.join(staging, log_name)}",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--cpus-per-task={cores}",
+            f"--mem={max(1, math.ceil(memory / 2**20))}M",
+        ]
+        for flag, value in (("--partition", config.partition), ("--qos", config.qos),
+                            ("--account", config.account), ("--time", time_limit)):
+            if value:
+                args.append(f"{flag}={value}")
+        return args + list(config.sbatch_options) + list(extra)
+
+    # -- job status ---------------------------------------------------------------
+    @property
+    def _poll_max_age(self) -> float:
+        # Half the shortest period: the reconciler's checks of one period share one squeue.
+        return max(0.05, min(self.cluster_status_period, self.worker_status_period) / 2)
+
+    async def _job_states(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(state, reason) of each job; one squeue call answers every caller of a period."""
+        job_ids = [j for j in job_ids if j]
+        self._tracked.update(job_ids)
+        async with self._poll_lock:
+            fresh = time.monotonic() - self._poll_time < self._poll_max_age
+            if not (fresh and self._polled.issuperset(job_ids)):
+                await self._poll()
+        return {j: self._states.get(j, (GONE, "")) for j in job_ids}
+
+    async def _poll(self) -> None:
+        ids = sorted(self._tracked, key=lambda j: (len(j), j))
+        started = time.monotonic()
+        states: dict[str, tuple[str, str]] = {}
+        if ids:
+            code, out, err = await self._run(
+                [self.squeue, "--noheader", "--states=all", "--jobs=" + ",".join(ids),
+                 "--format=%i|%T|%r"]
+            )
+            # squeue fails when *every* id asked about is unknown: all of them are gone.
+            if code != 0 and "Invalid job id" not in err:
+                raise RuntimeError(f"squeue failed: {err.strip() or out.strip()}")
+            for line in out.splitlines():
+                parts = line.strip().split("|")
+                if len(parts) == 3:
+                    states[parts[0]] = (parts[1], parts[2])
+        self._states = states
+        self._polled = set(ids)
+        self._poll_time = started
+
+    def _alive(self, job_id: str, state: tuple[str, str], what: str) -> bool:
+        """Whether the job still runs; remember (and log) why it ended if it did."""
+        name, reason = state
+        if name not in ENDED_STATES and name != GONE:
+            return True
+        if job_id not in self._ended:
+            if name == GONE:
+                why = f"Slurm job {job_id} is no longer known to Slurm"
+            else:
+                why = f"Slurm job {job_id} {name}"
+                if reason and reason not in ("None", "(null)"):
+                    why += f" ({reason})"
+            self._ended[job_id] = why
+            self.log.warning("%s ended: %s", what, why)
+        return False
+
+    async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
+        ids = [c.state.get("job_id", "") for c in clusters]
+        states = await self._job_states(ids)
+        return [
+            bool(j) and self._alive(j, states[j], f"Scheduler of cluster {c.name}")
+            for c, j in zip(clusters, ids)
+        ]
+
+    async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
+        ids = [w.state.get("job_id", "") for w in workers]
+        states = await self._job_states(ids)
+        return [
+            bool(j) and self._alive(j, states[j], f"Worker {w.name} of cluster {cluster.name}")
+            for w, j in zip(workers, ids)
+        ]
+
+    def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
+        return self._ended.get((worker or cluster).state.get("job_id", ""), "")
+
+    def failure_details(self, cluster: Cluster) -> str:
+        return self._details.pop(cluster.name, "")
+
+    # -- options ----------------------------------------------------------------------
+    async def process_cluster_options(self, user: User, request: Any) -> tuple[dict, dict]:
+        """Also refuse, with a message for the user, what sbatch would refuse later."""
+        options, config = await super().process_cluster_options(user, request)
+        if self._user_prefix(user.name):
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, pwd.getpwnam, user.name)
+            except KeyError:
+                raise ValueError(
+                    f"User {user.name!r} has no account on this machine, and Slurm jobs run "
+                    "as their user: ask an administrator to create it"
+                ) from None
+        wanted = [p for p in config.get("partition", "").split(",") if p]
+        if wanted:
+            known = await self._known_partitions()
+            missing = [p for p in wanted if known is not None and p not in known]
+            if missing:
+                raise ValueError(
+                    f"Slurm partition {missing[0]!r} does not exist; available: "
+                    + ", ".join(sorted(known))
+                )
+        return options, config
+
+    async def _known_partitions(self) -> set[str] | None:
+        """Partition names from sinfo (cached); None if Slurm cannot say."""
+        now = time.monotonic()
+        if self._partitions and now - self._partitions[0] < self.partition_cache_ttl:
+            return self._partitions[1]
+        try:
+            code, out, err = await self._run([self.sinfo, "--noheader", "--all",
+                                              "--format=%R"])
+        except RuntimeError as e:
+            self.log.warning("Cannot list Slurm partitions: %s", e)
+            return None
+        if code != 0:
+            self.log.warning("Cannot list Slurm partitions: %s", err.strip())
+            return None
+        names = {line.strip() for line in out.splitlines() if line.strip()}
+        self._partitions = (now, names)
+        return names
+
+    # -- the backend interface ----------------------------------------------------------
+    async def start_cluster(self, cluster: Cluster) -> dict:
+        config = self.cluster_config(cluster)
+        staging = await self._staging_dir(cluster, config)
+        request = {
+            "action": "submit",
+            "staging_dir": staging,
+            "sbatch": shutil.which(self.sbatch) or self.sbatch,
+            "env": self._job_env(),
+            "files": {
+                "dask.crt": cluster.tls_cert.decode(),
+                "dask.pem": cluster.tls_key.decode(),
+                "api-token": cluster.token,
+            },
+            "jobs": [{
+                "script": self._script(self._exports(cluster, config, staging, "scheduler"),
+                                       config.scheduler_setup,
+                                       self.scheduler_command(cluster, config)),
+                "args": self._sbatch_args(cluster, config, "scheduler", staging,
+                                          "scheduler.log"),
+            }],
+        }
+        # Shielded: if the reconciler gives up waiting, a job submitted anyway is cancelled.
+        task = asyncio.ensure_future(self._launch(cluster.username, request))
+        try:
+            answer = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._cancel_abandoned(cluster.username, t))
+            raise
+        result = answer["results"][0]
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        job_id = result["job_id"]
+        self._tracked.add(job_id)
+        self.log.info("Submitted Slurm job %s: scheduler of cluster %s (user %s)",
+                      job_id, cluster.name, cluster.username)
+        return {"job_id": job_id, "staging_dir": staging}
+
+    def _cancel_abandoned(self, username: str, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        for result in task.result()["results"]:
+            if "job_id" in result:
+                asyncio.ensure_future(self._cancel_quietly(username, result["job_id"]))
+
+    async def _cancel_quietly(self, username: str, job_id: str) -> None:
+        self.log.info("Cancelling Slurm job %s, submitted after its start was abandoned", job_id)
+        try:
+            await self._cancel(username, job_id)
+        except Exception as e:
+            self.log.warning("Could not cancel Slurm job %s: %s", job_id, e)
+
+    async def stop_cluster(self, cluster: Cluster) -> None:
+        job_id = cluster.state.get("job_id")
+        if job_id:
+            await self._cancel(cluster.username, job_id)
+        self._worker_batchers.pop(cluster.name, None)
+        staging = cluster.state.get("staging_dir")
+        if not staging:
+            try:
+                staging = await self._staging_dir(cluster, self.cluster_config(cluster))
+            except KeyError:
+                staging = None
+        tail = ""
+        if staging:
+            try:
+                answer = await self._launch(cluster.username, {
+                    "action": "cleanup", "staging_dir": staging, "log": "scheduler.log",
+                })
+                tail = answer.get("log_tail", "")
+            except Exception as e:
+                self.log.warning("Could not remove the staging directory %s: %s", staging, e)
+        if cluster.target == JobStatus.FAILED:
+            reason = self._ended.get(job_id or "", "")
+            self._details[cluster.name] = "\n".join(x for x in (reason, tail) if x)
+        if job_id:
+            self._forget(job_id)
+
+    async def start_worker(self, cluster: Cluster, worker: Worker) -> dict:
+        batcher = self._worker_batchers.get(cluster.name)
+        if batcher is None:
+            batcher = self._worker_batchers[cluster.name] = _Batcher(
+                lambda workers: self._submit_workers(cluster, workers),
+                lambda job_id: asyncio.ensure_future(
+                    self._cancel_quietly(cluster.username, job_id)),
+            )
+        job_id = await batcher.submit(worker)
+        self._tracked.add(job_id)
+        self.log.info("Submitted Slurm job %s: worker %s of cluster %s",
+                      job_id, worker.name, cluster.name)
+        return {"job_id": job_id}
+
+    async def _submit_workers(self, cluster: Cluster, workers: list[Worker]) -> list:
+        """Submit one job per worker with one launcher run; a job id or an error each."""
+        config = self.cluster_config(cluster)
+        staging = cluster.state.get("staging_dir") or await self._staging_dir(cluster, config)
+        exports = self._exports(cluster, config, staging, "worker")
+        jobs = [{
+            "script": self._script(exports, config.worker_setup,
+                                   self.worker_command(cluster, config, w)),
+            "args": self._sbatch_args(cluster, config, "worker", staging,
+                                      f"worker-{w.name}.log"),
+        } for w in workers]
+        answer = await self._launch(cluster.username, {
+            "action": "submit", "staging_dir": staging, "env": self._job_env(),
+            "sbatch": shutil.which(self.sbatch) or self.sbatch, "jobs": jobs,
+        })
+        return [r["job_id"] if "job_id" in r else RuntimeError(r["error"])
+                for r in answer["results"]]
+
+    async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
+        job_id = worker.state.get("job_id")
+        if not job_id:
+            return
+        if worker.target == JobStatus.FAILED and job_id not in self._ended:
+            # Say why a lost worker's job ended (from the shared, per-period squeue).
+            states = await self._job_states([job_id])
+            self._alive(job_id, states[job_id], f"Worker {worker.name} of cluster {cluster.name}")
+        await self._cancel(cluster.username, job_id)
+        self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        self._tracked.discard(job_id)
+        self._ended.pop(job_id, None)
+
+    async def _cancel(self, username: str, job_id: str) -> None:
+        """scancel ``job_id``; concurrent cancellations share one scancel call."""
+        prefix = tuple(self._user_prefix(username)) if os.geteuid() != 0 else ()
+        key = " ".join(prefix)
+        batcher = self._cancel_batchers.get(key)
+        if batcher is None:
+            batcher = self._cancel_batchers[key] = _Batcher(
+                lambda ids: self._scancel(list(prefix), ids)
+            )
+        await batcher.submit(job_id)
+
+    async def _scancel(self, prefix: list[str], job_ids: list[str]) -> list:
+        ids = sorted(set(job_ids))
+        code, out, err = await self._run([*prefix, self.scancel, *ids])
+        problems = [line for line in err.splitlines()
+                    if line.strip() and not any(b in line for b in _BENIGN_SCANCEL)]
+        if code != 0 and problems:
+            error = RuntimeError(f"scancel failed: {'; '.join(problems)}")
+            return [error] * len(job_ids)
+        return [None] * len(job_ids)

@@ -1,0 +1,79 @@
+"""Start the *public* dask-gateway-server (from its own venv) for the interop tests."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import free_port
+
+HERE = Path(__file__).parent
+UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", HERE.parent / ".venv-upstream"))
+UPSTREAM_CONFIG = HERE / "upstream_config" / "dask_gateway_config.py"
+
+
+def require_upstream_venv() -> Path:
+    """The upstream venv; a missing one fails the test (CI must not lose the check)."""
+    if not (UPSTREAM_VENV / "bin" / "dask-gateway-server").exists():
+        pytest.fail(
+            f"The upstream dask-gateway virtualenv is missing ({UPSTREAM_VENV}). Create it "
+            "with `scripts/make-upstream-venv.sh` (or point DASK_GATEWAY_UPSTREAM_VENV at one)."
+        )
+    return UPSTREAM_VENV
+
+
+@contextlib.contextmanager
+def upstream_server(tmp: Path, password: str, config: Path = UPSTREAM_CONFIG,
+                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run the public server with ``config`` (see upstream_config/); yield its address.
+
+    The log is ``tmp/server.log``; SIGINT on exit lets it stop its clusters and proxy.
+    """
+    venv = require_upstream_venv()
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(
+        os.environ,
+        UPSTREAM_VENV=str(venv),
+        UPSTREAM_PROXY_ADDRESS=f"127.0.0.1:{port}",
+        UPSTREAM_PASSWORD=password,
+        UPSTREAM_CLUSTERS_DIR=str(tmp / "clusters"),
+        **(extra_env or {}),
+    )
+    env.pop("VIRTUAL_ENV", None)
+    log = tmp / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(venv / "bin" / "dask-gateway-server"), "-f", str(config)],
+            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"upstream dask-gateway-server exited early:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(address + "/api/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"upstream dask-gateway-server not healthy:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield address
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
