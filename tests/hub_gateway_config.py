@@ -6,6 +6,7 @@ exec(open(os.path.join(os.path.dirname(__file__), "gateway_config.py")).read())
 c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
 c.JupyterHubAuthenticator.jupyterhub_api_url = os.environ["TEST_HUB_API_URL"]
 c.JupyterHubAuthenticator.jupyterhub_service_name = "dask-gateway"
+c.JupyterHubAuthenticator.jupyterhub_api_token = os.environ["TEST_HUB_GATEWAY_TOKEN"]
 c.JupyterHubAuthenticator.token_cache_ttl = 2
 c.Authenticator.admin_groups = {"gateway-admins"}
 c.UserLimits.users = {"carol": {"max_clusters": 1}, "erin": {"max_cores": 3}}

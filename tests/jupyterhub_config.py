@@ -21,7 +21,9 @@ c.JupyterHub.services = [
     # The tests' own service: creates users, groups and tokens through the REST API.
     {"name": "test-admin", "api_token": os.environ["HUB_ADMIN_TOKEN"]},
     {"name": "dask-gateway", "url": os.environ["GATEWAY_URL"],
-     "api_token": os.environ["HUB_GATEWAY_TOKEN"]},
+     "api_token": os.environ["HUB_GATEWAY_TOKEN"],
+     "oauth_redirect_uri": os.environ["GATEWAY_URL"] + "/oauth_callback",
+     "oauth_no_confirm": True},
     {"name": "other-service", "api_token": os.environ["HUB_OTHER_TOKEN"]},
 ]
 c.JupyterHub.load_roles = [
@@ -33,3 +35,4 @@ c.JupyterHub.load_roles = [
     {"name": "gateway-callers", "scopes": ["access:services!service=dask-gateway"],
      "services": ["other-service"]},
 ]
+c.JupyterHub.redirect_to_server = False  # log in without starting a server

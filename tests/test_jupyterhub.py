@@ -1,8 +1,12 @@
 """JupyterHub token auth against a real JupyterHub: users apart, admins, dashboards, limits."""
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 import sys
 import textwrap
 import time
@@ -22,6 +26,7 @@ def hub_env(tmp_path_factory):
     hub = Hub(tmp / "hub", gw.address)
     hub.start()
     os.environ["TEST_HUB_API_URL"] = hub.api_url
+    os.environ["TEST_HUB_GATEWAY_TOKEN"] = hub.gateway_token
     try:
         gw.start()
         for user in ["alice", "bob", "carol", "erin", "frank", "dave"]:
@@ -34,6 +39,7 @@ def hub_env(tmp_path_factory):
         gw.stop()
         hub.stop()
         os.environ.pop("TEST_HUB_API_URL", None)
+        os.environ.pop("TEST_HUB_GATEWAY_TOKEN", None)
 
 
 def as_user(token: str) -> dict:
@@ -152,6 +158,47 @@ def test_users_apart_admins_and_dashboards(hub_env):
             break
         time.sleep(0.05)
     assert status["status"] == "STOPPED"
+
+
+def test_browser_logged_in_to_the_hub_sees_the_dashboard(hub_env):
+    """A browser session of the hub is enough: the gateway logs it in through the hub's OAuth."""
+    hub, gw = hub_env
+    alice, _ = hub.token("alice")
+    name = create(gw, as_user(alice))
+    wait_running(gw, name, as_user(alice))
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    browser.addheaders = [("Accept", "text/html")]
+    link = f"{gw.address}/clusters/{name}/status"
+
+    # Not logged in anywhere: the gateway sends the browser to the hub's login page.
+    with browser.open(link, timeout=30) as r:
+        assert r.url.startswith(f"http://127.0.0.1:{hub.port}/hub/login")
+    # Log in to the hub as alice (its test authenticator takes any password).
+    xsrf = next(c.value for c in jar if c.name == "_xsrf")
+    form = urllib.parse.urlencode({"username": "alice", "password": "x", "_xsrf": xsrf})
+    with browser.open(f"http://127.0.0.1:{hub.port}/hub/login", form.encode(), timeout=30):
+        pass
+    # Now the dashboard link works: hub -> gateway /oauth_callback -> the dashboard.
+    with browser.open(link, timeout=30) as r:
+        assert r.url == link and r.status == 200
+        assert b"Dask" in r.read()
+    assert any(c.name == "dask-gateway-session" for c in jar)
+
+    # Bob's hub session gets no further than a refusal.
+    bob_jar = http.cookiejar.CookieJar()
+    bob = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(bob_jar))
+    bob.addheaders = [("Accept", "text/html")]
+    with bob.open(link, timeout=30):
+        pass
+    xsrf = next(c.value for c in bob_jar if c.name == "_xsrf")
+    form = urllib.parse.urlencode({"username": "bob", "password": "x", "_xsrf": xsrf})
+    with bob.open(f"http://127.0.0.1:{hub.port}/hub/login", form.encode(), timeout=30):
+        pass
+    with pytest.raises(urllib.error.HTTPError) as info:
+        bob.open(link, timeout=30)
+    assert info.value.code == 403
+    call("DELETE", api(gw, f"/v1/clusters/{name}"), headers=as_user(alice))
 
 
 def test_per_user_limits(hub_env):

@@ -119,9 +119,27 @@ async def authenticate_handler(handler: web.RequestHandler) -> User:
     return user
 
 
+def oauth_redirect_uri(handler: web.RequestHandler) -> str:
+    prefix = handler.settings["prefix"]
+    return f"{handler.request.protocol}://{handler.request.host}{prefix}/oauth_callback"
+
+
 async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str) -> bool:
-    """Dashboards are for the cluster's owner and admins, like the API."""
-    user = await authenticate_handler(handler)
+    """Dashboards are for the cluster's owner and admins, like the API. A browser with no
+    credentials is sent to log in (through the hub, with JupyterHub auth)."""
+    try:
+        user = await authenticate_handler(handler)
+    except APIError as e:
+        wants_html = "text/html" in handler.request.headers.get("Accept", "")
+        login = None
+        if e.status_code == 401 and wants_html and handler.request.method == "GET":
+            auth: Authenticator = handler.settings["authenticator"]
+            login = auth.login_url(handler.request, handler.request.uri,
+                                   oauth_redirect_uri(handler))
+        if login is None:
+            raise
+        handler.redirect(login)
+        return False
     cluster = handler.settings["reconciler"].clusters.get(cluster_name)
     if cluster is None:
         raise APIError(404, f"Cluster {cluster_name} not found")
@@ -382,6 +400,28 @@ class HeartbeatHandler(BaseHandler):
         self.finish()
 
 
+class OAuthCallbackHandler(BaseHandler):
+    """Where the hub sends a browser back after a login; starts a gateway session."""
+
+    auth_kind = "none"
+
+    def set_default_headers(self) -> None:
+        """Redirects, not JSON, on success."""
+
+    async def get(self) -> None:
+        auth = self.authenticator
+        try:
+            user, next_url = await auth.complete_login(self.request, oauth_redirect_uri(self))
+        except AuthError as e:
+            raise APIError(e.status, e.message) from None
+        if not next_url.startswith("/") or next_url.startswith("//"):
+            next_url = self.settings["prefix"] + "/"
+        self.set_cookie(auth.cookie_name, auth.new_session(user),
+                        expires_days=2 * auth.cache_max_age / 86400, httponly=True,
+                        samesite="Lax")
+        self.redirect(next_url)
+
+
 class NotFoundHandler(BaseHandler):
     auth_kind = "none"
 
@@ -403,4 +443,5 @@ def api_handlers(prefix: str) -> list:
         (rf"{p}/api/v1/clusters/{name}/adapt", AdaptHandler),
         (rf"{p}/api/v1/clusters/{name}/workers", WorkersHandler),
         (rf"{p}/api/v1/clusters/{name}/heartbeat", HeartbeatHandler),
+        (rf"{p}/oauth_callback", OAuthCallbackHandler),
     ]

@@ -15,6 +15,7 @@ import ssl
 import time
 import uuid
 from collections import OrderedDict
+from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Float, Integer, Set, Unicode, default
@@ -74,6 +75,14 @@ class Authenticator(LoggingConfigurable):
     async def authenticate(self, request) -> User:
         """Return the user who sent ``request`` or raise ``AuthError``."""
         raise NotImplementedError
+
+    def login_url(self, request, next_url: str, redirect_uri: str) -> str | None:
+        """Where to send a browser that has no credentials (None: answer 401 instead)."""
+        return None
+
+    async def complete_login(self, request, redirect_uri: str) -> tuple[User, str]:
+        """Finish a browser login started at ``login_url``: the user and where to go next."""
+        raise AuthError(404, "This gateway has no browser login")
 
     # -- session cache ---------------------------------------------------
     def user_from_cookie(self, value: str | None) -> User | None:
@@ -210,6 +219,20 @@ class JupyterHubAuthenticator(Authenticator):
     token_cache_ttl = Float(
         60, help="Seconds a token check is trusted before asking the hub again.", config=True
     )
+    jupyterhub_public_url = Unicode(
+        help="The hub's URL as browsers see it, e.g. https://hub.example.org/hub/ (env "
+        "JUPYTERHUB_PUBLIC_HUB_URL; default: jupyterhub_api_url without 'api').",
+        config=True,
+    )
+    oauth_client_id = Unicode(
+        help="OAuth client id of this service in the hub (default service-<service name>).",
+        config=True,
+    )
+    oauth_client_secret = Unicode(
+        help="OAuth client secret: the service's API token in the hub (default "
+        "jupyterhub_api_token). Empty: browsers get a 401 instead of a hub login.",
+        config=True,
+    )
     hub_timeout = Float(10, help="Seconds to wait for the hub to answer.", config=True)
 
     @default("cache_max_age")
@@ -233,9 +256,62 @@ class JupyterHubAuthenticator(Authenticator):
     def _default_use_scopes(self) -> bool:
         return bool(self.jupyterhub_service_name)
 
+    @default("jupyterhub_public_url")
+    def _default_public_url(self) -> str:
+        env = os.environ.get("JUPYTERHUB_PUBLIC_HUB_URL", "")
+        if env:
+            return env
+        api = self.jupyterhub_api_url.rstrip("/")
+        return api[: -len("api")] if api.endswith("/api") else api + "/"
+
+    @default("oauth_client_id")
+    def _default_client_id(self) -> str:
+        return f"service-{self.jupyterhub_service_name}" if self.jupyterhub_service_name else ""
+
+    @default("oauth_client_secret")
+    def _default_client_secret(self) -> str:
+        return self.jupyterhub_api_token
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._tokens: OrderedDict[str, tuple[User, float]] = OrderedDict()
+        self._logins: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    # -- browser login through the hub's OAuth ---------------------------------
+    def login_url(self, request, next_url: str, redirect_uri: str) -> str | None:
+        if not (self.oauth_client_id and self.oauth_client_secret):
+            return None
+        state = uuid.uuid4().hex
+        self._logins[state] = (next_url, time.monotonic() + 600)
+        while len(self._logins) > self.cache_max_size:
+            self._logins.popitem(last=False)
+        query = urlencode({"client_id": self.oauth_client_id, "redirect_uri": redirect_uri,
+                           "response_type": "code", "state": state})
+        return f"{self.jupyterhub_public_url.rstrip('/')}/api/oauth2/authorize?{query}"
+
+    async def complete_login(self, request, redirect_uri: str) -> tuple[User, str]:
+        args = {k: v[0].decode() for k, v in request.query_arguments.items() if v}
+        entry = self._logins.pop(args.get("state", ""), None)
+        if entry is None or entry[1] < time.monotonic():
+            raise AuthError(400, "Unknown or expired login: start again from the dashboard")
+        if "code" not in args:
+            raise AuthError(400, f"The hub refused the login: {args.get('error', 'no code')}")
+        body = urlencode({
+            "client_id": self.oauth_client_id, "client_secret": self.oauth_client_secret,
+            "grant_type": "authorization_code", "code": args["code"],
+            "redirect_uri": redirect_uri,
+        })
+        req = HTTPRequest(self.jupyterhub_api_url.rstrip("/") + "/oauth2/token", method="POST",
+                          body=body, request_timeout=self.hub_timeout, ssl_options=self._ssl,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            resp = await self._http.fetch(req)
+            token = json.loads(resp.body)["access_token"]
+        except HTTPClientError as e:
+            raise AuthError(401, f"The hub did not accept the login ({e.code})") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise AuthError(503, f"JupyterHub is unreachable: {e}") from None
+        return await self._ask_hub(token), entry[0]
 
     async def setup(self) -> None:
         if not self.jupyterhub_api_url:
