@@ -20,6 +20,7 @@ from .auth import (Authenticator, JupyterHubAuthenticator, KerberosAuthenticator
                    SimpleAuthenticator)
 from .backends.base import Backend, ClusterConfig, DBBackendBase
 from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
+from .config_check import unrecognized_settings
 from .limits import UserLimits
 from .proxy import Proxy
 from .reconciler import Reconciler
@@ -136,6 +137,10 @@ class DaskGateway(Application):
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
         self.limits = UserLimits(parent=self)
+        known = [*self.classes, GenerateConfig, self.backend.cluster_config_class]
+        configured = [self, self.authenticator, self.backend, self.proxy, self.limits]
+        for message in unrecognized_settings(self.config, known, configured):
+            self.log.warning(message)
 
     def _store(self) -> Store:
         backend = self.backend
@@ -165,6 +170,7 @@ class DaskGateway(Application):
             backend=self.backend,
             reconciler=self.reconciler,
             limits=self.limits,
+            prefix=self.proxy.prefix,
             log=self.log,
             log_function=self._log_request,
         )
