@@ -5,6 +5,7 @@ session cookie cache, so a busy client is authenticated once, not on every reque
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -168,12 +169,19 @@ class KerberosAuthenticator(Authenticator):
         os.environ["KRB5_KTNAME"] = self.keytab
 
     async def authenticate(self, request) -> User:
-        import kerberos
-
         header = request.headers.get("Authorization", "")
         kind, _, token = header.partition(" ")
         if kind.lower() != "negotiate" or not token:
             raise AuthError(401, "Authentication required", "Negotiate")
+        # GSSAPI calls block (keytab reads, replay cache): keep them off the event loop.
+        loop = asyncio.get_running_loop()
+        principal, response = await loop.run_in_executor(None, self._accept, token)
+        request.auth_response_headers = {"WWW-Authenticate": f"Negotiate {response}"}
+        return self.make_user(principal.split("@", 1)[0])
+
+    def _accept(self, token: str) -> tuple[str, str]:
+        import kerberos
+
         try:
             rc, ctx = kerberos.authGSSServerInit(self.service_name)
             if rc != kerberos.AUTH_GSS_COMPLETE:
@@ -186,8 +194,7 @@ class KerberosAuthenticator(Authenticator):
             kerberos.authGSSServerClean(ctx)
         except kerberos.GSSError as e:
             raise AuthError(401, f"Kerberos authentication failed: {e}", "Negotiate") from None
-        request.auth_response_headers = {"WWW-Authenticate": f"Negotiate {response}"}
-        return self.make_user(principal.split("@", 1)[0])
+        return principal, response
 
 
 class JupyterHubAuthenticator(Authenticator):
