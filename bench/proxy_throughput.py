@@ -1,12 +1,13 @@
 """Throughput of a TLS connection through the gateway's public port vs direct.
 
-Usage: python bench/proxy_throughput.py [--mb 200] [--runs 3] [--impl transport|sockets]
+Usage: python bench/proxy_throughput.py [--mb 200] [--runs 3] [--impl splice|transport]
 
 Three processes, as in production: a TLS sink/source server (stands in for a
 scheduler), the Proxy (stands in for the gateway), and this client. Each run
 pushes N MB client->server, then pulls N MB server->client, over one TLS
 connection whose SNI is "daskgateway-bench". Prints MB/s (median of runs) for
-direct and proxied connections, and the ratio.
+direct and proxied connections, the ratio, and the proxy
+process's CPU cost per GB (robust to a busy machine, unlike MB/s).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def proxy_main(target_port: int, impl: str, port_q: mp.Queue) -> None:
     from dask_gateway_server.proxy import Proxy
 
     async def run() -> None:
-        Proxy._splice_impl = impl
+        Proxy._kernel_splice = impl == "splice"
         proxy = Proxy(address="127.0.0.1:0")
         await proxy.start(web.Application([]))
         proxy.add_route("bench", f"tls://127.0.0.1:{target_port}", None)
@@ -143,11 +144,21 @@ def one_run(port: int, cert: str, size: int) -> tuple[float, float]:
     return mb / (t1 - t0), mb / (t2 - t1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--impl", default="transport", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", default="splice", choices=["splice", "transport"])
     args = parser.parse_args()
     size = args.mb * 1024 * 1024
 
@@ -165,9 +176,12 @@ def main() -> None:
     one_run(server_port, cert, CHUNK)  # warm up both paths
     one_run(proxy_port, cert, CHUNK)
     results: dict[str, list[tuple[float, float]]] = {"direct": [], "proxied": []}
+    proxy_cpu = 0.0
     for _ in range(args.runs):  # interleave so machine noise hits both alike
         results["direct"].append(one_run(server_port, cert, size))
+        before = cpu_seconds(proxy.pid)
         results["proxied"].append(one_run(proxy_port, cert, size))
+        proxy_cpu += cpu_seconds(proxy.pid) - before
 
     medians = {}
     for name, runs in results.items():
@@ -184,6 +198,8 @@ def main() -> None:
         f"ratio    upload {p[0] / d[0]:8.1%}        download {p[1] / d[1]:8.1%}        "
         f"combined {p[2] / d[2]:8.1%}"
     )
+    gb_moved = 2 * size * args.runs / 1e9
+    print(f"proxy process CPU: {proxy_cpu / gb_moved:.2f} s per GB relayed ({args.impl})")
     proxy.terminate()
     server.terminate()
     sys.stdout.flush()

@@ -5,7 +5,9 @@ bytes of each connection (nothing is consumed, so nothing has to be replayed):
 
 * TLS whose SNI starts with ``daskgateway-``: a dask client talking to a
   scheduler. The TLS session is end-to-end between client and scheduler; we
-  only splice bytes (see ``dask_gateway``'s ``gateway://`` comm).
+  only splice bytes (see ``dask_gateway``'s ``gateway://`` comm). On Linux
+  the bytes move with splice(2) through a pipe, never entering Python; other
+  platforms use asyncio transports with flow control.
 * Anything else: handed untouched to a tornado ``HTTPServer`` (HTTPS when
   ``tls_cert``/``tls_key`` are set) serving the gateway's API app, including
   the dashboard reverse-proxy handlers from :meth:`Proxy.dashboard_handlers`.
@@ -22,10 +24,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tornado import httputil, netutil, web, websocket
@@ -282,10 +290,161 @@ class _Tunnel:
         self.proxy._tunnels.discard(self)
 
     def lost(self, pipe: _Pipe) -> None:
-        if self.client.closed and (self.upstream.closed or self.upstream.transport is None):
+        if all(p.closed or p.transport is None for p in (self.client, self.upstream)):
             self.proxy._tunnels.discard(self)
-        elif self.upstream.closed and self.client.transport is None:
-            self.proxy._tunnels.discard(self)
+
+
+_HAVE_SPLICE = fcntl is not None and hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _HAVE_SPLICE else 0
+
+
+class _SplicePump:
+    """One direction of a kernel-splice tunnel: src socket -> pipe -> dst socket.
+
+    Callback-driven on the event loop (no task per chunk); readable src fills
+    the pipe, the pipe drains into dst; when the pipe is full we stop watching
+    src, which is the flow control. EOF on src becomes shutdown(SHUT_WR) on
+    dst once the pipe is empty (half-close).
+    """
+
+    def __init__(self, tunnel: _SpliceTunnel, src: socket.socket, dst: socket.socket) -> None:
+        self.tunnel = tunnel
+        self.loop = tunnel.loop
+        self.src = src.fileno()
+        self.dst_sock = dst
+        self.dst = dst.fileno()
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _SPLICE_HIGH_WATER)
+        except OSError:
+            pass  # keep the default (64 KiB); still works, just more wakeups
+        self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+        self.pending = 0
+        self.reading = False
+        self.writing = False
+        self.eof = False
+        self.done = False
+
+    def start(self) -> None:
+        self._want_read(True)
+
+    def _want_read(self, on: bool) -> None:
+        if on and not self.reading:
+            self.loop.add_reader(self.src, self._on_readable)
+        elif not on and self.reading:
+            self.loop.remove_reader(self.src)
+        self.reading = on
+
+    def _want_write(self, on: bool) -> None:
+        if on and not self.writing:
+            self.loop.add_writer(self.dst, self._flush)
+        elif not on and self.writing:
+            self.loop.remove_writer(self.dst)
+        self.writing = on
+
+    def _on_readable(self) -> None:
+        room = self.capacity - self.pending
+        if room <= 0:
+            self._want_read(False)
+            return
+        try:
+            n = os.splice(self.src, self.pipe_w, room, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            if self.pending:
+                # The pipe counts slots, not bytes: it can be "full" before
+                # `capacity` bytes. Stop watching src (a readable socket would
+                # otherwise spin us) until the pipe drains a little.
+                self._want_read(False)
+            return
+        except OSError as exc:
+            self.tunnel.fail(exc)
+            return
+        if n == 0:
+            self.eof = True
+            self._want_read(False)
+        self.pending += n
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.pending:
+            try:
+                m = os.splice(self.pipe_r, self.dst, self.pending, flags=_SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                self._want_write(True)  # dst is full; the pipe buffers meanwhile
+                return
+            except OSError as exc:
+                self.tunnel.fail(exc)
+                return
+            self.pending -= m
+            if not self.reading and not self.eof:
+                self._want_read(True)  # room again in the pipe
+        self._want_write(False)
+        if self.eof:
+            try:
+                self.dst_sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.done = True
+            self.tunnel.pump_done()
+
+    def close(self) -> None:
+        self._want_read(False)
+        self._want_write(False)
+        for fd in (self.pipe_r, self.pipe_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.pipe_r = self.pipe_w = -1
+
+
+class _SpliceTunnel:
+    """A client<->scheduler tunnel using splice(2); tracked so stop() can close it."""
+
+    def __init__(self, proxy: Proxy, client: socket.socket, upstream: socket.socket) -> None:
+        self.proxy = proxy
+        self.loop = asyncio.get_running_loop()
+        self.client = client
+        self.upstream = upstream
+        for s in (client, upstream):
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.pumps: list[_SplicePump] = []
+        self.closed = False
+        try:  # pipes can run out (EMFILE): release what we got, let the caller close
+            self.pumps.append(_SplicePump(self, client, upstream))
+            self.pumps.append(_SplicePump(self, upstream, client))
+        except OSError:
+            for p in self.pumps:
+                p.close()
+            raise
+
+    def start(self) -> None:
+        for p in self.pumps:
+            p.start()
+
+    def pump_done(self) -> None:
+        if all(p.done for p in self.pumps):
+            self.close()
+
+    def fail(self, exc: Exception) -> None:
+        self.proxy.log.debug("Tunnel closed on error: %r", exc)
+        self.abort()
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for p in self.pumps:
+            p.close()
+        self.client.close()
+        self.upstream.close()
+        self.proxy._tunnels.discard(self)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------
@@ -425,8 +584,9 @@ class Proxy(LoggingConfigurable):
                 "runs inside the gateway process; ignoring it."
             )
         else:
-            self.log.info(
-                "Proxy.%s is unused (the proxy runs inside the gateway process)",
+            self.log.warning(
+                "Config option `Proxy.%s` is ignored: the proxy runs inside the gateway "
+                "process",
                 change["name"],
             )
 
@@ -451,7 +611,7 @@ class Proxy(LoggingConfigurable):
         self._sockets: list[socket.socket] = []
         self._remove_accept: list[Callable[[], None]] = []
         self._pending: set[asyncio.Task[None]] = set()
-        self._tunnels: set[_Tunnel] = set()
+        self._tunnels: set[_Tunnel | _SpliceTunnel] = set()
         self._websockets: set[DashboardProxyHandler] = set()
         self._http_server: HTTPServer | None = None
         self._http_client: SimpleAsyncHTTPClient | None = None
@@ -624,6 +784,7 @@ class Proxy(LoggingConfigurable):
     # -- connection handling -------------------------------------------------
 
     def _on_accept(self, conn: socket.socket, address: Any, mode: str) -> None:
+        conn.setblocking(False)  # accepted sockets start out blocking
         if mode == "http":
             self._handoff_http(conn, address)
             return
@@ -675,10 +836,10 @@ class Proxy(LoggingConfigurable):
             sock.close()
             return
         host, port = _split_hostport(target)
-        loop = asyncio.get_running_loop()
-        if self._splice_impl == "sockets":
-            await self._sock_tunnel(sock, host, port, name)
+        if self._kernel_splice:
+            await self._open_splice_tunnel(sock, host, port, name, address)
             return
+        loop = asyncio.get_running_loop()
         tunnel = _Tunnel(self, name)
         try:
             await asyncio.wait_for(
@@ -701,45 +862,57 @@ class Proxy(LoggingConfigurable):
             tunnel.upstream.transport.resume_reading()  # type: ignore[union-attr]
         self.log.debug("Tunnel open %s -> cluster %s (%s)", address, name, target)
 
-    _splice_impl = "transport"
+    # Linux splice(2) moves bytes socket -> pipe -> socket inside the kernel;
+    # measured clearly faster (and far lighter on CPU) than asyncio transports,
+    # which matters because the proxy shares cores with the gateway.
+    _kernel_splice = _HAVE_SPLICE
 
-    async def _sock_tunnel(self, sock, host, port, name):  # EXPERIMENT
+    async def _open_splice_tunnel(
+        self, sock: socket.socket, host: str, port: int, name: str, address: Any
+    ) -> None:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        up = socket.socket(infos[0][0], socket.SOCK_STREAM)
-        up.setblocking(False)
+        upstream: socket.socket | None = None
         try:
-            await asyncio.wait_for(loop.sock_connect(up, infos[0][4]), self.connect_timeout)
-        except (OSError, asyncio.TimeoutError):
-            up.close()
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.connect_timeout
+            )
+            last_exc: Exception | None = None
+            deadline = loop.time() + self.connect_timeout
+            for family, type_, proto, _, sockaddr in infos:
+                upstream = socket.socket(family, type_, proto)
+                upstream.setblocking(False)
+                try:
+                    await asyncio.wait_for(
+                        loop.sock_connect(upstream, sockaddr), max(deadline - loop.time(), 0.01)
+                    )
+                    break
+                except (OSError, asyncio.TimeoutError) as exc:
+                    last_exc = exc
+                    upstream.close()
+                    upstream = None
+            if upstream is None:
+                raise last_exc or OSError("no addresses")
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.log.warning(
+                "Cannot reach scheduler of cluster %s at %s:%s: %r", name, host, port, exc
+            )
             sock.close()
             return
-        for s_ in (sock, up):
-            s_.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        async def pump(src, dst):
-            buf = bytearray(_SPLICE_BUFSIZE)
-            view = memoryview(buf)
-            while True:
-                n = await loop.sock_recv_into(src, buf)
-                if not n:
-                    break
-                await loop.sock_sendall(dst, view[:n])
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-        tasks = [asyncio.ensure_future(pump(sock, up)), asyncio.ensure_future(pump(up, sock))]
-        try:
-            await asyncio.gather(*tasks)
-        except Exception:
-            pass
-        finally:
-            for t in tasks:
-                t.cancel()
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
             sock.close()
-            up.close()
+            raise
+        try:
+            tunnel = _SpliceTunnel(self, sock, upstream)
+        except OSError as exc:
+            self.log.warning("Cannot open tunnel to cluster %s: %r", name, exc)
+            upstream.close()
+            sock.close()
+            return
+        self._tunnels.add(tunnel)  # type: ignore[arg-type]
+        tunnel.start()
+        self.log.debug("Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port)
 
     def _handoff_http(self, sock: socket.socket, address: Any) -> None:
         """Give an untouched accepted socket to the tornado HTTP(S) server."""
@@ -851,6 +1024,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 self._send_json_error(e.status_code, getattr(e, "message", None)
                                       or e.log_message or "Not allowed")
                 return
+            if self._finished:  # the hook answered itself (e.g. a redirect to log in)
+                return
             if not allowed:
                 self._send_json_error(403, f"Not allowed to access cluster {name}")
                 return
@@ -893,17 +1068,19 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         req = self.request
         headers = self._forward_headers(frozenset())
         has_body = "Content-Length" in req.headers or "Transfer-Encoding" in req.headers
-        body_producer = None
+        body_producer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]] | None = None
         if has_body:
             self._body_queue = asyncio.Queue(maxsize=8)
             queue = self._body_queue
 
-            async def body_producer(write: Callable[[bytes], Awaitable[None]]) -> None:
+            async def produce(write: Callable[[bytes], Awaitable[None]]) -> None:
                 while True:
                     chunk = await queue.get()
                     if chunk is None:
                         return
                     await write(chunk)
+
+            body_producer = produce
 
             if "Content-Length" not in req.headers:
                 headers.pop("Content-Length", None)
@@ -1091,7 +1268,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.proxy._websockets.add(self)
-        asyncio.ensure_future(self._pump_upstream())
+        # Keep a reference: the loop only holds tasks weakly.
+        self._pump_task = asyncio.ensure_future(self._pump_upstream())
 
     async def _pump_upstream(self) -> None:
         upstream = self._upstream_ws
@@ -1105,7 +1283,11 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         except websocket.WebSocketClosedError:
             pass
         finally:
-            self.close(upstream.close_code, upstream.close_reason)
+            code = upstream.close_code
+            if code is None or code in (1005, 1006, 1015):  # not sendable on the wire
+                self.close()
+            else:
+                self.close(code, upstream.close_reason)
 
     async def on_message(self, message: str | bytes) -> None:
         if self._upstream_ws is not None:
@@ -1117,4 +1299,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
     def on_close(self) -> None:
         self.proxy._websockets.discard(self)
         if self._upstream_ws is not None:
-            self._upstream_ws.close(self.close_code, self.close_reason)
+            code = self.close_code
+            if code is None or code in (1005, 1006, 1015):
+                self._upstream_ws.close()
+            else:
+                self._upstream_ws.close(code, self.close_reason)
