@@ -48,6 +48,7 @@ __all__ = [
     "Gateway",
     "GatewayCluster",
     "GatewayClusterError",
+    "GatewayRequestError",
     "GatewaySecurity",
     "GatewayServerError",
     "GatewayWarning",
@@ -58,6 +59,14 @@ logger = logging.getLogger(__name__)
 
 class GatewayClusterError(Exception):
     """A cluster is in a state that does not allow the request (HTTP 409, failed start)."""
+
+
+class GatewayRequestError(ValueError):
+    """The gateway refused a request (HTTP 404 or 422); ``status`` tells which, for proxies."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class GatewayServerError(Exception):
@@ -282,6 +291,15 @@ class Gateway(SyncMethodMixin):
     def __repr__(self) -> str:
         return f"Gateway<{self.address}>"
 
+    def _repr_html_(self) -> str:
+        return f"<div><b>Gateway</b>: {escape(self.address)}</div>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        """A live list of the user's clusters in Jupyter; None falls back to the HTML repr."""
+        from .widgets import gateway_mimebundle
+
+        return gateway_mimebundle(self, **kwargs)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def _close_http(self) -> None:
@@ -341,7 +359,7 @@ class Gateway(SyncMethodMixin):
         if resp.code >= 400:
             msg = _error_message(resp)
             if resp.code in (404, 422):
-                raise ValueError(msg)
+                raise GatewayRequestError(msg, resp.code)
             if resp.code == 409:
                 raise GatewayClusterError(msg)
             if resp.code == 500:
@@ -377,6 +395,18 @@ class Gateway(SyncMethodMixin):
     def get_cluster(self, cluster_name: str, **kwargs: Any) -> ClusterReport:
         """Get a report of one cluster."""
         return self.sync(self._get_cluster, cluster_name, **kwargs)
+
+    async def _get_cluster_resources(self, cluster_name: str) -> dict[str, int]:
+        path = f"/api/v1/clusters/{quote(cluster_name, safe='')}/workers"
+        return await self._request("GET", path)
+
+    def get_cluster_resources(self, cluster_name: str, **kwargs: Any) -> dict[str, int]:
+        """Running workers and their total cores and memory (bytes) of one cluster.
+
+        Kept apart from the standard cluster report, whose keys are fixed by the wire
+        format. Servers without this route (the public dask-gateway) raise ``ValueError``.
+        """
+        return self.sync(self._get_cluster_resources, cluster_name, **kwargs)
 
     async def _get_versions(self) -> dict[str, Any]:
         server = await self._request("GET", "/api/version")
@@ -680,6 +710,12 @@ class GatewayCluster:
             f"<li><b>Dashboard: </b>{dashboard}</li>"
             "</ul></div>"
         )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        """Live status and scaling controls in Jupyter; None falls back to the HTML repr."""
+        from .widgets import cluster_mimebundle
+
+        return cluster_mimebundle(self, **kwargs)
 
     # ------------------------------------------------------------------ start
 

@@ -215,7 +215,23 @@ class Options(MutableMapping):
         return self._values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._values[key] = self._field(key).validate(value)
+        self._values[key] = value = self._field(key).validate(value)
+        for callback in self.__dict__.get("_observers", ()):
+            callback(key, value)
+
+    def _observe(self, callback: Any) -> None:
+        """Call ``callback(key, value)`` after each accepted change (keeps widgets in sync)."""
+        self.__dict__.setdefault("_observers", []).append(callback)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles carry the options, not the widgets watching this object.
+        return {"_fields": self._fields, "_values": self._values}
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        """An editable form in Jupyter (with ipywidgets); None falls back to the text repr."""
+        from .widgets import options_mimebundle
+
+        return options_mimebundle(self, **kwargs)
 
     def __delitem__(self, key: str) -> None:
         raise TypeError("Cannot delete an option; set it to another value instead")
@@ -245,6 +261,20 @@ class Options(MutableMapping):
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(self._fields))
+
+    def get_specification(self) -> list[dict[str, Any]]:
+        """The fields in the wire format of ``GET /api/v1/options``, current values as defaults.
+
+        Lets a form elsewhere (a browser) offer exactly these fields and bounds.
+        """
+        out = []
+        for name, f in self._fields.items():
+            spec: dict[str, Any] = {"type": f.type_name}
+            for key in _SPEC_KEYS.get(type(f), ()):
+                spec[key] = copy.deepcopy(getattr(f, key))
+            out.append({"field": name, "label": f.label,
+                        "default": copy.deepcopy(self._values[name]), "spec": spec})
+        return out
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v!r}" for k, v in self._values.items())

@@ -23,12 +23,14 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import click
 from distributed.comm.addressing import get_address_host
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.scheduler import WorkerStatusPlugin
 from tornado import httpserver, netutil, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
@@ -603,6 +605,34 @@ def _url_host(host: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+class _WorkerStatusSubscriber(WorkerStatusPlugin):
+    """distributed's worker status stream, under a name of its own.
+
+    distributed names every subscriber's plugin "worker-status", so a second client
+    watching the cluster (another notebook, the gateway widget's Connect) replaced the
+    first one's stream and froze its worker table. Same op, same messages; closed
+    subscribers still drop out on their next send, as in distributed.
+    """
+
+    def __init__(self, scheduler: Any, comm: Any):
+        self.name = f"worker-status-{uuid.uuid4().hex}"
+        super().__init__(scheduler, comm)
+
+
+def _subscribe_worker_status_handler(scheduler: Any) -> Callable[..., dict[str, Any]]:
+    """A ``subscribe_worker_status`` handler that keeps every subscriber."""
+
+    def subscribe_worker_status(comm: Any) -> dict[str, Any]:
+        _WorkerStatusSubscriber(scheduler, comm)
+        ident = scheduler.identity()
+        for worker in ident["workers"].values():
+            worker.pop("metrics", None)
+            worker.pop("last_seen", None)
+        return ident
+
+    return subscribe_worker_status
+
+
 @click.command()
 @click.option(
     "--dg-api-address",
@@ -645,6 +675,7 @@ async def dask_setup(
         adaptive_period=dg_adaptive_period,
         idle_timeout=dg_idle_timeout,
     )
+    scheduler.handlers["subscribe_worker_status"] = _subscribe_worker_status_handler(scheduler)
     service = GatewaySchedulerService(scheduler, config)
     await service.start()
     setattr(scheduler, SERVICE_ATTR, service)

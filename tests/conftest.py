@@ -103,7 +103,8 @@ def _kill_leftovers(data_dir: Path) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if marker.encode() in environ and b"distributed.cli" in cmdline:
+        forked = b"[dask-gateway cluster " in cmdline and marker.encode() in environ
+        if (marker.encode() in environ and b"distributed.cli" in cmdline) or forked:
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:

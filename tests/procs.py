@@ -18,6 +18,8 @@ def cluster_processes(cluster_name: str, role: str) -> list[int]:
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != b"Z" and marker in environ.split(b"\0") and module in cmdline:
+        # Forked from the fork server: the cluster is named in the process title.
+        named = marker in environ.split(b"\0") or f"cluster {cluster_name}]".encode() in cmdline
+        if state != b"Z" and named and module in cmdline:
             pids.append(int(entry.name))
     return pids

@@ -187,7 +187,8 @@ def test_cluster_widget_scales_the_real_cluster(gw):
         assert text(view.message) == (
             "Adapt with `maximum=20, minimum=3` workers would exceed resource limit of 10 "
             "workers. Using `maximum=10, minimum=3` instead.")
-        assert text(view.adapt_state) == "Adaptive scaling is on: 3 to 20 workers"
+        assert text(view.adapt_state) == (
+            "Adaptive scaling is on: 3 to 20 workers (limited by the gateway, see below)")
         wait_for(lambda: n_workers(cluster) == 3, what="adaptive minimum of 3 workers")
 
         view.stop_adapt_button.click()
@@ -250,6 +251,20 @@ def test_gateway_widget_lists_connects_and_shuts_down(gw):
         panel = view.connected_box.children[0]
         assert "dgw-cluster" in panel._dom_classes
         assert "Connected to" in text(view.message)
+
+        # Both the notebook's cluster and the attached one keep their live tables: a second
+        # subscriber to the scheduler's worker status stream must not replace the first.
+        mine = ClusterWidget(cluster, update_interval=0.1)
+        theirs = attached.__dict__["_widget_view"]
+        theirs.scale_workers.value = 2
+        theirs.scale_button.click()
+        assert text(theirs.message) == "Scaling to 2 workers"
+        wait_for(lambda: n_workers(cluster) == 2 and n_workers(attached) == 2,
+                 what="both cluster objects see 2 workers")
+        wait_for(lambda: "Workers2" in text(mine.table) and "Workers2" in text(theirs.table),
+                 what="both tables show 2 workers")
+        wait_for(lambda: row_text()[2] == "2", what="gateway row shows 2 workers")
+        mine.close()
 
         view.rows[cluster.name].shutdown.click()
         assert text(view.message) == f"Shut down {cluster.name}"

@@ -14,73 +14,22 @@ from traitlets import Float, List, Type, Unicode, default
 
 from ..models import Cluster, Worker
 from .base import ClusterConfig, DBBackendBase
+from .launchers import ForkServerLauncher, SubprocessLauncher, process_start_ticks
 
-__all__ = ["LocalBackend", "UnsafeLocalBackend", "LocalClusterConfig", "SubprocessLauncher"]
+__all__ = ["LocalBackend", "UnsafeLocalBackend", "LocalClusterConfig", "SubprocessLauncher",
+           "ForkServerLauncher"]
 
 
 class LocalClusterConfig(ClusterConfig):
     """ClusterConfig of the local backends."""
 
 
-def _process_start_ticks(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot): tells a reused pid from ours."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces; fields resume after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
-    if fields and fields[0] == b"Z":
-        return None  # a zombie is dead
-    return int(fields[19])
-
-
 def is_alive(state: dict) -> bool:
     pid = state.get("pid")
     if not pid:
         return False
-    ticks = _process_start_ticks(pid)
+    ticks = process_start_ticks(pid)
     return ticks is not None and ticks == state.get("start_ticks", ticks)
-
-
-class SubprocessLauncher:
-    """Starts a process with fork+exec; the strategy a faster launcher can replace."""
-
-    async def launch(self, cmd: list[str], env: dict, cwd: str, log_path: str,
-                     user: str | None = None) -> dict:
-        """Start ``cmd``; return ``{"pid": ..., "start_ticks": ...}``."""
-        preexec = _switch_user(user) if user else None
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                env=env,
-                cwd=cwd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                # Own session: the process outlives a gateway restart and gets no terminal
-                # signals meant for the gateway.
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
-        finally:
-            os.close(fd)
-        # Reap the child when it exits so it does not linger as a zombie.
-        asyncio.ensure_future(proc.wait())
-        return {"pid": proc.pid, "start_ticks": _process_start_ticks(proc.pid)}
-
-
-def _switch_user(username: str):
-    entry = pwd.getpwnam(username)
-
-    def preexec() -> None:
-        os.setgroups(os.getgrouplist(username, entry.pw_gid))
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-
-    return preexec
 
 
 class LocalBackend(DBBackendBase):
@@ -92,7 +41,10 @@ class LocalBackend(DBBackendBase):
         help="The ClusterConfig class to use.", config=True,
     )
     launcher_class = Type(
-        SubprocessLauncher, klass=object, help="How processes are started.", config=True
+        ForkServerLauncher, klass=SubprocessLauncher,
+        help="How processes are started: ForkServerLauncher forks them from a pre-started "
+        "interpreter (fast); SubprocessLauncher starts a fresh interpreter each time.",
+        config=True,
     )
     sigint_timeout = Float(10, help="Seconds to wait after SIGINT before SIGTERM.", config=True)
     sigterm_timeout = Float(5, help="Seconds to wait after SIGTERM before SIGKILL.", config=True)
@@ -198,6 +150,13 @@ class LocalBackend(DBBackendBase):
         ]
 
     # -- the backend interface ------------------------------------------------
+    async def setup(self) -> None:
+        # Start the default environment's interpreter now, not on the first user's request.
+        await self.launcher.warm_up(sys.executable)
+
+    async def cleanup(self) -> None:
+        await self.launcher.close()
+
     async def start_cluster(self, cluster: Cluster) -> dict:
         config = self.cluster_config(cluster)
         loop = asyncio.get_running_loop()
