@@ -663,6 +663,7 @@ class GatewayCluster:
         self._start_task: asyncio.Future | None = None
         self._scheduler_comm: rpc | None = None
         self._watch_comm: Any = None
+        self._lease_comm: Any = None
         self._watch_task: asyncio.Task | None = None
         self._clients: weakref.WeakSet = weakref.WeakSet()
         self.gateway = Gateway(
@@ -748,6 +749,13 @@ class GatewayCluster:
         self.scheduler_info = SchedulerInfo(await comm.read())
         self._watch_comm = comm
         self._watch_task = asyncio.ensure_future(_follow_worker_updates(comm, self.scheduler_info))
+        if self.shutdown_on_close:
+            # Held open while this object lives: if the process dies without shutting the
+            # cluster down, the scheduler sees the lease drop and can stop the orphan.
+            lease = await self._scheduler_comm.live_comm()
+            lease.name = "GatewayCluster lease"
+            await lease.write({"op": "dask_gateway_lease", "reply": False})
+            self._lease_comm = lease
 
     def __await__(self):
         return self._start_and_return().__await__()
@@ -802,6 +810,13 @@ class GatewayCluster:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
             await asyncio.wait([self._start_task])
+        if self._lease_comm is not None:
+            if not shutdown:  # left running on purpose: not an orphan
+                try:
+                    await self._lease_comm.write({"op": "keep"})
+                except Exception:
+                    pass
+            self._lease_comm.abort()
         if self._watch_comm is not None:
             self._watch_comm.abort()
         if self._watch_task is not None:

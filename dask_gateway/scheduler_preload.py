@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable
 
 import click
 from distributed.comm.addressing import get_address_host
+from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import WorkerStatusPlugin
 from tornado import httpserver, netutil, web
@@ -64,6 +65,7 @@ class GatewayConfig:
     heartbeat_period: float = 15.0
     adaptive_period: float = 3.0
     idle_timeout: float = 0.0
+    orphan_timeout: float = 0.0
 
     @classmethod
     def from_env(cls, **options: Any) -> GatewayConfig:
@@ -291,6 +293,8 @@ class GatewaySchedulerService:
         self._server: httpserver.HTTPServer | None = None
         self.api_port: int | None = None
         self._heartbeat_failures = 0
+        self.leases: set[Any] = set()  # comms of GatewayClusters that own this cluster
+        self._leased_once = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -304,6 +308,8 @@ class GatewaySchedulerService:
         self._spawn(self._heartbeat_loop())
         if self.config.idle_timeout > 0:
             self._spawn(self._idle_loop())
+        if self.config.orphan_timeout > 0:
+            self._spawn(self._orphan_loop())
         logger.info(
             "dask-gateway: scheduler API at %s, reporting to %s as cluster %s",
             self.api_address,
@@ -582,6 +588,49 @@ class GatewaySchedulerService:
                 if await self._request_shutdown():
                     return  # the gateway will stop us; keep serving until then
 
+    # -- orphans -------------------------------------------------------------------
+
+    async def hold_lease(self, comm: Any) -> None:
+        """A client that will shut the cluster down when it exits holds this comm open; if
+        it dies without doing so (a crashed kernel), the comm closes and the cluster is an
+        orphan."""
+        self.leases.add(comm)
+        self._leased_once = True
+        try:
+            while True:
+                msg = await comm.read()
+                if isinstance(msg, dict) and msg.get("op") == "keep":
+                    # The owner closed without shutting down: the cluster is meant to stay.
+                    self._leased_once = False
+        except Exception:
+            pass
+        finally:
+            self.leases.discard(comm)
+
+    def _has_clients(self) -> bool:
+        clients = getattr(self.scheduler, "clients", {})
+        return bool(self.leases) or any(c != "fire-and-forget" for c in clients)
+
+    async def _orphan_loop(self) -> None:
+        """Stop a cluster whose owning client died, once no client has been connected for
+        ``orphan_timeout`` seconds. Clusters nobody ever leased (shutdown_on_close=False)
+        are left alone."""
+        timeout = self.config.orphan_timeout
+        alone_since: float | None = None
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            if not self._leased_once or self._has_clients():
+                alone_since = None
+                continue
+            now = time.monotonic()
+            if alone_since is None:
+                alone_since = now
+            elif now - alone_since > timeout:
+                logger.info("dask-gateway: the client that owned this cluster is gone; "
+                            "asking the gateway to stop it")
+                if await self._request_shutdown():
+                    return
+
     def _is_busy(self) -> bool:
         s = self.scheduler
         return bool(
@@ -661,12 +710,20 @@ def _subscribe_worker_status_handler(scheduler: Any) -> Callable[..., dict[str, 
     show_default=True,
     help="Stop the cluster after this many idle seconds; 0 disables.",
 )
+@click.option(
+    "--dg-orphan-timeout",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Stop the cluster this many seconds after the client that owned it died; 0 disables.",
+)
 async def dask_setup(
     scheduler: Any,
     dg_api_address: str,
     dg_heartbeat_period: float,
     dg_adaptive_period: float,
     dg_idle_timeout: float,
+    dg_orphan_timeout: float = 0.0,
 ) -> None:
     """Start the gateway service inside the scheduler (called by distributed)."""
     config = GatewayConfig.from_env(
@@ -674,9 +731,16 @@ async def dask_setup(
         heartbeat_period=dg_heartbeat_period,
         adaptive_period=dg_adaptive_period,
         idle_timeout=dg_idle_timeout,
+        orphan_timeout=dg_orphan_timeout,
     )
     scheduler.handlers["subscribe_worker_status"] = _subscribe_worker_status_handler(scheduler)
     service = GatewaySchedulerService(scheduler, config)
+
+    async def dask_gateway_lease(comm: Any) -> Any:
+        await service.hold_lease(comm)
+        return Status.dont_reply
+
+    scheduler.handlers["dask_gateway_lease"] = dask_gateway_lease
     await service.start()
     setattr(scheduler, SERVICE_ATTR, service)
 

@@ -377,6 +377,12 @@ class Reconciler:
         for cluster in list(self.clusters.values()):
             if not cluster.is_active or cluster.status.is_done:
                 continue
+            lifetime = cluster.config.get("max_lifetime") or 0
+            if lifetime and now_wall - cluster.start_time > lifetime * 1000:
+                self.log.info("Cluster %s reached its maximum lifetime", cluster.name)
+                await self.stop_cluster(
+                    cluster, message=f"Stopped at its maximum lifetime of {lifetime:g} s")
+                continue
             if (cluster.status == JobStatus.SUBMITTED
                     and now_wall - cluster.start_time > s.cluster_start_timeout * 1000):
                 await self.stop_cluster(

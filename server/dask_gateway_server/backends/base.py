@@ -65,6 +65,17 @@ class ClusterConfig(Configurable):
     idle_timeout = Float(
         0, min=0, help="Stop a cluster idle this many seconds (0 = never).", config=True
     )
+    orphan_timeout = Float(
+        0, min=0,
+        help="Stop a cluster this many seconds after the client process that created it (with "
+        "shutdown_on_close=True) died without shutting it down, e.g. a crashed kernel "
+        "(0 = never). Clusters made with shutdown_on_close=False are not affected.",
+        config=True,
+    )
+    max_lifetime = Float(
+        0, min=0, help="Stop a cluster this many seconds after it was created (0 = never).",
+        config=True,
+    )
     cluster_max_memory = MemoryLimit(
         None, allow_none=True, help="Most memory a cluster may use (scheduler included).",
         config=True,

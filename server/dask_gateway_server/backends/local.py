@@ -128,6 +128,9 @@ class LocalBackend(DBBackendBase):
             "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
             "--dg-adaptive-period", str(config.adaptive_period),
             "--dg-idle-timeout", str(config.idle_timeout),
+            # Only when set: the public dask-gateway's preload does not know this option.
+            *(["--dg-orphan-timeout", str(config.orphan_timeout)] if config.orphan_timeout
+              else []),
         ]
 
     def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
