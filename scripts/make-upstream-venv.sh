@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) a separate virtualenv holding the *public* dask-gateway server and
 # client from PyPI. tests/test_client_vs_upstream.py starts that server and drives it with
-# our client, to prove wire compatibility (numpy: the workers run dask.array tasks).
+# our client, to prove wire compatibility (numpy: the workers run dask.array tasks; bokeh:
+# schedulers serve dashboards, as in ours and in real deployments).
 # Idempotent: re-running only re-checks the pins.
 #
 # Usage: scripts/make-upstream-venv.sh [VENV_DIR]   (default .venv-upstream in the repository, or
@@ -28,6 +29,7 @@ ok = (
     and version("distributed") == want_dist
     and version("sqlalchemy")
     and version("numpy")
+    and version("bokeh")
 )
 sys.exit(0 if ok else 1)
 PY
@@ -40,7 +42,7 @@ fi
     "dask-gateway-server[local]==${UPSTREAM_VERSION}" \
     "dask-gateway==${UPSTREAM_VERSION}" \
     "distributed==${DISTRIBUTED_VERSION}" \
-    numpy
+    numpy "bokeh>=3.1"
 "$VENV/bin/python" -c "import dask_gateway_server, os; \
 p = os.path.join(os.path.dirname(dask_gateway_server.__file__), 'proxy', 'dask-gateway-proxy'); \
 assert os.access(p, os.X_OK), 'the dask-gateway-server wheel has no Go proxy binary: ' + p"

@@ -6,6 +6,21 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-$ROOT/.venv}
 
+# System packages: Kerberos (its headers build pykerberos; its KDC serves the tests).
+need=()
+[ -x /usr/sbin/krb5kdc ] || need+=(krb5-kdc krb5-admin-server)
+command -v kinit >/dev/null || need+=(krb5-user)
+[ -f /usr/include/gssapi/gssapi.h ] || need+=(libkrb5-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Chromium for the JupyterLab browser tests (Playwright drives it via executable_path).
+command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null)
+
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
@@ -19,11 +34,23 @@ if [ -f scripts/make-upstream-venv.sh ]; then
     bash scripts/make-upstream-venv.sh
 fi
 
+# JupyterHub's proxy, for the tests that start a real hub.
+if ! command -v configurable-http-proxy >/dev/null; then
+    npm install -g --no-fund --no-audit configurable-http-proxy@5 >/dev/null 2>&1
+fi
+
 # Services the tests talk to, started for real and stopped on exit.
-cleanup() { bash scripts/services/stop-pg.sh; }
+cleanup() {
+    bash scripts/services/stop-pg.sh
+    bash scripts/services/stop-kdc.sh
+    bash scripts/services/stop-slurm.sh
+}
 trap cleanup EXIT
 TEST_POSTGRES_URL=$(bash scripts/services/start-pg.sh | tail -1)
 export TEST_POSTGRES_URL
+eval "$(bash scripts/services/start-kdc.sh | tail -1)"
+# A single-node Slurm (installs slurm-wlm and munge if missing) for tests/test_slurm.py.
+bash scripts/services/start-slurm.sh
 
 cd "$ROOT"
 "$VENV/bin/pytest" -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ cluster with our client: it must start (first heartbeat), scale, adapt, compute 
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,42 +32,49 @@ def _wait_for(predicate, timeout: float = 90, what: str = "condition") -> None:
         time.sleep(0.2)
 
 
-def _processes(cluster_name: str, role: str) -> list[list[str]]:
-    """Command lines of the live ``role`` processes of a cluster (as ps would show them)."""
-    marker = f"DASK_GATEWAY_CLUSTER_NAME={cluster_name}".encode()
+def _processes(cluster_name: str) -> list[int]:
+    """Live processes (scheduler, nanny, workers) of a cluster.
+
+    Both servers start them in the cluster's working directory, named after the cluster;
+    command lines and environments are no guide (setproctitle may rewrite both).
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != b"Z" and marker in environ and role in argv[:4]:
-            found.append(argv)
+        if state != b"Z" and os.path.basename(cwd) == cluster_name:
+            found.append(int(entry.name))
     return found
 
 
-def _drive_cluster(gateway: Gateway, dask_cmd: Path, preload_root: Path) -> None:
-    """The workflow every scheduler side must support, whichever server runs it."""
+def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path) -> None:
+    """The workflow every scheduler side must support, whichever server runs it.
+
+    ``venv``: the environment the scheduler and workers must run in (its ``sys.prefix``);
+    ``preload_root``: where the scheduler's ``dask_gateway.scheduler_preload`` must come from.
+    """
     import dask.array as da
 
     cluster = gateway.new_cluster()  # returns once the first heartbeat made it RUNNING
     try:
         name = cluster.name
-        [scheduler] = _processes(name, "scheduler")
-        assert str(dask_cmd) in scheduler, scheduler
+        assert _processes(name), "no scheduler process found"
         client = cluster.get_client(set_as_default=False)
-        # A lambda travels by value: the scheduler cannot import this test module.
+        # Lambdas travel by value: the scheduler cannot import this test module.
+        assert Path(client.run_on_scheduler(lambda: sys.prefix)).resolve() == venv.resolve()
         preload = client.run_on_scheduler(
             lambda: sys.modules["dask_gateway.scheduler_preload"].__file__)
         assert Path(preload).resolve().is_relative_to(preload_root.resolve()), preload
 
         cluster.scale(2)
         client.wait_for_workers(2, timeout=120)
-        assert all(str(dask_cmd) in argv for argv in _processes(name, "worker"))
+        prefixes = client.run(lambda: sys.prefix).values()
+        assert {Path(p).resolve() for p in prefixes} == {venv.resolve()}, prefixes
         x = da.random.random((2000, 2000), chunks=(500, 500))
         assert abs(float(x.mean().compute(scheduler=client)) - 0.5) < 0.01
 
@@ -87,8 +95,7 @@ def _drive_cluster(gateway: Gateway, dask_cmd: Path, preload_root: Path) -> None
         cluster.shutdown()
     _wait_for(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED,
               what="cluster STOPPED")
-    _wait_for(lambda: not _processes(name, "scheduler") and not _processes(name, "worker"),
-              timeout=60, what="scheduler and workers to exit")
+    _wait_for(lambda: not _processes(name), timeout=60, what="scheduler and workers to exit")
 
 
 def test_public_scheduler_side_under_our_server(tmp_path):
@@ -107,7 +114,7 @@ def test_public_scheduler_side_under_our_server(tmp_path):
     gw.start()
     try:
         with Gateway(gw.address, auth=BasicAuth("alice", PASSWORD)) as gateway:
-            _drive_cluster(gateway, dask_cmd, venv)
+            _drive_cluster(gateway, venv, venv)
         log = gw.log()
         # Heartbeats arrived and were accepted (DEBUG log of each request).
         assert "200 POST /api/v1/clusters/" in log and "/heartbeat" in log, log
@@ -124,4 +131,4 @@ def test_our_scheduler_side_under_public_server(tmp_path):
     with upstream_server(tmp_path, PASSWORD, HERE / "upstream_config" / "our_scheduler_config.py",
                          {"OURS_DASK": str(OURS_DASK)}) as address:
         with Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway:
-            _drive_cluster(gateway, OURS_DASK, Path(dask_gateway.__file__).parent)
+            _drive_cluster(gateway, Path(sys.prefix), Path(dask_gateway.__file__).parent)

@@ -35,6 +35,8 @@ def test_cluster_survives_gateway_restart(fresh_gateway, sig):
     assert cluster_processes(name, "worker") == workers
 
     gw_proc.start()
+    # Longer than the heartbeat timeout (2 x 2 s here): the schedulers found the new gateway.
+    time.sleep(6)
     with Gateway(gw_proc.address, auth="basic") as gw:
         assert [c.name for c in gw.list_clusters()] == [name]
         assert gw.get_cluster(name).status.name == "RUNNING"

@@ -16,6 +16,7 @@ from . import __version__
 from .auth import AuthError, Authenticator
 from .limits import LimitExceeded, UserLimits
 from .models import Cluster, ClusterStatus, JobStatus, User
+from .openapi import openapi_spec
 from .reconciler import Reconciler, SchedulerUnreachable
 
 WAIT_TIMEOUT = 20.0
@@ -160,6 +161,15 @@ class VersionHandler(BaseHandler):
 
     def get(self) -> None:
         self.write_json({"version": __version__})
+
+
+class OpenAPIHandler(BaseHandler):
+    """The API's OpenAPI document, so tools and people can read the wire without the code."""
+
+    auth_kind = "none"
+
+    def get(self) -> None:
+        self.write_json(openapi_spec(self.settings["prefix"]))
 
 
 class OptionsHandler(BaseHandler):
@@ -436,6 +446,7 @@ def api_handlers(prefix: str) -> list:
     return [
         (rf"{p}/api/health", HealthHandler),
         (rf"{p}/api/version", VersionHandler),
+        (rf"{p}/api/openapi.json", OpenAPIHandler),
         (rf"{p}/api/v1/options", OptionsHandler),
         (rf"{p}/api/v1/clusters/", ClustersHandler),
         (rf"{p}/api/v1/clusters/{name}", ClusterHandler),

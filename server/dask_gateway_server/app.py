@@ -20,9 +20,11 @@ from .auth import (Authenticator, JupyterHubAuthenticator, KerberosAuthenticator
                    SimpleAuthenticator)
 from .backends.base import Backend, ClusterConfig, DBBackendBase
 from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
+from .backends.slurm import SlurmBackend, SlurmClusterConfig
 from .config_check import unrecognized_settings
 from .limits import UserLimits
-from .proxy import Proxy
+from .metrics import Metrics, MetricsHandler
+from .proxy import HTTP_LIMITS, Proxy
 from .reconciler import Reconciler
 from .store import Store, load_or_create_key_file
 
@@ -122,7 +124,7 @@ class DaskGateway(Application):
         return [
             DaskGateway, Proxy, Authenticator, SimpleAuthenticator, KerberosAuthenticator,
             JupyterHubAuthenticator, UserLimits, Backend, DBBackendBase, LocalBackend, UnsafeLocalBackend,
-            ClusterConfig, LocalClusterConfig,
+            ClusterConfig, LocalClusterConfig, SlurmBackend, SlurmClusterConfig,
         ]
 
     @catch_config_error
@@ -137,7 +139,8 @@ class DaskGateway(Application):
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
         self.limits = UserLimits(parent=self)
-        known = [*self.classes, GenerateConfig, self.backend.cluster_config_class]
+        known = [*self.classes, GenerateConfig, self.backend.cluster_config_class,
+                 type(self.backend), type(self.authenticator)]
         configured = [self, self.authenticator, self.backend, self.proxy, self.limits]
         for message in unrecognized_settings(self.config, known, configured):
             self.log.warning(message)
@@ -162,14 +165,18 @@ class DaskGateway(Application):
         await self.store.setup()
         self.reconciler = Reconciler(self.store, self.backend, self.proxy, log=self.log,
                                      count_limit=self._count_limit)
+        self.metrics = Metrics(self.reconciler)
+        self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
             api_handlers(self.proxy.prefix)
+            + [(rf"{self.proxy.prefix}/metrics", MetricsHandler)]
             + self.proxy.dashboard_handlers()
             + [(r".*", NotFoundHandler)],
             authenticator=self.authenticator,
             backend=self.backend,
             reconciler=self.reconciler,
             limits=self.limits,
+            metrics=self.metrics,
             prefix=self.proxy.prefix,
             log=self.log,
             log_function=self._log_request,
@@ -177,19 +184,36 @@ class DaskGateway(Application):
         host, port = split_host_port(self.address)
         sockets = bind_sockets(port, host or None, family=socket.AF_INET if not host else
                                socket.AF_UNSPEC)
-        self.private_server = HTTPServer(self.web_app, xheaders=False)
+        self.private_server = HTTPServer(self.web_app, **HTTP_LIMITS)
         self.private_server.add_sockets(sockets)
         bound = sockets[0].getsockname()
         if not self.backend.api_url:
-            api_host = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-            self.backend.api_url = f"http://{api_host}:{bound[1]}{self.proxy.prefix}/api"
+            self.backend.api_url = self._default_api_url(host, bound[1], port)
         await self.authenticator.setup()
         await self.backend.setup()
         if not self.open_dashboards:
             self.proxy.check_dashboard_access = check_dashboard_access
         await self.proxy.start(self.web_app)
         await self.reconciler.start()
+        self.metrics.start()
         self.log.info("Dask Gateway %s started at %s", __version__, self.proxy.public_url)
+
+    def _default_api_url(self, private_host: str, private_port: int, configured: int) -> str:
+        """Where schedulers report. They outlive the gateway, so prefer an address that
+        survives a restart: the public port, unless it is HTTPS (schedulers may not trust its
+        certificate) or random; then the private one."""
+        public_host, public_port = split_host_port(self.proxy.address)
+        if self.proxy.tls_cert or public_port == 0:
+            api_host, api_port = private_host, private_port
+            if configured == 0:
+                self.log.warning("Schedulers report to the private port %d, which changes at "
+                                 "every restart: give DaskGateway.address a fixed port",
+                                 private_port)
+        else:
+            api_host, api_port = public_host, public_port
+        if api_host in ("", "0.0.0.0", "::"):
+            api_host = "127.0.0.1"
+        return f"http://{api_host}:{api_port}{self.proxy.prefix}/api"
 
     def _count_limit(self, cluster) -> int | None:
         return self.limits.max_count(self.limits.owner(cluster),
@@ -197,6 +221,7 @@ class DaskGateway(Application):
 
     async def stop_async(self) -> None:
         self.log.info("Stopping the gateway")
+        await self.metrics.stop()
         await self.reconciler.stop()
         await self.proxy.stop()
         self.private_server.stop()
@@ -205,6 +230,7 @@ class DaskGateway(Application):
         await self.store.close()
 
     def _log_request(self, handler: web.RequestHandler) -> None:
+        self.metrics.observe_request(handler)
         status = handler.get_status()
         if handler.request.path.endswith("/api/health") or handler.request.path.endswith(
             "/heartbeat"

@@ -530,6 +530,16 @@ async def _classify(sock: socket.socket) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------
 
 
+#: Bounds that keep one slow or hostile client from tying up the public port: headers must
+#: arrive within 30 s (slowloris), bodies within 60 s, and neither may be huge.
+HTTP_LIMITS = dict(
+    max_header_size=64 * 1024,
+    max_body_size=16 * 1024 * 1024,
+    idle_connection_timeout=30,
+    body_timeout=60,
+)
+
+
 class Proxy(LoggingConfigurable):
     """The gateway's public port: HTTP(S) API, dashboards, and SNI tunnels."""
 
@@ -726,7 +736,7 @@ class Proxy(LoggingConfigurable):
         if self._started:
             raise RuntimeError("Proxy already started")
         self._ssl_ctx = self._make_ssl_context()
-        self._http_server = HTTPServer(app)
+        self._http_server = HTTPServer(app, **HTTP_LIMITS)
         self._http_client = SimpleAsyncHTTPClient(
             force_instance=True,
             max_clients=1000,

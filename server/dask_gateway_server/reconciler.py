@@ -302,9 +302,8 @@ class Reconciler:
     async def _finish(self, cluster: Cluster) -> None:
         if cluster.target == JobStatus.FAILED:
             details = self.backend.failure_details(cluster)
-            if details:
-                self.log.warning("Cluster %s failed (%s). End of its log:\n%s",
-                                 cluster.name, cluster.message, details)
+            self.log.warning("Cluster %s failed (%s).%s", cluster.name, cluster.message,
+                             f" End of its log:\n{details}" if details else "")
         await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
         cluster.ready.set()
         self.log.info("Cluster %s %s", cluster.name, cluster.status.name.lower())

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class WorkQueue:
@@ -14,7 +15,13 @@ class WorkQueue:
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._wakeup = asyncio.Event()
+        self._queued_at: dict[Hashable, float] = {}
         self.closed = False
+        #: Called with the seconds each key waited, for metrics.
+        self.on_wait: Callable[[float], None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._queue)
 
     def put(self, key: Hashable) -> None:
         """Ask for ``key`` to be handled (again, if it is being handled now)."""
@@ -24,6 +31,7 @@ class WorkQueue:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._queued_at[key] = time.monotonic()
             self._queue.append(key)
             self._wakeup.set()
 
@@ -47,6 +55,9 @@ class WorkQueue:
             await self._wakeup.wait()
         key = self._queue.popleft()
         self._queued.discard(key)
+        queued_at = self._queued_at.pop(key, None)
+        if self.on_wait is not None and queued_at is not None:
+            self.on_wait(time.monotonic() - queued_at)
         self._running.add(key)
         return key
 

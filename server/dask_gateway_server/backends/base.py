@@ -238,7 +238,8 @@ class Backend(LoggingConfigurable):
         return [True] * len(workers)
 
     def failure_details(self, cluster: Cluster) -> str:
-        """A short text (e.g. the end of the scheduler log) explaining a failure."""
+        """A short text (e.g. the end of the scheduler log) explaining a failure; called
+        after ``stop_cluster``, which should keep what this needs."""
         return ""
 
     def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
@@ -296,6 +297,52 @@ class DBBackendBase(Backend):
     parallelism = Integer(20, help="How many clusters and workers change at once.", config=True)
     backoff_base_delay = Float(0.1, help="First retry delay after an error.", config=True)
     backoff_max_delay = Float(300, help="Longest retry delay after errors.", config=True)
+
+    #: Interface schedulers and workers listen on: loopback for processes on this machine,
+    #: "" (all interfaces) where they run on other hosts.
+    bind_host = "127.0.0.1"
+
+    def python(self, config: ClusterConfig) -> str:
+        """The interpreter that runs the cluster's processes."""
+        return config.python or sys.executable
+
+    def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
+        """The scheduler's command line: TLS, free ports, the gateway preload."""
+        base = config.scheduler_cmd or [self.python(config), "-m",
+                                        "distributed.cli.dask_scheduler"]
+        host = self.bind_host
+        return [
+            *base,
+            "--protocol", "tls",
+            "--port", "0",
+            *(["--host", host] if host else []),
+            "--dashboard-address", f"{host}:0",
+            "--preload", "dask_gateway.scheduler_preload",
+            "--dg-api-address", f"{host}:0",
+            "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
+            "--dg-adaptive-period", str(config.adaptive_period),
+            "--dg-idle-timeout", str(config.idle_timeout),
+            # Only when set: the public dask-gateway's preload does not know this option.
+            *(["--dg-orphan-timeout", str(config.orphan_timeout)] if config.orphan_timeout
+              else []),
+        ]
+
+    def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
+        """A worker's command line. Without a custom ``worker_cmd``: one process, no nanny
+        (it would double start time and memory; the gateway replaces dead workers itself)."""
+        if config.worker_cmd:
+            base, extra = list(config.worker_cmd), ["--dashboard-address", f"{self.bind_host}:0"]
+        else:
+            base = [self.python(config), "-m", "distributed.cli.dask_worker"]
+            extra = ["--no-nanny", "--no-dashboard"]
+        return [
+            *base,
+            cluster.scheduler_address,
+            *extra,
+            "--name", worker.name,
+            "--nthreads", str(config.worker_threads),
+            "--memory-limit", str(config.worker_memory),
+        ]
 
     @default("cluster_heartbeat_timeout")
     def _default_heartbeat_timeout(self) -> float:

@@ -68,6 +68,7 @@ class LocalBackend(DBBackendBase):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.launcher = self.launcher_class()
+        self._log_tails: dict[str, str] = {}
 
     # -- paths and environment ------------------------------------------------
     def workdir(self, cluster: Cluster) -> str:
@@ -111,47 +112,6 @@ class LocalBackend(DBBackendBase):
         })
         return env
 
-    def _python(self, config: ClusterConfig) -> str:
-        return config.python or sys.executable
-
-    def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
-        base = config.scheduler_cmd or [self._python(config), "-m",
-                                        "distributed.cli.dask_scheduler"]
-        return [
-            *base,
-            "--protocol", "tls",
-            "--port", "0",
-            "--host", "127.0.0.1",
-            "--dashboard-address", "127.0.0.1:0",
-            "--preload", "dask_gateway.scheduler_preload",
-            "--dg-api-address", "127.0.0.1:0",
-            "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
-            "--dg-adaptive-period", str(config.adaptive_period),
-            "--dg-idle-timeout", str(config.idle_timeout),
-            # Only when set: the public dask-gateway's preload does not know this option.
-            *(["--dg-orphan-timeout", str(config.orphan_timeout)] if config.orphan_timeout
-              else []),
-        ]
-
-    def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
-        extra: list[str] = []
-        base = config.worker_cmd
-        if not base:
-            # One process per worker: a nanny would double start time and memory; the
-            # gateway itself replaces a worker that dies.
-            base = [self._python(config), "-m", "distributed.cli.dask_worker"]
-            extra = ["--no-nanny", "--no-dashboard"]
-        else:
-            extra = ["--dashboard-address", "127.0.0.1:0"]
-        return [
-            *base,
-            cluster.scheduler_address,
-            *extra,
-            "--name", worker.name,
-            "--nthreads", str(config.worker_threads),
-            "--memory-limit", str(config.worker_memory),
-        ]
-
     # -- the backend interface ------------------------------------------------
     async def setup(self) -> None:
         # Start the default environment's interpreter now, not on the first user's request.
@@ -175,9 +135,15 @@ class LocalBackend(DBBackendBase):
     async def stop_cluster(self, cluster: Cluster) -> None:
         await self._terminate(cluster.state)
         workdir = self.workdir(cluster)
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: shutil.rmtree(workdir, ignore_errors=True)
-        )
+
+        def remove() -> None:
+            # Keep the end of the scheduler's log for failure_details, then clean up.
+            self._log_tails[cluster.name] = self._log_tail(cluster)
+            while len(self._log_tails) > 100:  # only failures are asked for; forget the rest
+                self._log_tails.pop(next(iter(self._log_tails)))
+            shutil.rmtree(workdir, ignore_errors=True)
+
+        await asyncio.get_running_loop().run_in_executor(None, remove)
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
         return [is_alive(c.state) for c in clusters]
@@ -200,6 +166,9 @@ class LocalBackend(DBBackendBase):
         return [is_alive(w.state) for w in workers]
 
     def failure_details(self, cluster: Cluster) -> str:
+        return self._log_tails.pop(cluster.name, "")
+
+    def _log_tail(self, cluster: Cluster) -> str:
         path = os.path.join(self.workdir(cluster), "logs", "scheduler.log")
         try:
             with open(path, "rb") as f:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
 from traitlets import Enum, Float, List, Type, Unicode, default
 
@@ -125,6 +126,8 @@ class _Batcher:
 class SlurmBackend(DBBackendBase):
     """Runs each cluster's scheduler and workers as Slurm jobs of the requesting user."""
 
+    bind_host = ""  # jobs run on other nodes: listen on the node's interfaces
+
     cluster_config_class = Type(
         "dask_gateway_server.backends.slurm.SlurmClusterConfig", klass=ClusterConfig,
         help="The ClusterConfig class to use.", config=True,
@@ -156,6 +159,10 @@ class SlurmBackend(DBBackendBase):
         60, help="Seconds a Slurm command (or the launcher) may take before it is killed.",
         config=True,
     )
+    completing_wait = Float(
+        3, help="Seconds to wait for the final state of a job found ending (COMPLETING), "
+        "to report why it ended.", config=True,
+    )
     partition_cache_ttl = Float(
         60, help="Seconds the list of Slurm partitions (to check options) is reused.",
         config=True,
@@ -177,6 +184,21 @@ class SlurmBackend(DBBackendBase):
         self._worker_batchers: dict[str, _Batcher] = {}
         self._cancel_batchers: dict[str, _Batcher] = {}
         self._partitions: tuple[float, set[str]] | None = None
+
+    async def setup(self) -> None:
+        """Warn about addresses that work for local processes but not for Slurm jobs."""
+        host = urlsplit(self.api_url).hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1"):
+            self.log.warning(
+                "Schedulers reach the gateway at %s, a loopback address: that works only "
+                "when Slurm runs jobs on this machine. Set c.DaskGateway.address (or "
+                "c.SlurmBackend.api_url) to an address the compute nodes can reach.",
+                self.api_url)
+        address = getattr(self.parent, "address", "")
+        if address.endswith(":0"):
+            self.log.warning(
+                "c.DaskGateway.address %r has no fixed port: after a gateway restart, running "
+                "schedulers cannot find it again. Give it a fixed port.", address)
 
     # -- running commands -------------------------------------------------------
     async def _run(self, cmd: list[str], input: bytes | None = None,
@@ -233,12 +255,12 @@ class SlurmBackend(DBBackendBase):
     # -- what the jobs are ------------------------------------------------------------
     async def _staging_dir(self, cluster: Cluster, config: SlurmClusterConfig) -> str:
         loop = asyncio.get_running_loop()
-        entry = await loop.run_in_executor(None, pwd.getpwnam, cluster.username)
+        if self._user_prefix(cluster.username):
+            entry = await loop.run_in_executor(None, pwd.getpwnam, cluster.username)
+        else:  # jobs run as the gateway's user
+            entry = await loop.run_in_executor(None, pwd.getpwuid, os.getuid())
         base = config.staging_directory.format(home=entry.pw_dir, username=cluster.username)
         return os.path.join(base, cluster.name)
-
-    def _python(self, config: ClusterConfig) -> str:
-        return config.python or sys.executable
 
     def _job_env(self) -> dict[str, str]:
         return {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
@@ -261,38 +283,6 @@ class SlurmBackend(DBBackendBase):
             # A value holding '/' is a file the preload reads the token from.
             env["DASK_GATEWAY_API_TOKEN"] = os.path.join(staging, "api-token")
         return env
-
-    def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
-        """The scheduler's command line; it listens on the node's address, all ports free."""
-        base = config.scheduler_cmd or [self._python(config), "-m",
-                                        "distributed.cli.dask_scheduler"]
-        return [
-            *base,
-            "--protocol", "tls",
-            "--port", "0",
-            "--dashboard-address", ":0",
-            "--preload", "dask_gateway.scheduler_preload",
-            "--dg-api-address", ":0",
-            "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
-            "--dg-adaptive-period", str(config.adaptive_period),
-            "--dg-idle-timeout", str(config.idle_timeout),
-        ]
-
-    def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
-        """One worker process per job, no nanny: Slurm and the gateway replace dead workers."""
-        if config.worker_cmd:
-            base, extra = list(config.worker_cmd), ["--dashboard-address", ":0"]
-        else:
-            base = [self._python(config), "-m", "distributed.cli.dask_worker"]
-            extra = ["--no-nanny", "--no-dashboard"]
-        return [
-            *base,
-            cluster.scheduler_address,
-            *extra,
-            "--name", worker.name,
-            "--nthreads", str(config.worker_threads),
-            "--memory-limit", str(config.worker_memory),
-        ]
 
     def _script(self, exports: dict[str, str], setup: str, cmd: list[str]) -> str:
         lines = ["#!/bin/bash", "# Submitted by dask-gateway."]
@@ -340,58 +330,82 @@ class SlurmBackend(DBBackendBase):
             fresh = time.monotonic() - self._poll_time < self._poll_max_age
             if not (fresh and self._polled.issuperset(job_ids)):
                 await self._poll()
+            ending = [j for j in job_ids if self._states.get(j, (GONE,))[0] == "COMPLETING"
+                      and j not in self._ended]
+            if ending:
+                await self._settle(ending)
         return {j: self._states.get(j, (GONE, "")) for j in job_ids}
+
+    async def _squeue(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """One squeue call: job id -> (state, reason); ids it doesn't list are gone."""
+        states: dict[str, tuple[str, str]] = {}
+        if not ids:
+            return states
+        self.log.debug("squeue: asking about %d jobs", len(ids))
+        code, out, err = await self._run(
+            [self.squeue, "--noheader", "--states=all", "--jobs=" + ",".join(ids),
+             "--format=%i|%T|%r"]
+        )
+        # squeue fails when *every* id asked about is unknown: all of them are gone.
+        if code != 0 and "Invalid job id" not in err:
+            raise RuntimeError(f"squeue failed: {err.strip() or out.strip()}")
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                states[parts[0]] = (parts[1], parts[2])
+        return states
 
     async def _poll(self) -> None:
         ids = sorted(self._tracked, key=lambda j: (len(j), j))
         started = time.monotonic()
-        states: dict[str, tuple[str, str]] = {}
-        if ids:
-            code, out, err = await self._run(
-                [self.squeue, "--noheader", "--states=all", "--jobs=" + ",".join(ids),
-                 "--format=%i|%T|%r"]
-            )
-            # squeue fails when *every* id asked about is unknown: all of them are gone.
-            if code != 0 and "Invalid job id" not in err:
-                raise RuntimeError(f"squeue failed: {err.strip() or out.strip()}")
-            for line in out.splitlines():
-                parts = line.strip().split("|")
-                if len(parts) == 3:
-                    states[parts[0]] = (parts[1], parts[2])
-        self._states = states
+        self._states = await self._squeue(ids)
         self._polled = set(ids)
         self._poll_time = started
 
-    def _alive(self, job_id: str, state: tuple[str, str], what: str) -> bool:
-        """Whether the job still runs; remember (and log) why it ended if it did."""
+    async def _settle(self, ids: list[str]) -> None:
+        """Jobs just found ending (COMPLETING) get their final state (CANCELLED, FAILED,
+        TIMEOUT...) within a moment: wait for it, briefly, since it is the reason users read.
+        Only on job ends, and one squeue for all of them."""
+        deadline = time.monotonic() + self.completing_wait
+        while ids and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            states = await self._squeue(ids)
+            for j in ids:
+                self._states[j] = states.get(j, (GONE, ""))
+            ids = [j for j in ids if self._states[j][0] == "COMPLETING"]
+
+    def _alive(self, job_id: str, state: tuple[str, str], what: str = "") -> bool:
+        """Whether the job still runs; remember why it ended if it did (and log it with
+        ``what``: the reconciler logs what ``check_*`` finds itself, with ``exit_reason``)."""
         name, reason = state
         if name not in ENDED_STATES and name != GONE:
             return True
         if job_id not in self._ended:
             if name == GONE:
                 why = f"Slurm job {job_id} is no longer known to Slurm"
+            elif name == "COMPLETING":  # the final state (CANCELLED, FAILED...) comes later
+                why = f"Slurm job {job_id} COMPLETING (its processes are ending)"
             else:
                 why = f"Slurm job {job_id} {name}"
                 if reason and reason not in ("None", "(null)"):
                     why += f" ({reason})"
             self._ended[job_id] = why
-            self.log.warning("%s ended: %s", what, why)
+            if what:
+                self.log.warning("%s ended: %s", what, why)
         return False
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
         ids = [c.state.get("job_id", "") for c in clusters]
         states = await self._job_states(ids)
         return [
-            bool(j) and self._alive(j, states[j], f"Scheduler of cluster {c.name}")
-            for c, j in zip(clusters, ids)
+            bool(j) and self._alive(j, states[j]) for j in ids
         ]
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         ids = [w.state.get("job_id", "") for w in workers]
         states = await self._job_states(ids)
         return [
-            bool(j) and self._alive(j, states[j], f"Worker {w.name} of cluster {cluster.name}")
-            for w, j in zip(workers, ids)
+            bool(j) and self._alive(j, states[j]) for j in ids
         ]
 
     def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:

@@ -1,0 +1,467 @@
+"""Side by side: the same workload against OUR gateway and the PUBLIC dask-gateway-server.
+
+    .venv/bin/python bench/compare.py [--runs 10] [--quick]
+
+Both servers start, one after the other, on free local ports with the same config file
+(bench/compare_config.py) and are driven by the same client (ours, from this interpreter).
+Prints one table: each figure for ours, for theirs, and the ratio ours/theirs. A benchmark,
+not a test: slowness never makes it fail. See bench/README.md for what each row measures.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = Path(__file__).resolve().parent / "compare_config.py"
+PASSWORD = "bench-password"
+MB = 2**20
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One gateway started as an admin would: ``dask-gateway-server -f compare_config.py``."""
+
+    def __init__(self, label: str, server_bin: Path, home: Path, fake: bool = False,
+                 default_cmds: bool = False):
+        self.label = label
+        self.server_bin = server_bin
+        self.home = home
+        self.fake = fake
+        self.default_cmds = default_cmds
+        self.port = free_port()
+        self.address = f"http://127.0.0.1:{self.port}"
+        self.log_path = home / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Server"]:
+        from cryptography.fernet import Fernet
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, BENCH_HOME=str(self.home), BENCH_PORT=str(self.port),
+                   BENCH_PASSWORD=PASSWORD, BENCH_DB_KEY=Fernet.generate_key().decode(),
+                   BENCH_FAKE="1" if self.fake else "0",
+                   BENCH_DEFAULT_CMDS="1" if self.default_cmds else "0")
+        env.pop("VIRTUAL_ENV", None)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([str(self.server_bin), "-f", str(CONFIG)],
+                                         cwd=self.home, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.label} server exited:\n{self.log_tail()}")
+                try:
+                    with urllib.request.urlopen(self.address + "/api/health", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.label} server not up:\n{self.log_tail()}")
+                    time.sleep(0.1)
+            yield self
+        finally:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def pids(self) -> dict[str, int]:
+        """The gateway process and, for the public server, its separate Go proxy."""
+        out = {"gateway": self.proc.pid}
+        for child in _children(self.proc.pid):
+            if b"dask-gateway-proxy" in _read(f"/proc/{child}/cmdline"):
+                out["proxy"] = child
+        return out
+
+    def gateway(self, **kwargs):
+        from dask_gateway import BasicAuth, Gateway
+
+        return Gateway(self.address, auth=BasicAuth("bench", PASSWORD), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# /proc helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        out += [int(x) for x in _read(f"/proc/{pid}/task/{task}/children").split()]
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in _read(f"/proc/{pid}/status").decode().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pss_mb(pid: int) -> float:
+    for line in _read(f"/proc/{pid}/smaps_rollup").decode().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cluster_pids(names: set[str]) -> dict[str, list[int]]:
+    """Processes of the given clusters: both servers start them in the cluster's working
+    directory, named after it (command lines and environments may be rewritten by
+    setproctitle, so they are no guide)."""
+    out: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        name = os.path.basename(cwd.removesuffix(" (deleted)"))
+        if name in names:
+            out.setdefault(name, []).append(int(entry))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 300, step: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(step)
+
+
+def median_latency(fn: Callable[[], object], n: int) -> float:
+    return statistics.median(timed(fn) for _ in range(n))
+
+
+def _rps_worker(address: str, duration: float, ready, go, queue) -> None:
+    from dask_gateway import BasicAuth, Gateway
+
+    with Gateway(address, auth=BasicAuth("bench", PASSWORD)) as gateway:
+        gateway.list_clusters()  # log in (session cookie), warm up
+        ready.put(True)
+        go.wait()
+        count, end = 0, time.perf_counter() + duration
+        while time.perf_counter() < end:
+            gateway.list_clusters()
+            count += 1
+    queue.put(count)
+
+
+def requests_per_second(address: str, clients: int = 4, duration: float = 5.0) -> float:
+    """list_clusters() calls per second from ``clients`` processes at once."""
+    ctx = mp.get_context("spawn")
+    ready, queue, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_rps_worker, args=(address, duration, ready, go, queue))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)  # all imported and logged in
+    go.set()
+    total = sum(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / duration
+
+
+def many_at_once(gateway, n: int) -> tuple[float, list[str]]:
+    """Request ``n`` clusters at once; seconds until all are RUNNING."""
+    from dask_gateway.client import ClusterStatus
+
+    t0 = time.perf_counter()
+    names = [gateway.submit() for _ in range(n)]
+    wait_until(lambda: sum(r.status is ClusterStatus.RUNNING
+                           for r in gateway.list_clusters()) == n, step=0.05)
+    return time.perf_counter() - t0, names
+
+
+def stop_all(gateway, names: list[str]) -> None:
+    from dask_gateway.client import ClusterStatus
+
+    for name in names:
+        gateway.stop_cluster(name)
+    wait_until(lambda: all(gateway.get_cluster(n).status is ClusterStatus.STOPPED
+                           for n in names), step=0.1)
+
+
+def transfer_rates(client, nbytes: int, runs: int) -> tuple[float, float]:
+    """Median MB/s of a scatter and of a gather of ``nbytes`` through the scheduler."""
+    import numpy as np
+
+    data = np.frombuffer(os.urandom(nbytes), dtype=np.uint8)
+    up, down = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        future = client.scatter(data, direct=False)
+        t1 = time.perf_counter()
+        back = client.gather(future, direct=False)
+        t2 = time.perf_counter()
+        assert len(back) == nbytes
+        del back
+        future.release()
+        up.append(nbytes / MB / (t1 - t0))
+        down.append(nbytes / MB / (t2 - t1))
+        time.sleep(0.5)
+    return statistics.median(up), statistics.median(down)
+
+
+def measure(server: Server, args) -> dict[str, float]:
+    """Everything but the 1,000-cluster row, on one running server."""
+    import dask.array as da
+    from distributed import Client
+
+    from dask_gateway.client import ClusterStatus
+
+    r: dict[str, float] = {}
+    say = lambda msg: print(f"  [{server.label}] {msg}", flush=True)  # noqa: E731
+    with server.gateway() as gateway:
+        say("warm-up cluster")
+        with gateway.new_cluster() as cluster:
+            cluster.scale(1)
+            cluster.get_client(set_as_default=False).wait_for_workers(1, timeout=120)
+
+        r["list_clusters() latency, 0 clusters (ms)"] = 1000 * median_latency(
+            gateway.list_clusters, 50)
+        say("requests/s")
+        r["list_clusters() requests/s, 4 concurrent clients"] = requests_per_second(
+            server.address)
+
+        say(f"{args.runs} x new_cluster/shutdown")
+        starts, stops = [], []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            cluster = gateway.new_cluster()
+            starts.append(time.perf_counter() - t0)
+            name = cluster.name
+            t0 = time.perf_counter()
+            cluster.shutdown()
+            wait_until(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED)
+            stops.append(time.perf_counter() - t0)
+        r[f"new_cluster() until RUNNING, median of {args.runs} (s)"] = statistics.median(starts)
+        r[f"shutdown() until STOPPED, median of {args.runs} (s)"] = statistics.median(stops)
+
+        say(f"{args.scale_runs} x scale(2) + first compute")
+        connects, scales, computes = [], [], []
+        for i in range(args.scale_runs):
+            cluster = gateway.new_cluster()
+            t0 = time.perf_counter()
+            client = cluster.get_client(set_as_default=False)
+            connects.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=300)
+            scales.append(time.perf_counter() - t0)
+            x = da.ones((2000, 2000), chunks=(500, 500))
+            computes.append(timed(lambda: x.sum().compute(scheduler=client)))
+            if i == args.scale_runs - 1:
+                say(f"{args.mb} MB scatter/gather, proxy vs direct TLS")
+                nbytes = args.mb * MB
+                up, down = transfer_rates(client, nbytes, args.transfer_runs)
+                r[f"{args.mb} MB scatter via gateway:// proxy (MB/s)"] = up
+                r[f"{args.mb} MB gather via gateway:// proxy (MB/s)"] = down
+                direct_address = client.scheduler_info()["address"]
+                with Client(direct_address, security=cluster.security,
+                            set_as_default=False) as direct:
+                    up, down = transfer_rates(direct, nbytes, args.transfer_runs)
+                r[f"{args.mb} MB scatter, direct TLS to scheduler (MB/s)"] = up
+                r[f"{args.mb} MB gather, direct TLS to scheduler (MB/s)"] = down
+            client.close()
+            cluster.shutdown()
+        r["get_client() connect through proxy (s)"] = statistics.median(connects)
+        r[f"scale(2) until 2 workers connected, median of {args.scale_runs} (s)"] = \
+            statistics.median(scales)
+        r[f"first compute, median of {args.scale_runs} (s)"] = statistics.median(computes)
+
+        for n in (10, 20):
+            say(f"{n} clusters at once")
+            seconds, names = many_at_once(gateway, n)
+            r[f"{n} clusters requested at once until all RUNNING (s)"] = seconds
+            if n == 10:
+                time.sleep(3)  # let the idle schedulers settle
+                # No workers: each idle cluster is its scheduler process alone.
+                pids = cluster_pids(set(names))
+                r["memory per idle cluster: scheduler PSS, median (MB)"] = statistics.median(
+                    sum(pss_mb(p) for p in procs) for procs in pids.values())
+            else:
+                r["list_clusters() latency, 20 clusters (ms)"] = 1000 * median_latency(
+                    gateway.list_clusters, 50)
+            stop_all(gateway, names)
+
+    pids = server.pids()
+    gateway_rss = peak_rss_mb(pids["gateway"])
+    proxy_rss = peak_rss_mb(pids["proxy"]) if "proxy" in pids else 0.0  # ours has none
+    r["peak RSS of the gateway process (MB)"] = gateway_rss
+    r["peak RSS of the separate proxy process (MB)"] = proxy_rss
+    r["peak RSS, gateway + proxy (MB)"] = gateway_rss + proxy_rss
+    return r
+
+
+def measure_fake(server: Server, n: int, budget: float) -> dict[str, float]:
+    """list_clusters() with ``n`` (fake, cheap) clusters RUNNING in the database.
+
+    Gives up (figures n/a) if the server cannot create them within ``budget`` seconds.
+    """
+    from dask_gateway.client import ClusterStatus
+
+    r: dict[str, float] = {}
+    print(f"  [{server.label}] {n} fake clusters", flush=True)
+    with server.gateway() as gateway:
+        t0 = time.perf_counter()
+        for i in range(n):
+            gateway.submit()
+            if time.perf_counter() - t0 > budget:
+                rate = (i + 1) / (time.perf_counter() - t0)
+                print(f"  [{server.label}] only {i + 1} of {n} clusters created in "
+                      f"{budget:.0f} s ({rate:.1f}/s): {n} would take ~{n / rate:.0f} s; "
+                      "skipped", flush=True)
+                r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
+                return r
+        wait_until(lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING)) == n,
+                   timeout=budget, step=0.5)
+        r[f"{n} fake clusters: creation rate (clusters/s)"] = n / (time.perf_counter() - t0)
+        r[f"list_clusters() latency, {n} clusters (ms)"] = 1000 * median_latency(
+            gateway.list_clusters, 20)
+    pids = server.pids()
+    r[f"peak RSS of the gateway with {n} clusters (MB)"] = peak_rss_mb(pids["gateway"])
+    return r
+
+
+# ---------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------
+
+
+def upstream_venv(path: str | None) -> Path:
+    venv = Path(path or os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", ROOT / ".venv-upstream"))
+    if not (venv / "bin" / "dask-gateway-server").exists():
+        print(f"Creating the public dask-gateway venv at {venv} ...", flush=True)
+        subprocess.run(["bash", str(ROOT / "scripts" / "make-upstream-venv.sh"), str(venv)],
+                       check=True)
+    return venv
+
+
+def run_one(label: str, server_bin: Path, tmp: Path, args,
+            default_cmds: bool = False) -> dict[str, float]:
+    results: dict[str, float] = {}
+    try:
+        with Server(label, server_bin, tmp / label, default_cmds=default_cmds).running() as server:
+            results.update(measure(server, args))
+    except Exception as e:  # a benchmark reports what it could measure
+        print(f"  [{label}] stopped early: {e!r}", flush=True)
+    if args.fake_clusters:
+        try:
+            with Server(label, server_bin, tmp / f"{label}-fake", fake=True).running() as srv:
+                results.update(measure_fake(srv, args.fake_clusters, args.fake_budget))
+        except Exception as e:
+            print(f"  [{label}] fake clusters: {e!r}", flush=True)
+    return results
+
+
+def fmt(x: float | None) -> str:
+    if x is None or x != x:
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def print_table(ours: dict[str, float], theirs: dict[str, float]) -> None:
+    rows = list(ours) + [k for k in theirs if k not in ours]
+    width = max(len(k) for k in rows)
+    print()
+    print(f"| {'measurement':{width}} | {'ours':>9} | {'theirs':>9} | {'ours/theirs':>11} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 11}|{'-' * 13}|")
+    for key in rows:
+        a, b = ours.get(key), theirs.get(key)
+        ratio = a / b if a and b else None
+        print(f"| {key:{width}} | {fmt(a):>9} | {fmt(b):>9} | {fmt(ratio):>11} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="new_cluster/shutdown cycles")
+    parser.add_argument("--scale-runs", type=int, default=3, help="scale(2)/compute cycles")
+    parser.add_argument("--mb", type=int, default=200, help="MB to scatter and gather")
+    parser.add_argument("--transfer-runs", type=int, default=2)
+    parser.add_argument("--fake-clusters", type=int, default=1000,
+                        help="clusters for the large list_clusters() row (0: skip)")
+    parser.add_argument("--fake-budget", type=float, default=60,
+                        help="seconds allowed to create the fake clusters")
+    parser.add_argument("--upstream-venv", help="venv with the public dask-gateway-server")
+    parser.add_argument("--ours-defaults", action="store_true",
+                        help="ours with its default scheduler/worker commands (fork server, "
+                        "no nanny) instead of the shared `dask scheduler`/`dask worker`")
+    parser.add_argument("--quick", action="store_true", help="fewer runs, smaller sizes")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.scale_runs, args.mb, args.transfer_runs = 3, 1, 50, 1
+        args.fake_clusters = min(args.fake_clusters, 100)
+
+    # Our client has pandas, some scheduler environments not: not worth a warning here.
+    warnings.filterwarnings("ignore", message="Mismatched versions found")
+    ours_bin = Path(sys.executable).parent / "dask-gateway-server"
+    theirs_bin = upstream_venv(args.upstream_venv) / "bin" / "dask-gateway-server"
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dg-compare-") as tmp:
+        print("ours:", flush=True)
+        ours = run_one("ours", ours_bin, Path(tmp), args, default_cmds=args.ours_defaults)
+        print("theirs (public dask-gateway-server):", flush=True)
+        theirs = run_one("theirs", theirs_bin, Path(tmp), args)
+    if args.ours_defaults:
+        print("\nNOTE: --ours-defaults: ours ran its default scheduler/worker commands.")
+    print_table(ours, theirs)
+    print(f"\n(total {time.monotonic() - t0:.0f} s; lower is better except MB/s and "
+          "requests/s; 2-core machines shared with other work are noisy)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Jupyter server extension for the Dask Gateway sidebar.
+
+The browser talks only to these routes; they call the gateway with the dask-gateway
+client's configuration (``gateway.address``, ``gateway.auth.*``; inside JupyterHub the
+user's ``JUPYTERHUB_API_TOKEN``), so the user's gateway credentials stay on the server.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+#: npm package name of the sidebar; also its folder under share/jupyter/labextensions.
+LABEXTENSION_NAME = "dask-gateway-jupyterlab"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "dask_gateway_jupyter"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    # Used by `jupyter labextension develop` from a source checkout.
+    return [{"src": "../labextension", "dest": LABEXTENSION_NAME}]
+
+
+def _load_jupyter_server_extension(server_app: Any) -> None:
+    """Register the REST routes under the server's base URL."""
+    from .handlers import setup_handlers
+
+    setup_handlers(server_app.web_app, server_app.log)
+    server_app.log.info("dask_gateway_jupyter: Dask Gateway routes loaded")

@@ -1,0 +1,323 @@
+"""REST routes the sidebar calls: ``<base_url>dask-gateway/...``.
+
+Each route is a thin, async translation onto the dask-gateway client's public API
+(``Gateway(asynchronous=True)``), so the Jupyter server's event loop never blocks and the
+gateway credentials never leave this process. Gateway errors come back as JSON
+``{"error": ..., "message": ...}`` with the gateway's status (404, 409, 422, ...); a gateway
+that cannot be reached gives 502.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+from dask_gateway import Gateway, GatewayWarning
+from dask_gateway.client import ClusterReport, ClusterStatus
+
+from .dashboard import DashboardHandler, DashboardRelay, DashboardWebSocketHandler
+from .errors import RouteError, translate_error
+
+#: The URL segment under the Jupyter server's base URL.
+NAMESPACE = "dask-gateway"
+#: jupyter_server authorization resource name for these routes.
+AUTH_RESOURCE = "dask_gateway"
+
+
+class GatewayManager:
+    """One asynchronous Gateway client per Jupyter server, made on first use.
+
+    It is created lazily inside the server's event loop (the client binds to the running
+    loop) and reused, so its HTTP connections and the gateway's session cookie are shared by
+    every request. It also remembers adaptive settings made from the sidebar, since the
+    gateway does not report them.
+    """
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+        self._gateway: Gateway | None = None
+        self.adapt: dict[str, dict[str, int | None]] = {}
+        self.dashboards = DashboardRelay(self)
+        # warnings.catch_warnings is process-global: let one scale/adapt capture at a time.
+        self.warnings_lock = asyncio.Lock()
+
+    @property
+    def address(self) -> str | None:
+        return self._gateway.address if self._gateway is not None else None
+
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            try:
+                self._gateway = Gateway(asynchronous=True)
+            except (ValueError, TypeError) as e:
+                raise RouteError(503, f"Dask Gateway is not configured: {e}") from None
+        return self._gateway
+
+    async def close(self) -> None:
+        self.dashboards.close()
+        if self._gateway is not None:
+            await self._gateway.close()
+            self._gateway = None
+
+
+def gateway_errors(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Turn client exceptions into JSON errors; anything else stays a logged 500."""
+
+    @functools.wraps(method)
+    async def wrapper(self: BaseGatewayHandler, *args: Any, **kwargs: Any) -> None:
+        try:
+            await method(self, *args, **kwargs)
+        except web.HTTPError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised below
+            err = translate_error(exc, self.manager.address)
+            if err is None:
+                raise
+            self.send_error_json(err.status, err.message)
+
+    return wrapper
+
+
+def _format_options_error(exc: BaseException) -> str:
+    # KeyError's str() adds quotes around its message.
+    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+class BaseGatewayHandler(APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def manager(self) -> GatewayManager:
+        return self.settings["dask_gateway_manager"]
+
+    def send_error_json(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "message": message}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Jupyter's own errors (403 XSRF, 404, ...) in the same JSON shape as ours."""
+        exc = (kwargs.get("exc_info") or (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "Internal error in the Dask Gateway extension; see the Jupyter log"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "message": message}))
+
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise RouteError(400, "Request body must be valid JSON") from None
+        if not isinstance(body, dict):
+            raise RouteError(400, "Request body must be a JSON object")
+        return body
+
+    async def cluster_model(self, report: ClusterReport) -> dict[str, Any]:
+        """The cluster as the sidebar shows it, sizes from the gateway's opt-in route."""
+        resources: dict[str, Any] = {}
+        if report.status == ClusterStatus.RUNNING:
+            try:
+                resources = await self.manager.gateway().get_cluster_resources(report.name)
+            except Exception as e:  # noqa: BLE001 - older gateways lack the route
+                self.log.debug("No resources for cluster %s: %s", report.name, e)
+        elif report.status == ClusterStatus.PENDING:
+            resources = {"workers": 0, "cores": 0, "memory": 0}
+        start = report.start_time.timestamp() if report.start_time else time.time()
+        return {
+            "name": report.name,
+            "status": report.status.name,
+            "start_time": int(start * 1000),
+            "age": max(0.0, time.time() - start),
+            "dashboard_link": report.dashboard_link,
+            "options": report.options,
+            "workers": resources.get("workers"),
+            "cores": resources.get("cores"),
+            "memory": resources.get("memory"),
+            "requested": resources.get("requested"),
+            "adapt": self.manager.adapt.get(report.name),
+        }
+
+    async def capture_gateway_warning(self, call: Awaitable[None]) -> str | None:
+        """Await a scale/adapt call; return the gateway's warning (e.g. clamped to a limit)."""
+        async with self.manager.warnings_lock:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                await call
+        message = None
+        for w in caught:
+            if issubclass(w.category, GatewayWarning):
+                message = str(w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return message
+
+
+class ClustersHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self) -> None:
+        """The user's pending and running clusters, with worker counts and sizes."""
+        gateway = self.manager.gateway()
+        reports = await gateway.list_clusters()
+        models = await asyncio.gather(*(self.cluster_model(r) for r in reports))
+        models.sort(key=lambda m: m["start_time"])
+        live = {m["name"] for m in models}
+        for name in list(self.manager.adapt):
+            if name not in live:
+                del self.manager.adapt[name]
+        self.finish(json.dumps({"address": gateway.address, "clusters": models}))
+
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def post(self) -> None:
+        """Create a cluster from ``{"cluster_options": {field: value}}``; returns at once."""
+        body = self.json_body()
+        values = body.get("cluster_options") or {}
+        if not isinstance(values, dict):
+            raise RouteError(422, "cluster_options must be an object of field: value")
+        gateway = self.manager.gateway()
+        options = await gateway.cluster_options()
+        for key, value in values.items():
+            try:
+                options[key] = value
+            except (KeyError, TypeError, ValueError) as e:
+                raise RouteError(422, _format_options_error(e)) from None
+        name = await gateway.submit(options)
+        self.set_status(201)
+        self.finish(json.dumps({"name": name}))
+
+
+class ClusterHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self, name: str) -> None:
+        report = await self.manager.gateway().get_cluster(name)
+        self.finish(json.dumps(await self.cluster_model(report)))
+
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def delete(self, name: str) -> None:
+        """Shut the cluster down (no error if it already stopped)."""
+        await self.manager.gateway().stop_cluster(name)
+        self.manager.adapt.pop(name, None)
+        self.set_status(204)
+        self.finish()
+
+
+def _count(body: dict[str, Any], key: str, required: bool) -> int | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RouteError(422, f"{key} must be a non-negative integer, got {json.dumps(value)}")
+    return value
+
+
+class ScaleHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def post(self, name: str) -> None:
+        """``{"count": n}``: a fixed worker count (turns adaptive scaling off)."""
+        count = _count(self.json_body(), "count", required=True)
+        gateway = self.manager.gateway()
+        msg = await self.capture_gateway_warning(gateway.scale_cluster(name, count))
+        self.manager.adapt.pop(name, None)
+        self.finish(json.dumps({"ok": msg is None, "msg": msg}))
+
+
+class AdaptHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def post(self, name: str) -> None:
+        """``{"minimum": m, "maximum": M, "active": true}``; ``active: false`` stops adapting."""
+        body = self.json_body()
+        minimum = _count(body, "minimum", required=False)
+        maximum = _count(body, "maximum", required=False)
+        active = body.get("active", True)
+        if not isinstance(active, bool):
+            raise RouteError(422, f"active must be true or false, got {json.dumps(active)}")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise RouteError(422, f"minimum ({minimum}) must not exceed maximum ({maximum})")
+        gateway = self.manager.gateway()
+        msg = await self.capture_gateway_warning(
+            gateway.adapt_cluster(name, minimum=minimum, maximum=maximum, active=active)
+        )
+        if active:
+            self.manager.adapt[name] = {"minimum": minimum, "maximum": maximum}
+        else:
+            self.manager.adapt.pop(name, None)
+        self.finish(json.dumps({"ok": msg is None, "msg": msg}))
+
+
+class DashboardURLHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self, name: str) -> None:
+        """Where the browser opens the dashboard: relayed by this server (``url``).
+
+        ``gateway_url`` is the gateway's own link, for browsers that can log in there.
+        """
+        report = await self.manager.gateway().get_cluster(name)
+        link = report.dashboard_link
+        if not link:
+            raise RouteError(
+                409, f"Cluster {name} has no dashboard (status {report.status.name})"
+            )
+        marker = f"/clusters/{name}/"
+        page = link.split(marker, 1)[1] if marker in link else "status"
+        url = url_path_join(self.base_url, NAMESPACE, "dashboard", quote(name, safe=""), page)
+        self.finish(json.dumps({"url": url, "gateway_url": link}))
+
+
+class OptionsHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self) -> None:
+        """The gateway's cluster options, defaults overlaid with ``gateway.cluster.options``."""
+        options = await self.manager.gateway().cluster_options()
+        self.finish(json.dumps({"cluster_options": options.get_specification()}))
+
+
+def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
+    """Add the routes to the Jupyter server's tornado app."""
+    web_app.settings["dask_gateway_manager"] = GatewayManager(
+        log or logging.getLogger("dask_gateway_jupyter")
+    )
+    base = url_path_join(web_app.settings.get("base_url", "/"), NAMESPACE)
+    name = r"(?P<name>[^/]+)"
+    web_app.add_handlers(".*$", [
+        (url_path_join(base, "options"), OptionsHandler),
+        (url_path_join(base, "clusters") + "/?", ClustersHandler),
+        (url_path_join(base, "clusters", name), ClusterHandler),
+        (url_path_join(base, "clusters", name, "scale"), ScaleHandler),
+        (url_path_join(base, "clusters", name, "adapt"), AdaptHandler),
+        (url_path_join(base, "clusters", name, "dashboard"), DashboardURLHandler),
+        (url_path_join(base, "dashboard", name, r"(?P<path>(?:.*/)?ws)"),
+         DashboardWebSocketHandler),
+        (url_path_join(base, "dashboard", name), DashboardHandler),
+        (url_path_join(base, "dashboard", name) + "/(?P<path>.*)", DashboardHandler),
+    ])

@@ -1,0 +1,107 @@
+"""Prometheus metrics at ``{prefix}/metrics``: clusters and workers by status, request
+latency and errors by route, and how far behind the event loop and the reconciler run.
+
+Counts only, no user names or cluster names, so the page is safe to scrape unauthenticated
+and its size does not grow with the number of users.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter as Tally
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+from tornado import web
+
+from .models import ClusterStatus, JobStatus
+
+
+class Metrics:
+    """One registry per gateway (not the process-global one), so tests can run several."""
+
+    def __init__(self, reconciler) -> None:
+        self.reconciler = reconciler
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dask_gateway_requests", "HTTP requests answered, by route and status code.",
+            ["method", "route", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dask_gateway_request_duration_seconds", "Time to answer HTTP requests, by route.",
+            ["method", "route"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.loop_lag = Gauge(
+            "dask_gateway_event_loop_lag_seconds",
+            "How late the gateway's event loop ran a timer (last sample).",
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "dask_gateway_reconcile_wait_seconds",
+            "Time a cluster or worker waited in the reconcile queue before being handled.",
+            registry=self.registry,
+            buckets=(0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+        )
+        self.registry.register(_StateCollector(reconciler))
+        self._task: asyncio.Task | None = None
+
+    def observe_request(self, handler: web.RequestHandler) -> None:
+        route = type(handler).__name__
+        method = handler.request.method
+        self.requests.labels(method, route, str(handler.get_status())).inc()
+        self.latency.labels(method, route).observe(handler.request.request_time())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sample_loop_lag())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _sample_loop_lag(self, period: float = 1.0) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(period)
+            self.loop_lag.set(max(0.0, time.monotonic() - start - period))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    """Clusters and workers by status, read from the reconciler at scrape time."""
+
+    def __init__(self, reconciler) -> None:
+        self.reconciler = reconciler
+
+    def collect(self):
+        clusters = Tally(c.model_status.name for c in self.reconciler.clusters.values())
+        family = GaugeMetricFamily("dask_gateway_clusters", "Clusters by status.",
+                                   labels=["status"])
+        for status in ClusterStatus:
+            family.add_metric([status.name], clusters.get(status.name, 0))
+        yield family
+        workers = Tally(
+            w.status.name
+            for c in self.reconciler.clusters.values()
+            for w in c.workers.values()
+            if not w.status.is_done
+        )
+        family = GaugeMetricFamily("dask_gateway_workers", "Live workers by status.",
+                                   labels=["status"])
+        for status in (JobStatus.CREATED, JobStatus.SUBMITTED, JobStatus.RUNNING,
+                       JobStatus.CLOSING):
+            family.add_metric([status.name], workers.get(status.name, 0))
+        yield family
+        yield GaugeMetricFamily("dask_gateway_reconcile_queue_length",
+                                "Clusters and workers waiting to be reconciled.",
+                                value=self.reconciler.queue.qsize())
+
+
+class MetricsHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.settings["metrics"].render())

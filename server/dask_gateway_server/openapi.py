@@ -1,0 +1,535 @@
+"""The REST API as an OpenAPI 3.1 document: the one description of the wire.
+
+The gateway serves it at ``{prefix}/api/openapi.json`` and ``python -m
+dask_gateway_server.docs`` renders ``docs/api.md`` from it, so the reference cannot drift
+from what clients are told; ``tests/test_openapi.py`` checks it against a real gateway.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from . import __version__
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+_CLUSTER_NAME = {
+    "name": "cluster_name",
+    "in": "path",
+    "required": True,
+    "description": "The cluster's name, as returned by `POST /api/v1/clusters/`.",
+    "schema": {"type": "string"},
+}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(schema: dict, description: str) -> dict:
+    return {"required": True, "description": description,
+            "content": {"application/json": {"schema": schema}}}
+
+
+_SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "dask-gateway-ng REST API",
+        "version": __version__,
+        "description": (
+            "The HTTP API of the gateway, wire-compatible with the public dask-gateway. "
+            "Requests and responses are JSON. Every error a client can cause is answered "
+            "with a 4xx status and a JSON body `{\"error\": message}`. Requests without "
+            "credentials get a 401 whose `WWW-Authenticate` header names the scheme the "
+            "gateway's authenticator expects (`Basic`, `Negotiate` or `jupyterhub`); after "
+            "a successful login the gateway sets a session cookie (`dask-gateway-session`) "
+            "that later requests may send instead. With JupyterHub auth, any route that "
+            "needs credentials answers 503 when the hub is unreachable and 502 when it "
+            "answers wrongly."
+        ),
+    },
+    "servers": [{"url": "/", "description": "The gateway's public address (with its prefix)."}],
+    "tags": [
+        {"name": "server", "description": "Health, version and this document; no credentials."},
+        {"name": "clusters", "description": "What users do: options, create, list, scale, "
+                                            "adapt, stop."},
+        {"name": "internal", "description": "Called by schedulers and by the hub, not by users."},
+    ],
+    "security": [{"basic": []}, {"kerberos": []}, {"jupyterhub": []}, {"session": []}],
+    "paths": {
+        "/api/health": {
+            "get": {
+                "tags": ["server"],
+                "operationId": "health",
+                "summary": "Is the gateway up?",
+                "security": [],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Health"}, "The gateway is up."),
+                },
+            },
+        },
+        "/api/version": {
+            "get": {
+                "tags": ["server"],
+                "operationId": "version",
+                "summary": "The gateway's version.",
+                "security": [],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Version"}, "The version."),
+                },
+            },
+        },
+        "/api/openapi.json": {
+            "get": {
+                "tags": ["server"],
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["openapi", "paths"]},
+                                 "The OpenAPI document, with `servers` set to this gateway's "
+                                 "prefix."),
+                },
+            },
+        },
+        "/api/v1/options": {
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "getOptions",
+                "summary": "The options this user may set on a new cluster.",
+                "description": "The form the gateway's `Backend.cluster_options` describes, "
+                               "in declaration order. May differ per user.",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/OptionsSpec"},
+                                 "The option fields."),
+                    "401": _ERROR,
+                    "500": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/": {
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "listClusters",
+                "summary": "The user's clusters, by name.",
+                "parameters": [
+                    {"name": "status", "in": "query", "required": False,
+                     "description": "Comma-separated statuses to include (e.g. "
+                                    "`running,pending`). Without it: the active clusters "
+                                    "(pending, running, stopping).",
+                     "schema": {"type": "string"}},
+                    {"name": "all", "in": "query", "required": False,
+                     "description": "`1`: every user's clusters, each with its `username` "
+                                    "(admins only; others get a 403).",
+                     "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object",
+                                  "additionalProperties": {"$ref": "#/components/schemas/Cluster"}},
+                                 "A map from cluster name to cluster."),
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "422": _ERROR,
+                },
+            },
+            "post": {
+                "tags": ["clusters"],
+                "operationId": "createCluster",
+                "summary": "Ask for a new cluster.",
+                "description": "Answers at once; the cluster starts in the background (poll "
+                               "`GET /api/v1/clusters/{cluster_name}?wait=1`). Options not "
+                               "given take their defaults. Refused with 422 when an option is "
+                               "invalid or the user's limits (`UserLimits`) would be exceeded.",
+                "requestBody": _body({"$ref": "#/components/schemas/NewCluster"},
+                                     "The cluster's options."),
+                "responses": {
+                    "201": _json({"type": "object", "required": ["name"],
+                                  "properties": {"name": {"type": "string"}},
+                                  "additionalProperties": False},
+                                 "The new cluster's name."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "422": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_name}": {
+            "parameters": [_CLUSTER_NAME],
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "getCluster",
+                "summary": "One cluster.",
+                "parameters": [
+                    {"name": "wait", "in": "query", "required": False,
+                     "description": "`1`: long-poll, answering when the cluster runs or has "
+                                    "ended, or after 20 seconds.",
+                     "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}},
+                ],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Cluster"}, "The cluster."),
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                },
+            },
+            "delete": {
+                "tags": ["clusters"],
+                "operationId": "stopCluster",
+                "summary": "Stop a cluster.",
+                "description": "Idempotent: an unknown or already stopped cluster also "
+                               "answers 204. The cluster's own scheduler may call it with "
+                               "`Authorization: token <cluster token>` (idle timeout).",
+                "security": [{"basic": []}, {"kerberos": []}, {"jupyterhub": []},
+                             {"session": []}, {"clusterToken": []}],
+                "responses": {
+                    "204": {"description": "Stopping (or already stopped)."},
+                    "401": _ERROR,
+                    "403": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_name}/scale": {
+            "parameters": [_CLUSTER_NAME],
+            "post": {
+                "tags": ["clusters"],
+                "operationId": "scaleCluster",
+                "summary": "Set the number of workers (turns adaptive scaling off).",
+                "description": "A count over the cluster's `cluster_max_workers` is lowered "
+                               "to it, with `ok: false` and a message the client shows as a "
+                               "warning. A count the user's limits don't allow is a 422.",
+                "requestBody": _body({"type": "object", "required": ["count"],
+                                      "properties": {"count": {"type": "integer", "minimum": 0}}},
+                                     "How many workers."),
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/ScaleResult"},
+                                 "Accepted, maybe lowered."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                    "409": _ERROR,
+                    "422": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_name}/adapt": {
+            "parameters": [_CLUSTER_NAME],
+            "post": {
+                "tags": ["clusters"],
+                "operationId": "adaptCluster",
+                "summary": "Let the scheduler scale between minimum and maximum workers.",
+                "description": "Bounds beyond the cluster's or the user's limits are lowered, "
+                               "with `ok: false` and a message. `active: false` stops adapting "
+                               "and keeps the current workers.",
+                "requestBody": _body({
+                    "type": "object",
+                    "properties": {
+                        "minimum": {"type": ["integer", "null"], "minimum": 0},
+                        "maximum": {"type": ["integer", "null"], "minimum": 0},
+                        "active": {"type": "boolean", "default": True},
+                    },
+                }, "The bounds (null: no bound)."),
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/ScaleResult"},
+                                 "Accepted, maybe lowered."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                    "409": _ERROR,
+                    "422": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_name}/workers": {
+            "parameters": [_CLUSTER_NAME],
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "clusterWorkers",
+                "summary": "Running workers and their resources (not in the public "
+                           "dask-gateway).",
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Workers"},
+                                 "Workers the scheduler reported, and what they hold."),
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_name}/heartbeat": {
+            "parameters": [_CLUSTER_NAME],
+            "post": {
+                "tags": ["internal"],
+                "operationId": "heartbeat",
+                "summary": "A scheduler reports its addresses and workers.",
+                "description": "Sent every `cluster_heartbeat_period` seconds by "
+                               "`dask_gateway.scheduler_preload`, authenticated with the "
+                               "cluster's token.",
+                "security": [{"clusterToken": []}],
+                "requestBody": _body({"$ref": "#/components/schemas/Heartbeat"},
+                                     "The scheduler's state."),
+                "responses": {
+                    "200": {"description": "Recorded."},
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "422": _ERROR,
+                },
+            },
+        },
+        "/oauth_callback": {
+            "get": {
+                "tags": ["internal"],
+                "operationId": "oauthCallback",
+                "summary": "Where JupyterHub sends a browser back after a dashboard login.",
+                "description": "Only with `JupyterHubAuthenticator` and an OAuth client "
+                               "configured. Exchanges the code for a token, sets the session "
+                               "cookie and redirects to the dashboard first asked for.",
+                "security": [],
+                "parameters": [
+                    {"name": "code", "in": "query", "required": False,
+                     "schema": {"type": "string"}},
+                    {"name": "state", "in": "query", "required": True,
+                     "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "302": {"description": "Logged in; back to the page first asked for."},
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "404": _ERROR,
+                    "503": _ERROR,
+                },
+            },
+        },
+        "/clusters/{cluster_name}/{path}": {
+            # A reverse proxy: these methods are passed on to the dashboard as they are.
+            "x-proxied-methods": ["delete", "get", "patch", "post", "put"],
+            "parameters": [
+                _CLUSTER_NAME,
+                {"name": "path", "in": "path", "required": True,
+                 "description": "The dashboard page, e.g. `status`.",
+                 "schema": {"type": "string"}},
+            ],
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "dashboard",
+                "summary": "The cluster's Dask dashboard (HTML, websockets), proxied.",
+                "description": "Every method (and websocket upgrades) is passed on to the "
+                               "scheduler's dashboard; GET is described here. "
+                               "For the cluster's owner and admins (unless "
+                               "`DaskGateway.open_dashboards`). A browser without credentials "
+                               "is sent to log in through the hub with JupyterHub auth, else "
+                               "answered 401.",
+                "responses": {
+                    "200": {"description": "The dashboard page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "302": {"description": "To the hub's login (JupyterHub auth only)."},
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                    "502": _ERROR,
+                },
+            },
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "basic": {"type": "http", "scheme": "basic",
+                      "description": "`SimpleAuthenticator`: any user name; a shared password "
+                                     "if `SimpleAuthenticator.password` is set."},
+            "kerberos": {"type": "http", "scheme": "negotiate",
+                         "description": "`KerberosAuthenticator` (SPNEGO)."},
+            "jupyterhub": {"type": "apiKey", "in": "header", "name": "Authorization",
+                           "description": "`JupyterHubAuthenticator`: `Authorization: "
+                                          "jupyterhub <hub API token>` (`token` and `Bearer` "
+                                          "are accepted too)."},
+            "session": {"type": "apiKey", "in": "cookie", "name": "dask-gateway-session",
+                        "description": "Set by the gateway after a successful login."},
+            "clusterToken": {"type": "apiKey", "in": "header", "name": "Authorization",
+                             "description": "`Authorization: token <the cluster's API "
+                                            "token>`, known only to its scheduler."},
+        },
+        "responses": {
+            "Error": _json({"$ref": "#/components/schemas/Error"},
+                           "An error meant for the user."),
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            },
+            "Health": {
+                "type": "object", "required": ["status"],
+                "properties": {"status": {"const": "pass"}},
+            },
+            "Version": {
+                "type": "object", "required": ["version"],
+                "properties": {"version": {"type": "string"}},
+            },
+            "OptionField": {
+                "type": "object",
+                "required": ["field", "label", "default", "spec"],
+                "properties": {
+                    "field": {"type": "string", "description": "The option's name."},
+                    "label": {"type": "string", "description": "What a form shows."},
+                    "default": {"description": "The value used when the option is not given."},
+                    "spec": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"enum": ["string", "bool", "int", "float", "select",
+                                              "mapping"]},
+                            "min": {"type": ["number", "null"]},
+                            "max": {"type": ["number", "null"]},
+                            "options": {"type": "array", "items": {"type": "string"}},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+            },
+            "OptionsSpec": {
+                "type": "object",
+                "required": ["cluster_options"],
+                "properties": {
+                    "cluster_options": {"type": "array",
+                                        "items": {"$ref": "#/components/schemas/OptionField"}},
+                },
+            },
+            "NewCluster": {
+                "type": "object",
+                "properties": {
+                    "cluster_options": {
+                        "type": ["object", "null"],
+                        "description": "Option values by field name; unknown names are a 422.",
+                    },
+                },
+            },
+            "Cluster": {
+                "type": "object",
+                "description": "The eight keys every dask-gateway client understands (plus "
+                               "`username` in an admin's `?all=1` listing).",
+                "required": ["name", "dashboard_route", "status", "start_time", "stop_time",
+                             "options", "tls_cert", "tls_key"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "dashboard_route": {
+                        "type": ["string", "null"],
+                        "description": "Path of the dashboard under the gateway's address, "
+                                       "once running.",
+                    },
+                    "status": {"enum": ["PENDING", "RUNNING", "STOPPING", "STOPPED",
+                                        "FAILED"]},
+                    "start_time": {"type": "integer",
+                                   "description": "Milliseconds since the epoch."},
+                    "stop_time": {"type": ["integer", "null"]},
+                    "options": {"type": "object",
+                                "description": "The options the cluster was created with."},
+                    "tls_cert": {"type": ["string", "null"],
+                                 "description": "PEM certificate to reach the scheduler "
+                                                "(while running)."},
+                    "tls_key": {"type": ["string", "null"],
+                                "description": "PEM key to reach the scheduler (while "
+                                               "running)."},
+                    "username": {"type": "string", "description": "Only with `?all=1`."},
+                },
+                "additionalProperties": False,
+            },
+            "ScaleResult": {
+                "type": "object",
+                "required": ["ok", "msg"],
+                "properties": {
+                    "ok": {"type": "boolean",
+                           "description": "false when the request was lowered to a limit."},
+                    "msg": {"type": ["string", "null"], "description": "Why it was lowered."},
+                },
+                "additionalProperties": False,
+            },
+            "Workers": {
+                "type": "object",
+                "required": ["workers", "cores", "memory", "requested"],
+                "properties": {
+                    "workers": {"type": "integer", "minimum": 0,
+                                "description": "Running workers."},
+                    "cores": {"type": "integer", "minimum": 0,
+                              "description": "Their cores in total."},
+                    "memory": {"type": "integer", "minimum": 0,
+                               "description": "Their memory in total, in bytes."},
+                    "requested": {"type": "integer", "minimum": 0,
+                                  "description": "Workers asked for (scale or adaptive)."},
+                },
+                "additionalProperties": False,
+            },
+            "Heartbeat": {
+                "type": "object",
+                "required": ["scheduler_address", "dashboard_address", "api_address", "count",
+                             "active_workers", "closing_workers", "closed_workers"],
+                "properties": {
+                    "scheduler_address": {"type": "string"},
+                    "dashboard_address": {"type": "string"},
+                    "api_address": {"type": "string"},
+                    "count": {"type": "integer"},
+                    "active_workers": {"type": "array", "items": {"type": "string"}},
+                    "closing_workers": {"type": "array", "items": {"type": "string"}},
+                    "closed_workers": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+
+
+# What an error status means, per operation where it differs from the usual meaning.
+_ERROR_MEANINGS = {
+    "400": "The body is not valid JSON.",
+    "401": "No credentials, or invalid ones; `WWW-Authenticate` names the scheme to use.",
+    "403": "The user is neither the cluster's owner nor an admin.",
+    "404": "No cluster of that name.",
+    "409": "The cluster is not running (any more).",
+    "422": "Invalid values; the message says which.",
+    "500": "A failure on the gateway's side; its log has the details.",
+    "502": "Something behind the gateway answered wrongly.",
+    "503": "Something the gateway depends on is unreachable.",
+}
+_ERROR_OVERRIDES = {
+    ("getOptions", "500"): "The gateway's `cluster_options` (a callable in its config) failed.",
+    ("listClusters", "403"): "`all=1` from a user who is not an admin.",
+    ("listClusters", "422"): "An unknown status in `status`.",
+    ("createCluster", "422"): "An unknown option, a value out of range, or over the user's "
+                              "limits (`UserLimits`).",
+    ("scaleCluster", "422"): "Not a non-negative integer, or over the user's limits.",
+    ("adaptCluster", "422"): "Bounds that are not non-negative integers, or minimum > maximum.",
+    ("heartbeat", "401"): "Not the cluster's token.",
+    ("heartbeat", "422"): "A field missing or of the wrong type.",
+    ("oauthCallback", "400"): "An unknown or expired login, or the hub refused it.",
+    ("oauthCallback", "401"): "The hub did not accept the login code.",
+    ("oauthCallback", "404"): "This gateway's authenticator has no browser login.",
+    ("oauthCallback", "503"): "The hub is unreachable.",
+    ("dashboard", "401"): "No credentials, and no browser login to send the browser to.",
+    ("dashboard", "404"): "No running cluster of that name.",
+    ("dashboard", "502"): "The scheduler's dashboard does not answer.",
+}
+
+
+def _describe_errors(spec: dict[str, Any]) -> None:
+    """Give each error response of each operation the meaning it has there."""
+    for item in spec["paths"].values():
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            for status, resp in op["responses"].items():
+                if resp is _ERROR:
+                    text = _ERROR_OVERRIDES.get((op["operationId"], status),
+                                                _ERROR_MEANINGS[status])
+                    op["responses"][status] = _json({"$ref": "#/components/schemas/Error"},
+                                                    text)
+
+
+_describe_errors(_SPEC)
+
+
+def openapi_spec(prefix: str = "") -> dict[str, Any]:
+    """The document for a gateway serving under ``prefix`` (a copy: callers may change it)."""
+    spec = copy.deepcopy(_SPEC)
+    spec["servers"][0]["url"] = prefix.rstrip("/") or "/"
+    return spec
