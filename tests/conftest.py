@@ -93,18 +93,18 @@ class GatewayProcess:
 
 
 def _kill_leftovers(data_dir: Path) -> None:
-    """Kill any scheduler or worker a test left behind (they run in their own sessions)."""
+    """Kill any scheduler or worker a test left behind (they run in their own sessions, in
+    working directories under the gateway's clusters directory)."""
     marker = str(data_dir / "clusters")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        forked = b"[dask-gateway cluster " in cmdline and marker.encode() in environ
-        if (marker.encode() in environ and b"distributed.cli" in cmdline) or forked:
+        if cwd.startswith(marker) and b"distributed.cli" in cmdline:
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:

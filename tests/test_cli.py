@@ -59,3 +59,11 @@ def test_bad_config_is_a_clear_error(tmp_path):
     out = run("-f", str(tmp_path / "bad.py"))
     assert out.returncode != 0
     assert "prefix" in out.stdout + out.stderr
+
+
+def test_config_file_that_raises_stops_the_gateway(tmp_path):
+    (tmp_path / "broken.py").write_text("import os\nc.Proxy.address = os.environ['NOPE_NOT_SET']\n")
+    out = run("-f", str(tmp_path / "broken.py"), timeout=60)
+    assert out.returncode != 0
+    assert "NOPE_NOT_SET" in out.stdout + out.stderr
+    assert "started at" not in out.stdout + out.stderr

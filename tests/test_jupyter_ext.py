@@ -6,6 +6,7 @@ errors passed through as JSON with their status.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import waiting
 from conftest import GatewayProcess, _kill_leftovers, free_port
 
 TOKEN = "dgj-test-token"
@@ -150,16 +152,7 @@ def api(jupyter):
         yield client
 
 
-def wait_for(check, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last value {last!r}")
-
+wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.3)
 
 def find(api: httpx.Client, name: str) -> dict | None:
     r = api.get("clusters")

@@ -2,25 +2,19 @@
 and get lost workers replaced."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
 
+import waiting
 from http_helpers import basic, call
 from procs import cluster_processes
 
 ALICE = basic("alice")
 
 
-def wait_for(predicate, timeout=30, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
+wait_for = functools.partial(waiting.wait_for, timeout=30, interval=0.05)
 
 def create(gw) -> str:
     r = call("POST", f"{gw.address}/api/v1/clusters/", {}, ALICE)

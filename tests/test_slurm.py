@@ -6,6 +6,7 @@ fail, not skip, when Slurm is not running.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import waiting
 from conftest import GatewayProcess, free_port
 
 HERE = Path(__file__).parent
@@ -27,15 +29,7 @@ USER = "dgslurmtest"
 ACTIVE = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED"
 
 
-def wait_for(predicate, timeout=60, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
+wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.1)
 
 def slurm_jobs(cluster_name: str, states: str = ACTIVE) -> list[dict]:
     """The cluster's jobs as squeue shows them (comment = cluster name)."""

@@ -6,9 +6,9 @@ values, the cluster's real worker count and the messages the widgets show.
 """
 from __future__ import annotations
 
+import functools
 import re
 import sys
-import time
 from html import unescape
 
 import ipywidgets
@@ -19,15 +19,10 @@ from dask_gateway import widgets
 from dask_gateway.options import Bool, Float, Integer, Mapping, Options, Select, String
 from dask_gateway.widgets import ClusterWidget, GatewayWidget, OptionsWidget
 
+import waiting
 
-def wait_for(predicate, timeout=60, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
+wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.1)
 
 def text(html_widget) -> str:
     """The visible text of an HTML widget."""

@@ -6,12 +6,13 @@ gateway; ``notebooks/widgets.ipynb`` is executed in the page. Screenshots are wr
 """
 from __future__ import annotations
 
+import functools
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
+import waiting
 from jupyterlab_harness import JupyterLab, LabBrowser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,14 +20,7 @@ NOTEBOOK = ROOT / "notebooks" / "widgets.ipynb"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
 
-def wait_for(predicate, timeout=90, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
+wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.2)
 
 @pytest.fixture
 def lab(gateway, tmp_path):

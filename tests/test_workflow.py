@@ -1,26 +1,19 @@
 """The user's workflow of the core issue, run as written against a real gateway."""
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
+import waiting
 from procs import cluster_processes
 
 
-
-def wait_for(predicate, timeout=30, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
+wait_for = functools.partial(waiting.wait_for, timeout=30, interval=0.05)
 
 def test_the_whole_workflow(gateway, basic_env):
     from dask_gateway import Gateway, GatewayCluster

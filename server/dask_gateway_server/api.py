@@ -15,6 +15,7 @@ from traitlets import TraitError
 from . import __version__
 from .auth import AuthError, Authenticator
 from .limits import LimitExceeded, UserLimits
+from .metrics import MetricsHandler
 from .models import Cluster, ClusterStatus, JobStatus, User
 from .openapi import openapi_spec
 from .reconciler import Reconciler, SchedulerUnreachable
@@ -121,8 +122,15 @@ async def authenticate_handler(handler: web.RequestHandler) -> User:
 
 
 def oauth_redirect_uri(handler: web.RequestHandler) -> str:
-    prefix = handler.settings["prefix"]
-    return f"{handler.request.protocol}://{handler.request.host}{prefix}/oauth_callback"
+    """The callback URL of a browser login, as the browser reaches this gateway (behind a
+    TLS-terminating proxy too)."""
+    configured = getattr(handler.settings["authenticator"], "oauth_redirect_uri", "")
+    if configured:
+        return configured
+    headers = handler.request.headers
+    scheme = headers.get("X-Forwarded-Proto", handler.request.protocol).split(",")[0].strip()
+    host = headers.get("X-Forwarded-Host", handler.request.host).split(",")[0].strip()
+    return f"{scheme}://{host}{handler.settings['prefix']}/oauth_callback"
 
 
 async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str) -> bool:
@@ -455,4 +463,5 @@ def api_handlers(prefix: str) -> list:
         (rf"{p}/api/v1/clusters/{name}/workers", WorkersHandler),
         (rf"{p}/api/v1/clusters/{name}/heartbeat", HeartbeatHandler),
         (rf"{p}/oauth_callback", OAuthCallbackHandler),
+        (rf"{p}/metrics", MetricsHandler),
     ]

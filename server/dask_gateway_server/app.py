@@ -23,7 +23,7 @@ from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
 from .backends.slurm import SlurmBackend, SlurmClusterConfig
 from .config_check import unrecognized_settings
 from .limits import UserLimits
-from .metrics import Metrics, MetricsHandler
+from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy
 from .reconciler import Reconciler
 from .store import Store, load_or_create_key_file
@@ -61,6 +61,8 @@ class DaskGateway(Application):
 
     name = "dask-gateway-server"
     version = __version__
+    # A config file that fails must stop the gateway, not start one with default settings.
+    raise_config_file_errors = True
     description = "Start a Dask Gateway server."
 
     aliases = {
@@ -169,7 +171,6 @@ class DaskGateway(Application):
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
             api_handlers(self.proxy.prefix)
-            + [(rf"{self.proxy.prefix}/metrics", MetricsHandler)]
             + self.proxy.dashboard_handlers()
             + [(r".*", NotFoundHandler)],
             authenticator=self.authenticator,

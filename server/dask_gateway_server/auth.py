@@ -235,6 +235,13 @@ class JupyterHubAuthenticator(Authenticator):
         help="OAuth client id of this service in the hub (default service-<service name>).",
         config=True,
     )
+    oauth_redirect_uri = Unicode(
+        "",
+        help="Where the hub sends browsers back, as registered for this service in the hub "
+        "(e.g. https://gateway.example.org/oauth_callback). Empty: derived from the request "
+        "(X-Forwarded-Proto/Host honoured).",
+        config=True,
+    )
     oauth_client_secret = Unicode(
         help="OAuth client secret: the service's API token in the hub (default "
         "jupyterhub_api_token). Empty: browsers get a 401 instead of a hub login.",

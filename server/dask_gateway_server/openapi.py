@@ -92,6 +92,21 @@ _SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/metrics": {
+            "get": {
+                "tags": ["server"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format).",
+                "description": "Clusters and workers by status, request counts and latency by "
+                               "route and status code, event-loop lag and reconcile-queue "
+                               "waits. Counts only: no user or cluster names.",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Metrics in the Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                },
+            },
+        },
         "/api/v1/options": {
             "get": {
                 "tags": ["clusters"],
