@@ -35,7 +35,7 @@ def _wait_for(predicate, timeout: float = 90, what: str = "condition") -> None:
 def _processes(cluster_name: str) -> list[int]:
     """Live processes (scheduler, nanny, workers) of a cluster.
 
-    Both servers start them in the cluster's working directory, named after the cluster;
+    Both servers start them in (or below) the cluster's working directory, named after it;
     command lines and environments are no guide (setproctitle may rewrite both).
     """
     found = []
@@ -47,7 +47,8 @@ def _processes(cluster_name: str) -> list[int]:
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != b"Z" and os.path.basename(cwd) == cluster_name:
+        # Ours runs each worker in a directory of its own below the cluster's.
+        if state != b"Z" and cluster_name in Path(cwd).parts:
             found.append(int(entry.name))
     return found
 

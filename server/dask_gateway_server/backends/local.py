@@ -24,6 +24,30 @@ class LocalClusterConfig(ClusterConfig):
     """ClusterConfig of the local backends."""
 
 
+def kill_processes_in(directory: str) -> int:
+    """SIGKILL every process whose working directory is ``directory`` or below it.
+
+    Each scheduler and worker runs in a directory of its own, so this finds processes the
+    gateway started but never recorded (it was killed between the two). Blocking: /proc.
+    """
+    killed = 0
+    prefix = directory.rstrip("/") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == directory or cwd.startswith(prefix):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
 def is_alive(state: dict) -> bool:
     pid = state.get("pid")
     if not pid:
@@ -124,6 +148,7 @@ class LocalBackend(DBBackendBase):
         config = self.cluster_config(cluster)
         loop = asyncio.get_running_loop()
         paths = await loop.run_in_executor(None, self._setup_workdir, cluster)
+        await self._kill_unrecorded(paths["workdir"])
         return await self.launcher.launch(
             self.scheduler_command(cluster, config),
             self._env(cluster, config, "scheduler"),
@@ -135,6 +160,7 @@ class LocalBackend(DBBackendBase):
     async def stop_cluster(self, cluster: Cluster) -> None:
         await self._terminate(cluster.state)
         workdir = self.workdir(cluster)
+        await self._kill_unrecorded(workdir)  # nothing of the cluster may outlive it
 
         def remove() -> None:
             # Keep the end of the scheduler's log for failure_details, then clean up.
@@ -151,10 +177,19 @@ class LocalBackend(DBBackendBase):
     async def start_worker(self, cluster: Cluster, worker: Worker) -> dict:
         config = self.cluster_config(cluster)
         workdir = self.workdir(cluster)
+        # A directory per worker: its scratch space, and a way to find it without a pid.
+        worker_dir = os.path.join(workdir, "workers", worker.name)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: os.makedirs(worker_dir, mode=0o700, exist_ok=True))
+        if self.run_as_user:
+            entry = pwd.getpwnam(cluster.username)
+            for path in (os.path.dirname(worker_dir), worker_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        await self._kill_unrecorded(worker_dir)
         return await self.launcher.launch(
             self.worker_command(cluster, config, worker),
             self._env(cluster, config, "worker"),
-            workdir,
+            worker_dir,
             os.path.join(workdir, "logs", f"worker-{worker.name}.log"),
             cluster.username if self.run_as_user else None,
         )
@@ -177,6 +212,12 @@ class LocalBackend(DBBackendBase):
                 return f.read().decode(errors="replace")
         except OSError:
             return ""
+
+    async def _kill_unrecorded(self, directory: str) -> None:
+        killed = await asyncio.get_running_loop().run_in_executor(
+            None, kill_processes_in, directory)
+        if killed:
+            self.log.warning("Killed %d unrecorded process(es) left in %s", killed, directory)
 
     async def _terminate(self, state: dict) -> None:
         """SIGINT, then SIGTERM, then SIGKILL, waiting a while after each."""
