@@ -8,15 +8,9 @@ missing venv is a failure, so CI cannot silently lose the compatibility check.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
-from pathlib import Path
 
 import dask.array as da
 import pytest
@@ -31,78 +25,19 @@ from dask_gateway import (
 )
 from dask_gateway.client import ClusterStatus
 
-UPSTREAM_VENV = Path(
-    os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", Path(__file__).parent.parent / ".venv-upstream")
-)
-CONFIG = Path(__file__).parent / "upstream_config" / "dask_gateway_config.py"
+import waiting
+from upstream_server import UPSTREAM_CONFIG as CONFIG, upstream_server
+
 PASSWORD = "compat-test-password"
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"upstream dask-gateway-server exited early:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/api/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"upstream dask-gateway-server not healthy after {timeout}s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-    """Start the public dask-gateway-server; yield its address."""
-    server_bin = UPSTREAM_VENV / "bin" / "dask-gateway-server"
-    if not server_bin.exists():
-        pytest.fail(
-            f"The upstream dask-gateway virtualenv is missing ({server_bin} not found). "
-            "Create it with `scripts/make-upstream-venv.sh` (or point "
-            "DASK_GATEWAY_UPSTREAM_VENV at one)."
-        )
-    tmp = tmp_path_factory.mktemp("upstream")
-    port = _free_port()
-    env = dict(
-        os.environ,
-        UPSTREAM_VENV=str(UPSTREAM_VENV),
-        UPSTREAM_PROXY_ADDRESS=f"127.0.0.1:{port}",
-        UPSTREAM_PASSWORD=PASSWORD,
-        UPSTREAM_CLUSTERS_DIR=str(tmp / "clusters"),
-    )
-    env.pop("VIRTUAL_ENV", None)
-    log = tmp / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(server_bin), "-f", str(CONFIG)],
-            cwd=tmp,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    address = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(address, proc, log)
+    """The public dask-gateway-server with tests/upstream_config; yields its address."""
+    with upstream_server(tmp_path_factory.mktemp("upstream"), PASSWORD, CONFIG) as address:
         yield address
-    finally:
-        # SIGINT lets the server stop its clusters and its proxy cleanly.
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -112,11 +47,7 @@ def gateway(upstream):
 
 
 def _wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    waiting.wait_for(predicate, timeout=timeout, interval=0.2, what=what)
 
 
 def test_basics_and_errors(upstream, gateway):

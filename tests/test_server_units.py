@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import stat
 
@@ -80,6 +81,11 @@ def test_public_status_mapping():
 def test_encrypt_keys():
     raw = os.urandom(32)
     assert normalize_encrypt_key(raw) == normalize_encrypt_key(normalize_encrypt_key(raw))
+    # Raw keys whose bytes happen to be whitespace at the edges are still 32-byte keys.
+    edgy = b" \n" + os.urandom(28) + b"\t\x0b"
+    assert base64.urlsafe_b64decode(normalize_encrypt_key(edgy)) == edgy
+    text = base64.b64encode(os.urandom(32)).decode()  # `openssl rand -base64 32`
+    assert normalize_encrypt_key(text + "\n") == normalize_encrypt_key(text)
     with pytest.raises(ValueError, match="32 bytes"):
         normalize_encrypt_key("short")
 

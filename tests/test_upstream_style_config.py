@@ -10,11 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +24,8 @@ from traitlets.utils.importstring import import_item
 from conftest import free_port
 from dask_gateway import BasicAuth, Gateway, GatewayWarning
 from dask_gateway.client import ClusterStatus
-from upstream_server import require_upstream_venv
+import waiting
+from upstream_server import require_upstream_venv, server_process
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -65,39 +63,13 @@ class Site:
             GATEWAY_DB_KEY=Fernet.generate_key().decode(),
         )
         env.pop("VIRTUAL_ENV", None)
-        with open(self.log_path, "wb") as out:
-            proc = subprocess.Popen([str(self.server_bin), "-f", str(self.config)],
-                                    cwd=self.home, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{self.server_bin} exited early:\n{self.log()}")
-                try:
-                    with urllib.request.urlopen(self.address + "/api/health", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"{self.server_bin} not healthy:\n{self.log()}")
-                    time.sleep(0.2)
+        with server_process([str(self.server_bin), "-f", str(self.config)], self.home, env,
+                            self.log_path, self.address):
             yield self
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                pytest.fail(f"{self.server_bin} did not stop on SIGINT:\n{self.log()}")
 
 
 def _wait_for(predicate, timeout: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    waiting.wait_for(predicate, timeout=timeout, interval=0.2, what=what)
 
 
 def _workflow(site: Site) -> dict:

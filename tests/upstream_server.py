@@ -48,28 +48,33 @@ def upstream_server(tmp: Path, password: str, config: Path = UPSTREAM_CONFIG,
         **(extra_env or {}),
     )
     env.pop("VIRTUAL_ENV", None)
-    log = tmp / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(venv / "bin" / "dask-gateway-server"), "-f", str(config)],
-            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
     address = f"http://127.0.0.1:{port}"
+    with server_process([str(venv / "bin" / "dask-gateway-server"), "-f", str(config)],
+                        tmp, env, tmp / "server.log", address):
+        yield address
+
+
+@contextlib.contextmanager
+def server_process(cmd: list[str], cwd: Path, env: dict, log: Path,
+                   address: str) -> Iterator[subprocess.Popen]:
+    """Run a gateway server (ours or theirs) until it answers ``{address}/api/health``; on
+    exit SIGINT, so that it stops its clusters and proxy cleanly, and fail if it won't."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"upstream dask-gateway-server exited early:\n{log.read_text()}")
+                pytest.fail(f"{cmd[0]} exited early:\n{log.read_text()}")
             try:
-                with urllib.request.urlopen(address + "/api/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
+                with urllib.request.urlopen(address + "/api/health", timeout=2):
+                    break
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"upstream dask-gateway-server not healthy:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield address
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{cmd[0]} not healthy:\n{log.read_text()}")
+                time.sleep(0.2)
+        yield proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -77,3 +82,4 @@ def upstream_server(tmp: Path, password: str, config: Path = UPSTREAM_CONFIG,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            pytest.fail(f"{cmd[0]} did not stop on SIGINT:\n{log.read_text()}")

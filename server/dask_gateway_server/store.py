@@ -71,12 +71,11 @@ _WORKER_COLUMNS = {"status", "target", "state", "close_expected", "start_time", 
 def normalize_encrypt_key(key: str | bytes) -> bytes:
     """Accept a key as 32 raw bytes or as its 44-character url-safe base64 text."""
     if isinstance(key, str):
-        key = key.encode()
-    key = key.strip()
-    if len(key) == 32:
+        key = key.strip().encode()
+    if len(key) == 32:  # raw bytes: any byte may be whitespace, so no stripping
         return base64.urlsafe_b64encode(key)
     try:
-        raw = base64.urlsafe_b64decode(key)
+        raw = base64.urlsafe_b64decode(key.strip())
     except Exception:
         raw = b""
     if len(raw) != 32:
