@@ -25,8 +25,9 @@ def pg_url():
 def test_gateway_on_postgres_keeps_clusters_across_restart(fresh_gateway, pg_url, monkeypatch):
     from dask_gateway import Gateway
 
-    monkeypatch.setenv("DASK_GATEWAY_ENCRYPT_KEYS",
-                       base64.urlsafe_b64encode(os.urandom(32)).decode())
+    old_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    new_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("DASK_GATEWAY_ENCRYPT_KEYS", old_key)
     gw_proc = fresh_gateway([f"--DBBackendBase.db_url={pg_url}",
                              "--LocalBackend.stop_clusters_on_shutdown=False"])
     gw_proc.start()
@@ -43,6 +44,13 @@ def test_gateway_on_postgres_keeps_clusters_across_restart(fresh_gateway, pg_url
     assert row.start_time > 2**31  # milliseconds need a 64-bit column
     assert name.encode() not in bytes(row.token)
 
+    # Key rotation: a new key in front re-encrypts everything at start ...
+    monkeypatch.setenv("DASK_GATEWAY_ENCRYPT_KEYS", f"{new_key};{old_key}")
+    gw_proc.start()
+    assert gw_proc.stop(signal.SIGTERM) == 0
+    assert "Re-encrypted the secrets of 1 clusters" in gw_proc.log()
+    # ... after which the old key can go.
+    monkeypatch.setenv("DASK_GATEWAY_ENCRYPT_KEYS", new_key)
     gw_proc.start()
     with Gateway(gw_proc.address, auth="basic") as gw:
         (report,) = gw.list_clusters()

@@ -139,3 +139,31 @@ def test_store_with_wrong_key_says_so(tmp_path):
         await other.close()
 
     asyncio.run(main())
+
+
+def test_key_rotation(tmp_path):
+    """Add a new key in front, start once, then the old key can go."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    old, new = os.urandom(32), os.urandom(32)
+
+    async def main():
+        store = Store(url, [old])
+        await store.setup()
+        await store.add_cluster(Cluster("abc", "a", "secret", {}, {}, b"cert", b"key"))
+        await store.close()
+
+        store = Store(url, [new, old])  # what a gateway with both keys does at start
+        assert await store.rotate_keys() == 1
+        await store.close()
+
+        store = Store(url, [new])
+        (cluster,) = await store.load()
+        assert (cluster.token, cluster.tls_cert, cluster.tls_key) == ("secret", b"cert", b"key")
+        await store.close()
+
+        store = Store(url, [old])
+        with pytest.raises(Exception, match="encryption keys changed"):
+            await store.load()
+        await store.close()
+
+    asyncio.run(main())

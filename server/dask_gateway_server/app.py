@@ -165,6 +165,10 @@ class DaskGateway(Application):
     async def start_async(self) -> None:
         self.store = self._store()
         await self.store.setup()
+        if self.store.n_keys > 1:
+            n = await self.store.rotate_keys()
+            self.log.info("Re-encrypted the secrets of %d clusters with the first key; the "
+                          "other keys may now be removed", n)
         self.reconciler = Reconciler(self.store, self.backend, self.proxy, log=self.log,
                                      count_limit=self._count_limit)
         self.metrics = Metrics(self.reconciler)

@@ -109,6 +109,7 @@ class Store:
     def __init__(self, url: str, encrypt_keys: list[bytes], echo: bool = False):
         if not encrypt_keys:
             raise ValueError("The state store needs at least one encryption key")
+        self.n_keys = len(encrypt_keys)
         self.url = url
         self.fernet = MultiFernet([Fernet(normalize_encrypt_key(k)) for k in encrypt_keys])
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
@@ -129,6 +130,26 @@ class Store:
     async def close(self) -> None:
         await self._run(self.engine.dispose)
         self._executor.shutdown(wait=True)
+
+    async def rotate_keys(self) -> int:
+        """Re-encrypt every stored secret with the first key, so older keys can be dropped
+        from the configuration after this start. Returns how many clusters were rewritten."""
+        return await self._run(self._rotate_keys)
+
+    def _rotate_keys(self) -> int:
+        c = clusters_table.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(c.id, c.token, c.tls_credentials)).all()
+            for row in rows:
+                try:
+                    values = {"token": self.fernet.rotate(row.token),
+                              "tls_credentials": self.fernet.rotate(row.tls_credentials)}
+                except InvalidToken:
+                    raise StoreError(
+                        "Cannot decrypt data in the database: none of the encryption keys fits"
+                    ) from None
+                conn.execute(clusters_table.update().where(c.id == row.id).values(**values))
+        return len(rows)
 
     # -- secrets ---------------------------------------------------------
     def _encrypt(self, data: bytes) -> bytes:
