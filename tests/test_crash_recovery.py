@@ -30,8 +30,10 @@ def test_sigkill_mid_flight_leaves_no_orphans(fresh_gateway):
     gw.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        states = {n: call("GET", f"{api}/{n}", headers=ALICE).json()["status"]
-                  for n in [stable, stopping, *creating]}
+        answers = {n: call("GET", f"{api}/{n}", headers=ALICE).json()
+                   for n in [stable, stopping, *creating]}
+        assert all("status" in a for a in answers.values()), (answers, gw.log()[-4000:])
+        states = {n: a["status"] for n, a in answers.items()}
         done = (states[stopping] == "STOPPED"
                 and all(states[n] == "RUNNING" for n in [stable, *creating])
                 and len(cluster_processes(stable, "worker")) == 3)

@@ -190,7 +190,6 @@ class DaskGateway(Application):
         sockets = bind_sockets(port, host or None, family=socket.AF_INET if not host else
                                socket.AF_UNSPEC)
         self.private_server = HTTPServer(self.web_app, **HTTP_LIMITS)
-        self.private_server.add_sockets(sockets)
         bound = sockets[0].getsockname()
         if not self.backend.api_url:
             self.backend.api_url = self._default_api_url(host, bound[1], port)
@@ -198,8 +197,11 @@ class DaskGateway(Application):
         await self.backend.setup()
         if not self.open_dashboards:
             self.proxy.check_dashboard_access = check_dashboard_access
-        await self.proxy.start(self.web_app)
+        # Load the clusters before opening the public port: a request must never see an
+        # empty gateway while it is still reading the database.
         await self.reconciler.start()
+        self.private_server.add_sockets(sockets)
+        await self.proxy.start(self.web_app)
         self.metrics.start()
         self.log.info("Dask Gateway %s started at %s", __version__, self.proxy.public_url)
 
