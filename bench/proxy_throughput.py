@@ -28,38 +28,14 @@ CHUNK = 1024 * 1024
 
 
 def make_cert(directory: str) -> tuple[str, str]:
-    import datetime
+    """A cluster-style self-signed pair, written to files (the server's own generator)."""
+    from dask_gateway_server.tls import new_keypair
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = new_keypair("bench")
     cert_path, key_path = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    for path, data in ((cert_path, cert), (key_path, key)):
+        with open(path, "wb") as f:
+            f.write(data)
     return cert_path, key_path
 
 

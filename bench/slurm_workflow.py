@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+import workflow  # bench/workflow.py: starting a gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "slurm_gateway_config.py"
@@ -36,21 +37,10 @@ def free_port() -> int:
 
 
 def start_gateway(data_dir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dask_gateway_server", "-f", str(CONFIG),
-         f"--DaskGateway.data_dir={data_dir}", f"--Proxy.address=127.0.0.1:{port}",
-         f"--DaskGateway.address=127.0.0.1:{free_port()}", "--log-level=INFO"],
-        stdout=open(os.path.join(data_dir, "gateway.log"), "wb"), stderr=subprocess.STDOUT,
-    )
-    address = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{address}/api/health", timeout=1)
-            return proc, address
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("gateway did not start")
+    # Slurm jobs report to the private API port: give it a fixed one.
+    return workflow.start_gateway(
+        data_dir, str(CONFIG), [f"--DaskGateway.address=127.0.0.1:{free_port()}"],
+        log=os.path.join(data_dir, "gateway.log"))
 
 
 def open_for_others(paths: list[str]) -> list[tuple[str, int]]:

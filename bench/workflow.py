@@ -21,16 +21,21 @@ import time
 import urllib.request
 
 
-def start_gateway(data_dir: str) -> tuple[subprocess.Popen, str]:
+def start_gateway(data_dir: str, config: str | None = None, extra_args: list[str] = (),
+                  log: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``dask-gateway-server`` on a free port (the test configuration by default)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = os.path.join(os.path.dirname(__file__), "..", "tests", "gateway_config.py")
+    if config is None:
+        config = os.path.join(os.path.dirname(__file__), "..", "tests", "gateway_config.py")
+        extra_args = [f"--LocalBackend.clusters_directory={data_dir}/clusters", *extra_args]
+    out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "dask_gateway_server", "-f", config,
          f"--DaskGateway.data_dir={data_dir}", f"--Proxy.address=127.0.0.1:{port}",
-         f"--LocalBackend.clusters_directory={data_dir}/clusters", "--log-level=WARN"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--log-level=INFO" if log else "--log-level=WARN", *extra_args],
+        stdout=out, stderr=subprocess.STDOUT,
     )
     address = f"http://127.0.0.1:{port}"
     for _ in range(300):
