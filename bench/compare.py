@@ -184,10 +184,10 @@ def median_latency(fn: Callable[[], object], n: int) -> float:
     return statistics.median(timed(fn) for _ in range(n))
 
 
-def _rps_worker(address: str, duration: float, ready, go, queue) -> None:
+def _rps_worker(address: str, duration: float, ready, go, queue, user: str = "bench") -> None:
     from dask_gateway import BasicAuth, Gateway
 
-    with Gateway(address, auth=BasicAuth("bench", PASSWORD)) as gateway:
+    with Gateway(address, auth=BasicAuth(user, PASSWORD)) as gateway:
         gateway.list_clusters()  # log in (session cookie), warm up
         ready.put(True)
         go.wait()
@@ -198,12 +198,15 @@ def _rps_worker(address: str, duration: float, ready, go, queue) -> None:
     queue.put(count)
 
 
-def requests_per_second(address: str, clients: int = 4, duration: float = 5.0) -> float:
-    """list_clusters() calls per second from ``clients`` processes at once."""
+def requests_per_second(address: str, clients: int = 4, duration: float = 5.0,
+                        users: list[str] | None = None) -> float:
+    """list_clusters() calls per second from ``clients`` processes at once (client ``i`` logs
+    in as ``users[i]``, by default all as the bench user)."""
     ctx = mp.get_context("spawn")
     ready, queue, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_rps_worker, args=(address, duration, ready, go, queue))
-             for _ in range(clients)]
+    users = users or ["bench"] * clients
+    procs = [ctx.Process(target=_rps_worker, args=(address, duration, ready, go, queue, users[i]))
+             for i in range(clients)]
     for p in procs:
         p.start()
     for _ in procs:

@@ -55,6 +55,11 @@ class BaseHandler(web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
 
+    def compute_etag(self) -> None:
+        """No ETags: API answers change all the time, and hashing every body costs more
+        than the rare 304 saves."""
+        return None
+
     def check_xsrf_cookie(self) -> None:
         """API clients authenticate with headers, not ambient cookies alone."""
 
@@ -215,20 +220,22 @@ class ClustersHandler(BaseHandler):
         all_users = _bool_arg(self.get_query_argument("all", None))
         if all_users and not user.admin:
             raise APIError(403, f"User {user.name} is not an admin: ?all=1 is for admins")
-        out = {}
-        for cluster in self.reconciler.clusters.values():
-            if not all_users and cluster.username != user.name:
-                continue
+        clusters = (self.reconciler.clusters.values() if all_users
+                    else self.reconciler.clusters_of(user.name))
+        parts = []
+        for cluster in clusters:
             if statuses is None:
                 if not cluster.is_active:
                     continue
             elif cluster.model_status not in statuses:
                 continue
-            model = cluster.to_dict()
             if all_users:
-                model["username"] = cluster.username
-            out[cluster.name] = model
-        self.write_json(out)
+                model = json.dumps({**cluster.to_dict(), "username": cluster.username})
+            else:
+                model = cluster.to_json()
+            parts.append(f"{json.dumps(cluster.name)}: {model}")
+        self.set_status(200)
+        self.finish("{" + ", ".join(parts) + "}")
 
     async def post(self) -> None:
         body = self.json_body()

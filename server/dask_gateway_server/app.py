@@ -239,9 +239,11 @@ class DaskGateway(Application):
     def _log_request(self, handler: web.RequestHandler) -> None:
         self.metrics.observe_request(handler)
         status = handler.get_status()
-        if handler.request.path.endswith("/api/health") or handler.request.path.endswith(
-            "/heartbeat"
+        path = handler.request.path
+        if path.endswith(("/api/health", "/heartbeat")) or (
+            status < 300 and handler.request.method in ("GET", "HEAD")
         ):
+            # Clients poll; successful reads would drown the log. Changes stay at INFO.
             level = logging.DEBUG
         elif status < 400:
             level = logging.INFO

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,7 @@ class Cluster:
     last_heartbeat: float = 0.0
     worker_start_failures: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _json: tuple[tuple, str] | None = field(default=None, repr=False)
 
     @property
     def model_status(self) -> ClusterStatus:
@@ -143,3 +145,11 @@ class Cluster:
             "tls_cert": self.tls_cert.decode() if running else None,
             "tls_key": self.tls_key.decode() if running else None,
         }
+
+    def to_json(self) -> str:
+        """``to_dict()`` serialised, cached until one of the fields it shows changes: listing
+        many clusters then costs a string join, not a JSON encoding of every certificate."""
+        key = (self.model_status, bool(self.dashboard_address), self.stop_time)
+        if self._json is None or self._json[0] != key:
+            self._json = (key, json.dumps(self.to_dict()))
+        return self._json[1]

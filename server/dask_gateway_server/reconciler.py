@@ -43,6 +43,8 @@ class Reconciler:
         self.log = log or logging.getLogger("dask_gateway_server")
         self.clusters: dict[str, Cluster] = {}
         self.by_token: dict[str, Cluster] = {}
+        # Listing a user's clusters must not cost more with every other user's clusters.
+        self.by_user: dict[str, dict[str, Cluster]] = {}
         self.queue = WorkQueue()
         self._failures: dict[Any, int] = {}
         self._tasks: list[asyncio.Task] = []
@@ -94,11 +96,19 @@ class Reconciler:
     def _remember(self, cluster: Cluster) -> None:
         self.clusters[cluster.name] = cluster
         self.by_token[cluster.token] = cluster
+        self.by_user.setdefault(cluster.username, {})[cluster.name] = cluster
 
     def _forget(self, name: str) -> None:
         cluster = self.clusters.pop(name, None)
         if cluster is not None:
             self.by_token.pop(cluster.token, None)
+            mine = self.by_user.get(cluster.username, {})
+            mine.pop(name, None)
+            if not mine:
+                self.by_user.pop(cluster.username, None)
+
+    def clusters_of(self, username: str) -> list[Cluster]:
+        return list(self.by_user.get(username, {}).values())
 
     # -- requests (from the API) ------------------------------------------------
     async def create_cluster(self, user: User, options: dict, config: dict) -> Cluster:
