@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "compare_config.py"
 PASSWORD = "bench-password"
 MB = 2**20
+ROW_LIST_20 = "list_clusters() latency, 20 clusters (ms)"
+ROW_RPS_20 = "list_clusters() requests/s, 4 clients, 20 clusters"
+ROW_LIST_N = "list_clusters() latency, {n} clusters in the database, {per} the user's (ms)"
+ROW_RPS_N = "list_clusters() requests/s, 4 clients, {n} clusters in the database"
+ROW_IDLE_CPU = "gateway CPU while idle with {n} clusters (% of one core)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,9 +281,6 @@ def measure(server: Server, args) -> dict[str, float]:
 
         r["list_clusters() latency, 0 clusters (ms)"] = 1000 * median_latency(
             gateway.list_clusters, 50)
-        say("requests/s")
-        r["list_clusters() requests/s, 4 concurrent clients"] = requests_per_second(
-            server.address)
 
         say(f"{args.runs} x new_cluster/shutdown")
         starts, stops = [], []
@@ -337,8 +339,9 @@ def measure(server: Server, args) -> dict[str, float]:
                 r["memory per idle cluster: scheduler PSS, median (MB)"] = statistics.median(
                     sum(pss_mb(p) for p in procs) for procs in pids.values())
             else:
-                r["list_clusters() latency, 20 clusters (ms)"] = 1000 * median_latency(
-                    gateway.list_clusters, 50)
+                r[ROW_LIST_20] = 1000 * median_latency(gateway.list_clusters, 50)
+                say("requests/s")
+                r[ROW_RPS_20] = requests_per_second(server.address)
             stop_all(gateway, names)
 
     pids = server.pids()
@@ -350,32 +353,55 @@ def measure(server: Server, args) -> dict[str, float]:
     return r
 
 
-def measure_fake(server: Server, n: int, budget: float) -> dict[str, float]:
-    """list_clusters() with ``n`` (fake, cheap) clusters RUNNING in the database.
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_fake(server: Server, n: int, users: int, budget: float,
+                 idle_seconds: float) -> dict[str, float]:
+    """The gateway's own bookkeeping with ``n`` (fake, cheap) clusters RUNNING, owned by
+    ``users`` users (``n / users`` each, like a team sharing one gateway).
 
     Gives up (figures n/a) if the server cannot create them within ``budget`` seconds.
     """
+    from dask_gateway import BasicAuth, Gateway
     from dask_gateway.client import ClusterStatus
 
     r: dict[str, float] = {}
-    print(f"  [{server.label}] {n} fake clusters", flush=True)
-    with server.gateway() as gateway:
-        t0 = time.perf_counter()
-        for i in range(n):
-            gateway.submit()
-            if time.perf_counter() - t0 > budget:
-                rate = (i + 1) / (time.perf_counter() - t0)
-                print(f"  [{server.label}] only {i + 1} of {n} clusters created in "
-                      f"{budget:.0f} s ({rate:.1f}/s): {n} would take ~{n / rate:.0f} s; "
-                      "skipped", flush=True)
-                r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
-                return r
-        wait_until(lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING)) == n,
-                   timeout=budget, step=0.5)
-        r[f"{n} fake clusters: creation rate (clusters/s)"] = n / (time.perf_counter() - t0)
-        r[f"list_clusters() latency, {n} clusters (ms)"] = 1000 * median_latency(
-            gateway.list_clusters, 20)
+    per_user = n // users
+    names = [f"user{i}" for i in range(users)]
+    print(f"  [{server.label}] {n} fake clusters, {users} users x {per_user}", flush=True)
+    t0 = time.perf_counter()
+    created = 0
+    for user in names:
+        with Gateway(server.address, auth=BasicAuth(user, PASSWORD)) as gateway:
+            for _ in range(per_user):
+                gateway.submit()
+                created += 1
+                if time.perf_counter() - t0 > budget:
+                    rate = created / (time.perf_counter() - t0)
+                    print(f"  [{server.label}] only {created} of {n} clusters created in "
+                          f"{budget:.0f} s ({rate:.1f}/s): {n} would take ~{n / rate:.0f} s;"
+                          " skipped", flush=True)
+                    r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
+                    return r
+    with Gateway(server.address, auth=BasicAuth(names[-1], PASSWORD)) as gateway:
+        wait_until(lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING))
+                   == per_user, timeout=budget, step=0.5)
+    r[f"{n} fake clusters: creation rate (clusters/s)"] = n / (time.perf_counter() - t0)
+    time.sleep(2)
+    with Gateway(server.address, auth=BasicAuth(names[0], PASSWORD)) as gateway:
+        r[ROW_LIST_N.format(n=n, per=per_user)] = 1000 * median_latency(
+            gateway.list_clusters, 50)
+    r[ROW_RPS_N.format(n=n)] = requests_per_second(server.address, users=names[:4])
     pids = server.pids()
+    time.sleep(2)
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    time.sleep(idle_seconds)
+    idle = {k: 100 * (cpu_seconds(p) - before[k]) / idle_seconds for k, p in pids.items()}
+    r[ROW_IDLE_CPU.format(n=n)] = sum(idle.values())
     r[f"peak RSS of the gateway with {n} clusters (MB)"] = peak_rss_mb(pids["gateway"])
     return r
 
@@ -405,7 +431,8 @@ def run_one(label: str, server_bin: Path, tmp: Path, args,
     if args.fake_clusters:
         try:
             with Server(label, server_bin, tmp / f"{label}-fake", fake=True).running() as srv:
-                results.update(measure_fake(srv, args.fake_clusters, args.fake_budget))
+                results.update(measure_fake(srv, args.fake_clusters, args.fake_users,
+                                            args.fake_budget, args.idle_seconds))
         except Exception as e:
             print(f"  [{label}] fake clusters: {e!r}", flush=True)
     return results
@@ -429,6 +456,57 @@ def print_table(ours: dict[str, float], theirs: dict[str, float]) -> None:
         print(f"| {key:{width}} | {fmt(a):>9} | {fmt(b):>9} | {fmt(ratio):>11} |")
 
 
+def print_targets(ours: dict[str, float], theirs: dict[str, float], args) -> None:
+    """Issue 10's targets: each ours beside theirs, the ratio and whether it is met."""
+    n, per = args.fake_clusters, args.fake_clusters // args.fake_users
+    new = f"new_cluster() until RUNNING, median of {args.runs} (s)"
+    scale = f"scale(2) until 2 workers connected, median of {args.scale_runs} (s)"
+    at_once = "20 clusters requested at once until all RUNNING (s)"
+    mem = "memory per idle cluster: scheduler PSS, median (MB)"
+    list_n, rps_n = ROW_LIST_N.format(n=n, per=per), ROW_RPS_N.format(n=n)
+    idle = ROW_IDLE_CPU.format(n=n)
+
+    def get(d: dict[str, float], key: str) -> float | None:
+        return d.get(key)
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows = []  # (target, ours, theirs, value compared, goal text, met)
+    for label, key, goal in (("new_cluster() until RUNNING (s)", new, 0.2),
+                             ("scale(2) until 2 workers (s)", scale, 0.3),
+                             ("20 clusters at once until RUNNING (s)", at_once, 0.3),
+                             ("memory per idle cluster, PSS (MB)", mem, 0.5)):
+        a, b = get(ours, key), get(theirs, key)
+        ratio = div(a, b)
+        rows.append((label, a, b, ratio, f"ratio <= {goal}", ratio is not None and ratio <= goal))
+    a, b = get(ours, list_n), get(theirs, list_n)
+    rows.append((f"list_clusters(), {n} in the database (ms)", a, b, div(a, b), "ours < 10 ms",
+                 a is not None and a < 10))
+    a, b = get(ours, rps_n), get(theirs, ROW_RPS_20)
+    rows.append((f"requests/s: ours at {n} vs theirs at 20", a, b, div(a, b), "ratio >= 1.5",
+                 div(a, b) is not None and div(a, b) >= 1.5))
+    for way in ("scatter", "gather"):
+        proxied = f"{args.mb} MB {way} via gateway:// proxy (MB/s)"
+        direct = f"{args.mb} MB {way}, direct TLS to scheduler (MB/s)"
+        a, b = div(get(ours, proxied), get(ours, direct)), div(get(theirs, proxied),
+                                                               get(theirs, direct))
+        a, b = (None if a is None else 100 * a), (None if b is None else 100 * b)
+        rows.append((f"{way} via proxy, % of direct TLS", a, b, div(a, b), "ours >= 95 %",
+                     a is not None and a >= 95))
+    a, b = get(ours, idle), get(theirs, idle)
+    rows.append((f"gateway CPU idle, {n} clusters (% of a core)", a, b, div(a, b), "ours < 2 %",
+                 a is not None and a < 2))
+    width = max(len(r[0]) for r in rows)
+    print("\nTargets (issue 10):")
+    print(f"| {'target':{width}} | {'ours':>9} | {'theirs':>9} | {'ratio':>7} | "
+          f"{'goal':14} | met |")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 16}|-----|")
+    for label, a, b, ratio, goal, met in rows:
+        print(f"| {label:{width}} | {fmt(a):>9} | {fmt(b):>9} | {fmt(ratio):>7} | {goal:14} | "
+              f"{'yes' if met else 'NO':3} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="new_cluster/shutdown cycles")
@@ -437,8 +515,12 @@ def main() -> None:
     parser.add_argument("--transfer-runs", type=int, default=2)
     parser.add_argument("--fake-clusters", type=int, default=1000,
                         help="clusters for the large list_clusters() row (0: skip)")
-    parser.add_argument("--fake-budget", type=float, default=60,
+    parser.add_argument("--fake-users", type=int, default=50,
+                        help="users owning the fake clusters")
+    parser.add_argument("--fake-budget", type=float, default=120,
                         help="seconds allowed to create the fake clusters")
+    parser.add_argument("--idle-seconds", type=float, default=30,
+                        help="seconds over which idle CPU is measured")
     parser.add_argument("--upstream-venv", help="venv with the public dask-gateway-server")
     parser.add_argument("--ours-defaults", action="store_true",
                         help="ours with its default scheduler/worker commands (fork server, "
@@ -447,7 +529,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.runs, args.scale_runs, args.mb, args.transfer_runs = 3, 1, 50, 1
-        args.fake_clusters = min(args.fake_clusters, 100)
+        args.fake_clusters, args.idle_seconds = min(args.fake_clusters, 100), 10
 
     # Our client has pandas, some scheduler environments not: not worth a warning here.
     warnings.filterwarnings("ignore", message="Mismatched versions found")
@@ -462,6 +544,7 @@ def main() -> None:
     if args.ours_defaults:
         print("\nNOTE: --ours-defaults: ours ran its default scheduler/worker commands.")
     print_table(ours, theirs)
+    print_targets(ours, theirs, args)
     print(f"\n(total {time.monotonic() - t0:.0f} s; lower is better except MB/s and "
           "requests/s; 2-core machines shared with other work are noisy)")
 

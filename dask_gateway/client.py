@@ -304,8 +304,8 @@ class Gateway(SyncMethodMixin):
 
     async def _close_http(self) -> None:
         if self._http is not None:
-            self._http.close()
-            self._http = None
+            http, self._http = self._http, None
+            await http.close()
 
     def close(self) -> Awaitable[None] | None:
         """Release the HTTP client and, in synchronous mode, the background loop."""

@@ -232,28 +232,22 @@ def test_proxy_address_from_config_and_env(monkeypatch):
 
 
 def test_http_proxy_settings(monkeypatch):
-    monkeypatch.delenv("HTTP_PROXY", raising=False)
-    monkeypatch.delenv("http_proxy", raising=False)
-    assert proxy_settings("http://h", False) == {}
-    assert proxy_settings("http://h", None) == {}
-    assert proxy_settings("http://h", True) == {}
+    for var in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert proxy_settings("http://h", False) is None
+    assert proxy_settings("http://h", None) is None
+    assert proxy_settings("http://h", True) is None
     with pytest.raises(TypeError):
         proxy_settings("http://h", 3)
-    try:
-        import pycurl  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="pycurl"):
-            proxy_settings("http://h", "http://user:pw@proxy:3128")
-        monkeypatch.setenv("http_proxy", "http://proxy:3128")
-        with pytest.warns(RuntimeWarning, match="pycurl"):
-            assert proxy_settings("http://h", True) == {}
-    else:
-        assert proxy_settings("http://h", "http://user:pw@proxy:3128") == {
-            "proxy_host": "proxy",
-            "proxy_port": 3128,
-            "proxy_username": "user",
-            "proxy_password": "pw",
-        }
+    with pytest.raises(ValueError, match="Invalid HTTP proxy URL"):
+        proxy_settings("http://h", "http://")
+    assert proxy_settings("http://h", "proxy:3128") == "http://proxy:3128"
+    assert (proxy_settings("http://h", "http://user:pw@proxy:3128")
+            == "http://user:pw@proxy:3128")
+    monkeypatch.setenv("http_proxy", "http://proxy:3128")
+    assert proxy_settings("http://h", True) == "http://proxy:3128"
+    monkeypatch.setenv("no_proxy", "h")
+    assert proxy_settings("http://h", True) is None
 
 
 # ---------------------------------------------------------------------------- auth

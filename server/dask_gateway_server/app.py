@@ -251,6 +251,8 @@ class DaskGateway(Application):
             level = logging.WARNING
         else:
             level = logging.ERROR
+        if level < self.log_level:
+            return  # traitlets leaves the logger at DEBUG; skip building a dropped record
         self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
                      handler.request.uri, 1000 * handler.request.request_time())
 
