@@ -22,6 +22,8 @@ import hmac
 import json
 import logging
 import os
+import socket
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ class GatewayConfig:
     adaptive_period: float = 3.0
     idle_timeout: float = 0.0
     orphan_timeout: float = 0.0
+    handoff_address: str = ""  # unix socket ("@name": abstract) for connections passed over
 
     @classmethod
     def from_env(cls, **options: Any) -> GatewayConfig:
@@ -81,6 +84,7 @@ class GatewayConfig:
             api_url=os.environ["DASK_GATEWAY_API_URL"].rstrip("/"),
             api_token=read_token(os.environ["DASK_GATEWAY_API_TOKEN"]),
             cluster_name=os.environ["DASK_GATEWAY_CLUSTER_NAME"],
+            handoff_address=os.environ.get("DASK_GATEWAY_HANDOFF_ADDRESS", ""),
             **options,
         )
 
@@ -295,6 +299,7 @@ class GatewaySchedulerService:
         self._heartbeat_failures = 0
         self.leases: set[Any] = set()  # comms of GatewayClusters that own this cluster
         self._leased_once = False
+        self._handoff: socket.socket | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -302,6 +307,7 @@ class GatewaySchedulerService:
         """Bind the API, register the plugin, then start the background loops."""
         self._http = AsyncHTTPClient(force_instance=True)
         self._start_api_server()
+        self._start_handoff()
         for addr, ws in self.scheduler.workers.items():  # normally none yet
             self.tracker.add_worker(self.scheduler, addr)
         self.scheduler.add_plugin(self.tracker, name=PLUGIN_NAME, idempotent=True)
@@ -325,6 +331,10 @@ class GatewaySchedulerService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._handoff is not None:
+            asyncio.get_running_loop().remove_reader(self._handoff.fileno())
+            self._handoff.close()
+            self._handoff = None
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
@@ -347,6 +357,80 @@ class GatewaySchedulerService:
         self._server.add_sockets(sockets)
         self.api_port = sockets[0].getsockname()[1]
         self._api_host = host
+
+    # -- connections handed over by the gateway's proxy -------------------------
+
+    def _tls_server(self) -> Any:
+        """The tornado TCPServer behind the scheduler's TLS listener, if it has one."""
+        for listener in getattr(self.scheduler, "listeners", []):
+            server = getattr(listener, "tcp_server", None)
+            if getattr(server, "ssl_options", None) and hasattr(server, "_handle_connection"):
+                return server
+        return None
+
+    def _start_handoff(self) -> None:
+        """Take client connections the gateway's proxy passes over a unix socket: they then
+        bypass the gateway (direct speed; they survive gateway restarts). Without it the
+        proxy tunnels, so any failure here only costs speed."""
+        address = self.config.handoff_address
+        if not address or not hasattr(socket, "recv_fds") or self._tls_server() is None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + address[1:] if address.startswith("@") else address)
+            sock.listen(64)
+        except OSError as e:
+            logger.warning("dask-gateway: no connection handoff (%s); the proxy will tunnel", e)
+            sock.close()
+            return
+        sock.setblocking(False)
+        self._handoff = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_handoffs)
+
+    def _accept_handoffs(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._handoff is not None:
+            try:
+                conn, _ = self._handoff.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                logger.warning("dask-gateway: handoff accept failed: %s", e)
+                return
+            conn.setblocking(False)
+            loop.add_reader(conn.fileno(), self._receive_handoff, conn)
+
+    def _receive_handoff(self, conn: socket.socket) -> None:
+        try:
+            _, fds, _, _ = socket.recv_fds(conn, 1, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            fds = []
+        asyncio.get_running_loop().remove_reader(conn.fileno())
+        with conn:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            uid = struct.unpack("3i", creds)[1]
+            trusted = uid in (0, os.getuid())  # the gateway: root or this user
+            taken = False
+            for fd in fds:
+                client = socket.socket(fileno=fd)
+                if not trusted or taken:
+                    client.close()
+                    continue
+                server = self._tls_server()
+                try:
+                    client.setblocking(False)
+                    server._handle_connection(client, client.getpeername())
+                    taken = True
+                except Exception as e:  # fall back to the proxy's tunnel
+                    logger.warning("dask-gateway: could not take a handed-off connection: %s", e)
+                    client.close()
+            try:
+                conn.send(b"1" if taken else b"0")
+            except OSError:
+                pass
 
     # -- addresses -----------------------------------------------------------
 

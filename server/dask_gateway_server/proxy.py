@@ -617,6 +617,7 @@ class Proxy(LoggingConfigurable):
             Callable[[web.RequestHandler, str], Awaitable[bool] | bool] | None
         ) = None
         self._sni_routes: dict[str, str] = {}
+        self._handoffs: dict[str, str] = {}
         self._dashboard_routes: dict[str, str] = {}
         self._sockets: list[socket.socket] = []
         self._remove_accept: list[Callable[[], None]] = []
@@ -667,9 +668,14 @@ class Proxy(LoggingConfigurable):
     # -- routes --------------------------------------------------------------
 
     def add_route(
-        self, cluster_name: str, scheduler_address: str, dashboard_address: str | None
+        self, cluster_name: str, scheduler_address: str, dashboard_address: str | None,
+        handoff: str | None = None,
     ) -> None:
-        """Route SNI ``daskgateway-<name>`` and ``{prefix}/clusters/<name>``."""
+        """Route SNI ``daskgateway-<name>`` and ``{prefix}/clusters/<name>``.
+
+        ``handoff``: a unix socket address where the scheduler takes over client connections
+        (see :meth:`Backend.handoff_address`); tunnels are the fallback.
+        """
         target = scheduler_address
         if "://" in target:
             scheme, _, target = target.partition("://")
@@ -677,6 +683,10 @@ class Proxy(LoggingConfigurable):
                 raise ValueError(f"Unsupported scheduler address {scheduler_address!r}")
         _split_hostport(target)  # validate early, not on first connect
         self._sni_routes[cluster_name] = target
+        if handoff:
+            self._handoffs[cluster_name] = handoff
+        else:
+            self._handoffs.pop(cluster_name, None)
         if dashboard_address:
             if "://" not in dashboard_address:
                 dashboard_address = "http://" + dashboard_address
@@ -690,6 +700,7 @@ class Proxy(LoggingConfigurable):
     def remove_route(self, cluster_name: str) -> None:
         """Forget a cluster's routes (live tunnels are left to end on their own)."""
         self._sni_routes.pop(cluster_name, None)
+        self._handoffs.pop(cluster_name, None)
         self._dashboard_routes.pop(cluster_name, None)
 
     def get_dashboard_target(self, name: str) -> str | None:
@@ -845,6 +856,11 @@ class Proxy(LoggingConfigurable):
             self.log.debug("No route for cluster %r (from %s); closing", name, address)
             sock.close()
             return
+        handoff = self._handoffs.get(name)
+        if handoff is not None and await self._hand_off(sock, handoff, name):
+            self.log.debug("Connection from %s handed to the scheduler of cluster %s",
+                           address, name)
+            return
         host, port = _split_hostport(target)
         if self._kernel_splice:
             await self._open_splice_tunnel(sock, host, port, name, address)
@@ -871,6 +887,36 @@ class Proxy(LoggingConfigurable):
         if not tunnel.upstream.closed:
             tunnel.upstream.transport.resume_reading()  # type: ignore[union-attr]
         self.log.debug("Tunnel open %s -> cluster %s (%s)", address, name, target)
+
+    async def _hand_off(self, sock: socket.socket, handoff: str, name: str) -> bool:
+        """Pass the client's socket (its ClientHello still unread) to the scheduler over a
+        unix socket; True once the scheduler owns it. The bytes then flow client <->
+        scheduler directly: direct-connection speed, and independent of this process."""
+        loop = asyncio.get_running_loop()
+        address = "\0" + handoff[1:] if handoff.startswith("@") else handoff
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.setblocking(False)
+        try:
+            try:
+                await asyncio.wait_for(loop.sock_connect(unix, address), self.connect_timeout)
+                socket.send_fds(unix, [b"H"], [sock.fileno()])
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.log.debug("No handoff to cluster %s (%r); tunnelling instead", name, exc)
+                return False  # nothing was passed: the tunnel is safe
+            try:
+                ack = await asyncio.wait_for(loop.sock_recv(unix, 1), self.connect_timeout)
+            except (OSError, asyncio.TimeoutError):
+                ack = b""
+        finally:
+            unix.close()
+        if ack == b"0":
+            return False  # declined, and the scheduler closed its copy
+        # Taken ("1"), or unknown: the scheduler may hold the connection, so it must not be
+        # tunnelled as well (two readers would corrupt the stream).
+        sock.close()
+        if ack != b"1":
+            self.log.warning("Handoff to cluster %s unconfirmed; connection dropped", name)
+        return True
 
     # Linux splice(2) moves bytes socket -> pipe -> socket inside the kernel;
     # measured clearly faster (and far lighter on CPU) than asyncio transports,

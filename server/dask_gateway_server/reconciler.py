@@ -64,7 +64,8 @@ class Reconciler:
                 cluster.last_heartbeat = time.monotonic()
                 cluster.ready.set()
                 self.routes.add_route(cluster.name, cluster.scheduler_address,
-                                      cluster.dashboard_address)
+                                      cluster.dashboard_address,
+                                      handoff=self.backend.handoff_address(cluster))
             self.queue.put((CLUSTER, cluster.name))
             for worker in cluster.workers.values():
                 if not worker.status.is_done:
@@ -164,7 +165,8 @@ class Reconciler:
             await self.store.update_cluster(cluster, **changes)
         if became_running:
             self.routes.add_route(cluster.name, cluster.scheduler_address,
-                                  cluster.dashboard_address)
+                                  cluster.dashboard_address,
+                                  handoff=self.backend.handoff_address(cluster))
             cluster.ready.set()
             self.log.info("Cluster %s is running", cluster.name)
 

@@ -237,6 +237,15 @@ class Backend(LoggingConfigurable):
         """For each worker, is it still alive?"""
         return [True] * len(workers)
 
+    def handoff_address(self, cluster: Cluster) -> str | None:
+        """A unix socket address (``@name``: Linux abstract namespace) where the cluster's
+        scheduler accepts client connections passed to it by the proxy, or None.
+
+        Only for schedulers on the gateway's host: a handed-off connection no longer flows
+        through the gateway, so it runs at direct speed and survives gateway restarts.
+        """
+        return None
+
     def failure_details(self, cluster: Cluster) -> str:
         """A short text (e.g. the end of the scheduler log) explaining a failure; called
         after ``stop_cluster``, which should keep what this needs."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pwd
 import shutil
@@ -129,6 +130,7 @@ class LocalBackend(DBBackendBase):
             "DASK_GATEWAY_API_URL": self.api_url,
             "DASK_GATEWAY_API_TOKEN": cluster.token,
             "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+            "DASK_GATEWAY_HANDOFF_ADDRESS": self.handoff_address(cluster) or "",
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
             f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
@@ -136,12 +138,24 @@ class LocalBackend(DBBackendBase):
         })
         return env
 
+    def handoff_address(self, cluster: Cluster) -> str | None:
+        """Derived from the cluster's secret token, so no one else can take the name first
+        (the abstract namespace has no file permissions)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        digest = hashlib.sha256(b"handoff:" + cluster.token.encode()).hexdigest()[:40]
+        return f"@dask-gateway-{digest}"
+
     # -- the backend interface ------------------------------------------------
     async def setup(self) -> None:
-        # Start the default environment's interpreter now, not on the first user's request.
-        await self.launcher.warm_up(sys.executable)
+        # Start the default environment's interpreter now, not on the first user's request,
+        # but in the background: the API answers meanwhile (a first launch waits for it).
+        self._warm_up = asyncio.create_task(self.launcher.warm_up(sys.executable))
 
     async def cleanup(self) -> None:
+        warm_up = getattr(self, "_warm_up", None)
+        if warm_up is not None:
+            await asyncio.gather(warm_up, return_exceptions=True)
         await self.launcher.close()
 
     async def start_cluster(self, cluster: Cluster) -> dict:
