@@ -19,6 +19,7 @@ from .metrics import MetricsHandler
 from .models import Cluster, ClusterStatus, JobStatus, User
 from .openapi import openapi_spec
 from .reconciler import Reconciler, SchedulerUnreachable
+from .store import StoreUnavailable
 
 WAIT_TIMEOUT = 20.0
 
@@ -82,9 +83,21 @@ class BaseHandler(web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(data))
 
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, StoreUnavailable):  # logged once by the store; no traceback
+            self.settings["log"].info("%s %s: 503, database unavailable",
+                                      self.request.method, self.request.path)
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, APIError):
+        if isinstance(exc, StoreUnavailable):
+            # A passing fault of the database, not a bug: the client may retry.
+            self.set_status(503)
+            self.set_header("Retry-After", "5")
+            message = str(exc)
+        elif isinstance(exc, APIError):
             message = exc.message
             for k, v in exc.headers.items():
                 self.set_header(k, v)

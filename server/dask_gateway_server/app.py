@@ -160,7 +160,8 @@ class DaskGateway(Application):
             raise ValueError(
                 "db_encrypt_keys (or DASK_GATEWAY_ENCRYPT_KEYS) must be set with a custom db_url"
             )
-        return Store(url, keys, echo=getattr(backend, "db_debug", False))
+        return Store(url, keys, echo=getattr(backend, "db_debug", False),
+                     timeout=getattr(backend, "db_timeout", 10.0))
 
     async def start_async(self) -> None:
         self.store = self._store()

@@ -18,12 +18,16 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .backends.base import Backend, DBBackendBase
 from .models import Cluster, JobStatus, User, Worker, now_ms
-from .store import Store
+from .store import Store, StoreUnavailable
 from .tls import new_keypair
 from .workqueue import WorkQueue
 
 CLUSTER = "cluster"
 WORKER = "worker"
+
+#: Longest retry delay while the database is unavailable: retrying costs one connection
+#: attempt, and everything should resume soon after the database is back.
+STORE_RETRY_MAX_DELAY = 5.0
 
 
 class SchedulerUnreachable(Exception):
@@ -255,11 +259,16 @@ class Reconciler:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
                 n = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(self.settings.backoff_max_delay,
                             self.settings.backoff_base_delay * 2**n)
-                self.log.exception("Error reconciling %s; retrying in %.1f s", key, delay)
+                if isinstance(e, StoreUnavailable):  # the store logged it; no traceback
+                    delay = min(delay, STORE_RETRY_MAX_DELAY)
+                    self.log.debug("Database unavailable reconciling %s; retrying in %.1f s",
+                                   key, delay)
+                else:
+                    self.log.exception("Error reconciling %s; retrying in %.1f s", key, delay)
                 self.queue.put_after(key, delay)
             finally:
                 self.queue.task_done(key)
@@ -286,15 +295,19 @@ class Reconciler:
                 self.backend.start_cluster(cluster), self.settings.cluster_start_timeout
             )
         except Exception as e:
-            self.log.warning("Cluster %s failed to start: %r", cluster.name, e)
+            if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
+                e = ("the backend did not start it within "
+                     f"{self.settings.cluster_start_timeout:g} s")
+            self.log.warning("Cluster %s failed to start: %s", cluster.name, e)
             await self.store.update_cluster(cluster, status=JobStatus.SUBMITTED,
                                             target=JobStatus.FAILED,
                                             message=f"Cluster failed to start: {e}")
             self.queue.put((CLUSTER, cluster.name))
             return
         # A fast scheduler may have heartbeated (and be RUNNING) before we got here.
-        status = max(cluster.status, JobStatus.SUBMITTED)
-        await self.store.update_cluster(cluster, status=status, state=state)
+        # Only the store knows the scheduler runs (its state says how to stop it): insist.
+        await self._until_stored(lambda: self.store.update_cluster(
+            cluster, status=max(cluster.status, JobStatus.SUBMITTED), state=state))
         if not cluster.is_active:  # stopped while starting
             self.queue.put((CLUSTER, cluster.name))
 
@@ -337,9 +350,22 @@ class Reconciler:
                                  worker.name, cluster.name, e)
                 await self._worker_failed(cluster, worker)
                 return
-            await self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
+            await self._until_stored(lambda: self.store.update_worker(
+                worker, status=JobStatus.SUBMITTED, state=state))
             if worker.target != JobStatus.RUNNING:
                 self.queue.put((WORKER, cluster.name, worker.name))
+
+    async def _until_stored(self, write: Callable[[], Any]) -> None:
+        """Retry ``write`` while the database is unavailable: used after a backend started
+        something, which must not be forgotten (and started twice) for want of a write."""
+        delay = self.settings.backoff_base_delay
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
 
     async def _stop_worker(self, cluster: Cluster, worker: Worker, target: JobStatus) -> None:
         if target == JobStatus.RUNNING:
@@ -378,6 +404,8 @@ class Reconciler:
                     await self._check_workers()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                pass  # the store logged it; the next period tries again
             except Exception:
                 self.log.exception("Error in the gateway's periodic checks")
 
@@ -455,5 +483,7 @@ class Reconciler:
                     self._forget(name)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                pass  # the store logged it; the next period tries again
             except Exception:
                 self.log.exception("Error removing old cluster records")

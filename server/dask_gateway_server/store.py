@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -99,30 +101,71 @@ def load_or_create_key_file(path: str) -> bytes:
         return key
 
 
+log = logging.getLogger("dask_gateway_server")
+
+
 class StoreError(Exception):
     """The database could not be read or written."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is down, unreachable or locked: a passing fault, worth retrying later.
+
+    The API answers it with 503; the reconciler retries with backoff. Nothing was written.
+    """
 
 
 class Store:
     """Async facade over the database; every public method runs off the event loop."""
 
-    def __init__(self, url: str, encrypt_keys: list[bytes], echo: bool = False):
+    def __init__(self, url: str, encrypt_keys: list[bytes], echo: bool = False,
+                 timeout: float = 10.0):
+        """``timeout``: seconds one operation may wait for a lock (SQLite) or a connection
+        (PostgreSQL) before it fails with StoreUnavailable, so no request hangs on it."""
         if not encrypt_keys:
             raise ValueError("The state store needs at least one encryption key")
         self.n_keys = len(encrypt_keys)
         self.url = url
+        self.timeout = timeout
         self.fernet = MultiFernet([Fernet(normalize_encrypt_key(k)) for k in encrypt_keys])
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # pool_pre_ping: a connection that died with a database restart is replaced on its
+        # next use instead of failing the first statement after the database is back.
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "pool_pre_ping": True}
         if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+        elif url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+            kwargs["pool_timeout"] = timeout
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+        self._down_since: float | None = None  # when the database stopped answering
 
     async def _run(self, fn, *args):
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            result = await loop.run_in_executor(self._executor, fn, *args)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as e:
+            # Connection refused or lost, database locked, pool exhausted: passing faults.
+            # (Constraint violations and bad SQL are bugs and stay what they are.)
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("The gateway's database is unavailable: %s", _short(e))
+            raise StoreUnavailable(
+                f"The gateway's database is temporarily unavailable ({_short(e)}); "
+                "nothing was changed, try again shortly"
+            ) from None
+        if self._down_since is not None:
+            log.warning("The gateway's database is available again after %.1f s",
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        return result
+
+    @property
+    def available(self) -> bool:
+        """False from a failed operation until the next one succeeds."""
+        return self._down_since is None
 
     async def setup(self) -> None:
         await self._run(metadata.create_all, self.engine)
@@ -241,10 +284,19 @@ class Store:
         bad = set(changes) - columns
         if bad:
             raise AttributeError(f"Not stored columns: {sorted(bad)}")
+        # Applied at once (callers racing on the object see the new values), undone if the
+        # write fails: memory must not run ahead of the database, which outlives it.
+        old = {k: getattr(obj, k) for k in changes}
         for k, v in changes.items():
             setattr(obj, k, v)
         values = {k: _db_value(v) for k, v in changes.items()}
-        await self._run(self._update_row, table, obj.id, values)
+        try:
+            await self._run(self._update_row, table, obj.id, values)
+        except Exception:  # not on cancellation: the write may still happen
+            for k, v in changes.items():
+                if getattr(obj, k) is v:  # not changed again meanwhile
+                    setattr(obj, k, old[k])
+            raise
 
     def _update_row(self, table: sa.Table, id: int, values: dict) -> None:
         with self.engine.begin() as conn:
@@ -266,6 +318,13 @@ class Store:
                 conn.execute(workers_table.delete().where(workers_table.c.cluster_id.in_(ids)))
                 conn.execute(clusters_table.delete().where(c.id.in_(ids)))
         return [r.name for r in rows]
+
+
+def _short(e: Exception) -> str:
+    """The driver's own words, without SQLAlchemy's statement dump and help link."""
+    orig = getattr(e, "orig", None) or e
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
 
 
 def _db_value(v: Any) -> Any:

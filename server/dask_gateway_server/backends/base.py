@@ -274,6 +274,13 @@ class DBBackendBase(Backend):
         config=True,
     )
     db_debug = Bool(False, help="Log every SQL statement.", config=True)
+    db_timeout = Float(
+        10, min=0.1,
+        help="Seconds one database operation may wait for a lock (SQLite) or a connection "
+        "(PostgreSQL). Past it, an API request that writes answers 503 and the gateway retries "
+        "its own writes with backoff; nothing waits forever on a locked or restarting database.",
+        config=True,
+    )
     db_cleanup_period = Float(600, help="Seconds between removals of old records.", config=True)
     db_cluster_max_age = Float(
         86400, help="Seconds a stopped cluster is remembered.", config=True

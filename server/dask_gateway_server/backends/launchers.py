@@ -90,7 +90,11 @@ class _Zygote:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        ready = await self.proc.stdout.readline()
+        try:
+            ready = await self.proc.stdout.readline()
+        except BaseException:  # a hung interpreter, given up on: it must not linger
+            self.kill()
+            raise
         if not ready:
             raise RuntimeError(f"the fork server of {self.python} exited at start")
 
@@ -98,13 +102,28 @@ class _Zygote:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    def kill(self) -> None:
+        """Kill the fork server (not the processes it forked: they are on their own)."""
+        if self.alive:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+        self.proc = None  # the next fork starts a fresh one (asyncio reaps this one)
+
     async def fork(self, request: dict) -> dict:
         async with self.lock:
             if not self.alive:
                 await self.start()
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            await self.proc.stdin.drain()
-            line = await self.proc.stdout.readline()
+            try:
+                self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+                await self.proc.stdin.drain()
+                line = await self.proc.stdout.readline()
+            except BaseException:
+                # Given up on mid-exchange (a start timeout cancelled us): its late answer
+                # would be read as the next request's, so this fork server is done for.
+                self.kill()
+                raise
         if not line:
             raise RuntimeError("the fork server exited")
         answer = json.loads(line)

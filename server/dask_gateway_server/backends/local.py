@@ -243,6 +243,10 @@ class LocalBackend(DBBackendBase):
                 return
             try:
                 os.kill(pid, sig)
+                if sig != signal.SIGKILL:
+                    # A stopped process (SIGSTOP, a debugger) acts on SIGINT/SIGTERM only
+                    # once continued; without this a frozen scheduler waits out both timeouts.
+                    os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -39,8 +40,22 @@ ENDED_STATES = frozenset({
 })
 GONE = "GONE"
 
+#: Seconds the launcher gets beyond ``command_timeout``: its own start and clean answer.
+LAUNCHER_MARGIN = 5.0
+
 #: scancel complaints that mean "nothing left to cancel".
 _BENIGN_SCANCEL = ("already completing or completed", "Invalid job id", "Job has finished")
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL ``proc`` and everything in its process group (it leads one)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:  # gone already, or not ours to kill (sudo): the process at least
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
 
 
 class SlurmClusterConfig(ClusterConfig):
@@ -156,7 +171,9 @@ class SlurmBackend(DBBackendBase):
         "comment is the cluster's name.", config=True,
     )
     command_timeout = Float(
-        60, help="Seconds a Slurm command (or the launcher) may take before it is killed.",
+        60, help="Seconds a Slurm command (sbatch, squeue, scancel, sinfo) may take before "
+        "it is killed and the call fails (a cluster whose sbatch times out fails with "
+        "'sbatch ... timed out'). The launcher that runs sbatch gets 5 s more.",
         config=True,
     )
     completing_wait = Float(
@@ -202,24 +219,39 @@ class SlurmBackend(DBBackendBase):
 
     # -- running commands -------------------------------------------------------
     async def _run(self, cmd: list[str], input: bytes | None = None,
-                   env: dict | None = None) -> tuple[int, str, str]:
-        """Run ``cmd`` without blocking the event loop; returns (returncode, stdout, stderr)."""
+                   env: dict | None = None, what: str = "",
+                   timeout: float | None = None) -> tuple[int, str, str]:
+        """Run ``cmd`` without blocking the event loop; returns (returncode, stdout, stderr).
+
+        A command that outlives ``timeout`` (default ``command_timeout``) is killed with its
+        whole process group (a hung sbatch under runuser too) and raises RuntimeError naming
+        ``what`` was run: a hung Slurm never holds a cluster, or the gateway, forever.
+        """
+        timeout = self.command_timeout if timeout is None else timeout
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=env if env is not None else self._command_env(),
+                start_new_session=True,  # its own process group, to kill it all at once
             )
         except FileNotFoundError:
             raise RuntimeError(f"Command not found: {cmd[0]} (is Slurm installed here?)") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(input), self.command_timeout)
+            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"{cmd[0]} did not finish within {self.command_timeout:g} s") \
-                from None
+            _kill_group(proc)
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                pass
+            what = what or os.path.basename(cmd[0])
+            self.log.warning("%s timed out after %g s; killed it", what, timeout)
+            raise RuntimeError(f"{what} timed out after {timeout:g} s") from None
+        except asyncio.CancelledError:
+            _kill_group(proc)
+            raise
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     def _command_env(self) -> dict[str, str]:
@@ -241,7 +273,12 @@ class SlurmBackend(DBBackendBase):
         """Run the launcher as ``username`` with ``request``; returns its answer."""
         cmd = [*self._user_prefix(username), self.launcher_python, "-I", "-S", "-c",
                LAUNCHER_SOURCE]
-        code, out, err = await self._run(cmd, input=json.dumps(request).encode())
+        # The launcher stops a hung sbatch itself after command_timeout and says so; the
+        # margin covers its own start, and a launcher hung elsewhere is killed past it.
+        request = {**request, "timeout": self.command_timeout}
+        what = f"the Slurm launcher ({request['action']}, as {username})"
+        code, out, err = await self._run(cmd, input=json.dumps(request).encode(), what=what,
+                                         timeout=self.command_timeout + LAUNCHER_MARGIN)
         try:
             answer = json.loads(out)
         except ValueError:
@@ -344,7 +381,7 @@ class SlurmBackend(DBBackendBase):
         self.log.debug("squeue: asking about %d jobs", len(ids))
         code, out, err = await self._run(
             [self.squeue, "--noheader", "--states=all", "--jobs=" + ",".join(ids),
-             "--format=%i|%T|%r"]
+             "--format=%i|%T|%r"], what="squeue",
         )
         # squeue fails when *every* id asked about is unknown: all of them are gone.
         if code != 0 and "Invalid job id" not in err:
@@ -445,7 +482,7 @@ class SlurmBackend(DBBackendBase):
             return self._partitions[1]
         try:
             code, out, err = await self._run([self.sinfo, "--noheader", "--all",
-                                              "--format=%R"])
+                                              "--format=%R"], what="sinfo")
         except RuntimeError as e:
             self.log.warning("Cannot list Slurm partitions: %s", e)
             return None
@@ -594,7 +631,7 @@ class SlurmBackend(DBBackendBase):
 
     async def _scancel(self, prefix: list[str], job_ids: list[str]) -> list:
         ids = sorted(set(job_ids))
-        code, out, err = await self._run([*prefix, self.scancel, *ids])
+        code, out, err = await self._run([*prefix, self.scancel, *ids], what="scancel")
         problems = [line for line in err.splitlines()
                     if line.strip() and not any(b in line for b in _BENIGN_SCANCEL)]
         if code != 0 and problems:

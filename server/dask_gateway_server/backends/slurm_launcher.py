@@ -7,7 +7,8 @@ source with ``python -I -S -c``, so the user needs no access to the gateway's pa
 
 Requests:
 ``{"action": "submit", "staging_dir": d, "files": {name: text}, "env": {...},
-"jobs": [{"script": s, "args": [...]}, ...]}`` -> ``{"results": [{"job_id": id} |
+"jobs": [{"script": s, "args": [...]}, ...], "timeout": seconds}`` (sbatch calls past the
+timeout are killed, later jobs not submitted) -> ``{"results": [{"job_id": id} |
 {"error": message}, ...]}``; ``{"action": "cleanup", "staging_dir": d, "log": name}`` ->
 ``{"log_tail": text}``. A request that fails as a whole answers ``{"error": message}``.
 """
@@ -17,6 +18,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 
 LOG_TAIL_BYTES = 4000
 
@@ -49,11 +51,23 @@ def submit(req):
         if key in os.environ:
             env[key] = os.environ[key]
     results = []
+    timeout = req.get("timeout")
+    deadline = time.monotonic() + timeout if timeout else None
     for job in req["jobs"]:
-        proc = subprocess.run(
-            [req.get("sbatch", "sbatch"), "--parsable", *job["args"]],
-            input=job["script"], capture_output=True, text=True, env=env, cwd=staging,
-        )
+        if deadline is not None and time.monotonic() >= deadline:
+            # The gateway gives up on this run soon: submit nothing more it won't hear of.
+            results.append({"error": f"not submitted: sbatch calls took over {timeout:g} s"})
+            continue
+        try:
+            proc = subprocess.run(
+                [req.get("sbatch", "sbatch"), "--parsable", *job["args"]],
+                input=job["script"], capture_output=True, text=True, env=env, cwd=staging,
+                timeout=None if deadline is None else max(0.1, deadline - time.monotonic()),
+            )
+        except subprocess.TimeoutExpired:  # run() killed it
+            results.append({"error": f"sbatch timed out after {timeout:g} s"})
+            deadline = time.monotonic()  # and the jobs after it are not submitted
+            continue
         out = proc.stdout.strip()
         if proc.returncode != 0 or not out:
             err = (proc.stderr.strip() or out or f"sbatch exited with {proc.returncode}")
