@@ -15,6 +15,7 @@ from traitlets import TraitError
 from . import __version__
 from .auth import AuthError, Authenticator
 from .limits import LimitExceeded, UserLimits
+from .logs import cluster_in_path
 from .metrics import MetricsHandler
 from .models import Cluster, ClusterStatus, JobStatus, User
 from .openapi import openapi_spec
@@ -107,6 +108,15 @@ class BaseHandler(web.RequestHandler):
             message = "Internal server error, see the gateway log"
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
+
+    def log_exception(self, typ, value, tb) -> None:
+        """Tornado's report of a request that failed, in the gateway's log and with the
+        cluster it is about (HTTP errors are answers: the request line says them)."""
+        if isinstance(value, web.HTTPError):
+            return super().log_exception(typ, value, tb)
+        self.settings["log"].error("Uncaught exception in %s %s", self.request.method,
+                                   self.request.uri, exc_info=(typ, value, tb),
+                                   extra=cluster_in_path(self.request.path))
 
     def get_cluster(self, name: str, action: str = "view") -> Cluster:
         cluster = self.reconciler.clusters.get(name)

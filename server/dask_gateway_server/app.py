@@ -11,7 +11,7 @@ import sys
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Unicode, Type, default, validate
+from traitlets import Bool, Enum, Unicode, Type, default, observe, validate
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
@@ -23,6 +23,7 @@ from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
 from .backends.slurm import SlurmBackend, SlurmClusterConfig
 from .config_check import unrecognized_settings
 from .limits import UserLimits
+from .logs import cluster_in_path, logging_config, share_handlers
 from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy
 from .reconciler import Reconciler
@@ -92,6 +93,16 @@ class DaskGateway(Application):
         "dask-gateway's behaviour). By default only its owner and admins can.",
         config=True,
     )
+    log_style = Enum(
+        ["text", "json"],
+        "text",
+        help="How log lines are written to stderr. 'text': formatted by "
+        "DaskGateway.log_format, with "
+        "'[cluster NAME]' before the message of every line about a cluster. 'json': one JSON "
+        "object a line, with the keys time (UTC, ISO 8601), level, logger, message, and "
+        "cluster (the cluster's name) on lines about a cluster; tracebacks in exc_info.",
+        config=True,
+    )
     backend_class = Type(
         UnsafeLocalBackend, klass=Backend, help="The backend that runs clusters.", config=True
     )
@@ -115,6 +126,16 @@ class DaskGateway(Application):
     @default("log_datefmt")
     def _default_log_datefmt(self) -> str:
         return "%Y-%m-%d %H:%M:%S"
+
+    def get_default_logging_config(self) -> dict:
+        """Our formatters and handler (logs.py): cluster names on lines, JSON if asked, and
+        a log that cannot be written (a full disk) costs lines, never the gateway."""
+        return logging_config(self.log_style, self.log_level, self.log_format,
+                              self.log_datefmt, self.__class__.__name__)
+
+    @observe("log_style")
+    def _log_style_changed(self, change) -> None:
+        self._configure_logging()
 
     @validate("address")
     def _check_address(self, proposal):
@@ -255,7 +276,8 @@ class DaskGateway(Application):
         if level < self.log_level:
             return  # traitlets leaves the logger at DEBUG; skip building a dropped record
         self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
-                     handler.request.uri, 1000 * handler.request.request_time())
+                     handler.request.uri, 1000 * handler.request.request_time(),
+                     extra=cluster_in_path(path))
 
     async def run(self) -> None:
         stop = asyncio.Event()
@@ -271,6 +293,7 @@ class DaskGateway(Application):
     def start(self) -> None:
         if self.subapp is not None:
             return self.subapp.start()
+        share_handlers(self.log)
         try:
             asyncio.run(self.run())
         except Exception as e:

@@ -44,6 +44,8 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from traitlets import Bool, Float, Integer, TraitError, Unicode, observe, validate
 from traitlets.config import LoggingConfigurable
 
+from .logs import about
+
 __all__ = ["Proxy", "DashboardProxyHandler", "parse_client_hello", "ClientHelloError"]
 
 SNI_PREFIX = "daskgateway-"
@@ -695,7 +697,8 @@ class Proxy(LoggingConfigurable):
             self._dashboard_routes[cluster_name] = dashboard_address.rstrip("/")
         else:
             self._dashboard_routes.pop(cluster_name, None)
-        self.log.debug("Added routes for cluster %s -> %s", cluster_name, target)
+        self.log.debug("Added routes for cluster %s -> %s", cluster_name, target,
+                       extra=about(cluster_name))
 
     def remove_route(self, cluster_name: str) -> None:
         """Forget a cluster's routes (live tunnels are left to end on their own)."""
@@ -841,7 +844,8 @@ class Proxy(LoggingConfigurable):
                 sock.close()
                 raise
             except Exception:
-                self.log.exception("Error opening tunnel for %s", sni)
+                self.log.exception("Error opening tunnel for %s", sni,
+                                   extra=about(sni[len(SNI_PREFIX):]))
                 sock.close()
             return
         if shared and self._http_server is not None:
@@ -853,7 +857,8 @@ class Proxy(LoggingConfigurable):
     async def _open_tunnel(self, sock: socket.socket, name: str, address: Any) -> None:
         target = self._sni_routes.get(name)
         if target is None:
-            self.log.debug("No route for cluster %r (from %s); closing", name, address)
+            self.log.debug("No route for cluster %r (from %s); closing", name, address,
+                           extra=about(name))
             sock.close()
             return
         handoff = self._handoffs.get(name)
@@ -873,7 +878,8 @@ class Proxy(LoggingConfigurable):
                 self.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            self.log.warning("Cannot reach scheduler of cluster %s at %s: %r", name, target, exc)
+            self.log.warning("Cannot reach scheduler of cluster %s at %s: %r", name, target, exc,
+                             extra=about(name))
             sock.close()
             return
         self._tunnels.add(tunnel)
@@ -886,7 +892,8 @@ class Proxy(LoggingConfigurable):
         # Both linked: let the upstream side read (it was paused until now).
         if not tunnel.upstream.closed:
             tunnel.upstream.transport.resume_reading()  # type: ignore[union-attr]
-        self.log.debug("Tunnel open %s -> cluster %s (%s)", address, name, target)
+        self.log.debug("Tunnel open %s -> cluster %s (%s)", address, name, target,
+                       extra=about(name))
 
     async def _hand_off(self, sock: socket.socket, handoff: str, name: str) -> bool:
         """Pass the client's socket (its ClientHello still unread) to the scheduler over a
@@ -950,7 +957,8 @@ class Proxy(LoggingConfigurable):
                 raise last_exc or OSError("no addresses")
         except (OSError, asyncio.TimeoutError) as exc:
             self.log.warning(
-                "Cannot reach scheduler of cluster %s at %s:%s: %r", name, host, port, exc
+                "Cannot reach scheduler of cluster %s at %s:%s: %r", name, host, port, exc,
+                extra=about(name),
             )
             sock.close()
             return
@@ -962,13 +970,14 @@ class Proxy(LoggingConfigurable):
         try:
             tunnel = _SpliceTunnel(self, sock, upstream)
         except OSError as exc:
-            self.log.warning("Cannot open tunnel to cluster %s: %r", name, exc)
+            self.log.warning("Cannot open tunnel to cluster %s: %r", name, exc, extra=about(name))
             upstream.close()
             sock.close()
             return
         self._tunnels.add(tunnel)  # type: ignore[arg-type]
         tunnel.start()
-        self.log.debug("Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port)
+        self.log.debug("Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port,
+                       extra=about(name))
 
     def _handoff_http(self, sock: socket.socket, address: Any) -> None:
         """Give an untouched accepted socket to the tornado HTTP(S) server."""
@@ -1247,7 +1256,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
             response = await self._fetch
         except Exception as exc:
             if not self._headers_applied:
-                self.proxy.log.debug("Dashboard upstream %s failed: %r", self._target_url, exc)
+                self.proxy.log.debug("Dashboard upstream %s failed: %r", self._target_url, exc,
+                                     extra=about(self._cluster))
                 self._send_json_error(
                     502, f"Dashboard of cluster {self._cluster} is not reachable"
                 )
@@ -1311,7 +1321,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 self._send_json_error(502, f"Dashboard of cluster {self._cluster} is not reachable")
             return
         except Exception as exc:
-            self.proxy.log.debug("Dashboard websocket %s failed: %r", url, exc)
+            self.proxy.log.debug("Dashboard websocket %s failed: %r", url, exc,
+                                 extra=about(self._cluster))
             self._send_json_error(502, f"Dashboard of cluster {self._cluster} is not reachable")
             return
         await super().get(*args, **kwargs)

@@ -17,6 +17,7 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .backends.base import Backend, DBBackendBase
+from .logs import about
 from .models import Cluster, JobStatus, User, Worker, now_ms
 from .store import Store, StoreUnavailable
 from .tls import new_keypair
@@ -131,7 +132,7 @@ class Reconciler:
         await self.store.add_cluster(cluster)
         self._remember(cluster)
         self.queue.put((CLUSTER, name))
-        self.log.info("Created cluster %s for user %s", name, user.name)
+        self.log.info("Created cluster %s for user %s", name, user.name, extra=about(name))
         return cluster
 
     async def stop_cluster(self, cluster: Cluster, failed: bool = False,
@@ -172,7 +173,7 @@ class Reconciler:
                                   cluster.dashboard_address,
                                   handoff=self.backend.handoff_address(cluster))
             cluster.ready.set()
-            self.log.info("Cluster %s is running", cluster.name)
+            self.log.info("Cluster %s is running", cluster.name, extra=about(cluster))
 
         closing = set(msg["closing_workers"])
         for name in set(msg["active_workers"]) | closing:
@@ -192,7 +193,8 @@ class Reconciler:
             if worker.close_expected or worker.target != JobStatus.RUNNING:
                 target = JobStatus.STOPPED
             else:
-                self.log.warning("Worker %s of cluster %s was lost", name, cluster.name)
+                self.log.warning("Worker %s of cluster %s was lost", name, cluster.name,
+                                 extra=about(cluster))
                 target = JobStatus.FAILED
             await self.store.update_worker(worker, target=target)
             self.queue.put((WORKER, cluster.name, name))
@@ -237,7 +239,8 @@ class Reconciler:
                 await asyncio.sleep(delay)
                 delay *= 2
         if error is not None:
-            self.log.warning("Scheduler of cluster %s unreachable: %s", cluster.name, error)
+            self.log.warning("Scheduler of cluster %s unreachable: %s", cluster.name, error,
+                             extra=about(cluster))
             await self.stop_cluster(cluster, failed=True,
                                     message=f"Scheduler unreachable: {error}")
         raise SchedulerUnreachable(f"cluster {cluster.name} is not running")
@@ -266,9 +269,10 @@ class Reconciler:
                 if isinstance(e, StoreUnavailable):  # the store logged it; no traceback
                     delay = min(delay, STORE_RETRY_MAX_DELAY)
                     self.log.debug("Database unavailable reconciling %s; retrying in %.1f s",
-                                   key, delay)
+                                   key, delay, extra=about(key[1]))
                 else:
-                    self.log.exception("Error reconciling %s; retrying in %.1f s", key, delay)
+                    self.log.exception("Error reconciling %s; retrying in %.1f s", key, delay,
+                                       extra=about(key[1]))
                 self.queue.put_after(key, delay)
             finally:
                 self.queue.task_done(key)
@@ -289,7 +293,7 @@ class Reconciler:
                 self.queue.put((WORKER, cluster.name, worker.name))
 
     async def _start(self, cluster: Cluster) -> None:
-        self.log.info("Starting cluster %s", cluster.name)
+        self.log.info("Starting cluster %s", cluster.name, extra=about(cluster))
         try:
             state = await asyncio.wait_for(
                 self.backend.start_cluster(cluster), self.settings.cluster_start_timeout
@@ -298,7 +302,8 @@ class Reconciler:
             if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
                 e = ("the backend did not start it within "
                      f"{self.settings.cluster_start_timeout:g} s")
-            self.log.warning("Cluster %s failed to start: %s", cluster.name, e)
+            self.log.warning("Cluster %s failed to start: %s", cluster.name, e,
+                             extra=about(cluster))
             await self.store.update_cluster(cluster, status=JobStatus.SUBMITTED,
                                             target=JobStatus.FAILED,
                                             message=f"Cluster failed to start: {e}")
@@ -316,7 +321,7 @@ class Reconciler:
             await self._finish(cluster)
             return
         if cluster.status != JobStatus.CLOSING:
-            self.log.info("Stopping cluster %s", cluster.name)
+            self.log.info("Stopping cluster %s", cluster.name, extra=about(cluster))
             await self.store.update_cluster(cluster, status=JobStatus.CLOSING)
         self.routes.remove_route(cluster.name)
         live = [w for w in cluster.workers.values() if not w.status.is_done]
@@ -328,10 +333,12 @@ class Reconciler:
         if cluster.target == JobStatus.FAILED:
             details = self.backend.failure_details(cluster)
             self.log.warning("Cluster %s failed (%s).%s", cluster.name, cluster.message,
-                             f" End of its log:\n{details}" if details else "")
+                             f" End of its log:\n{details}" if details else "",
+                             extra=about(cluster))
         await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
         cluster.ready.set()
-        self.log.info("Cluster %s %s", cluster.name, cluster.status.name.lower())
+        self.log.info("Cluster %s %s", cluster.name, cluster.status.name.lower(),
+                      extra=about(cluster))
 
     async def _reconcile_worker(self, cluster: Cluster, worker: Worker) -> None:
         if worker.status.is_done:
@@ -340,14 +347,15 @@ class Reconciler:
             await self._stop_worker(cluster, worker, worker.target)
             self.queue.put((CLUSTER, cluster.name))
         elif worker.status == JobStatus.CREATED and cluster.status == JobStatus.RUNNING:
-            self.log.debug("Starting worker %s of cluster %s", worker.name, cluster.name)
+            self.log.debug("Starting worker %s of cluster %s", worker.name, cluster.name,
+                           extra=about(cluster))
             try:
                 state = await asyncio.wait_for(
                     self.backend.start_worker(cluster, worker), self.settings.worker_start_timeout
                 )
             except Exception as e:
                 self.log.warning("Worker %s of cluster %s failed to start: %r",
-                                 worker.name, cluster.name, e)
+                                 worker.name, cluster.name, e, extra=about(cluster))
                 await self._worker_failed(cluster, worker)
                 return
             await self._until_stored(lambda: self.store.update_worker(
@@ -418,7 +426,8 @@ class Reconciler:
                 continue
             lifetime = cluster.config.get("max_lifetime") or 0
             if lifetime and now_wall - cluster.start_time > lifetime * 1000:
-                self.log.info("Cluster %s reached its maximum lifetime", cluster.name)
+                self.log.info("Cluster %s reached its maximum lifetime", cluster.name,
+                              extra=about(cluster))
                 await self.stop_cluster(
                     cluster, message=f"Stopped at its maximum lifetime of {lifetime:g} s")
                 continue
@@ -438,7 +447,7 @@ class Reconciler:
                     if (worker.status == JobStatus.SUBMITTED and worker.is_active
                             and now_wall - worker.start_time > s.worker_start_timeout * 1000):
                         self.log.warning("Worker %s of cluster %s did not start in time",
-                                         worker.name, cluster.name)
+                                         worker.name, cluster.name, extra=about(cluster))
                         await self._worker_failed(cluster, worker)
 
     async def _check_clusters(self) -> None:
@@ -450,7 +459,7 @@ class Reconciler:
             if not alive and cluster.is_active:
                 reason = self.backend.exit_reason(cluster)
                 self.log.warning("Scheduler of cluster %s exited%s", cluster.name,
-                                 f": {reason}" if reason else "")
+                                 f": {reason}" if reason else "", extra=about(cluster))
                 await self.stop_cluster(
                     cluster, failed=True,
                     message="The scheduler exited unexpectedly" + (f": {reason}" if reason
@@ -470,7 +479,7 @@ class Reconciler:
                     reason = self.backend.exit_reason(cluster, worker)
                     self.log.warning("Worker %s of cluster %s exited while starting%s",
                                      worker.name, cluster.name,
-                                     f": {reason}" if reason else "")
+                                     f": {reason}" if reason else "", extra=about(cluster))
                     await self._worker_failed(cluster, worker)
 
     async def _cleanup_loop(self) -> None:

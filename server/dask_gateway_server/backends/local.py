@@ -13,6 +13,7 @@ import time
 
 from traitlets import Float, List, Type, Unicode, default
 
+from ..logs import about
 from ..models import Cluster, Worker
 from .base import ClusterConfig, DBBackendBase
 from .launchers import ForkServerLauncher, SubprocessLauncher, process_start_ticks
@@ -162,7 +163,7 @@ class LocalBackend(DBBackendBase):
         config = self.cluster_config(cluster)
         loop = asyncio.get_running_loop()
         paths = await loop.run_in_executor(None, self._setup_workdir, cluster)
-        await self._kill_unrecorded(paths["workdir"])
+        await self._kill_unrecorded(paths["workdir"], cluster)
         return await self.launcher.launch(
             self.scheduler_command(cluster, config),
             self._env(cluster, config, "scheduler"),
@@ -172,9 +173,9 @@ class LocalBackend(DBBackendBase):
         )
 
     async def stop_cluster(self, cluster: Cluster) -> None:
-        await self._terminate(cluster.state)
+        await self._terminate(cluster.state, cluster)
         workdir = self.workdir(cluster)
-        await self._kill_unrecorded(workdir)  # nothing of the cluster may outlive it
+        await self._kill_unrecorded(workdir, cluster)  # nothing of the cluster may outlive it
 
         def remove() -> None:
             # Keep the end of the scheduler's log for failure_details, then clean up.
@@ -199,7 +200,7 @@ class LocalBackend(DBBackendBase):
             entry = pwd.getpwnam(cluster.username)
             for path in (os.path.dirname(worker_dir), worker_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        await self._kill_unrecorded(worker_dir)
+        await self._kill_unrecorded(worker_dir, cluster)
         return await self.launcher.launch(
             self.worker_command(cluster, config, worker),
             self._env(cluster, config, "worker"),
@@ -209,7 +210,7 @@ class LocalBackend(DBBackendBase):
         )
 
     async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
-        await self._terminate(worker.state)
+        await self._terminate(worker.state, cluster)
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         return [is_alive(w.state) for w in workers]
@@ -227,13 +228,14 @@ class LocalBackend(DBBackendBase):
         except OSError:
             return ""
 
-    async def _kill_unrecorded(self, directory: str) -> None:
+    async def _kill_unrecorded(self, directory: str, cluster: Cluster) -> None:
         killed = await asyncio.get_running_loop().run_in_executor(
             None, kill_processes_in, directory)
         if killed:
-            self.log.warning("Killed %d unrecorded process(es) left in %s", killed, directory)
+            self.log.warning("Killed %d unrecorded process(es) left in %s", killed, directory,
+                             extra=about(cluster))
 
-    async def _terminate(self, state: dict) -> None:
+    async def _terminate(self, state: dict, cluster: Cluster) -> None:
         """SIGINT, then SIGTERM, then SIGKILL, waiting a while after each."""
         pid = state.get("pid")
         for sig, timeout in ((signal.SIGINT, self.sigint_timeout),
@@ -256,7 +258,7 @@ class LocalBackend(DBBackendBase):
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
-        self.log.warning("Process %s did not exit after SIGKILL", pid)
+        self.log.warning("Process %s did not exit after SIGKILL", pid, extra=about(cluster))
 
 
 class UnsafeLocalBackend(LocalBackend):

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from traitlets import Enum, Float, List, Type, Unicode, default
 
+from ..logs import about
 from ..models import Cluster, JobStatus, User, Worker
 from .base import ClusterConfig, DBBackendBase
 
@@ -411,7 +412,8 @@ class SlurmBackend(DBBackendBase):
                 self._states[j] = states.get(j, (GONE, ""))
             ids = [j for j in ids if self._states[j][0] == "COMPLETING"]
 
-    def _alive(self, job_id: str, state: tuple[str, str], what: str = "") -> bool:
+    def _alive(self, job_id: str, state: tuple[str, str], what: str = "",
+               cluster: str = "") -> bool:
         """Whether the job still runs; remember why it ended if it did (and log it with
         ``what``: the reconciler logs what ``check_*`` finds itself, with ``exit_reason``)."""
         name, reason = state
@@ -428,7 +430,8 @@ class SlurmBackend(DBBackendBase):
                     why += f" ({reason})"
             self._ended[job_id] = why
             if what:
-                self.log.warning("%s ended: %s", what, why)
+                self.log.warning("%s ended: %s", what, why,
+                                 extra=about(cluster) if cluster else None)
         return False
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
@@ -528,7 +531,7 @@ class SlurmBackend(DBBackendBase):
         job_id = result["job_id"]
         self._tracked.add(job_id)
         self.log.info("Submitted Slurm job %s: scheduler of cluster %s (user %s)",
-                      job_id, cluster.name, cluster.username)
+                      job_id, cluster.name, cluster.username, extra=about(cluster))
         return {"job_id": job_id, "staging_dir": staging}
 
     def _cancel_abandoned(self, username: str, task: asyncio.Task) -> None:
@@ -564,7 +567,8 @@ class SlurmBackend(DBBackendBase):
                 })
                 tail = answer.get("log_tail", "")
             except Exception as e:
-                self.log.warning("Could not remove the staging directory %s: %s", staging, e)
+                self.log.warning("Could not remove the staging directory %s: %s", staging, e,
+                                 extra=about(cluster))
         if cluster.target == JobStatus.FAILED:
             reason = self._ended.get(job_id or "", "")
             self._details[cluster.name] = "\n".join(x for x in (reason, tail) if x)
@@ -582,7 +586,7 @@ class SlurmBackend(DBBackendBase):
         job_id = await batcher.submit(worker)
         self._tracked.add(job_id)
         self.log.info("Submitted Slurm job %s: worker %s of cluster %s",
-                      job_id, worker.name, cluster.name)
+                      job_id, worker.name, cluster.name, extra=about(cluster))
         return {"job_id": job_id}
 
     async def _submit_workers(self, cluster: Cluster, workers: list[Worker]) -> list:
@@ -610,7 +614,8 @@ class SlurmBackend(DBBackendBase):
         if worker.target == JobStatus.FAILED and job_id not in self._ended:
             # Say why a lost worker's job ended (from the shared, per-period squeue).
             states = await self._job_states([job_id])
-            self._alive(job_id, states[job_id], f"Worker {worker.name} of cluster {cluster.name}")
+            self._alive(job_id, states[job_id], f"Worker {worker.name} of cluster {cluster.name}",
+                        cluster.name)
         await self._cancel(cluster.username, job_id)
         self._forget(job_id)
 
