@@ -34,7 +34,7 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import PASSWORD, Server  # noqa: E402  (bench/ is not a package)
+from compare import PASSWORD, Server, _children, _read  # noqa: E402  (bench/: no package)
 
 #: How long one step of a user may wait for a cluster or a worker before it counts as stuck.
 STEP_TIMEOUT = 120.0
@@ -53,6 +53,8 @@ class LoadResult:
     created: dict[str, str] = field(default_factory=dict)
     rounds: int = 0
     problems: list[str] = field(default_factory=list)
+    #: context for reading the figures: the gateway's CPU use, the machine's load
+    notes: dict[str, float] = field(default_factory=dict)
 
     @property
     def server_errors(self) -> int:
@@ -254,15 +256,50 @@ async def run_load(address: str, users: int, duration: float, password: str = PA
     return result
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process so far (with ``children``: also of the
+    children it has reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(x) for x in fields[11:15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def fork_server_pid(gateway_pid: int) -> int | None:
+    """The fork server the gateway started: the parent (and reaper) of every scheduler and
+    worker, so its children's CPU time is theirs."""
+    for child in _children(gateway_pid):
+        if b"zygote" in _read(f"/proc/{child}/cmdline"):
+            return child
+    return None
+
+
 def run_with_server(users: int, duration: float, home: Path) -> tuple[LoadResult, Server]:
     """Start a gateway (as compare.py does, default launcher), load it, stop it, check that
     nothing is left."""
     server_bin = Path(sys.executable).parent / "dask-gateway-server"
     server = Server("load", server_bin, home, default_cmds=True)
     clusters_dir = home / "clusters"
+    bench_cpu0 = cpu_seconds(os.getpid())
     with server.running():
+        zygote = fork_server_pid(server.proc.pid)
+        cpu0 = cpu_seconds(server.proc.pid)
+        cluster_cpu0 = cpu_seconds(zygote, children=True) if zygote else 0.0
+        t0 = time.monotonic()
         result = asyncio.run(run_load(server.address, users, duration,
                                       clusters_dir=clusters_dir))
+        elapsed = time.monotonic() - t0
+        result.notes["gateway CPU, cores busy on average"] = (
+            (cpu_seconds(server.proc.pid) - cpu0) / elapsed)
+        if zygote:
+            result.notes["schedulers + workers CPU, cores busy on average"] = (
+                (cpu_seconds(zygote, children=True) - cluster_cpu0) / elapsed)
+        result.notes["load bench (the users) CPU, cores busy on average"] = (
+            (cpu_seconds(os.getpid()) - bench_cpu0) / elapsed)
+        result.notes["machine load average (1 min) at the end"] = os.getloadavg()[0]
     if server.proc.returncode != 0:
         result.problems.append(f"gateway exited with {server.proc.returncode}")
     left = processes_under(clusters_dir)
@@ -284,6 +321,8 @@ def main() -> None:
           f"{sum(len(r) for r in result.samples.values())} requests\n")
     print(result.table())
     print(f"\n5xx or no answer: {result.server_errors}")
+    for key, value in result.notes.items():
+        print(f"{key}: {value:.2f} (of {os.cpu_count()} cores)")
     if result.problems:
         print(f"\nPROBLEMS ({len(result.problems)}):")
         for p in result.problems[:50]:
