@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import subprocess
 import time
 import urllib.request
@@ -160,3 +159,23 @@ def test_full_disk_under_the_log_keeps_the_gateway_serving(fresh_gateway, tiny_d
     assert "No space left on device" in log
     assert gw.stop() == 0
     assert "Traceback" not in gw.log(), gw.log()
+
+
+def test_half_written_line_is_ended_before_the_next(tiny_disk):
+    log = tiny_disk / "log"
+    log.write_bytes(b"#" * 4086 + b"\n")  # 9 bytes left in the file's only page
+    filler = fill(tiny_disk, tiny_disk / "unused")
+    record = logging.LogRecord("dask_gateway_server", logging.INFO, __file__, 1,
+                               "Cluster %s is running", ("abc",), None)
+    record.__dict__.update(about("abc"))
+    with open(log, "a") as stream:
+        handler = SafeStreamHandler(stream)
+        handler.setFormatter(JSONFormatter())
+        handler.emit(record)  # 9 bytes of it fit
+        assert handler.lost == 1 and log.stat().st_size == 4096
+        filler.unlink()
+        handler.emit(record)
+    lines = log.read_text().splitlines()[1:]
+    assert len(lines[0]) == 9  # the half line, ended
+    assert "1 log lines were lost" in json.loads(lines[1])["message"]
+    assert json.loads(lines[2])["cluster"] == "abc"

@@ -83,6 +83,7 @@ class SafeStreamHandler(logging.StreamHandler):
         super().__init__(stream)
         self.lost = 0
         self.last_error: BaseException | None = None
+        self._partial = False  # the last failed write left half a line in the file
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -113,9 +114,14 @@ class SafeStreamHandler(logging.StreamHandler):
                 self.stream.write(text)
                 self.stream.flush()
             else:
+                # Half a line left by a write that failed is ended first: the lines after
+                # it stay whole (and parse, as JSON).
                 data = text.encode("utf-8", "backslashreplace")
+                if self._partial:
+                    data = b"\n" + data
                 while data:
                     data = data[os.write(fd, data):]
+                    self._partial = bool(data)  # in the file in part, not whole (yet)
             return True
         except Exception as e:  # noqa: BLE001  (a log must never break the gateway)
             self.last_error = e
