@@ -97,10 +97,10 @@ class DaskGateway(Application):
         ["text", "json"],
         "text",
         help="How log lines are written to stderr. 'text': formatted by "
-        "DaskGateway.log_format, with "
-        "'[cluster NAME]' before the message of every line about a cluster. 'json': one JSON "
-        "object a line, with the keys time (UTC, ISO 8601), level, logger, message, and "
-        "cluster (the cluster's name) on lines about a cluster; tracebacks in exc_info.",
+        "DaskGateway.log_format, with '[cluster NAME]' before the message of every line "
+        "about a cluster. 'json': one JSON object a line, with the keys time (UTC, ISO "
+        "8601), level, logger, message, and cluster (the cluster's name) on lines about a "
+        "cluster; tracebacks in exc_info.",
         config=True,
     )
     backend_class = Type(
