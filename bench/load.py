@@ -331,6 +331,16 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_wait_seconds(pid: int) -> float:
+    """Seconds the process's main thread (the gateway's event loop) has spent ready to run
+    but waiting for a CPU (the kernel's run-queue delay, /proc/PID/schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def fork_server_pid(gateway_pid: int) -> int | None:
     """The fork server the gateway started: the parent (and reaper) of every scheduler and
     worker, so its children's CPU time is theirs."""
@@ -350,6 +360,7 @@ def run_with_server(users: int, duration: float, home: Path) -> tuple[LoadResult
     with server.running():
         zygote = fork_server_pid(server.proc.pid)
         cpu0 = cpu_seconds(server.proc.pid)
+        wait0 = cpu_wait_seconds(server.proc.pid)
         cluster_cpu0 = cpu_seconds(zygote, children=True) if zygote else 0.0
         t0 = time.monotonic()
         result = asyncio.run(run_load(server.address, users, duration,
@@ -357,6 +368,8 @@ def run_with_server(users: int, duration: float, home: Path) -> tuple[LoadResult
         elapsed = time.monotonic() - t0
         result.notes["gateway CPU, cores busy on average"] = (
             (cpu_seconds(server.proc.pid) - cpu0) / elapsed)
+        result.notes["gateway event loop: seconds waiting for a CPU per second"] = (
+            (cpu_wait_seconds(server.proc.pid) - wait0) / elapsed)
         if zygote:
             result.notes["schedulers + workers CPU, cores busy on average"] = (
                 (cpu_seconds(zygote, children=True) - cluster_cpu0) / elapsed)
