@@ -864,7 +864,7 @@ class Proxy(LoggingConfigurable):
         handoff = self._handoffs.get(name)
         if handoff is not None and await self._hand_off(sock, handoff, name):
             self.log.debug("Connection from %s handed to the scheduler of cluster %s",
-                           address, name)
+                           address, name, extra=about(name))
             return
         host, port = _split_hostport(target)
         if self._kernel_splice:
@@ -908,7 +908,8 @@ class Proxy(LoggingConfigurable):
                 await asyncio.wait_for(loop.sock_connect(unix, address), self.connect_timeout)
                 socket.send_fds(unix, [b"H"], [sock.fileno()])
             except (OSError, asyncio.TimeoutError) as exc:
-                self.log.debug("No handoff to cluster %s (%r); tunnelling instead", name, exc)
+                self.log.debug("No handoff to cluster %s (%r); tunnelling instead", name, exc,
+                               extra=about(name))
                 return False  # nothing was passed: the tunnel is safe
             try:
                 ack = await asyncio.wait_for(loop.sock_recv(unix, 1), self.connect_timeout)
@@ -922,7 +923,8 @@ class Proxy(LoggingConfigurable):
         # tunnelled as well (two readers would corrupt the stream).
         sock.close()
         if ack != b"1":
-            self.log.warning("Handoff to cluster %s unconfirmed; connection dropped", name)
+            self.log.warning("Handoff to cluster %s unconfirmed; connection dropped", name,
+                             extra=about(name))
         return True
 
     # Linux splice(2) moves bytes socket -> pipe -> socket inside the kernel;
