@@ -320,14 +320,14 @@ async def run_load(address: str, users: int, duration: float, password: str = PA
 
 
 def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User + system CPU seconds of a process so far (with ``children``: also of the
-    children it has reaped)."""
+    """User + system CPU seconds of a process so far (with ``children``: of the children
+    it has reaped instead)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except OSError:
         return 0.0
-    ticks = sum(int(x) for x in fields[11:15 if children else 13])
+    ticks = sum(int(x) for x in (fields[13:15] if children else fields[11:13]))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -358,10 +358,8 @@ def run_with_server(users: int, duration: float, home: Path) -> tuple[LoadResult
     clusters_dir = home / "clusters"
     bench_cpu0 = cpu_seconds(os.getpid())
     with server.running():
-        zygote = fork_server_pid(server.proc.pid)
         cpu0 = cpu_seconds(server.proc.pid)
         wait0 = cpu_wait_seconds(server.proc.pid)
-        cluster_cpu0 = cpu_seconds(zygote, children=True) if zygote else 0.0
         t0 = time.monotonic()
         result = asyncio.run(run_load(server.address, users, duration,
                                       clusters_dir=clusters_dir))
@@ -370,9 +368,12 @@ def run_with_server(users: int, duration: float, home: Path) -> tuple[LoadResult
             (cpu_seconds(server.proc.pid) - cpu0) / elapsed)
         result.notes["gateway event loop: seconds waiting for a CPU per second"] = (
             (cpu_wait_seconds(server.proc.pid) - wait0) / elapsed)
+        # The fork server (started with the gateway, maybe in the background) ran nothing
+        # but this run's clusters: its reaped children's CPU is theirs.
+        zygote = fork_server_pid(server.proc.pid)
         if zygote:
             result.notes["schedulers + workers CPU, cores busy on average"] = (
-                (cpu_seconds(zygote, children=True) - cluster_cpu0) / elapsed)
+                cpu_seconds(zygote, children=True) / elapsed)
         result.notes["load bench (the users) CPU, cores busy on average"] = (
             (cpu_seconds(os.getpid()) - bench_cpu0) / elapsed)
         result.notes["machine load average (1 min) at the end"] = os.getloadavg()[0]
