@@ -92,9 +92,32 @@ class GatewayProcess:
         return Gateway(self.address, **kwargs)
 
 
+def proxy_processes(data_dir: Path) -> list[int]:
+    """Pids of the separate proxy processes (``Proxy.separate_process``) of a gateway."""
+    marker = f'"state_dir": "{data_dir}"'.encode()
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"dask_gateway_server.proxy_process" in cmdline and marker in cmdline \
+                and state != b"Z":
+            pids.append(int(pid))
+    return pids
+
+
 def _kill_leftovers(data_dir: Path) -> None:
-    """Kill any scheduler or worker a test left behind (they run in their own sessions, in
-    working directories under the gateway's clusters directory)."""
+    """Kill any scheduler, worker or proxy process a test left behind (they run in their own
+    sessions, in working directories under the gateway's data directory)."""
+    for pid in proxy_processes(data_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
     marker = str(data_dir / "clusters")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():

@@ -223,6 +223,7 @@ class DaskGateway(Application):
         # empty gateway while it is still reading the database.
         await self.reconciler.start()
         self.private_server.add_sockets(sockets)
+        self.proxy.state_dir = self.data_dir
         await self.proxy.start(self.web_app)
         self.metrics.start()
         self.log.info("Dask Gateway %s started at %s", __version__, self.proxy.public_url)
@@ -252,7 +253,10 @@ class DaskGateway(Application):
         self.log.info("Stopping the gateway")
         await self.metrics.stop()
         await self.reconciler.stop()
-        await self.proxy.stop()
+        # Clusters left running keep their clients' connections: a separate proxy process
+        # stays up for the next gateway to re-attach to.
+        await self.proxy.stop(keep_separate_process=not getattr(
+            self.backend, "stop_clusters_on_shutdown", True))
         self.private_server.stop()
         await self.backend.cleanup()
         await self.authenticator.cleanup()

@@ -14,9 +14,12 @@ bytes of each connection (nothing is consumed, so nothing has to be replayed):
 * With a separate ``tcp_address``, that port only does SNI tunnels and closes
   everything else.
 
-Unlike upstream dask-gateway there is no separate proxy binary and no route
-API: the gateway calls :meth:`Proxy.add_route`/:meth:`Proxy.remove_route`
-directly, so a route exists as soon as the cluster is reported running.
+Unlike upstream dask-gateway there is no route API: the gateway calls
+:meth:`Proxy.add_route`/:meth:`Proxy.remove_route` directly, so a route exists
+as soon as the cluster is reported running. With ``separate_process`` the
+listener and the tunnels live in a long-lived child process (see
+``proxy_process.py``) so clients' scheduler connections outlive a gateway
+restart; HTTP connections are then passed to the gateway as file descriptors.
 """
 
 from __future__ import annotations
@@ -571,6 +574,27 @@ class Proxy(LoggingConfigurable):
         config=True,
     )
     connect_timeout = Float(10.0, help="Seconds to connect to a scheduler.", config=True)
+    separate_process = Bool(
+        False,
+        help="""Run the public port's listener and the scheduler (TLS/SNI)
+        tunnels in a process of their own, started by the gateway in its own
+        session. The gateway re-attaches to it after a restart (through a unix
+        socket in DaskGateway.data_dir), so the clients' open connections to
+        their schedulers survive the gateway's restart, SIGKILL included. HTTP
+        connections are handed to the gateway as file descriptors and served
+        as before. The process is stopped with the gateway when the backend
+        stops clusters on shutdown, and kept running otherwise (its pid is in
+        data_dir/proxy.pid).""",
+        config=True,
+    )
+    separate_process_hold_timeout = Float(
+        30.0,
+        help="""With separate_process: seconds a new HTTP connection is held
+        while no gateway is attached (during a restart) before it is answered
+        503. Scheduler connections are routed meanwhile by the last known
+        routes.""",
+        config=True,
+    )
 
     # Traits of upstream's external-proxy setup, accepted so existing config
     # files keep loading. The proxy now lives inside the gateway process.
@@ -634,6 +658,10 @@ class Proxy(LoggingConfigurable):
         self._http_host = ""
         self._tcp_host = ""
         self._started = False
+        #: Where the separate proxy process keeps its socket and pid file (the
+        #: gateway's data_dir; set by the application).
+        self.state_dir = ""
+        self._link: Any = None  # proxy_process.ProxyLink when separate_process
 
     # -- properties ----------------------------------------------------------
 
@@ -697,6 +725,8 @@ class Proxy(LoggingConfigurable):
             self._dashboard_routes[cluster_name] = dashboard_address.rstrip("/")
         else:
             self._dashboard_routes.pop(cluster_name, None)
+        if self._link is not None:
+            self._link.add_route(cluster_name, target, self._dashboard_routes.get(cluster_name))
         self.log.debug("Added routes for cluster %s -> %s", cluster_name, target,
                        extra=about(cluster_name))
 
@@ -705,6 +735,8 @@ class Proxy(LoggingConfigurable):
         self._sni_routes.pop(cluster_name, None)
         self._handoffs.pop(cluster_name, None)
         self._dashboard_routes.pop(cluster_name, None)
+        if self._link is not None:
+            self._link.remove_route(cluster_name)
 
     def get_dashboard_target(self, name: str) -> str | None:
         return self._dashboard_routes.get(name)
@@ -758,14 +790,12 @@ class Proxy(LoggingConfigurable):
             max_body_size=1 << 40,
         )
         try:
-            # With a separate SNI port the public port is plain HTTP(S): no
-            # peeking needed there.
-            mode = "http" if self.tcp_address else "shared"
-            self._http_host, self._http_port = self._bind(self.address, mode)
-            if self.tcp_address:
-                self._tcp_host, self._tcp_port = self._bind(self.tcp_address, "sni")
+            if self.separate_process:
+                from .proxy_process import ProxyLink
+
+                self._link = await ProxyLink.attach(self)
             else:
-                self._tcp_host, self._tcp_port = self._http_host, self._http_port
+                self._listen()
         except Exception:
             await self.stop()
             raise
@@ -776,8 +806,26 @@ class Proxy(LoggingConfigurable):
             self.tcp_address_bound,
         )
 
-    async def stop(self) -> None:
-        """Close the listeners, pending handshakes, tunnels and HTTP connections."""
+    def _listen(self) -> None:
+        """Bind the public port (and the SNI-only one, if any) in this process."""
+        # With a separate SNI port the public port is plain HTTP(S): no
+        # peeking needed there.
+        mode = "http" if self.tcp_address else "shared"
+        self._http_host, self._http_port = self._bind(self.address, mode)
+        if self.tcp_address:
+            self._tcp_host, self._tcp_port = self._bind(self.tcp_address, "sni")
+        else:
+            self._tcp_host, self._tcp_port = self._http_host, self._http_port
+
+    async def stop(self, keep_separate_process: bool = False) -> None:
+        """Close the listeners, pending handshakes, tunnels and HTTP connections.
+
+        With ``separate_process``, ``keep_separate_process`` detaches from the
+        proxy process instead of stopping it, so its tunnels stay open.
+        """
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close(stop_process=not keep_separate_process)
         for remove in self._remove_accept:
             remove()
         self._remove_accept.clear()
@@ -848,7 +896,7 @@ class Proxy(LoggingConfigurable):
                                    extra=about(sni[len(SNI_PREFIX):]))
                 sock.close()
             return
-        if shared and self._http_server is not None:
+        if shared:
             self._handoff_http(sock, address)
         else:
             self.log.debug("Closing non-scheduler connection from %s on SNI-only port", address)
@@ -983,7 +1031,9 @@ class Proxy(LoggingConfigurable):
 
     def _handoff_http(self, sock: socket.socket, address: Any) -> None:
         """Give an untouched accepted socket to the tornado HTTP(S) server."""
-        assert self._http_server is not None
+        if self._http_server is None:  # stopping
+            sock.close()
+            return
         try:
             stream: IOStream
             if self._ssl_ctx is not None:
