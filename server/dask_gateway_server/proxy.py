@@ -796,7 +796,11 @@ class Proxy(LoggingConfigurable):
                 self._link = await ProxyLink.attach(self)
             else:
                 self._listen()
-        except Exception:
+        except Exception as exc:
+            pid_file = os.path.join(self.state_dir, "proxy.pid") if self.state_dir else ""
+            if isinstance(exc, OSError) and pid_file and os.path.exists(pid_file):
+                self.log.error("A separate proxy process (see %s) may hold the port: set "
+                               "Proxy.separate_process = True, or stop that process", pid_file)
             await self.stop()
             raise
         self._started = True

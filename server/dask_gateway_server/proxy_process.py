@@ -47,6 +47,8 @@ __all__ = ["ProxyLink", "socket_address", "pid_file", "main"]
 log = logging.getLogger("dask_gateway_server.proxy_process")
 
 _MAX_MESSAGE = 64 * 1024
+#: Bumped on incompatible message changes: a proxy process outlives gateway upgrades.
+PROTOCOL = 1
 _MAX_HELD = 1024
 _SPAWN_TIMEOUT = 30.0
 _HELLO_TIMEOUT = 10.0
@@ -230,6 +232,10 @@ class ProxyLink:
                            "hold_timeout": self.proxy.separate_process_hold_timeout})
         hello = await asyncio.wait_for(self._hello, _HELLO_TIMEOUT)
         self.pid = hello["pid"]
+        if hello.get("protocol") != PROTOCOL:
+            self.proxy.log.warning("The proxy process (pid %d) speaks protocol %s, this gateway "
+                                   "%s: restart it (stop the gateway and that process)",
+                                   self.pid, hello.get("protocol"), PROTOCOL)
         p = self.proxy
         p._http_host, p._http_port = hello["http_host"], hello["http_port"]
         p._tcp_host, p._tcp_port = hello["tcp_host"], hello["tcp_port"]
@@ -441,7 +447,7 @@ class _DetachedProxy(Proxy):
             if old is not None and old is not channel:
                 old.close()  # the newest gateway wins
             channel.send({
-                "op": "hello", "pid": os.getpid(),
+                "op": "hello", "protocol": PROTOCOL, "pid": os.getpid(),
                 "http_host": self._http_host, "http_port": self._http_port,
                 "tcp_host": self._tcp_host, "tcp_port": self._tcp_port,
                 "address": self.address, "tcp_address": self.tcp_address,
