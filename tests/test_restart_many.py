@@ -18,6 +18,8 @@ from procs import cluster_processes
 
 ALICE = basic("alice")
 SEPARATE = ["--LocalBackend.stop_clusters_on_shutdown=False", "--Proxy.separate_process=True"]
+# Starting a gateway imports distributed (the fork server); slow on a loaded CI machine.
+START = 90
 
 
 def db_rows(data_dir: Path) -> tuple[list[tuple], list[tuple]]:
@@ -64,7 +66,7 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
     from dask_gateway import BasicAuth, Gateway
 
     gw = fresh_gateway(SEPARATE)
-    gw.start()
+    gw.start(timeout=START)
     [proxy_pid] = proxy_processes(gw.data_dir)
     api = f"{gw.address}/api/v1/clusters"
     names = [call("POST", f"{api}/", {}, ALICE).json()["name"] for _ in range(20)]
@@ -96,7 +98,7 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
         assert client.submit(lambda x: x + 1, i).result(timeout=30) == i + 1
 
     t0 = time.monotonic()
-    gw.start()
+    gw.start(timeout=START)
     restart_time = time.monotonic() - t0
     print(f"gateway restarted in {restart_time:.2f}s with 20 clusters")
     assert proxy_processes(gw.data_dir) == [proxy_pid]  # re-attached, not a new one
@@ -128,7 +130,7 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
     assert gw.stop(signal.SIGTERM) == 0
     gw.extra_args = ["--LocalBackend.stop_clusters_on_shutdown=True",
                      "--Proxy.separate_process=True"]
-    gw.start()
+    gw.start(timeout=START)
     assert proxy_processes(gw.data_dir) == [proxy_pid]
     assert gw.stop(signal.SIGTERM) == 0, gw.log()
     assert proxy_processes(gw.data_dir) == []
@@ -144,7 +146,7 @@ def test_sigkill_mid_flight_with_separate_proxy(fresh_gateway):
     from dask_gateway import BasicAuth, Gateway
 
     gw = fresh_gateway(SEPARATE)
-    gw.start()
+    gw.start(timeout=START)
     [proxy_pid] = proxy_processes(gw.data_dir)
     api = f"{gw.address}/api/v1/clusters"
     stable = call("POST", f"{api}/", {}, ALICE).json()["name"]
@@ -168,7 +170,7 @@ def test_sigkill_mid_flight_with_separate_proxy(fresh_gateway):
     assert client.submit(lambda: 1 + 1).result(timeout=30) == 2
 
     t0 = time.monotonic()
-    gw.start()
+    gw.start(timeout=START)
     print(f"gateway restarted after SIGKILL in {time.monotonic() - t0:.2f}s")
     assert proxy_processes(gw.data_dir) == [proxy_pid]
     everyone = [stable, stopping, *creating]
@@ -206,7 +208,7 @@ def test_http_waits_for_the_gateway_then_503(fresh_gateway):
     import threading
 
     gw = fresh_gateway(SEPARATE)
-    gw.start()
+    gw.start(timeout=START)
     [proxy_pid] = proxy_processes(gw.data_dir)
     assert gw.stop(signal.SIGTERM) == 0
     held = {}
@@ -219,14 +221,14 @@ def test_http_waits_for_the_gateway_then_503(fresh_gateway):
     thread = threading.Thread(target=request)
     thread.start()
     time.sleep(1)
-    gw.start()  # its own health checks wait in the same queue
+    gw.start(timeout=START)  # its own health checks wait in the same queue
     thread.join()
     assert held["answer"].status == 200 and held["waited"] > 1, held
 
     # The hold time is the last attached gateway's.
     gw.extra_args = [*SEPARATE, "--Proxy.separate_process_hold_timeout=1"]
     assert gw.stop(signal.SIGKILL) == -signal.SIGKILL
-    gw.start()
+    gw.start(timeout=START)
     assert gw.stop(signal.SIGTERM) == 0
     t0 = time.monotonic()
     answer = call("GET", f"{gw.address}/api/health", timeout=30)
