@@ -151,8 +151,8 @@ def fresh_gateway(tmp_path):
     """A gateway of the test's own, for tests that stop or restart it."""
     gws: list[GatewayProcess] = []
 
-    def make(extra_args=None) -> GatewayProcess:
-        gw = GatewayProcess(tmp_path / f"gw{len(gws)}", extra_args)
+    def make(extra_args=None, config: Path = CONFIG) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path / f"gw{len(gws)}", extra_args, config=config)
         gws.append(gw)
         return gw
 

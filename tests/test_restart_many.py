@@ -4,20 +4,26 @@ Many clusters and connected clients survive a gateway restart (SIGTERM, and SIGK
 clusters are being created, scaled and stopped): the clients' connections to their
 schedulers are never closed, every cluster reaches its target with the same processes, no
 process is left over and no database row is lost or duplicated.
+
+Connections to local schedulers are normally handed to the scheduler itself (see
+test_handoff.py); the twenty-cluster test turns that off so that every client connection is
+a tunnel through the proxy process, as with schedulers on other machines (Slurm).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
-from conftest import proxy_processes
+from conftest import HERE, proxy_processes
 from http_helpers import basic, call
 from procs import cluster_processes
 
 ALICE = basic("alice")
 SEPARATE = ["--LocalBackend.stop_clusters_on_shutdown=False", "--Proxy.separate_process=True"]
+TUNNELLED = HERE / "tunnel_gateway_config.py"
 # Starting a gateway imports distributed (the fork server); slow on a loaded CI machine.
 START = 90
 
@@ -54,6 +60,18 @@ def wait_status(api: str, names: list[str], want: dict[str, str], timeout: float
         time.sleep(0.2)
 
 
+def splice_pipes(pid: int) -> int:
+    """Pipe fds of a process: each scheduler tunnel of the proxy splices through 4."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("pipe:")
+        except OSError:
+            pass
+    return count
+
+
 def comm_ids(client) -> tuple[int, int]:
     """The identities of the client's comm and of the scheduler's end of it."""
     cid = client.id
@@ -65,7 +83,7 @@ def comm_ids(client) -> tuple[int, int]:
 def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
     from dask_gateway import BasicAuth, Gateway
 
-    gw = fresh_gateway(SEPARATE)
+    gw = fresh_gateway(SEPARATE, config=TUNNELLED)
     gw.start(timeout=START)
     [proxy_pid] = proxy_processes(gw.data_dir)
     api = f"{gw.address}/api/v1/clusters"
@@ -84,6 +102,8 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
         client.wait_for_workers(1, timeout=60)
         clients.append(client)
     comms = [comm_ids(c) for c in clients]
+    # Each client's connection is a tunnel through the proxy process.
+    assert splice_pipes(proxy_pid) >= 4 * len(clients)
     schedulers = {n: cluster_processes(n, "scheduler") for n in names}
     workers = {n: cluster_processes(n, "worker") for n in names}
     assert all(len(p) == 1 for p in schedulers.values()), schedulers
@@ -94,6 +114,7 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
     assert gw.stop(signal.SIGTERM) == 0, gw.log()
     # The gateway is gone; the proxy process and the clients' tunnels are not.
     assert proxy_processes(gw.data_dir) == [proxy_pid]
+    assert splice_pipes(proxy_pid) >= 4 * len(clients)
     for i, client in enumerate(clients):
         assert client.submit(lambda x: x + 1, i).result(timeout=30) == i + 1
 

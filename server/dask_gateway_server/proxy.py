@@ -579,8 +579,9 @@ class Proxy(LoggingConfigurable):
         help="""Run the public port's listener and the scheduler (TLS/SNI)
         tunnels in a process of their own, started by the gateway in its own
         session. The gateway re-attaches to it after a restart (through a unix
-        socket in DaskGateway.data_dir), so the clients' open connections to
-        their schedulers survive the gateway's restart, SIGKILL included. HTTP
+        socket in DaskGateway.data_dir), so the clients' connections tunnelled
+        to their schedulers survive the gateway's restart, SIGKILL included,
+        and the port keeps accepting meanwhile. HTTP
         connections are handed to the gateway as file descriptors and served
         as before. The process is stopped with the gateway when the backend
         stops clusters on shutdown, and kept running otherwise (its pid is in
@@ -726,7 +727,8 @@ class Proxy(LoggingConfigurable):
         else:
             self._dashboard_routes.pop(cluster_name, None)
         if self._link is not None:
-            self._link.add_route(cluster_name, target, self._dashboard_routes.get(cluster_name))
+            self._link.add_route(cluster_name, target, self._dashboard_routes.get(cluster_name),
+                                 self._handoffs.get(cluster_name))
         self.log.debug("Added routes for cluster %s -> %s", cluster_name, target,
                        extra=about(cluster_name))
 

@@ -1,10 +1,13 @@
 """The public port in a long-lived process of its own (``Proxy.separate_process``).
 
-Why: a client's connection to its scheduler is a TCP tunnel through the public
-port. If the process owning the port restarts, every tunnel breaks. Here the
-listener and the tunnels live in a small process that the gateway starts in a
-session of its own and re-attaches to after a restart (SIGKILL included), so
-restarting the gateway leaves the clients' scheduler connections open.
+Why: a client's connection to a scheduler that cannot take it over itself (one
+on another machine: no handoff, see ``Backend.handoff_address``) is a TCP tunnel
+through the public port. If the process owning the port restarts, every tunnel
+breaks, and while it is down the port refuses API calls, heartbeats and new
+scheduler connections. Here the listener and the tunnels live in a small
+process that the gateway starts in a session of its own and re-attaches to
+after a restart (SIGKILL included): tunnels stay open, handoffs and new tunnels
+go on by the last route table, HTTP waits for the next gateway.
 
 The gateway and the proxy process talk over a ``SOCK_SEQPACKET`` unix socket in
 the gateway's data directory (one JSON object per message, so no framing):
@@ -251,8 +254,9 @@ class ProxyLink:
     def _send_table(self) -> None:
         assert self.channel is not None
         self.channel.send({"op": "reset"})
-        for name, target in list(self.proxy._sni_routes.items()):
-            self.add_route(name, target, self.proxy._dashboard_routes.get(name))
+        p = self.proxy
+        for name, target in list(p._sni_routes.items()):
+            self.add_route(name, target, p._dashboard_routes.get(name), p._handoffs.get(name))
         self.channel.send({"op": "synced"})
 
     async def _spawn(self) -> None:
@@ -328,10 +332,11 @@ class ProxyLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5)
 
-    def add_route(self, name: str, target: str, dashboard: str | None) -> None:
+    def add_route(self, name: str, target: str, dashboard: str | None,
+                  handoff: str | None = None) -> None:
         if self.channel is not None:
             self.channel.send({"op": "add", "name": name, "target": target,
-                               "dashboard": dashboard})
+                               "dashboard": dashboard, "handoff": handoff})
 
     def remove_route(self, name: str) -> None:
         if self.channel is not None:
@@ -383,7 +388,7 @@ class _DetachedProxy(Proxy):
         self.https = https
         self.gateway: _Channel | None = None
         self.held: collections.deque[tuple[socket.socket, Any, float]] = collections.deque()
-        self._staging: dict[str, tuple[str, str | None]] | None = None
+        self._staging: dict[str, tuple[str, str | None, str | None]] | None = None
         self.stopping = asyncio.Event()
 
     def _handoff_http(self, sock: socket.socket, address: Any) -> None:
@@ -463,10 +468,11 @@ class _DetachedProxy(Proxy):
         if op == "reset":
             self._staging = {}
         elif op == "add":
+            route = (msg["target"], msg.get("dashboard"), msg.get("handoff"))
             if self._staging is not None:
-                self._staging[msg["name"]] = (msg["target"], msg.get("dashboard"))
+                self._staging[msg["name"]] = route
             else:
-                self.add_route(msg["name"], msg["target"], msg.get("dashboard"))
+                self.add_route(msg["name"], *route)
         elif op == "remove":
             if self._staging is not None:
                 self._staging.pop(msg["name"], None)
@@ -475,9 +481,10 @@ class _DetachedProxy(Proxy):
         elif op == "synced" and self._staging is not None:
             staging, self._staging = self._staging, None
             self._sni_routes.clear()
+            self._handoffs.clear()
             self._dashboard_routes.clear()
-            for name, (target, dashboard) in staging.items():
-                self.add_route(name, target, dashboard)
+            for name, route in staging.items():
+                self.add_route(name, *route)
             log.info("Route table of %d clusters received", len(staging))
         elif op == "shutdown":
             log.info("Stopping at the gateway's request")
