@@ -257,3 +257,23 @@ def test_http_waits_for_the_gateway_then_503(fresh_gateway):
     assert answer.status == 503 and "restarting" in answer.json()["error"], answer
     assert 0.5 < waited < 10, waited
     assert proxy_processes(gw.data_dir) == [proxy_pid]
+
+
+def test_gateway_restarts_a_lost_proxy_process(fresh_gateway):
+    """If the proxy process dies under a running gateway, the gateway starts a new one."""
+    gw = fresh_gateway(SEPARATE)
+    gw.start(timeout=START)
+    [proxy_pid] = proxy_processes(gw.data_dir)
+    os.kill(proxy_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if call("GET", f"{gw.address}/api/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    assert call("GET", f"{gw.address}/api/health").status == 200, gw.log()[-3000:]
+    [new_pid] = proxy_processes(gw.data_dir)
+    assert new_pid != proxy_pid
+    assert gw.proc.poll() is None  # the gateway itself carried on
+    assert "Lost the proxy process" in gw.log()

@@ -186,6 +186,7 @@ class ProxyLink:
         self.popen: subprocess.Popen | None = None
         self._hello: asyncio.Future[dict] | None = None
         self._closing = False
+        self._attached = False
         self._reattach: asyncio.Task | None = None
 
     @classmethod
@@ -229,12 +230,18 @@ class ProxyLink:
                 await asyncio.sleep(0.05)
                 sock = await self._connect()
         self._hello = asyncio.get_running_loop().create_future()
-        self.channel = _Channel(sock, self._on_message, self._on_close)
-        # The hold time is the attaching gateway's: a restart can change it.
-        self.channel.send({"op": "attach",
-                           "hold_timeout": self.proxy.separate_process_hold_timeout})
-        hello = await asyncio.wait_for(self._hello, _HELLO_TIMEOUT)
+        channel = self.channel = _Channel(sock, self._on_message, self._on_close)
+        try:
+            # The hold time is the attaching gateway's: a restart can change it.
+            channel.send({"op": "attach", "pid": os.getpid(),
+                          "hold_timeout": self.proxy.separate_process_hold_timeout})
+            hello = await asyncio.wait_for(self._hello, _HELLO_TIMEOUT)
+        except BaseException:
+            self.channel = None  # not attached: closing it is no loss to recover from
+            channel.close()
+            raise
         self.pid = hello["pid"]
+        self._attached = True
         if hello.get("protocol") != PROTOCOL:
             self.proxy.log.warning("The proxy process (pid %d) speaks protocol %s, this gateway "
                                    "%s: restart it (stop the gateway and that process)",
@@ -310,14 +317,25 @@ class ProxyLink:
             return
         for fd in fds:
             os.close(fd)
-        if op == "hello" and self._hello is not None and not self._hello.done():
+        if self._hello is None or self._hello.done():
+            return
+        if op == "hello":
             self._hello.set_result(msg)
+        elif op == "busy":
+            self._hello.set_exception(RuntimeError(
+                f"Another gateway (pid {msg.get('pid')}) is attached to the proxy process "
+                f"(pid {msg.get('proxy_pid')}) of {self.state_dir}"))
 
     def _on_close(self, unsent: list[socket.socket]) -> None:
         if self.popen is not None:
             self.popen.poll()  # reap it if it died
-        if self._closing:
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(ConnectionError("the proxy process closed the socket"))
+        # Only the loss of an attached channel starts (one) re-attach loop; a failed
+        # attempt is retried by the loop that made it.
+        if self._closing or not self._attached:
             return
+        self._attached = False
         self.proxy.log.error("Lost the proxy process (pid %d); attaching again", self.pid)
         self._reattach = asyncio.ensure_future(self._reattach_loop())
 
@@ -387,6 +405,7 @@ class _DetachedProxy(Proxy):
         self.hold_timeout = hold_timeout
         self.https = https
         self.gateway: _Channel | None = None
+        self.gateway_pid = 0
         self.held: collections.deque[tuple[socket.socket, Any, float]] = collections.deque()
         self._staging: dict[str, tuple[str, str | None, str | None]] | None = None
         self.stopping = asyncio.Event()
@@ -448,9 +467,19 @@ class _DetachedProxy(Proxy):
         if op == "attach":
             if isinstance(msg.get("hold_timeout"), (int, float)):
                 self.hold_timeout = float(msg["hold_timeout"])
-            old, self.gateway = self.gateway, channel
+            old = self.gateway
             if old is not None and old is not channel:
-                old.close()  # the newest gateway wins
+                old._on_readable()  # a gateway that has just died: see its EOF now
+                if not old.closed:
+                    # Two live gateways on one data dir would fight over the routes.
+                    log.warning("Refusing gateway pid %s: pid %d is attached",
+                                msg.get("pid"), self.gateway_pid)
+                    channel.send({"op": "busy", "pid": self.gateway_pid,
+                                  "proxy_pid": os.getpid()})
+                    channel.close()
+                    return
+            self.gateway = channel
+            self.gateway_pid = int(msg.get("pid") or 0)
             channel.send({
                 "op": "hello", "protocol": PROTOCOL, "pid": os.getpid(),
                 "http_host": self._http_host, "http_port": self._http_port,
