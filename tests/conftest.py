@@ -67,6 +67,8 @@ class GatewayProcess:
                         return
             except OSError:
                 time.sleep(0.05)
+        self.proc.kill()  # a fixture that fails here never stops it
+        self.proc.wait()
         raise TimeoutError(f"gateway did not start:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:

@@ -17,6 +17,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import HERE, proxy_processes
 from http_helpers import basic, call
 from procs import cluster_processes
@@ -277,3 +279,12 @@ def test_gateway_restarts_a_lost_proxy_process(fresh_gateway):
     assert new_pid != proxy_pid
     assert gw.proc.poll() is None  # the gateway itself carried on
     assert "Lost the proxy process" in gw.log()
+
+    # A second gateway on the same data directory is refused, not let in to fight over it.
+    other = fresh_gateway(SEPARATE)
+    other.data_dir, other.log_path = gw.data_dir, gw.data_dir / "other.log"
+    with pytest.raises(RuntimeError, match="exited at start"):
+        other.start(timeout=START)
+    assert "Another gateway" in other.log()
+    assert proxy_processes(gw.data_dir) == [new_pid]
+    assert call("GET", f"{gw.address}/api/health").status == 200
