@@ -25,6 +25,7 @@ from procs import cluster_processes
 
 ALICE = basic("alice")
 SEPARATE = ["--LocalBackend.stop_clusters_on_shutdown=False", "--Proxy.separate_process=True"]
+RUNNING = 3  # JobStatus.RUNNING in the database
 TUNNELLED = HERE / "tunnel_gateway_config.py"
 # Starting a gateway imports distributed (the fork server); slow on a loaded CI machine.
 START = 90
@@ -110,8 +111,15 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
     workers = {n: cluster_processes(n, "worker") for n in names}
     assert all(len(p) == 1 for p in schedulers.values()), schedulers
     assert [len(workers[n]) for n in names] == [1] * 3 + [0] * 17
-    clusters_before, workers_before = db_rows(gw.data_dir)
+    # The gateway records a worker RUNNING at the scheduler's next heartbeat.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        clusters_before, workers_before = db_rows(gw.data_dir)
+        if [w[3] for w in workers_before] == [RUNNING] * 3:
+            break
+        time.sleep(0.2)
     assert len(clusters_before) == 20 and len(workers_before) == 3
+    assert {c[2] for c in clusters_before} == {w[3] for w in workers_before} == {RUNNING}
 
     assert gw.stop(signal.SIGTERM) == 0, gw.log()
     # The gateway is gone; the proxy process and the clients' tunnels are not.
