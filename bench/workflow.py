@@ -22,7 +22,7 @@ import urllib.request
 
 
 def start_gateway(data_dir: str, config: str | None = None, extra_args: list[str] = (),
-                  log: str | None = None) -> tuple[subprocess.Popen, str]:
+                  log: str | None = None, timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """Start ``dask-gateway-server`` on a free port (the test configuration by default)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,12 +38,15 @@ def start_gateway(data_dir: str, config: str | None = None, extra_args: list[str
         stdout=out, stderr=subprocess.STDOUT,
     )
     address = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    deadline = time.monotonic() + timeout  # a busy machine starts it slowly
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             urllib.request.urlopen(f"{address}/api/health", timeout=1)
             return proc, address
         except OSError:
             time.sleep(0.05)
+    proc.kill()
+    proc.wait()
     raise RuntimeError("gateway did not start")
 
 

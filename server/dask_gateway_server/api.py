@@ -17,7 +17,7 @@ from .auth import AuthError, Authenticator
 from .limits import LimitExceeded, UserLimits
 from .logs import cluster_in_path
 from .metrics import MetricsHandler
-from .models import Cluster, ClusterStatus, JobStatus, User
+from .models import MAX_WORKER_COUNT, Cluster, ClusterStatus, JobStatus, User
 from .openapi import openapi_spec
 from .reconciler import Reconciler, SchedulerUnreachable
 from .store import StoreUnavailable
@@ -348,6 +348,8 @@ class ScaleHandler(BaseHandler):
             msg = (f"Scale request of {count} workers would exceed resource limit of "
                    f"{limit} workers. Scaling to {limit} instead.")
             count = limit
+        if count > MAX_WORKER_COUNT:
+            raise APIError(422, f"Scale expects at most {MAX_WORKER_COUNT} workers, got {count}")
         try:
             self.limits.check(self.limits.owner(cluster), self.reconciler.clusters.values(),
                               changed=cluster, count=count)
@@ -395,6 +397,10 @@ class AdaptHandler(ScaleHandler):
                    f"{cluster.username}. Using `maximum={user_max}` instead.")
             maximum = user_max
             minimum = None if minimum is None else min(minimum, user_max)
+        for key, value in (("minimum", minimum), ("maximum", maximum)):
+            if value is not None and value > MAX_WORKER_COUNT:
+                raise APIError(422, f"Adapt expects a {key} of at most {MAX_WORKER_COUNT} "
+                                    f"workers, got {value}")
         await self._send(cluster, {"op": "adapt", "minimum": minimum, "maximum": maximum,
                                    "active": active})
         self.write_json({"ok": msg is None, "msg": msg})

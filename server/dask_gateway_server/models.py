@@ -11,6 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The most workers a cluster can be asked for: what an INTEGER column holds in every
+#: database the store supports (SQLite, PostgreSQL).
+MAX_WORKER_COUNT = 2**31 - 1
+
 
 class ClusterStatus(enum.IntEnum):
     """The status a client sees; only the names travel on the wire."""

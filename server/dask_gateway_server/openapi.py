@@ -211,7 +211,8 @@ _SPEC: dict[str, Any] = {
                 "summary": "Set the number of workers (turns adaptive scaling off).",
                 "description": "A count over the cluster's `cluster_max_workers` is lowered "
                                "to it, with `ok: false` and a message the client shows as a "
-                               "warning. A count the user's limits don't allow is a 422.",
+                               "warning. A count the user's limits don't allow is a 422, and so "
+                               "is one above 2147483647 (2**31 - 1) once lowered.",
                 "requestBody": _body({"type": "object", "required": ["count"],
                                       "properties": {"count": {"type": "integer", "minimum": 0}}},
                                      "How many workers."),
@@ -234,8 +235,9 @@ _SPEC: dict[str, Any] = {
                 "operationId": "adaptCluster",
                 "summary": "Let the scheduler scale between minimum and maximum workers.",
                 "description": "Bounds beyond the cluster's or the user's limits are lowered, "
-                               "with `ok: false` and a message. `active: false` stops adapting "
-                               "and keeps the current workers.",
+                               "with `ok: false` and a message; bounds still above 2147483647 "
+                               "(2**31 - 1) after that are a 422. `active: false` stops "
+                               "adapting and keeps the current workers.",
                 "requestBody": _body({
                     "type": "object",
                     "properties": {
@@ -483,7 +485,10 @@ _SPEC: dict[str, Any] = {
                     "scheduler_address": {"type": "string"},
                     "dashboard_address": {"type": "string"},
                     "api_address": {"type": "string"},
-                    "count": {"type": "integer"},
+                    "count": {"type": "integer",
+                              "description": "Workers the scheduler wants; lowered to the "
+                                             "cluster's and the user's limits (and to "
+                                             "2147483647)."},
                     "active_workers": {"type": "array", "items": {"type": "string"}},
                     "closing_workers": {"type": "array", "items": {"type": "string"}},
                     "closed_workers": {"type": "array", "items": {"type": "string"}},
@@ -512,8 +517,10 @@ _ERROR_OVERRIDES = {
     ("listClusters", "422"): "An unknown status in `status`.",
     ("createCluster", "422"): "An unknown option, a value out of range, or over the user's "
                               "limits (`UserLimits`).",
-    ("scaleCluster", "422"): "Not a non-negative integer, or over the user's limits.",
-    ("adaptCluster", "422"): "Bounds that are not non-negative integers, or minimum > maximum.",
+    ("scaleCluster", "422"): "Not a non-negative integer, over the user's limits, or above "
+                             "2147483647.",
+    ("adaptCluster", "422"): "Bounds that are not non-negative integers, minimum > maximum, or "
+                             "above 2147483647.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "422"): "A field missing or of the wrong type.",
     ("oauthCallback", "400"): "An unknown or expired login, or the hub refused it.",

@@ -18,7 +18,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from .backends.base import Backend, DBBackendBase
 from .logs import about
-from .models import Cluster, JobStatus, User, Worker, now_ms
+from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
 from .store import Store, StoreUnavailable
 from .tls import new_keypair
 from .workqueue import WorkQueue
@@ -158,7 +158,7 @@ class Reconciler:
                 dashboard_address=msg["dashboard_address"],
                 api_address=msg["api_address"],
             )
-        count = max(0, msg["count"])
+        count = min(max(0, msg["count"]), MAX_WORKER_COUNT)  # what the store can hold
         if cluster.max_workers is not None:
             count = min(count, cluster.max_workers)
         user_limit = self.count_limit(cluster) if self.count_limit else None
