@@ -305,6 +305,28 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
     return report
 
 
+def nested_bodies(targets: Targets) -> list[tuple[str, str, dict, bytes]]:
+    """Bodies the generator does not make: JSON nested deeper than a decoder can follow, or
+    nearly so, on every route that reads a body (method, path, headers, body)."""
+    own = f"/api/v1/clusters/{targets.own}"
+    token = {"Authorization": f"token {targets.own_token}"}
+    out = []
+    for depth in (500, 950, 990, 1000, 100_000):
+        lists = b"[" * depth + b"]" * depth
+        dicts = b'{"a":' * depth + b"1" + b"}" * depth
+        for value in (lists, dicts):
+            out += [
+                ("POST", "/api/v1/clusters/", ALICE, value),
+                ("POST", "/api/v1/clusters/", ALICE,
+                 b'{"cluster_options": {"worker_cores": ' + value + b"}}"),
+                ("POST", f"{own}/scale", ALICE, b'{"count": ' + value + b"}"),
+                ("POST", f"{own}/adapt", ALICE, b'{"maximum": ' + value + b"}"),
+                ("POST", f"{own}/heartbeat", token, value),
+                ("POST", f"{own}/heartbeat", token, b'{"active_workers": ' + value + b"}"),
+            ]
+    return out
+
+
 def print_report(report: Report, out=sys.stdout) -> None:
     print(f"{report.total} cases in {report.seconds:.0f} s "
           f"({report.total / max(report.seconds, 1e-9):.0f}/s)", file=out)
@@ -338,13 +360,22 @@ def main() -> int:
     try:
         if not address:
             data_dir = tmp.name
-            proc, address = start_gateway(data_dir, extra_args=FUZZ_ARGS,
+            proc, address = start_gateway(data_dir, extra_args=FUZZ_ARGS, timeout=180,
                                           log=os.path.join(data_dir, "gateway.log"))
         targets = prepare(address, data_dir)
         before = snapshot(address)
         report = fuzz(targets, args.cases, args.seed, progress=True)
         print_report(report)
+        nested = Counter()
+        for method, path, headers, body in nested_bodies(targets):
+            r = requests.request(method, address + path, headers=headers, data=body,
+                                 timeout=30)
+            nested[r.status_code] += 1
+        print(f"deeply nested bodies: {sum(nested.values())} requests, status codes "
+              + ", ".join(f"{s}: {c}" for s, c in sorted(nested.items())))
         problems = problems_after(address, before)
+        if any(not 400 <= s < 500 for s in nested):
+            problems.append("a deeply nested body was not answered with a 4xx")
         alive = proc is None or proc.poll() is None
         print(f"gateway process alive after: {alive}")
         print("health and clusters after: " + ("ok" if not problems else "; ".join(problems)))

@@ -47,7 +47,8 @@ def start_gateway(data_dir: str, config: str | None = None, extra_args: list[str
             time.sleep(0.05)
     proc.kill()
     proc.wait()
-    raise RuntimeError("gateway did not start")
+    tail = open(log, errors="replace").read()[-3000:] if log else ""
+    raise RuntimeError(f"gateway did not start\n{tail}")
 
 
 def one_run(gateway) -> dict[str, float]:

@@ -79,6 +79,8 @@ class BaseHandler(web.RequestHandler):
             return json.loads(self.request.body)
         except (ValueError, UnicodeDecodeError):
             raise APIError(400, "Request body must be valid JSON") from None
+        except RecursionError:  # the decoder's limit, not a bug of ours
+            raise APIError(400, "Request body is nested too deeply") from None
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

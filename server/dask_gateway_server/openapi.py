@@ -501,7 +501,7 @@ _SPEC: dict[str, Any] = {
 
 # What an error status means, per operation where it differs from the usual meaning.
 _ERROR_MEANINGS = {
-    "400": "The body is not valid JSON.",
+    "400": "The body is not valid JSON, or is nested too deeply to read.",
     "401": "No credentials, or invalid ones; `WWW-Authenticate` names the scheme to use.",
     "403": "The user is neither the cluster's owner nor an admin.",
     "404": "No cluster of that name.",
