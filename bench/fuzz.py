@@ -38,6 +38,9 @@ PASSWORD = "fuzz-password"
 FUZZ_ARGS = ["--ClusterConfig.cluster_max_workers=1", "--UserLimits.max_clusters=2",
              "--Authenticator.admin_users=carol", f"--SimpleAuthenticator.password={PASSWORD}"]
 
+#: How many requests each generated case is sent as (credentials and cluster names vary).
+VARIANTS = 4
+
 # Answers of these operations come from the scheduler's dashboard, not from the gateway.
 PROXIED = "GET /clusters/{cluster_name}/{path}"
 
@@ -204,7 +207,7 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
     spec = requests.get(f"{address}/api/openapi.json", timeout=30).json()
     schema = from_dict(spec)
     operations = [result.ok() for result in schema.get_all_operations()]
-    per_mode = max(1, cases // (2 * len(operations)))
+    per_mode = max(1, cases // (2 * len(operations) * VARIANTS))
     session = requests.Session()
     report = Report()
     conformance = [checks.status_code_conformance, checks.content_type_conformance,
@@ -238,9 +241,24 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
             @settings(max_examples=per_mode, database=None, deadline=None,
                       phases=[Phase.generate], suppress_health_check=list(HealthCheck),
                       verbosity=hypothesis.Verbosity.quiet)
-            @given(case=op.as_strategy(mode), name=names,
-                   who=heartbeat_credentials if op.path.endswith("/heartbeat") else credentials)
-            def run(case, who, name) -> None:
+            @given(case=op.as_strategy(mode), variants=st.lists(
+                st.tuples(heartbeat_credentials if op.path.endswith("/heartbeat")
+                          else credentials, names),
+                min_size=VARIANTS, max_size=VARIANTS))
+            def run(case, variants) -> None:
+                # Generating a case costs far more than sending it: each is sent with
+                # several credentials and cluster names.
+                original = (case.path_parameters, case.headers, case.cookies)
+                for who, name in variants:
+                    case.path_parameters, case.headers, case.cookies = (
+                        None if part is None else dict(part) for part in original)
+                    try:
+                        send(case, who, name)
+                    except Exception as e:  # reported, not replayed by hypothesis
+                        report.failures.append((label, f"the fuzzer failed: {e!r}",
+                                                f"{case.method} {case.formatted_path}"))
+
+            def send(case, who, name) -> None:
                 kind, headers = who
                 if op.method.upper() == "DELETE":
                     # Stopping what the others aim at would end the run early; alice may

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import fuzz  # noqa: E402
 
 ALICE = basic("alice")
-CASES = 2000
+CASES = 2500
 METHODS = {"get", "put", "post", "delete", "patch"}
 
 
