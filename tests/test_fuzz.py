@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import fuzz  # noqa: E402
 
 ALICE = basic("alice")
-CASES = 2500
+CASES = 2000
 METHODS = {"get", "put", "post", "delete", "patch"}
 
 
@@ -40,9 +40,11 @@ def test_fuzz_every_route(fresh_gateway):
     operations = {f"{m.upper()} {path}" for path, item in spec["paths"].items()
                   for m in item if m in METHODS}
     assert set(report.cases) == operations
-    # Operations with parameters or bodies get their share; those without have few
-    # distinct requests to make.
-    assert report.total >= CASES * 0.6, summary
+    # Each operation gets its share (a few requests the client library refuses to send,
+    # such as header values it cannot encode, are not counted).
+    assert report.total >= CASES * 0.9, summary
+    for op, n in report.cases.items():
+        assert n >= CASES / len(operations) * 0.8, (op, summary)
     assert report.server_errors == 0, summary + "\n" + gw.log()[-5000:]
     assert report.failures == [], summary
     # The generated requests got past authentication into the handlers, not only 401s.
