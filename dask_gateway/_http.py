@@ -26,7 +26,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
-from .auth import GatewayAuth
 
 __all__ = ["CookieJar", "HTTPClient", "proxy_settings"]
 

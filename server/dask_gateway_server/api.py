@@ -86,13 +86,6 @@ class BaseHandler(web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(data))
 
-    def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, StoreUnavailable):  # logged once by the store; no traceback
-            self.settings["log"].info("%s %s: 503, database unavailable",
-                                      self.request.method, self.request.path)
-            return
-        super().log_exception(typ, value, tb)
-
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, StoreUnavailable):
@@ -114,6 +107,11 @@ class BaseHandler(web.RequestHandler):
     def log_exception(self, typ, value, tb) -> None:
         """Tornado's report of a request that failed, in the gateway's log and with the
         cluster it is about (HTTP errors are answers: the request line says them)."""
+        if isinstance(value, StoreUnavailable):  # logged once by the store; no traceback
+            self.settings["log"].info("%s %s: 503, database unavailable",
+                                      self.request.method, self.request.path,
+                                      extra=cluster_in_path(self.request.path))
+            return
         if isinstance(value, web.HTTPError):
             return super().log_exception(typ, value, tb)
         self.settings["log"].error("Uncaught exception in %s %s", self.request.method,
