@@ -129,12 +129,26 @@ def run_child(request, channel_fds):
             os._exit(code)
 
 
+def warm_tls_defaults() -> None:
+    """tornado builds its default TLS contexts, reading the system's CA bundle (tens of ms of
+    CPU), on the first TLS connection a process accepts: every scheduler and worker paid it
+    (bench/profile.py showed a third of their start-up there). Build them once, for all."""
+    try:
+        from tornado import netutil
+
+        netutil._client_ssl_defaults()
+        netutil._server_ssl_defaults()
+    except Exception:  # a tornado without them: only start time is lost
+        pass
+
+
 def main():
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception as e:  # a missing optional piece only costs start time
             print(f"zygote: could not preload {name}: {e}", file=sys.stderr)
+    warm_tls_defaults()
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp = sys.stdin.buffer
