@@ -224,11 +224,17 @@ def test_sigkill_mid_flight_with_separate_proxy(fresh_gateway):
     assert len(cluster_processes(stable, "worker")) == 3
     assert cluster_processes(stopping, "scheduler") == []
     assert cluster_processes(stopping, "worker") == []
-    clusters, workers = db_rows(gw.data_dir)
+    # The workers are recorded RUNNING on the scheduler's next heartbeat after they joined.
+    deadline = time.monotonic() + 30
+    while True:
+        clusters, workers = db_rows(gw.data_dir)
+        stable_id = next(c[0] for c in clusters if c[1] == stable)
+        live = [w for w in workers if w[1] == stable_id and w[3] == 3]
+        if len(live) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert sorted(c[1] for c in clusters) == sorted(everyone)
     assert_no_duplicates(clusters, workers)
-    live = [w for w in workers if w[1] == next(c[0] for c in clusters if c[1] == stable)
-            and w[3] == 3]
     assert len(live) == 3, workers
     client.close()
     gateway.close()
