@@ -16,6 +16,7 @@ import io
 import socket
 import time
 import urllib.request
+import weakref
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -172,6 +173,19 @@ class _Resolver(AbstractResolver):
         pass
 
 
+def _close_connector(connector: aiohttp.TCPConnector) -> None:
+    """Close without an event loop. ``close()`` is a coroutine that nobody could await here;
+    its synchronous part is ``_close()`` (aiohttp 3.x), which closes the connections."""
+    if connector.closed:
+        return
+    try:
+        close_now = getattr(connector, "_close", None)
+        if close_now is not None:
+            close_now()
+    except Exception:
+        pass
+
+
 class HTTPClient:
     """Sends requests to one gateway with cookie handling and the 401 auth retry.
 
@@ -192,6 +206,9 @@ class HTTPClient:
                 connector=self._connector, connector_owner=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # ours keeps cookies of IP hosts
             )
+            # A Gateway never closed (common in notebooks) must not print "Unclosed client
+            # session" at exit. Weakref callbacks run before any __del__, also in cycles.
+            weakref.finalize(self, _close_connector, self._connector)
         return self._session
 
     async def _send(
@@ -247,12 +264,3 @@ class HTTPClient:
         if self._connector is not None:
             await self._connector.close()
             self._connector = None
-
-    def __del__(self) -> None:
-        # A Gateway never closed (common in notebooks) must not print "Unclosed client
-        # session" at exit: closing the connector needs no event loop.
-        if self._connector is not None and not self._connector.closed:
-            try:
-                self._connector.close()
-            except Exception:
-                pass
