@@ -137,6 +137,15 @@ class DaskGateway(Application):
     def _log_style_changed(self, change) -> None:
         self._configure_logging()
 
+    def _configure_logging(self) -> None:
+        """traitlets leaves the logger at DEBUG and lets each handler filter, so every
+        debug call built a record no handler kept (a visible share of a request's CPU).
+        The logger's level becomes its most verbose handler's: records are dropped up front,
+        and an extra DEBUG handler from ``logging_config`` still gets everything."""
+        super()._configure_logging()
+        if self.log.handlers:
+            self.log.setLevel(min(h.level for h in self.log.handlers) or logging.DEBUG)
+
     @validate("address")
     def _check_address(self, proposal):
         split_host_port(proposal.value)
@@ -277,8 +286,6 @@ class DaskGateway(Application):
             level = logging.WARNING
         else:
             level = logging.ERROR
-        if level < self.log_level:
-            return  # traitlets leaves the logger at DEBUG; skip building a dropped record
         self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
                      handler.request.uri, 1000 * handler.request.request_time(),
                      extra=cluster_in_path(path))
