@@ -353,10 +353,15 @@ def measure(server: Server, args) -> dict[str, float]:
     return r
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process so far (with ``children``: of the children
+    it has reaped instead); 0 when it cannot be read."""
+    try:
+        fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+    except IndexError:
+        return 0.0
+    ticks = sum(int(x) for x in (fields[13:15] if children else fields[11:13]))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure_fake(server: Server, n: int, users: int, budget: float,

@@ -36,7 +36,7 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import PASSWORD, Server, _children, _read  # noqa: E402  (bench/: no package)
+from compare import PASSWORD, Server, _children, _read, cpu_seconds  # noqa: E402  (bench/: no package)
 
 #: How long one step of a user may wait for a cluster or a worker before it counts as stuck.
 STEP_TIMEOUT = 120.0
@@ -317,18 +317,6 @@ async def run_load(address: str, users: int, duration: float, password: str = PA
     http.close()
     await final_checks(address, password, result, clusters_dir)
     return result
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User + system CPU seconds of a process so far (with ``children``: of the children
-    it has reaped instead)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(x) for x in (fields[13:15] if children else fields[11:13]))
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_wait_seconds(pid: int) -> float:

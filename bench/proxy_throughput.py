@@ -24,6 +24,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import cpu_seconds  # noqa: E402  (bench/: no package)
+
 CHUNK = 1024 * 1024
 
 
@@ -118,16 +121,6 @@ def one_run(port: int, cert: str, size: int) -> tuple[float, float]:
         t2 = time.perf_counter()
     mb = size / 1e6
     return mb / (t1 - t0), mb / (t2 - t1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU of a process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
 
 
 def main() -> None:
