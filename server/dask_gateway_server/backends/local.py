@@ -131,12 +131,13 @@ class LocalBackend(DBBackendBase):
             "DASK_GATEWAY_API_URL": self.api_url,
             "DASK_GATEWAY_API_TOKEN": cluster.token,
             "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
-            "DASK_GATEWAY_HANDOFF_ADDRESS": self.handoff_address(cluster) or "",
             "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
             f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
             f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
         })
+        if role == "scheduler":  # only the scheduler takes connections from the proxy
+            env["DASK_GATEWAY_HANDOFF_ADDRESS"] = self.handoff_address(cluster) or ""
         return env
 
     def handoff_address(self, cluster: Cluster) -> str | None:
