@@ -26,8 +26,29 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # A regular (non-editable) install: tests run against what a user gets from `pip install`.
-"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps .
-"$VENV/bin/python" -m pip install -q ".[test]"
+# One wheel, built once, for the test venv and the shared one below.
+WHEELS=$(mktemp -d)
+"$VENV/bin/python" -m pip wheel -q --no-deps -w "$WHEELS" .
+WHEEL=$(ls "$WHEELS"/*.whl)
+"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$WHEEL"
+"$VENV/bin/python" -m pip install -q "$WHEEL[test]"
+
+# The security tests run a gateway as root whose schedulers and workers run as other local
+# users, so their Python must be one every user can execute: not a venv under /root. Built
+# from the system Python in a root-owned, world-readable place, as an admin would.
+SHARED_VENV=${DASK_GATEWAY_TEST_SHARED_VENV:-/opt/dask-gateway-test/venv}
+export DASK_GATEWAY_TEST_SHARED_VENV=$SHARED_VENV
+if [ ! -x "$SHARED_VENV/bin/python" ]; then
+    command -v /usr/bin/python3 >/dev/null && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null \
+        || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv >/dev/null)
+    install -d -m 0755 "$(dirname "$SHARED_VENV")"
+    /usr/bin/python3 -m venv "$SHARED_VENV"
+fi
+"$SHARED_VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$WHEEL"
+"$SHARED_VENV/bin/python" -m pip install -q "$WHEEL[server]" bokeh numpy pandas
+chmod -R go-w "$SHARED_VENV"
+rm -rf "$WHEELS"
 
 # The public dask-gateway, in its own venv, for the compatibility tests.
 if [ -f scripts/make-upstream-venv.sh ]; then
