@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from conftest import free_port
+from gateway_process import free_port
 
 HERE = Path(__file__).parent
 

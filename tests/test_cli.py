@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import free_port
+from gateway_process import free_port
 
 
 def run(*args, cwd=None, timeout=60):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import waiting
-from conftest import HERE, GatewayProcess, _kill_leftovers, free_port
+from gateway_process import HERE, GatewayProcess, _kill_leftovers, free_port
 from http_helpers import basic, call
 from procs import cluster_processes
 

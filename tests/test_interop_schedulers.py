@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GatewayProcess
+from gateway_process import GatewayProcess
 from dask_gateway import BasicAuth, Gateway
 from dask_gateway.client import ClusterStatus
 from upstream_server import HERE, require_upstream_venv, upstream_server

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import waiting
-from conftest import GatewayProcess, _kill_leftovers, free_port
+from gateway_process import GatewayProcess, _kill_leftovers, free_port
 
 TOKEN = "dgj-test-token"
 USER = "jupyter-ext-user"

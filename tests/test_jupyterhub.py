@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import GatewayProcess, HERE
+from gateway_process import GatewayProcess, HERE
 from http_helpers import call
 from hub import Hub
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 
-from conftest import free_port
+from gateway_process import free_port
 from http_helpers import basic, call
 
 

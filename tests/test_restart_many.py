@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HERE, proxy_processes
+from gateway_process import HERE, proxy_processes
 from http_helpers import basic, call
 from procs import cluster_processes
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GatewayProcess, _kill_leftovers
+from gateway_process import GatewayProcess, _kill_leftovers
 from jupyterlab_harness import JupyterLab, LabBrowser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,7 +249,7 @@ def test_sidebar_shows_gateway_errors(tmp_path):
     """With the gateway down the panel says so, in words, instead of failing silently."""
     from playwright.sync_api import expect
 
-    from conftest import free_port
+    from gateway_process import free_port
 
     port = free_port()
     root = tmp_path / "notebooks"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import waiting
-from conftest import GatewayProcess, free_port
+from gateway_process import GatewayProcess, free_port
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "slurm_gateway_config.py"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GatewayProcess
+from gateway_process import GatewayProcess
 
 HERE = Path(__file__).parent
 UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", HERE.parent / ".venv-upstream"))

@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet
 from tornado.httpclient import HTTPClientError
 from traitlets.utils.importstring import import_item
 
-from conftest import free_port
+from gateway_process import free_port
 from dask_gateway import BasicAuth, Gateway, GatewayWarning
 from dask_gateway.client import ClusterStatus
 import waiting

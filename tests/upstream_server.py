@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import free_port
+from gateway_process import free_port
 
 HERE = Path(__file__).parent
 UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", HERE.parent / ".venv-upstream"))

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 from gateway_process import GatewayProcess, _kill_leftovers
-from users import ADMIN, ALICE, BOB, SHARED_VENV, SYSTEM, ensure_user, remove_user, run_as
+from users import (
+    ADMIN,
+    ALICE,
+    BOB,
+    SHARED_VENV,
+    SYSTEM,
+    ensure_user,
+    remove_user,
+    run_as,
+    user_gateway,
+)
 
 CONFIG = Path(__file__).parent / "gateway_config.py"
 
@@ -75,14 +85,6 @@ def make_root_gateway(shared_python, public_tmp, tmp_path):
 @pytest.fixture
 def root_gateway(make_root_gateway) -> GatewayProcess:
     return make_root_gateway()
-
-
-def user_gateway(gw: GatewayProcess, user: str):
-    """A client logged in as ``user`` (simple auth: the name is the local account)."""
-    from dask_gateway import Gateway
-    from dask_gateway.auth import BasicAuth
-
-    return Gateway(gw.address, auth=BasicAuth(user))
 
 
 @pytest.fixture

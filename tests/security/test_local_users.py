@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from conftest import user_gateway
 from http_helpers import basic, call
-from users import ADMIN, ALICE, BOB, in_scheduler
+from users import ADMIN, ALICE, BOB, in_scheduler, user_gateway
 
 
 def _uid_of(pid: int) -> int:

@@ -68,3 +68,12 @@ def in_scheduler(client, source: str):
     """Run ``source`` inside the cluster's scheduler, as its owner could; returns the value
     it leaves in ``result`` (``dask_scheduler`` is the Scheduler object)."""
     return client.run_on_scheduler(_exec, source)
+
+
+def user_gateway(gw, user: str):
+    """A client of gateway process ``gw`` logged in as ``user`` (simple auth: the name is the
+    local account)."""
+    from dask_gateway import Gateway
+    from dask_gateway.auth import BasicAuth
+
+    return Gateway(gw.address, auth=BasicAuth(user))
