@@ -1,6 +1,12 @@
 """Client for dask-gateway servers: create, scale and connect to shared Dask clusters."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
+
+try:  # written once, in jupyter_ext/package.json; the installed distribution carries it
+    __version__ = _version("dask-gateway-ng")
+except _NotInstalled:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 from . import comm as _comm  # noqa: E402,F401  (registers the gateway:// comm)
 from .config import _register_defaults  # noqa: E402

@@ -598,13 +598,31 @@ class Proxy(LoggingConfigurable):
     )
 
     # Traits of upstream's external-proxy setup, accepted so existing config
-    # files keep loading. The proxy now lives inside the gateway process.
-    gateway_url = Unicode("", help="Unused: the proxy runs in-process.", config=True)
-    api_token = Unicode("", help="Unused: the proxy runs in-process.", config=True)
-    max_events = Integer(100, help="Unused: there is no route event API.", config=True)
-    externally_managed = Bool(False, help="Unused: the proxy runs in-process.", config=True)
-    proxy_status_period = Float(30, help="Unused: there is no proxy process.", config=True)
-    log_level = Unicode("warn", help="Unused: use the gateway's log level.", config=True)
+    # files keep loading. The proxy is the gateway's own: in its process, or
+    # (separate_process) in a child process attached through a unix socket.
+    gateway_url = Unicode(
+        "", help="Unused (public dask-gateway config): the URL its proxy called the gateway "
+        "at. Ours is part of the gateway, or talks to it over a unix socket "
+        "(separate_process).", config=True)
+    api_token = Unicode(
+        "", help="Unused (public dask-gateway config): the token its proxy authenticated "
+        "with. Ours needs none: a separate_process proxy accepts only its own user's "
+        "gateway on its unix socket.", config=True)
+    max_events = Integer(
+        100, help="Unused (public dask-gateway config): routes are pushed to the proxy as "
+        "they change, not fetched as events.", config=True)
+    externally_managed = Bool(
+        False, help="Unused (public dask-gateway config): the gateway always runs its proxy "
+        "itself (in its process, or with separate_process in one it starts); True only logs "
+        "a warning.", config=True)
+    proxy_status_period = Float(
+        30, help="Unused (public dask-gateway config): how often its gateway checked its "
+        "proxy. With separate_process the gateway notices at once that the proxy process "
+        "closed its socket, and attaches again; in-process there is nothing to check.",
+        config=True)
+    log_level = Unicode(
+        "warn", help="Unused (public dask-gateway config): the proxy, also with "
+        "separate_process, logs at the gateway's DaskGateway.log_level.", config=True)
 
     @observe(
         "gateway_url",
