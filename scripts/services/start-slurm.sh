@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # A single-node Slurm (munged + slurmctld + slurmd) on this machine for the tests, as root and
 # without systemd. Installs Debian's slurm-wlm and munge if missing; fresh job state each run.
+# Usage: start-slurm.sh [PROCTRACK]   PROCTRACK: how slurmd finds a job's processes to signal
+# and wait for: pgid (default; the job's process group), linuxproc (the job's tree of
+# processes, read from /proc: what many sites run) or cgroup (a cgroup v1 freezer per job).
 # Knobs: SLURM_CPUS (CPUs Slurm believes the node has; default 16, more than the machine:
 # a scheduler plus workers must fit at once), SLURM_MEM_MB (default 16000).
 set -euo pipefail
+PROCTRACK=${1:-${SLURM_PROCTRACK:-pgid}}
+case "$PROCTRACK" in
+    pgid|linuxproc|cgroup) ;;
+    *) echo "usage: $0 [pgid|linuxproc|cgroup]" >&2; exit 2 ;;
+esac
 export DEBIAN_FRONTEND=noninteractive
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -51,10 +59,10 @@ AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
 MailProg=/bin/true
-# No cgroups: a job's processes are its process group. Not proctrack/linuxproc: Slurm 22.05's
-# linuxproc cannot parse /proc/PID/stat of a process whose name has a space, so it never
-# signals "dask scheduler [...]" and the job outlives scancel (the node then drains).
-ProctrackType=proctrack/pgid
+# pgid: a job's processes are its process group; linuxproc: the tree of processes below the
+# job's slurmstepd, from /proc (it skips a process whose name, /proc/PID/stat's second field,
+# has a space); cgroup: a freezer cgroup per job (cgroup.conf below).
+ProctrackType=proctrack/${PROCTRACK}
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -89,6 +97,19 @@ NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
+if [ "$PROCTRACK" = cgroup ]; then
+    # cgroup v1 (this machine's hierarchy), only for tracking: no resource constraints.
+    cat >/etc/slurm/cgroup.conf <<CONF
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainDevices=no
+CONF
+else
+    rm -f /etc/slurm/cgroup.conf
+fi
+
 /usr/sbin/slurmctld -c   # -c: forget saved jobs
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
 scontrol ping | grep -q 'is UP' || { tail -30 /var/log/slurm/slurmctld.log; exit 1; }
@@ -104,4 +125,4 @@ case "$state" in
     idle|mixed|allocated) ;;
     *) echo "slurm node state: '$state'" >&2; tail -30 /var/log/slurm/slurmd.log >&2; exit 1 ;;
 esac
-echo "slurm ready: node $NODE $state, $CPUS CPUs, ${MEM} MB"
+echo "slurm ready: node $NODE $state, $CPUS CPUs, ${MEM} MB, proctrack/$PROCTRACK"

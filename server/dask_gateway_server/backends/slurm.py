@@ -47,6 +47,43 @@ LAUNCHER_MARGIN = 5.0
 #: scancel complaints that mean "nothing left to cancel".
 _BENIGN_SCANCEL = ("already completing or completed", "Invalid job id", "Job has finished")
 
+#: Runs ``python -m MODULE ARGS...`` (as ``python -c JOB_BOOTSTRAP MODULE ARGS...``) with a
+#: process name Slurm can read. distributed retitles its processes ("dask scheduler [...]")
+#: with setproctitle, which also sets the kernel's name of the calling thread (comm, the
+#: second field of /proc/PID/stat) to the title's first 15 bytes. Slurm's
+#: proctrack/linuxproc parses that file with ``sscanf("%ld %s %c %ld")``: a name with a space
+#: fails the parse and the process is skipped, so scancel never signals it, the job stays
+#: COMPLETING until the process ends by itself, and the node's resources stay held. Every
+#: title is kept, in ps; only the thread name loses its spaces ("dask-scheduler").
+#: Standard library only (setproctitle if the environment has it).
+JOB_BOOTSTRAP = """\
+import runpy, sys
+try:
+    import setproctitle as spt
+except ImportError:
+    spt = None
+if spt is not None:
+    def _title(title, _set=spt.setproctitle):
+        _set(title)
+        name = "-".join(title.split(" [")[0].split())[:15] or "python"
+        try:
+            spt.setthreadtitle(name)
+        except AttributeError:  # setproctitle < 1.3
+            import ctypes
+            ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+    spt.setproctitle = _title
+del sys.argv[0]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def named_for_slurm(cmd: list[str]) -> list[str]:
+    """``cmd`` started through JOB_BOOTSTRAP when it is ``python -m MODULE ...``; other
+    commands (a site's wrapper script) run as they are."""
+    if len(cmd) >= 3 and cmd[1] == "-m":
+        return [cmd[0], "-c", JOB_BOOTSTRAP, *cmd[2:]]
+    return list(cmd)
+
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL ``proc`` and everything in its process group (it leads one)."""
@@ -511,9 +548,10 @@ class SlurmBackend(DBBackendBase):
                 "api-token": cluster.token,
             },
             "jobs": [{
-                "script": self._script(self._exports(cluster, config, staging, "scheduler"),
-                                       config.scheduler_setup,
-                                       self.scheduler_command(cluster, config)),
+                "script": self._script(
+                    self._exports(cluster, config, staging, "scheduler"),
+                    config.scheduler_setup,
+                    named_for_slurm(self.scheduler_command(cluster, config))),
                 "args": self._sbatch_args(cluster, config, "scheduler", staging,
                                           "scheduler.log"),
             }],
@@ -596,7 +634,7 @@ class SlurmBackend(DBBackendBase):
         exports = self._exports(cluster, config, staging, "worker")
         jobs = [{
             "script": self._script(exports, config.worker_setup,
-                                   self.worker_command(cluster, config, w)),
+                                   named_for_slurm(self.worker_command(cluster, config, w))),
             "args": self._sbatch_args(cluster, config, "worker", staging,
                                       f"worker-{w.name}.log"),
         } for w in workers]
