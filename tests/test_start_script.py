@@ -21,7 +21,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
