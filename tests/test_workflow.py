@@ -52,6 +52,10 @@ def test_the_whole_workflow(gateway, basic_env):
     cluster.adapt(active=False)
     client = cluster.get_client()
     client.wait_for_workers(2, timeout=60)
+    # wait_for_workers(2) means "at least 2": adapt(minimum=2, maximum=10) may have asked for
+    # more meanwhile. The repr below counts them, so wait for exactly 2.
+    wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60,
+             what="exactly 2 workers")
     # distributed's own repr: the scheduler's address as it reports it, then the sizes.
     assert re.fullmatch(r"<Client: 'tls://127\.0\.0\.1:\d+' processes=2 threads=4, "
                         r"memory=2\.00 GiB>", repr(client)), repr(client)

@@ -6,6 +6,7 @@ import base64
 import getpass
 import json
 import sys
+import time
 import urllib.request
 import warnings
 
@@ -14,6 +15,18 @@ from dask_gateway import Gateway, GatewayCluster, GatewayClusterError, GatewayWa
 
 address = sys.argv[1]
 out = {}
+
+
+def wait_for_exactly(client, n, timeout=60):
+    """wait_for_workers(n) returns once *at least* n workers are attached: after scaling
+    down, workers still retiring are counted. Wait until exactly n are left."""
+    deadline = time.monotonic() + timeout
+    while (count := len(client.scheduler_info()["workers"])) != n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} workers after {timeout} s, not {n}")
+        time.sleep(0.1)
+
+
 gateway = Gateway(address, auth="basic")
 out["initial_list"] = [c.name for c in gateway.list_clusters()]
 
@@ -41,6 +54,8 @@ out["scale_warning"] = [str(w.message) for w in caught if w.category is GatewayW
 cluster.scale(2)
 client = cluster.get_client()
 client.wait_for_workers(2, timeout=60)
+# scale(5) started up to 3 workers (the limit): the third may still be leaving.
+wait_for_exactly(client, 2)
 out["mean"] = float(da.random.normal(size=(1000, 1000), chunks=(500, 500)).mean().compute())
 out["workers"] = len(client.scheduler_info()["workers"])
 # Dashboards are for their owner: log in as the user the client runs as.
