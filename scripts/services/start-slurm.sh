@@ -24,6 +24,18 @@ fi
 
 bash "$HERE/stop-slurm.sh"   # whatever a previous run left up
 
+# The daemons outlive this script: they must not keep its open files, e.g. the lock of a
+# `flock LOCK start-slurm.sh` (munged would hold that lock for as long as it runs).
+daemon() {
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        exec "$@"
+    )
+}
+
 NODE=$(hostname -s)
 CPUS=${SLURM_CPUS:-16}
 MEM=${SLURM_MEM_MB:-16000}
@@ -39,7 +51,7 @@ install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     rm -f /run/munge/munge.socket.2 /run/munge/munged.pid
-    runuser -u munge -- /usr/sbin/munged
+    daemon runuser -u munge -- /usr/sbin/munged
 fi
 for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 munge -n | unmunge >/dev/null
@@ -110,11 +122,11 @@ else
     rm -f /etc/slurm/cgroup.conf
 fi
 
-/usr/sbin/slurmctld -c   # -c: forget saved jobs
+daemon /usr/sbin/slurmctld -c   # -c: forget saved jobs
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
 scontrol ping | grep -q 'is UP' || { tail -30 /var/log/slurm/slurmctld.log; exit 1; }
 
-/usr/sbin/slurmd
+daemon /usr/sbin/slurmd
 state=
 for _ in $(seq 150); do
     state=$(sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null || true)
