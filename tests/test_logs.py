@@ -60,6 +60,25 @@ def test_json_log_lines_name_their_cluster(fresh_gateway, monkeypatch):
         assert expected in messages, messages
 
 
+def test_fork_server_warnings_are_json_log_lines(fresh_gateway, monkeypatch, tmp_path):
+    """The fork server reports what it could not preload to the gateway, which logs it in
+    its own format: before, the fork server printed to the gateway's stderr, a line that is
+    not JSON in a JSON log."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "setproctitle.py").write_text('raise ImportError("broken on purpose")\n')
+    monkeypatch.setenv("PYTHONPATH", str(broken))  # passed on to the fork server
+    monkeypatch.setenv("USER", "alice")
+    gw = fresh_gateway(["--DaskGateway.log_style=json"])
+    gw.start(timeout=120)
+    run_cluster_through_its_life(gw)  # still works: the title is only cosmetic
+    assert gw.stop() == 0
+    records = [json.loads(line) for line in gw.log_path.read_text().splitlines()]
+    warned = [r for r in records if "could not preload setproctitle" in r["message"]]
+    assert warned and warned[0]["level"] == "WARNING", records
+    assert "broken on purpose" in warned[0]["message"]
+
+
 def test_text_log_lines_show_their_cluster(fresh_gateway, monkeypatch):
     monkeypatch.setenv("USER", "alice")
     gw = fresh_gateway()

@@ -14,6 +14,7 @@ from traitlets import TraitError
 
 from . import __version__
 from .auth import AuthError, Authenticator
+from .backends.base import UserNotAllowed
 from .limits import LimitExceeded, UserLimits
 from .logs import cluster_in_path
 from .metrics import MetricsHandler
@@ -269,6 +270,8 @@ class ClustersHandler(BaseHandler):
             options, config = await self.backend.process_cluster_options(
                 self.current_user, request
             )
+        except UserNotAllowed as e:
+            raise APIError(403, str(e)) from None
         except (ValueError, TypeError, TraitError, KeyError) as e:
             raise APIError(422, str(e)) from None
         try:

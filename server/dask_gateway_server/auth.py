@@ -151,21 +151,59 @@ class SimpleAuthenticator(Authenticator):
         return self.make_user(_check_username(username))
 
 
+def krb5_default_realm() -> str:
+    """``default_realm`` of the host's Kerberos configuration (KRB5_CONFIG, else
+    /etc/krb5.conf), or empty."""
+    for path in os.environ.get("KRB5_CONFIG", "/etc/krb5.conf").split(":"):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        section = ""
+        for line in lines:
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1].strip()
+            elif section == "libdefaults" and "=" in line:
+                key, _, value = line.partition("=")
+                if key.strip() == "default_realm" and value.strip():
+                    return value.strip()
+    return ""
+
+
 class KerberosAuthenticator(Authenticator):
-    """Kerberos (SPNEGO) auth; needs the ``pykerberos`` package and a keytab."""
+    """Kerberos (SPNEGO) auth; needs the ``pykerberos`` package and a keytab.
+
+    A principal ``name@REALM`` is the user ``name``, for ``realm`` only: a principal of another
+    realm (one the KDC trusts), or with an instance (``name/admin``), is refused.
+    """
 
     service_name = Unicode("HTTP", help="The Kerberos service name.", config=True)
     keytab = Unicode("dask_gateway.keytab", help="Path to the service keytab.", config=True)
+    realm = Unicode(
+        help="The realm whose principals are users (user@REALM is the user 'user'); others "
+        "are refused with a 403. Default: the host's default realm (default_realm in "
+        "krb5.conf).",
+        config=True,
+    )
+
+    @default("realm")
+    def _default_realm(self) -> str:
+        return krb5_default_realm()
 
     async def setup(self) -> None:
-        import os
-
         try:
             import kerberos  # noqa: F401  (fail early, with a clear message)
         except ImportError:
             raise RuntimeError(
                 "KerberosAuthenticator needs the 'pykerberos' package installed"
             ) from None
+        if not self.realm:
+            raise RuntimeError(
+                "KerberosAuthenticator.realm is not set and the Kerberos configuration names "
+                "no default_realm: set it to the realm whose users may log in"
+            )
         os.environ["KRB5_KTNAME"] = self.keytab
 
     async def authenticate(self, request) -> User:
@@ -177,7 +215,18 @@ class KerberosAuthenticator(Authenticator):
         loop = asyncio.get_running_loop()
         principal, response = await loop.run_in_executor(None, self._accept, token)
         request.auth_response_headers = {"WWW-Authenticate": f"Negotiate {response}"}
-        return self.make_user(principal.split("@", 1)[0])
+        return self.make_user(self._user_name(principal))
+
+    def _user_name(self, principal: str) -> str:
+        """``name`` of ``name@REALM`` if REALM is ours; otherwise a 403 (alice@OTHER.REALM
+        is not our alice, and alice/admin is not a user)."""
+        name, at, realm = principal.rpartition("@")
+        if not at or realm != self.realm:
+            raise AuthError(403, f"Kerberos principal {principal!r} is not of realm "
+                                 f"{self.realm}: only that realm's users may use this gateway")
+        if not name or "/" in name or any(ord(c) < 32 or c == "\\" for c in name):
+            raise AuthError(403, f"Kerberos principal {principal!r} is not a user's")
+        return name
 
     def _accept(self, token: str) -> tuple[str, str]:
         import kerberos

@@ -30,6 +30,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -663,6 +664,7 @@ class Proxy(LoggingConfigurable):
         ) = None
         self._sni_routes: dict[str, str] = {}
         self._handoffs: dict[str, str] = {}
+        self._handoff_uids: dict[str, int] = {}
         self._dashboard_routes: dict[str, str] = {}
         self._sockets: list[socket.socket] = []
         self._remove_accept: list[Callable[[], None]] = []
@@ -718,12 +720,13 @@ class Proxy(LoggingConfigurable):
 
     def add_route(
         self, cluster_name: str, scheduler_address: str, dashboard_address: str | None,
-        handoff: str | None = None,
+        handoff: str | None = None, handoff_uid: int | None = None,
     ) -> None:
         """Route SNI ``daskgateway-<name>`` and ``{prefix}/clusters/<name>``.
 
         ``handoff``: a unix socket address where the scheduler takes over client connections
-        (see :meth:`Backend.handoff_address`); tunnels are the fallback.
+        (see :meth:`Backend.handoff_address`); tunnels are the fallback. Only a listener of
+        ``handoff_uid`` (or root, or this process's user) gets them.
         """
         target = scheduler_address
         if "://" in target:
@@ -736,6 +739,10 @@ class Proxy(LoggingConfigurable):
             self._handoffs[cluster_name] = handoff
         else:
             self._handoffs.pop(cluster_name, None)
+        if handoff and handoff_uid is not None:
+            self._handoff_uids[cluster_name] = handoff_uid
+        else:
+            self._handoff_uids.pop(cluster_name, None)
         if dashboard_address:
             if "://" not in dashboard_address:
                 dashboard_address = "http://" + dashboard_address
@@ -746,7 +753,8 @@ class Proxy(LoggingConfigurable):
             self._dashboard_routes.pop(cluster_name, None)
         if self._link is not None:
             self._link.add_route(cluster_name, target, self._dashboard_routes.get(cluster_name),
-                                 self._handoffs.get(cluster_name))
+                                 self._handoffs.get(cluster_name),
+                                 self._handoff_uids.get(cluster_name))
         self.log.debug("Added routes for cluster %s -> %s", cluster_name, target,
                        extra=about(cluster_name))
 
@@ -754,6 +762,7 @@ class Proxy(LoggingConfigurable):
         """Forget a cluster's routes (live tunnels are left to end on their own)."""
         self._sni_routes.pop(cluster_name, None)
         self._handoffs.pop(cluster_name, None)
+        self._handoff_uids.pop(cluster_name, None)
         self._dashboard_routes.pop(cluster_name, None)
         if self._link is not None:
             self._link.remove_route(cluster_name)
@@ -978,6 +987,17 @@ class Proxy(LoggingConfigurable):
         try:
             try:
                 await asyncio.wait_for(loop.sock_connect(unix, address), self.connect_timeout)
+                # Whoever listens on the name gets the connection: after a scheduler died,
+                # any local user may have bound it. Only the cluster's user (or root, or us).
+                creds = unix.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))
+                peer_uid = struct.unpack("3i", creds)[1]
+                allowed = {0, os.geteuid(), self._handoff_uids.get(name, 0)}
+                if peer_uid not in allowed:
+                    self.log.warning("The handoff socket of cluster %s is held by uid %d, not "
+                                     "the cluster's user: tunnelling instead", name, peer_uid,
+                                     extra=about(name))
+                    return False
                 socket.send_fds(unix, [b"H"], [sock.fileno()])
             except (OSError, asyncio.TimeoutError) as exc:
                 self.log.debug("No handoff to cluster %s (%r); tunnelling instead", name, exc,

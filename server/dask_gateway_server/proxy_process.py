@@ -51,7 +51,7 @@ log = logging.getLogger("dask_gateway_server.proxy_process")
 
 _MAX_MESSAGE = 64 * 1024
 #: Bumped on incompatible message changes: a proxy process outlives gateway upgrades.
-PROTOCOL = 1
+PROTOCOL = 2  # 2: routes carry handoff_uid
 _MAX_HELD = 1024
 _SPAWN_TIMEOUT = 30.0
 _HELLO_TIMEOUT = 10.0
@@ -263,7 +263,8 @@ class ProxyLink:
         self.channel.send({"op": "reset"})
         p = self.proxy
         for name, target in list(p._sni_routes.items()):
-            self.add_route(name, target, p._dashboard_routes.get(name), p._handoffs.get(name))
+            self.add_route(name, target, p._dashboard_routes.get(name), p._handoffs.get(name),
+                           p._handoff_uids.get(name))
         self.channel.send({"op": "synced"})
 
     async def _spawn(self) -> None:
@@ -351,10 +352,11 @@ class ProxyLink:
             delay = min(delay * 2, 5)
 
     def add_route(self, name: str, target: str, dashboard: str | None,
-                  handoff: str | None = None) -> None:
+                  handoff: str | None = None, handoff_uid: int | None = None) -> None:
         if self.channel is not None:
             self.channel.send({"op": "add", "name": name, "target": target,
-                               "dashboard": dashboard, "handoff": handoff})
+                               "dashboard": dashboard, "handoff": handoff,
+                               "handoff_uid": handoff_uid})
 
     def remove_route(self, name: str) -> None:
         if self.channel is not None:
@@ -407,7 +409,7 @@ class _DetachedProxy(Proxy):
         self.gateway: _Channel | None = None
         self.gateway_pid = 0
         self.held: collections.deque[tuple[socket.socket, Any, float]] = collections.deque()
-        self._staging: dict[str, tuple[str, str | None, str | None]] | None = None
+        self._staging: dict[str, tuple[str, str | None, str | None, int | None]] | None = None
         self.stopping = asyncio.Event()
 
     def _handoff_http(self, sock: socket.socket, address: Any) -> None:
@@ -497,7 +499,8 @@ class _DetachedProxy(Proxy):
         if op == "reset":
             self._staging = {}
         elif op == "add":
-            route = (msg["target"], msg.get("dashboard"), msg.get("handoff"))
+            route = (msg["target"], msg.get("dashboard"), msg.get("handoff"),
+                     msg.get("handoff_uid"))
             if self._staging is not None:
                 self._staging[msg["name"]] = route
             else:
@@ -511,6 +514,7 @@ class _DetachedProxy(Proxy):
             staging, self._staging = self._staging, None
             self._sni_routes.clear()
             self._handoffs.clear()
+            self._handoff_uids.clear()
             self._dashboard_routes.clear()
             for name, route in staging.items():
                 self.add_route(name, *route)

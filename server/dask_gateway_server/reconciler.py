@@ -70,7 +70,8 @@ class Reconciler:
                 cluster.ready.set()
                 self.routes.add_route(cluster.name, cluster.scheduler_address,
                                       cluster.dashboard_address,
-                                      handoff=self.backend.handoff_address(cluster))
+                                      handoff=self.backend.handoff_address(cluster),
+                                      handoff_uid=self.backend.handoff_uid(cluster))
             self.queue.put((CLUSTER, cluster.name))
             for worker in cluster.workers.values():
                 if not worker.status.is_done:
@@ -171,7 +172,8 @@ class Reconciler:
         if became_running:
             self.routes.add_route(cluster.name, cluster.scheduler_address,
                                   cluster.dashboard_address,
-                                  handoff=self.backend.handoff_address(cluster))
+                                  handoff=self.backend.handoff_address(cluster),
+                                  handoff_uid=self.backend.handoff_uid(cluster))
             cluster.ready.set()
             self.log.info("Cluster %s is running", cluster.name, extra=about(cluster))
 

@@ -33,6 +33,39 @@ from ..options import Float as FloatField, Integer as IntegerField, Options, Sel
 from ..traits import Command, MemoryLimit, format_bytes
 
 
+class UserNotAllowed(Exception):
+    """The backend will not run processes for this user: the API answers 403 with the
+    message."""
+
+
+def local_account(name: str, min_uid: int):
+    """The local account ``name`` that a backend may run processes as (blocking: NSS).
+
+    Never root, a system account (uid below ``min_uid``) or the gateway's own account
+    (whose processes could read the gateway's secrets).
+    """
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except (KeyError, ValueError):
+        raise UserNotAllowed(
+            f"User {name!r} has no account on this machine, and this gateway runs each "
+            "user's clusters as their own account: ask an administrator to create it"
+        ) from None
+    if entry.pw_uid == 0:
+        raise UserNotAllowed(f"Clusters never run as root, and user {name!r} is uid 0")
+    if entry.pw_uid == os.geteuid():
+        raise UserNotAllowed(f"User {name!r} is the gateway's own account: its clusters "
+                             "would share the gateway's privileges")
+    if entry.pw_uid < min_uid:
+        raise UserNotAllowed(
+            f"User {name!r} is a system account (uid {entry.pw_uid}, below min_user_uid "
+            f"{min_uid}): clusters do not run as system accounts"
+        )
+    return entry
+
+
 class ClusterConfig(Configurable):
     """Settings of one cluster, fixed when it is created (options may override them)."""
 
@@ -174,9 +207,20 @@ class Backend(LoggingConfigurable):
         config=True,
     )
 
+    min_user_uid = Integer(
+        1000,
+        help="Backends that run processes as each user's own account refuse users whose uid "
+        "is below this (system accounts), and always root, with a 403 at cluster creation.",
+        config=True,
+    )
+
     @default("cluster_options")
     def _default_cluster_options(self) -> Options:
         return default_cluster_options()
+
+    async def check_user(self, user: User) -> None:
+        """Raise UserNotAllowed (a 403 for the user) if this backend must not run processes
+        for ``user``; called before each cluster is created."""
 
     async def setup(self) -> None:
         """Prepare to run clusters (called once at gateway start)."""
@@ -197,8 +241,10 @@ class Backend(LoggingConfigurable):
     async def process_cluster_options(self, user: User, request: Any) -> tuple[dict, dict]:
         """Validate a user's options; returns (options as shown to users, config dict).
 
-        Raises ValueError/TypeError/TraitError with a message meant for the user.
+        Raises ValueError/TypeError/TraitError with a message meant for the user, and
+        UserNotAllowed (see ``check_user``).
         """
+        await self.check_user(user)
         opts = await self.get_cluster_options(user)
         options = opts.parse_options(request)
         overrides = await opts.get_configuration(options, user)
@@ -244,6 +290,12 @@ class Backend(LoggingConfigurable):
         Only for schedulers on the gateway's host: a handed-off connection no longer flows
         through the gateway, so it runs at direct speed and survives gateway restarts.
         """
+        return None
+
+    def handoff_uid(self, cluster: Cluster) -> int | None:
+        """The uid whose listener may receive the cluster's client connections at
+        ``handoff_address`` (besides root and the gateway's own): the proxy checks it, so
+        that another user who binds the name after the scheduler died gets nothing."""
         return None
 
     def failure_details(self, cluster: Cluster) -> str:

@@ -8,10 +8,14 @@ the process is up in milliseconds and shares the imported modules' memory copy-o
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import pwd
+import socket
+
+from .safe_files import check_python_trusted
 
 log = logging.getLogger("dask_gateway_server")
 
@@ -32,39 +36,53 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _switch_user(username: str):
+def user_identity(username: str) -> tuple[int, int, list[int]]:
+    """uid, gid and groups to run a process as ``username``; never root (blocking: NSS)."""
     entry = pwd.getpwnam(username)
+    if entry.pw_uid == 0:
+        raise PermissionError(f"Refusing to start a process as {username!r}: uid 0")
+    return entry.pw_uid, entry.pw_gid, os.getgrouplist(username, entry.pw_gid)
 
-    def preexec() -> None:
-        os.setgroups(os.getgrouplist(username, entry.pw_gid))
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
 
-    return preexec
+# Runs as the process's user, before the command: creates its working directory and opens its
+# log there, so no path the user controls is ever resolved with the gateway's privileges.
+# (Only shell built-ins and ``command -p mkdir``: the command's own PATH may lack mkdir.)
+_BOOTSTRAP = ('(umask 077 && command -p mkdir -p -- "$1" && : >>"$2") && cd -- "$1" && '
+              'exec >>"$2" 2>&1 && shift 2 && exec "$@"')
 
 
 class SubprocessLauncher:
-    """Starts each process with fork+exec of a fresh interpreter."""
+    """Starts each process with fork+exec of a fresh interpreter.
+
+    The process is created as its user (the kernel switches identity before exec, no Python
+    runs in the forked child) and makes its own directory and log through a tiny shell
+    bootstrap: see ``_BOOTSTRAP``.
+    """
+
+    def __init__(self, environment: dict[str, str] | None = None) -> None:
+        #: The environment of helper processes the launcher keeps (none here): only what
+        #: every cluster may see, never a secret.
+        self.environment = dict(environment or {})
 
     async def launch(self, cmd: list[str], env: dict, cwd: str, log_path: str,
                      user: str | None = None) -> dict:
         """Start ``cmd``; return ``{"pid": ..., "start_ticks": ...}``."""
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                env=env,
-                cwd=cwd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                # Own session: the process outlives a gateway restart and gets no terminal
-                # signals meant for the gateway.
-                start_new_session=True,
-                preexec_fn=_switch_user(user) if user else None,
-            )
-        finally:
-            os.close(fd)
+        identity: dict = {}
+        if user:
+            uid, gid, groups = user_identity(user)
+            identity = {"user": uid, "group": gid, "extra_groups": groups}
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", _BOOTSTRAP, "sh", cwd, log_path, *cmd,
+            env=env,
+            cwd="/",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            # Own session: the process outlives a gateway restart and gets no terminal
+            # signals meant for the gateway.
+            start_new_session=True,
+            **identity,
+        )
         # Reap the child when it exits so it does not linger as a zombie.
         asyncio.ensure_future(proc.wait())
         return {"pid": proc.pid, "start_ticks": process_start_ticks(proc.pid)}
@@ -76,27 +94,107 @@ class SubprocessLauncher:
         """Nothing to release."""
 
 
-class _Zygote:
-    """One pre-started interpreter and the pipe to it."""
+_MAX_MESSAGE = 1 << 20  # one request or answer on the fork server's socket
 
-    def __init__(self, python: str):
+
+def _env_pipe(env: dict) -> int:
+    """A pipe already holding ``env`` (JSON, then end of file); returns its read end.
+
+    The forked child reads it: the secrets in it (the cluster's API token) never pass
+    through the fork server's memory, where every later child would inherit them.
+    """
+    data = json.dumps(env).encode()
+    rfd, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if len(data) > 65536:
+            fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, len(data))  # EPERM beyond pipe-max-size
+        view = memoryview(data)
+        while view:
+            view = view[os.write(wfd, view):]
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+    return rfd
+
+
+def _set_once(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Zygote:
+    """One pre-started interpreter and the socket to it (SOCK_SEQPACKET: one message per
+    request or answer; a request carries its environment pipe as a descriptor)."""
+
+    def __init__(self, python: str, environment: dict[str, str]):
         self.python = python
+        self.environment = environment
         self.proc: asyncio.subprocess.Process | None = None
+        self.sock: socket.socket | None = None
         self.lock = asyncio.Lock()
+        self._stderr: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            self.python, ZYGOTE,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            ready = await self.proc.stdout.readline()
+            self.proc = await asyncio.create_subprocess_exec(
+                # -s: not root's (or anyone's) ~/.local; a minimal environment: nothing of
+                # the gateway's own (its database keys, the hub's token) in this process,
+                # whose memory every scheduler and worker inherits.
+                self.python, "-s", ZYGOTE,
+                stdin=theirs.fileno(), stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, env=self.environment, cwd="/",
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self._stderr = asyncio.ensure_future(self._log_stderr(self.proc))
+        try:
+            ready = await self._recv()
         except BaseException:  # a hung interpreter, given up on: it must not linger
             self.kill()
             raise
         if not ready:
+            self.kill()
             raise RuntimeError(f"the fork server of {self.python} exited at start")
+        for warning in json.loads(ready).get("warnings", []):
+            log.warning("Fork server of %s: %s", self.python, warning)
+
+    async def _log_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        """Anything the fork server (or a child, before its log is open) writes to stderr
+        goes to the gateway's log, in the gateway's format."""
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                log.warning("Fork server of %s: %s", self.python, text)
+
+    async def _recv(self) -> bytes:
+        assert self.sock is not None
+        return await asyncio.get_running_loop().sock_recv(self.sock, _MAX_MESSAGE)
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        sock = self.sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                socket.send_fds(sock, [data], fds)
+                return
+            except BlockingIOError:
+                writable = loop.create_future()
+                loop.add_writer(sock.fileno(), _set_once, writable)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(sock.fileno())
 
     @property
     def alive(self) -> bool:
@@ -109,22 +207,29 @@ class _Zygote:
                 self.proc.kill()
             except ProcessLookupError:
                 pass
-        self.proc = None  # the next fork starts a fresh one (asyncio reaps this one)
+        if self.sock is not None:
+            self.sock.close()
+        self.proc = self.sock = None  # the next fork starts a fresh one (asyncio reaps this)
 
-    async def fork(self, request: dict) -> dict:
+    async def fork(self, request: dict, env: dict) -> dict:
         async with self.lock:
             if not self.alive:
                 await self.start()
+            env_fd = _env_pipe(env)
             try:
-                self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-                await self.proc.stdin.drain()
-                line = await self.proc.stdout.readline()
+                await self._send(json.dumps(request).encode(), [env_fd])
+                os.close(env_fd)
+                env_fd = -1
+                line = await self._recv()
             except BaseException:
                 # Given up on mid-exchange (a start timeout cancelled us): its late answer
                 # would be read as the next request's, so this fork server is done for.
+                if env_fd >= 0:
+                    os.close(env_fd)
                 self.kill()
                 raise
         if not line:
+            self.kill()
             raise RuntimeError("the fork server exited")
         answer = json.loads(line)
         if "error" in answer:
@@ -133,29 +238,63 @@ class _Zygote:
 
     async def close(self) -> None:
         if self.alive:
-            self.proc.stdin.close()  # the zygote exits on EOF; its children do not
+            try:
+                self.sock.shutdown(socket.SHUT_WR)  # the zygote exits on EOF; not its children
+            except OSError:
+                pass
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self._stderr is not None:
+            await asyncio.gather(self._stderr, return_exceptions=True)
 
 
 class ForkServerLauncher(SubprocessLauncher):
     """Forks ``python -m <module>`` commands from a pre-started interpreter of that Python.
 
-    Other commands (a custom ``scheduler_cmd``, say) start the ordinary way.
+    Other commands (a custom ``scheduler_cmd``, say) start the ordinary way, and so does
+    everything of a Python that a gateway running as root must not import as root (one
+    anyone but root can write to: see ``safe_files.check_python_trusted``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, environment: dict[str, str] | None = None) -> None:
+        super().__init__(environment)
         self._zygotes: dict[str, _Zygote] = {}
+        self._refused: dict[str, str] = {}  # python -> why it gets no fork server
+        self._checks: dict[str, asyncio.Future] = {}
 
     def _zygote(self, python: str) -> _Zygote:
         if python not in self._zygotes:
-            self._zygotes[python] = _Zygote(python)
+            self._zygotes[python] = _Zygote(python, self.environment)
         return self._zygotes[python]
+
+    async def _trusted(self, python: str) -> bool:
+        """May a fork server of ``python`` run with this process's identity? Checked once per
+        interpreter when that identity is root; refusals are logged once."""
+        if os.geteuid() != 0:
+            return True
+        if python not in self._checks:
+            self._checks[python] = asyncio.get_running_loop().run_in_executor(
+                None, check_python_trusted, python, self.environment.get("PYTHONPATH", ""))
+        try:
+            await asyncio.shield(self._checks[python])
+        except Exception as e:  # UnsafePath, or a check that could not be made
+            if python not in self._refused:
+                self._refused[python] = str(e)
+                log.warning("No fork server for %s: %s. Importing it as root would run code "
+                            "others can change; its processes start with a fresh interpreter "
+                            "as their user instead (slower)", python, e)
+            return False
+        return True
 
     async def warm_up(self, python: str) -> None:
         try:
+            if not await self._trusted(python):
+                return
             zygote = self._zygote(python)
             async with zygote.lock:
                 if not zygote.alive:
@@ -165,12 +304,14 @@ class ForkServerLauncher(SubprocessLauncher):
 
     async def launch(self, cmd: list[str], env: dict, cwd: str, log_path: str,
                      user: str | None = None) -> dict:
-        if len(cmd) < 3 or cmd[1] != "-m":
+        if len(cmd) < 3 or cmd[1] != "-m" or not await self._trusted(cmd[0]):
             return await super().launch(cmd, env, cwd, log_path, user)
-        request = {"module": cmd[2], "args": cmd[3:], "env": env, "cwd": cwd, "log": log_path,
-                   "user": user}
+        if user:
+            user_identity(user)  # refuse root here too, before anything is forked
+        request = {"module": cmd[2], "args": cmd[3:], "cwd": cwd, "log": log_path,
+                   "user": user, "title": env.get("DASK_GATEWAY_CLUSTER_NAME", "")}
         try:
-            return await self._zygote(cmd[0]).fork(request)
+            return await self._zygote(cmd[0]).fork(request, env)
         except Exception as e:
             log.warning("Fork server failed (%s); starting %s the ordinary way", e, cmd[2])
             return await super().launch(cmd, env, cwd, log_path, user)
@@ -178,5 +319,3 @@ class ForkServerLauncher(SubprocessLauncher):
     async def close(self) -> None:
         await asyncio.gather(*(z.close() for z in self._zygotes.values()))
         self._zygotes.clear()
-
-

@@ -4,8 +4,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import pwd
-import shutil
 import signal
 import sys
 import tempfile
@@ -14,9 +12,10 @@ import time
 from traitlets import Float, List, Type, Unicode, default
 
 from ..logs import about
-from ..models import Cluster, Worker
-from .base import ClusterConfig, DBBackendBase
+from ..models import Cluster, User, Worker
+from .base import ClusterConfig, DBBackendBase, local_account
 from .launchers import ForkServerLauncher, SubprocessLauncher, process_start_ticks
+from .safe_files import ensure_private_dir, make_owned_tree, read_tail, remove_tree
 
 __all__ = ["LocalBackend", "UnsafeLocalBackend", "LocalClusterConfig", "SubprocessLauncher",
            "ForkServerLauncher"]
@@ -76,13 +75,17 @@ class LocalBackend(DBBackendBase):
     sigterm_timeout = Float(5, help="Seconds to wait after SIGTERM before SIGKILL.", config=True)
     sigkill_timeout = Float(5, help="Seconds to wait after SIGKILL.", config=True)
     clusters_directory = Unicode(
-        "", help="Where cluster working directories go; empty means a temporary directory.",
+        "", help="Where cluster working directories go (default: dask-gateway-clusters in "
+        "the temporary directory). Created if missing; the gateway refuses to start if "
+        "anyone but its own user (or root) owns it or may write to it or to a directory above "
+        "it (sticky ones like /tmp excepted).",
         config=True,
     )
     inherited_environment = List(
         ["PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "LANG",
          "LC_ALL", "HOME", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
-        help="Environment variables passed from the gateway to the clusters.", config=True,
+        help="Environment variables passed from the gateway to the clusters (and all the "
+        "fork servers get: list nothing secret).", config=True,
     )
 
     run_as_user = True
@@ -93,32 +96,40 @@ class LocalBackend(DBBackendBase):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.launcher = self.launcher_class()
+        self.launcher = self.launcher_class(environment=self._base_environment())
         self._log_tails: dict[str, str] = {}
+
+    def _base_environment(self) -> dict[str, str]:
+        """What every cluster gets from the gateway's environment (nothing secret: the
+        launcher's fork servers run with only this)."""
+        return {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
 
     # -- paths and environment ------------------------------------------------
     def workdir(self, cluster: Cluster) -> str:
         return os.path.join(self.clusters_directory, cluster.name)
 
-    def _setup_workdir(self, cluster: Cluster) -> dict[str, str]:
+    def _owner(self, cluster: Cluster) -> tuple[int, int] | None:
+        """(uid, gid) the cluster's processes and files belong to; None: the gateway's
+        (blocking: NSS). Checked again here, not only at creation: a cluster of a user who
+        has since become unfit (or of an older gateway) must not start either."""
+        if not self.run_as_user:
+            return None
+        entry = local_account(cluster.username, self.min_user_uid)
+        return entry.pw_uid, entry.pw_gid
+
+    def _setup_workdir(self, cluster: Cluster, owner: tuple[int, int] | None) -> dict[str, str]:
+        """A fresh working directory, its TLS files, logs/ and workers/, given to the user
+        last (see make_owned_tree). Blocking."""
+        ensure_private_dir(self.clusters_directory, "clusters directory")
         workdir = self.workdir(cluster)
-        certs = os.path.join(workdir, ".certs")
-        logs = os.path.join(workdir, "logs")
-        os.makedirs(self.clusters_directory, mode=0o755, exist_ok=True)
-        for d in (workdir, certs, logs):
-            os.makedirs(d, mode=0o700, exist_ok=True)
-        paths = {"workdir": workdir, "cert": os.path.join(certs, "dask.crt"),
-                 "key": os.path.join(certs, "dask.pem"), "logs": logs}
-        for path, data in ((paths["cert"], cluster.tls_cert), (paths["key"], cluster.tls_key)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        if self.run_as_user:
-            entry = pwd.getpwnam(cluster.username)
-            for root, dirs, files in os.walk(workdir):
-                for name in [root, *(os.path.join(root, x) for x in dirs + files)]:
-                    os.chown(name, entry.pw_uid, entry.pw_gid)
-        return paths
+        if os.path.lexists(workdir):  # left by a start that was interrupted
+            remove_tree(workdir)
+        make_owned_tree(workdir, {".certs/dask.crt": cluster.tls_cert,
+                                  ".certs/dask.pem": cluster.tls_key},
+                        [".certs", "logs", "workers"], owner)
+        return {"workdir": workdir, "cert": os.path.join(workdir, ".certs", "dask.crt"),
+                "key": os.path.join(workdir, ".certs", "dask.pem"),
+                "logs": os.path.join(workdir, "logs")}
 
     def _env(self, cluster: Cluster, config: ClusterConfig, role: str) -> dict[str, str]:
         workdir = self.workdir(cluster)
@@ -140,6 +151,9 @@ class LocalBackend(DBBackendBase):
             env["DASK_GATEWAY_HANDOFF_ADDRESS"] = self.handoff_address(cluster) or ""
         return env
 
+    def handoff_uid(self, cluster: Cluster) -> int | None:
+        return cluster.state.get("uid") if self.run_as_user else os.geteuid()
+
     def handoff_address(self, cluster: Cluster) -> str | None:
         """Derived from the cluster's secret token, so no one else can take the name first
         (the abstract namespace has no file permissions)."""
@@ -149,7 +163,15 @@ class LocalBackend(DBBackendBase):
         return f"@dask-gateway-{digest}"
 
     # -- the backend interface ------------------------------------------------
+    async def check_user(self, user: User) -> None:
+        if self.run_as_user:
+            await asyncio.get_running_loop().run_in_executor(
+                None, local_account, user.name, self.min_user_uid)
+
     async def setup(self) -> None:
+        # Everything the gateway creates goes in here: it must be the gateway's alone.
+        await asyncio.get_running_loop().run_in_executor(
+            None, ensure_private_dir, self.clusters_directory, "clusters directory")
         # Start the default environment's interpreter now, not on the first user's request,
         # but in the background: the API answers meanwhile (a first launch waits for it).
         self._warm_up = asyncio.create_task(self.launcher.warm_up(sys.executable))
@@ -163,15 +185,19 @@ class LocalBackend(DBBackendBase):
     async def start_cluster(self, cluster: Cluster) -> dict:
         config = self.cluster_config(cluster)
         loop = asyncio.get_running_loop()
-        paths = await loop.run_in_executor(None, self._setup_workdir, cluster)
-        await self._kill_unrecorded(paths["workdir"], cluster)
-        return await self.launcher.launch(
+        owner = await loop.run_in_executor(None, self._owner, cluster)
+        await self._kill_unrecorded(self.workdir(cluster), cluster)
+        paths = await loop.run_in_executor(None, self._setup_workdir, cluster, owner)
+        state = await self.launcher.launch(
             self.scheduler_command(cluster, config),
             self._env(cluster, config, "scheduler"),
             paths["workdir"],
             os.path.join(paths["logs"], "scheduler.log"),
             cluster.username if self.run_as_user else None,
         )
+        if owner is not None:
+            state["uid"] = owner[0]  # for handoff_uid and reading the log safely
+        return state
 
     async def stop_cluster(self, cluster: Cluster) -> None:
         await self._terminate(cluster.state, cluster)
@@ -183,7 +209,10 @@ class LocalBackend(DBBackendBase):
             self._log_tails[cluster.name] = self._log_tail(cluster)
             while len(self._log_tails) > 100:  # only failures are asked for; forget the rest
                 self._log_tails.pop(next(iter(self._log_tails)))
-            shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                remove_tree(workdir)
+            except OSError as e:
+                self.log.warning("Could not remove %s: %s", workdir, e, extra=about(cluster))
 
         await asyncio.get_running_loop().run_in_executor(None, remove)
 
@@ -194,13 +223,9 @@ class LocalBackend(DBBackendBase):
         config = self.cluster_config(cluster)
         workdir = self.workdir(cluster)
         # A directory per worker: its scratch space, and a way to find it without a pid.
+        # The worker's process creates it (and opens its log) as the user: the cluster's
+        # directory is the user's, whatever is in it may be a symlink by now.
         worker_dir = os.path.join(workdir, "workers", worker.name)
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: os.makedirs(worker_dir, mode=0o700, exist_ok=True))
-        if self.run_as_user:
-            entry = pwd.getpwnam(cluster.username)
-            for path in (os.path.dirname(worker_dir), worker_dir):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
         await self._kill_unrecorded(worker_dir, cluster)
         return await self.launcher.launch(
             self.worker_command(cluster, config, worker),
@@ -220,12 +245,16 @@ class LocalBackend(DBBackendBase):
         return self._log_tails.pop(cluster.name, "")
 
     def _log_tail(self, cluster: Cluster) -> str:
-        path = os.path.join(self.workdir(cluster), "logs", "scheduler.log")
+        """The end of the scheduler's log: a file of the user's, read without following a
+        symlink, and only if it is a regular file of theirs (blocking)."""
+        owner = cluster.state.get("uid") if self.run_as_user else os.geteuid()
+        if owner is None:
+            try:
+                owner = local_account(cluster.username, self.min_user_uid).pw_uid
+            except Exception:
+                return ""
         try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 2000))
-                return f.read().decode(errors="replace")
+            return read_tail(self.workdir(cluster), "logs/scheduler.log", 2000, owner)
         except OSError:
             return ""
 

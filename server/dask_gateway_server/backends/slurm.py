@@ -27,7 +27,7 @@ from traitlets import Enum, Float, List, Type, Unicode, default
 
 from ..logs import about
 from ..models import Cluster, JobStatus, User, Worker
-from .base import ClusterConfig, DBBackendBase
+from .base import ClusterConfig, DBBackendBase, local_account
 
 __all__ = ["SlurmBackend", "SlurmClusterConfig"]
 
@@ -492,18 +492,16 @@ class SlurmBackend(DBBackendBase):
         return self._details.pop(cluster.name, "")
 
     # -- options ----------------------------------------------------------------------
+    async def check_user(self, user: User) -> None:
+        """Jobs run as their user (unless user_mode is 'none'): never as root, a system
+        account or the gateway's own account."""
+        if self.user_switch != "none":
+            await asyncio.get_running_loop().run_in_executor(
+                None, local_account, user.name, self.min_user_uid)
+
     async def process_cluster_options(self, user: User, request: Any) -> tuple[dict, dict]:
         """Also refuse, with a message for the user, what sbatch would refuse later."""
         options, config = await super().process_cluster_options(user, request)
-        if self._user_prefix(user.name):
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(None, pwd.getpwnam, user.name)
-            except KeyError:
-                raise ValueError(
-                    f"User {user.name!r} has no account on this machine, and Slurm jobs run "
-                    "as their user: ask an administrator to create it"
-                ) from None
         wanted = [p for p in config.get("partition", "").split(",") if p]
         if wanted:
             known = await self._known_partitions()

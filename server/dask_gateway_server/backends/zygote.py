@@ -6,17 +6,25 @@ child that already has everything imported (and shares those pages copy-on-write
 its environment, TLS files, working directory and identity, and runs the requested module as
 ``python -m`` would.
 
-Protocol: one JSON object per line on stdin, one answer per line on stdout.
-    {"module": "distributed.cli.dask_scheduler", "args": [...], "env": {...}, "cwd": "...",
-     "log": "/path/to/log", "user": null | "name"}
-    -> {"pid": 1234, "start_ticks": 5678} or {"error": "..."}
-The zygote exits when stdin closes (the gateway went away); its children live on.
+Protocol: stdin is a SOCK_SEQPACKET unix socket to the gateway; one JSON object per message.
+First the zygote says ``{"ready": true, "warnings": [...]}`` (what it could not preload: the
+gateway logs it). Then each request
+    {"module": "distributed.cli.dask_scheduler", "args": [...], "cwd": "...",
+     "log": "/path/to/log", "user": null | "name", "title": "cluster name"}
+comes with one descriptor: a pipe holding the child's environment (JSON). Only the forked
+child reads it, so the secrets in it never enter this process's memory, which every later
+child inherits; this process itself starts with a minimal environment. Answer:
+    {"pid": 1234, "start_ticks": 5678} or {"error": "..."}
+The child becomes its user before it touches the file system: it creates its working
+directory and opens its log as that user. The zygote exits when the socket closes (the
+gateway went away); its children live on.
 """
 import importlib
 import json
 import os
 import runpy
 import signal
+import socket
 import sys
 
 PRELOAD = [
@@ -56,7 +64,7 @@ def set_title(request):
         import setproctitle
     except ImportError:
         return
-    name = request["env"].get("DASK_GATEWAY_CLUSTER_NAME", "")
+    name = request.get("title", "")
     setproctitle.setproctitle(
         f"{sys.executable} -m {request['module']} [dask-gateway cluster {name}]"
     )
@@ -78,36 +86,62 @@ def run_module(name, args):
         runpy.run_module(name, run_name="__main__", alter_sys=True)
 
 
-def run_child(request, channel_fds):
+def read_env(fd):
+    """The environment the gateway wrote into the pipe ``fd`` (closed afterwards)."""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    env = json.loads(b"".join(chunks))
+    if not isinstance(env, dict):
+        raise ValueError("the environment is not a JSON object")
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def become(user):
+    """Drop root for ``user``'s identity, for good; never to root itself."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        raise PermissionError(f"refusing to run a process as {user!r}: uid 0")
+    os.setgroups(os.getgrouplist(user, entry.pw_gid))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def run_child(request, env_fd, channel_fd):
     """In the forked child: become the requested process. Never returns."""
     code = 1
     try:
-        # Before the environment changes: setproctitle reuses the original environ's memory.
-        set_title(request)
         os.setsid()
-        for fd in channel_fds:
-            os.close(fd)
+        os.close(channel_fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
+        env = read_env(env_fd)
+        # Before the environment changes: setproctitle reuses the original environ's memory.
+        set_title(request)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if request.get("user"):
+            become(request["user"])
+        # As the user: the working directory and the log are in a directory the user owns,
+        # so what they resolve to is only ever what the user could reach anyway.
+        os.makedirs(request["cwd"], mode=0o700, exist_ok=True)
+        os.chdir(request["cwd"])
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        user = request.get("user")
-        if user:
-            import pwd
-
-            entry = pwd.getpwnam(user)
-            os.setgroups(os.getgrouplist(user, entry.pw_gid))
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
-        os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update(env)
         # Configuration was read at import time, before this child had its environment.
         import dask.config
 
@@ -120,7 +154,7 @@ def run_child(request, channel_fds):
     except BaseException:
         import traceback
 
-        traceback.print_exc()
+        traceback.print_exc()  # to the log, or before it is open to the gateway's log
     finally:
         try:
             sys.stdout.flush()
@@ -142,32 +176,46 @@ def warm_tls_defaults() -> None:
         pass
 
 
+def send(channel, message):
+    channel.send(json.dumps(message).encode())
+
+
 def main():
+    # Nothing on stdout/stderr from here on unless it is a real failure: the gateway logs
+    # stderr as warnings, and what is expected (a module missing) goes in the ready message.
+    warnings = []
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception as e:  # a missing optional piece only costs start time
-            print(f"zygote: could not preload {name}: {e}", file=sys.stderr)
+            warnings.append(f"could not preload {name}: {e}")
     warm_tls_defaults()
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    inp = sys.stdin.buffer
-    out = sys.stdout.buffer
-    channel = (inp.fileno(), out.fileno())
-    out.write(b'{"ready": true}\n')
-    out.flush()
-    for line in inp:
+    channel = socket.socket(fileno=0)
+    send(channel, {"ready": True, "warnings": warnings})
+    while True:
+        msg, fds, flags, _ = socket.recv_fds(channel, 1 << 20, 4)
+        if not msg and not fds:
+            return  # the gateway went away
+        env_fd = fds[0] if fds else -1
+        for fd in fds[1:]:
+            os.close(fd)
         try:
-            request = json.loads(line)
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or env_fd < 0:
+                raise ValueError("malformed request")
+            request = json.loads(msg)
             pid = os.fork()
         except Exception as e:
             answer = {"error": f"{type(e).__name__}: {e}"}
         else:
             if pid == 0:
-                run_child(request, channel)
+                run_child(request, env_fd, channel.fileno())
             answer = {"pid": pid, "start_ticks": start_ticks(pid)}
-        out.write(json.dumps(answer).encode() + b"\n")
-        out.flush()
+        finally:
+            if env_fd >= 0:
+                os.close(env_fd)
+        send(channel, answer)
 
 
 if __name__ == "__main__":
