@@ -64,6 +64,9 @@ class Targets:
     own: str  # alice's running cluster
     own_token: str  # its API token (what its scheduler sends)
     other: str  # bob's running cluster: alice may touch nothing of it
+    #: Its addresses, as its scheduler reports them: a heartbeat naming others is refused
+    #: (addresses never move), so some generated heartbeats carry these to get through.
+    own_addresses: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +99,18 @@ def _wait_running(address: str, name: str, auth: dict, timeout: float = 120) -> 
     raise TimeoutError(f"cluster {name} did not start")
 
 
+def cluster_addresses(data_dir: str, name: str) -> dict[str, str]:
+    """A cluster's addresses, as its first heartbeat set them, from the SQLite store."""
+    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'dask_gateway.sqlite')}?mode=ro",
+                         uri=True)
+    try:
+        row = db.execute("SELECT scheduler_address, dashboard_address, api_address "
+                         "FROM clusters WHERE name = ?", (name,)).fetchone()
+    finally:
+        db.close()
+    return dict(zip(("scheduler_address", "dashboard_address", "api_address"), row))
+
+
 def cluster_token(data_dir: str, name: str) -> str:
     """A cluster's API token, read as an admin could: from the default SQLite store, with the
     key file next to it."""
@@ -122,7 +137,7 @@ def prepare(address: str, data_dir: str) -> Targets:
     for user, auth in (("alice", ALICE), ("bob", BOB)):
         _wait_running(address, names[user], auth)
     return Targets(address, names["alice"], cluster_token(data_dir, names["alice"]),
-                   names["bob"])
+                   names["bob"], cluster_addresses(data_dir, names["alice"]))
 
 
 def snapshot(address: str) -> dict[str, dict]:
@@ -234,6 +249,8 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
     credentials = st.one_of(alice, others)
     heartbeat_credentials = st.one_of(token, st.one_of(alice, others))
     names = st.sampled_from(["own", "own", "own", "other", "generated"])
+    # "own+": alice's cluster, and a body with its real addresses (if the body has them).
+    heartbeat_names = st.sampled_from(["own", "own+", "own+", "other", "generated"])
 
     for op in operations:
         label = f"{op.method.upper()} {op.path}"
@@ -248,16 +265,18 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
                       phases=[Phase.generate], suppress_health_check=list(HealthCheck),
                       verbosity=hypothesis.Verbosity.quiet)
             @given(case=op.as_strategy(mode), variants=st.lists(
-                st.tuples(heartbeat_credentials if op.path.endswith("/heartbeat")
-                          else credentials, names),
+                st.tuples(heartbeat_credentials, heartbeat_names)
+                if op.path.endswith("/heartbeat") else st.tuples(credentials, names),
                 min_size=VARIANTS, max_size=VARIANTS))
             def run(case, variants) -> None:
                 # Generating a case costs far more than sending it: each is sent with
                 # several credentials and cluster names.
                 original = (case.path_parameters, case.headers, case.cookies)
+                body = case.body
                 for who, name in variants:
                     case.path_parameters, case.headers, case.cookies = (
                         None if part is None else dict(part) for part in original)
+                    case.body = body
                     try:
                         send(case, who, name)
                     except Exception as e:  # reported, not replayed by hypothesis
@@ -273,6 +292,11 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
                         name = "generated"
                 if label == "POST /api/v1/clusters/" and kind in ("bob", "admin"):
                     kind, headers = "alice", ALICE  # only alice's clusters are capped at one
+                if name == "own+":
+                    name = "own"
+                    if isinstance(case.body, dict) and all(
+                            isinstance(case.body.get(k), str) for k in targets.own_addresses):
+                        case.body = {**case.body, **targets.own_addresses}
                 if "cluster_name" in (case.path_parameters or {}) and name != "generated":
                     case.path_parameters["cluster_name"] = (targets.own if name == "own"
                                                             else targets.other)

@@ -8,6 +8,10 @@ Loaded with ``dask-scheduler --preload dask_gateway.scheduler_preload``. It
 * runs adaptive scaling on the scheduler so it works with no client attached,
 * asks the gateway to stop the cluster after an idle timeout.
 
+* with ``DASK_GATEWAY_DASHBOARD_AUTH`` set (by our gateway), refuses every request to the
+  scheduler's HTTP server (dashboard pages, Bokeh's websockets, JSON, metrics) that lacks
+  the cluster's dashboard key, which only the gateway's proxy adds.
+
 Configuration comes from the preload options below and the environment
 variables ``DASK_GATEWAY_API_URL``, ``DASK_GATEWAY_API_TOKEN`` (the token, or a
 path to a file holding it if the value contains ``/``) and
@@ -34,7 +38,7 @@ from distributed.comm.addressing import get_address_host
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import WorkerStatusPlugin
-from tornado import httpserver, netutil, web
+from tornado import httpserver, httputil, netutil, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 # Scheduler logs are what users and admins read, so log there.
@@ -49,6 +53,11 @@ MAX_IDLE_WAIT = 3600.0  # heartbeat period 0 means "only on changes"; still chec
 SOON_DELAY = 0.5  # coalesce bursts of worker departures into one heartbeat
 HTTP_CONNECT_TIMEOUT = 5.0
 HTTP_REQUEST_TIMEOUT = 10.0
+
+#: The header the gateway's proxy sends the dashboard key in, and what the key is derived
+#: for (the server's ``Cluster.dashboard_key`` derives the same).
+DASHBOARD_KEY_HEADER = "X-Dask-Gateway-Dashboard-Key"
+DASHBOARD_KEY_CONTEXT = b"dask-gateway dashboard key v1"
 
 
 # ---------------------------------------------------------------------------
@@ -69,6 +78,7 @@ class GatewayConfig:
     idle_timeout: float = 0.0
     orphan_timeout: float = 0.0
     handoff_address: str = ""  # unix socket ("@name": abstract) for connections passed over
+    dashboard_auth: bool = False  # require the dashboard key on the scheduler's HTTP server
 
     @classmethod
     def from_env(cls, **options: Any) -> GatewayConfig:
@@ -85,6 +95,7 @@ class GatewayConfig:
             api_token=read_token(os.environ["DASK_GATEWAY_API_TOKEN"]),
             cluster_name=os.environ["DASK_GATEWAY_CLUSTER_NAME"],
             handoff_address=os.environ.get("DASK_GATEWAY_HANDOFF_ADDRESS", ""),
+            dashboard_auth=bool(os.environ.get("DASK_GATEWAY_DASHBOARD_AUTH")),
             **options,
         )
 
@@ -104,6 +115,88 @@ def parse_bind_address(address: str) -> tuple[str | None, int]:
         raise ValueError(f"Invalid address {address!r}, expected 'host:port'")
     host = host.strip("[]")
     return (host or None), int(port)
+
+
+def dashboard_key(token: str) -> str:
+    """The key the gateway's proxy sends with every dashboard request of this cluster."""
+    return hmac.new(token.encode(), DASHBOARD_KEY_CONTEXT, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# The dashboard's lock
+# ---------------------------------------------------------------------------
+
+
+class DashboardGuard(httputil.HTTPServerConnectionDelegate):
+    """Put in front of the scheduler's HTTP server application: a request without the
+    dashboard key gets 403 before any handler sees it. Every page the server has passes
+    here (distributed's routes, the Bokeh server's pages and websockets, Jupyter), so
+    another user of a shared host or node cannot read a dashboard the gateway would not
+    show them."""
+
+    def __init__(self, inner: httputil.HTTPServerConnectionDelegate, key: str) -> None:
+        self.inner = inner
+        self.key = key.encode()
+
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _GuardedRequest(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.inner.on_close(server_conn)
+
+
+class _GuardedRequest(httputil.HTTPMessageDelegate):
+    """One request: passed on to the application once its headers carry the key."""
+
+    def __init__(self, guard: DashboardGuard, server_conn: object,
+                 request_conn: httputil.HTTPConnection) -> None:
+        self.guard = guard
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.delegate: httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        given = headers.get(DASHBOARD_KEY_HEADER, "").encode("latin-1", "replace")
+        if hmac.compare_digest(given, self.guard.key):
+            self.delegate = self.guard.inner.start_request(self.server_conn,
+                                                           self.request_conn)
+            return self.delegate.headers_received(start_line, headers)
+        body = json.dumps({"error": "This dashboard is reached through the Dask Gateway"})
+        data = body.encode()
+        self.request_conn.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", 403, "Forbidden"),
+            httputil.HTTPHeaders({"Content-Type": "application/json",
+                                  "Content-Length": str(len(data))}),
+        )
+        self.request_conn.write(data)
+        self.request_conn.finish()  # tornado drops any body and closes after it
+        return None
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.delegate is not None:
+            return self.delegate.data_received(chunk)
+        return None
+
+    def finish(self) -> None:
+        if self.delegate is not None:
+            self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
+
+
+def guard_dashboard(scheduler: Any, token: str) -> bool:
+    """Require the dashboard key on every request of the scheduler's HTTP server; False
+    if it has none (or an unexpected one, left as it is)."""
+    server = getattr(scheduler, "http_server", None)
+    app = getattr(server, "request_callback", None)
+    if not isinstance(app, httputil.HTTPServerConnectionDelegate):
+        return False
+    if not isinstance(app, DashboardGuard):
+        server.request_callback = DashboardGuard(app, dashboard_key(token))
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -825,6 +918,8 @@ async def dask_setup(
         return Status.dont_reply
 
     scheduler.handlers["dask_gateway_lease"] = dask_gateway_lease
+    if config.dashboard_auth and not guard_dashboard(scheduler, config.api_token):
+        logger.warning("dask-gateway: no HTTP server to protect with the dashboard key")
     await service.start()
     setattr(scheduler, SERVICE_ATTR, service)
 

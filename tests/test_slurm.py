@@ -344,6 +344,90 @@ def test_gateway_restart_finds_running_jobs(slurm_user, tmp_path):
         gw_proc.stop(signal.SIGKILL)
 
 
+#: Run as the cluster's user: read the cluster's token from its staging directory (as the
+#: job will) and send a first heartbeat pointing the gateway at the gateway's own private
+#: port. Prints the gateway's answer.
+FORGE_FIRST_HEARTBEAT = """
+import json, sys, urllib.error, urllib.request
+token_file, api_url, name, target = sys.argv[1:]
+token = open(token_file).read().strip()
+msg = {"scheduler_address": "tls://" + target, "dashboard_address": "http://" + target,
+       "api_address": "http://" + target, "count": 0, "active_workers": [],
+       "closing_workers": [], "closed_workers": []}
+req = urllib.request.Request(f"{api_url}/v1/clusters/{name}/heartbeat", method="POST",
+                             data=json.dumps(msg).encode(),
+                             headers={"Authorization": "token " + token})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(json.dumps([r.status, ""]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, json.loads(e.read())["error"]]))
+"""
+
+
+def test_forged_first_heartbeat_is_refused(slurm_gateway):
+    """Issue 14, finding 4: the user reads the cluster's token while its job is pending (or
+    running before its scheduler is up) and sends the first heartbeat, pointing the gateway
+    at its own private API port. Refused while pending, refused once running (not the job's
+    socket); the real scheduler's heartbeat is then accepted, and addresses never move."""
+    import base64
+    import json
+    import urllib.request
+
+    (private,) = [a.split("=", 1)[1] for a in slurm_gateway.extra_args
+                  if a.startswith("--DaskGateway.address=")]
+    api_url = f"{slurm_gateway.address}/api"
+
+    def forge(name: str, target: str) -> tuple[int, str]:
+        token_file = Path(pwd.getpwnam(USER).pw_dir) / ".dask-gateway" / name / "api-token"
+        out = subprocess.run(
+            ["runuser", "-u", USER, "--", sys.executable, "-c", FORGE_FIRST_HEARTBEAT,
+             str(token_file), api_url, name, target],
+            capture_output=True, text=True, check=True, cwd="/").stdout
+        return tuple(json.loads(out))
+
+    with connect(slurm_gateway) as gw:
+        name = gw.submit(environment="held")
+        staging = Path(pwd.getpwnam(USER).pw_dir) / ".dask-gateway" / name
+        wait_for(lambda: (staging / "api-token").exists() and slurm_jobs(name),
+                 what="the scheduler's job submitted")
+        (job,) = slurm_jobs(name)
+        assert (job["state"], job["reason"]) == ("PENDING", "JobHeldUser")
+
+        status, error = forge(name, private)
+        assert status == 409 and f"job {job['id']} is not running (PENDING)" in error, error
+
+        subprocess.run(["scontrol", "release", job["id"]], check=True)
+        wait_for(lambda: slurm_jobs(name)[0]["state"] == "RUNNING", what="job running")
+        status, error = forge(name, private)
+        assert status == 403, (status, error)
+        assert f"is not an address of the scheduler's Slurm job {job['id']}" in error, error
+        assert gw.get_cluster(name).status.name == "PENDING"
+        log = slurm_gateway.log()
+        assert f"Refused a heartbeat of cluster {name}: scheduler_address 'tls://{private}'" \
+            in log, log[-3000:]
+
+        # The real scheduler starts: its heartbeat is accepted, the cluster works.
+        (staging / "release-scheduler").touch()
+        cluster = gw.connect(name, shutdown_on_close=True)
+        wait_for(lambda: gw.get_cluster(name).status.name == "RUNNING", what="RUNNING")
+        with cluster.get_client(set_as_default=False) as client:
+            cluster.scale(1)
+            client.wait_for_workers(1, timeout=120)
+            assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
+        req = urllib.request.Request(
+            f"{slurm_gateway.address}/clusters/{name}/status",
+            headers={"Authorization": "Basic " + base64.b64encode(f"{USER}:any".encode())
+                     .decode(), "Accept": "text/html"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200 and b"bokeh" in r.read().lower()
+        # Once set, no heartbeat moves them.
+        status, error = forge(name, private)
+        assert status == 409 and "cannot change once set" in error, error
+        cluster.shutdown()
+        wait_for(lambda: slurm_jobs(name) == [], timeout=30, what="no jobs left")
+
+
 # -- units: no Slurm needed -------------------------------------------------------------
 
 

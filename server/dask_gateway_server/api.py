@@ -13,6 +13,7 @@ from tornado import web
 from traitlets import TraitError
 
 from . import __version__
+from .addresses import AddressMoved, AddressNotYetKnown, AddressRefused, MalformedAddress
 from .auth import AuthError, Authenticator
 from .backends.base import UserNotAllowed
 from .limits import LimitExceeded, UserLimits
@@ -452,9 +453,22 @@ class HeartbeatHandler(BaseHandler):
         for key in ("active_workers", "closing_workers", "closed_workers"):
             if not all(isinstance(w, str) for w in msg[key]):
                 raise APIError(422, f"Heartbeat field {key!r} must list worker names")
-        await self.reconciler.on_heartbeat(cluster, msg)
+        try:
+            await self.reconciler.on_heartbeat(cluster, msg)
+        except AddressRefused as e:
+            raise APIError(_address_status(e), str(e)) from None
         self.set_status(200)
         self.finish()
+
+
+def _address_status(error: AddressRefused) -> int:
+    """422: not an address; 409: not now (a pending job) or moving set addresses; 403:
+    an address that is not the scheduler's."""
+    if isinstance(error, MalformedAddress):
+        return 422
+    if isinstance(error, (AddressNotYetKnown, AddressMoved)):
+        return 409
+    return 403
 
 
 class OAuthCallbackHandler(BaseHandler):

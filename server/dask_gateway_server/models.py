@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import hmac
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+#: What a dashboard key is derived for (see ``Cluster.dashboard_key``); the scheduler
+#: preload (dask_gateway/scheduler_preload.py) derives the same.
+DASHBOARD_KEY_CONTEXT = b"dask-gateway dashboard key v1"
 
 #: The most workers a cluster can be asked for: what an INTEGER column holds in every
 #: database the store supports (SQLite, PostgreSQL).
@@ -125,6 +131,15 @@ class Cluster:
     @property
     def is_active(self) -> bool:
         return self.target == JobStatus.RUNNING
+
+    @property
+    def dashboard_key(self) -> str:
+        """What the gateway's proxy sends with every request to the cluster's dashboard,
+        which our scheduler preload requires: only the gateway (and the scheduler, holding
+        the token) can make it, so nobody reaches a dashboard past the gateway's access
+        check. Derived rather than the token itself, so a dashboard that leaks a request
+        header gives away nothing that authenticates to the gateway."""
+        return hmac.new(self.token.encode(), DASHBOARD_KEY_CONTEXT, hashlib.sha256).hexdigest()
 
     @property
     def max_workers(self) -> int | None:

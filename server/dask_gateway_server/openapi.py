@@ -282,7 +282,9 @@ _SPEC: dict[str, Any] = {
                 "summary": "A scheduler reports its addresses and workers.",
                 "description": "Sent every `cluster_heartbeat_period` seconds by "
                                "`dask_gateway.scheduler_preload`, authenticated with the "
-                               "cluster's token.",
+                               "cluster's token. The first accepted heartbeat sets the "
+                               "cluster's addresses, once the backend confirmed them; later "
+                               "ones must repeat them.",
                 "security": [{"clusterToken": []}],
                 "requestBody": _body({"$ref": "#/components/schemas/Heartbeat"},
                                      "The scheduler's state."),
@@ -290,6 +292,8 @@ _SPEC: dict[str, Any] = {
                     "200": {"description": "Recorded."},
                     "400": _ERROR,
                     "401": _ERROR,
+                    "403": _ERROR,
+                    "409": _ERROR,
                     "422": _ERROR,
                 },
             },
@@ -522,7 +526,13 @@ _ERROR_OVERRIDES = {
     ("adaptCluster", "422"): "Bounds that are not non-negative integers, minimum > maximum, or "
                              "above 2147483647.",
     ("heartbeat", "401"): "Not the cluster's token.",
-    ("heartbeat", "422"): "A field missing or of the wrong type.",
+    ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
+                          "the host its job runs on, not its socket, link-local or a cloud "
+                          "metadata address.",
+    ("heartbeat", "409"): "Addresses different from those already set (they never change), "
+                          "or the scheduler's job cannot be checked yet (still pending).",
+    ("heartbeat", "422"): "A field missing or of the wrong type, or an address that is not "
+                          "scheme://IP:port.",
     ("oauthCallback", "400"): "An unknown or expired login, or the hub refused it.",
     ("oauthCallback", "401"): "The hub did not accept the login code.",
     ("oauthCallback", "404"): "This gateway's authenticator has no browser login.",

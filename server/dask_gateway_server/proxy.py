@@ -96,6 +96,10 @@ _WS_HANDSHAKE_HEADERS = frozenset(
 )
 _WS_MAX_MESSAGE = 128 * 1024 * 1024
 
+#: The header carrying a cluster's dashboard key (``Cluster.dashboard_key``) to its
+#: scheduler, whose preload refuses requests without it; never taken from a viewer.
+DASHBOARD_KEY_HEADER = "X-Dask-Gateway-Dashboard-Key"
+
 
 # ---------------------------------------------------------------------------
 # ClientHello parsing
@@ -666,6 +670,7 @@ class Proxy(LoggingConfigurable):
         self._handoffs: dict[str, str] = {}
         self._handoff_uids: dict[str, int] = {}
         self._dashboard_routes: dict[str, str] = {}
+        self._dashboard_keys: dict[str, str] = {}  # in this process only, never the link's
         self._sockets: list[socket.socket] = []
         self._remove_accept: list[Callable[[], None]] = []
         self._pending: set[asyncio.Task[None]] = set()
@@ -721,12 +726,14 @@ class Proxy(LoggingConfigurable):
     def add_route(
         self, cluster_name: str, scheduler_address: str, dashboard_address: str | None,
         handoff: str | None = None, handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
     ) -> None:
         """Route SNI ``daskgateway-<name>`` and ``{prefix}/clusters/<name>``.
 
         ``handoff``: a unix socket address where the scheduler takes over client connections
         (see :meth:`Backend.handoff_address`); tunnels are the fallback. Only a listener of
-        ``handoff_uid`` (or root, or this process's user) gets them.
+        ``handoff_uid`` (or root, or this process's user) gets them. ``dashboard_key``:
+        sent to the dashboard with every request (see ``DASHBOARD_KEY_HEADER``).
         """
         target = scheduler_address
         if "://" in target:
@@ -751,6 +758,10 @@ class Proxy(LoggingConfigurable):
             self._dashboard_routes[cluster_name] = dashboard_address.rstrip("/")
         else:
             self._dashboard_routes.pop(cluster_name, None)
+        if dashboard_key:
+            self._dashboard_keys[cluster_name] = dashboard_key
+        else:
+            self._dashboard_keys.pop(cluster_name, None)
         if self._link is not None:
             self._link.add_route(cluster_name, target, self._dashboard_routes.get(cluster_name),
                                  self._handoffs.get(cluster_name),
@@ -764,11 +775,15 @@ class Proxy(LoggingConfigurable):
         self._handoffs.pop(cluster_name, None)
         self._handoff_uids.pop(cluster_name, None)
         self._dashboard_routes.pop(cluster_name, None)
+        self._dashboard_keys.pop(cluster_name, None)
         if self._link is not None:
             self._link.remove_route(cluster_name)
 
     def get_dashboard_target(self, name: str) -> str | None:
         return self._dashboard_routes.get(name)
+
+    def get_dashboard_key(self, name: str) -> str | None:
+        return self._dashboard_keys.get(name)
 
     def get_scheduler_target(self, name: str) -> str | None:
         return self._sni_routes.get(name)
@@ -1121,6 +1136,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         self._headers_applied = False
         self._client_gone = False
         self._upstream_ws: websocket.WebSocketClientConnection | None = None
+        self._dashboard_key: str | None = None
 
     # -- request parsing -----------------------------------------------------
 
@@ -1191,6 +1207,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 self._send_json_error(403, f"Not allowed to access cluster {name}")
                 return
         self._cluster = name
+        self._dashboard_key = self.proxy.get_dashboard_key(name)
         self._public_base = prefix + raw_name
         self._target_base = target
         url = target + "/" + remainder
@@ -1223,11 +1240,21 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         headers["X-Forwarded-Prefix"] = self._public_base
         return headers
 
+    def _upstream_headers(self, exclude: frozenset[str]) -> httputil.HTTPHeaders:
+        """The forwarded headers plus the cluster's dashboard key: only the gateway sends
+        it, whatever a viewer put in a header of that name."""
+        headers = self._forward_headers(exclude)
+        if DASHBOARD_KEY_HEADER in headers:
+            del headers[DASHBOARD_KEY_HEADER]
+        if self._dashboard_key:
+            headers[DASHBOARD_KEY_HEADER] = self._dashboard_key
+        return headers
+
     def _start_fetch(self) -> None:
         client = self.proxy._http_client
         assert client is not None
         req = self.request
-        headers = self._forward_headers(frozenset())
+        headers = self._upstream_headers(frozenset())
         has_body = "Content-Length" in req.headers or "Transfer-Encoding" in req.headers
         body_producer: Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]] | None = None
         if has_body:
@@ -1402,7 +1429,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         subprotocols = [p.strip() for p in offered.split(",") if p.strip()] if offered else None
         request = HTTPRequest(
             url,
-            headers=self._forward_headers(_WS_HANDSHAKE_HEADERS),
+            headers=self._upstream_headers(_WS_HANDSHAKE_HEADERS),
             connect_timeout=self.proxy.connect_timeout,
             request_timeout=self.proxy.connect_timeout,
         )

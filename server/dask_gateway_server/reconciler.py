@@ -16,6 +16,13 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from .addresses import (
+    ADDRESS_KEYS,
+    AddressMoved,
+    AddressNotYetKnown,
+    AddressRefused,
+    parse_addresses,
+)
 from .backends.base import Backend, DBBackendBase
 from .logs import about
 from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
@@ -52,6 +59,7 @@ class Reconciler:
         self.by_user: dict[str, dict[str, Cluster]] = {}
         self.queue = WorkQueue()
         self._failures: dict[Any, int] = {}
+        self._first_heartbeats: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task] = []
         self._http = AsyncHTTPClient()
 
@@ -68,10 +76,7 @@ class Reconciler:
                 # to find us again, and route their traffic meanwhile.
                 cluster.last_heartbeat = time.monotonic()
                 cluster.ready.set()
-                self.routes.add_route(cluster.name, cluster.scheduler_address,
-                                      cluster.dashboard_address,
-                                      handoff=self.backend.handoff_address(cluster),
-                                      handoff_uid=self.backend.handoff_uid(cluster))
+                self._add_route(cluster)
             self.queue.put((CLUSTER, cluster.name))
             for worker in cluster.workers.values():
                 if not worker.status.is_done:
@@ -107,6 +112,7 @@ class Reconciler:
 
     def _forget(self, name: str) -> None:
         cluster = self.clusters.pop(name, None)
+        self._first_heartbeats.pop(name, None)
         if cluster is not None:
             self.by_token.pop(cluster.token, None)
             mine = self.by_user.get(cluster.username, {})
@@ -146,19 +152,18 @@ class Reconciler:
         self.queue.put((CLUSTER, cluster.name))
 
     async def on_heartbeat(self, cluster: Cluster, msg: dict) -> None:
-        """The scheduler says where it is, how many workers it wants and which it has."""
+        """The scheduler says where it is, how many workers it wants and which it has.
+
+        Raises AddressRefused (logged) for addresses the backend cannot confirm or that
+        differ from those already set: nothing else of such a heartbeat is applied.
+        """
         if not cluster.is_active or cluster.status.is_done:
+            return
+        became_running = await self._accept_addresses(cluster, msg)
+        if not cluster.is_active or cluster.status.is_done:  # stopped meanwhile
             return
         cluster.last_heartbeat = time.monotonic()
         changes: dict[str, Any] = {}
-        became_running = cluster.status in (JobStatus.CREATED, JobStatus.SUBMITTED)
-        if became_running:
-            changes.update(
-                status=JobStatus.RUNNING,
-                scheduler_address=msg["scheduler_address"],
-                dashboard_address=msg["dashboard_address"],
-                api_address=msg["api_address"],
-            )
         count = min(max(0, msg["count"]), MAX_WORKER_COUNT)  # what the store can hold
         if cluster.max_workers is not None:
             count = min(count, cluster.max_workers)
@@ -170,10 +175,7 @@ class Reconciler:
         if changes:
             await self.store.update_cluster(cluster, **changes)
         if became_running:
-            self.routes.add_route(cluster.name, cluster.scheduler_address,
-                                  cluster.dashboard_address,
-                                  handoff=self.backend.handoff_address(cluster),
-                                  handoff_uid=self.backend.handoff_uid(cluster))
+            self._add_route(cluster)
             cluster.ready.set()
             self.log.info("Cluster %s is running", cluster.name, extra=about(cluster))
 
@@ -211,6 +213,59 @@ class Reconciler:
                                                close_expected=True)
                 self.queue.put((WORKER, cluster.name, worker.name))
         self.queue.put((CLUSTER, cluster.name))
+
+    async def _accept_addresses(self, cluster: Cluster, msg: dict) -> bool:
+        """Set the cluster's addresses from its first heartbeat once the backend confirmed
+        them (and mark it RUNNING); later heartbeats must repeat them. Returns whether this
+        heartbeat made the cluster RUNNING; raises AddressRefused."""
+        reported = {key: msg[key] for key in ADDRESS_KEYS}
+        if not cluster.scheduler_address:
+            # One check at a time per cluster, so that a forged first heartbeat racing the
+            # scheduler's costs one check, and the later of two is compared, not stored.
+            lock = self._first_heartbeats.setdefault(cluster.name, asyncio.Lock())
+            async with lock:
+                if not cluster.scheduler_address:
+                    await self._validate(cluster, reported)
+                # Checked again after the wait: set meanwhile, they are compared below.
+                if not cluster.scheduler_address:
+                    if not cluster.is_active or cluster.status.is_done:
+                        return False
+                    await self.store.update_cluster(cluster, status=JobStatus.RUNNING,
+                                                    **reported)
+                    self._first_heartbeats.pop(cluster.name, None)
+                    return True
+        moved = [key for key in ADDRESS_KEYS if reported[key] != getattr(cluster, key)]
+        if moved:
+            error = AddressMoved(
+                f"{', '.join(moved)} of cluster {cluster.name} cannot change once set "
+                f"(reported {reported[moved[0]]!r}, set {getattr(cluster, moved[0])!r})")
+            self.log.warning("Refused a heartbeat of cluster %s: %s", cluster.name, error,
+                             extra=about(cluster))
+            raise error
+        return False
+
+    async def _validate(self, cluster: Cluster, reported: dict[str, str]) -> None:
+        """Parse the addresses and have the backend confirm them; raises AddressRefused."""
+        try:
+            addresses = parse_addresses(reported)
+            await self.backend.validate_addresses(cluster, addresses)
+        except AddressRefused as e:
+            self.log.warning("Refused a heartbeat of cluster %s: %s", cluster.name, e,
+                             extra=about(cluster))
+            raise
+        except Exception:
+            # The backend's failure, not the scheduler's: never a 500 for a heartbeat.
+            self.log.exception("Could not check the addresses of cluster %s", cluster.name,
+                               extra=about(cluster))
+            raise AddressNotYetKnown("the gateway could not check the scheduler's "
+                                     "addresses; see its log") from None
+
+    def _add_route(self, cluster: Cluster) -> None:
+        self.routes.add_route(cluster.name, cluster.scheduler_address,
+                              cluster.dashboard_address,
+                              handoff=self.backend.handoff_address(cluster),
+                              handoff_uid=self.backend.handoff_uid(cluster),
+                              dashboard_key=cluster.dashboard_key)
 
     async def set_count(self, cluster: Cluster, count: int) -> None:
         """Record a count the scheduler has accepted, without waiting for its heartbeat."""

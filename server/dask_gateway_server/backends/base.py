@@ -28,6 +28,7 @@ from traitlets import (
 )
 from traitlets.config import Configurable, LoggingConfigurable
 
+from ..addresses import ReportedAddress
 from ..models import Cluster, User, Worker
 from ..options import Float as FloatField, Integer as IntegerField, Options, Select
 from ..traits import Command, MemoryLimit, format_bytes
@@ -282,6 +283,22 @@ class Backend(LoggingConfigurable):
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         """For each worker, is it still alive?"""
         return [True] * len(workers)
+
+    async def validate_addresses(self, cluster: Cluster,
+                                 addresses: list[ReportedAddress]) -> None:
+        """Confirm that the addresses of a cluster's first heartbeat are its scheduler's, or
+        raise ``addresses.AddressRefused`` saying why (``AddressNotYetKnown``: not yet, e.g.
+        a job still pending; the scheduler's next heartbeat is asked again).
+
+        A heartbeat comes from code the cluster's owner controls, or from anyone who read
+        the cluster's token, and the gateway then connects to these addresses (proxying
+        dashboards and scheduler traffic, calling the scheduler's API): a backend accepts
+        only what it can confirm, an address on the host the scheduler runs on, ideally a
+        socket of the cluster's own process or user. Called once per cluster, with parsed IP
+        addresses already free of wildcard, multicast, link-local and cloud metadata ones.
+        This default confirms nothing more (backends written before it keep working);
+        LocalBackend and SlurmBackend check.
+        """
 
     def handoff_address(self, cluster: Cluster) -> str | None:
         """A unix socket address (``@name``: Linux abstract namespace) where the cluster's

@@ -11,6 +11,16 @@ import time
 
 from traitlets import Float, List, Type, Unicode, default
 
+from ..addresses import (
+    AddressRefused,
+    ReportedAddress,
+    is_local,
+    listeners,
+    listeners_at,
+    local_addresses,
+    processes_in,
+    socket_inodes,
+)
 from ..logs import about
 from ..models import Cluster, User, Worker
 from .base import ClusterConfig, DBBackendBase, local_account
@@ -149,6 +159,8 @@ class LocalBackend(DBBackendBase):
         })
         if role == "scheduler":  # only the scheduler takes connections from the proxy
             env["DASK_GATEWAY_HANDOFF_ADDRESS"] = self.handoff_address(cluster) or ""
+            # Its dashboard answers only requests carrying the key the gateway's proxy adds.
+            env["DASK_GATEWAY_DASHBOARD_AUTH"] = "1"
         return env
 
     def handoff_uid(self, cluster: Cluster) -> int | None:
@@ -240,6 +252,43 @@ class LocalBackend(DBBackendBase):
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         return [is_alive(w.state) for w in workers]
+
+    async def validate_addresses(self, cluster: Cluster,
+                                 addresses: list[ReportedAddress]) -> None:
+        """Only sockets of the cluster's own processes on this host: listening at the
+        address, held open by a process working in the cluster's directory (its scheduler),
+        and, where processes run as users, created by the cluster's user. Anything else
+        (the gateway's private port, a database, another user's dashboard) is refused."""
+        loop = asyncio.get_running_loop()
+        uid = None
+        if self.run_as_user:
+            entry = await loop.run_in_executor(None, pwd.getpwnam, cluster.username)
+            uid = entry.pw_uid
+        await loop.run_in_executor(None, self._confirm_sockets, cluster, addresses, uid)
+
+    def _confirm_sockets(self, cluster: Cluster, addresses: list[ReportedAddress],
+                         uid: int | None) -> None:
+        """Blocking (/proc): raise AddressRefused unless each address is the cluster's."""
+        local = local_addresses()
+        table = listeners()
+        held: set[int] | None = None
+        for addr in addresses:
+            refused = AddressRefused(f"{addr} is not a socket of this cluster's scheduler "
+                                     "on the gateway's host")
+            if not is_local(addr.ip, local):
+                raise refused
+            if table is None:  # no /proc/net (not Linux): the host is all that can be told
+                continue
+            found = listeners_at(addr.ip, addr.port, table)
+            if not found or (uid is not None and any(s.uid != uid for s in found)):
+                raise refused
+            if held is None:
+                pids = set(processes_in(self.workdir(cluster)))
+                if is_alive(cluster.state):
+                    pids.add(cluster.state["pid"])
+                held = set().union(*(socket_inodes(pid) for pid in pids))
+            if any(s.inode not in held for s in found):
+                raise refused
 
     def failure_details(self, cluster: Cluster) -> str:
         return self._log_tails.pop(cluster.name, "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import ipaddress
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pwd
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,18 @@ from urllib.parse import urlsplit
 
 from traitlets import Enum, Float, List, Type, Unicode, default
 
+from ..addresses import (
+    AddressNotYetKnown,
+    AddressRefused,
+    IPAddress,
+    ReportedAddress,
+    is_local,
+    listeners,
+    listeners_at,
+    local_addresses,
+    socket_inodes,
+    unmapped,
+)
 from ..logs import about
 from ..models import Cluster, JobStatus, User, Worker
 from .base import ClusterConfig, DBBackendBase, local_account
@@ -94,6 +108,35 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
             proc.kill()
         except ProcessLookupError:
             pass
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _job_pids(job_id: str, uid: int, proc: str = "/proc") -> list[int]:
+    """Pids of ``uid``'s processes started in Slurm job ``job_id`` (its environment says
+    so): on the gateway's own host, what may hold the sockets a scheduler reports."""
+    marker = f"SLURM_JOB_ID={job_id}".encode()
+    pids = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        path = os.path.join(proc, entry)
+        try:
+            if os.stat(path).st_uid != uid:
+                continue
+            with open(os.path.join(path, "environ"), "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            pids.append(int(entry))
+    return pids
 
 
 class SlurmClusterConfig(ClusterConfig):
@@ -357,6 +400,9 @@ class SlurmBackend(DBBackendBase):
             env["DASK_GATEWAY_API_URL"] = self.api_url
             # A value holding '/' is a file the preload reads the token from.
             env["DASK_GATEWAY_API_TOKEN"] = os.path.join(staging, "api-token")
+            # Its dashboard (on every interface of the node) answers only requests carrying
+            # the key the gateway's proxy adds.
+            env["DASK_GATEWAY_DASHBOARD_AUTH"] = "1"
         return env
 
     def _script(self, exports: dict[str, str], setup: str, cmd: list[str]) -> str:
@@ -487,6 +533,110 @@ class SlurmBackend(DBBackendBase):
 
     def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
         return self._ended.get((worker or cluster).state.get("job_id", ""), "")
+
+    # -- where a scheduler may be ------------------------------------------------------
+    async def validate_addresses(self, cluster: Cluster,
+                                 addresses: list[ReportedAddress]) -> None:
+        """Only addresses of the node the scheduler's job runs on, as Slurm says (squeue's
+        batch host; sinfo's address and host name of that node). Where that
+        node is the gateway's own host, the socket behind each address must also be one
+        the job's processes hold, as the job's user. Loopback and the gateway host's own
+        addresses are refused for jobs on other nodes."""
+        job_id = cluster.state.get("job_id")
+        if not job_id:
+            raise AddressNotYetKnown("the scheduler's Slurm job is not submitted yet")
+        node = await self._job_node(job_id)
+        node_ips, here = await self._node_addresses(node)
+        loop = asyncio.get_running_loop()
+        if self._user_prefix(cluster.username):
+            entry = await loop.run_in_executor(None, pwd.getpwnam, cluster.username)
+            uid = entry.pw_uid
+        else:  # jobs run as the gateway's user
+            uid = os.getuid()
+        await loop.run_in_executor(None, self._confirm_addresses, addresses, job_id, node,
+                                   node_ips, here, uid)
+
+    async def _job_node(self, job_id: str) -> str:
+        """The node running the job's batch script (the scheduler); raises
+        AddressNotYetKnown while the job does not run. (squeue's fixed fields, not scontrol's
+        text, where a user may rename their job to anything.)"""
+        try:
+            code, out, err = await self._run(
+                [self.squeue, "--noheader", "--states=all", f"--jobs={job_id}",
+                 "--format=%i|%T|%B"], what="squeue")
+        except RuntimeError as e:  # squeue timed out or is missing
+            raise AddressNotYetKnown(str(e)) from None
+        rows = [line.strip().split("|") for line in out.splitlines()]
+        rows = [r for r in rows if len(r) == 3 and r[0] == job_id]
+        if code != 0 or not rows:
+            raise AddressNotYetKnown(f"Slurm does not list the scheduler's job {job_id}: "
+                                     f"{err.strip() or out.strip()}")
+        _, state, node = rows[0]
+        if state != "RUNNING" or not node or node in ("n/a", "(null)"):
+            raise AddressNotYetKnown(f"the scheduler's Slurm job {job_id} is not running "
+                                     f"({state})")
+        return node
+
+    async def _node_addresses(self, node: str) -> tuple[set[IPAddress], bool]:
+        """The IP addresses of a Slurm node (its NodeAddr and NodeHostName resolved), and
+        whether it is the gateway's own host."""
+        try:
+            _, out, _ = await self._run(
+                [self.sinfo, "--noheader", "--Node", f"--nodes={node}", "--format=%N|%n|%o"],
+                what="sinfo")
+        except RuntimeError as e:
+            raise AddressNotYetKnown(str(e)) from None
+        names = {node}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3 and parts[0] == node:
+                names.update(parts[1:])
+        names -= {"", "n/a", "(null)"}
+        loop = asyncio.get_running_loop()
+        ips: set[IPAddress] = set()
+        for name in names:
+            try:
+                infos = await loop.run_in_executor(
+                    None, lambda n=name: socket.getaddrinfo(n, None, type=socket.SOCK_STREAM))
+            except OSError:
+                continue
+            for info_ in infos:
+                try:
+                    ips.add(unmapped(ipaddress.ip_address(info_[4][0].split("%")[0])))
+                except ValueError:
+                    continue
+        me = socket.gethostname().split(".")[0]
+        local = await loop.run_in_executor(None, local_addresses)
+        here = any(n.split(".")[0] == me for n in names if not _is_ip(n)) or any(
+            not ip.is_loopback and ip in local for ip in ips)
+        return ips, here
+
+    def _confirm_addresses(self, addresses: list[ReportedAddress], job_id: str, node: str,
+                           node_ips: set[IPAddress], here: bool, uid: int) -> None:
+        """Blocking (/proc): raise AddressRefused unless each address is the job's."""
+        local = local_addresses()
+        table = listeners() if here else None
+        held: set[int] | None = None
+        for addr in addresses:
+            refused = AddressRefused(f"{addr} is not an address of the scheduler's Slurm "
+                                     f"job {job_id} on node {node}")
+            if not here:
+                # Loopback or an address of the gateway's host would reach the gateway's
+                # own services, never the node's.
+                if is_local(addr.ip, local) or addr.ip not in node_ips:
+                    raise refused
+                continue
+            if not is_local(addr.ip, local) or table is None:
+                raise refused
+            found = listeners_at(addr.ip, addr.port, table)
+            if not found or any(s.uid != uid for s in found):
+                raise refused
+            if uid != os.getuid() and os.geteuid() != 0:
+                continue  # the user's socket, and the gateway cannot read their processes
+            if held is None:  # the job's processes, not any of the same user
+                held = set().union(*(socket_inodes(pid) for pid in _job_pids(job_id, uid)))
+            if any(s.inode not in held for s in found):
+                raise refused
 
     def failure_details(self, cluster: Cluster) -> str:
         return self._details.pop(cluster.name, "")
