@@ -17,9 +17,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import ClassVar
 
 import pytest
-
 from gateway_process import HERE, GatewayProcess, _kill_leftovers, free_port
 from http_helpers import basic, call
 from hub import Hub
@@ -116,9 +116,11 @@ def create_cluster(hub: Hub, user: str) -> tuple[str, str]:
 
 
 class _Spy(http.server.BaseHTTPRequestHandler):
-    seen: list[str] = []
+    """Bob's server: records the Cookie header of every request."""
 
-    def do_GET(self):  # noqa: N802 - the stdlib's name
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self):
         type(self).seen.append(self.headers.get("Cookie") or "")
         self.send_response(200)
         self.end_headers()
@@ -130,7 +132,7 @@ class _Spy(http.server.BaseHTTPRequestHandler):
 
 def test_session_cookie_stays_with_the_gateway(hub_prefix):
     """Bob's server behind the same hub never receives alice's gateway session."""
-    hub, gw = hub_prefix
+    hub, _ = hub_prefix
     token, _ = hub.token("alice")
     r = call("GET", f"{hub.url}{PREFIX}/api/v1/clusters/", headers=token_header(token))
     assert r.status == 200
@@ -245,7 +247,7 @@ def test_login_cannot_be_finished_in_another_browser(hub_prefix):
 
 
 def test_forwarded_headers_do_not_choose_the_redirect_uri(hub_prefix):
-    hub, gw = hub_prefix
+    hub, _ = hub_prefix
     name, _ = create_cluster(hub, "alice")
     forged = {"Accept": "text/html", "X-Forwarded-Host": "evil.example",
               "X-Forwarded-Proto": "https"}
