@@ -30,6 +30,10 @@ from tornado.httputil import HTTPHeaders
 
 __all__ = ["CookieJar", "HTTPClient", "proxy_settings"]
 
+#: Sent with every request: the gateway accepts a write authenticated by the session cookie
+#: only with this header, which no other web page can make a browser send (CSRF).
+CLIENT_HEADER = "X-Dask-Gateway-Client"
+
 CONNECT_TIMEOUT = 20
 # Long enough for `GET /api/v1/clusters/{name}?wait`, which the server holds up to 20 s.
 REQUEST_TIMEOUT = 120
@@ -215,6 +219,7 @@ class HTTPClient:
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: float
     ) -> HTTPResponse:
         headers = dict(headers)
+        headers[CLIENT_HEADER] = "1"
         cookie = self.cookies.header_for(url)
         if cookie:
             headers["Cookie"] = cookie

@@ -25,8 +25,11 @@ class GatewayProcess:
 
     def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
                  config: Path = CONFIG, python: str = sys.executable,
-                 clusters_dir: Path | None = None):
+                 clusters_dir: Path | None = None, ssl_context=None):
+        """``ssl_context``: the gateway serves HTTPS (its extra args set the certificate);
+        this context trusts it."""
         self.data_dir = data_dir
+        self.ssl_context = ssl_context
         self.python = python
         # Under the data directory by default; a gateway whose clusters run as other users
         # needs one those users can reach (the data directory is the gateway's own).
@@ -39,7 +42,8 @@ class GatewayProcess:
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def proxy_address(self) -> str:
@@ -65,7 +69,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited at start:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.address}{health_path}", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.address}{health_path}", timeout=1,
+                                            context=self.ssl_context) as r:
                     if r.status == 200:
                         return
             except OSError:

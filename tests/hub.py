@@ -19,7 +19,9 @@ HERE = Path(__file__).parent
 
 
 class Hub:
-    def __init__(self, run_dir: Path, gateway_url: str):
+    def __init__(self, run_dir: Path, gateway_url: str, oauth_redirect_uri: str = ""):
+        """``oauth_redirect_uri``: the gateway service's (default: ``gateway_url`` +
+        ``/oauth_callback``, browsers reaching the gateway directly)."""
         self.run_dir = run_dir
         self.port = free_port()
         self.api_port = free_port()
@@ -28,7 +30,23 @@ class Hub:
         self.gateway_token = uuid.uuid4().hex
         self.other_token = uuid.uuid4().hex
         self.gateway_url = gateway_url
+        self.oauth_redirect_uri = oauth_redirect_uri or gateway_url + "/oauth_callback"
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Where browsers reach the hub (its proxy)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_proxy_route(self, path: str, target: str) -> None:
+        """Route ``path`` of the hub's proxy to ``target``, as the hub does for a user's
+        server (``/user/NAME/``)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.proxy_api_port}/api/routes{path}", method="POST",
+            data=json.dumps({"target": target}).encode(),
+            headers={"Authorization": "token test-proxy-token"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 201, r.status
 
     @property
     def api_url(self) -> str:
@@ -43,7 +61,8 @@ class Hub:
         env = dict(os.environ, HUB_RUN_DIR=str(self.run_dir), HUB_PORT=str(self.port),
                    HUB_API_PORT=str(self.api_port), HUB_PROXY_API_PORT=str(self.proxy_api_port),
                    HUB_ADMIN_TOKEN=self.admin_token, HUB_GATEWAY_TOKEN=self.gateway_token,
-                   HUB_OTHER_TOKEN=self.other_token, GATEWAY_URL=self.gateway_url)
+                   HUB_OTHER_TOKEN=self.other_token, GATEWAY_URL=self.gateway_url,
+                   GATEWAY_OAUTH_REDIRECT_URI=self.oauth_redirect_uri)
         log = open(self.run_dir / "hub.log", "ab")
         self.proc = subprocess.Popen([jupyterhub, "-f", str(HERE / "jupyterhub_config.py")],
                                      cwd=self.run_dir, env=env, stdout=log,

@@ -22,7 +22,8 @@ c.JupyterHub.services = [
     {"name": "test-admin", "api_token": os.environ["HUB_ADMIN_TOKEN"]},
     {"name": "dask-gateway", "url": os.environ["GATEWAY_URL"],
      "api_token": os.environ["HUB_GATEWAY_TOKEN"],
-     "oauth_redirect_uri": os.environ["GATEWAY_URL"] + "/oauth_callback",
+     "oauth_redirect_uri": os.environ.get("GATEWAY_OAUTH_REDIRECT_URI",
+                                         os.environ["GATEWAY_URL"] + "/oauth_callback"),
      "oauth_no_confirm": True},
     {"name": "other-service", "api_token": os.environ["HUB_OTHER_TOKEN"]},
 ]

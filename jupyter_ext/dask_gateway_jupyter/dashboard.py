@@ -5,16 +5,26 @@ proxy (``<gateway address>/clusters/<cluster>/<path>``), HTTP and WebSockets (Bo
 plots). The gateway asks for credentials like the REST API does; they are added here, with
 the client's auth object, so they never reach the browser. The browser's cookies (its Jupyter
 session) are never forwarded, and the gateway's cookies are kept here.
+
+The dashboard is the cluster owner's code, and this is the Jupyter server's origin: pages are
+served sandboxed (``DASHBOARD_SANDBOX``), so their scripts run with an opaque origin and cannot
+act on this server as the viewer. A sandboxed page's own requests carry no cookie, so a page
+load (Jupyter-authenticated) is redirected under a short-lived grant for that one cluster,
+``.../dashboard/<cluster>/~<grant>/<path>``, which is what authenticates the page's scripts,
+styles and websockets.
 """
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
+from collections import OrderedDict
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from jupyter_core.utils import ensure_async
-from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import url_path_join
@@ -26,8 +36,41 @@ from .errors import RouteError, translate_error
 #: Response headers worth passing from the dashboard to the browser.
 _PASS_HEADERS = ("Content-Type", "Cache-Control", "ETag", "Last-Modified", "Expires",
                  "Content-Disposition")
-#: Request headers worth passing from the browser to the dashboard.
-_FORWARD_HEADERS = ("Accept", "Accept-Language", "User-Agent")
+#: Request headers worth passing from the browser to the dashboard (not Accept: the gateway
+#: would take this server for a browser loading a page, and answer with its own grant).
+_FORWARD_HEADERS = ("Accept-Language", "User-Agent")
+#: What a dashboard page may do here: run scripts (bokeh), but with an opaque origin.
+DASHBOARD_SANDBOX = "sandbox allow-scripts allow-forms allow-popups allow-downloads allow-modals"
+GRANT_MARK = "~"
+_GRANT_IDLE = 3600.0
+_GRANT_MAX = 12 * 3600.0
+_GRANT_MAX_COUNT = 1000
+
+
+def without_token(query: str) -> str:
+    """The query without Jupyter's ``token`` (a link may carry it): it never goes further."""
+    if "token" not in query:
+        return query
+    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                      if k != "token"])
+
+
+def split_grant(path: str) -> tuple[str | None, str]:
+    """``"~g/status"`` -> ``("g", "status")``; a path without a grant -> ``(None, path)``."""
+    if not path.startswith(GRANT_MARK):
+        return None, path
+    grant, _, rest = path[len(GRANT_MARK):].partition("/")
+    return grant, rest
+
+
+def is_page_load(request: httputil.HTTPServerRequest) -> bool:
+    """A browser loading a page or a frame (not a script's request)."""
+    if request.method != "GET" or request.headers.get("Upgrade", "").lower() == "websocket":
+        return False
+    dest = request.headers.get("Sec-Fetch-Dest")
+    if dest is not None:
+        return dest in ("document", "iframe", "frame", "embed", "object")
+    return "text/html" in request.headers.get("Accept", "")
 
 
 class DashboardRelay:
@@ -37,6 +80,31 @@ class DashboardRelay:
         self.manager = manager
         self.cookies: dict[str, str] = {}
         self._client: AsyncHTTPClient | None = None
+        #: grant -> (cluster, idle deadline, hard deadline), oldest first
+        self._grants: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
+
+    def grant(self, name: str) -> str:
+        """A new grant to cluster ``name``'s dashboard, for a viewer Jupyter let in."""
+        now = time.monotonic()
+        while self._grants:
+            oldest, (_, idle, hard) = next(iter(self._grants.items()))
+            if len(self._grants) < _GRANT_MAX_COUNT and min(idle, hard) > now:
+                break
+            del self._grants[oldest]
+        grant = secrets.token_urlsafe(24)
+        self._grants[grant] = (name, now + _GRANT_IDLE, now + _GRANT_MAX)
+        return grant
+
+    def check_grant(self, grant: str, name: str) -> bool:
+        entry = self._grants.get(grant)
+        now = time.monotonic()
+        if entry is None or entry[0] != name:
+            return False
+        if min(entry[1], entry[2]) <= now:
+            del self._grants[grant]
+            return False
+        self._grants[grant] = (name, now + _GRANT_IDLE, entry[2])
+        return True
 
     @property
     def client(self) -> AsyncHTTPClient:
@@ -82,8 +150,11 @@ class DashboardRelay:
                                   follow_redirects=False, connect_timeout=10,
                                   request_timeout=120)
             resp = await self.client.fetch(request, raise_error=False)
-            self._remember_cookies(resp.headers)
-            if resp.code != 401:
+            if attempt:
+                # The gateway's session, started by our credentials (what a dashboard may
+                # set is not kept: it would come back to the gateway with our requests).
+                self._remember_cookies(resp.headers)
+            if resp.code != 401 or "WWW-Authenticate" not in resp.headers:
                 if attempt and resp.code < 400:
                     auth.post_response(resp, context)
                 break
@@ -102,7 +173,8 @@ class DashboardRelay:
                     request, subprotocols=subprotocols or None,
                     max_message_size=256 * 1024 * 1024)
             except HTTPClientError as e:
-                if e.code != 401 or attempt or e.response is None:
+                if (e.code != 401 or attempt or e.response is None
+                        or "WWW-Authenticate" not in e.response.headers):
                     raise
                 extra, _ = auth.pre_request(e.response)
         raise AssertionError("unreachable")
@@ -123,32 +195,66 @@ class DashboardHandler(JupyterHandler):
     auth_resource = "dask_gateway"
 
     @property
+    def content_security_policy(self) -> str:
+        return super().content_security_policy + "; " + DASHBOARD_SANDBOX
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Referrer-Policy", "no-referrer")  # grants stay in this server
+
+    @property
     def relay(self) -> DashboardRelay:
         return self.settings["dask_gateway_manager"].dashboards
 
-    @web.authenticated
-    @authorized
+    @allow_unauthenticated  # a grant, or Jupyter's own auth in _authorized_get
     async def get(self, name: str, path: str | None = None) -> None:
-        await self._proxy(name, path)
+        await self._dispatch(name, path)
+
+    @allow_unauthenticated
+    async def head(self, name: str, path: str | None = None) -> None:
+        await self._dispatch(name, path)
+
+    async def _dispatch(self, name: str, path: str | None) -> None:
+        grant, rest = split_grant(path or "")
+        if grant is None:
+            await self._authorized_get(name, path)
+            return
+        base = url_path_join(_public_base(self, name), GRANT_MARK + grant)
+        if not self.relay.check_grant(grant, name):
+            if is_page_load(self.request):  # through Jupyter's auth again, for a new grant
+                query = without_token(self.request.query)
+                self.redirect(_public_base(self, name) + "/" + rest
+                              + ("?" + query if query else ""))
+            else:
+                self._error(403, f"This link to the dashboard of cluster {name} has "
+                                 "expired: reload the dashboard")
+            return
+        await self._proxy(name, rest, base)
 
     @web.authenticated
     @authorized
-    async def head(self, name: str, path: str | None = None) -> None:
-        await self._proxy(name, path)
+    async def _authorized_get(self, name: str, path: str | None) -> None:
+        if path is None:
+            # Dashboard pages use relative URLs: they need the trailing slash.
+            query = without_token(self.request.query)
+            self.redirect(_public_base(self, name) + "/" + ("?" + query if query else ""))
+            return
+        if is_page_load(self.request):
+            query = without_token(self.request.query)
+            grant = self.relay.grant(name)
+            self.redirect(url_path_join(_public_base(self, name), GRANT_MARK + grant, path)
+                          + ("?" + query if query else ""))
+            return
+        await self._proxy(name, path, _public_base(self, name))
 
     def _error(self, status: int, message: str) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(message)
 
-    async def _proxy(self, name: str, path: str | None) -> None:
-        if path is None:
-            # Dashboard pages use relative URLs: they need the trailing slash.
-            query = self.request.query
-            self.redirect(_public_base(self, name) + "/" + ("?" + query if query else ""))
-            return
+    async def _proxy(self, name: str, path: str, base: str) -> None:
         try:
-            url = self.relay.target(name, path, self.request.query)
+            url = self.relay.target(name, path, without_token(self.request.query))
             headers = {k: self.request.headers[k] for k in _FORWARD_HEADERS
                        if k in self.request.headers}
             resp = await self.relay.fetch(url, self.request.method, headers)
@@ -169,14 +275,14 @@ class DashboardHandler(JupyterHandler):
                 self.set_header(key, resp.headers[key])
         location = resp.headers.get("Location")
         if location and 300 <= resp.code < 400:
-            self.set_header("Location", self._rewrite_location(name, location))
+            self.set_header("Location", self._rewrite_location(name, location, base))
         if self.request.method == "HEAD" or resp.code == 304:
             self.finish()
         else:
             self.finish(resp.body or b"")
 
-    def _rewrite_location(self, name: str, location: str) -> str:
-        """Map the gateway's ``/clusters/<name>/...`` redirects onto our path."""
+    def _rewrite_location(self, name: str, location: str, public: str) -> str:
+        """Map the gateway's ``/clusters/<name>/...`` redirects onto our path ``public``."""
         target = urlsplit(self.relay.target(name, "", ""))
         loc = urlsplit(location)
         if loc.netloc and loc.netloc != target.netloc:
@@ -185,7 +291,7 @@ class DashboardHandler(JupyterHandler):
             return location  # relative: resolves under our path already
         base = target.path.rstrip("/")
         if loc.path == base or loc.path.startswith(base + "/"):
-            path = _public_base(self, name) + loc.path[len(base):]
+            path = public + loc.path[len(base):]
             return urlunsplit(("", "", path, loc.query, loc.fragment))
         return location
 
@@ -195,24 +301,38 @@ class DashboardWebSocketHandler(WebSocketMixin, websocket.WebSocketHandler, Jupy
 
     auth_resource = "dask_gateway"
     upstream: websocket.WebSocketClientConnection | None = None
+    _granted = False
 
     def set_default_headers(self) -> None:
         """No JupyterHandler headers on a websocket upgrade."""
+
+    def check_origin(self, origin: str | None = None) -> bool:
+        # A grant is the credential (no cookie), and a sandboxed page's Origin is "null".
+        return True if self._granted else super().check_origin(origin)
 
     @property
     def relay(self) -> DashboardRelay:
         return self.settings["dask_gateway_manager"].dashboards
 
-    @ws_authenticated
+    @allow_unauthenticated  # a grant, or Jupyter's own auth below
     async def get(self, name: str, path: str) -> None:
-        allowed = await ensure_async(
-            self.authorizer.is_authorized(self, self.current_user, "read", self.auth_resource))
-        if not allowed:
-            raise web.HTTPError(403)
+        grant, path = split_grant(path)
+        if grant is not None:
+            if not self.relay.check_grant(grant, name):
+                raise web.HTTPError(403, "This dashboard link has expired: reload it")
+            self._granted = True
+        else:
+            if self.current_user is None:
+                self.log.warning("Couldn't authenticate the dashboard's WebSocket")
+                raise web.HTTPError(403)
+            allowed = await ensure_async(self.authorizer.is_authorized(
+                self, self.current_user, "read", self.auth_resource))
+            if not allowed:
+                raise web.HTTPError(403)
         protocols = [p.strip() for p in
                      self.request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                      if p.strip()]
-        url = self.relay.target(name, path, self.request.query, scheme="ws")
+        url = self.relay.target(name, path, without_token(self.request.query), scheme="ws")
         try:
             self.upstream = await self.relay.connect(url, protocols)
         except HTTPClientError as e:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from tornado import web
 from traitlets import TraitError
@@ -68,6 +71,8 @@ class BaseHandler(web.RequestHandler):
         """API clients authenticate with headers, not ambient cookies alone."""
 
     async def prepare(self) -> None:
+        if self.request.method not in _SAFE_METHODS:
+            refuse_cross_site(self)
         if self.auth_kind == "user":
             self.current_user = await self.authenticate()
 
@@ -117,7 +122,7 @@ class BaseHandler(web.RequestHandler):
         if isinstance(value, web.HTTPError):
             return super().log_exception(typ, value, tb)
         self.settings["log"].error("Uncaught exception in %s %s", self.request.method,
-                                   self.request.uri, exc_info=(typ, value, tb),
+                                   loggable_uri(self.request), exc_info=(typ, value, tb),
                                    extra=cluster_in_path(self.request.path))
 
     def get_cluster(self, name: str, action: str = "view") -> Cluster:
@@ -131,36 +136,116 @@ class BaseHandler(web.RequestHandler):
         return cluster
 
 
+#: The header our client sends on every request. A browser sends it only from a script of
+#: this origin (any other origin would need a CORS preflight, which the gateway never allows),
+#: so a cookie with it is the caller's own: cookie-authenticated writes require it.
+CLIENT_HEADER = "X-Dask-Gateway-Client"
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+OAUTH_STATE_MAX_AGE = 600
+
+
+def refuse_cross_site(handler: web.RequestHandler) -> None:
+    """A write sent by a browser from another site (or from a sandboxed dashboard) is
+    refused, whatever credentials the browser attached (HTTP auth it remembers is as
+    ambient as a cookie). Clients other than browsers send neither header."""
+    headers = handler.request.headers
+    site = headers.get("Sec-Fetch-Site")
+    origin = headers.get("Origin")
+    foreign = site in ("cross-site", "same-site")
+    if origin is not None and not foreign:
+        host = urlsplit(origin).netloc if "://" in origin else ""
+        foreign = host.lower() != (handler.request.host or "").lower()
+    if foreign:
+        raise APIError(403, "Cross-site requests may not change anything on this gateway")
+
+
+def _cookie_path(handler: web.RequestHandler) -> str:
+    """Cookies belong to the gateway's base path, not to every app on its host (behind a
+    hub, the users' own servers are under the same origin)."""
+    return handler.settings["prefix"] or "/"
+
+
+def _is_https(handler: web.RequestHandler) -> bool:
+    return handler.request.protocol == "https"
+
+
+def set_session_cookie(handler: web.RequestHandler, user: User) -> None:
+    auth: Authenticator = handler.settings["authenticator"]
+    handler.set_cookie(auth.cookie_name, auth.new_session(user),
+                       expires_days=2 * auth.cache_max_age / 86400, path=_cookie_path(handler),
+                       httponly=True, samesite="Lax", secure=_is_https(handler))
+
+
+def _oauth_cookie_name(auth: Authenticator) -> str:
+    return auth.cookie_name + "-oauth-state"
+
+
+def oauth_binding(handler: web.RequestHandler) -> str:
+    """This browser's login binding (a short-lived cookie only the callback receives): a
+    login started in one browser cannot be finished in another (login CSRF)."""
+    auth: Authenticator = handler.settings["authenticator"]
+    name = _oauth_cookie_name(auth)
+    binding = handler.get_cookie(name) or ""
+    if len(binding) < 32 or not binding.isalnum():
+        binding = secrets.token_hex(16)
+    handler.set_cookie(name, binding, path=handler.settings["prefix"] + "/oauth_callback",
+                       expires_days=OAUTH_STATE_MAX_AGE / 86400, httponly=True,
+                       samesite="Lax", secure=_is_https(handler))
+    return binding
+
+
 async def authenticate_handler(handler: web.RequestHandler) -> User:
     """Who sent this request: the session cookie if valid, else the authenticator (which
-    then starts a session). Raises APIError (401 with a challenge, 502/503 ...)."""
+    then starts a session). Raises APIError (401 with a challenge, 502/503 ...).
+
+    A write (POST, DELETE...) may use the cookie only with ``CLIENT_HEADER``: a page in the
+    browser cannot send that header to this origin, so a forged cross-site write is not the
+    cookie's owner. Without it the credentials are asked for again (401 and a challenge),
+    which every client answers with its own header."""
     auth: Authenticator = handler.settings["authenticator"]
-    user = auth.user_from_cookie(handler.get_cookie(auth.cookie_name))
+    cookie_user = auth.user_from_cookie(handler.get_cookie(auth.cookie_name))
+    user = cookie_user
+    if user is not None and handler.request.method not in _SAFE_METHODS \
+            and CLIENT_HEADER not in handler.request.headers:
+        user = None
     if user is None:
         try:
             user = await auth.authenticate(handler.request)
         except AuthError as e:
             headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
-            raise APIError(e.status, e.message, headers) from None
+            message = e.message
+            if cookie_user is not None and e.status == 401:
+                message = (f"{message}: a session cookie alone cannot change anything; "
+                           f"send credentials or the {CLIENT_HEADER} header")
+            raise APIError(e.status, message, headers) from None
         for k, v in getattr(handler.request, "auth_response_headers", {}).items():
             handler.set_header(k, v)
-        handler.set_cookie(auth.cookie_name, auth.new_session(user),
-                           expires_days=2 * auth.cache_max_age / 86400, httponly=True,
-                           samesite="Lax")
+        set_session_cookie(handler, user)
     handler.settings["limits"].remember(user)
     return user
 
 
+_GRANT_IN_PATH = re.compile(r"(/clusters/[^/]+/~)[^/]+")
+
+
+def loggable_uri(request) -> str:
+    """The request's URI for the log, without secrets: an OAuth callback's code and state,
+    and the grant in a dashboard path."""
+    path = _GRANT_IN_PATH.sub(r"\1...", request.path)
+    if request.path.endswith("/oauth_callback") or path != request.path:
+        return path
+    return request.uri
+
+
 def oauth_redirect_uri(handler: web.RequestHandler) -> str:
-    """The callback URL of a browser login, as the browser reaches this gateway (behind a
-    TLS-terminating proxy too)."""
+    """The callback URL of a browser login: ``oauth_redirect_uri`` when configured, else
+    from the scheme and Host of the request (X-Forwarded-* headers are not trusted: behind
+    a proxy that ends HTTPS, configure ``oauth_redirect_uri``)."""
     configured = getattr(handler.settings["authenticator"], "oauth_redirect_uri", "")
     if configured:
         return configured
-    headers = handler.request.headers
-    scheme = headers.get("X-Forwarded-Proto", handler.request.protocol).split(",")[0].strip()
-    host = headers.get("X-Forwarded-Host", handler.request.host).split(",")[0].strip()
-    return f"{scheme}://{host}{handler.settings['prefix']}/oauth_callback"
+    return (f"{handler.request.protocol}://{handler.request.host}"
+            f"{handler.settings['prefix']}/oauth_callback")
 
 
 async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str) -> bool:
@@ -173,8 +258,9 @@ async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str)
         login = None
         if e.status_code == 401 and wants_html and handler.request.method == "GET":
             auth: Authenticator = handler.settings["authenticator"]
-            login = auth.login_url(handler.request, handler.request.uri,
-                                   oauth_redirect_uri(handler))
+            if auth.has_browser_login():
+                login = auth.login_url(handler.request, handler.request.uri,
+                                       oauth_redirect_uri(handler), oauth_binding(handler))
         if login is None:
             raise
         handler.redirect(login)
@@ -481,15 +567,17 @@ class OAuthCallbackHandler(BaseHandler):
 
     async def get(self) -> None:
         auth = self.authenticator
+        binding_cookie = _oauth_cookie_name(auth)
+        binding = self.get_cookie(binding_cookie) or ""
         try:
-            user, next_url = await auth.complete_login(self.request, oauth_redirect_uri(self))
+            user, next_url = await auth.complete_login(self.request, oauth_redirect_uri(self),
+                                                       binding)
         except AuthError as e:
             raise APIError(e.status, e.message) from None
         if not next_url.startswith("/") or next_url.startswith("//"):
             next_url = self.settings["prefix"] + "/"
-        self.set_cookie(auth.cookie_name, auth.new_session(user),
-                        expires_days=2 * auth.cache_max_age / 86400, httponly=True,
-                        samesite="Lax")
+        self.clear_cookie(binding_cookie, path=self.settings["prefix"] + "/oauth_callback")
+        set_session_cookie(self, user)
         self.redirect(next_url)
 
 

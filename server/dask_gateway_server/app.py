@@ -15,7 +15,7 @@ from traitlets import Bool, Enum, Unicode, Type, default, observe, validate
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .api import NotFoundHandler, api_handlers, check_dashboard_access
+from .api import NotFoundHandler, api_handlers, check_dashboard_access, loggable_uri
 from .auth import (Authenticator, JupyterHubAuthenticator, KerberosAuthenticator,
                    SimpleAuthenticator)
 from .backends.base import Backend, ClusterConfig, DBBackendBase
@@ -287,7 +287,7 @@ class DaskGateway(Application):
         else:
             level = logging.ERROR
         self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
-                     handler.request.uri, 1000 * handler.request.request_time(),
+                     loggable_uri(handler.request), 1000 * handler.request.request_time(),
                      extra=cluster_in_path(path))
 
     async def run(self) -> None:

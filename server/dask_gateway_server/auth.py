@@ -77,12 +77,20 @@ class Authenticator(LoggingConfigurable):
         """Return the user who sent ``request`` or raise ``AuthError``."""
         raise NotImplementedError
 
-    def login_url(self, request, next_url: str, redirect_uri: str) -> str | None:
-        """Where to send a browser that has no credentials (None: answer 401 instead)."""
+    def has_browser_login(self) -> bool:
+        """Whether a browser without credentials is sent to ``login_url`` (else a 401)."""
+        return False
+
+    def login_url(self, request, next_url: str, redirect_uri: str, binding: str) -> str | None:
+        """Where to send a browser that has no credentials (None: answer 401 instead).
+        ``binding`` is a secret of that browser's (a cookie); ``complete_login`` must get
+        the same one back."""
         return None
 
-    async def complete_login(self, request, redirect_uri: str) -> tuple[User, str]:
-        """Finish a browser login started at ``login_url``: the user and where to go next."""
+    async def complete_login(self, request, redirect_uri: str,
+                             binding: str) -> tuple[User, str]:
+        """Finish a browser login started at ``login_url`` in the browser holding
+        ``binding``: the user and where to go next."""
         raise AuthError(404, "This gateway has no browser login")
 
     # -- session cache ---------------------------------------------------
@@ -287,8 +295,9 @@ class JupyterHubAuthenticator(Authenticator):
     oauth_redirect_uri = Unicode(
         "",
         help="Where the hub sends browsers back, as registered for this service in the hub "
-        "(e.g. https://gateway.example.org/oauth_callback). Empty: derived from the request "
-        "(X-Forwarded-Proto/Host honoured).",
+        "(e.g. https://gateway.example.org/oauth_callback). Empty: the scheme and Host of "
+        "the request (X-Forwarded-* headers are not trusted: set this behind a proxy that "
+        "ends HTTPS).",
         config=True,
     )
     oauth_client_secret = Unicode(
@@ -338,25 +347,38 @@ class JupyterHubAuthenticator(Authenticator):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._tokens: OrderedDict[str, tuple[User, float]] = OrderedDict()
-        self._logins: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        #: OAuth state -> (next URL, deadline, the browser's binding)
+        self._logins: OrderedDict[str, tuple[str, float, str]] = OrderedDict()
 
     # -- browser login through the hub's OAuth ---------------------------------
-    def login_url(self, request, next_url: str, redirect_uri: str) -> str | None:
-        if not (self.oauth_client_id and self.oauth_client_secret):
+    def has_browser_login(self) -> bool:
+        return bool(self.oauth_client_id and self.oauth_client_secret)
+
+    def login_url(self, request, next_url: str, redirect_uri: str, binding: str) -> str | None:
+        if not self.has_browser_login() or not binding:
             return None
         state = uuid.uuid4().hex
-        self._logins[state] = (next_url, time.monotonic() + 600)
+        self._logins[state] = (next_url, time.monotonic() + 600, binding)
         while len(self._logins) > self.cache_max_size:
             self._logins.popitem(last=False)
         query = urlencode({"client_id": self.oauth_client_id, "redirect_uri": redirect_uri,
                            "response_type": "code", "state": state})
         return f"{self.jupyterhub_public_url.rstrip('/')}/api/oauth2/authorize?{query}"
 
-    async def complete_login(self, request, redirect_uri: str) -> tuple[User, str]:
-        args = {k: v[0].decode() for k, v in request.query_arguments.items() if v}
-        entry = self._logins.pop(args.get("state", ""), None)
+    async def complete_login(self, request, redirect_uri: str,
+                             binding: str) -> tuple[User, str]:
+        args = {k: v[0].decode(errors="replace") for k, v in request.query_arguments.items()
+                if v}
+        state = args.get("state", "")
+        entry = self._logins.get(state)
         if entry is None or entry[1] < time.monotonic():
+            self._logins.pop(state, None)
             raise AuthError(400, "Unknown or expired login: start again from the dashboard")
+        if not binding or not hmac.compare_digest(entry[2].encode(), binding.encode()):
+            # Not the browser that started this login: someone else's callback link.
+            raise AuthError(400, "This login was started in another browser: start again "
+                                 "from the dashboard")
+        del self._logins[state]
         if "code" not in args:
             raise AuthError(400, f"The hub refused the login: {args.get('error', 'no code')}")
         body = urlencode({

@@ -43,7 +43,10 @@ _SPEC: dict[str, Any] = {
             "credentials get a 401 whose `WWW-Authenticate` header names the scheme the "
             "gateway's authenticator expects (`Basic`, `Negotiate` or `jupyterhub`); after "
             "a successful login the gateway sets a session cookie (`dask-gateway-session`) "
-            "that later requests may send instead. With JupyterHub auth, any route that "
+            "that later requests may send instead (for reads; a write authenticated by the "
+            "cookie alone also needs the header `X-Dask-Gateway-Client`, else it gets the "
+            "401, and writes a browser sends from another site are refused with a 403). "
+            "With JupyterHub auth, any route that "
             "needs credentials answers 503 when the hub is unreachable and 502 when it "
             "answers wrongly."
         ),
@@ -305,7 +308,9 @@ _SPEC: dict[str, Any] = {
                 "summary": "Where JupyterHub sends a browser back after a dashboard login.",
                 "description": "Only with `JupyterHubAuthenticator` and an OAuth client "
                                "configured. Exchanges the code for a token, sets the session "
-                               "cookie and redirects to the dashboard first asked for.",
+                               "cookie and redirects to the dashboard first asked for. The "
+                               "login must finish in the browser that started it (a cookie "
+                               "set with the redirect to the hub), else 400.",
                 "security": [],
                 "parameters": [
                     {"name": "code", "in": "query", "required": False,
@@ -365,7 +370,8 @@ _SPEC: dict[str, Any] = {
                                           "jupyterhub <hub API token>` (`token` and `Bearer` "
                                           "are accepted too)."},
             "session": {"type": "apiKey", "in": "cookie", "name": "dask-gateway-session",
-                        "description": "Set by the gateway after a successful login."},
+                        "description": "Set by the gateway after a successful login; "
+                                       "alone, good for reads only (see above)."},
             "clusterToken": {"type": "apiKey", "in": "header", "name": "Authorization",
                              "description": "`Authorization: token <the cluster's API "
                                             "token>`, known only to its scheduler."},

@@ -28,9 +28,12 @@ import asyncio
 import inspect
 import json
 import os
+import secrets
 import socket
 import ssl
 import struct
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -95,6 +98,25 @@ _WS_HANDSHAKE_HEADERS = frozenset(
     )
 )
 _WS_MAX_MESSAGE = 128 * 1024 * 1024
+# The viewer's credentials: never sent to a scheduler.
+_CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "cookie2"))
+
+# Dashboards are the owner's code. Served in a sandbox with an opaque origin, their scripts
+# run (bokeh needs them) but cannot act on this origin's API or cookies as the viewer.
+DASHBOARD_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads allow-modals"
+# The scheduler's answers must not set or clear anything on the viewer's browser for this
+# origin, nor ask the viewer's client for credentials.
+_DROP_RESPONSE_HEADERS = frozenset((
+    "set-cookie", "set-cookie2", "www-authenticate", "clear-site-data",
+    "service-worker-allowed", "strict-transport-security", "referrer-policy",
+))
+# A sandboxed page's own requests carry no cookie (they are cross-site), so the page and
+# what it loads are reached through a path holding a short-lived grant for that one cluster:
+# ``{prefix}/clusters/{name}/~{grant}/...``, issued after the viewer's access was checked.
+GRANT_MARK = "~"
+_GRANT_IDLE = 3600.0  # seconds a grant stays valid after its last use
+_GRANT_MAX = 12 * 3600.0  # and at most this long after it was issued
+_GRANT_MAX_COUNT = 10000
 
 #: The header carrying a cluster's dashboard key (``Cluster.dashboard_key``) to its
 #: scheduler, whose preload refuses requests without it; never taken from a viewer.
@@ -671,6 +693,8 @@ class Proxy(LoggingConfigurable):
         self._handoff_uids: dict[str, int] = {}
         self._dashboard_routes: dict[str, str] = {}
         self._dashboard_keys: dict[str, str] = {}  # in this process only, never the link's
+        #: dashboard grant -> (cluster, idle deadline, hard deadline), oldest first
+        self._grants: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
         self._sockets: list[socket.socket] = []
         self._remove_accept: list[Callable[[], None]] = []
         self._pending: set[asyncio.Task[None]] = set()
@@ -776,8 +800,34 @@ class Proxy(LoggingConfigurable):
         self._handoff_uids.pop(cluster_name, None)
         self._dashboard_routes.pop(cluster_name, None)
         self._dashboard_keys.pop(cluster_name, None)
+        for grant in [g for g, v in self._grants.items() if v[0] == cluster_name]:
+            del self._grants[grant]
         if self._link is not None:
             self._link.remove_route(cluster_name)
+
+    def grant_dashboard(self, cluster_name: str) -> str:
+        """A new grant to ``cluster_name``'s dashboard, for a viewer already allowed."""
+        now = time.monotonic()
+        while self._grants:
+            oldest, (_, idle, hard) = next(iter(self._grants.items()))
+            if len(self._grants) < _GRANT_MAX_COUNT and min(idle, hard) > now:
+                break
+            del self._grants[oldest]
+        grant = secrets.token_urlsafe(24)
+        self._grants[grant] = (cluster_name, now + _GRANT_IDLE, now + _GRANT_MAX)
+        return grant
+
+    def check_grant(self, grant: str, cluster_name: str) -> bool:
+        """Whether ``grant`` opens ``cluster_name``'s dashboard now (and keep it alive)."""
+        entry = self._grants.get(grant)
+        now = time.monotonic()
+        if entry is None or entry[0] != cluster_name:
+            return False
+        if min(entry[1], entry[2]) <= now:
+            del self._grants[grant]
+            return False
+        self._grants[grant] = (cluster_name, now + _GRANT_IDLE, entry[2])
+        return True
 
     def get_dashboard_target(self, name: str) -> str | None:
         return self._dashboard_routes.get(name)
@@ -1137,6 +1187,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         self._client_gone = False
         self._upstream_ws: websocket.WebSocketClientConnection | None = None
         self._dashboard_key: str | None = None
+        self._granted = False
 
     # -- request parsing -----------------------------------------------------
 
@@ -1159,12 +1210,19 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
     def check_xsrf_cookie(self) -> None:
         """The dashboard is a foreign app; it does its own CSRF protection."""
 
+    def set_default_headers(self) -> None:
+        """Every answer, the scheduler's or ours, is sandboxed (see DASHBOARD_CSP); grants in
+        its URL never leave in a Referer."""
+        self.set_header("Content-Security-Policy", DASHBOARD_CSP)
+        self.set_header("Referrer-Policy", "no-referrer")
+
     def check_origin(self, origin: str) -> bool:
         # Without an auth hook there is no ambient credential to abuse, so let
-        # the dashboard (Bokeh checks allowed origins itself) decide. With
-        # cookie-based auth, keep tornado's same-origin rule against
-        # cross-site websocket hijacking.
-        if self.proxy.check_dashboard_access is None:
+        # the dashboard (Bokeh checks allowed origins itself) decide. A grant in the
+        # path is the credential itself (a sandboxed page's Origin is "null"). With
+        # cookie-based auth, keep tornado's same-origin rule against cross-site
+        # websocket hijacking.
+        if self.proxy.check_dashboard_access is None or self._granted:
             return True
         return super().check_origin(origin)
 
@@ -1172,7 +1230,21 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
     def max_message_size(self) -> int:
         return self.settings.get("websocket_max_message_size", _WS_MAX_MESSAGE)
 
+    def _is_navigation(self) -> bool:
+        """A browser loading a page (not a script's request): it gets a grant path."""
+        if self.request.method != "GET" or self._is_upgrade():
+            return False
+        dest = self.request.headers.get("Sec-Fetch-Dest")
+        if dest is not None:
+            return dest in ("document", "iframe", "frame", "embed", "object")
+        return "text/html" in self.request.headers.get("Accept", "")
+
+    def _redirect_under(self, base: str, remainder: str) -> None:
+        query = self.request.query
+        self.redirect(base + "/" + remainder + ("?" + query if query else ""))
+
     async def prepare(self) -> None:
+        self._granted = False
         prefix = self.proxy.prefix + "/clusters/"
         path = self.request.path
         rest = path[len(prefix) :] if path.startswith(prefix) else ""
@@ -1185,11 +1257,25 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         if not slash:
             # Bokeh pages use relative URLs, which only resolve under the
             # cluster's "directory", so canonicalise to a trailing slash.
-            query = self.request.query
-            self.redirect(path + "/" + ("?" + query if query else ""))
+            self._redirect_under(path, "")
             return
+        public_base = prefix + raw_name
         hook = self.proxy.check_dashboard_access
-        if hook is not None:
+        if hook is not None and remainder.startswith(GRANT_MARK):
+            grant, slash, remainder = remainder[len(GRANT_MARK):].partition("/")
+            if not self.proxy.check_grant(grant, name):
+                if self._is_navigation():  # log in again, for a new grant
+                    self._redirect_under(public_base, remainder)
+                else:
+                    self._send_json_error(403, f"This link to the dashboard of cluster {name} "
+                                               "has expired: reload the dashboard")
+                return
+            self._granted = True
+            public_base += "/" + GRANT_MARK + grant
+            if not slash:
+                self._redirect_under(public_base, "")
+                return
+        elif hook is not None:
             try:
                 allowed = hook(self, name)
                 if inspect.isawaitable(allowed):
@@ -1206,9 +1292,13 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
             if not allowed:
                 self._send_json_error(403, f"Not allowed to access cluster {name}")
                 return
+            if self._is_navigation():
+                grant = self.proxy.grant_dashboard(name)
+                self._redirect_under(public_base + "/" + GRANT_MARK + grant, remainder)
+                return
         self._cluster = name
         self._dashboard_key = self.proxy.get_dashboard_key(name)
-        self._public_base = prefix + raw_name
+        self._public_base = public_base
         self._target_base = target
         url = target + "/" + remainder
         if self.request.query:
@@ -1220,6 +1310,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
     # -- plain HTTP ----------------------------------------------------------
 
     def _forward_headers(self, exclude: frozenset[str]) -> httputil.HTTPHeaders:
+        """What the scheduler (the owner's code) gets of the viewer's request: never the
+        viewer's credentials (Authorization, cookies, Proxy-*)."""
         req = self.request
         headers = httputil.HTTPHeaders()
         connection_tokens = {
@@ -1227,7 +1319,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         }
         for k, v in req.headers.get_all():
             lk = k.lower()
-            if lk in exclude or lk in _HOP_BY_HOP or lk in connection_tokens or lk == "host":
+            if (lk in exclude or lk in _HOP_BY_HOP or lk in connection_tokens or lk == "host"
+                    or lk in _CREDENTIAL_HEADERS or lk.startswith("proxy-")):
                 continue
             headers.add(k, v)
         remote = req.remote_ip or ""
@@ -1324,7 +1417,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         }
         for k, v in self._resp_headers.get_all():
             lk = k.lower()
-            if lk in _HOP_BY_HOP or lk in tokens:
+            if lk in _HOP_BY_HOP or lk in tokens or lk in _DROP_RESPONSE_HEADERS:
                 continue
             if lk == "location":
                 v = self._rewrite_location(v)
