@@ -2,7 +2,8 @@
 
 Requests are first sent with only the session cookie; credentials are produced only
 when the server answers 401 (see ``GatewayAuth.pre_request``). The response objects
-passed to the hooks are ``tornado.httpclient.HTTPResponse`` instances.
+passed to the hooks are ``tornado.httpclient.HTTPResponse`` instances that also answer
+the aiohttp attributes the public client's hooks see (``AuthResponse``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import getpass
 import importlib
+import io
+import json
 import os
 import re
 from typing import Any
@@ -20,21 +23,82 @@ from tornado.httpclient import HTTPResponse
 
 from .config import format_template
 
-__all__ = ["GatewayAuth", "BasicAuth", "KerberosAuth", "JupyterHubAuth", "get_auth"]
+__all__ = [
+    "AuthResponse",
+    "GatewayAuth",
+    "BasicAuth",
+    "KerberosAuth",
+    "JupyterHubAuth",
+    "get_auth",
+]
+
+
+class AuthResponse(HTTPResponse):
+    """The response handed to auth hooks: a tornado ``HTTPResponse`` that also answers
+    what an aiohttp ``ClientResponse`` does, the type the public client passes, so hooks
+    written for either client work with both."""
+
+    @classmethod
+    def wrap(cls, resp: HTTPResponse) -> AuthResponse:
+        if isinstance(resp, cls):
+            return resp
+        return cls(resp.request, resp.code, headers=resp.headers, buffer=io.BytesIO(resp.body),
+                   effective_url=resp.effective_url, reason=resp.reason)
+
+    @property
+    def status(self) -> int:
+        """The HTTP status (aiohttp's name for ``code``)."""
+        return self.code
+
+    @property
+    def url(self) -> Any:
+        """The URL as a ``yarl.URL`` (``url.host``, ``url.port``), as aiohttp gives it."""
+        import yarl  # a dependency of aiohttp
+
+        return yarl.URL(self.effective_url or self.request.url)
+
+    async def text(self, encoding: str = "utf-8") -> str:
+        return (self.body or b"").decode(encoding, "replace")
+
+    async def json(self, **kwargs: Any) -> Any:
+        return json.loads(self.body or b"null")
+
+
+class _AuthHooks:
+    """What the HTTP layer calls: the user's auth, fed ``AuthResponse`` objects."""
+
+    def __init__(self, auth: GatewayAuth):
+        self.auth = auth
+
+    def pre_request(self, resp: HTTPResponse) -> tuple[dict[str, str], Any]:
+        return self.auth.pre_request(AuthResponse.wrap(resp))
+
+    def post_response(self, resp: HTTPResponse, context: Any = None) -> None:
+        self.auth.post_response(AuthResponse.wrap(resp), context)
 
 
 class GatewayAuth:
     """Base class of authentication schemes.
 
     Subclasses override ``pre_request`` to add credentials after a 401, and optionally
-    ``post_response`` to check the server's answer (e.g. mutual authentication).
+    ``post_response`` to check the server's answer (e.g. mutual authentication). The
+    constructor takes (and ignores) any keyword arguments, as the public client's does,
+    so ``super().__init__(**kwargs)`` and config ``gateway.auth.kwargs`` always work.
+
+    ``resp`` is a ``tornado.httpclient.HTTPResponse`` (``code``, ``headers``,
+    ``effective_url``, ``body``) that also answers the attributes hooks written for the
+    public client use on its aiohttp responses: ``status``, ``url`` (with ``url.host``)
+    and the coroutines ``text()``/``json()``.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
 
     def pre_request(self, resp: HTTPResponse) -> tuple[dict[str, str], Any]:
         """Return ``(headers, context)`` for re-sending a request answered with 401."""
         return {}, None
 
-    def post_response(self, resp: HTTPResponse, context: Any) -> None:
+    def post_response(self, resp: HTTPResponse, context: Any = None) -> None:
         """Inspect the successful response to the re-sent request."""
 
 
@@ -84,13 +148,27 @@ _NEGOTIATE_RE = re.compile(r"(?:^|,\s*)Negotiate\s+([^,\s]+)", re.IGNORECASE)
 
 
 class KerberosAuth(GatewayAuth):
-    """SPNEGO (``Negotiate``) auth with the user's Kerberos ticket, mutually verified."""
+    """SPNEGO (``Negotiate``) auth with the user's Kerberos ticket, mutually verified.
 
-    def __init__(self) -> None:
-        self._kerberos = _import_kerberos()
+    pykerberos is imported when the gateway first asks for credentials, so that creating
+    a ``Gateway`` (e.g. with a session cookie, or to read config) works without it.
+    Keyword arguments (from config ``gateway.auth.kwargs``) are accepted and ignored.
+    """
+
+    #: Finds the server's token in a ``WWW-Authenticate`` header (group 1).
+    auth_regex = _NEGOTIATE_RE
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._kerberos: Any = None
+
+    def _krb(self) -> Any:
+        if self._kerberos is None:
+            self._kerberos = _import_kerberos()
+        return self._kerberos
 
     def pre_request(self, resp: HTTPResponse) -> tuple[dict[str, str], Any]:
-        krb = self._kerberos
+        krb = self._krb()
         host = urlparse(resp.effective_url or resp.request.url).hostname
         _, context = krb.authGSSClientInit(
             f"HTTP@{host}", gssflags=krb.GSS_C_MUTUAL_FLAG | krb.GSS_C_SEQUENCE_FLAG
@@ -99,10 +177,10 @@ class KerberosAuth(GatewayAuth):
         token = krb.authGSSClientResponse(context)
         return {"Authorization": "Negotiate " + token}, context
 
-    def post_response(self, resp: HTTPResponse, context: Any) -> None:
-        krb = self._kerberos
+    def post_response(self, resp: HTTPResponse, context: Any = None) -> None:
+        krb = self._krb()
         try:
-            match = _NEGOTIATE_RE.search(resp.headers.get("WWW-Authenticate", ""))
+            match = self.auth_regex.search(resp.headers.get("WWW-Authenticate", ""))
             if match is None:
                 raise ValueError("Kerberos negotiation failed: the server sent no token")
             krb.authGSSClientStep(context, match.group(1))

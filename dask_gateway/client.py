@@ -33,7 +33,7 @@ from tornado.httpclient import HTTPClientError, HTTPResponse
 
 from . import __version__
 from ._http import HTTPClient, proxy_settings
-from .auth import GatewayAuth, get_auth
+from .auth import GatewayAuth, _AuthHooks, get_auth
 from .config import (
     format_template,
     resolve_address,
@@ -52,9 +52,14 @@ __all__ = [
     "GatewaySecurity",
     "GatewayServerError",
     "GatewayWarning",
+    "cleanup_lingering_clusters",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Key of the ``subscribe_worker_status`` reply in which this project's scheduler preload
+#: lists the extra scheduler ops it serves (the public preload adds nothing there).
+SCHEDULER_FEATURES_KEY = "dask_gateway_features"
 
 
 class GatewayClusterError(Exception):
@@ -352,7 +357,7 @@ class Gateway(SyncMethodMixin):
         """Send an API request and return the decoded JSON (None for empty bodies)."""
         self._check_open()
         if self._http is None:
-            self._http = HTTPClient(self.auth, self._proxy)
+            self._http = HTTPClient(_AuthHooks(self.auth), self._proxy)
         kwargs = {} if timeout is None else {"timeout": timeout}
         payload = None if body is None else json.dumps(body).encode()
         resp = await self._http.fetch(method, self.address + path, payload, **kwargs)
@@ -695,6 +700,11 @@ class GatewayCluster:
         """True when called from inside this cluster's event loop."""
         return self.gateway.asynchronous
 
+    @property
+    def scheduler_comm(self) -> rpc | None:
+        """The ``rpc`` to the scheduler while connected (as in the public client)."""
+        return self._scheduler_comm
+
     def __repr__(self) -> str:
         return f"GatewayCluster<{self.name}, status={self.status}>"
 
@@ -723,10 +733,15 @@ class GatewayCluster:
     async def _start(self) -> None:
         """Start (or attach) once; concurrent awaits share the same attempt."""
         if self._start_task is None:
-            self._start_task = asyncio.ensure_future(self._start_once())
+            self._start_task = asyncio.ensure_future(self._start_async())
         await self._start_task
 
-    async def _start_once(self) -> None:
+    async def _start_async(self) -> None:
+        """Submit (unless attaching), wait until the cluster runs, then connect to it.
+
+        Called once per cluster object; a subclass may extend it (``await
+        super()._start_async()`` first), as with the public client.
+        """
         self.status = "starting"
         if self.name is None:
             self.name = await self.gateway._submit(self._cluster_options, **self._option_overrides)
@@ -746,12 +761,17 @@ class GatewayCluster:
         comm = await self._scheduler_comm.live_comm()
         comm.name = "GatewayCluster worker status"
         await comm.write({"op": "subscribe_worker_status"})
-        self.scheduler_info = SchedulerInfo(await comm.read())
+        info = await comm.read()
+        features = info.pop(SCHEDULER_FEATURES_KEY, None) if isinstance(info, dict) else None
+        self.scheduler_info = SchedulerInfo(info)
         self._watch_comm = comm
         self._watch_task = asyncio.ensure_future(_follow_worker_updates(comm, self.scheduler_info))
-        if self.shutdown_on_close:
+        # (msgpack gives a tuple)
+        if self.shutdown_on_close and isinstance(features, (list, tuple)) and "lease" in features:
             # Held open while this object lives: if the process dies without shutting the
-            # cluster down, the scheduler sees the lease drop and can stop the orphan.
+            # cluster down, the scheduler sees the lease drop and can stop the orphan. Only
+            # this project's preload serves the op (and says so above): a scheduler with the
+            # public one would log a "No handler" traceback for it.
             lease = await self._scheduler_comm.live_comm()
             lease.name = "GatewayCluster lease"
             await lease.write({"op": "dask_gateway_lease", "reply": False})
@@ -806,23 +826,17 @@ class GatewayCluster:
     async def _close_async(self, shutdown: bool) -> None:
         if self.status == "closed":
             return
-        self.status = "closing"
-        if self._start_task is not None and not self._start_task.done():
-            self._start_task.cancel()
-            await asyncio.wait([self._start_task])
-        if self._lease_comm is not None:
-            if not shutdown:  # left running on purpose: not an orphan
-                try:
-                    await self._lease_comm.write({"op": "keep"})
-                except Exception:
-                    pass
-            self._lease_comm.abort()
-        if self._watch_comm is not None:
-            self._watch_comm.abort()
-        if self._watch_task is not None:
-            await self._watch_task
-        if self._scheduler_comm is not None:
-            await self._scheduler_comm.close_rpc()
+        if self._lease_comm is not None and not shutdown:
+            # Left running on purpose: tell the scheduler it is not an orphan.
+            try:
+                await self._lease_comm.write({"op": "keep"})
+            except Exception:
+                pass
+        try:
+            await self._stop_async()
+        except Exception:
+            # A subclass's extension failed: still stop the cluster if asked to.
+            logger.warning("Error while disconnecting %r", self, exc_info=True)
         try:
             if shutdown and self.name is not None:
                 await self.gateway._stop_cluster(self.name)
@@ -830,6 +844,23 @@ class GatewayCluster:
             self.status = "closed"
             if self._asynchronous:
                 await self.gateway.close()
+
+    async def _stop_async(self) -> None:
+        """Disconnect from the scheduler: the local part of closing, before the cluster is
+        stopped (if it is to be). A subclass may extend it (``await super()._stop_async()``),
+        as with the public client, which calls it when shutting down too."""
+        self.status = "closing"
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            await asyncio.wait([self._start_task])
+        if self._lease_comm is not None:
+            self._lease_comm.abort()
+        if self._watch_comm is not None:
+            self._watch_comm.abort()
+        if self._watch_task is not None:
+            await self._watch_task
+        if self._scheduler_comm is not None:
+            await self._scheduler_comm.close_rpc()
 
     def close(self, shutdown: bool | None = None) -> Awaitable[None] | None:
         """Disconnect; stop the cluster too if ``shutdown`` (default ``shutdown_on_close``)."""
@@ -879,8 +910,9 @@ class GatewayCluster:
 
 
 @atexit.register
-def _close_clusters_at_exit() -> None:
-    """Stop clusters the user forgot, so they do not run (and cost) forever."""
+def cleanup_lingering_clusters() -> None:
+    """Close the synchronous clusters still open (run at exit): those with
+    ``shutdown_on_close`` are stopped, so forgotten clusters do not run (and cost) forever."""
     for cluster in list(_live_clusters):
         if cluster.status == "closed":
             continue

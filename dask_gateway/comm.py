@@ -11,6 +11,7 @@ Addresses look like ``gateway://<proxy host>:<proxy port>/<cluster name>``.
 from __future__ import annotations
 
 import ssl
+from urllib.parse import urlsplit
 
 from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.comm.core import Comm, FatalCommClosedError
@@ -25,7 +26,7 @@ from distributed.comm.tcp import (
 from distributed.utils import ensure_ip, get_ip
 from tornado.iostream import StreamClosedError
 
-__all__ = ["GatewayBackend", "GatewayConnector", "SNI_PREFIX"]
+__all__ = ["GatewayBackend", "GatewayConnector", "SNI_PREFIX", "parse_gateway_address"]
 
 #: Prefix of the TLS server name the proxy routes on.
 SNI_PREFIX = "daskgateway-"
@@ -42,6 +43,14 @@ def _split_address(loc: str) -> tuple[str, str]:
             "'gateway://<proxy host>:<proxy port>/<cluster name>'"
         )
     return host_port, name
+
+
+def parse_gateway_address(address: str) -> tuple[str | None, int | None, str]:
+    """``(proxy host, proxy port or None, cluster name)`` of a gateway address (the
+    ``gateway://`` scheme is optional), as the public client's function of that name."""
+    host_port, name = _split_address(address)
+    parts = urlsplit("//" + host_port)
+    return parts.hostname, parts.port, name
 
 
 class GatewayConnector(TLSConnector):

@@ -2,18 +2,35 @@
 
 The server describes its options as a list of fields (``GET /api/v1/options``). We
 rebuild them here so users get immediate, readable validation errors while editing
-options, instead of a 422 from the server at submit time. Each field class keeps its
-parameters (``label``, ``min``/``max``, ``options``) as plain attributes so that a
-widget can be built from it later.
+options, instead of a 422 from the server at submit time.
+
+The field classes have the public dask-gateway client's signatures,
+``(field, default, label=None, ...)`` with the type's own parameters after ``label``
+(``Select(field, default, label=None, options=None)``,
+``Integer(field, default, label=None, min=None, max=None)``), and like them each field
+holds its current ``value`` (``get()``/``set()``); an ``Options`` is a mapping over its
+fields. Each field keeps its parameters (``label``, ``min``/``max``, ``options``) as plain
+attributes so that a widget can be built from it.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, ClassVar
 
-__all__ = ["Options", "Field", "String", "Bool", "Integer", "Float", "Select", "Mapping"]
+__all__ = [
+    "Options",
+    "Field",
+    "String",
+    "Bool",
+    "Number",
+    "Integer",
+    "Float",
+    "Select",
+    "Mapping",
+    "register_field_type",
+]
 
 
 def _format_bound(bound: float) -> str:
@@ -24,7 +41,10 @@ def _format_bound(bound: float) -> str:
 
 
 class Field:
-    """One configurable option: its name, label, default and validation rule."""
+    """One configurable option: its name, label, current value and validation rule.
+
+    ``default`` is validated like any value, so a field never holds an invalid one.
+    """
 
     #: The ``spec.type`` value used on the wire for this field class.
     type_name: ClassVar[str] = ""
@@ -32,22 +52,73 @@ class Field:
     def __init__(self, field: str, default: Any = None, label: str | None = None):
         self.field = field
         self.label = label or field
-        self.default = default
+        self.default = self.validate(default)
+        #: The current value (``Options`` reads and writes it through ``get``/``set``).
+        self.value = copy.deepcopy(self.default)
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` (possibly normalised) or raise ``TypeError``/``ValueError``."""
         raise NotImplementedError
 
+    def get(self) -> Any:
+        """The current value."""
+        return self.value
+
+    def set(self, value: Any) -> None:
+        """Validate and store ``value``; an invalid value leaves the old one in place."""
+        self.value = self.validate(value)
+        for callback in list(self.__dict__.get("_observers", ())):
+            callback(self.field, self.value)
+
     def get_default(self) -> Any:
         """A fresh copy of the default, so mutable defaults are never shared."""
         return copy.deepcopy(self.default)
+
+    def widget(self) -> tuple[Any, Any, Any]:
+        """``(label, input, status)`` ipywidgets editing this field (needs ipywidgets).
+
+        The public client's per-field form row; ``Options`` shows the whole form itself.
+        """
+        from .widgets import OptionsWidget
+
+        form = OptionsWidget(Options(self))
+        return form.labels[self.field], form.inputs[self.field], form.errors[self.field]
+
+    def _observe(self, callback: Callable[[str, Any], None]) -> None:
+        """Call ``callback(field, value)`` after each accepted ``set`` (keeps widgets in sync)."""
+        self.__dict__.setdefault("_observers", []).append(callback)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles carry the field, not the widgets watching it.
+        state = dict(self.__dict__)
+        state.pop("_observers", None)
+        return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}<{self.field}>"
 
 
+_FIELD_TYPES: dict[str, type[Field]] = {}
+
+
+def register_field_type(name: str) -> Callable[[type[Field]], type[Field]]:
+    """Class decorator: build fields of wire type ``name`` (``spec.type``) with this class.
+
+    The class is called as ``cls(field, default, label=label, **spec)`` with the spec's
+    other keys, so a site can teach the client a field type its gateway offers.
+    """
+
+    def register(cls: type[Field]) -> type[Field]:
+        cls.type_name = name
+        _FIELD_TYPES[name] = cls
+        return cls
+
+    return register
+
+
+@register_field_type("string")
 class String(Field):
-    type_name = "string"
+    """A string option."""
 
     def __init__(self, field: str, default: str = "", label: str | None = None):
         super().__init__(field, default, label)
@@ -58,8 +129,9 @@ class String(Field):
         return value
 
 
+@register_field_type("bool")
 class Bool(Field):
-    type_name = "bool"
+    """A boolean option."""
 
     def __init__(self, field: str, default: bool = False, label: str | None = None):
         super().__init__(field, default, label)
@@ -70,20 +142,33 @@ class Bool(Field):
         return value
 
 
-class _Number(Field):
-    """Shared bounds checking of Integer and Float (bounds are inclusive)."""
+def _check_bound(field: str, name: str, bound: Any) -> Any:
+    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+        raise TypeError(f"{field}: {name} must be a number or None, got {bound!r}")
+    return bound
+
+
+class Number(Field):
+    """Shared bounds checking of Integer and Float (bounds are inclusive).
+
+    Without a ``default`` the field starts at ``min`` (or 0 when unbounded below).
+    """
 
     def __init__(
         self,
         field: str,
-        default: float = 0,
+        default: float | None = None,
+        label: str | None = None,
         min: float | None = None,
         max: float | None = None,
-        label: str | None = None,
     ):
+        self.min = _check_bound(field, "min", min)
+        self.max = _check_bound(field, "max", max)
+        if min is not None and max is not None and min > max:
+            raise ValueError(f"{field}: min ({min}) must be <= max ({max})")
+        if default is None:
+            default = 0 if min is None else min
         super().__init__(field, default, label)
-        self.min = min
-        self.max = max
 
     def _check_bounds(self, value: float) -> None:
         if self.min is not None and value < self.min:
@@ -92,8 +177,9 @@ class _Number(Field):
             raise ValueError(f"{self.field} must be <= {_format_bound(self.max)}, got {value}")
 
 
-class Integer(_Number):
-    type_name = "int"
+@register_field_type("int")
+class Integer(Number):
+    """An integer option (``True``/``False`` are refused: they are not counts)."""
 
     def validate(self, value: Any) -> int:
         # bool is an int subclass, but `worker_cores=True` is never what a user means.
@@ -103,21 +189,9 @@ class Integer(_Number):
         return value
 
 
-class Float(_Number):
-    type_name = "float"
-
-    def __init__(
-        self,
-        field: str,
-        default: float = 0,
-        min: float | None = None,
-        max: float | None = None,
-        label: str | None = None,
-    ):
-        # The server sends an integral default as-is (e.g. ``1``); show it as a float.
-        if isinstance(default, int) and not isinstance(default, bool):
-            default = float(default)
-        super().__init__(field, default, min, max, label)
+@register_field_type("float")
+class Float(Number):
+    """A float option; integers are accepted and stored as floats."""
 
     def validate(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -127,29 +201,50 @@ class Float(_Number):
         return value
 
 
+@register_field_type("select")
 class Select(Field):
-    type_name = "select"
+    """One of a fixed tuple of string ``options``; without a ``default``, the first."""
 
     def __init__(
         self,
         field: str,
-        options: list[str],
         default: str | None = None,
         label: str | None = None,
+        options: Sequence[str] | None = None,
     ):
+        if options is None:
+            hint = (
+                " (the second argument is the default: pass the choices as options=[...])"
+                if isinstance(default, (list, tuple))
+                else ""
+            )
+            raise TypeError(
+                f"Select option {field!r} needs its choices: "
+                f"Select(field, default, label=None, options=[...]){hint}"
+            )
+        if isinstance(options, str) or not isinstance(options, Sequence):
+            raise TypeError(
+                f"Select option {field!r}: options must be a sequence of strings, got {options!r}"
+            )
         if not options:
             raise ValueError(f"Select option {field!r} needs at least one choice")
-        self.options = list(options)
+        for choice in options:
+            if not isinstance(choice, str):
+                raise TypeError(f"Select options must be strings, got {choice!r}")
+        self.options = tuple(options)
         super().__init__(field, self.options[0] if default is None else default, label)
 
     def validate(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{self.field} must be a string, got {value!r}")
         if value not in self.options:
             raise ValueError(f"{value!r} is not a valid option for {self.field}")
         return value
 
 
+@register_field_type("mapping")
 class Mapping(Field):
-    type_name = "mapping"
+    """A dict option (e.g. environment variables); without a ``default``, empty."""
 
     def __init__(self, field: str, default: dict | None = None, label: str | None = None):
         super().__init__(field, {} if default is None else default, label)
@@ -160,22 +255,24 @@ class Mapping(Field):
         return value
 
 
-_FIELD_TYPES: dict[str, type[Field]] = {
-    cls.type_name: cls for cls in (String, Bool, Integer, Float, Select, Mapping)
-}
-# Keyword arguments each field type accepts from the wire ``spec`` object. Unknown spec
-# keys are ignored, so a newer server adding hints does not break this client.
+# Keyword arguments each built-in field type accepts from the wire ``spec`` object. Unknown
+# spec keys are ignored, so a newer server adding hints does not break this client. Types
+# added with ``register_field_type`` get every spec key.
 _SPEC_KEYS: dict[type[Field], tuple[str, ...]] = {
+    String: (),
+    Bool: (),
     Integer: ("min", "max"),
     Float: ("min", "max"),
     Select: ("options",),
+    Mapping: (),
 }
 
 
 def field_from_spec(spec: dict[str, Any]) -> Field:
     """Build a field from one entry of the server's ``cluster_options`` list."""
     name = spec["field"]
-    kind = spec["spec"]["type"]
+    type_spec = dict(spec["spec"])
+    kind = type_spec.pop("type")
     try:
         cls = _FIELD_TYPES[kind]
     except KeyError:
@@ -183,26 +280,29 @@ def field_from_spec(spec: dict[str, Any]) -> Field:
             f"Option {name!r} has type {kind!r}, which this version of dask-gateway "
             "does not understand; a newer client may be required"
         ) from None
-    extra = {k: spec["spec"][k] for k in _SPEC_KEYS.get(cls, ()) if k in spec["spec"]}
-    return cls(name, default=spec.get("default"), label=spec.get("label"), **extra)
+    keys = _SPEC_KEYS.get(cls)
+    extra = type_spec if keys is None else {k: type_spec[k] for k in keys if k in type_spec}
+    return cls(name, spec.get("default"), label=spec.get("label"), **extra)
 
 
 class Options(MutableMapping):
     """Cluster options offered by a gateway, validated as they are set.
 
     Supports both ``options["worker_cores"] = 2`` and ``options.worker_cores = 2``.
-    Options can be changed but not removed: the server needs a value for each.
+    Options can be changed but not removed: the server needs a value for each. The
+    values live in the fields (``Field.value``).
     """
 
     def __init__(self, *fields: Field, **values: Any):
         object.__setattr__(self, "_fields", {f.field: f for f in fields})
-        object.__setattr__(self, "_values", {f.field: f.get_default() for f in fields})
         self.update(values)
 
     @classmethod
-    def _from_spec(cls, spec: dict[str, Any]) -> Options:
-        """Build from the JSON of ``GET /api/v1/options``: ``{"cluster_options": [...]}``."""
-        return cls(*(field_from_spec(s) for s in spec["cluster_options"]))
+    def _from_spec(cls, spec: dict[str, Any] | list[dict[str, Any]]) -> Options:
+        """Build from the JSON of ``GET /api/v1/options`` (``{"cluster_options": [...]}``)
+        or from its list alone, as the public client does."""
+        fields = spec["cluster_options"] if isinstance(spec, dict) else spec
+        return cls(*(field_from_spec(s) for s in fields))
 
     def _field(self, key: str) -> Field:
         try:
@@ -211,21 +311,19 @@ class Options(MutableMapping):
             raise KeyError(f"No option {key!r} available") from None
 
     def __getitem__(self, key: str) -> Any:
-        self._field(key)
-        return self._values[key]
+        return self._field(key).get()
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._values[key] = value = self._field(key).validate(value)
-        for callback in self.__dict__.get("_observers", ()):
-            callback(key, value)
+        self._field(key).set(value)
 
-    def _observe(self, callback: Any) -> None:
+    def _observe(self, callback: Callable[[str, Any], None]) -> None:
         """Call ``callback(key, value)`` after each accepted change (keeps widgets in sync)."""
-        self.__dict__.setdefault("_observers", []).append(callback)
+        for field in self._fields.values():
+            field._observe(callback)
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies and pickles carry the options, not the widgets watching this object.
-        return {"_fields": self._fields, "_values": self._values}
+        return {"_fields": self._fields}
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
         """An editable form in Jupyter (with ipywidgets); None falls back to the text repr."""
@@ -237,10 +335,10 @@ class Options(MutableMapping):
         raise TypeError("Cannot delete an option; set it to another value instead")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+        return iter(self._fields)
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._fields)
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
@@ -271,11 +369,12 @@ class Options(MutableMapping):
         for name, f in self._fields.items():
             spec: dict[str, Any] = {"type": f.type_name}
             for key in _SPEC_KEYS.get(type(f), ()):
-                spec[key] = copy.deepcopy(getattr(f, key))
+                value = getattr(f, key)
+                spec[key] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
             out.append({"field": name, "label": f.label,
-                        "default": copy.deepcopy(self._values[name]), "spec": spec})
+                        "default": copy.deepcopy(f.value), "spec": spec})
         return out
 
     def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        items = ", ".join(f"{k}={f.value!r}" for k, f in self._fields.items())
         return f"Options<{items}>"

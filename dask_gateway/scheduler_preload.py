@@ -45,6 +45,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 logger = logging.getLogger("distributed.scheduler")
 
 PLUGIN_NAME = "dask-gateway"
+#: Key of the ``subscribe_worker_status`` reply listing the extra ops served (see
+#: ``dask_gateway.client.SCHEDULER_FEATURES_KEY``).
+FEATURES_KEY = "dask_gateway_features"
 #: Attribute on the scheduler holding the running service (used by teardown).
 SERVICE_ATTR = "dask_gateway_service"
 
@@ -289,7 +292,7 @@ class HealthHandler(BaseHandler):
 class CommHandler(BaseHandler):
     """``POST /api/comm``: scale/adapt requests forwarded by the gateway."""
 
-    def initialize(self, service: GatewaySchedulerService) -> None:
+    def initialize(self, service: SchedulerService) -> None:
         self.service = service
 
     def get_current_user(self) -> str | None:
@@ -345,7 +348,7 @@ def validate_count(value: Any, field: str, allow_none: bool = True) -> int | Non
     return value
 
 
-def make_api_app(service: GatewaySchedulerService) -> web.Application:
+def make_api_app(service: SchedulerService) -> web.Application:
     return web.Application(
         [
             (r"/api/comm", CommHandler, {"service": service}),
@@ -371,8 +374,14 @@ def _log_request(handler: web.RequestHandler) -> None:
 # ---------------------------------------------------------------------------
 
 
-class GatewaySchedulerService:
-    """Keeps the gateway informed and applies its scale/adapt requests."""
+class SchedulerService:
+    """Keeps the gateway informed and applies its scale/adapt requests.
+
+    (``GatewaySchedulerService`` below is the public package's constructor over this.)
+    """
+
+    #: Passed to ``Scheduler.adaptive_target`` when set (distributed's default otherwise).
+    target_duration: float | None = None
 
     def __init__(self, scheduler: Any, config: GatewayConfig) -> None:
         self.scheduler = scheduler
@@ -729,7 +738,10 @@ class GatewaySchedulerService:
         if self.adaptive is None:
             return
         minimum, maximum = self.adaptive
-        target = self.scheduler.adaptive_target()
+        if self.target_duration is None:
+            target = self.scheduler.adaptive_target()
+        else:
+            target = self.scheduler.adaptive_target(target_duration=self.target_duration)
         if minimum is not None:
             target = max(target, minimum)
         if maximum is not None:
@@ -845,8 +857,15 @@ class _WorkerStatusSubscriber(WorkerStatusPlugin):
         super().__init__(scheduler, comm)
 
 
-def _subscribe_worker_status_handler(scheduler: Any) -> Callable[..., dict[str, Any]]:
-    """A ``subscribe_worker_status`` handler that keeps every subscriber."""
+def _subscribe_worker_status_handler(
+    scheduler: Any, features: list[str] | None = None
+) -> Callable[..., dict[str, Any]]:
+    """A ``subscribe_worker_status`` handler that keeps every subscriber.
+
+    Its reply also lists ``features``, the extra ops this scheduler serves, under
+    ``FEATURES_KEY``: our client reads (and removes) it there, a reply every client
+    reads anyway, so it never sends an op a scheduler with the public preload lacks.
+    """
 
     def subscribe_worker_status(comm: Any) -> dict[str, Any]:
         _WorkerStatusSubscriber(scheduler, comm)
@@ -854,6 +873,8 @@ def _subscribe_worker_status_handler(scheduler: Any) -> Callable[..., dict[str, 
         for worker in ident["workers"].values():
             worker.pop("metrics", None)
             worker.pop("last_seen", None)
+        if features:
+            ident[FEATURES_KEY] = list(features)
         return ident
 
     return subscribe_worker_status
@@ -910,8 +931,10 @@ async def dask_setup(
         idle_timeout=dg_idle_timeout,
         orphan_timeout=dg_orphan_timeout,
     )
-    scheduler.handlers["subscribe_worker_status"] = _subscribe_worker_status_handler(scheduler)
-    service = GatewaySchedulerService(scheduler, config)
+    scheduler.handlers["subscribe_worker_status"] = _subscribe_worker_status_handler(
+        scheduler, features=["lease"]
+    )
+    service = SchedulerService(scheduler, config)
 
     async def dask_gateway_lease(comm: Any) -> Any:
         await service.hold_lease(comm)
@@ -929,3 +952,160 @@ async def dask_teardown(scheduler: Any) -> None:
     service = getattr(scheduler, SERVICE_ATTR, None)
     if service is not None:
         await service.stop()
+
+
+# ---------------------------------------------------------------------------
+# The public package's names, for the public server's in-process backend
+# ---------------------------------------------------------------------------
+# ``dask_gateway_server.backends.inprocess`` (public dask-gateway-server) runs schedulers
+# inside the gateway process and builds their service itself:
+#     Scheduler(services={("gateway", ":0"): (GatewaySchedulerService, {"gateway":
+#         make_gateway_client(...), "heartbeat_period": ..., ...})})
+# distributed then calls ``listen((ip, port))`` on it, reads ``.port`` and calls ``stop()``
+# without awaiting. These adapt that to ``SchedulerService``, so that backend keeps working
+# when this package replaces the public client in the gateway's environment.
+
+
+class GatewayClient:
+    """Where a scheduler reports to: its cluster name, token and the gateway's API URL."""
+
+    def __init__(self, cluster_name: str, api_token: str, api_url: str) -> None:
+        self.cluster_name = cluster_name
+        self.token = api_token
+        self.api_url = api_url
+
+    async def _send(self, method: str, path: str, body: str | None = None) -> None:
+        client = AsyncHTTPClient()
+        await client.fetch(HTTPRequest(
+            f"{self.api_url.rstrip('/')}/v1/clusters/{self.cluster_name}{path}",
+            method=method,
+            body=body,
+            headers={"Authorization": f"token {self.token}",
+                     "Content-Type": "application/json"},
+            connect_timeout=HTTP_CONNECT_TIMEOUT,
+            request_timeout=HTTP_REQUEST_TIMEOUT,
+        ))
+
+    async def heartbeat(self, msg: dict[str, Any]) -> None:
+        """Send one heartbeat; raises ``tornado.httpclient.HTTPClientError`` on failure."""
+        await self._send("POST", "/heartbeat", json.dumps(msg))
+
+    async def shutdown(self) -> None:
+        """Ask the gateway to stop this cluster."""
+        await self._send("DELETE", "")
+
+
+def make_gateway_client(
+    cluster_name: str | None = None, api_url: str | None = None, api_token: str | None = None
+) -> GatewayClient:
+    """A ``GatewayClient``; missing values come from the ``DASK_GATEWAY_*`` variables
+    (a token containing ``/`` is the path of a file holding it)."""
+    env = {
+        "DASK_GATEWAY_CLUSTER_NAME": cluster_name,
+        "DASK_GATEWAY_API_URL": api_url,
+        "DASK_GATEWAY_API_TOKEN": api_token,
+    }
+    for name, value in env.items():
+        if not value:
+            env[name] = os.environ.get(name, "")
+    missing = [name for name, value in env.items() if not value]
+    if missing:
+        raise RuntimeError(
+            "dask_gateway.scheduler_preload.make_gateway_client: no value given and no "
+            "environment variable " + ", ".join(missing)
+        )
+    return GatewayClient(
+        env["DASK_GATEWAY_CLUSTER_NAME"],
+        read_token(env["DASK_GATEWAY_API_TOKEN"]),
+        env["DASK_GATEWAY_API_URL"],
+    )
+
+
+class GatewaySchedulerService:
+    """The public package's scheduler service: a distributed *service* (``listen``,
+    ``port``, ``stop``) built from keyword arguments, running a ``SchedulerService``."""
+
+    def __init__(
+        self,
+        scheduler: Any,
+        io_loop: Any = None,
+        gateway: GatewayClient | None = None,
+        adaptive_period: float = 3,
+        adaptive_window: int = 3,
+        target_duration: float = 5,
+        idle_timeout: float = 0,
+        heartbeat_period: float = 15,
+    ) -> None:
+        self.scheduler = scheduler
+        self.gateway = gateway if gateway is not None else make_gateway_client()
+        config = GatewayConfig(
+            api_url=self.gateway.api_url.rstrip("/"),
+            api_token=self.gateway.token,
+            cluster_name=self.gateway.cluster_name,
+            heartbeat_period=max(0.0, float(heartbeat_period)),
+            adaptive_period=float(adaptive_period),
+            idle_timeout=max(0.0, float(idle_timeout)),
+        )
+        self.service = SchedulerService(scheduler, config)
+        self.service._adapt_history = collections.deque(maxlen=max(1, int(adaptive_window)))
+        self.service.target_duration = target_duration
+        self._start_task: asyncio.Future | None = None
+        self._stop_task: asyncio.Future | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The port of the API the gateway sends scale/adapt to (once listening)."""
+        return self.service.api_port
+
+    @property
+    def api_address(self) -> str:
+        return self.service.api_address
+
+    @property
+    def dashboard_address(self) -> str:
+        return self.service.dashboard_address
+
+    @property
+    def count(self) -> int:
+        return self.service.count
+
+    async def scale(self, count: int) -> None:
+        """Ask for ``count`` workers (turns adaptive scaling off)."""
+        self.service.scale(count)
+
+    async def adapt(
+        self, minimum: int | None = None, maximum: int | None = None, active: bool = True
+    ) -> None:
+        """Scale with the load between ``minimum`` and ``maximum``; ``active=False`` stops."""
+        self.service.adapt(minimum=minimum, maximum=maximum, active=active)
+
+    async def heartbeat(self) -> None:
+        """Report to the gateway now (the service also does so periodically)."""
+        await self.service.send_heartbeat()
+
+    def listen(self, address: tuple[str, int]) -> None:
+        """Serve the API on ``(ip, port)`` ("" = every interface) and start reporting."""
+        ip, port = address
+        host = f"[{ip}]" if ":" in (ip or "") else (ip or "")
+        self.service.config.api_address = f"{host}:{int(port)}"
+        # Called by the scheduler while it starts, on its running loop.
+        self._start_task = asyncio.ensure_future(self.service.start())
+        self._start_task.add_done_callback(_log_failure("start"))
+
+    def stop(self) -> asyncio.Future:
+        """Stop reporting and close the API; distributed calls this without awaiting."""
+        if self._stop_task is None:
+            if self._start_task is not None and not self._start_task.done():
+                self._start_task.cancel()
+            self._stop_task = asyncio.ensure_future(self.service.stop())
+            self._stop_task.add_done_callback(_log_failure("stop"))
+        return self._stop_task
+
+
+def _log_failure(what: str) -> Callable[[asyncio.Future], None]:
+    def callback(task: asyncio.Future) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("dask-gateway: the scheduler service failed to %s", what,
+                         exc_info=task.exception())
+
+    return callback

@@ -148,6 +148,8 @@ class OptionsWidget:
         self.inputs: dict[str, Any] = {}
         #: field name -> HTML widget showing that field's error (empty when valid)
         self.errors: dict[str, Any] = {}
+        #: field name -> HTML widget showing its label
+        self.labels: dict[str, Any] = {}
         self._updating = False
         rows = []
         for name, field in options._fields.items():
@@ -162,6 +164,7 @@ class OptionsWidget:
             widget.observe(self._on_widget_change(field), names="value")
             self.inputs[name] = widget
             self.errors[name] = error
+            self.labels[name] = label
             rows.append(w.HBox([label, widget, hint, error]))
         title = w.HTML(value="<h3 style='margin: 0 0 6px 0'>Cluster options</h3>")
         self.widget = w.VBox([title, *rows])

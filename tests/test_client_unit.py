@@ -127,7 +127,7 @@ def test_options_constructed_directly():
     opts = Options(
         Integer("n", default=2, max=3),
         Float("x", default=0.5),
-        Select("s", ["a", "b"]),
+        Select("s", options=["a", "b"]),
         String("t"),
         Mapping("m"),
         n=3,

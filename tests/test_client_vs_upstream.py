@@ -34,9 +34,15 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
+def upstream_dir(tmp_path_factory):
+    """The public server's directory: ``server.log``, ``clusters/NAME/logs/scheduler.log``."""
+    return tmp_path_factory.mktemp("upstream")
+
+
+@pytest.fixture(scope="module")
+def upstream(upstream_dir):
     """The public dask-gateway-server with tests/upstream_config; yields its address."""
-    with upstream_server(tmp_path_factory.mktemp("upstream"), PASSWORD, CONFIG) as address:
+    with upstream_server(upstream_dir, PASSWORD, CONFIG) as address:
         yield address
 
 
@@ -106,6 +112,26 @@ def test_full_workflow(gateway):
     assert client.status == "closed"  # clients from get_client close with the cluster
     assert gateway.list_clusters() == []
     assert gateway.get_cluster(cluster.name).status in (ClusterStatus.STOPPING, ClusterStatus.STOPPED)
+
+
+def test_public_scheduler_gets_no_op_it_lacks(upstream_dir, gateway):
+    """Schedulers of the public server run the public preload, which has no handler for our
+    lease op: our client must not send it (it would log a KeyError traceback per cluster)."""
+    cluster = gateway.new_cluster()  # shutdown_on_close=True: the case that leases
+    try:
+        client = cluster.get_client(set_as_default=False)
+        # A round trip through the scheduler after the client's start-up messages.
+        assert client.run_on_scheduler(lambda: 1 + 1) == 2
+        assert cluster._lease_comm is None
+        assert "dask_gateway_features" not in cluster.scheduler_info
+        log = (upstream_dir / "clusters" / cluster.name / "logs" / "scheduler.log").read_text()
+        assert "Scheduler at:" in log, log  # the right log, and the scheduler is up
+        for noise in ("Traceback", "No handler", "KeyError"):
+            assert noise not in log, log
+    finally:
+        cluster.shutdown()
+    for noise in ("Traceback", "Exception"):
+        assert noise not in (upstream_dir / "server.log").read_text()
 
 
 def test_context_manager_and_distributed_client(upstream, gateway):

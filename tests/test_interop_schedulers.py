@@ -53,11 +53,15 @@ def _processes(cluster_name: str) -> list[int]:
     return found
 
 
-def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path) -> None:
+def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path, clusters_dir: Path,
+                   ours: bool) -> None:
     """The workflow every scheduler side must support, whichever server runs it.
 
     ``venv``: the environment the scheduler and workers must run in (its ``sys.prefix``);
-    ``preload_root``: where the scheduler's ``dask_gateway.scheduler_preload`` must come from.
+    ``preload_root``: where the scheduler's ``dask_gateway.scheduler_preload`` must come from;
+    ``clusters_dir``: where the server keeps ``NAME/logs/scheduler.log``; ``ours``: whether
+    that preload is this project's (then our client holds its orphan lease; the public one
+    has no such op and must never be sent it).
     """
     import dask.array as da
 
@@ -78,6 +82,10 @@ def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path) -> None:
         assert {Path(p).resolve() for p in prefixes} == {venv.resolve()}, prefixes
         x = da.random.random((2000, 2000), chunks=(500, 500))
         assert abs(float(x.mean().compute(scheduler=client)) - 0.5) < 0.01
+        assert (cluster._lease_comm is not None) == ours
+        log = (clusters_dir / name / "logs" / "scheduler.log").read_text()
+        for noise in ("Traceback", "No handler"):
+            assert noise not in log, log
 
         # Adaptive scaling runs on the scheduler and reaches the gateway through heartbeats:
         # down to the minimum...
@@ -115,7 +123,7 @@ def test_public_scheduler_side_under_our_server(tmp_path):
     gw.start()
     try:
         with Gateway(gw.address, auth=BasicAuth("alice", PASSWORD)) as gateway:
-            _drive_cluster(gateway, venv, venv)
+            _drive_cluster(gateway, venv, venv, gw.clusters_dir, ours=False)
         log = gw.log()
         # Heartbeats arrived and were accepted (DEBUG log of each request).
         assert "200 POST /api/v1/clusters/" in log and "/heartbeat" in log, log
@@ -132,4 +140,5 @@ def test_our_scheduler_side_under_public_server(tmp_path):
     with upstream_server(tmp_path, PASSWORD, HERE / "upstream_config" / "our_scheduler_config.py",
                          {"OURS_DASK": str(OURS_DASK)}) as address:
         with Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway:
-            _drive_cluster(gateway, Path(sys.prefix), Path(dask_gateway.__file__).parent)
+            _drive_cluster(gateway, Path(sys.prefix), Path(dask_gateway.__file__).parent,
+                           tmp_path / "clusters", ours=True)

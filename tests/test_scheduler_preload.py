@@ -23,7 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from dask_gateway.scheduler_preload import (
     APIError,
     GatewayConfig,
-    GatewaySchedulerService,
+    SchedulerService,
     WorkerTracker,
     parse_bind_address,
     read_token,
@@ -415,7 +415,7 @@ def test_adapt_scales_up_at_once_and_down_slowly():
             return self.targets.pop(0)
 
     cfg = GatewayConfig(api_url="http://gw/api", api_token="t", cluster_name="c")
-    service = GatewaySchedulerService(FakeScheduler(), cfg)
+    service = SchedulerService(FakeScheduler(), cfg)
     service.adaptive = (1, 4)  # as set by adapt(); the loop itself isn't started here
     FakeScheduler.targets = [10, 0, 2, 0, 0, 0]
     counts = []

@@ -111,7 +111,7 @@ def test_options_form_every_field_type():
     options = Options(
         Integer("count", 1, min=1, max=8),
         Float("ratio", 0.5),
-        Select("queue", ["short", "long"]),
+        Select("queue", options=["short", "long"]),
         Bool("gpu", False, label="Use a GPU"),
         String("image", "debian"),
         Mapping("environment", {"A": "1"}),

@@ -31,12 +31,16 @@ def require_upstream_venv() -> Path:
 
 @contextlib.contextmanager
 def upstream_server(tmp: Path, password: str, config: Path = UPSTREAM_CONFIG,
-                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
+                    extra_env: dict[str, str] | None = None,
+                    venv: Path | None = None) -> Iterator[str]:
     """Run the public server with ``config`` (see upstream_config/); yield its address.
 
-    The log is ``tmp/server.log``; SIGINT on exit lets it stop its clusters and proxy.
+    ``venv``: the environment to run it from (default the upstream venv). The log is
+    ``tmp/server.log``; clusters live in ``tmp/clusters``; SIGINT on exit lets it stop its
+    clusters and proxy.
     """
-    venv = require_upstream_venv()
+    upstream = require_upstream_venv()
+    venv = upstream if venv is None else venv
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = dict(
