@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import pwd
 import signal
 import sys
 import tempfile
