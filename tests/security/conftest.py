@@ -15,7 +15,7 @@ from users import (
     SHARED_VENV,
     SYSTEM,
     ensure_user,
-    remove_user,
+    kill_processes_of,
     run_as,
     user_gateway,
 )
@@ -25,17 +25,15 @@ CONFIG = Path(__file__).parent / "gateway_config.py"
 
 @pytest.fixture(scope="session")
 def local_users():
-    """alice, bob, an admin and a system account, as real accounts; removed afterwards."""
+    """alice, bob, an admin and a system account, as real accounts. They are kept for the
+    next run: removing them would break another test session using them at the same time."""
     assert os.geteuid() == 0, "the security tests run as root, as a multi-user gateway does"
     made = {}
-    created = []
     for name, system in ((ALICE, False), (BOB, False), (ADMIN, False), (SYSTEM, True)):
-        made[name], new = ensure_user(name, system)
-        if new:
-            created.append(name)
+        made[name], _ = ensure_user(name, system)
     yield made
-    for name in created:
-        remove_user(name)
+    for name in made:  # nothing of theirs outlives the tests
+        kill_processes_of(name)
 
 
 @pytest.fixture(scope="session")

@@ -44,9 +44,8 @@ def ensure_user(name: str, system: bool = False) -> tuple[LocalUser, bool]:
     return LocalUser(name, entry.pw_uid, entry.pw_gid, entry.pw_dir), created
 
 
-def remove_user(name: str) -> None:
+def kill_processes_of(name: str) -> None:
     subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 def run_as(user: str, code: str, timeout: float = 60,
