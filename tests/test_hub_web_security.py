@@ -33,7 +33,10 @@ def hub_prefix(tmp_path_factory):
     """A real hub and a gateway that is its service at /services/dask-gateway, reached by
     browsers through the hub's proxy."""
     tmp = tmp_path_factory.mktemp("hubweb")
-    gw = GatewayProcess(tmp / "gateway", [f"--Proxy.prefix={PREFIX}"],
+    # Sessions last longer than the shared configuration's 2 s: a browser's session must
+    # still be there when the tests look where it goes.
+    gw = GatewayProcess(tmp / "gateway", [f"--Proxy.prefix={PREFIX}",
+                                          "--JupyterHubAuthenticator.token_cache_ttl=600"],
                         config=HERE / "hub_gateway_config.py")
     hub = Hub(tmp / "hub", gw.address)
     hub.oauth_redirect_uri = f"{hub.url}{PREFIX}/oauth_callback"

@@ -125,10 +125,14 @@ BOKEH_RENDERED = """() => !!(window.Bokeh && Bokeh.documents && Bokeh.documents.
     && Bokeh.documents[0].roots().length)"""
 
 
-def assert_bokeh_live(page, ws_part: str, timeout_ms: int = 60_000) -> None:
+def assert_bokeh_live(page, ws_part: str, timeout_ms: int = 120_000) -> None:
     """The page holds a bokeh document with plots, fed by a live websocket whose URL contains
     ``ws_part``."""
-    page.wait_for_function(BOKEH_RENDERED, timeout=timeout_ms)
+    try:
+        page.wait_for_function(BOKEH_RENDERED, timeout=timeout_ms)
+    except Exception as e:  # noqa: BLE001 - say what the page showed
+        raise AssertionError(f"no bokeh document at {page.url}: {e}\n{page.console_lines}\n"
+                             f"{page.content()[:3000]}") from None
     waited = 0
     while waited < timeout_ms:
         live = [s for s in page.sockets if ws_part in s["url"] and s["frames"] > 0]

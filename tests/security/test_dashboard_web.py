@@ -13,6 +13,7 @@ import time
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from dashboard_spy import (
     CLEAR,
     REPORTS,
@@ -29,6 +30,13 @@ from tornado.websocket import websocket_connect
 from users import ADMIN, ALICE, BOB, in_scheduler
 
 CLIENT_HEADER = {"X-Dask-Gateway-Client": "1"}
+
+
+@pytest.fixture
+def root_gateway(make_root_gateway):
+    """Rendering a dashboard can hold a busy scheduler's loop for seconds: the shared
+    configuration's 4 s without a heartbeat would fail the cluster meanwhile."""
+    return make_root_gateway(["--LocalBackend.cluster_heartbeat_timeout=60"])
 SESSION = "dask-gateway-session"
 
 
@@ -309,6 +317,14 @@ def test_relayed_dashboard_script_cannot_act_as_the_viewer(root_gateway, as_user
                 page.goto(f"{jupyter.url}{relay}/status?token={jupyter.token}")
                 assert f"{relay}/~" in page.url and jupyter.token not in page.url
                 assert_bokeh_live(page, "/status/ws")
+                # The relay's grant opens that one dashboard, and only it.
+                grant = page.url.split(f"{relay}/")[1].split("/")[0]
+                direct = httpx.get(f"{jupyter.url}{relay}/{grant}/status", timeout=60)
+                assert direct.status_code == 200 and has_bokeh_document(direct.content)
+                other = f"{jupyter.url}/dask-gateway/dashboard/{cb.name}/{grant}/status"
+                assert httpx.get(other, timeout=60).status_code == 403
+                no_grant = httpx.get(f"{jupyter.url}{relay}/status", timeout=60)
+                assert no_grant.status_code in (302, 403)  # Jupyter's own login
                 page.goto(f"{jupyter.url}{relay}/attack")
                 wait_attack_done(page)
             reports = in_scheduler(client, REPORTS)
