@@ -118,27 +118,6 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _job_pids(job_id: str, uid: int, proc: str = "/proc") -> list[int]:
-    """Pids of ``uid``'s processes started in Slurm job ``job_id`` (its environment says
-    so): on the gateway's own host, what may hold the sockets a scheduler reports."""
-    marker = f"SLURM_JOB_ID={job_id}".encode()
-    pids = []
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        path = os.path.join(proc, entry)
-        try:
-            if os.stat(path).st_uid != uid:
-                continue
-            with open(os.path.join(path, "environ"), "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ:
-            pids.append(int(entry))
-    return pids
-
-
 class SlurmClusterConfig(ClusterConfig):
     """ClusterConfig of the Slurm backend: where and how the jobs are submitted."""
 
@@ -232,6 +211,11 @@ class SlurmBackend(DBBackendBase):
     squeue = Unicode("squeue", help="The squeue command (name or path).", config=True)
     scancel = Unicode("scancel", help="The scancel command (name or path).", config=True)
     sinfo = Unicode("sinfo", help="The sinfo command (name or path).", config=True)
+    scontrol = Unicode(
+        "scontrol", help="The scontrol command (name or path); 'scontrol listpids' tells "
+        "the processes of a scheduler's job when it runs on the gateway's own host.",
+        config=True,
+    )
     user_switch = Enum(
         ["auto", "runuser", "sudo", "none"], "auto",
         help="How the gateway acts as the cluster's user: 'runuser' (the gateway runs as "
@@ -553,8 +537,25 @@ class SlurmBackend(DBBackendBase):
             uid = entry.pw_uid
         else:  # jobs run as the gateway's user
             uid = os.getuid()
+        pids: set[int] | None = None
+        if here and (uid == os.getuid() or os.geteuid() == 0):
+            pids = await self._job_pids(job_id)
         await loop.run_in_executor(None, self._confirm_addresses, addresses, job_id, node,
-                                   node_ips, here, uid)
+                                   node_ips, here, uid, pids)
+
+    async def _job_pids(self, job_id: str) -> set[int]:
+        """The processes of a job running on this host (``scontrol listpids``: Slurm's own
+        tracking; a scheduler's environment and command line may be rewritten)."""
+        try:
+            code, out, err = await self._run([self.scontrol, "listpids", job_id],
+                                             what="scontrol listpids")
+        except RuntimeError as e:
+            raise AddressNotYetKnown(str(e)) from None
+        if code != 0:
+            raise AddressNotYetKnown(f"scontrol listpids {job_id} failed: "
+                                     f"{err.strip() or out.strip()}")
+        return {int(line.split()[0]) for line in out.splitlines()[1:]
+                if line.split() and line.split()[0].isdigit()}
 
     async def _job_node(self, job_id: str) -> str:
         """The node running the job's batch script (the scheduler); raises
@@ -612,7 +613,8 @@ class SlurmBackend(DBBackendBase):
         return ips, here
 
     def _confirm_addresses(self, addresses: list[ReportedAddress], job_id: str, node: str,
-                           node_ips: set[IPAddress], here: bool, uid: int) -> None:
+                           node_ips: set[IPAddress], here: bool, uid: int,
+                           pids: set[int] | None) -> None:
         """Blocking (/proc): raise AddressRefused unless each address is the job's."""
         local = local_addresses()
         table = listeners() if here else None
@@ -631,10 +633,10 @@ class SlurmBackend(DBBackendBase):
             found = listeners_at(addr.ip, addr.port, table)
             if not found or any(s.uid != uid for s in found):
                 raise refused
-            if uid != os.getuid() and os.geteuid() != 0:
+            if pids is None:
                 continue  # the user's socket, and the gateway cannot read their processes
             if held is None:  # the job's processes, not any of the same user
-                held = set().union(*(socket_inodes(pid) for pid in _job_pids(job_id, uid)))
+                held = set().union(*(socket_inodes(pid) for pid in pids))
             if any(s.inode not in held for s in found):
                 raise refused
 
