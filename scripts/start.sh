@@ -50,9 +50,10 @@ done
 
 # -- 2. The venv, installed once per version of the sources. -----------------------------------
 sources_hash() {
-    # What `pip install .` builds from (not build outputs), and the Python and extra it is for.
+    # What `pip install .` builds code from (not build outputs, not README.md), and the Python
+    # and extra it is for.
     {
-        find pyproject.toml README.md LICENSE dask_gateway server jupyter_ext \
+        find pyproject.toml dask_gateway server jupyter_ext \
             \( -name __pycache__ -o -path jupyter_ext/node_modules -o -path jupyter_ext/lib \
                -o -path jupyter_ext/labextension -o -name '*.tsbuildinfo' \) -prune \
             -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum

@@ -46,7 +46,8 @@ if [ ! -x "$SHARED_VENV/bin/python" ]; then
     /usr/bin/python3 -m venv "$SHARED_VENV"
 fi
 "$SHARED_VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$WHEEL"
-"$SHARED_VENV/bin/python" -m pip install -q "$WHEEL[server]" bokeh numpy pandas
+# The gateway host's extra: its clusters run in this Python (dashboards, arrays, dataframes).
+"$SHARED_VENV/bin/python" -m pip install -q "$WHEEL[server]"
 chmod -R go-w "$SHARED_VENV"
 rm -rf "$WHEELS"
 
@@ -70,7 +71,9 @@ trap cleanup EXIT
 TEST_POSTGRES_URL=$(bash scripts/services/start-pg.sh | tail -1)
 export TEST_POSTGRES_URL
 eval "$(bash scripts/services/start-kdc.sh | tail -1)"
-# A single-node Slurm (installs slurm-wlm and munge if missing) for tests/test_slurm.py.
+# A single-node Slurm (installs slurm-wlm and munge if missing) for tests/test_slurm.py, with
+# its default proctrack (pgid); that module restarts it with linuxproc and cgroup too, to run
+# under each, and leaves it as started here.
 bash scripts/services/start-slurm.sh
 
 cd "$ROOT"

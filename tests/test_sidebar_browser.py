@@ -130,6 +130,12 @@ def test_sidebar_manages_clusters(gateway, lab):
         assert name and len(name) == 32
         expect(row.locator(".dgj-Cluster-status")).to_have_text("RUNNING", timeout=120_000)
         expect(row.locator('[data-stat="workers"]')).to_have_text("0")
+        # The message about it follows its state: "is starting" no longer, once it runs.
+        message = sidebar.locator(".dgj-Message")
+        expect(message.locator(".dgj-Message-text")).to_have_text(
+            f"Cluster {name[:8]} is running", timeout=30_000)
+        expect(message).to_have_attribute("data-cluster", name)
+        expect(message).to_have_attribute("data-kind", "info")
         browser.screenshot("sidebar-running", sidebar)
 
         # Polls update rows in place (no flicker, typed input survives): same DOM node.
@@ -215,6 +221,9 @@ def test_sidebar_manages_clusters(gateway, lab):
         dialog.locator("button.jp-mod-warn").click()
         expect(row).to_have_count(0, timeout=30_000)
         expect(cluster_row(page, other)).to_have_count(1)
+        # ...and the message, "is shutting down" meanwhile, says it is done.
+        expect(message.locator(".dgj-Message-text")).to_have_text(
+            f"Cluster {name[:8]} has shut down", timeout=30_000)
 
         # -- the same panel in the dark theme
         browser.execute_command("apputils:change-theme", {"theme": "JupyterLab Dark"})

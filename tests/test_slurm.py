@@ -2,7 +2,10 @@
 starts (scripts/services/start-slurm.sh), as a user this module creates.
 
 The tests run as root, like the gateway: it submits each job as the requesting user. They
-fail, not skip, when Slurm is not running.
+fail, not skip, when Slurm is not running. They run once per way Slurm can track a job's
+processes (ProctrackType): pgid, linuxproc (what many sites run), and cgroup where this machine
+has a cgroup v1 freezer; the module restarts Slurm for each (start-slurm.sh TYPE) and leaves it
+as start-slurm.sh starts it by default (pgid).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from gateway_process import GatewayProcess, free_port
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "slurm_gateway_config.py"
+START_SLURM = HERE.parent / "scripts" / "services" / "start-slurm.sh"
+DEFAULT_PROCTRACK = "pgid"  # start-slurm.sh's
 USER = "dgslurmtest"
 ACTIVE = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED"
 
@@ -52,32 +57,63 @@ def roles(cluster_name: str) -> list[str]:
 
 
 def user_processes(cluster_name: str) -> list[int]:
-    """Pids of the test user's scheduler and worker processes of ``cluster_name``."""
-    uid = pwd.getpwnam(USER).pw_uid
-    marker = f"DASK_GATEWAY_CLUSTER_NAME={cluster_name}".encode()
+    """Pids of the test user's scheduler and worker processes of ``cluster_name``: those
+    working in its staging directory (each job's --chdir; "... (deleted)" once removed).
+    Not by environment: setproctitle overwrites /proc/PID/environ with the title."""
+    entry = pwd.getpwnam(USER)
+    staging = os.path.join(entry.pw_dir, ".dask-gateway", cluster_name)
     pids = []
     for p in Path("/proc").iterdir():
         try:
-            if not p.name.isdigit() or p.stat().st_uid != uid:
+            if not p.name.isdigit() or p.stat().st_uid != entry.pw_uid:
                 continue
             state = (p / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-            environ = (p / "environ").read_bytes().split(b"\0")
+            cwd = os.readlink(p / "cwd")
         except OSError:
             continue
-        if state != b"Z" and marker in environ:
+        if state != b"Z" and (cwd == staging or cwd.startswith(staging + " ")):
             pids.append(int(p.name))
     return pids
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    """Slurm must be up: a missing Slurm is a failure of the test setup, not a skip."""
+def proctrack_types() -> list[str]:
+    """pgid and linuxproc everywhere; cgroup where this machine has a cgroup v1 freezer
+    hierarchy to make job cgroups in (Slurm 22.05's cgroup v2 support needs systemd)."""
+    types = [DEFAULT_PROCTRACK, "linuxproc"]
+    freezer = Path("/sys/fs/cgroup/freezer")
+    if (freezer / "cgroup.procs").exists() and os.access(freezer, os.W_OK):
+        types.append("cgroup")
+    return types
+
+
+def current_proctrack() -> str:
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    m = re.search(r"^ProctrackType\s*=\s*proctrack/(\w+)", out, re.M)
+    return m.group(1) if m else ""
+
+
+def restart_slurm(proctrack: str) -> None:
+    out = subprocess.run(["bash", str(START_SLURM), proctrack], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, f"start-slurm.sh {proctrack} failed:\n{out.stdout}{out.stderr}"
+    assert current_proctrack() == proctrack
+
+
+@pytest.fixture(scope="module", params=proctrack_types())
+def slurm(request):
+    """Slurm must be up (a missing Slurm is a failure of the test setup, not a skip), with
+    the proctrack of this round of the module's tests."""
     assert shutil.which("sbatch"), (
         "Slurm is not installed; run scripts/services/start-slurm.sh (scripts/test.sh does)")
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert "is UP" in ping.stdout, (
         f"Slurm is not running ({ping.stdout.strip() or ping.stderr.strip()}); "
         "run scripts/services/start-slurm.sh (scripts/test.sh does)")
+    if current_proctrack() != request.param:
+        restart_slurm(request.param)
+    yield request.param
+    if current_proctrack() != DEFAULT_PROCTRACK:
+        restart_slurm(DEFAULT_PROCTRACK)
 
 
 def _open_for_others(paths: list[str]) -> list[tuple[str, int]]:
@@ -239,6 +275,78 @@ def test_workflow_on_slurm(slurm_gateway):
         assert not staging.exists()
         # Slurm ended the processes too (a proctrack that loses them would leave them here).
         wait_for(lambda: user_processes(name) == [], timeout=30, what="no processes left")
+
+
+#: Seconds a job may take to end after scancel: Slurm's KillWait (5 s in start-slurm.sh)
+#: between SIGTERM and SIGKILL, and a margin. A job whose processes Slurm cannot see stays
+#: COMPLETING for minutes instead.
+ENDS_WITHIN = 20
+
+
+def process_names(pids: list[int]) -> list[str]:
+    """The kernel's name of each process (/proc/PID/stat's second field, "comm"): what
+    proctrack/linuxproc parses, and skips the process when it holds a space."""
+    names = []
+    for pid in pids:
+        try:
+            data = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        names.append(data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace"))
+    return names
+
+
+def job_of(pid: int) -> str:
+    """The job ``pid`` is the batch script of (it was exec'd): its parent is "slurmstepd:
+    [JOB.batch]"."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    parent = int(stat[stat.rindex(b")") + 2:].split()[1])
+    title = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
+    m = re.search(r"slurmstepd: \[(\d+)\.batch\]", title)
+    assert m, title
+    return m.group(1)
+
+
+def test_jobs_end_at_once_after_scancel_and_shutdown(slurm, slurm_gateway):
+    """Under every proctrack, Slurm finds every process of a job: a cancelled job ends within
+    seconds, never lingering COMPLETING (which holds the node's CPUs, so that the next
+    cluster's scheduler job waits PENDING and that cluster fails to start)."""
+    with connect(slurm_gateway) as gw:
+        cluster = gw.new_cluster(shutdown_on_close=False)
+        name = cluster.name
+        cluster.scale(2)
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=120)
+        wait_for(lambda: roles(name) == ["scheduler", "worker", "worker"], what="2 worker jobs")
+        # distributed has retitled them ("dask scheduler [tls://...]", "dask worker [...]"),
+        # and the names the kernel keeps for Slurm have no space.
+        pids = user_processes(name)
+        names = process_names(pids)
+        assert len(names) == 3, (pids, names)
+        assert all(n and not any(c.isspace() for c in n) for n in names), names
+        titles = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] for p in pids}
+        assert any(t.startswith(b"dask scheduler [tls://") for t in titles), titles
+
+        # A worker's job cancelled by hand ends, and its process with it.
+        victim = next(p for p in pids if b"worker" in Path(f"/proc/{p}/cmdline").read_bytes())
+        job = job_of(victim)
+        subprocess.run(["scancel", job], check=True)
+        wait_for(lambda: job not in [j["id"] for j in slurm_jobs(name)], timeout=ENDS_WITHIN,
+                 what=f"job {job} to end (not to linger COMPLETING)")
+        wait_for(lambda: victim not in user_processes(name), timeout=ENDS_WITHIN,
+                 what=f"the cancelled job's process {victim} to end")
+
+        # Shutting the cluster down ends every job at once; the next cluster starts.
+        client.close()
+        cluster.shutdown()
+        wait_for(lambda: slurm_jobs(name) == [], timeout=ENDS_WITHIN,
+                 what="every job to end (none lingering COMPLETING)")
+        wait_for(lambda: user_processes(name) == [], timeout=ENDS_WITHIN,
+                 what="every process to end")
+        again = gw.new_cluster()
+        assert gw.get_cluster(again.name).status.name == "RUNNING"
+        again.shutdown()
+        wait_for(lambda: slurm_jobs(again.name) == [], timeout=ENDS_WITHIN, what="no jobs left")
 
 
 def test_scheduler_job_cancelled_fails_cluster(slurm_gateway):

@@ -56,6 +56,42 @@ export function formatAge(seconds: number): string {
   return `${Math.floor(h / 24)} d ${h % 24} h`;
 }
 
+/** How far along its life a cluster is: messages about it only move forward (a poll that
+ * was already under way when it changed may still report the state before). */
+const LIFE_ORDER: Record<string, number> = {
+  PENDING: 0,
+  RUNNING: 1,
+  STOPPING: 2,
+  STOPPED: 3,
+  FAILED: 3,
+  GONE: 3
+};
+
+/** The message about cluster `name` in state `status` (GONE: no longer listed), and whether
+ * it is a warning. `before` is the state the previous message said. */
+export function clusterMessage(
+  name: string,
+  status: string,
+  before: string
+): { text: string; warn: boolean } {
+  const short = `Cluster ${name.slice(0, 8)}`;
+  switch (status) {
+    case 'PENDING':
+      return { text: `${short} is starting`, warn: false };
+    case 'RUNNING':
+      return { text: `${short} is running`, warn: false };
+    case 'STOPPING':
+      return { text: `${short} is shutting down`, warn: false };
+    case 'FAILED':
+      return { text: `${short} failed`, warn: true };
+    default:
+      // Gone from the list: expected after a shutdown, not while it was starting or running.
+      return before === 'STOPPING'
+        ? { text: `${short} has shut down`, warn: false }
+        : { text: `${short} stopped`, warn: true };
+  }
+}
+
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   className = '',
@@ -297,7 +333,7 @@ class ClusterRow {
       this.sidebar.actions.closeDashboard(this.cluster.name);
       await api.shutdown(this.cluster.name);
       this.update({ ...this.cluster, status: 'STOPPING' });
-      this.sidebar.showInfo(`${this.short} is shutting down`);
+      this.sidebar.follow(this.cluster.name, 'STOPPING');
     });
   }
 }
@@ -312,6 +348,10 @@ export class GatewaySidebar extends Widget {
   private formHost: HTMLElement;
   private newButton: HTMLButtonElement;
   private rows = new Map<string, ClusterRow>();
+  /** The cluster the message is about, the state it says, and whether a list has shown the
+   * cluster since (until then, its absence means nothing). Null: the message is not about a
+   * cluster's state. */
+  private about: { name: string; status: string; seen: boolean } | null = null;
   private loaded = false;
   private poll: Poll;
 
@@ -393,15 +433,55 @@ export class GatewaySidebar extends Widget {
     this.setMessage(text, warn ? 'warn' : 'info');
   }
 
+  /** Say what state cluster `name` is in, and keep saying it as its state changes. */
+  follow(name: string, status: string): void {
+    this.about = { name, status, seen: this.rows.has(name) };
+    const { text, warn } = clusterMessage(name, status, status);
+    this.showMessage(text, warn ? 'warn' : 'info');
+    this.message.dataset.cluster = name;
+  }
+
   private setMessage(text: string, kind: string): void {
+    this.about = null;
+    this.showMessage(text, kind);
+  }
+
+  private showMessage(text: string, kind: string): void {
     this.messageText.textContent = text;
     this.message.dataset.kind = kind;
+    delete this.message.dataset.cluster;
     this.message.hidden = false;
   }
 
   private clearMessage(): void {
+    this.about = null;
     this.message.hidden = true;
     this.messageText.textContent = '';
+  }
+
+  /** The message follows the state of the cluster it is about, forward only. */
+  private updateMessage(clusters: ICluster[]): void {
+    const about = this.about;
+    if (!about) {
+      return;
+    }
+    const cluster = clusters.find(c => c.name === about.name);
+    if (cluster) {
+      about.seen = true;
+    } else if (!about.seen) {
+      return; // a list from before the cluster existed
+    }
+    const status = cluster ? cluster.status : 'GONE';
+    if ((LIFE_ORDER[status] ?? 0) <= (LIFE_ORDER[about.status] ?? 0)) {
+      return;
+    }
+    const { text, warn } = clusterMessage(about.name, status, about.status);
+    this.showMessage(text, warn ? 'warn' : 'info');
+    this.message.dataset.cluster = about.name;
+    about.status = status;
+    if ((LIFE_ORDER[status] ?? 0) >= LIFE_ORDER.GONE) {
+      this.about = null; // its last word
+    }
   }
 
   private listError = false;
@@ -458,6 +538,7 @@ export class GatewaySidebar extends Widget {
     }
     this.empty.hidden = clusters.length > 0;
     this.empty.textContent = 'No clusters running. Create one with “New cluster”.';
+    this.updateMessage(clusters);
   }
 
   private closeForm(): void {
@@ -489,7 +570,7 @@ export class GatewaySidebar extends Widget {
     try {
       const { name } = await api.createCluster(values);
       this.closeForm();
-      this.showInfo(`Cluster ${name.slice(0, 8)} is starting`);
+      this.follow(name, 'PENDING');
       this.refresh();
     } catch (error) {
       form.busy = false;
