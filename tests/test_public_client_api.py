@@ -337,3 +337,10 @@ def test_scheduler_service_keyword_construction():
     assert service.service._adapt_history.maxlen == 5
     assert service.service.target_duration == 7
     assert service.port is None  # not listening yet
+
+
+def test_client_and_preload_agree_on_the_features_key():
+    from dask_gateway.client import SCHEDULER_FEATURES_KEY
+    from dask_gateway.scheduler_preload import FEATURES_KEY
+
+    assert SCHEDULER_FEATURES_KEY == FEATURES_KEY
