@@ -12,7 +12,6 @@ import base64
 import getpass
 import importlib
 import io
-import json
 import os
 import re
 from typing import Any
@@ -25,18 +24,18 @@ from .config import format_template
 
 __all__ = [
     "AuthResponse",
-    "GatewayAuth",
     "BasicAuth",
-    "KerberosAuth",
+    "GatewayAuth",
     "JupyterHubAuth",
+    "KerberosAuth",
     "get_auth",
 ]
 
 
 class AuthResponse(HTTPResponse):
-    """The response handed to auth hooks: a tornado ``HTTPResponse`` that also answers
-    what an aiohttp ``ClientResponse`` does, the type the public client passes, so hooks
-    written for either client work with both."""
+    """The response handed to auth hooks: a tornado ``HTTPResponse`` that also has the
+    ``status`` and ``url`` of an aiohttp ``ClientResponse`` (what the public client passes),
+    so hooks written for either client work with both."""
 
     @classmethod
     def wrap(cls, resp: HTTPResponse) -> AuthResponse:
@@ -56,12 +55,6 @@ class AuthResponse(HTTPResponse):
         import yarl  # a dependency of aiohttp
 
         return yarl.URL(self.effective_url or self.request.url)
-
-    async def text(self, encoding: str = "utf-8") -> str:
-        return (self.body or b"").decode(encoding, "replace")
-
-    async def json(self, **kwargs: Any) -> Any:
-        return json.loads(self.body or b"null")
 
 
 class _AuthHooks:
@@ -87,8 +80,7 @@ class GatewayAuth:
 
     ``resp`` is a ``tornado.httpclient.HTTPResponse`` (``code``, ``headers``,
     ``effective_url``, ``body``) that also answers the attributes hooks written for the
-    public client use on its aiohttp responses: ``status``, ``url`` (with ``url.host``)
-    and the coroutines ``text()``/``json()``.
+    public client use on its aiohttp responses: ``status`` and ``url`` (``url.host``).
     """
 
     def __init__(self, **kwargs: Any) -> None:

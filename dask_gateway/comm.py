@@ -26,7 +26,7 @@ from distributed.comm.tcp import (
 from distributed.utils import ensure_ip, get_ip
 from tornado.iostream import StreamClosedError
 
-__all__ = ["GatewayBackend", "GatewayConnector", "SNI_PREFIX", "parse_gateway_address"]
+__all__ = ["SNI_PREFIX", "GatewayBackend", "GatewayConnector", "parse_gateway_address"]
 
 #: Prefix of the TLS server name the proxy routes on.
 SNI_PREFIX = "daskgateway-"

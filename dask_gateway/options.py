@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, ClassVar
 
 __all__ = [
-    "Options",
-    "Field",
-    "String",
     "Bool",
-    "Number",
-    "Integer",
+    "Field",
     "Float",
-    "Select",
+    "Integer",
     "Mapping",
+    "Number",
+    "Options",
+    "Select",
+    "String",
     "register_field_type",
 ]
 
@@ -253,6 +253,17 @@ class Mapping(Field):
         if not isinstance(value, dict):
             raise TypeError(f"{self.field} must be a mapping, got {value!r}")
         return value
+
+    def transform(self, value: dict) -> str:
+        """``value`` as the YAML text a form shows ("" when empty)."""
+        if not value:
+            return ""
+        import yaml
+
+        try:
+            return yaml.safe_dump(value, default_flow_style=False, sort_keys=False)
+        except yaml.YAMLError:
+            raise ValueError(f"{self.field} must be JSON serializable") from None
 
 
 # Keyword arguments each built-in field type accepts from the wire ``spec`` object. Unknown

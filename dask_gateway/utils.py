@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
-from .config import format_template
+from . import config
 
 __all__ = ["cancel_task", "format_template"]
+
+
+def format_template(x: Any) -> Any:
+    """Fill ``"{ENV_VAR}"`` placeholders from the environment (strings, also nested in
+    lists and dicts); a missing variable is a ``ValueError`` naming it."""
+    return config.format_template(x)
 
 
 async def cancel_task(task: asyncio.Future) -> None:

@@ -134,6 +134,37 @@ def test_public_scheduler_gets_no_op_it_lacks(upstream_dir, gateway):
         assert noise not in (upstream_dir / "server.log").read_text()
 
 
+def test_subclass_hooks_and_cleanup_lingering_clusters(upstream, gateway):
+    """A GatewayCluster subclass extends _start_async/_stop_async (called, as by the public
+    client); cleanup_lingering_clusters (the atexit hook) closes what is still open."""
+    from dask_gateway.client import cleanup_lingering_clusters
+
+    calls = []
+
+    class Tracked(GatewayCluster):
+        async def _start_async(self):
+            await super()._start_async()
+            calls.append(("started", self.status, self.scheduler_comm is not None))
+
+        async def _stop_async(self):
+            calls.append(("stopping", self.status))
+            await super()._stop_async()
+            calls.append(("stopped", self.scheduler_comm.status.name))
+
+    kept = Tracked(upstream, auth=BasicAuth("alice", PASSWORD), shutdown_on_close=False)
+    dropped = Tracked(upstream, auth=BasicAuth("alice", PASSWORD))
+    assert calls == [("started", "running", True)] * 2
+    kept.close()  # not shut down, but the hook runs when disconnecting too
+    assert calls[2:] == [("stopping", "running"), ("stopped", "closed")]
+    assert gateway.get_cluster(kept.name).status is ClusterStatus.RUNNING
+    cleanup_lingering_clusters()  # what runs at exit: closes (and so stops) `dropped`
+    assert dropped.status == "closed"
+    assert calls[4:] == [("stopping", "running"), ("stopped", "closed")]
+    assert gateway.get_cluster(dropped.name).status in (ClusterStatus.STOPPING,
+                                                        ClusterStatus.STOPPED)
+    gateway.stop_cluster(kept.name)
+
+
 def test_context_manager_and_distributed_client(upstream, gateway):
     from distributed import Client
 
