@@ -8,7 +8,6 @@ the clients' connections.
 from __future__ import annotations
 
 import subprocess
-import textwrap
 
 from users import ALICE, BOB, SHARED_VENV, in_scheduler
 
