@@ -103,8 +103,9 @@ def test_scheduler_log_symlink_does_not_leak_roots_file(root_gateway, as_user, p
                 {setup}
                 threading.Timer(0.2, os._exit, (3,)).start()
             """))
-        wait_for(lambda: f"Cluster {cluster.name} failed" in root_gateway.log(), timeout=60,
-                 what=f"cluster {cluster.name} to fail")
+        failed = f"Cluster {cluster.name} failed"
+        wait_for(lambda: failed in root_gateway.log(), timeout=60,  # noqa: B023 (used now)
+                 what=failed)
         cluster.close()
         assert "ROOT-ONLY-" not in root_gateway.log()
     log = root_gateway.log()

@@ -125,13 +125,13 @@ def run_child(request, env_fd, channel_fd):
         os.dup2(devnull, 0)
         os.close(devnull)
         env = read_env(env_fd)
-        # Before the environment changes: setproctitle reuses the original environ's memory.
-        set_title(request)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if request.get("user"):
             become(request["user"])
+        # Before the environment changes: setproctitle reuses the original environ's memory.
+        set_title(request)
         # As the user: the working directory and the log are in a directory the user owns,
         # so what they resolve to is only ever what the user could reach anyway.
         os.makedirs(request["cwd"], mode=0o700, exist_ok=True)
