@@ -197,8 +197,9 @@ def test_register_field_type_and_public_spec_list():
     spec = [{"field": "data", "label": "Data", "default": "/srv/a",
              "spec": {"type": "path", "prefix": "/srv/"}},
             {"field": "n", "label": "N", "default": 1, "spec": {"type": "int", "min": 1}}]
+    spec.append({"field": "s", "label": "S", "default": None, "spec": {"type": "string"}})
     opts = Options._from_spec(spec)  # the list alone, as the public client takes it
-    assert dict(opts) == {"data": "/srv/a", "n": 1}
+    assert dict(opts) == {"data": "/srv/a", "n": 1, "s": ""}  # null: the type's default
     assert opts._fields["data"].prefix == "/srv/"
     with pytest.raises(ValueError, match="data must start with /srv/"):
         opts.data = "/etc/passwd"
