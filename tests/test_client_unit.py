@@ -11,6 +11,8 @@ import ssl
 import sys
 import threading
 import warnings
+from importlib.metadata import version
+from pathlib import Path
 
 import dask.config
 import pytest
@@ -165,7 +167,10 @@ def test_config_defaults_registered():
     assert dask.config.get("gateway.http-client.proxy") is True
     assert dask.config.get("gateway.cluster.options") == {}
     assert dask.config.get("gateway.address") is None
-    assert dask_gateway.__version__ == "0.1.0"
+    # Written once (jupyter_ext/package.json); the package reads it from its metadata.
+    assert dask_gateway.__version__ == version("dask-gateway-ng")
+    package_json = Path(__file__).parent.parent / "jupyter_ext" / "package.json"
+    assert json.loads(package_json.read_text())["version"] == dask_gateway.__version__
 
 
 def test_format_template(monkeypatch):

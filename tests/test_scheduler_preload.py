@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from tornado import httpserver, netutil, web
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado import httpserver, netutil, web, websocket
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 from dask_gateway.scheduler_preload import (
+    DASHBOARD_KEY_HEADER,
     APIError,
     GatewayConfig,
     SchedulerService,
     WorkerTracker,
+    dashboard_key,
     parse_bind_address,
     read_token,
     validate_count,
@@ -143,13 +145,15 @@ async def http():
 
 
 def start_scheduler(
-    procs: list, gateway: FakeGateway, tmp_path: Path, *extra: str
+    procs: list, gateway: FakeGateway, tmp_path: Path, *extra: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, Path]:
     env = dict(
         os.environ,
         DASK_GATEWAY_API_URL=gateway.url,
         DASK_GATEWAY_API_TOKEN=TOKEN,
         DASK_GATEWAY_CLUSTER_NAME=CLUSTER,
+        **(env or {}),
     )
     cmd = [
         sys.executable, "-m", "distributed.cli.dask_scheduler",
@@ -424,3 +428,56 @@ def test_adapt_scales_up_at_once_and_down_slowly():
         counts.append(service.count)
     # 10 clamps to 4 at once; then down only to the max of the last 3 (clamped) targets.
     assert counts == [4, 4, 4, 2, 2, 1]
+
+
+async def _dashboard_statuses(http: AsyncHTTPClient, base: str, headers: dict) -> dict:
+    """Status of each kind of page of a scheduler's HTTP server, and of Bokeh's websocket."""
+    out = {}
+    for page in ("/status", "/individual-plots.json", "/sitemap.json", "/health",
+                 "/info/main/workers.html", "/statics/css/base.css", "/no-such-page"):
+        r = await http.fetch(base + page, headers=headers, raise_error=False,
+                             follow_redirects=False)
+        out[page] = r.code
+    try:
+        conn = await websocket.websocket_connect(
+            HTTPRequest("ws" + base[len("http"):] + "/status/ws", headers=headers))
+        conn.close()
+        out["websocket"] = 101
+    except HTTPClientError as e:
+        out["websocket"] = e.code
+    return out
+
+
+async def test_dashboard_requires_the_key_the_gateway_sends(gateway, procs, http, tmp_path):
+    """With DASK_GATEWAY_DASHBOARD_AUTH (set by our gateway), every request of the scheduler's
+    HTTP server needs the cluster's dashboard key; the server derives the same key."""
+    from dask_gateway_server.models import Cluster
+
+    record = Cluster(name=CLUSTER, username="u", token=TOKEN, options={}, config={},
+                     tls_cert=b"", tls_key=b"")
+    assert record.dashboard_key == dashboard_key(TOKEN) != dashboard_key(TOKEN + "x")
+
+    _, log = start_scheduler(procs, gateway, tmp_path, env={"DASK_GATEWAY_DASHBOARD_AUTH": "1"})
+    _, first = await wait_first_heartbeat(gateway, log)
+    base = first["dashboard_address"]
+    refused = await _dashboard_statuses(http, base, {})
+    assert set(refused.values()) == {403}, refused
+    forged = await _dashboard_statuses(http, base, {DASHBOARD_KEY_HEADER: dashboard_key("x")})
+    assert set(forged.values()) == {403}, forged
+    r = await http.fetch(base + "/status", raise_error=False)
+    assert json.loads(r.body) == {"error": "This dashboard is reached through the Dask Gateway"}
+    allowed = await _dashboard_statuses(http, base, {DASHBOARD_KEY_HEADER: dashboard_key(TOKEN)})
+    allowed.pop("/sitemap.json")  # distributed's own 500 (KeyError 'path'), key or not
+    assert allowed == {"/status": 200, "/individual-plots.json": 200,
+                       "/health": 200, "/info/main/workers.html": 200,
+                       "/statics/css/base.css": 200, "/no-such-page": 404,
+                       "websocket": 101}, allowed
+
+
+async def test_dashboard_is_open_without_the_gateways_request(gateway, procs, http, tmp_path):
+    """Under the public dask-gateway (no DASK_GATEWAY_DASHBOARD_AUTH), whose proxy sends no
+    key, the dashboard answers as before."""
+    _, log = start_scheduler(procs, gateway, tmp_path)
+    _, first = await wait_first_heartbeat(gateway, log)
+    r = await http.fetch(first["dashboard_address"] + "/status", raise_error=False)
+    assert r.code == 200 and b"bokeh" in r.body.lower()
