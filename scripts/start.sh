@@ -25,6 +25,10 @@ STAMP=$VENV/.dask-gateway-ng-installed
 say() { echo "start.sh: $*"; }
 fail() { echo "start.sh: $*" >&2; exit 1; }
 
+for tool in python3 curl; do
+    command -v "$tool" >/dev/null || fail "needs $tool (e.g. apt-get install $tool)"
+done
+
 # -- 1. The ports, before anything is installed or started. ------------------------------------
 # A bind test, as the servers will bind (SO_REUSEADDR): it fails only when something listens.
 port_problem() {

@@ -118,7 +118,7 @@ class _Routes:
     def __init__(self):
         self.added: list[tuple] = []
 
-    def add_route(self, name, scheduler, dashboard, handoff=None, dashboard_key=None):
+    def add_route(self, name, scheduler, dashboard, dashboard_key=None, **handoff):
         self.added.append((name, scheduler, dashboard, dashboard_key))
 
     def remove_route(self, name):

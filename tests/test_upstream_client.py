@@ -18,7 +18,11 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 def compat_gateway(tmp_path):
-    gw = GatewayProcess(tmp_path / "gw", config=HERE / "compat_gateway_config.py")
+    # The shared test config fails a cluster after 4 s without a heartbeat; the first render
+    # of a dashboard (the workflow fetches one) can hold the scheduler's event loop longer on
+    # a busy machine. Nothing here waits for a heartbeat timeout.
+    gw = GatewayProcess(tmp_path / "gw", ["--LocalBackend.cluster_heartbeat_timeout=60"],
+                        config=HERE / "compat_gateway_config.py")
     gw.start()
     yield gw
     gw.stop()
