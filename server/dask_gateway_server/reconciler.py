@@ -230,6 +230,9 @@ class Reconciler:
                 if not cluster.scheduler_address:
                     if not cluster.is_active or cluster.status.is_done:
                         return False
+                    # Before it is RUNNING: the timers must not find it RUNNING with no
+                    # heartbeat ever (while the store writes, after a slow check).
+                    cluster.last_heartbeat = time.monotonic()
                     await self.store.update_cluster(cluster, status=JobStatus.RUNNING,
                                                     **reported)
                     self._first_heartbeats.pop(cluster.name, None)
