@@ -7,6 +7,7 @@ Both servers start, one after the other, on free local ports with the same confi
 Prints one table: each figure for ours, for theirs, and the ratio ours/theirs. A benchmark,
 not a test: slowness never makes it fail. See bench/README.md for what each row measures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import tempfile
 import time
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "compare_config.py"
@@ -50,8 +51,14 @@ def free_port() -> int:
 class Server:
     """One gateway started as an admin would: ``dask-gateway-server -f compare_config.py``."""
 
-    def __init__(self, label: str, server_bin: Path, home: Path, fake: bool = False,
-                 default_cmds: bool = False):
+    def __init__(
+        self,
+        label: str,
+        server_bin: Path,
+        home: Path,
+        fake: bool = False,
+        default_cmds: bool = False,
+    ):
         self.label = label
         self.server_bin = server_bin
         self.home = home
@@ -63,19 +70,29 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["Server"]:
+    def running(self) -> Iterator[Server]:
         from cryptography.fernet import Fernet
 
         self.home.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, BENCH_HOME=str(self.home), BENCH_PORT=str(self.port),
-                   BENCH_PASSWORD=PASSWORD, BENCH_DB_KEY=Fernet.generate_key().decode(),
-                   BENCH_FAKE="1" if self.fake else "0",
-                   BENCH_DEFAULT_CMDS="1" if self.default_cmds else "0")
+        env = dict(
+            os.environ,
+            BENCH_HOME=str(self.home),
+            BENCH_PORT=str(self.port),
+            BENCH_PASSWORD=PASSWORD,
+            BENCH_DB_KEY=Fernet.generate_key().decode(),
+            BENCH_FAKE="1" if self.fake else "0",
+            BENCH_DEFAULT_CMDS="1" if self.default_cmds else "0",
+        )
         env.pop("VIRTUAL_ENV", None)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([str(self.server_bin), "-f", str(CONFIG)],
-                                         cwd=self.home, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(self.server_bin), "-f", str(CONFIG)],
+                cwd=self.home,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -203,15 +220,18 @@ def _rps_worker(address: str, duration: float, ready, go, queue, user: str = "be
     queue.put(count)
 
 
-def requests_per_second(address: str, clients: int = 4, duration: float = 5.0,
-                        users: list[str] | None = None) -> float:
+def requests_per_second(
+    address: str, clients: int = 4, duration: float = 5.0, users: list[str] | None = None
+) -> float:
     """list_clusters() calls per second from ``clients`` processes at once (client ``i`` logs
     in as ``users[i]``, by default all as the bench user)."""
     ctx = mp.get_context("spawn")
     ready, queue, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     users = users or ["bench"] * clients
-    procs = [ctx.Process(target=_rps_worker, args=(address, duration, ready, go, queue, users[i]))
-             for i in range(clients)]
+    procs = [
+        ctx.Process(target=_rps_worker, args=(address, duration, ready, go, queue, users[i]))
+        for i in range(clients)
+    ]
     for p in procs:
         p.start()
     for _ in procs:
@@ -229,8 +249,10 @@ def many_at_once(gateway, n: int) -> tuple[float, list[str]]:
 
     t0 = time.perf_counter()
     names = [gateway.submit() for _ in range(n)]
-    wait_until(lambda: sum(r.status is ClusterStatus.RUNNING
-                           for r in gateway.list_clusters()) == n, step=0.05)
+    wait_until(
+        lambda: sum(r.status is ClusterStatus.RUNNING for r in gateway.list_clusters()) == n,
+        step=0.05,
+    )
     return time.perf_counter() - t0, names
 
 
@@ -239,8 +261,9 @@ def stop_all(gateway, names: list[str]) -> None:
 
     for name in names:
         gateway.stop_cluster(name)
-    wait_until(lambda: all(gateway.get_cluster(n).status is ClusterStatus.STOPPED
-                           for n in names), step=0.1)
+    wait_until(
+        lambda: all(gateway.get_cluster(n).status is ClusterStatus.STOPPED for n in names), step=0.1
+    )
 
 
 def transfer_rates(client, nbytes: int, runs: int) -> tuple[float, float]:
@@ -280,7 +303,8 @@ def measure(server: Server, args) -> dict[str, float]:
             cluster.get_client(set_as_default=False).wait_for_workers(1, timeout=120)
 
         r["list_clusters() latency, 0 clusters (ms)"] = 1000 * median_latency(
-            gateway.list_clusters, 50)
+            gateway.list_clusters, 50
+        )
 
         say(f"{args.runs} x new_cluster/shutdown")
         starts, stops = [], []
@@ -316,16 +340,18 @@ def measure(server: Server, args) -> dict[str, float]:
                 r[f"{args.mb} MB scatter via gateway:// proxy (MB/s)"] = up
                 r[f"{args.mb} MB gather via gateway:// proxy (MB/s)"] = down
                 direct_address = client.scheduler_info()["address"]
-                with Client(direct_address, security=cluster.security,
-                            set_as_default=False) as direct:
+                with Client(
+                    direct_address, security=cluster.security, set_as_default=False
+                ) as direct:
                     up, down = transfer_rates(direct, nbytes, args.transfer_runs)
                 r[f"{args.mb} MB scatter, direct TLS to scheduler (MB/s)"] = up
                 r[f"{args.mb} MB gather, direct TLS to scheduler (MB/s)"] = down
             client.close()
             cluster.shutdown()
         r["get_client() connect through proxy (s)"] = statistics.median(connects)
-        r[f"scale(2) until 2 workers connected, median of {args.scale_runs} (s)"] = \
+        r[f"scale(2) until 2 workers connected, median of {args.scale_runs} (s)"] = (
             statistics.median(scales)
+        )
         r[f"first compute, median of {args.scale_runs} (s)"] = statistics.median(computes)
 
         for n in (10, 20):
@@ -337,7 +363,8 @@ def measure(server: Server, args) -> dict[str, float]:
                 # No workers: each idle cluster is its scheduler process alone.
                 pids = cluster_pids(set(names))
                 r["memory per idle cluster: scheduler PSS, median (MB)"] = statistics.median(
-                    sum(pss_mb(p) for p in procs) for procs in pids.values())
+                    sum(pss_mb(p) for p in procs) for procs in pids.values()
+                )
             else:
                 r[ROW_LIST_20] = 1000 * median_latency(gateway.list_clusters, 50)
                 say("requests/s")
@@ -364,8 +391,9 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def measure_fake(server: Server, n: int, users: int, budget: float,
-                 idle_seconds: float) -> dict[str, float]:
+def measure_fake(
+    server: Server, n: int, users: int, budget: float, idle_seconds: float
+) -> dict[str, float]:
     """The gateway's own bookkeeping with ``n`` (fake, cheap) clusters RUNNING, owned by
     ``users`` users (``n / users`` each, like a team sharing one gateway).
 
@@ -387,19 +415,24 @@ def measure_fake(server: Server, n: int, users: int, budget: float,
                 created += 1
                 if time.perf_counter() - t0 > budget:
                     rate = created / (time.perf_counter() - t0)
-                    print(f"  [{server.label}] only {created} of {n} clusters created in "
-                          f"{budget:.0f} s ({rate:.1f}/s): {n} would take ~{n / rate:.0f} s;"
-                          " skipped", flush=True)
+                    print(
+                        f"  [{server.label}] only {created} of {n} clusters created in "
+                        f"{budget:.0f} s ({rate:.1f}/s): {n} would take ~{n / rate:.0f} s;"
+                        " skipped",
+                        flush=True,
+                    )
                     r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
                     return r
     with Gateway(server.address, auth=BasicAuth(names[-1], PASSWORD)) as gateway:
-        wait_until(lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING))
-                   == per_user, timeout=budget, step=0.5)
+        wait_until(
+            lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING)) == per_user,
+            timeout=budget,
+            step=0.5,
+        )
     r[f"{n} fake clusters: creation rate (clusters/s)"] = n / (time.perf_counter() - t0)
     time.sleep(2)
     with Gateway(server.address, auth=BasicAuth(names[0], PASSWORD)) as gateway:
-        r[ROW_LIST_N.format(n=n, per=per_user)] = 1000 * median_latency(
-            gateway.list_clusters, 50)
+        r[ROW_LIST_N.format(n=n, per=per_user)] = 1000 * median_latency(gateway.list_clusters, 50)
     r[ROW_RPS_N.format(n=n)] = requests_per_second(server.address, users=names[:4])
     pids = server.pids()
     time.sleep(2)
@@ -420,13 +453,15 @@ def upstream_venv(path: str | None) -> Path:
     venv = Path(path or os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", ROOT / ".venv-upstream"))
     if not (venv / "bin" / "dask-gateway-server").exists():
         print(f"Creating the public dask-gateway venv at {venv} ...", flush=True)
-        subprocess.run(["bash", str(ROOT / "scripts" / "make-upstream-venv.sh"), str(venv)],
-                       check=True)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "make-upstream-venv.sh"), str(venv)], check=True
+        )
     return venv
 
 
-def run_one(label: str, server_bin: Path, tmp: Path, args,
-            default_cmds: bool = False) -> dict[str, float]:
+def run_one(
+    label: str, server_bin: Path, tmp: Path, args, default_cmds: bool = False
+) -> dict[str, float]:
     results: dict[str, float] = {}
     try:
         with Server(label, server_bin, tmp / label, default_cmds=default_cmds).running() as server:
@@ -436,8 +471,15 @@ def run_one(label: str, server_bin: Path, tmp: Path, args,
     if args.fake_clusters:
         try:
             with Server(label, server_bin, tmp / f"{label}-fake", fake=True).running() as srv:
-                results.update(measure_fake(srv, args.fake_clusters, args.fake_users,
-                                            args.fake_budget, args.idle_seconds))
+                results.update(
+                    measure_fake(
+                        srv,
+                        args.fake_clusters,
+                        args.fake_users,
+                        args.fake_budget,
+                        args.idle_seconds,
+                    )
+                )
         except Exception as e:
             print(f"  [{label}] fake clusters: {e!r}", flush=True)
     return results
@@ -478,38 +520,77 @@ def print_targets(ours: dict[str, float], theirs: dict[str, float], args) -> Non
         return a / b if a is not None and b else None
 
     rows = []  # (target, ours, theirs, value compared, goal text, met)
-    for label, key, goal in (("new_cluster() until RUNNING (s)", new, 0.2),
-                             ("scale(2) until 2 workers (s)", scale, 0.3),
-                             ("20 clusters at once until RUNNING (s)", at_once, 0.3),
-                             ("memory per idle cluster, PSS (MB)", mem, 0.5)):
+    for label, key, goal in (
+        ("new_cluster() until RUNNING (s)", new, 0.2),
+        ("scale(2) until 2 workers (s)", scale, 0.3),
+        ("20 clusters at once until RUNNING (s)", at_once, 0.3),
+        ("memory per idle cluster, PSS (MB)", mem, 0.5),
+    ):
         a, b = get(ours, key), get(theirs, key)
         ratio = div(a, b)
         rows.append((label, a, b, ratio, f"ratio <= {goal}", ratio is not None and ratio <= goal))
     a, b = get(ours, list_n), get(theirs, list_n)
-    rows.append((f"list_clusters(), {n} in the database (ms)", a, b, div(a, b), "ours < 10 ms",
-                 a is not None and a < 10))
+    rows.append(
+        (
+            f"list_clusters(), {n} in the database (ms)",
+            a,
+            b,
+            div(a, b),
+            "ours < 10 ms",
+            a is not None and a < 10,
+        )
+    )
     a, b = get(ours, rps_n), get(theirs, ROW_RPS_20)
-    rows.append((f"requests/s: ours at {n} vs theirs at 20", a, b, div(a, b), "ratio >= 1.5",
-                 div(a, b) is not None and div(a, b) >= 1.5))
+    rows.append(
+        (
+            f"requests/s: ours at {n} vs theirs at 20",
+            a,
+            b,
+            div(a, b),
+            "ratio >= 1.5",
+            div(a, b) is not None and div(a, b) >= 1.5,
+        )
+    )
     for way in ("scatter", "gather"):
         proxied = f"{args.mb} MB {way} via gateway:// proxy (MB/s)"
         direct = f"{args.mb} MB {way}, direct TLS to scheduler (MB/s)"
-        a, b = div(get(ours, proxied), get(ours, direct)), div(get(theirs, proxied),
-                                                               get(theirs, direct))
+        a, b = (
+            div(get(ours, proxied), get(ours, direct)),
+            div(get(theirs, proxied), get(theirs, direct)),
+        )
         a, b = (None if a is None else 100 * a), (None if b is None else 100 * b)
-        rows.append((f"{way} via proxy, % of direct TLS", a, b, div(a, b), "ours >= 95 %",
-                     a is not None and a >= 95))
+        rows.append(
+            (
+                f"{way} via proxy, % of direct TLS",
+                a,
+                b,
+                div(a, b),
+                "ours >= 95 %",
+                a is not None and a >= 95,
+            )
+        )
     a, b = get(ours, idle), get(theirs, idle)
-    rows.append((f"gateway CPU idle, {n} clusters (% of a core)", a, b, div(a, b), "ours < 2 %",
-                 a is not None and a < 2))
+    rows.append(
+        (
+            f"gateway CPU idle, {n} clusters (% of a core)",
+            a,
+            b,
+            div(a, b),
+            "ours < 2 %",
+            a is not None and a < 2,
+        )
+    )
     width = max(len(r[0]) for r in rows)
     print("\nTargets (issue 10):")
-    print(f"| {'target':{width}} | {'ours':>9} | {'theirs':>9} | {'ratio':>7} | "
-          f"{'goal':14} | met |")
+    print(
+        f"| {'target':{width}} | {'ours':>9} | {'theirs':>9} | {'ratio':>7} | {'goal':14} | met |"
+    )
     print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 16}|-----|")
     for label, a, b, ratio, goal, met in rows:
-        print(f"| {label:{width}} | {fmt(a):>9} | {fmt(b):>9} | {fmt(ratio):>7} | {goal:14} | "
-              f"{'yes' if met else 'NO':3} |")
+        print(
+            f"| {label:{width}} | {fmt(a):>9} | {fmt(b):>9} | {fmt(ratio):>7} | {goal:14} | "
+            f"{'yes' if met else 'NO':3} |"
+        )
 
 
 def main() -> None:
@@ -518,18 +599,26 @@ def main() -> None:
     parser.add_argument("--scale-runs", type=int, default=3, help="scale(2)/compute cycles")
     parser.add_argument("--mb", type=int, default=200, help="MB to scatter and gather")
     parser.add_argument("--transfer-runs", type=int, default=2)
-    parser.add_argument("--fake-clusters", type=int, default=1000,
-                        help="clusters for the large list_clusters() row (0: skip)")
-    parser.add_argument("--fake-users", type=int, default=50,
-                        help="users owning the fake clusters")
-    parser.add_argument("--fake-budget", type=float, default=120,
-                        help="seconds allowed to create the fake clusters")
-    parser.add_argument("--idle-seconds", type=float, default=30,
-                        help="seconds over which idle CPU is measured")
+    parser.add_argument(
+        "--fake-clusters",
+        type=int,
+        default=1000,
+        help="clusters for the large list_clusters() row (0: skip)",
+    )
+    parser.add_argument("--fake-users", type=int, default=50, help="users owning the fake clusters")
+    parser.add_argument(
+        "--fake-budget", type=float, default=120, help="seconds allowed to create the fake clusters"
+    )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30, help="seconds over which idle CPU is measured"
+    )
     parser.add_argument("--upstream-venv", help="venv with the public dask-gateway-server")
-    parser.add_argument("--ours-defaults", action="store_true",
-                        help="ours with its default scheduler/worker commands (fork server, "
-                        "no nanny) instead of the shared `dask scheduler`/`dask worker`")
+    parser.add_argument(
+        "--ours-defaults",
+        action="store_true",
+        help="ours with its default scheduler/worker commands (fork server, "
+        "no nanny) instead of the shared `dask scheduler`/`dask worker`",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller sizes")
     args = parser.parse_args()
     if args.quick:
@@ -550,8 +639,10 @@ def main() -> None:
         print("\nNOTE: --ours-defaults: ours ran its default scheduler/worker commands.")
     print_table(ours, theirs)
     print_targets(ours, theirs, args)
-    print(f"\n(total {time.monotonic() - t0:.0f} s; lower is better except MB/s and "
-          "requests/s; 2-core machines shared with other work are noisy)")
+    print(
+        f"\n(total {time.monotonic() - t0:.0f} s; lower is better except MB/s and "
+        "requests/s; 2-core machines shared with other work are noisy)"
+    )
 
 
 if __name__ == "__main__":

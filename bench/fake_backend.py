@@ -7,6 +7,7 @@ path. The bench config sets a long heartbeat timeout so the clusters stay RUNNIN
 Loaded by either server (``c.DaskGateway.backend_class = "fake_backend.FakeBackend"`` with
 bench/ on sys.path); it adapts to the backend interface of the server that imports it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,16 +29,24 @@ _tasks: set = set()
 
 async def _heartbeat(api_url: str, name: str, token: str) -> None:
     """The first heartbeat of a scheduler with no workers (retried until accepted)."""
-    msg = {"scheduler_address": "tls://127.0.0.1:9", "dashboard_address": "",
-           "api_address": "http://127.0.0.1:9", "count": 0, "active_workers": [],
-           "closing_workers": [], "closed_workers": []}
+    msg = {
+        "scheduler_address": "tls://127.0.0.1:9",
+        "dashboard_address": "",
+        "api_address": "http://127.0.0.1:9",
+        "count": 0,
+        "active_workers": [],
+        "closing_workers": [],
+        "closed_workers": [],
+    }
     client = AsyncHTTPClient()
     for _ in range(100):
         try:
-            await client.fetch(f"{api_url}/v1/clusters/{name}/heartbeat", method="POST",
-                               body=json.dumps(msg),
-                               headers={"Authorization": f"token {token}",
-                                        "Content-Type": "application/json"})
+            await client.fetch(
+                f"{api_url}/v1/clusters/{name}/heartbeat",
+                method="POST",
+                body=json.dumps(msg),
+                headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+            )
             return
         except (HTTPClientError, OSError):
             await asyncio.sleep(0.2)

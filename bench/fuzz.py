@@ -15,6 +15,7 @@ Without ``--address`` it starts a gateway with the test configuration (one worke
 cluster at most, two clusters per user, so generated requests cannot fork many processes).
 ``tests/test_fuzz.py`` runs the same fuzzing at CI size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ import requests
 #: A password, so that no generated credential logs in a user of its own (who could then
 #: start clusters of their own).
 PASSWORD = "fuzz-password"
-FUZZ_ARGS = ["--ClusterConfig.cluster_max_workers=1", "--UserLimits.max_clusters=2",
-             "--Authenticator.admin_users=carol", f"--SimpleAuthenticator.password={PASSWORD}"]
+FUZZ_ARGS = [
+    "--ClusterConfig.cluster_max_workers=1",
+    "--UserLimits.max_clusters=2",
+    "--Authenticator.admin_users=carol",
+    f"--SimpleAuthenticator.password={PASSWORD}",
+]
 
 #: How many requests each generated case is sent as (credentials and cluster names vary).
 VARIANTS = 4
@@ -101,11 +106,12 @@ def _wait_running(address: str, name: str, auth: dict, timeout: float = 120) -> 
 
 def cluster_addresses(data_dir: str, name: str) -> dict[str, str]:
     """A cluster's addresses, as its first heartbeat set them, from the SQLite store."""
-    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'dask_gateway.sqlite')}?mode=ro",
-                         uri=True)
+    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'dask_gateway.sqlite')}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT scheduler_address, dashboard_address, api_address "
-                         "FROM clusters WHERE name = ?", (name,)).fetchone()
+        row = db.execute(
+            "SELECT scheduler_address, dashboard_address, api_address FROM clusters WHERE name = ?",
+            (name,),
+        ).fetchone()
     finally:
         db.close()
     return dict(zip(("scheduler_address", "dashboard_address", "api_address"), row))
@@ -118,8 +124,7 @@ def cluster_token(data_dir: str, name: str) -> str:
 
     with open(os.path.join(data_dir, "dask_gateway.key"), "rb") as f:
         fernet = Fernet(f.read().strip())
-    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'dask_gateway.sqlite')}?mode=ro",
-                         uri=True)
+    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'dask_gateway.sqlite')}?mode=ro", uri=True)
     try:
         (token,) = db.execute("SELECT token FROM clusters WHERE name = ?", (name,)).fetchone()
     finally:
@@ -136,16 +141,24 @@ def prepare(address: str, data_dir: str) -> Targets:
         names[user] = r.json()["name"]
     for user, auth in (("alice", ALICE), ("bob", BOB)):
         _wait_running(address, names[user], auth)
-    return Targets(address, names["alice"], cluster_token(data_dir, names["alice"]),
-                   names["bob"], cluster_addresses(data_dir, names["alice"]))
+    return Targets(
+        address,
+        names["alice"],
+        cluster_token(data_dir, names["alice"]),
+        names["bob"],
+        cluster_addresses(data_dir, names["alice"]),
+    )
 
 
 def snapshot(address: str) -> dict[str, dict]:
     """Every cluster of alice and bob, as they see it (every status)."""
     out = {}
     for auth in (ALICE, BOB):
-        r = requests.get(f"{address}/api/v1/clusters/?status=pending,running,stopping,"
-                         "stopped,failed", headers=auth, timeout=30)
+        r = requests.get(
+            f"{address}/api/v1/clusters/?status=pending,running,stopping,stopped,failed",
+            headers=auth,
+            timeout=30,
+        )
         r.raise_for_status()
         out.update(r.json())
     return out
@@ -226,8 +239,11 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
     per_operation = max(1, cases // (len(operations) * VARIANTS))  # generated cases
     session = requests.Session()
     report = Report()
-    conformance = [checks.status_code_conformance, checks.content_type_conformance,
-                   checks.response_schema_conformance]
+    conformance = [
+        checks.status_code_conformance,
+        checks.content_type_conformance,
+        checks.response_schema_conformance,
+    ]
     # Credentials: half of the time alice (to reach the handlers), else none, a generated
     # Authorization header, bob, carol (an admin), the cluster's token, garbage; the
     # heartbeat route gets the cluster's token half of the time instead.
@@ -255,19 +271,32 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
     for op in operations:
         label = f"{op.method.upper()} {op.path}"
         # Without parameters or a body, nothing can be invalid: all its cases are valid ones.
-        modes = ((GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-                 if op.body or any(True for _ in op.iter_parameters())
-                 else (GenerationMode.POSITIVE,))
+        modes = (
+            (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+            if op.body or any(True for _ in op.iter_parameters())
+            else (GenerationMode.POSITIVE,)
+        )
         per_mode = max(1, per_operation // len(modes))
         for mode in modes:
 
-            @settings(max_examples=per_mode, database=None, deadline=None,
-                      phases=[Phase.generate], suppress_health_check=list(HealthCheck),
-                      verbosity=hypothesis.Verbosity.quiet)
-            @given(case=op.as_strategy(mode), variants=st.lists(
-                st.tuples(heartbeat_credentials, heartbeat_names)
-                if op.path.endswith("/heartbeat") else st.tuples(credentials, names),
-                min_size=VARIANTS, max_size=VARIANTS))
+            @settings(
+                max_examples=per_mode,
+                database=None,
+                deadline=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                verbosity=hypothesis.Verbosity.quiet,
+            )
+            @given(
+                case=op.as_strategy(mode),
+                variants=st.lists(
+                    st.tuples(heartbeat_credentials, heartbeat_names)
+                    if op.path.endswith("/heartbeat")
+                    else st.tuples(credentials, names),
+                    min_size=VARIANTS,
+                    max_size=VARIANTS,
+                ),
+            )
             def run(case, variants) -> None:
                 # Generating a case costs far more than sending it: each is sent with
                 # several credentials and cluster names.
@@ -275,13 +304,19 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
                 body = case.body
                 for who, name in variants:
                     case.path_parameters, case.headers, case.cookies = (
-                        None if part is None else dict(part) for part in original)
+                        None if part is None else dict(part) for part in original
+                    )
                     case.body = body
                     try:
                         send(case, who, name)
                     except Exception as e:  # reported, not replayed by hypothesis
-                        report.failures.append((label, f"the fuzzer failed: {e!r}",
-                                                f"{case.method} {case.formatted_path}"))
+                        report.failures.append(
+                            (
+                                label,
+                                f"the fuzzer failed: {e!r}",
+                                f"{case.method} {case.formatted_path}",
+                            )
+                        )
 
             def send(case, who, name) -> None:
                 kind, headers = who
@@ -295,24 +330,35 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
                 if name == "own+":
                     name = "own"
                     if isinstance(case.body, dict) and all(
-                            isinstance(case.body.get(k), str) for k in targets.own_addresses):
+                        isinstance(case.body.get(k), str) for k in targets.own_addresses
+                    ):
                         case.body = {**case.body, **targets.own_addresses}
                 if "cluster_name" in (case.path_parameters or {}) and name != "generated":
-                    case.path_parameters["cluster_name"] = (targets.own if name == "own"
-                                                            else targets.other)
+                    case.path_parameters["cluster_name"] = (
+                        targets.own if name == "own" else targets.other
+                    )
                 if kind != "generated":
-                    case.headers = {k: v for k, v in (case.headers or {}).items()
-                                    if k.lower() not in ("authorization", "cookie")}
+                    case.headers = {
+                        k: v
+                        for k, v in (case.headers or {}).items()
+                        if k.lower() not in ("authorization", "cookie")
+                    }
                     case.headers.update(headers)
                     case.cookies = {}
                 session.cookies.clear()  # a login must not carry over to the next case
-                body = case.body if isinstance(case.body, (bytes, str, dict, list, int,
-                                                            float, bool, type(None))) else "-"
-                request = (f"{case.method} {case.formatted_path} query={case.query!r} "
-                           f"headers={case.headers!r} body={body!r}"[:600])
+                body = (
+                    case.body
+                    if isinstance(case.body, (bytes, str, dict, list, int, float, bool, type(None)))
+                    else "-"
+                )
+                request = (
+                    f"{case.method} {case.formatted_path} query={case.query!r} "
+                    f"headers={case.headers!r} body={body!r}"[:600]
+                )
                 try:
-                    response = case.call(base_url=address, session=session, timeout=30,
-                                         allow_redirects=False)
+                    response = case.call(
+                        base_url=address, session=session, timeout=30, allow_redirects=False
+                    )
                 except (requests.ConnectionError, requests.Timeout) as e:
                     report.cases[label] += 1
                     report.failures.append((label, f"no answer: {e}", request))
@@ -324,11 +370,13 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
                 report.statuses[status] += 1
                 report.by_operation[label][status] += 1
                 # Past the gateway's access check, the dashboard itself answers.
-                proxied = label == PROXIED and status not in (401, 403) and (
-                    case.path_parameters["cluster_name"] in (targets.own, targets.other))
+                proxied = (
+                    label == PROXIED
+                    and status not in (401, 403)
+                    and (case.path_parameters["cluster_name"] in (targets.own, targets.other))
+                )
                 if status >= 500:
-                    report.failures.append((label, f"{status} {response.content[:300]!r}",
-                                            request))
+                    report.failures.append((label, f"{status} {response.content[:300]!r}", request))
                 elif status >= 400 and not proxied:
                     problem = _error_body_problem(response)
                     if problem:
@@ -338,11 +386,15 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
                         case.validate_response(response, checks=conformance)
                     except AssertionError as e:
                         # Several failures are grouped: keep the first lines.
-                        report.failures.append((label, f"does not match the document: "
-                                                       f"{str(e)[:400]}", request))
+                        report.failures.append(
+                            (label, f"does not match the document: {str(e)[:400]}", request)
+                        )
                 if progress and report.total % 1000 == 0:
-                    print(f"  {report.total} cases, {report.server_errors} 5xx",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {report.total} cases, {report.server_errors} 5xx",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
             start = time.monotonic()
             try:
@@ -365,8 +417,12 @@ def nested_bodies(targets: Targets) -> list[tuple[str, str, dict, bytes]]:
         for value in (lists, dicts):
             out += [
                 ("POST", "/api/v1/clusters/", ALICE, value),
-                ("POST", "/api/v1/clusters/", ALICE,
-                 b'{"cluster_options": {"worker_cores": ' + value + b"}}"),
+                (
+                    "POST",
+                    "/api/v1/clusters/",
+                    ALICE,
+                    b'{"cluster_options": {"worker_cores": ' + value + b"}}",
+                ),
                 ("POST", f"{own}/scale", ALICE, b'{"count": ' + value + b"}"),
                 ("POST", f"{own}/adapt", ALICE, b'{"maximum": ' + value + b"}"),
                 ("POST", f"{own}/heartbeat", token, value),
@@ -376,14 +432,19 @@ def nested_bodies(targets: Targets) -> list[tuple[str, str, dict, bytes]]:
 
 
 def print_report(report: Report, out=sys.stdout) -> None:
-    print(f"{report.total} cases in {report.seconds:.0f} s "
-          f"({report.total / max(report.seconds, 1e-9):.0f}/s)", file=out)
+    print(
+        f"{report.total} cases in {report.seconds:.0f} s "
+        f"({report.total / max(report.seconds, 1e-9):.0f}/s)",
+        file=out,
+    )
     width = max(len(k) for k in report.cases)
     for label, n in report.cases.items():
         statuses = ", ".join(f"{s}: {c}" for s, c in sorted(report.by_operation[label].items()))
         print(f"  {label:<{width}}  {n:>6}   {statuses}", file=out)
-    print("status codes: " + ", ".join(f"{s}: {c}" for s, c in sorted(report.statuses.items())),
-          file=out)
+    print(
+        "status codes: " + ", ".join(f"{s}: {c}" for s, c in sorted(report.statuses.items())),
+        file=out,
+    )
     print(f"5xx: {report.server_errors}", file=out)
     print(f"failures: {len(report.failures)}", file=out)
     for label, problem, request in report.failures[:30]:
@@ -408,19 +469,24 @@ def main() -> int:
     try:
         if not address:
             data_dir = tmp.name
-            proc, address = start_gateway(data_dir, extra_args=FUZZ_ARGS, timeout=180,
-                                          log=os.path.join(data_dir, "gateway.log"))
+            proc, address = start_gateway(
+                data_dir,
+                extra_args=FUZZ_ARGS,
+                timeout=180,
+                log=os.path.join(data_dir, "gateway.log"),
+            )
         targets = prepare(address, data_dir)
         before = snapshot(address)
         report = fuzz(targets, args.cases, args.seed, progress=True)
         print_report(report)
         nested = Counter()
         for method, path, headers, body in nested_bodies(targets):
-            r = requests.request(method, address + path, headers=headers, data=body,
-                                 timeout=30)
+            r = requests.request(method, address + path, headers=headers, data=body, timeout=30)
             nested[r.status_code] += 1
-        print(f"deeply nested bodies: {sum(nested.values())} requests, status codes "
-              + ", ".join(f"{s}: {c}" for s, c in sorted(nested.items())))
+        print(
+            f"deeply nested bodies: {sum(nested.values())} requests, status codes "
+            + ", ".join(f"{s}: {c}" for s, c in sorted(nested.items()))
+        )
         problems = problems_after(address, before)
         if any(not 400 <= s < 500 for s in nested):
             problems.append("a deeply nested body was not answered with a 4xx")
@@ -432,8 +498,10 @@ def main() -> int:
     finally:
         if proc is not None:
             if not ok:
-                sys.stdout.write("--- end of the gateway log ---\n" + open(
-                    os.path.join(data_dir, "gateway.log"), errors="replace").read()[-5000:])
+                sys.stdout.write(
+                    "--- end of the gateway log ---\n"
+                    + open(os.path.join(data_dir, "gateway.log"), errors="replace").read()[-5000:]
+                )
             proc.terminate()  # stops its clusters too
             proc.wait(120)
         tmp.cleanup()

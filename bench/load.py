@@ -17,6 +17,7 @@ STOPPING (none stuck), and that no scheduler or worker process outlives its clus
 if a check fails.
 tests/test_load.py runs the same code with fewer users for less time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import PASSWORD, Server, _children, _read, cpu_seconds  # noqa: E402  (bench/: no package)
+from compare import PASSWORD, Server, _children, _read, cpu_seconds
 
 #: How long one step of a user may wait for a cluster or a worker before it counts as stuck.
 STEP_TIMEOUT = 120.0
@@ -50,7 +51,8 @@ class LoadResult:
     duration: float
     #: (method, route template) -> [(status, seconds), ...]
     samples: dict[tuple[str, str], list[tuple[int, float]]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     #: cluster name -> owner, of every cluster a user created
     created: dict[str, str] = field(default_factory=dict)
     rounds: int = 0
@@ -67,18 +69,23 @@ class LoadResult:
 
     def table(self) -> str:
         """Markdown table: one row per route."""
-        lines = ["| route | count | p50 ms | p99 ms | max ms | statuses |",
-                 "|---|---:|---:|---:|---:|---|"]
+        lines = [
+            "| route | count | p50 ms | p99 ms | max ms | statuses |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for (method, route), rows in sorted(self.samples.items(), key=lambda kv: kv[0][1]):
             times = sorted(t for _, t in rows)
-            statuses = ", ".join(f"{s}: {n}" for s, n in sorted(Counter(s for s, _ in rows)
-                                                                  .items()))
-            lines.append(f"| {method} {route} | {len(rows)} | {1000 * pct(times, 50):.1f} | "
-                         f"{1000 * pct(times, 99):.1f} | {1000 * times[-1]:.1f} | {statuses} |")
+            statuses = ", ".join(
+                f"{s}: {n}" for s, n in sorted(Counter(s for s, _ in rows).items())
+            )
+            lines.append(
+                f"| {method} {route} | {len(rows)} | {1000 * pct(times, 50):.1f} | "
+                f"{1000 * pct(times, 99):.1f} | {1000 * times[-1]:.1f} | {statuses} |"
+            )
         return "\n".join(lines)
 
 
-_SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? ([0-9.eE+-]+|[+-]Inf|NaN)$')
+_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? ([0-9.eE+-]+|[+-]Inf|NaN)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -88,8 +95,7 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
     for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m:
-            out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")),
-                        float(m.group(3))))
+            out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
     return out
 
 
@@ -110,20 +116,28 @@ def server_side_table(metrics_text: str) -> str:
         def bound(p: float) -> str:
             le = next(le for le, n in rows if n >= total * p / 100)
             return "inf" if le == float("inf") else f"{1000 * le:g}"
+
         lines.append(f"| {method} {route} | {total:.0f} | {bound(50)} | {bound(99)} |")
     return "\n".join(lines)
 
 
-async def sample_loop_lag(address: str, http: AsyncHTTPClient, result: "LoadResult",
-                          stop: asyncio.Event, period: float = 2.0) -> None:
+async def sample_loop_lag(
+    address: str,
+    http: AsyncHTTPClient,
+    result: LoadResult,
+    stop: asyncio.Event,
+    period: float = 2.0,
+) -> None:
     """How late the gateway's event loop runs (its /metrics gauge), every ``period``."""
     lags = []
     while not stop.is_set():
-        response = await http.fetch(address + "/metrics", raise_error=False,
-                                    request_timeout=60)
+        response = await http.fetch(address + "/metrics", raise_error=False, request_timeout=60)
         if response.code == 200:
-            lags += [v for n, _, v in parse_metrics(response.body.decode())
-                     if n == "dask_gateway_event_loop_lag_seconds"]
+            lags += [
+                v
+                for n, _, v in parse_metrics(response.body.decode())
+                if n == "dask_gateway_event_loop_lag_seconds"
+            ]
             result.metrics_text = response.body.decode()
         try:
             await asyncio.wait_for(stop.wait(), period)
@@ -150,8 +164,9 @@ class StepFailed(Exception):
 class User:
     """One simulated user: its own login, session cookie and at most one cluster."""
 
-    def __init__(self, name: str, address: str, password: str, http: AsyncHTTPClient,
-                 result: LoadResult):
+    def __init__(
+        self, name: str, address: str, password: str, http: AsyncHTTPClient, result: LoadResult
+    ):
         self.name = name
         self.address = address
         self.http = http
@@ -159,16 +174,21 @@ class User:
         token = base64.b64encode(f"{name}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}"}
 
-    async def call(self, method: str, route: str, path: str, body: object = None,
-                   timeout: float = 60) -> tuple[int, object]:
+    async def call(
+        self, method: str, route: str, path: str, body: object = None, timeout: float = 60
+    ) -> tuple[int, object]:
         """One request, timed and recorded under ``route``; returns (status, JSON or None)."""
-        request = HTTPRequest(self.address + path, method=method, headers=self.headers,
-                              body=None if body is None else json.dumps(body),
-                              request_timeout=timeout, allow_nonstandard_methods=True)
+        request = HTTPRequest(
+            self.address + path,
+            method=method,
+            headers=self.headers,
+            body=None if body is None else json.dumps(body),
+            request_timeout=timeout,
+            allow_nonstandard_methods=True,
+        )
         t0 = time.perf_counter()
         response = await self.http.fetch(request, raise_error=False)
-        self.result.samples[(method, route)].append((response.code,
-                                                     time.perf_counter() - t0))
+        self.result.samples[(method, route)].append((response.code, time.perf_counter() - t0))
         cookie = response.headers.get("Set-Cookie") if response.code < 599 else None
         if cookie:  # keep the session, as the real client does
             self.headers["Cookie"] = cookie.split(";", 1)[0]
@@ -182,32 +202,38 @@ class User:
         """Long-poll ``?wait`` (then plain gets) until the cluster reaches a wanted status."""
         deadline = time.monotonic() + STEP_TIMEOUT
         while True:
-            _, model = await self.call("GET", "/api/v1/clusters/{name}?wait",
-                                       f"/api/v1/clusters/{name}?wait=1")
+            _, model = await self.call(
+                "GET", "/api/v1/clusters/{name}?wait", f"/api/v1/clusters/{name}?wait=1"
+            )
             if model["status"] in wanted:
                 return model["status"]
             if time.monotonic() > deadline:
-                raise StepFailed(f"cluster {name} still {model['status']} after "
-                                 f"{STEP_TIMEOUT:.0f} s")
+                raise StepFailed(
+                    f"cluster {name} still {model['status']} after {STEP_TIMEOUT:.0f} s"
+                )
             await asyncio.sleep(0.2)
 
     async def wait_workers(self, name: str, n: int) -> None:
         deadline = time.monotonic() + STEP_TIMEOUT
         while True:
-            _, info = await self.call("GET", "/api/v1/clusters/{name}/workers",
-                                      f"/api/v1/clusters/{name}/workers")
+            _, info = await self.call(
+                "GET", "/api/v1/clusters/{name}/workers", f"/api/v1/clusters/{name}/workers"
+            )
             if info["workers"] == n:
                 return
             if time.monotonic() > deadline:
-                raise StepFailed(f"cluster {name} has {info['workers']} workers, not {n}, "
-                                 f"after {STEP_TIMEOUT:.0f} s")
+                raise StepFailed(
+                    f"cluster {name} has {info['workers']} workers, not {n}, "
+                    f"after {STEP_TIMEOUT:.0f} s"
+                )
             await asyncio.sleep(0.5)
 
     async def one_round(self, rng: random.Random) -> None:
         """Create, use and stop one cluster. Whatever happens, the cluster is stopped."""
         await self.call("GET", "/api/v1/options", "/api/v1/options")
-        _, data = await self.call("POST", "/api/v1/clusters/", "/api/v1/clusters/",
-                                  {"cluster_options": {}})
+        _, data = await self.call(
+            "POST", "/api/v1/clusters/", "/api/v1/clusters/", {"cluster_options": {}}
+        )
         name = data["name"]
         self.result.created[name] = self.name
         try:
@@ -218,19 +244,28 @@ class User:
                 raise StepFailed(f"running cluster {name} missing from the listing")
             await self.call("GET", "/api/v1/clusters/{name}", f"/api/v1/clusters/{name}")
             if rng.random() < 0.5:  # half the rounds run a worker: 2 cores must cope
-                await self.call("POST", "/api/v1/clusters/{name}/scale",
-                                f"/api/v1/clusters/{name}/scale", {"count": 1})
+                await self.call(
+                    "POST",
+                    "/api/v1/clusters/{name}/scale",
+                    f"/api/v1/clusters/{name}/scale",
+                    {"count": 1},
+                )
                 await self.wait_workers(name, 1)
-                await self.call("POST", "/api/v1/clusters/{name}/scale",
-                                f"/api/v1/clusters/{name}/scale", {"count": 0})
+                await self.call(
+                    "POST",
+                    "/api/v1/clusters/{name}/scale",
+                    f"/api/v1/clusters/{name}/scale",
+                    {"count": 0},
+                )
                 await self.wait_workers(name, 0)
             await asyncio.sleep(rng.uniform(0, 1))  # the user "computes"
         finally:
             await self.call("DELETE", "/api/v1/clusters/{name}", f"/api/v1/clusters/{name}")
         if await self.wait_status(name, {"STOPPED", "FAILED"}) != "STOPPED":
             raise StepFailed(f"cluster {name} ended FAILED")
-        await self.call("GET", "/api/v1/clusters/?status=STOPPED",
-                        "/api/v1/clusters/?status=STOPPED")
+        await self.call(
+            "GET", "/api/v1/clusters/?status=STOPPED", "/api/v1/clusters/?status=STOPPED"
+        )
 
     async def run(self, until: float, seed: int) -> None:
         rng = random.Random(seed)
@@ -239,7 +274,7 @@ class User:
             try:
                 await self.one_round(rng)
                 self.result.rounds += 1
-            except Exception as e:  # noqa: BLE001  (reported, and the user goes on)
+            except Exception as e:
                 self.result.problems.append(f"user {self.name}: {e!r}")
             await asyncio.sleep(rng.uniform(0, 1))
 
@@ -263,8 +298,9 @@ def processes_under(directory: Path) -> list[int]:
     return pids
 
 
-async def final_checks(address: str, password: str, result: LoadResult,
-                       clusters_dir: Path | None, settle: float = 60) -> None:
+async def final_checks(
+    address: str, password: str, result: LoadResult, clusters_dir: Path | None, settle: float = 60
+) -> None:
     """Every created cluster listed as STOPPED (none lost, none stuck); no process left."""
     http = AsyncHTTPClient(force_instance=True, max_clients=10)
     owners = sorted(set(result.created.values()))
@@ -274,22 +310,28 @@ async def final_checks(address: str, password: str, result: LoadResult,
         for owner in owners:
             checker = User(owner, address, password, http, LoadResult(0, 0))
             _, listing = await checker.call(
-                "GET", "", "/api/v1/clusters/?status=PENDING,RUNNING,STOPPING,STOPPED,FAILED")
+                "GET", "", "/api/v1/clusters/?status=PENDING,RUNNING,STOPPING,STOPPED,FAILED"
+            )
             seen.update({name: model["status"] for name, model in listing.items()})
         unsettled = [n for n in result.created if seen.get(n) in ("PENDING", "STOPPING")]
         if not unsettled or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     lost = [n for n in result.created if n not in seen]
-    wrong = [f"{n}: {seen[n]}" for n in result.created
-             if n in seen and seen[n] not in ("STOPPED", "PENDING", "STOPPING")]
+    wrong = [
+        f"{n}: {seen[n]}"
+        for n in result.created
+        if n in seen and seen[n] not in ("STOPPED", "PENDING", "STOPPING")
+    ]
     if lost:
         result.problems.append(f"{len(lost)} clusters lost (not listed): {lost[:5]}")
     if wrong:
         result.problems.append(f"{len(wrong)} clusters not STOPPED: {wrong[:5]}")
     if unsettled:
-        result.problems.append(f"{len(unsettled)} clusters stuck PENDING/STOPPING after "
-                               f"{settle:.0f} s: {unsettled[:5]}")
+        result.problems.append(
+            f"{len(unsettled)} clusters stuck PENDING/STOPPING after "
+            f"{settle:.0f} s: {unsettled[:5]}"
+        )
     if clusters_dir is not None:
         deadline = time.monotonic() + 30
         while (left := processes_under(clusters_dir)) and time.monotonic() < deadline:
@@ -299,8 +341,14 @@ async def final_checks(address: str, password: str, result: LoadResult,
     http.close()
 
 
-async def run_load(address: str, users: int, duration: float, password: str = PASSWORD,
-                   clusters_dir: Path | None = None, seed: int = 0) -> LoadResult:
+async def run_load(
+    address: str,
+    users: int,
+    duration: float,
+    password: str = PASSWORD,
+    clusters_dir: Path | None = None,
+    seed: int = 0,
+) -> LoadResult:
     """Run ``users`` users for ``duration`` seconds against a running gateway, then check it."""
     result = LoadResult(users, duration)
     # One connection per user at most: no request waits in the client's own queue.
@@ -309,8 +357,12 @@ async def run_load(address: str, users: int, duration: float, password: str = PA
     t0 = time.monotonic()
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_loop_lag(address, http, result, stop))
-    await asyncio.gather(*(User(f"load-user-{i}", address, password, http, result)
-                           .run(until, seed + i) for i in range(users)))
+    await asyncio.gather(
+        *(
+            User(f"load-user-{i}", address, password, http, result).run(until, seed + i)
+            for i in range(users)
+        )
+    )
     result.duration = time.monotonic() - t0
     stop.set()
     await sampler
@@ -349,21 +401,24 @@ def run_with_server(users: int, duration: float, home: Path) -> tuple[LoadResult
         cpu0 = cpu_seconds(server.proc.pid)
         wait0 = cpu_wait_seconds(server.proc.pid)
         t0 = time.monotonic()
-        result = asyncio.run(run_load(server.address, users, duration,
-                                      clusters_dir=clusters_dir))
+        result = asyncio.run(run_load(server.address, users, duration, clusters_dir=clusters_dir))
         elapsed = time.monotonic() - t0
         result.notes["gateway CPU, cores busy on average"] = (
-            (cpu_seconds(server.proc.pid) - cpu0) / elapsed)
+            cpu_seconds(server.proc.pid) - cpu0
+        ) / elapsed
         result.notes["gateway event loop: seconds waiting for a CPU per second"] = (
-            (cpu_wait_seconds(server.proc.pid) - wait0) / elapsed)
+            cpu_wait_seconds(server.proc.pid) - wait0
+        ) / elapsed
         # The fork server (started with the gateway, maybe in the background) ran nothing
         # but this run's clusters: its reaped children's CPU is theirs.
         zygote = fork_server_pid(server.proc.pid)
         if zygote:
             result.notes["schedulers + workers CPU, cores busy on average"] = (
-                cpu_seconds(zygote, children=True) / elapsed)
+                cpu_seconds(zygote, children=True) / elapsed
+            )
         result.notes["load bench (the users) CPU, cores busy on average"] = (
-            (cpu_seconds(os.getpid()) - bench_cpu0) / elapsed)
+            cpu_seconds(os.getpid()) - bench_cpu0
+        ) / elapsed
         result.notes["machine load average (1 min) at the end"] = os.getloadavg()[0]
     if server.proc.returncode != 0:
         result.problems.append(f"gateway exited with {server.proc.returncode}")
@@ -381,14 +436,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dg-load-") as tmp:
         result, server = run_with_server(args.users, args.duration, Path(tmp))
         log_tail = server.log_tail()
-    print(f"{result.users} users, {result.duration:.0f} s, {result.rounds} rounds, "
-          f"{len(result.created)} clusters, "
-          f"{sum(len(r) for r in result.samples.values())} requests\n")
+    print(
+        f"{result.users} users, {result.duration:.0f} s, {result.rounds} rounds, "
+        f"{len(result.created)} clusters, "
+        f"{sum(len(r) for r in result.samples.values())} requests\n"
+    )
     print(result.table())
     print(f"\n5xx or no answer: {result.server_errors}")
     for key, value in result.notes.items():
-        print(f"{key}: {value:.2f}" + (f" (of {os.cpu_count()} cores)" if "cores" in key
-                                       or "load" in key else ""))
+        print(
+            f"{key}: {value:.2f}"
+            + (f" (of {os.cpu_count()} cores)" if "cores" in key or "load" in key else "")
+        )
     if result.metrics_text:
         print("\nThe gateway's own answer times (its /metrics histogram, whole run):\n")
         print(server_side_table(result.metrics_text))

@@ -8,6 +8,7 @@ process (gateway, fork server, scheduler, worker), its share of the samples and 
 functions where most of its samples fall (inclusive), so the note can say which part of
 new_cluster()/scale() is the gateway's and which is distributed's own start-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workflow import one_run, start_gateway  # noqa: E402
+from workflow import one_run, start_gateway
 
 
 def role(process: str) -> str:
@@ -35,9 +36,17 @@ def role(process: str) -> str:
 
 
 #: Leaf frames of a thread that is waiting, not working.
-IDLE = ("select (selectors.py", "EpollSelector.select", "Condition.wait", "Event.wait",
-        "_worker (concurrent/futures/thread.py:81", "poll (selectors.py", "sleep (",
-        "_do_waitpid", "main (dask_gateway_server/backends/zygote.py")
+IDLE = (
+    "select (selectors.py",
+    "EpollSelector.select",
+    "Condition.wait",
+    "Event.wait",
+    "_worker (concurrent/futures/thread.py:81",
+    "poll (selectors.py",
+    "sleep (",
+    "_do_waitpid",
+    "main (dask_gateway_server/backends/zygote.py",
+)
 
 
 def frame_name(frame: str) -> str:
@@ -90,9 +99,24 @@ def main() -> None:
             with Gateway(address, auth="basic") as gateway:
                 one_run(gateway)  # warm-up, not profiled
                 recorder = subprocess.Popen(
-                    [spy, "record", "--subprocesses", "--nonblocking", "--idle", "-r", "250",  # idle frames dropped in summarize()
-                     "-f", "raw", "-o", raw, "-p", str(proc.pid)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [
+                        spy,
+                        "record",
+                        "--subprocesses",
+                        "--nonblocking",
+                        "--idle",
+                        "-r",
+                        "250",  # idle frames dropped in summarize()
+                        "-f",
+                        "raw",
+                        "-o",
+                        raw,
+                        "-p",
+                        str(proc.pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 time.sleep(1)
                 t0 = time.perf_counter()
                 for _ in range(args.runs):
@@ -103,7 +127,9 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-        print(f"{args.runs} workflow runs in {elapsed:.2f} s, sampled at 250 Hz; waiting threads left out")
+        print(
+            f"{args.runs} workflow runs in {elapsed:.2f} s, sampled at 250 Hz; waiting threads left out"
+        )
         summarize(raw, args.top)
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import cpu_seconds  # noqa: E402  (bench/: no package)
+from compare import cpu_seconds
 
 CHUNK = 1024 * 1024
 

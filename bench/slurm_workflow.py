@@ -8,6 +8,7 @@ connected, and shutdown() until Slurm lists no job of the cluster; over --runs r
 Runs as root (the gateway submits each job as the user, who is created if missing). Slurm
 must be running: bash scripts/services/start-slurm.sh.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ def free_port() -> int:
 def start_gateway(data_dir: str) -> tuple[subprocess.Popen, str]:
     # Slurm jobs report to the private API port: give it a fixed one.
     return workflow.start_gateway(
-        data_dir, str(CONFIG), [f"--DaskGateway.address=127.0.0.1:{free_port()}"],
-        log=os.path.join(data_dir, "gateway.log"))
+        data_dir,
+        str(CONFIG),
+        [f"--DaskGateway.address=127.0.0.1:{free_port()}"],
+        log=os.path.join(data_dir, "gateway.log"),
+    )
 
 
 def open_for_others(paths: list[str]) -> list[tuple[str, int]]:
@@ -58,8 +62,12 @@ def open_for_others(paths: list[str]) -> list[tuple[str, int]]:
 
 
 def cluster_jobs(user: str, name: str) -> list[str]:
-    out = subprocess.run(["squeue", "--noheader", f"--user={user}", "--format=%i|%k"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "--noheader", f"--user={user}", "--format=%i|%k"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [line.split("|")[0] for line in out.splitlines() if line.endswith("|" + name)]
 
 
@@ -90,16 +98,18 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("run as root: the gateway submits jobs as another user")
 
-    import dask_gateway
     import distributed
+
+    import dask_gateway
     from dask_gateway import BasicAuth, Gateway
 
     try:
         pwd.getpwnam(args.user)
     except KeyError:
         subprocess.run(["useradd", "--create-home", args.user], check=True)
-    restore = open_for_others([sys.executable, sys.prefix, dask_gateway.__file__,
-                               distributed.__file__])
+    restore = open_for_others(
+        [sys.executable, sys.prefix, dask_gateway.__file__, distributed.__file__]
+    )
     proc = None
     tmp = tempfile.mkdtemp(prefix="slurm-bench-")
     try:
@@ -113,8 +123,10 @@ def main() -> None:
                         results.setdefault(key, []).append(value)
             print(f"Slurm backend, {args.runs} runs, median seconds:")
             for key, values in results.items():
-                print(f"  {key:12s} {statistics.median(values):7.3f}   "
-                      f"(min {min(values):.3f}, max {max(values):.3f})")
+                print(
+                    f"  {key:12s} {statistics.median(values):7.3f}   "
+                    f"(min {min(values):.3f}, max {max(values):.3f})"
+                )
     except BaseException:
         print(f"failed; the gateway's log: {tmp}/gateway.log", file=sys.stderr)
         raise

@@ -7,6 +7,7 @@ connected, the first compute, and shutdown(); over --runs runs (default 10).
 
 With --address it measures an already running gateway (ours or the public one) instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,13 @@ import time
 import urllib.request
 
 
-def start_gateway(data_dir: str, config: str | None = None, extra_args: list[str] = (),
-                  log: str | None = None, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+def start_gateway(
+    data_dir: str,
+    config: str | None = None,
+    extra_args: list[str] = (),
+    log: str | None = None,
+    timeout: float = 60,
+) -> tuple[subprocess.Popen, str]:
     """Start ``dask-gateway-server`` on a free port (the test configuration by default)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,10 +38,19 @@ def start_gateway(data_dir: str, config: str | None = None, extra_args: list[str
         extra_args = [f"--LocalBackend.clusters_directory={data_dir}/clusters", *extra_args]
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dask_gateway_server", "-f", config,
-         f"--DaskGateway.data_dir={data_dir}", f"--Proxy.address=127.0.0.1:{port}",
-         "--log-level=INFO" if log else "--log-level=WARN", *extra_args],
-        stdout=out, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "dask_gateway_server",
+            "-f",
+            config,
+            f"--DaskGateway.data_dir={data_dir}",
+            f"--Proxy.address=127.0.0.1:{port}",
+            "--log-level=INFO" if log else "--log-level=WARN",
+            *extra_args,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     address = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout  # a busy machine starts it slowly
@@ -68,8 +83,12 @@ def one_run(gateway) -> dict[str, float]:
     t5 = time.perf_counter()
     cluster.shutdown()
     t6 = time.perf_counter()
-    return {"new_cluster": t1 - t0, "scale(2)": t3 - t2, "first compute": t4 - t3,
-            "shutdown": t6 - t5}
+    return {
+        "new_cluster": t1 - t0,
+        "scale(2)": t3 - t2,
+        "first compute": t4 - t3,
+        "shutdown": t6 - t5,
+    }
 
 
 def main() -> None:
@@ -94,8 +113,10 @@ def main() -> None:
                         results.setdefault(key, []).append(value)
             print(f"gateway {address}, {args.runs} runs, median seconds:")
             for key, values in results.items():
-                print(f"  {key:14s} {statistics.median(values):7.3f}   "
-                      f"(min {min(values):.3f}, max {max(values):.3f})")
+                print(
+                    f"  {key:14s} {statistics.median(values):7.3f}   "
+                    f"(min {min(values):.3f}, max {max(values):.3f})"
+                )
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)

@@ -8,8 +8,8 @@ try:  # written once, in jupyter_ext/package.json; the installed distribution ca
 except _NotInstalled:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-from . import comm as _comm  # noqa: E402,F401  (registers the gateway:// comm)
-from .config import _register_defaults  # noqa: E402
+from . import comm as _comm  # noqa: F401  (registers the gateway:// comm)
+from .config import _register_defaults
 
 _register_defaults()
 

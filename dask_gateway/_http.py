@@ -27,7 +27,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
-
 __all__ = ["CookieJar", "HTTPClient", "proxy_settings"]
 
 #: Sent with every request: the gateway accepts a write authenticated by the session cookie
@@ -154,11 +153,15 @@ class _Resolver(AbstractResolver):
     all; other names use the loop's pool, or resolve inline at exit.
     """
 
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         try:
             infos = socket.getaddrinfo(
-                host, port, family, socket.SOCK_STREAM,
+                host,
+                port,
+                family,
+                socket.SOCK_STREAM,
                 flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
             )
         except socket.gaierror:
@@ -168,8 +171,14 @@ class _Resolver(AbstractResolver):
             except RuntimeError:  # "cannot schedule new futures after shutdown"
                 infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         return [
-            ResolveResult(hostname=host, host=addr[0], port=addr[1], family=fam, proto=proto,
-                          flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+            ResolveResult(
+                hostname=host,
+                host=addr[0],
+                port=addr[1],
+                family=fam,
+                proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
             for fam, _, proto, _, addr in infos
         ]
 
@@ -207,7 +216,8 @@ class HTTPClient:
         if self._session is None:
             self._connector = aiohttp.TCPConnector(resolver=_Resolver(), limit=0)
             self._session = aiohttp.ClientSession(
-                connector=self._connector, connector_owner=False,
+                connector=self._connector,
+                connector_owner=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # ours keeps cookies of IP hosts
             )
             # A Gateway never closed (common in notebooks) must not print "Unclosed client
@@ -230,7 +240,11 @@ class HTTPClient:
         request = HTTPRequest(url, method=method, headers=headers)
         try:
             async with self._get_session().request(
-                method, url, data=body, headers=headers, proxy=self._proxy,
+                method,
+                url,
+                data=body,
+                headers=headers,
+                proxy=self._proxy,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT),
             ) as resp:
@@ -246,9 +260,14 @@ class HTTPClient:
         for name, value in resp.headers.items():
             response_headers.add(name, value)
         self.cookies.update(url, response_headers.get_list("Set-Cookie"))
-        return HTTPResponse(request, resp.status, headers=response_headers,
-                            buffer=io.BytesIO(content), effective_url=str(resp.url),
-                            reason=resp.reason)
+        return HTTPResponse(
+            request,
+            resp.status,
+            headers=response_headers,
+            buffer=io.BytesIO(content),
+            effective_url=str(resp.url),
+            reason=resp.reason,
+        )
 
     async def fetch(
         self, method: str, url: str, body: bytes | None = None, timeout: float = REQUEST_TIMEOUT

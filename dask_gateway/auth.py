@@ -41,8 +41,14 @@ class AuthResponse(HTTPResponse):
     def wrap(cls, resp: HTTPResponse) -> AuthResponse:
         if isinstance(resp, cls):
             return resp
-        return cls(resp.request, resp.code, headers=resp.headers, buffer=io.BytesIO(resp.body),
-                   effective_url=resp.effective_url, reason=resp.reason)
+        return cls(
+            resp.request,
+            resp.code,
+            headers=resp.headers,
+            buffer=io.BytesIO(resp.body),
+            effective_url=resp.effective_url,
+            reason=resp.reason,
+        )
 
     @property
     def status(self) -> int:

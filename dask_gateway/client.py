@@ -205,7 +205,9 @@ class ClusterReport:
         return GatewaySecurity(tls_key=self.tls_key, tls_cert=self.tls_cert)
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any], public_address: str, proxy_address: str) -> ClusterReport:
+    def _from_json(
+        cls, data: dict[str, Any], public_address: str, proxy_address: str
+    ) -> ClusterReport:
         """Build from the cluster JSON; keys this client does not know are ignored."""
         status = ClusterStatus.from_name(data["status"])
         running = status == ClusterStatus.RUNNING
@@ -280,7 +282,9 @@ class Gateway(SyncMethodMixin):
         self.proxy_address = resolve_proxy_address(proxy_address, self.address)
         self._public_address = resolve_public_address(public_address, self.address)
         self.auth = get_auth(auth)
-        self._proxy = proxy_settings(self.address, dask.config.get("gateway.http-client.proxy", True))
+        self._proxy = proxy_settings(
+            self.address, dask.config.get("gateway.http-client.proxy", True)
+        )
         self._http: HTTPClient | None = None
         self._asynchronous = asynchronous
         self._loop_runner = LoopRunner(loop=loop, asynchronous=asynchronous)
@@ -543,9 +547,7 @@ class Gateway(SyncMethodMixin):
 
         ``active=False`` stops adapting (the current worker count is kept).
         """
-        return self.sync(
-            self._adapt_cluster, cluster_name, minimum, maximum, active, **kwargs
-        )
+        return self.sync(self._adapt_cluster, cluster_name, minimum, maximum, active, **kwargs)
 
 
 async def _follow_worker_updates(comm: Any, info: dict[str, Any]) -> None:

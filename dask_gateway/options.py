@@ -384,8 +384,9 @@ class Options(MutableMapping):
             for key in _SPEC_KEYS.get(type(f), ()):
                 value = getattr(f, key)
                 spec[key] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
-            out.append({"field": name, "label": f.label,
-                        "default": copy.deepcopy(f.value), "spec": spec})
+            out.append(
+                {"field": name, "label": f.label, "default": copy.deepcopy(f.value), "spec": spec}
+            )
         return out
 
     def __repr__(self) -> str:

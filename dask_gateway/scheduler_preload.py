@@ -30,8 +30,9 @@ import socket
 import struct
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import click
 from distributed.comm.addressing import get_address_host
@@ -141,8 +142,9 @@ class DashboardGuard(httputil.HTTPServerConnectionDelegate):
         self.inner = inner
         self.key = key.encode()
 
-    def start_request(self, server_conn: object,
-                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
         return _GuardedRequest(self, server_conn, request_conn)
 
     def on_close(self, server_conn: object) -> None:
@@ -152,8 +154,9 @@ class DashboardGuard(httputil.HTTPServerConnectionDelegate):
 class _GuardedRequest(httputil.HTTPMessageDelegate):
     """One request: passed on to the application once its headers carry the key."""
 
-    def __init__(self, guard: DashboardGuard, server_conn: object,
-                 request_conn: httputil.HTTPConnection) -> None:
+    def __init__(
+        self, guard: DashboardGuard, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> None:
         self.guard = guard
         self.server_conn = server_conn
         self.request_conn = request_conn
@@ -162,15 +165,15 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         given = headers.get(DASHBOARD_KEY_HEADER, "").encode("latin-1", "replace")
         if hmac.compare_digest(given, self.guard.key):
-            self.delegate = self.guard.inner.start_request(self.server_conn,
-                                                           self.request_conn)
+            self.delegate = self.guard.inner.start_request(self.server_conn, self.request_conn)
             return self.delegate.headers_received(start_line, headers)
         body = json.dumps({"error": "This dashboard is reached through the Dask Gateway"})
         data = body.encode()
         self.request_conn.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", 403, "Forbidden"),
-            httputil.HTTPHeaders({"Content-Type": "application/json",
-                                  "Content-Length": str(len(data))}),
+            httputil.HTTPHeaders(
+                {"Content-Type": "application/json", "Content-Length": str(len(data))}
+            ),
         )
         self.request_conn.write(data)
         self.request_conn.finish()  # tornado drops any body and closes after it
@@ -216,8 +219,11 @@ class WorkerTracker(SchedulerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, on_departure: Callable[[str, bool], None] | None = None,
-                 on_arrival: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_departure: Callable[[str, bool], None] | None = None,
+        on_arrival: Callable[[str], None] | None = None,
+    ) -> None:
         self.active: dict[str, None] = {}  # insertion-ordered set
         self.closing: dict[str, None] = {}
         self.closed: dict[str, None] = {}
@@ -511,8 +517,7 @@ class SchedulerService:
             fds = []
         asyncio.get_running_loop().remove_reader(conn.fileno())
         with conn:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             uid = struct.unpack("3i", creds)[1]
             trusted = uid in (0, os.getuid())  # the gateway: root or this user
             taken = False
@@ -589,6 +594,7 @@ class SchedulerService:
     def heartbeat_soon(self) -> None:
         """Batch quick successive events (e.g. several workers dying) into one heartbeat."""
         if self._soon_handle is None:
+
             def fire() -> None:
                 self._soon_handle = None
                 self._wake.set()
@@ -665,8 +671,11 @@ class SchedulerService:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
             if self._heartbeat_failures and what == "heartbeat":
-                logger.info("dask-gateway: %s succeeded again after %d failures",
-                            what, self._heartbeat_failures)
+                logger.info(
+                    "dask-gateway: %s succeeded again after %d failures",
+                    what,
+                    self._heartbeat_failures,
+                )
             if what == "heartbeat":
                 self._heartbeat_failures = 0
             return True
@@ -689,12 +698,8 @@ class SchedulerService:
         connected_closing = sum(
             1 for ws in self.scheduler.workers.values() if str(ws.name) in closing
         )
-        candidates = self.scheduler.workers_to_close(
-            n=excess + connected_closing, attribute="name"
-        )
-        victims = [
-            str(n) for n in candidates if str(n) in self.tracker.active
-        ][:excess]
+        candidates = self.scheduler.workers_to_close(n=excess + connected_closing, attribute="name")
+        victims = [str(n) for n in candidates if str(n) in self.tracker.active][:excess]
         if victims:
             logger.info("dask-gateway: closing workers %s to reach count %d", victims, self.count)
             self.tracker.mark_closing(victims)
@@ -815,8 +820,10 @@ class SchedulerService:
             if alone_since is None:
                 alone_since = now
             elif now - alone_since > timeout:
-                logger.info("dask-gateway: the client that owned this cluster is gone; "
-                            "asking the gateway to stop it")
+                logger.info(
+                    "dask-gateway: the client that owned this cluster is gone; "
+                    "asking the gateway to stop it"
+                )
                 if await self._request_shutdown():
                     return
 
@@ -976,15 +983,19 @@ class GatewayClient:
 
     async def _send(self, method: str, path: str, body: str | None = None) -> None:
         client = AsyncHTTPClient()
-        await client.fetch(HTTPRequest(
-            f"{self.api_url.rstrip('/')}/v1/clusters/{self.cluster_name}{path}",
-            method=method,
-            body=body,
-            headers={"Authorization": f"token {self.token}",
-                     "Content-Type": "application/json"},
-            connect_timeout=HTTP_CONNECT_TIMEOUT,
-            request_timeout=HTTP_REQUEST_TIMEOUT,
-        ))
+        await client.fetch(
+            HTTPRequest(
+                f"{self.api_url.rstrip('/')}/v1/clusters/{self.cluster_name}{path}",
+                method=method,
+                body=body,
+                headers={
+                    "Authorization": f"token {self.token}",
+                    "Content-Type": "application/json",
+                },
+                connect_timeout=HTTP_CONNECT_TIMEOUT,
+                request_timeout=HTTP_REQUEST_TIMEOUT,
+            )
+        )
 
     async def heartbeat(self, msg: dict[str, Any]) -> None:
         """Send one heartbeat; raises ``tornado.httpclient.HTTPClientError`` on failure."""
@@ -1105,7 +1116,8 @@ class GatewaySchedulerService:
 def _log_failure(what: str) -> Callable[[asyncio.Future], None]:
     def callback(task: asyncio.Future) -> None:
         if not task.cancelled() and task.exception() is not None:
-            logger.error("dask-gateway: the scheduler service failed to %s", what,
-                         exc_info=task.exception())
+            logger.error(
+                "dask-gateway: the scheduler service failed to %s", what, exc_info=task.exception()
+            )
 
     return callback

@@ -157,10 +157,13 @@ class OptionsWidget:
             widget.add_class(f"dgw-option-{name}")
             error = w.HTML(value="", layout=w.Layout(margin="0 0 0 8px"))
             error.add_class("dgw-option-error")
-            hint = w.HTML(value=f'<span style="color: #757575">{escape(_bounds_hint(field))}</span>',
-                          layout=w.Layout(margin="0 0 0 8px"))
-            label = w.HTML(value=f"<b>{escape(field.label)}</b>",
-                           layout=w.Layout(width=_LABEL_WIDTH))
+            hint = w.HTML(
+                value=f'<span style="color: #757575">{escape(_bounds_hint(field))}</span>',
+                layout=w.Layout(margin="0 0 0 8px"),
+            )
+            label = w.HTML(
+                value=f"<b>{escape(field.label)}</b>", layout=w.Layout(width=_LABEL_WIDTH)
+            )
             widget.observe(self._on_widget_change(field), names="value")
             self.inputs[name] = widget
             self.errors[name] = error
@@ -288,13 +291,16 @@ def _worker_table_html(info: dict[str, Any], max_rows: int = 30) -> str:
     ]
     for addr, w in sorted(workers.items(), key=lambda kv: str(kv[1].get("name", kv[0]))):
         if len(rows) > max_rows:
-            rows.append(f"<tr><td style='{cell}' colspan=3>… and "
-                        f"{len(workers) - max_rows} more</td></tr>")
+            rows.append(
+                f"<tr><td style='{cell}' colspan=3>… and {len(workers) - max_rows} more</td></tr>"
+            )
             break
         name = escape(str(w.get("name", addr)))
         mem = format_bytes(w.get("memory_limit") or 0) if w.get("memory_limit") else "–"
-        rows.append(f"<tr class='dgw-worker-row'><td style='{cell}'>{name}</td>"
-                    f"<td style='{cell}'>{w.get('nthreads', 0)}</td><td style='{cell}'>{mem}</td></tr>")
+        rows.append(
+            f"<tr class='dgw-worker-row'><td style='{cell}'>{name}</td>"
+            f"<td style='{cell}'>{w.get('nthreads', 0)}</td><td style='{cell}'>{mem}</td></tr>"
+        )
     summary = (
         f"<table class='dgw-worker-summary'><tr><th style='{cell}'>Workers</th>"
         f"<td style='{cell}' class='dgw-worker-count'>{len(workers)}</td></tr>"
@@ -356,16 +362,19 @@ class ClusterWidget:
 
         n = len(cluster.scheduler_info.get("workers", {}))
         lo, hi = default_adapt_range(n)
-        self.scale_workers = w.IntText(value=n, description="Workers",
-                                       layout=w.Layout(width="180px"))
+        self.scale_workers = w.IntText(
+            value=n, description="Workers", layout=w.Layout(width="180px")
+        )
         self.scale_workers.add_class("dgw-scale-workers")
         self.scale_button = w.Button(description="Scale", button_style="primary")
         self.scale_button.add_class("dgw-scale-button")
-        self.adapt_minimum = w.IntText(value=lo, description="Minimum",
-                                       layout=w.Layout(width="180px"))
+        self.adapt_minimum = w.IntText(
+            value=lo, description="Minimum", layout=w.Layout(width="180px")
+        )
         self.adapt_minimum.add_class("dgw-adapt-minimum")
-        self.adapt_maximum = w.IntText(value=hi, description="Maximum",
-                                       layout=w.Layout(width="180px"))
+        self.adapt_maximum = w.IntText(
+            value=hi, description="Maximum", layout=w.Layout(width="180px")
+        )
         self.adapt_maximum.add_class("dgw-adapt-maximum")
         self.adapt_button = w.Button(description="Adapt", button_style="primary")
         self.adapt_button.add_class("dgw-adapt-button")
@@ -374,32 +383,51 @@ class ClusterWidget:
         self.adapt_state = w.HTML()
         self.adapt_state.add_class("dgw-adapt-state")
 
-        for widget, key in ((self.scale_workers, "scale"), (self.adapt_minimum, "adapt"),
-                            (self.adapt_maximum, "adapt")):
+        for widget, key in (
+            (self.scale_workers, "scale"),
+            (self.adapt_minimum, "adapt"),
+            (self.adapt_maximum, "adapt"),
+        ):
             widget.observe(self._mark_touched(key), names="value")
         self.scale_button.on_click(lambda _: self.scale(self.scale_workers.value))
         self.adapt_button.on_click(
-            lambda _: self.adapt(self.adapt_minimum.value, self.adapt_maximum.value))
+            lambda _: self.adapt(self.adapt_minimum.value, self.adapt_maximum.value)
+        )
         self.stop_adapt_button.on_click(lambda _: self.stop_adapting())
 
         box = {"border": "1px solid #ddd", "padding": "4px 8px", "margin": "0 0 6px 0"}
-        manual = w.VBox([w.HTML("<b>Manual scaling</b>"),
-                         w.HBox([self.scale_workers, self.scale_button])],
-                        layout=w.Layout(**box))
+        manual = w.VBox(
+            [w.HTML("<b>Manual scaling</b>"), w.HBox([self.scale_workers, self.scale_button])],
+            layout=w.Layout(**box),
+        )
         manual.add_class("dgw-manual-scaling")
-        adaptive = w.VBox([w.HTML("<b>Adaptive scaling</b>"),
-                           w.HBox([self.adapt_minimum, self.adapt_maximum]),
-                           w.HBox([self.adapt_button, self.stop_adapt_button]),
-                           self.adapt_state],
-                          layout=w.Layout(**box))
+        adaptive = w.VBox(
+            [
+                w.HTML("<b>Adaptive scaling</b>"),
+                w.HBox([self.adapt_minimum, self.adapt_maximum]),
+                w.HBox([self.adapt_button, self.stop_adapt_button]),
+                self.adapt_state,
+            ],
+            layout=w.Layout(**box),
+        )
         adaptive.add_class("dgw-adaptive-scaling")
-        self.widget = w.VBox([
-            self.title,
-            w.HBox([w.VBox([self.table], layout=w.Layout(min_width="300px",
-                                                         margin="0 16px 0 0")),
-                    w.VBox([manual, adaptive])]),
-            self.name, self.status, self.dashboard, self.message,
-        ])
+        self.widget = w.VBox(
+            [
+                self.title,
+                w.HBox(
+                    [
+                        w.VBox(
+                            [self.table], layout=w.Layout(min_width="300px", margin="0 16px 0 0")
+                        ),
+                        w.VBox([manual, adaptive]),
+                    ]
+                ),
+                self.name,
+                self.status,
+                self.dashboard,
+                self.message,
+            ]
+        )
         self.widget.add_class("dgw-cluster")
         self._render_adapt_state()
         self._last: tuple = ()
@@ -445,12 +473,19 @@ class ClusterWidget:
         if status == "running" and cluster._watch_task is not None and not watching:
             status = "running (lost the scheduler's worker updates)"
         workers = cluster.scheduler_info.get("workers", {})
-        state = (cluster.name, status, cluster.dashboard_link,
-                 tuple(sorted((a, w.get("nthreads"), w.get("memory_limit"))
-                              for a, w in workers.items())))
+        state = (
+            cluster.name,
+            status,
+            cluster.dashboard_link,
+            tuple(
+                sorted((a, w.get("nthreads"), w.get("memory_limit")) for a, w in workers.items())
+            ),
+        )
         if state != self._last:
             self._last = state
-            self.name.value = f"<b>Name:</b> <span class='dgw-cluster-name'>{escape(str(cluster.name))}</span>"
+            self.name.value = (
+                f"<b>Name:</b> <span class='dgw-cluster-name'>{escape(str(cluster.name))}</span>"
+            )
             self.status.value = f"<b>Status:</b> {escape(status)}"
             self.dashboard.value = f"<b>Dashboard:</b> {_link_html(cluster.dashboard_link)}"
             self.table.value = _worker_table_html(cluster.scheduler_info)
@@ -510,8 +545,10 @@ class ClusterWidget:
     def adapt(self, minimum: int, maximum: int) -> bool:
         """Scale adaptively between ``minimum`` and ``maximum`` workers."""
         cluster = self.cluster
-        ok = self._act(lambda: cluster.adapt(minimum=minimum, maximum=maximum),
-                       f"Adapting between {minimum} and {maximum} workers")
+        ok = self._act(
+            lambda: cluster.adapt(minimum=minimum, maximum=maximum),
+            f"Adapting between {minimum} and {maximum} workers",
+        )
         if ok:
             self.adaptive = (minimum, maximum)
             self._render_adapt_state()
@@ -520,8 +557,9 @@ class ClusterWidget:
     def stop_adapting(self) -> bool:
         """Turn adaptive scaling off; the current workers are kept."""
         cluster = self.cluster
-        ok = self._act(lambda: cluster.adapt(active=False),
-                       "Adaptive scaling off; keeping the current workers")
+        ok = self._act(
+            lambda: cluster.adapt(active=False), "Adaptive scaling off; keeping the current workers"
+        )
         if ok:
             self.adaptive = None
             self._render_adapt_state()
@@ -543,20 +581,24 @@ class _ClusterRow:
     """The widgets of one cluster in the gateway widget."""
 
     def __init__(self, w: Any, owner: GatewayWidget, name: str):
-        self.name = w.HTML(value=f"<span class='dgw-row-name'>{escape(name)}</span>",
-                           layout=w.Layout(width="280px"))
+        self.name = w.HTML(
+            value=f"<span class='dgw-row-name'>{escape(name)}</span>",
+            layout=w.Layout(width="280px"),
+        )
         self.status = w.HTML(layout=w.Layout(width="90px"))
         self.workers = w.HTML(layout=w.Layout(width="70px"))
         self.dashboard = w.HTML(layout=w.Layout(width="100px"))
         self.connect = w.Button(description="Connect", layout=w.Layout(width="90px"))
         self.connect.add_class("dgw-connect-button")
-        self.shutdown = w.Button(description="Shut down", button_style="danger",
-                                 layout=w.Layout(width="100px"))
+        self.shutdown = w.Button(
+            description="Shut down", button_style="danger", layout=w.Layout(width="100px")
+        )
         self.shutdown.add_class("dgw-shutdown-button")
         self.connect.on_click(lambda _: owner.connect(name))
         self.shutdown.on_click(lambda _: owner.shutdown(name))
-        self.box = w.HBox([self.name, self.status, self.workers, self.dashboard,
-                           self.connect, self.shutdown])
+        self.box = w.HBox(
+            [self.name, self.status, self.workers, self.dashboard, self.connect, self.shutdown]
+        )
         self.box.add_class("dgw-cluster-row")
 
 
@@ -588,8 +630,9 @@ class GatewayWidget:
     part of the gateway's cluster JSON, so they are asked of each running scheduler.
     """
 
-    def __init__(self, gateway: Gateway, refresh_interval: float = 5.0,
-                 request_timeout: float = 5.0):
+    def __init__(
+        self, gateway: Gateway, refresh_interval: float = 5.0, request_timeout: float = 5.0
+    ):
         w = _ipywidgets()
         self._w = w
         self._gateway_ref = weakref.ref(gateway)
@@ -605,10 +648,19 @@ class GatewayWidget:
         self.refreshed = 0  # completed refreshes, for tests and diagnostics
 
         self.title = w.HTML(
-            value=f"<h2 style='margin: 0'>Gateway</h2><div>{escape(gateway.address)}</div>")
-        header = w.HBox([w.HTML(f"<b>{t}</b>", layout=w.Layout(width=width)) for t, width in
-                         (("Cluster", "280px"), ("Status", "90px"), ("Workers", "70px"),
-                          ("Dashboard", "100px"))])
+            value=f"<h2 style='margin: 0'>Gateway</h2><div>{escape(gateway.address)}</div>"
+        )
+        header = w.HBox(
+            [
+                w.HTML(f"<b>{t}</b>", layout=w.Layout(width=width))
+                for t, width in (
+                    ("Cluster", "280px"),
+                    ("Status", "90px"),
+                    ("Workers", "70px"),
+                    ("Dashboard", "100px"),
+                )
+            ]
+        )
         self.list = w.VBox([])
         self.list.add_class("dgw-cluster-list")
         self.empty = w.HTML("<i>No clusters</i>")
@@ -617,9 +669,17 @@ class GatewayWidget:
         self.refresh_button = w.Button(description="Refresh")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.connected_box = w.VBox([])
-        self.widget = w.VBox([self.title, header, self.list, self.empty,
-                              w.HBox([self.refresh_button]), self.message,
-                              self.connected_box])
+        self.widget = w.VBox(
+            [
+                self.title,
+                header,
+                self.list,
+                self.empty,
+                w.HBox([self.refresh_button]),
+                self.message,
+                self.connected_box,
+            ]
+        )
         self.widget.add_class("dgw-gateway")
         self._loop.add_callback(self._start)
 
@@ -657,7 +717,8 @@ class GatewayWidget:
             self.message.value = _message_html(f"Could not list clusters: {exc}", _ERROR_STYLE)
             return
         counts = await asyncio.gather(
-            *(_worker_count(r, self._rpcs, self.request_timeout) for r in reports))
+            *(_worker_count(r, self._rpcs, self.request_timeout) for r in reports)
+        )
         for name in set(self._rpcs) - {r.name for r in reports}:
             await self._rpcs.pop(name).close_rpc()
         self._render(reports, counts)
@@ -673,8 +734,11 @@ class GatewayWidget:
                 row = self.rows[report.name] = _ClusterRow(w, self, report.name)
             row.status.value = escape(report.status.name)
             row.workers.value = "–" if count is None else str(count)
-            row.dashboard.value = (f'<a href="{escape(report.dashboard_link)}" target="_blank">'
-                                   "Dashboard</a>" if report.dashboard_link else "–")
+            row.dashboard.value = (
+                f'<a href="{escape(report.dashboard_link)}" target="_blank">Dashboard</a>'
+                if report.dashboard_link
+                else "–"
+            )
         self.list.children = [self.rows[r.name].box for r in reports]
         self.empty.layout.display = "none" if reports else None
 
@@ -708,7 +772,9 @@ class GatewayWidget:
         self.connected_box.children = [view.widget]
         self.message.value = _message_html(
             f"Connected to {name}: it is in `widget.connected[{name!r}]`, or run "
-            f"`cluster = gateway.connect({name!r})`", _INFO_STYLE)
+            f"`cluster = gateway.connect({name!r})`",
+            _INFO_STYLE,
+        )
         return cluster
 
     def shutdown(self, name: str) -> bool:

@@ -4,6 +4,7 @@ Run with the public client's Python and with ours (tests/test_public_client_api.
 the two): for every target ``module:Name`` (a class brings its public members, and any
 listed ``_hook``), its kind and, for callables, each parameter's name, kind and default.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -47,8 +48,10 @@ TARGETS = [
 # Members of a class checked besides its public ones: hooks subclasses override.
 HOOKS = {"GatewayCluster": ["_start_async", "_stop_async"]}
 # The public preload's service is checked for what its server's backend and distributed use.
-ONLY = {"GatewaySchedulerService": ["__init__", "listen", "stop", "scale", "adapt", "heartbeat"],
-        "GatewayClient": ["__init__", "heartbeat", "shutdown"]}
+ONLY = {
+    "GatewaySchedulerService": ["__init__", "listen", "stop", "scale", "adapt", "heartbeat"],
+    "GatewayClient": ["__init__", "heartbeat", "shutdown"],
+}
 
 
 def _params(obj):
@@ -57,9 +60,12 @@ def _params(obj):
     except (TypeError, ValueError):
         return None
     return [
-        [p.name, p.kind.name,
-         p.default is not inspect.Parameter.empty,
-         None if p.default is inspect.Parameter.empty else repr(p.default)]
+        [
+            p.name,
+            p.kind.name,
+            p.default is not inspect.Parameter.empty,
+            None if p.default is inspect.Parameter.empty else repr(p.default),
+        ]
         for p in sig.parameters.values()
     ]
 
@@ -102,7 +108,9 @@ def dump():
         if not inspect.isclass(obj):
             continue
         members = ONLY.get(name) or [
-            m for m in dir(obj) if not m.startswith("_")
+            m
+            for m in dir(obj)
+            if not m.startswith("_")
             and any(m in vars(k) for k in obj.__mro__ if k.__module__.startswith("dask_gateway"))
         ] + HOOKS.get(name, [])
         for member in members:

@@ -2,8 +2,7 @@
 # for the public dask-gateway client's tests against our server.
 import os
 
-from dask_gateway_server.options import (Bool, Float, Integer, Mapping, Options, Select,
-                                         String)
+from dask_gateway_server.options import Bool, Float, Integer, Mapping, Options, Select, String
 
 exec(open(os.path.join(os.path.dirname(__file__), "gateway_config.py")).read())
 

@@ -1,4 +1,5 @@
 """Fixtures that start real gateways (as `dask-gateway-server` processes) for the tests."""
+
 from __future__ import annotations
 
 import signal

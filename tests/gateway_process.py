@@ -1,4 +1,5 @@
 """A real `dask-gateway-server` in a subprocess, and cleaning up after one."""
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,15 @@ def free_port() -> int:
 class GatewayProcess:
     """A `dask-gateway-server` running in a subprocess, restartable on the same database."""
 
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
-                 config: Path = CONFIG, python: str = sys.executable,
-                 clusters_dir: Path | None = None, ssl_context=None):
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_args: list[str] | None = None,
+        config: Path = CONFIG,
+        python: str = sys.executable,
+        clusters_dir: Path | None = None,
+        ssl_context=None,
+    ):
         """``ssl_context``: the gateway serves HTTPS (its extra args set the certificate);
         this context trusts it."""
         self.data_dir = data_dir
@@ -52,8 +59,11 @@ class GatewayProcess:
     def start(self, timeout: float = 30, health_path: str = "/api/health") -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            self.python, "-m", "dask_gateway_server",
-            "-f", str(self.config),
+            self.python,
+            "-m",
+            "dask_gateway_server",
+            "-f",
+            str(self.config),
             f"--DaskGateway.data_dir={self.data_dir}",
             f"--Proxy.address=127.0.0.1:{self.port}",
             f"--LocalBackend.clusters_directory={self.clusters_dir}",
@@ -61,16 +71,18 @@ class GatewayProcess:
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited at start:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.address}{health_path}", timeout=1,
-                                            context=self.ssl_context) as r:
+                with urllib.request.urlopen(
+                    f"{self.address}{health_path}", timeout=1, context=self.ssl_context
+                ) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -114,8 +126,7 @@ def proxy_processes(data_dir: Path) -> list[int]:
             state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"dask_gateway_server.proxy_process" in cmdline and marker in cmdline \
-                and state != b"Z":
+        if b"dask_gateway_server.proxy_process" in cmdline and marker in cmdline and state != b"Z":
             pids.append(int(pid))
     return pids
 

@@ -1,4 +1,5 @@
 """Raw HTTP calls for tests that check the wire itself (status codes, bodies, headers)."""
+
 from __future__ import annotations
 
 import base64
@@ -24,8 +25,14 @@ def basic(user: str, password: str = "") -> dict:
     return {"Authorization": f"Basic {token}"}
 
 
-def call(method: str, url: str, body: Any = None, headers: dict | None = None,
-         raw: bytes | None = None, timeout: float = 30) -> Response:
+def call(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30,
+) -> Response:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:

@@ -1,4 +1,5 @@
 """A real JupyterHub (with configurable-http-proxy), started and stopped by the tests."""
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,11 @@ class Hub:
         """Route ``path`` of the hub's proxy to ``target``, as the hub does for a user's
         server (``/user/NAME/``)."""
         req = urllib.request.Request(
-            f"http://127.0.0.1:{self.proxy_api_port}/api/routes{path}", method="POST",
+            f"http://127.0.0.1:{self.proxy_api_port}/api/routes{path}",
+            method="POST",
             data=json.dumps({"target": target}).encode(),
-            headers={"Authorization": "token test-proxy-token"})
+            headers={"Authorization": "token test-proxy-token"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 201, r.status
 
@@ -55,18 +58,32 @@ class Hub:
     def start(self, timeout: float = 60) -> None:
         jupyterhub = shutil.which("jupyterhub", path=os.path.dirname(sys.executable))
         if jupyterhub is None or shutil.which("configurable-http-proxy") is None:
-            raise RuntimeError("jupyterhub (pip) and configurable-http-proxy (npm) must be "
-                               "installed: scripts/test.sh installs both")
+            raise RuntimeError(
+                "jupyterhub (pip) and configurable-http-proxy (npm) must be "
+                "installed: scripts/test.sh installs both"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, HUB_RUN_DIR=str(self.run_dir), HUB_PORT=str(self.port),
-                   HUB_API_PORT=str(self.api_port), HUB_PROXY_API_PORT=str(self.proxy_api_port),
-                   HUB_ADMIN_TOKEN=self.admin_token, HUB_GATEWAY_TOKEN=self.gateway_token,
-                   HUB_OTHER_TOKEN=self.other_token, GATEWAY_URL=self.gateway_url,
-                   GATEWAY_OAUTH_REDIRECT_URI=self.oauth_redirect_uri)
+        env = dict(
+            os.environ,
+            HUB_RUN_DIR=str(self.run_dir),
+            HUB_PORT=str(self.port),
+            HUB_API_PORT=str(self.api_port),
+            HUB_PROXY_API_PORT=str(self.proxy_api_port),
+            HUB_ADMIN_TOKEN=self.admin_token,
+            HUB_GATEWAY_TOKEN=self.gateway_token,
+            HUB_OTHER_TOKEN=self.other_token,
+            GATEWAY_URL=self.gateway_url,
+            GATEWAY_OAUTH_REDIRECT_URI=self.oauth_redirect_uri,
+        )
         log = open(self.run_dir / "hub.log", "ab")
-        self.proc = subprocess.Popen([jupyterhub, "-f", str(HERE / "jupyterhub_config.py")],
-                                     cwd=self.run_dir, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [jupyterhub, "-f", str(HERE / "jupyterhub_config.py")],
+            cwd=self.run_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -102,7 +119,8 @@ class Hub:
 
     def api(self, method: str, path: str, body=None, token: str | None = None):
         req = urllib.request.Request(
-            f"{self.api_url}{path}", method=method,
+            f"{self.api_url}{path}",
+            method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={"Authorization": f"token {token or self.admin_token}"},
         )

@@ -20,20 +20,36 @@ c.Authenticator.admin_users = {"hubadmin"}
 c.JupyterHub.services = [
     # The tests' own service: creates users, groups and tokens through the REST API.
     {"name": "test-admin", "api_token": os.environ["HUB_ADMIN_TOKEN"]},
-    {"name": "dask-gateway", "url": os.environ["GATEWAY_URL"],
-     "api_token": os.environ["HUB_GATEWAY_TOKEN"],
-     "oauth_redirect_uri": os.environ.get("GATEWAY_OAUTH_REDIRECT_URI",
-                                         os.environ["GATEWAY_URL"] + "/oauth_callback"),
-     "oauth_no_confirm": True},
+    {
+        "name": "dask-gateway",
+        "url": os.environ["GATEWAY_URL"],
+        "api_token": os.environ["HUB_GATEWAY_TOKEN"],
+        "oauth_redirect_uri": os.environ.get(
+            "GATEWAY_OAUTH_REDIRECT_URI", os.environ["GATEWAY_URL"] + "/oauth_callback"
+        ),
+        "oauth_no_confirm": True,
+    },
     {"name": "other-service", "api_token": os.environ["HUB_OTHER_TOKEN"]},
 ]
 c.JupyterHub.load_roles = [
-    {"name": "test-admin", "scopes": ["admin:users", "admin:groups", "tokens", "list:users",
-                                       "read:users", "admin:auth_state"],
-     "services": ["test-admin"]},
+    {
+        "name": "test-admin",
+        "scopes": [
+            "admin:users",
+            "admin:groups",
+            "tokens",
+            "list:users",
+            "read:users",
+            "admin:auth_state",
+        ],
+        "services": ["test-admin"],
+    },
     # Every user may use the gateway; other-service may too (a service token).
     {"name": "user", "scopes": ["self", "access:services!service=dask-gateway"]},
-    {"name": "gateway-callers", "scopes": ["access:services!service=dask-gateway"],
-     "services": ["other-service"]},
+    {
+        "name": "gateway-callers",
+        "scopes": ["access:services!service=dask-gateway"],
+        "services": ["other-service"],
+    },
 ]
 c.JupyterHub.redirect_to_server = False  # log in without starting a server

@@ -18,6 +18,7 @@ Reusable by any test that needs a browser on JupyterLab (widgets, the sidebar, .
 
 Both stop what they started, by process id, in ``stop()``/``close()`` and on ``with`` exit.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,7 @@ CHROMIUM_ARGS = [
 #: JupyterLab user settings every test wants: no news/update toasts covering the page,
 #: and every cell kept rendered (windowing would hide off-screen outputs from locators).
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
-    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
-                                                     "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
 }
 
@@ -109,17 +109,23 @@ class JupyterLab:
         return f"{self.base_url}{path}?{urlencode({**query, 'token': self.token})}"
 
     def _prepare_dirs(self) -> dict[str, str]:
-        dirs = {name: self.scratch / name for name in
-                ("config", "data", "runtime", "settings", "workspaces", "ipython")}
+        dirs = {
+            name: self.scratch / name
+            for name in ("config", "data", "runtime", "settings", "workspaces", "ipython")
+        }
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         kernel_dir = dirs["data"] / "kernels" / "python3"
         kernel_dir.mkdir(parents=True, exist_ok=True)
-        (kernel_dir / "kernel.json").write_text(json.dumps({
-            "argv": [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)",
-            "language": "python",
-        }))
+        (kernel_dir / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [self.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "Python 3 (ipykernel)",
+                    "language": "python",
+                }
+            )
+        )
         for plugin, values in self.settings.items():
             package, name = plugin.rsplit("/", 1)
             target = dirs["settings"] / package / f"{name}.jupyterlab-settings"
@@ -139,7 +145,9 @@ class JupyterLab:
         """Start the server and wait until its API answers."""
         env = {**os.environ, **self._prepare_dirs(), **self.extra_env}
         cmd = [
-            self.python, "-m", "jupyterlab",
+            self.python,
+            "-m",
+            "jupyterlab",
             "--no-browser",
             "--allow-root",
             f"--port={self.port}",
@@ -152,8 +160,14 @@ class JupyterLab:
         ]
         log = open(self.log_path, "ab")
         # A session of its own so stop() can end the server and the kernels it started.
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -171,9 +185,11 @@ class JupyterLab:
         """Call the Jupyter server's REST API with the token; returns decoded JSON."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            self.base_url + path, data=data, method=method,
-            headers={"Authorization": f"token {self.token}",
-                     "Content-Type": "application/json"})
+            self.base_url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -221,8 +237,13 @@ class LabBrowser:
     screenshots go to ``screenshot_dir``.
     """
 
-    def __init__(self, lab: JupyterLab, screenshot_dir: str | Path,
-                 viewport: tuple[int, int] = (1280, 1000), executable: str = CHROMIUM):
+    def __init__(
+        self,
+        lab: JupyterLab,
+        screenshot_dir: str | Path,
+        viewport: tuple[int, int] = (1280, 1000),
+        executable: str = CHROMIUM,
+    ):
         self.lab = lab
         self.screenshot_dir = Path(screenshot_dir)
         self.viewport = viewport
@@ -237,7 +258,8 @@ class LabBrowser:
         if not (os.path.isfile(self.executable) and os.access(self.executable, os.X_OK)):
             raise RuntimeError(
                 f"Chromium not found at {self.executable}: install the Debian package "
-                "(`apt-get install -y chromium`) or set CHROMIUM_PATH")
+                "(`apt-get install -y chromium`) or set CHROMIUM_PATH"
+            )
         from playwright.sync_api import sync_playwright
 
         self.screenshot_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +305,8 @@ class LabBrowser:
     def execute_command(self, command: str, args: dict | None = None) -> Any:
         """Run a JupyterLab command (``notebook:run-all-cells``, ``docmanager:save``...)."""
         return self.page.evaluate(
-            "([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}])
+            "([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}]
+        )
 
     def open_notebook(self, path: str, timeout: float = 90) -> None:
         """Open a notebook (relative to the root dir) and wait for its kernel to be idle.
@@ -332,7 +355,8 @@ class LabBrowser:
                     }
                 }
                 return errors;
-            }""")
+            }"""
+        )
 
     def run_in_kernel(self, code: str, timeout: float = 60) -> str:
         """Run code in the current notebook's kernel (no cell is added); returns its
@@ -351,7 +375,9 @@ class LabBrowser:
                     () => reject(new Error('kernel did not answer in time')), timeout));
                 await Promise.race([future.done, timer]);
                 return out.join('');
-            }""", [code, timeout * 1000])
+            }""",
+            [code, timeout * 1000],
+        )
 
     def screenshot(self, name: str, locator: Any = None) -> Path:
         """Save a PNG of the page (or of one element) as ``<screenshot_dir>/<name>.png``."""

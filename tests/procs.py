@@ -1,4 +1,5 @@
 """Find the scheduler and worker processes of a cluster, as an admin would with ps."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ package (the one these tests run against) and a ``.pth`` line adding the upstrea
 site-packages *after* it: every other package (the public server, dask, distributed, ...)
 is the upstream venv's, and our client shadows the public one.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,12 @@ def upstream_base_python() -> str:
 
 
 def _site_packages(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return Path(out.stdout.strip())
 
 
@@ -47,26 +52,41 @@ def make_public_server_env(dest: Path, base_python: str | None = None) -> Path:
     """Build the environment in ``dest`` (from ``base_python``, default the upstream venv's
     interpreter) and return it; checks that it imports our client and the public server."""
     upstream = require_upstream_venv()
-    subprocess.run([base_python or upstream_base_python(), "-m", "venv", "--without-pip",
-                    str(dest)], check=True, capture_output=True)
+    subprocess.run(
+        [base_python or upstream_base_python(), "-m", "venv", "--without-pip", str(dest)],
+        check=True,
+        capture_output=True,
+    )
     python = dest / "bin" / "python"
     site = _site_packages(python)
     upstream_site = _site_packages(upstream / "bin" / "python")
-    shutil.copytree(Path(dask_gateway.__file__).parent, site / "dask_gateway",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(dask_gateway.__file__).parent,
+        site / "dask_gateway",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (site / "zz-upstream.pth").write_text(f"{upstream_site}\n")
     for name, line in SHIMS.items():
         script = dest / "bin" / name
         # (the guard: the worker's nanny spawns processes that re-import __main__)
-        script.write_text(f"#!{python}\nimport sys\n{line}\n"
-                          "if __name__ == '__main__':\n    sys.exit(main())\n")
+        script.write_text(
+            f"#!{python}\nimport sys\n{line}\nif __name__ == '__main__':\n    sys.exit(main())\n"
+        )
         script.chmod(0o755)
     check = subprocess.run(
-        [str(python), "-c", (
-            "import dask_gateway, dask_gateway_server, importlib.metadata as m;"
-            "print(dask_gateway.__file__); print(dask_gateway_server.__file__);"
-            "print(m.version('dask-gateway-server'))")],
-        check=True, capture_output=True, text=True, cwd=dest,
+        [
+            str(python),
+            "-c",
+            (
+                "import dask_gateway, dask_gateway_server, importlib.metadata as m;"
+                "print(dask_gateway.__file__); print(dask_gateway_server.__file__);"
+                "print(m.version('dask-gateway-server'))"
+            ),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=dest,
         env={**os.environ, "PYTHONNOUSERSITE": "1"},
     )
     ours, theirs, version = check.stdout.split()

@@ -10,13 +10,18 @@ ENVIRONMENTS = {
     # The project's own venv: the tests make it reachable for the test user.
     "default": {"python": sys.executable},
     # A site's broken environment: its activation fails, so the job fails.
-    "broken": {"python": sys.executable,
-               "scheduler_setup": "echo 'activating the broken environment' >&2; exit 3"},
+    "broken": {
+        "python": sys.executable,
+        "scheduler_setup": "echo 'activating the broken environment' >&2; exit 3",
+    },
     # Held when submitted, then waiting for a file the test creates before the scheduler
     # starts: the job stays pending, and then running without a scheduler, as long as the
     # test needs (as a busy queue and a slow environment would make it).
-    "held": {"python": sys.executable, "scheduler_sbatch_options": ["--hold"],
-             "scheduler_setup": "until [ -e release-scheduler ]; do sleep 0.1; done"},
+    "held": {
+        "python": sys.executable,
+        "scheduler_sbatch_options": ["--hold"],
+        "scheduler_setup": "until [ -e release-scheduler ]; do sleep 0.1; done",
+    },
 }
 
 

@@ -1,4 +1,5 @@
 """The REST API on the wire: shapes, status codes, and every error a client can cause."""
+
 from __future__ import annotations
 
 import base64
@@ -6,13 +7,20 @@ import time
 from importlib.metadata import version
 
 import pytest
-
 from http_helpers import basic, call
 
 ALICE = basic("alice")
 BOB = basic("bob")
-EIGHT_KEYS = {"name", "dashboard_route", "status", "start_time", "stop_time", "options",
-              "tls_cert", "tls_key"}
+EIGHT_KEYS = {
+    "name",
+    "dashboard_route",
+    "status",
+    "start_time",
+    "stop_time",
+    "options",
+    "tls_cert",
+    "tls_key",
+}
 
 
 def api(gw, path: str) -> str:
@@ -58,10 +66,16 @@ def test_401_first_then_cookie(gateway):
     assert r.status == 401
 
 
-@pytest.mark.parametrize("header", [
-    "Basic", "Basic !!!notbase64", "Basicnospace", "Bearer abc", "Basic " +
-    base64.b64encode(b":").decode(),
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic",
+        "Basic !!!notbase64",
+        "Basicnospace",
+        "Bearer abc",
+        "Basic " + base64.b64encode(b":").decode(),
+    ],
+)
 def test_malformed_credentials_are_401(gateway, header):
     r = call("GET", api(gateway, "/v1/options"), headers={"Authorization": header})
     assert r.status == 401
@@ -76,27 +90,46 @@ def test_non_ascii_user_names(gateway):
 
 def test_options_spec(gateway):
     r = call("GET", api(gateway, "/v1/options"), headers=ALICE)
-    assert r.json() == {"cluster_options": [
-        {"field": "worker_cores", "label": "Worker Cores", "default": 1,
-         "spec": {"type": "int", "min": 1, "max": 4}},
-        {"field": "worker_memory", "label": "Worker Memory (GiB)", "default": 1.0,
-         "spec": {"type": "float", "min": 0.25, "max": 4.0}},
-        {"field": "environment", "label": "Environment", "default": "basic",
-         "spec": {"type": "select", "options": ["basic", "tensorflow"]}},
-    ]}
+    assert r.json() == {
+        "cluster_options": [
+            {
+                "field": "worker_cores",
+                "label": "Worker Cores",
+                "default": 1,
+                "spec": {"type": "int", "min": 1, "max": 4},
+            },
+            {
+                "field": "worker_memory",
+                "label": "Worker Memory (GiB)",
+                "default": 1.0,
+                "spec": {"type": "float", "min": 0.25, "max": 4.0},
+            },
+            {
+                "field": "environment",
+                "label": "Environment",
+                "default": "basic",
+                "spec": {"type": "select", "options": ["basic", "tensorflow"]},
+            },
+        ]
+    }
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"cluster_options": {"worker_cores": 10}}, "worker_cores must be <= 4, got 10"),
-    ({"cluster_options": {"worker_cores": "a"}}, "worker_cores must be an integer, got 'a'"),
-    ({"cluster_options": {"worker_cores": True}}, "worker_cores must be an integer, got True"),
-    ({"cluster_options": {"worker_memory": -1}}, "worker_memory must be >= 0.25, got -1"),
-    ({"cluster_options": {"environment": "nope"}},
-     "'nope' is not a valid option for environment"),
-    ({"cluster_options": {"a": 1, "b": 2}}, "Unknown fields ['a', 'b']"),
-    ({"cluster_options": [1]}, "options must be a dict, got 'list'"),
-    ([1, 2], "Request body must be a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"cluster_options": {"worker_cores": 10}}, "worker_cores must be <= 4, got 10"),
+        ({"cluster_options": {"worker_cores": "a"}}, "worker_cores must be an integer, got 'a'"),
+        ({"cluster_options": {"worker_cores": True}}, "worker_cores must be an integer, got True"),
+        ({"cluster_options": {"worker_memory": -1}}, "worker_memory must be >= 0.25, got -1"),
+        (
+            {"cluster_options": {"environment": "nope"}},
+            "'nope' is not a valid option for environment",
+        ),
+        ({"cluster_options": {"a": 1, "b": 2}}, "Unknown fields ['a', 'b']"),
+        ({"cluster_options": [1]}, "options must be a dict, got 'list'"),
+        ([1, 2], "Request body must be a JSON object, got list"),
+    ],
+)
 def test_create_rejects_bad_options(gateway, body, message):
     r = call("POST", api(gateway, "/v1/clusters/"), body, ALICE)
     assert r.status == 422
@@ -104,8 +137,7 @@ def test_create_rejects_bad_options(gateway, body, message):
 
 
 def test_malformed_json_is_400(gateway, running):
-    for path in ["/v1/clusters/", f"/v1/clusters/{running}/scale",
-                 f"/v1/clusters/{running}/adapt"]:
+    for path in ["/v1/clusters/", f"/v1/clusters/{running}/scale", f"/v1/clusters/{running}/adapt"]:
         r = call("POST", api(gateway, path), raw=b"{not json", headers=ALICE)
         assert r.status == 400, path
         assert r.json() == {"error": "Request body must be valid JSON"}
@@ -169,16 +201,18 @@ def test_other_users_cluster_is_403(gateway, running):
     assert_healthy(gateway, running)
 
 
-@pytest.mark.parametrize("body", [{}, {"count": -1}, {"count": "2"}, {"count": 1.5},
-                                  {"count": True}, [3]])
+@pytest.mark.parametrize(
+    "body", [{}, {"count": -1}, {"count": "2"}, {"count": 1.5}, {"count": True}, [3]]
+)
 def test_scale_rejects_bad_counts(gateway, running, body):
     r = call("POST", api(gateway, f"/v1/clusters/{running}/scale"), body, ALICE)
     assert r.status == 422
     assert r.json()["error"].startswith("Scale expects a non-negative integer")
 
 
-@pytest.mark.parametrize("body", [{"minimum": -1}, {"maximum": "x"}, {"active": "yes"},
-                                  {"minimum": 5, "maximum": 2}])
+@pytest.mark.parametrize(
+    "body", [{"minimum": -1}, {"maximum": "x"}, {"active": "yes"}, {"minimum": 5, "maximum": 2}]
+)
 def test_adapt_rejects_bad_bounds(gateway, running, body):
     r = call("POST", api(gateway, f"/v1/clusters/{running}/adapt"), body, ALICE)
     assert r.status == 422
@@ -191,14 +225,15 @@ def test_scale_over_limit_is_clamped_with_message(gateway, running):
     assert r.json() == {
         "ok": False,
         "msg": "Scale request of 50 workers would exceed resource limit of 10 workers. "
-               "Scaling to 10 instead.",
+        "Scaling to 10 instead.",
     }
-    r = call("POST", api(gateway, f"/v1/clusters/{running}/adapt"),
-             {"minimum": 1, "maximum": 20}, ALICE)
+    r = call(
+        "POST", api(gateway, f"/v1/clusters/{running}/adapt"), {"minimum": 1, "maximum": 20}, ALICE
+    )
     assert r.json() == {
         "ok": False,
         "msg": "Adapt with `maximum=20, minimum=1` workers would exceed resource limit of "
-               "10 workers. Using `maximum=10, minimum=1` instead.",
+        "10 workers. Using `maximum=10, minimum=1` instead.",
     }
     r = call("POST", api(gateway, f"/v1/clusters/{running}/scale"), {"count": 0}, ALICE)
     assert r.json() == {"ok": True, "msg": None}

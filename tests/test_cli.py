@@ -1,4 +1,5 @@
 """The `dask-gateway-server` command: defaults, generate-config, clean shutdown."""
+
 from __future__ import annotations
 
 import os
@@ -12,17 +13,25 @@ from gateway_process import free_port
 
 
 def run(*args, cwd=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "dask_gateway_server", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dask_gateway_server", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_generate_config(tmp_path):
     out = run("generate-config", "--output", str(tmp_path / "c.py"))
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "c.py").read_text()
-    for line in ["# c.Proxy.address = '127.0.0.1:8000'", "# c.ClusterConfig.worker_cores = 1",
-                 "# c.LocalBackend.stop_clusters_on_shutdown = True",
-                 "# c.SimpleAuthenticator.password = None"]:
+    for line in [
+        "# c.Proxy.address = '127.0.0.1:8000'",
+        "# c.ClusterConfig.worker_cores = 1",
+        "# c.LocalBackend.stop_clusters_on_shutdown = True",
+        "# c.SimpleAuthenticator.password = None",
+    ]:
         assert line in text
     again = run("generate-config", "--output", str(tmp_path / "c.py"))
     assert again.returncode == 1 and "--force" in again.stderr
@@ -34,8 +43,13 @@ def test_defaults_and_sigint(tmp_path):
     port = free_port()
     # The config file in the working directory is picked up without -f.
     (tmp_path / "dask_gateway_config.py").write_text(f"c.Proxy.address = '127.0.0.1:{port}'\n")
-    proc = subprocess.Popen([sys.executable, "-m", "dask_gateway_server"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dask_gateway_server"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for _ in range(200):
             try:

@@ -1,5 +1,6 @@
 """The client's HTTP layer against a real gateway: kept-alive connections, an HTTP proxy,
 and the errors a user sees when nothing answers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,12 +28,21 @@ class _ForwardProxy(web.RequestHandler):
         uri = self.request.uri
         assert uri.startswith("http://"), uri  # a proxy request, not a direct one
         self.seen.append(f"{self.request.method} {uri}")
-        headers = {k: v for k, v in self.request.headers.get_all()
-                   if k.lower() not in ("proxy-connection", "host", "connection")}
-        resp = await AsyncHTTPClient().fetch(HTTPRequest(
-            uri, method=self.request.method, headers=headers,
-            body=self.request.body if self.request.method == "POST" else None,
-            follow_redirects=False), raise_error=False)
+        headers = {
+            k: v
+            for k, v in self.request.headers.get_all()
+            if k.lower() not in ("proxy-connection", "host", "connection")
+        }
+        resp = await AsyncHTTPClient().fetch(
+            HTTPRequest(
+                uri,
+                method=self.request.method,
+                headers=headers,
+                body=self.request.body if self.request.method == "POST" else None,
+                follow_redirects=False,
+            ),
+            raise_error=False,
+        )
         self.set_status(resp.code, resp.reason)
         self.clear_header("Content-Type")
         for k, v in resp.headers.get_all():
@@ -79,6 +89,7 @@ def forward_proxy():
 
 def test_api_calls_go_through_a_configured_http_proxy(gateway, forward_proxy):
     import dask
+
     from dask_gateway import Gateway
 
     proxy_url, seen = forward_proxy

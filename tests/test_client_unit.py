@@ -46,14 +46,25 @@ from dask_gateway.options import Float, Integer, Mapping, Select, String
 
 OPTIONS_SPEC = {
     "cluster_options": [
-        {"field": "worker_cores", "label": "Worker Cores", "default": 1,
-         "spec": {"type": "int", "min": 1, "max": 4}},
-        {"field": "worker_memory", "label": "Worker Memory", "default": 1,
-         "spec": {"type": "float", "min": 1.0, "max": 8.5}},
-        {"field": "environment", "label": "Environment", "default": "basic",
-         "spec": {"type": "select", "options": ["basic", "tensorflow"]}},
-        {"field": "image", "label": "image", "default": "",
-         "spec": {"type": "string"}},
+        {
+            "field": "worker_cores",
+            "label": "Worker Cores",
+            "default": 1,
+            "spec": {"type": "int", "min": 1, "max": 4},
+        },
+        {
+            "field": "worker_memory",
+            "label": "Worker Memory",
+            "default": 1,
+            "spec": {"type": "float", "min": 1.0, "max": 8.5},
+        },
+        {
+            "field": "environment",
+            "label": "Environment",
+            "default": "basic",
+            "spec": {"type": "select", "options": ["basic", "tensorflow"]},
+        },
+        {"field": "image", "label": "image", "default": "", "spec": {"type": "string"}},
         {"field": "debug", "label": "debug", "default": False, "spec": {"type": "bool"}},
         {"field": "env", "label": "env", "default": {}, "spec": {"type": "mapping"}},
     ]
@@ -148,10 +159,17 @@ def test_options_mapping_defaults_not_shared():
 
 
 def test_options_spec_forward_compatibility():
-    spec = {"cluster_options": [
-        {"field": "n", "label": "N", "default": 1, "description": "new key",
-         "spec": {"type": "int", "min": None, "max": None, "step": 2}},
-    ]}
+    spec = {
+        "cluster_options": [
+            {
+                "field": "n",
+                "label": "N",
+                "default": 1,
+                "description": "new key",
+                "spec": {"type": "int", "min": None, "max": None, "step": 2},
+            },
+        ]
+    }
     assert dict(Options._from_spec(spec)) == {"n": 1}
     bad = {"cluster_options": [{"field": "q", "default": 1, "spec": {"type": "quantity"}}]}
     with pytest.raises(ValueError, match="type 'quantity'"):
@@ -248,8 +266,7 @@ def test_http_proxy_settings(monkeypatch):
     with pytest.raises(ValueError, match="Invalid HTTP proxy URL"):
         proxy_settings("http://h", "http://")
     assert proxy_settings("http://h", "proxy:3128") == "http://proxy:3128"
-    assert (proxy_settings("http://h", "http://user:pw@proxy:3128")
-            == "http://user:pw@proxy:3128")
+    assert proxy_settings("http://h", "http://user:pw@proxy:3128") == "http://user:pw@proxy:3128"
     monkeypatch.setenv("http_proxy", "http://proxy:3128")
     assert proxy_settings("http://h", True) == "http://proxy:3128"
     monkeypatch.setenv("no_proxy", "h")

@@ -14,7 +14,10 @@ import textwrap
 
 import dask.array as da
 import pytest
+import waiting
 from tornado.httpclient import HTTPClientError
+from upstream_server import UPSTREAM_CONFIG as CONFIG
+from upstream_server import upstream_server
 
 from dask_gateway import (
     BasicAuth,
@@ -24,9 +27,6 @@ from dask_gateway import (
     GatewayWarning,
 )
 from dask_gateway.client import ClusterStatus
-
-import waiting
-from upstream_server import UPSTREAM_CONFIG as CONFIG, upstream_server
 
 PASSWORD = "compat-test-password"
 
@@ -89,7 +89,11 @@ def test_full_workflow(gateway):
         assert cluster.name in cluster._repr_html_()
         [report] = gateway.list_clusters()
         assert report.name == cluster.name and report.status is ClusterStatus.RUNNING
-        assert report.options == {"worker_cores": 2, "worker_memory": 1.0, "environment": "tensorflow"}
+        assert report.options == {
+            "worker_cores": 2,
+            "worker_memory": 1.0,
+            "environment": "tensorflow",
+        }
 
         client = cluster.get_client()
         assert client.scheduler.address == cluster.scheduler_address
@@ -111,7 +115,10 @@ def test_full_workflow(gateway):
     assert cluster.status == "closed"
     assert client.status == "closed"  # clients from get_client close with the cluster
     assert gateway.list_clusters() == []
-    assert gateway.get_cluster(cluster.name).status in (ClusterStatus.STOPPING, ClusterStatus.STOPPED)
+    assert gateway.get_cluster(cluster.name).status in (
+        ClusterStatus.STOPPING,
+        ClusterStatus.STOPPED,
+    )
 
 
 def test_public_scheduler_gets_no_op_it_lacks(upstream_dir, gateway):
@@ -160,8 +167,10 @@ def test_subclass_hooks_and_cleanup_lingering_clusters(upstream, gateway):
     cleanup_lingering_clusters()  # what runs at exit: closes (and so stops) `dropped`
     assert dropped.status == "closed"
     assert calls[4:] == [("stopping", "running"), ("stopped", "closed")]
-    assert gateway.get_cluster(dropped.name).status in (ClusterStatus.STOPPING,
-                                                        ClusterStatus.STOPPED)
+    assert gateway.get_cluster(dropped.name).status in (
+        ClusterStatus.STOPPING,
+        ClusterStatus.STOPPED,
+    )
     gateway.stop_cluster(kept.name)
 
 

@@ -1,5 +1,6 @@
 """The gateway killed while clusters are being created, scaled and stopped: after a restart
 every cluster reaches its target and no process is left over or duplicated."""
+
 from __future__ import annotations
 
 import signal
@@ -30,13 +31,17 @@ def test_sigkill_mid_flight_leaves_no_orphans(fresh_gateway):
     gw.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        answers = {n: call("GET", f"{api}/{n}", headers=ALICE).json()
-                   for n in [stable, stopping, *creating]}
+        answers = {
+            n: call("GET", f"{api}/{n}", headers=ALICE).json()
+            for n in [stable, stopping, *creating]
+        }
         assert all("status" in a for a in answers.values()), (answers, gw.log()[-4000:])
         states = {n: a["status"] for n, a in answers.items()}
-        done = (states[stopping] == "STOPPED"
-                and all(states[n] == "RUNNING" for n in [stable, *creating])
-                and len(cluster_processes(stable, "worker")) == 3)
+        done = (
+            states[stopping] == "STOPPED"
+            and all(states[n] == "RUNNING" for n in [stable, *creating])
+            and len(cluster_processes(stable, "worker")) == 3
+        )
         if done:
             break
         time.sleep(0.2)

@@ -11,6 +11,7 @@ earlier ones defined, as a reader would type them), against the session's real g
 the address in dask config env as a user would have it. Each page runs as its own user and
 must leave no cluster running.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,15 +22,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from http_helpers import basic, call
 
 from dask_gateway_server import docs as docs_gen
-from http_helpers import basic, call
 
 ROOT = Path(__file__).parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.M | re.S)
 
-RUNNER = textwrap.dedent('''
+RUNNER = textwrap.dedent("""
     import sys, traceback
     blocks = {blocks!r}
     namespace = {{"__name__": "__main__"}}
@@ -40,7 +41,7 @@ RUNNER = textwrap.dedent('''
             traceback.print_exc()
             print(f"\\nThe block at {page}:{{line}} failed", file=sys.stderr)
             sys.exit(1)
-''')
+""")
 
 
 def blocks(page: Path, info: str) -> list[tuple[int, str]]:
@@ -59,14 +60,14 @@ def runnable_blocks(page: Path) -> list[tuple[int, str]]:
 
 # Loads a config file as the server does at start (every class it configures is built, so
 # every value is validated), plus a ClusterConfig; then reports what the server logged.
-CONFIG_CHECK = textwrap.dedent('''
+CONFIG_CHECK = textwrap.dedent("""
     import sys
     from dask_gateway_server.app import DaskGateway
     app = DaskGateway()
     app.initialize(["-f", sys.argv[1], "--DaskGateway.data_dir=" + sys.argv[2]])
     app.backend.cluster_config_class(parent=app.backend).to_dict()
     print("loaded", type(app.backend).__name__, type(app.authenticator).__name__)
-''')
+""")
 
 
 def rel(page: Path) -> str:
@@ -86,11 +87,21 @@ def test_runnable_blocks_exist():
 def test_runnable_blocks_run(page, gateway, tmp_path):
     user = "docs-" + page.stem.lower()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_GATEWAY")}
-    env.update(DASK_GATEWAY__ADDRESS=gateway.address, DASK_GATEWAY__AUTH__TYPE="basic",
-               DASK_GATEWAY__AUTH__KWARGS__USERNAME=user, MPLBACKEND="agg")
+    env.update(
+        DASK_GATEWAY__ADDRESS=gateway.address,
+        DASK_GATEWAY__AUTH__TYPE="basic",
+        DASK_GATEWAY__AUTH__KWARGS__USERNAME=user,
+        MPLBACKEND="agg",
+    )
     script = RUNNER.format(blocks=runnable_blocks(page), page=rel(page))
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
     left = call("GET", f"{gateway.address}/api/v1/clusters/", headers=basic(user)).json()
     assert left == {}, f"{rel(page)} leaves clusters running: {list(left)}"
@@ -99,17 +110,26 @@ def test_runnable_blocks_run(page, gateway, tmp_path):
 CONFIG_BLOCKS = [(page, line, src) for page in PAGES for line, src in blocks(page, "python config")]
 
 
-@pytest.mark.parametrize("page,line,source", CONFIG_BLOCKS,
-                         ids=[f"{rel(p)}:{n}" for p, n, _ in CONFIG_BLOCKS])
+@pytest.mark.parametrize(
+    "page,line,source", CONFIG_BLOCKS, ids=[f"{rel(p)}:{n}" for p, n, _ in CONFIG_BLOCKS]
+)
 def test_config_examples_load(page, line, source, tmp_path):
     """Each ``python config`` block is a valid dask_gateway_config.py: the server loads it with
     no error and no warning (every setting it names exists and takes the value shown)."""
     path = tmp_path / "dask_gateway_config.py"
     path.write_text(source)
-    out = subprocess.run([sys.executable, "-c", CONFIG_CHECK, str(path), str(tmp_path / "data")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    logged = [ln for ln in (out.stdout + out.stderr).splitlines()
-              if re.match(r"\[[WEC] ", ln) or re.search(r"Traceback|Error|Warning", ln)]
+    out = subprocess.run(
+        [sys.executable, "-c", CONFIG_CHECK, str(path), str(tmp_path / "data")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    logged = [
+        ln
+        for ln in (out.stdout + out.stderr).splitlines()
+        if re.match(r"\[[WEC] ", ln) or re.search(r"Traceback|Error|Warning", ln)
+    ]
     assert out.returncode == 0 and not logged, f"{rel(page)}:{line}\n{out.stdout}{out.stderr}"
     assert out.stdout.startswith("loaded")
 

@@ -1,6 +1,7 @@
 """Faults: a frozen scheduler, the database restarting or locked under the gateway, backend
 commands that hang. Each ends in a clear state with a clear message, within a bounded time,
 while the gateway keeps serving other users."""
+
 from __future__ import annotations
 
 import base64
@@ -44,8 +45,7 @@ def served_quickly(gw, name, who=BOB, within: float = 5.0) -> float:
     t0 = time.monotonic()
     r = call("GET", f"{gw.address}/api/v1/clusters/{name}", headers=who, timeout=within)
     assert r.status == 200 and r.json()["status"] == "RUNNING", r.body
-    assert name in call("GET", f"{gw.address}/api/v1/clusters/", headers=who,
-                        timeout=within).json()
+    assert name in call("GET", f"{gw.address}/api/v1/clusters/", headers=who, timeout=within).json()
     took = time.monotonic() - t0
     assert took < within
     return took
@@ -84,8 +84,9 @@ def _pids_of(cmdline: bytes) -> list[int]:
 
 # -- 1. a scheduler that stops heartbeating but stays up ------------------------------------
 def test_frozen_scheduler_fails_cluster_and_is_killed(fresh_gateway):
-    gw = fresh_gateway(["--LocalBackend.cluster_heartbeat_period=1",
-                        "--LocalBackend.cluster_heartbeat_timeout=4"])
+    gw = fresh_gateway(
+        ["--LocalBackend.cluster_heartbeat_period=1", "--LocalBackend.cluster_heartbeat_timeout=4"]
+    )
     gw.start(timeout=120)
     frozen, other = create(gw, ALICE), create(gw, BOB)
     for name, who in ((frozen, ALICE), (other, BOB)):
@@ -107,9 +108,14 @@ def test_frozen_scheduler_fails_cluster_and_is_killed(fresh_gateway):
         # and soon after it: one timeout check period (2 s here) plus a busy machine's slack.
         assert 2.5 < failed_after < 4 + 2 + 10, failed_after
         # Its processes go too: the stopped scheduler is continued or killed, not waited on.
-        wait_for(lambda: not cluster_processes(frozen, "scheduler")
-                 and not cluster_processes(frozen, "worker"), timeout=20,
-                 what="the frozen cluster's processes gone")
+        wait_for(
+            lambda: (
+                not cluster_processes(frozen, "scheduler")
+                and not cluster_processes(frozen, "worker")
+            ),
+            timeout=20,
+            what="the frozen cluster's processes gone",
+        )
         gone_after = time.monotonic() - t0
     finally:
         try:
@@ -123,8 +129,10 @@ def test_frozen_scheduler_fails_cluster_and_is_killed(fresh_gateway):
     # Bob's cluster ran on throughout, and still computes.
     assert status(gw, other, BOB) == "RUNNING"
     compute_on(gw, other, "bob")
-    print(f"\nfrozen scheduler: FAILED after {failed_after:.1f} s, processes gone after "
-          f"{gone_after:.1f} s; slowest other-user request {slowest:.2f} s")
+    print(
+        f"\nfrozen scheduler: FAILED after {failed_after:.1f} s, processes gone after "
+        f"{gone_after:.1f} s; slowest other-user request {slowest:.2f} s"
+    )
 
 
 # -- 2. the database restarted, or locked, under the gateway ---------------------------------
@@ -133,33 +141,58 @@ class PrivatePostgres:
     stopping it disturbs no other test."""
 
     def __init__(self) -> None:
-        self.env = {**os.environ, "PG_DIR": f"/tmp/dg-faults-pg-{uuid.uuid4().hex[:8]}",
-                    "PG_PORT": str(free_port())}
+        self.env = {
+            **os.environ,
+            "PG_DIR": f"/tmp/dg-faults-pg-{uuid.uuid4().hex[:8]}",
+            "PG_PORT": str(free_port()),
+        }
         self.dir = self.env["PG_DIR"]
-        out = subprocess.run(["bash", str(ROOT / "scripts/services/start-pg.sh")],
-                             env=self.env, check=True, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts/services/start-pg.sh")],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         self.url = out.stdout.strip().splitlines()[-1]
-        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
-                      key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()])
+        bins = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+            key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()],
+        )
         self.pg_ctl = str(bins[-1])
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", self.pg_ctl, "-D",
-                        f"{self.dir}/data", *args], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", self.pg_ctl, "-D", f"{self.dir}/data", *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def stop(self) -> None:
         self._ctl("-m", "fast", "-w", "-t", "60", "stop")
 
     def start(self) -> None:
-        self._ctl("-l", f"{self.dir}/server.log", "-w", "-t", "60", "start", "-o",
-                  f"-p {self.env['PG_PORT']} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off -c synchronous_commit=off")
+        self._ctl(
+            "-l",
+            f"{self.dir}/server.log",
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-p {self.env['PG_PORT']} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off",
+        )
 
     def remove(self) -> None:
-        subprocess.run(["bash", str(ROOT / "scripts/services/stop-pg.sh")], env=self.env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts/services/stop-pg.sh")],
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+        )
 
 
 @pytest.fixture
@@ -170,10 +203,10 @@ def private_pg():
 
 
 def test_postgres_restart_under_the_gateway(fresh_gateway, private_pg, monkeypatch):
-    monkeypatch.setenv("DASK_GATEWAY_ENCRYPT_KEYS",
-                       base64.urlsafe_b64encode(os.urandom(32)).decode())
-    gw = fresh_gateway([f"--DBBackendBase.db_url={private_pg.url}",
-                        "--DBBackendBase.db_timeout=3"])
+    monkeypatch.setenv(
+        "DASK_GATEWAY_ENCRYPT_KEYS", base64.urlsafe_b64encode(os.urandom(32)).decode()
+    )
+    gw = fresh_gateway([f"--DBBackendBase.db_url={private_pg.url}", "--DBBackendBase.db_timeout=3"])
     gw.start(timeout=120)
     running = create(gw, ALICE)
     wait_for(lambda: status(gw, running) == "RUNNING", timeout=60, what="RUNNING")
@@ -203,8 +236,14 @@ def test_postgres_restart_under_the_gateway(fresh_gateway, private_pg, monkeypat
     # Back without a gateway restart: the first write after it succeeds (no stale
     # connection error), and the new cluster starts.
     up_at = time.monotonic()
-    new = wait_for(lambda: (r := call("POST", f"{gw.address}/api/v1/clusters/", {}, BOB))
-                   .status == 201 and r.json()["name"], timeout=30, what="a write after PG")
+    new = wait_for(
+        lambda: (
+            (r := call("POST", f"{gw.address}/api/v1/clusters/", {}, BOB)).status == 201
+            and r.json()["name"]
+        ),
+        timeout=30,
+        what="a write after PG",
+    )
     first_write_after = time.monotonic() - up_at
     wait_for(lambda: status(gw, new, BOB) == "RUNNING", timeout=60, what="RUNNING")
     assert status(gw, running) == "RUNNING"
@@ -215,12 +254,14 @@ def test_postgres_restart_under_the_gateway(fresh_gateway, private_pg, monkeypat
     engine = sa.create_engine(private_pg.url)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT name, username, status FROM clusters")).all()
-        workers = conn.execute(sa.text(
-            "SELECT w.name, c.name AS cluster FROM workers w JOIN clusters c "
-            "ON c.id = w.cluster_id")).all()
+        workers = conn.execute(
+            sa.text(
+                "SELECT w.name, c.name AS cluster FROM workers w JOIN clusters c "
+                "ON c.id = w.cluster_id"
+            )
+        ).all()
     engine.dispose()
-    assert sorted((r.name, r.username) for r in rows) == sorted(
-        [(running, "alice"), (new, "bob")])
+    assert sorted((r.name, r.username) for r in rows) == sorted([(running, "alice"), (new, "bob")])
     from dask_gateway_server.models import JobStatus
 
     by_name = {r.name: JobStatus(r.status) for r in rows}
@@ -230,8 +271,10 @@ def test_postgres_restart_under_the_gateway(fresh_gateway, private_pg, monkeypat
     assert "The gateway's database is unavailable" in gw.log()
     assert "The gateway's database is available again" in gw.log()
     assert "Traceback" not in gw.log()
-    print(f"\npostgres down: write answered 503 in {write_503_in:.2f} s; after restart the "
-          f"first write succeeded {first_write_after:.1f} s after PG was up")
+    print(
+        f"\npostgres down: write answered 503 in {write_503_in:.2f} s; after restart the "
+        f"first write succeeded {first_write_after:.1f} s after PG was up"
+    )
 
 
 def test_locked_sqlite_is_a_bounded_wait_then_503(fresh_gateway):
@@ -268,8 +311,10 @@ def test_locked_sqlite_is_a_bounded_wait_then_503(fresh_gateway):
     with sqlite3.connect(gw.data_dir / "dask_gateway.sqlite") as db:
         names = sorted(n for (n,) in db.execute("SELECT name FROM clusters"))
     assert names == sorted([other, name])
-    print(f"\nlocked sqlite: 503 after {result['took']:.1f} s; other user's reads meanwhile "
-          f"took at most {max(reads):.2f} s")
+    print(
+        f"\nlocked sqlite: 503 after {result['took']:.1f} s; other user's reads meanwhile "
+        f"took at most {max(reads):.2f} s"
+    )
 
 
 async def test_failed_write_leaves_memory_as_the_database(tmp_path):
@@ -283,8 +328,15 @@ async def test_failed_write_leaves_memory_as_the_database(tmp_path):
     path = tmp_path / "db.sqlite"
     store = Store(f"sqlite:///{path}", [Fernet.generate_key()], timeout=0.5)
     await store.setup()
-    cluster = Cluster(name="c", username="alice", token="t", options={}, config={},
-                      tls_cert=b"cert", tls_key=b"key")
+    cluster = Cluster(
+        name="c",
+        username="alice",
+        token="t",
+        options={},
+        config={},
+        tls_cert=b"cert",
+        tls_key=b"key",
+    )
     await store.add_cluster(cluster)
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
@@ -338,10 +390,12 @@ def hang_gateway(tmp_path):
         script.chmod(0o755)
         scripts.append(str(script))
     config = tmp_path / "hang_config.py"
-    config.write_text(HANG_CONFIG.format(base=str(HERE / "gateway_config.py"),
-                                         hang=scripts[0], hang_python=scripts[1]))
-    gw = GatewayProcess(tmp_path / "gw", ["--LocalBackend.cluster_start_timeout=5"],
-                        config=config)
+    config.write_text(
+        HANG_CONFIG.format(
+            base=str(HERE / "gateway_config.py"), hang=scripts[0], hang_python=scripts[1]
+        )
+    )
+    gw = GatewayProcess(tmp_path / "gw", ["--LocalBackend.cluster_start_timeout=5"], config=config)
     gw.marks = [f"sleep\0{m}\0".encode() for m in marks]
     yield gw
     try:
@@ -361,8 +415,11 @@ def test_hung_scheduler_command_fails_cluster_in_bounded_time(hang_gateway):
     t0 = time.monotonic()
     hung = create(gw, ALICE, {"environment": "hang"})
     hung_python = create(gw, ALICE, {"environment": "hung-python"})
-    wait_for(lambda: _pids_of(gw.marks[0]) and _pids_of(gw.marks[1]), timeout=20,
-             what="both hung commands running")
+    wait_for(
+        lambda: _pids_of(gw.marks[0]) and _pids_of(gw.marks[1]),
+        timeout=20,
+        what="both hung commands running",
+    )
     slowest, done = 0.0, {}
     while len(done) < 2:
         assert time.monotonic() - t0 < 40, f"not failed in 40 s: {done}"
@@ -374,8 +431,11 @@ def test_hung_scheduler_command_fails_cluster_in_bounded_time(hang_gateway):
     # The start timeout (5 s), plus one timeout check period (2 s) and a busy machine's slack.
     assert all(5 <= t < 5 + 2 + 10 for t in done.values()), done
     # The hung processes are killed, and the reasons logged.
-    wait_for(lambda: not _pids_of(gw.marks[0]) and not _pids_of(gw.marks[1]), timeout=15,
-             what="the hung processes killed")
+    wait_for(
+        lambda: not _pids_of(gw.marks[0]) and not _pids_of(gw.marks[1]),
+        timeout=15,
+        what="the hung processes killed",
+    )
     assert log_lines_with(gw, hung, "Cluster did not start within 5 s"), gw.log()
     assert log_lines_with(
         gw, hung_python, "Cluster failed to start: the backend did not start it within 5 s"
@@ -385,9 +445,11 @@ def test_hung_scheduler_command_fails_cluster_in_bounded_time(hang_gateway):
     compute_on(gw, other, "bob")
     fine = create(gw, ALICE)
     wait_for(lambda: status(gw, fine) == "RUNNING", timeout=60, what="RUNNING")
-    print(f"\nhung commands: FAILED after {done[hung]:.1f} s (scheduler command) and "
-          f"{done[hung_python]:.1f} s (fork server start); slowest other-user request "
-          f"{slowest:.2f} s")
+    print(
+        f"\nhung commands: FAILED after {done[hung]:.1f} s (scheduler command) and "
+        f"{done[hung_python]:.1f} s (fork server start); slowest other-user request "
+        f"{slowest:.2f} s"
+    )
 
 
 def _fake_command(tmp_path: Path, name: str, mark: int) -> str:
@@ -405,12 +467,23 @@ async def test_hung_slurm_commands_time_out_and_are_killed(tmp_path):
 
     marks = dict(zip(("sbatch", "squeue", "scancel"), random.sample(range(100000, 999999), 3)))
     fakes = {name: _fake_command(tmp_path, name, mark) for name, mark in marks.items()}
-    backend = SlurmBackend(sbatch=fakes["sbatch"], squeue=fakes["squeue"],
-                           scancel=fakes["scancel"], command_timeout=1, user_switch="none",
-                           api_url="http://127.0.0.1:1/api")
-    cluster = Cluster(name="hung", username="alice", token="t", options={},
-                      config={"staging_directory": str(tmp_path / "staging")},
-                      tls_cert=b"cert", tls_key=b"key")
+    backend = SlurmBackend(
+        sbatch=fakes["sbatch"],
+        squeue=fakes["squeue"],
+        scancel=fakes["scancel"],
+        command_timeout=1,
+        user_switch="none",
+        api_url="http://127.0.0.1:1/api",
+    )
+    cluster = Cluster(
+        name="hung",
+        username="alice",
+        token="t",
+        options={},
+        config={"staging_directory": str(tmp_path / "staging")},
+        tls_cert=b"cert",
+        tls_key=b"key",
+    )
     try:
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match=r"^sbatch timed out after 1 s$"):
@@ -418,9 +491,20 @@ async def test_hung_slurm_commands_time_out_and_are_killed(tmp_path):
         assert time.monotonic() - t0 < 1 + 5
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match=r"^squeue timed out after 1 s$"):
-            await backend.check_clusters([Cluster(
-                name="c", username="alice", token="t", options={}, config={}, tls_cert=b"",
-                tls_key=b"", state={"job_id": "12"})])
+            await backend.check_clusters(
+                [
+                    Cluster(
+                        name="c",
+                        username="alice",
+                        token="t",
+                        options={},
+                        config={},
+                        tls_cert=b"",
+                        tls_key=b"",
+                        state={"job_id": "12"},
+                    )
+                ]
+            )
         assert time.monotonic() - t0 < 1 + 5
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match=r"^scancel timed out after 1 s$"):

@@ -4,6 +4,7 @@ gateway (bench/fuzz.py at CI size; the bench runs tens of thousands of cases).
 A user must never get a 5xx or a traceback, every error must be a JSON ``{"error": ...}``,
 every answer must be what the document says, and afterwards the gateway must be healthy with
 every cluster still there."""
+
 from __future__ import annotations
 
 import io
@@ -14,7 +15,7 @@ from pathlib import Path
 from http_helpers import basic, call
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-import fuzz  # noqa: E402
+import fuzz
 
 ALICE = basic("alice")
 CASES = 2000
@@ -37,8 +38,9 @@ def test_fuzz_every_route(fresh_gateway):
     print(summary, f"\nfuzzing took {seconds:.0f} s")
 
     spec = call("GET", f"{gw.address}/api/openapi.json").json()
-    operations = {f"{m.upper()} {path}" for path, item in spec["paths"].items()
-                  for m in item if m in METHODS}
+    operations = {
+        f"{m.upper()} {path}" for path, item in spec["paths"].items() for m in item if m in METHODS
+    }
     assert set(report.cases) == operations
     # Each operation gets its share (a few requests the client library refuses to send,
     # such as header values it cannot encode, are not counted).
@@ -51,17 +53,26 @@ def test_fuzz_every_route(fresh_gateway):
     by_op = report.by_operation
     assert by_op["POST /api/v1/clusters/"][201] >= 1, summary
     assert by_op["POST /api/v1/clusters/"][422] >= 1, summary
-    for op in ("POST /api/v1/clusters/{cluster_name}/scale",
-               "POST /api/v1/clusters/{cluster_name}/adapt",
-               "POST /api/v1/clusters/{cluster_name}/heartbeat",
-               "GET /api/v1/clusters/{cluster_name}/workers",
-               "GET /api/v1/clusters/{cluster_name}"):
+    for op in (
+        "POST /api/v1/clusters/{cluster_name}/scale",
+        "POST /api/v1/clusters/{cluster_name}/adapt",
+        "POST /api/v1/clusters/{cluster_name}/heartbeat",
+        "GET /api/v1/clusters/{cluster_name}/workers",
+        "GET /api/v1/clusters/{cluster_name}",
+    ):
         assert by_op[op][200] >= 1, (op, summary)
         assert sum(n for s, n in by_op[op].items() if 400 <= s < 500 and s != 401) >= 1, (
-            op, summary)
+            op,
+            summary,
+        )
     for op in report.cases:
-        if op not in {"GET /api/health", "GET /api/version", "GET /api/openapi.json",
-                      "GET /metrics", "GET /oauth_callback"}:
+        if op not in {
+            "GET /api/health",
+            "GET /api/version",
+            "GET /api/openapi.json",
+            "GET /metrics",
+            "GET /oauth_callback",
+        }:
             assert by_op[op][401] >= 1, (op, summary)
 
     # What the generator does not make: bodies nested deeper than JSON decoders follow.
@@ -73,8 +84,7 @@ def test_fuzz_every_route(fresh_gateway):
     assert gw.proc.poll() is None, gw.log()
     assert fuzz.problems_after(gw.address, before) == []
     # alice's cluster still answers.
-    r = call("GET", f"{gw.address}/api/v1/clusters/{targets.own}/workers",
-             headers=fuzz.ALICE)
+    r = call("GET", f"{gw.address}/api/v1/clusters/{targets.own}/workers", headers=fuzz.ALICE)
     assert r.status == 200
     # The fuzzing could create one cluster (alice's limit is two); it stops like any other.
     assert fuzz.stop_new_clusters(gw.address, before) <= 1
@@ -99,12 +109,12 @@ def test_worker_counts_beyond_what_the_store_holds_are_refused(fresh_gateway):
     assert r.json() == {"error": f"Scale expects at most 2147483647 workers, got {huge}"}
     r = call("POST", f"{url}/adapt", {"maximum": huge}, ALICE)
     assert r.status == 422
-    assert r.json() == {"error": f"Adapt expects a maximum of at most 2147483647 workers, "
-                                 f"got {huge}"}
+    assert r.json() == {
+        "error": f"Adapt expects a maximum of at most 2147483647 workers, got {huge}"
+    }
     r = call("POST", f"{url}/adapt", {"minimum": huge, "maximum": None}, ALICE)
     assert r.status == 422
     r = call("GET", f"{url}/workers", headers=ALICE)
     assert r.json() == {"workers": 0, "cores": 0, "memory": 0, "requested": 0}
     assert call("DELETE", url, headers=ALICE).status == 204
     assert call("GET", f"{gw.address}/api/health").status == 200
-

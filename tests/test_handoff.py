@@ -1,11 +1,11 @@
 """Client connections to local schedulers are handed to the scheduler itself: they do not
 flow through the gateway, so they keep working, untouched, across a gateway restart."""
+
 from __future__ import annotations
 
 import signal
 
 import pytest
-
 from procs import cluster_processes
 
 

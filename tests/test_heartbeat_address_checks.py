@@ -3,6 +3,7 @@ readers, and the reconciler's rules (the backend confirms a first heartbeat's ad
 one check at a time; later heartbeats must repeat them). The attacks themselves, as other
 users against real gateways, are in tests/security/test_heartbeat_addresses.py and
 tests/test_slurm.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,7 @@ import os
 import socket
 
 import pytest
+
 from dask_gateway_server.addresses import (
     AddressMoved,
     AddressNotYetKnown,
@@ -43,24 +45,46 @@ def test_parse_address():
     assert parse_address("dashboard_address", "") is None  # no dashboard
 
     malformed = [
-        ("scheduler_address", "http://10.0.0.5:8786"), ("scheduler_address", ""),
-        ("scheduler_address", "tls://[::1"), ("scheduler_address", "tls://10.0.0.5"),
-        ("scheduler_address", "tls://10.0.0.5:0"), ("scheduler_address", "tls://10.0.0.5:99999"),
-        ("scheduler_address", "tls://10.0.0.5:x"), ("api_address", "10.0.0.5:8788"),
-        ("api_address", "http://user:pw@10.0.0.5:8788"), ("api_address", "http://10.0.0.5:1/a"),
-        ("dashboard_address", "http://10.0.0.5:1?x=1"), ("dashboard_address", "http://h.example:1"),
-        ("dashboard_address", "http://localhost:8787"), ("dashboard_address", "http://10.0.0.5 :1"),
-        ("dashboard_address", "http://10.0.0.5:1\n"), ("dashboard_address", "http://1:" + "1" * 300),
-        ("dashboard_address", "file:///etc/passwd"), ("dashboard_address", "gopher://10.0.0.5:70"),
+        ("scheduler_address", "http://10.0.0.5:8786"),
+        ("scheduler_address", ""),
+        ("scheduler_address", "tls://[::1"),
+        ("scheduler_address", "tls://10.0.0.5"),
+        ("scheduler_address", "tls://10.0.0.5:0"),
+        ("scheduler_address", "tls://10.0.0.5:99999"),
+        ("scheduler_address", "tls://10.0.0.5:x"),
+        ("api_address", "10.0.0.5:8788"),
+        ("api_address", "http://user:pw@10.0.0.5:8788"),
+        ("api_address", "http://10.0.0.5:1/a"),
+        ("dashboard_address", "http://10.0.0.5:1?x=1"),
+        ("dashboard_address", "http://h.example:1"),
+        ("dashboard_address", "http://localhost:8787"),
+        ("dashboard_address", "http://10.0.0.5 :1"),
+        ("dashboard_address", "http://10.0.0.5:1\n"),
+        ("dashboard_address", "http://1:" + "1" * 300),
+        ("dashboard_address", "file:///etc/passwd"),
+        ("dashboard_address", "gopher://10.0.0.5:70"),
     ]
     for key, value in malformed:
         with pytest.raises(MalformedAddress):
             parse_address(key, value)
 
-    forbidden = ["169.254.169.254", "169.254.170.2", "[fe80::1]", "[fe80::1%25eth0]",
-                 "[fd00:ec2::254]", "100.100.100.200", "0.0.0.0", "[::]", "224.0.0.1",
-                 "255.255.255.255", "240.0.0.1", "0.1.2.3", "[::ffff:169.254.169.254]",
-                 "[64:ff9b::a9fe:a9fe]", "[ff02::1]"]
+    forbidden = [
+        "169.254.169.254",
+        "169.254.170.2",
+        "[fe80::1]",
+        "[fe80::1%25eth0]",
+        "[fd00:ec2::254]",
+        "100.100.100.200",
+        "0.0.0.0",
+        "[::]",
+        "224.0.0.1",
+        "255.255.255.255",
+        "240.0.0.1",
+        "0.1.2.3",
+        "[::ffff:169.254.169.254]",
+        "[64:ff9b::a9fe:a9fe]",
+        "[ff02::1]",
+    ]
     for host in forbidden:
         with pytest.raises(AddressRefused) as info:
             parse_address("dashboard_address", f"http://{host}:80")
@@ -71,8 +95,11 @@ def test_listening_sockets_are_read_from_proc():
     """/proc/net/tcp{,6} entries decoded: address, port, owner and inode of real sockets."""
     made = []
     try:
-        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0"),
-                             (socket.AF_INET6, "::1")):
+        for family, host in (
+            (socket.AF_INET, "127.0.0.1"),
+            (socket.AF_INET, "0.0.0.0"),
+            (socket.AF_INET6, "::1"),
+        ):
             s = socket.socket(family)
             made.append(s)
             s.bind((host, 0))
@@ -90,8 +117,9 @@ def test_listening_sockets_are_read_from_proc():
         wildcard_port = made[1].getsockname()[1]
         found = listeners_at(ipaddress.ip_address("127.0.0.1"), wildcard_port, table)
         assert [str(e.ip) for e in found] == ["0.0.0.0"]
-        assert listeners_at(ipaddress.ip_address("127.0.0.1"), made[2].getsockname()[1],
-                            table) == []
+        assert (
+            listeners_at(ipaddress.ip_address("127.0.0.1"), made[2].getsockname()[1], table) == []
+        )
     finally:
         for s in made:
             s.close()
@@ -126,16 +154,22 @@ class _Routes:
 
 
 def _heartbeat(port: int, **change) -> dict:
-    msg = {"scheduler_address": f"tls://127.0.0.1:{port}",
-           "dashboard_address": f"http://127.0.0.1:{port + 1}",
-           "api_address": f"http://127.0.0.1:{port + 2}", "count": 0,
-           "active_workers": [], "closing_workers": [], "closed_workers": []}
+    msg = {
+        "scheduler_address": f"tls://127.0.0.1:{port}",
+        "dashboard_address": f"http://127.0.0.1:{port + 1}",
+        "api_address": f"http://127.0.0.1:{port + 2}",
+        "count": 0,
+        "active_workers": [],
+        "closing_workers": [],
+        "closed_workers": [],
+    }
     return {**msg, **change}
 
 
 async def test_first_heartbeat_is_confirmed_once_and_addresses_never_move(tmp_path, caplog):
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}",
-                  [load_or_create_key_file(str(tmp_path / "key"))])
+    store = Store(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", [load_or_create_key_file(str(tmp_path / "key"))]
+    )
     await store.setup()
     backend = _Backend()
     routes = _Routes()
@@ -154,13 +188,18 @@ async def test_first_heartbeat_is_confirmed_once_and_addresses_never_move(tmp_pa
         with pytest.raises(AddressNotYetKnown):
             await reconciler.on_heartbeat(cluster, _heartbeat(1000))
         backend.outcome = RuntimeError("squeue exploded")
-        with caplog.at_level(logging.WARNING, logger=log.name), \
-                pytest.raises(AddressNotYetKnown, match="could not check"):
+        with (
+            caplog.at_level(logging.WARNING, logger=log.name),
+            pytest.raises(AddressNotYetKnown, match="could not check"),
+        ):
             await reconciler.on_heartbeat(cluster, _heartbeat(1000))
         assert "Could not check the addresses of cluster" in caplog.text
         assert "Refused a heartbeat of cluster" in caplog.text
         assert (cluster.status, cluster.scheduler_address, routes.added) == (
-            JobStatus.SUBMITTED, "", [])
+            JobStatus.SUBMITTED,
+            "",
+            [],
+        )
 
         # Two first heartbeats at once (a forged one racing the scheduler's): one check at
         # a time; the first confirmed is kept, the other compared and refused.
@@ -179,16 +218,19 @@ async def test_first_heartbeat_is_confirmed_once_and_addresses_never_move(tmp_pa
         assert len(backend.checks) == 3
         assert cluster.status == JobStatus.RUNNING
         assert cluster.scheduler_address == "tls://127.0.0.1:2000"
-        assert routes.added == [(cluster.name, "tls://127.0.0.1:2000", "http://127.0.0.1:2001",
-                                 cluster.dashboard_key)]
+        assert routes.added == [
+            (cluster.name, "tls://127.0.0.1:2000", "http://127.0.0.1:2001", cluster.dashboard_key)
+        ]
 
         # Later heartbeats repeat them (and count); none moves them, nor asks the backend.
         await reconciler.on_heartbeat(cluster, _heartbeat(2000, count=1))
         assert cluster.count == 1
-        for change in ({"dashboard_address": "http://127.0.0.1:5432"},
-                       {"api_address": "http://127.0.0.1:2001"},
-                       {"scheduler_address": "tls://127.0.0.1:1"},
-                       {"dashboard_address": ""}):
+        for change in (
+            {"dashboard_address": "http://127.0.0.1:5432"},
+            {"api_address": "http://127.0.0.1:2001"},
+            {"scheduler_address": "tls://127.0.0.1:1"},
+            {"dashboard_address": ""},
+        ):
             with pytest.raises(AddressMoved):
                 await reconciler.on_heartbeat(cluster, _heartbeat(2000, count=0, **change))
         assert cluster.count == 1 and cluster.dashboard_address == "http://127.0.0.1:2001"

@@ -1,5 +1,6 @@
 """Hostile clients on the public port: huge requests, slow clients, garbage bytes, truncated
 TLS. Each is turned away without harming anyone else's work."""
+
 from __future__ import annotations
 
 import os
@@ -36,12 +37,15 @@ def raw(gw, data: bytes, timeout: float = 10) -> bytes:
 
 def test_oversized_body_and_headers(gateway):
     body = b"{" + b" " * (20 * 1024 * 1024) + b"}"
-    head = (f"POST /api/v1/clusters/ HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-            f"Authorization: {ALICE['Authorization']}\r\n\r\n").encode()
-    answer = raw(gateway, head + body[:1024 * 1024])
+    head = (
+        f"POST /api/v1/clusters/ HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        f"Authorization: {ALICE['Authorization']}\r\n\r\n"
+    ).encode()
+    answer = raw(gateway, head + body[: 1024 * 1024])
     assert not answer.startswith(b"HTTP/1.1 2")
-    answer = raw(gateway, b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000
-                 + b"\r\n\r\n")
+    answer = raw(
+        gateway, b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    )
     assert not answer.startswith(b"HTTP/1.1 2")
     healthy(gateway)
 
@@ -51,7 +55,7 @@ def test_garbage_and_truncated_tls_are_closed(gateway):
     try:
         for payload in [os.urandom(512) for _ in range(20)] + [
             # A TLS record header promising a ClientHello that never completes.
-            bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]) + b"\x03\x03",
+            bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC]) + b"\x03\x03",
             # A ClientHello with a valid header and a random body.
             bytes([0x16, 0x03, 0x01, 0x00, 0x40]) + os.urandom(64),
         ]:

@@ -5,6 +5,7 @@ must stay with the gateway's path (not reach users' servers on the same origin) 
 Secure under HTTPS; a browser login cannot be finished in another browser (login CSRF);
 OAuth codes stay out of the log; forwarded headers do not choose the redirect URI.
 """
+
 from __future__ import annotations
 
 import http.cookiejar
@@ -35,9 +36,11 @@ def hub_prefix(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hubweb")
     # Sessions last longer than the shared configuration's 2 s: a browser's session must
     # still be there when the tests look where it goes.
-    gw = GatewayProcess(tmp / "gateway", [f"--Proxy.prefix={PREFIX}",
-                                          "--JupyterHubAuthenticator.token_cache_ttl=600"],
-                        config=HERE / "hub_gateway_config.py")
+    gw = GatewayProcess(
+        tmp / "gateway",
+        [f"--Proxy.prefix={PREFIX}", "--JupyterHubAuthenticator.token_cache_ttl=600"],
+        config=HERE / "hub_gateway_config.py",
+    )
     hub = Hub(tmp / "hub", gw.address)
     hub.oauth_redirect_uri = f"{hub.url}{PREFIX}/oauth_callback"
     hub.start()
@@ -84,7 +87,8 @@ class Browser:
         if not stop_at_callback:
             self.stop.callback = "followed"
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.jar), self.stop)
+            urllib.request.HTTPCookieProcessor(self.jar), self.stop
+        )
         self.opener.addheaders = [("Accept", "text/html")]
 
     def open(self, url: str, data: bytes | None = None):
@@ -111,8 +115,10 @@ def create_cluster(hub: Hub, user: str) -> tuple[str, str]:
     assert r.status == 201, r.body
     name = r.json()["name"]
     for _ in range(600):
-        if call("GET", f"{base}/{name}?wait", headers=token_header(token)).json()["status"] \
-                == "RUNNING":
+        if (
+            call("GET", f"{base}/{name}?wait", headers=token_header(token)).json()["status"]
+            == "RUNNING"
+        ):
             return name, token
         time.sleep(0.1)
     raise AssertionError(f"{name} never ran")
@@ -175,14 +181,16 @@ def test_session_cookie_is_secure_under_https(tmp_path):
     cert, key = write_self_signed(str(tmp_path), ["localhost"])
     ctx = ssl.create_default_context(cafile=cert)
     ctx.check_hostname = False
-    gw = GatewayProcess(tmp_path / "gw", [f"--Proxy.tls_cert={cert}", f"--Proxy.tls_key={key}"],
-                        ssl_context=ctx)
+    gw = GatewayProcess(
+        tmp_path / "gw", [f"--Proxy.tls_cert={cert}", f"--Proxy.tls_key={key}"], ssl_context=ctx
+    )
     gw.start()
     try:
         assert gw.address.startswith("https://")
         jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar),
-                                             urllib.request.HTTPSHandler(context=ctx))
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(jar), urllib.request.HTTPSHandler(context=ctx)
+        )
         req = urllib.request.Request(f"{gw.address}/api/v1/clusters/", headers=basic("alice"))
         with opener.open(req, timeout=30) as r:
             cookie = next(c for c in r.headers.get_all("Set-Cookie") if c.startswith(SESSION))
@@ -252,8 +260,11 @@ def test_login_cannot_be_finished_in_another_browser(hub_prefix):
 def test_forwarded_headers_do_not_choose_the_redirect_uri(hub_prefix):
     hub, _ = hub_prefix
     name, _ = create_cluster(hub, "alice")
-    forged = {"Accept": "text/html", "X-Forwarded-Host": "evil.example",
-              "X-Forwarded-Proto": "https"}
+    forged = {
+        "Accept": "text/html",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+    }
     req = urllib.request.Request(f"{hub.url}{PREFIX}/clusters/{name}/status", headers=forged)
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -4,6 +4,7 @@ A gateway and the schedulers it starts speak a small wire protocol of their own 
 up, scale/adapt down). These tests mix the two implementations of each end and drive the
 cluster with our client: it must start (first heartbeat), scale, adapt, compute and stop.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from gateway_process import GatewayProcess
+from upstream_server import HERE, require_upstream_venv, upstream_server
+
 from dask_gateway import BasicAuth, Gateway
 from dask_gateway.client import ClusterStatus
-from upstream_server import HERE, require_upstream_venv, upstream_server
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -53,8 +54,9 @@ def _processes(cluster_name: str) -> list[int]:
     return found
 
 
-def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path, clusters_dir: Path,
-                   ours: bool) -> None:
+def _drive_cluster(
+    gateway: Gateway, venv: Path, preload_root: Path, clusters_dir: Path, ours: bool
+) -> None:
     """The workflow every scheduler side must support, whichever server runs it.
 
     ``venv``: the environment the scheduler and workers must run in (its ``sys.prefix``);
@@ -73,7 +75,8 @@ def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path, clusters_di
         # Lambdas travel by value: the scheduler cannot import this test module.
         assert Path(client.run_on_scheduler(lambda: sys.prefix)).resolve() == venv.resolve()
         preload = client.run_on_scheduler(
-            lambda: sys.modules["dask_gateway.scheduler_preload"].__file__)
+            lambda: sys.modules["dask_gateway.scheduler_preload"].__file__
+        )
         assert Path(preload).resolve().is_relative_to(preload_root.resolve()), preload
 
         cluster.scale(2)
@@ -102,8 +105,9 @@ def _drive_cluster(gateway: Gateway, venv: Path, preload_root: Path, clusters_di
         client.close()
     finally:
         cluster.shutdown()
-    _wait_for(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED,
-              what="cluster STOPPED")
+    _wait_for(
+        lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED, what="cluster STOPPED"
+    )
     _wait_for(lambda: not _processes(name), timeout=60, what="scheduler and workers to exit")
 
 
@@ -137,8 +141,17 @@ def test_our_scheduler_side_under_public_server(tmp_path):
     import dask_gateway
 
     assert OURS_DASK.exists(), OURS_DASK
-    with upstream_server(tmp_path, PASSWORD, HERE / "upstream_config" / "our_scheduler_config.py",
-                         {"OURS_DASK": str(OURS_DASK)}) as address:
+    with upstream_server(
+        tmp_path,
+        PASSWORD,
+        HERE / "upstream_config" / "our_scheduler_config.py",
+        {"OURS_DASK": str(OURS_DASK)},
+    ) as address:
         with Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway:
-            _drive_cluster(gateway, Path(sys.prefix), Path(dask_gateway.__file__).parent,
-                           tmp_path / "clusters", ours=True)
+            _drive_cluster(
+                gateway,
+                Path(sys.prefix),
+                Path(dask_gateway.__file__).parent,
+                tmp_path / "clusters",
+                ours=True,
+            )

@@ -4,6 +4,7 @@ Each route is called over HTTP on a real `jupyter server` process whose extensio
 the session gateway, as the sidebar would call it: Jupyter auth, XSRF on writes, gateway
 errors passed through as JSON with their status.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 import waiting
 from gateway_process import GatewayProcess, _kill_leftovers, free_port
 
@@ -31,8 +31,14 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class JupyterServerProcess:
     """`jupyter server` (or `jupyter lab`) in a subprocess with scratch Jupyter dirs."""
 
-    def __init__(self, root: Path, env: dict[str, str], app: str = "jupyter_server",
-                 token: str = TOKEN, notebook_dir: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str],
+        app: str = "jupyter_server",
+        token: str = TOKEN,
+        notebook_dir: Path | None = None,
+    ):
         self.root = root
         self.port = free_port()
         self.token = token
@@ -40,19 +46,33 @@ class JupyterServerProcess:
         self.notebook_dir = notebook_dir or root / "notebooks"
         self.log_path = root / f"{app}.log"
         self.env = {**os.environ, **env}
-        for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                         ("JUPYTER_RUNTIME_DIR", "runtime"),
-                         ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
-                         ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces")):
+        for var, sub in (
+            ("JUPYTER_CONFIG_DIR", "config"),
+            ("JUPYTER_DATA_DIR", "data"),
+            ("JUPYTER_RUNTIME_DIR", "runtime"),
+            ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
+            ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces"),
+        ):
             path = root / sub
             path.mkdir(parents=True, exist_ok=True)
             self.env[var] = str(path)
         if app == "jupyter_server":
             # Only our extension: the REST tests need no Lab (and the machine is shared).
-            others = ("jupyterlab", "jupyter_lsp", "jupyter_server_terminals", "notebook_shim",
-                      "notebook")
-            config = {"ServerApp": {"jpserver_extensions": {
-                **{name: False for name in others}, "dask_gateway_jupyter": True}}}
+            others = (
+                "jupyterlab",
+                "jupyter_lsp",
+                "jupyter_server_terminals",
+                "notebook_shim",
+                "notebook",
+            )
+            config = {
+                "ServerApp": {
+                    "jpserver_extensions": {
+                        **{name: False for name in others},
+                        "dask_gateway_jupyter": True,
+                    }
+                }
+            }
             (root / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
         self.env.pop("JUPYTERHUB_API_TOKEN", None)
         self.env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
@@ -64,13 +84,22 @@ class JupyterServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 180) -> None:
-        cmd = [sys.executable, "-m", self.app, "--no-browser", "--allow-root",
-               f"--port={self.port}", "--ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={self.notebook_dir}",
-               "--ServerApp.port_retries=0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            self.app,
+            "--no-browser",
+            "--allow-root",
+            f"--port={self.port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.notebook_dir}",
+            "--ServerApp.port_retries=0",
+        ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,8 +133,11 @@ class JupyterServerProcess:
 
     def client(self) -> httpx.Client:
         """An API client that authenticates with the token header (no XSRF needed)."""
-        return httpx.Client(base_url=f"{self.url}/dask-gateway/",
-                            headers={"Authorization": f"token {self.token}"}, timeout=60)
+        return httpx.Client(
+            base_url=f"{self.url}/dask-gateway/",
+            headers={"Authorization": f"token {self.token}"},
+            timeout=60,
+        )
 
 
 def gateway_env(address: str, user: str = USER) -> dict[str, str]:
@@ -154,6 +186,7 @@ def api(jupyter):
 
 wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.3)
 
+
 def find(api: httpx.Client, name: str) -> dict | None:
     r = api.get("clusters")
     assert r.status_code == 200, r.text
@@ -169,13 +202,19 @@ def test_extensions_enabled_after_pip_install():
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_PATH", "JUPYTER_CONFIG_PATH"):
         env.pop(var, None)
     jupyter = shutil.which("jupyter", path=str(BIN)) or str(BIN / "jupyter")
-    server = subprocess.run([jupyter, "server", "extension", "list"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    server = subprocess.run(
+        [jupyter, "server", "extension", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = _ANSI.sub("", server.stdout + server.stderr)
     assert "dask_gateway_jupyter enabled" in out, out
     assert "Validating dask_gateway_jupyter" in out and "dask_gateway_jupyter" in out
-    lab = subprocess.run([jupyter, "labextension", "list"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    lab = subprocess.run(
+        [jupyter, "labextension", "list"], env=env, capture_output=True, text=True, timeout=120
+    )
     out = _ANSI.sub("", lab.stdout + lab.stderr)
     line = next((l for l in out.splitlines() if "dask-gateway-jupyterlab" in l), "")
     assert "enabled" in line and "OK" in line, out
@@ -188,13 +227,19 @@ def test_extensions_enabled_after_pip_install():
 
 
 def test_routes_need_jupyter_auth(jupyter):
-    for method, path in (("GET", "clusters"), ("GET", "options"), ("POST", "clusters"),
-                         ("DELETE", "clusters/x"), ("POST", "clusters/x/scale"),
-                         ("GET", "clusters/x/dashboard")):
+    for method, path in (
+        ("GET", "clusters"),
+        ("GET", "options"),
+        ("POST", "clusters"),
+        ("DELETE", "clusters/x"),
+        ("POST", "clusters/x/scale"),
+        ("GET", "clusters/x/dashboard"),
+    ):
         r = httpx.request(method, f"{jupyter.url}/dask-gateway/{path}", timeout=30)
         assert r.status_code == 403, (method, path, r.status_code, r.text)
-    r = httpx.get(f"{jupyter.url}/dask-gateway/clusters",
-                  headers={"Authorization": "token wrong"}, timeout=30)
+    r = httpx.get(
+        f"{jupyter.url}/dask-gateway/clusters", headers={"Authorization": "token wrong"}, timeout=30
+    )
     assert r.status_code == 403
 
 
@@ -203,8 +248,9 @@ def test_writes_need_xsrf_with_cookie_auth(jupyter):
     with httpx.Client(base_url=jupyter.url, timeout=60) as browser:
         r = browser.get("/login", params={"next": "/tree"})
         assert r.status_code == 200
-        r = browser.post("/login", data={"password": jupyter.token,
-                                         "_xsrf": browser.cookies.get("_xsrf")})
+        r = browser.post(
+            "/login", data={"password": jupyter.token, "_xsrf": browser.cookies.get("_xsrf")}
+        )
         assert r.status_code in (200, 302), r.text
         xsrf = browser.cookies.get("_xsrf")
         assert xsrf and any(k.startswith("username-") for k in browser.cookies.keys())
@@ -235,11 +281,14 @@ def test_options_spec(api):
     assert r.status_code == 200, r.text
     fields = {f["field"]: f for f in r.json()["cluster_options"]}
     assert list(fields) == ["worker_cores", "worker_memory", "environment"]
-    assert fields["worker_cores"] == {"field": "worker_cores", "label": "Worker Cores",
-                                      "default": 1, "spec": {"type": "int", "min": 1, "max": 4}}
+    assert fields["worker_cores"] == {
+        "field": "worker_cores",
+        "label": "Worker Cores",
+        "default": 1,
+        "spec": {"type": "int", "min": 1, "max": 4},
+    }
     assert fields["worker_memory"]["spec"] == {"type": "float", "min": 0.25, "max": 4}
-    assert fields["environment"]["spec"] == {"type": "select",
-                                             "options": ["basic", "tensorflow"]}
+    assert fields["environment"]["spec"] == {"type": "select", "options": ["basic", "tensorflow"]}
     assert fields["environment"]["default"] == "basic"
 
 
@@ -263,17 +312,27 @@ def test_list_is_json_and_only_this_users(api, gateway):
 # -- create validation ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"cluster_options": {"worker_cores": 10}}, 422, "worker_cores must be <= 4, got 10"),
-    ({"cluster_options": {"worker_cores": 0}}, 422, "worker_cores must be >= 1, got 0"),
-    ({"cluster_options": {"worker_cores": "2"}}, 422, "worker_cores must be an integer, got '2'"),
-    ({"cluster_options": {"worker_memory": 5}}, 422, "worker_memory must be <= 4, got 5.0"),
-    ({"cluster_options": {"environment": "gpu"}}, 422,
-     "'gpu' is not a valid option for environment"),
-    ({"cluster_options": {"bogus": 1}}, 422, "No option 'bogus' available"),
-    ({"cluster_options": [1]}, 422, "cluster_options must be an object of field: value"),
-    ([1, 2], 400, "Request body must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"cluster_options": {"worker_cores": 10}}, 422, "worker_cores must be <= 4, got 10"),
+        ({"cluster_options": {"worker_cores": 0}}, 422, "worker_cores must be >= 1, got 0"),
+        (
+            {"cluster_options": {"worker_cores": "2"}},
+            422,
+            "worker_cores must be an integer, got '2'",
+        ),
+        ({"cluster_options": {"worker_memory": 5}}, 422, "worker_memory must be <= 4, got 5.0"),
+        (
+            {"cluster_options": {"environment": "gpu"}},
+            422,
+            "'gpu' is not a valid option for environment",
+        ),
+        ({"cluster_options": {"bogus": 1}}, 422, "No option 'bogus' available"),
+        ({"cluster_options": [1]}, 422, "cluster_options must be an object of field: value"),
+        ([1, 2], 400, "Request body must be a JSON object"),
+    ],
+)
 def test_create_rejects_bad_options(api, body, status, message):
     r = api.post("clusters", content=json.dumps(body))
     assert r.status_code == status, r.text
@@ -290,15 +349,21 @@ def test_create_rejects_invalid_json(api):
 
 
 def test_cluster_lifecycle(api, jupyter):
-    r = api.post("clusters", content=json.dumps(
-        {"cluster_options": {"worker_cores": 2, "worker_memory": 0.5}}))
+    r = api.post(
+        "clusters",
+        content=json.dumps({"cluster_options": {"worker_cores": 2, "worker_memory": 0.5}}),
+    )
     assert r.status_code == 201, r.text
     name = r.json()["name"]
     try:
-        cluster = wait_for(lambda: (c := find(api, name)) and c["status"] == "RUNNING" and c,
-                           what="RUNNING")
-        assert cluster["options"] == {"worker_cores": 2, "worker_memory": 0.5,
-                                      "environment": "basic"}
+        cluster = wait_for(
+            lambda: (c := find(api, name)) and c["status"] == "RUNNING" and c, what="RUNNING"
+        )
+        assert cluster["options"] == {
+            "worker_cores": 2,
+            "worker_memory": 0.5,
+            "environment": "basic",
+        }
         assert (cluster["workers"], cluster["cores"], cluster["memory"]) == (0, 0, 0)
         assert 0 <= cluster["age"] < 120
         assert cluster["adapt"] is None
@@ -310,8 +375,9 @@ def test_cluster_lifecycle(api, jupyter):
         r = api.post(f"clusters/{name}/scale", content='{"count": 2}')
         assert r.status_code == 200, r.text
         assert r.json() == {"ok": True, "msg": None}
-        cluster = wait_for(lambda: (c := find(api, name)) and c["workers"] == 2 and c,
-                           what="2 workers")
+        cluster = wait_for(
+            lambda: (c := find(api, name)) and c["workers"] == 2 and c, what="2 workers"
+        )
         assert cluster["cores"] == 4
         assert cluster["memory"] == 2 * int(0.5 * 2**30)
         assert cluster["requested"] == 2
@@ -333,8 +399,10 @@ def test_cluster_lifecycle(api, jupyter):
 
         r = api.get(f"clusters/{name}/dashboard")
         assert r.status_code == 200, r.text
-        assert r.json() == {"url": f"/dask-gateway/dashboard/{name}/status",
-                            "gateway_url": cluster["dashboard_link"]}
+        assert r.json() == {
+            "url": f"/dask-gateway/dashboard/{name}/status",
+            "gateway_url": cluster["dashboard_link"],
+        }
         check_dashboard_relay(jupyter, name, cluster["dashboard_link"])
 
         r = api.delete(f"clusters/{name}")
@@ -398,10 +466,12 @@ def test_cluster_created_from_python_is_listed(api, gateway):
 
 
 def test_unknown_cluster_is_the_gateways_404(api):
-    for method, path, body in (("GET", "clusters/nope", None),
-                               ("POST", "clusters/nope/scale", '{"count": 1}'),
-                               ("POST", "clusters/nope/adapt", '{"minimum": 0, "maximum": 1}'),
-                               ("GET", "clusters/nope/dashboard", None)):
+    for method, path, body in (
+        ("GET", "clusters/nope", None),
+        ("POST", "clusters/nope/scale", '{"count": 1}'),
+        ("POST", "clusters/nope/adapt", '{"minimum": 0, "maximum": 1}'),
+        ("GET", "clusters/nope/dashboard", None),
+    ):
         r = api.request(method, path, content=body)
         assert r.status_code == 404, (path, r.text)
         assert r.json()["error"] == "Cluster nope not found"
@@ -409,14 +479,17 @@ def test_unknown_cluster_is_the_gateways_404(api):
     assert api.delete("clusters/nope").status_code == 204
 
 
-@pytest.mark.parametrize("path, body, message", [
-    ("scale", {"count": -1}, "count must be a non-negative integer, got -1"),
-    ("scale", {"count": "2"}, 'count must be a non-negative integer, got "2"'),
-    ("scale", {}, "count must be a non-negative integer, got null"),
-    ("adapt", {"minimum": 3, "maximum": 1}, "minimum (3) must not exceed maximum (1)"),
-    ("adapt", {"minimum": 1.5}, "minimum must be a non-negative integer, got 1.5"),
-    ("adapt", {"active": "no"}, 'active must be true or false, got "no"'),
-])
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("scale", {"count": -1}, "count must be a non-negative integer, got -1"),
+        ("scale", {"count": "2"}, 'count must be a non-negative integer, got "2"'),
+        ("scale", {}, "count must be a non-negative integer, got null"),
+        ("adapt", {"minimum": 3, "maximum": 1}, "minimum (3) must not exceed maximum (1)"),
+        ("adapt", {"minimum": 1.5}, "minimum must be a non-negative integer, got 1.5"),
+        ("adapt", {"active": "no"}, 'active must be true or false, got "no"'),
+    ],
+)
 def test_scale_and_adapt_validate_input(api, path, body, message):
     r = api.post(f"clusters/some-cluster/{path}", content=json.dumps(body))
     assert r.status_code == 422, r.text
@@ -447,16 +520,20 @@ def test_unconfigured_gateway_is_a_readable_503(tmp_path):
         with server.client() as api:
             r = api.get("clusters")
             assert r.status_code == 503, r.text
-            assert r.json()["error"].startswith("Dask Gateway is not configured: No dask-gateway "
-                                                "address provided")
+            assert r.json()["error"].startswith(
+                "Dask Gateway is not configured: No dask-gateway address provided"
+            )
     finally:
         server.stop()
 
 
 def test_gateway_auth_failure_passes_through(gateway, tmp_path):
     """A gateway 401 (bad credentials) reaches the browser as 401 with the gateway's words."""
-    env = {**gateway_env(gateway.address), "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
-           "DASK_GATEWAY__AUTH__KWARGS__API_TOKEN": "not-a-hub-token"}
+    env = {
+        **gateway_env(gateway.address),
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        "DASK_GATEWAY__AUTH__KWARGS__API_TOKEN": "not-a-hub-token",
+    }
     env.pop("DASK_GATEWAY__AUTH__KWARGS__USERNAME")
     server = JupyterServerProcess(tmp_path, env)
     server.start()

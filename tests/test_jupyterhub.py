@@ -1,19 +1,19 @@
 """JupyterHub token auth against a real JupyterHub: users apart, admins, dashboards, limits."""
+
 from __future__ import annotations
 
 import http.cookiejar
 import os
 import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
-
-from gateway_process import GatewayProcess, HERE
+from gateway_process import HERE, GatewayProcess
 from http_helpers import call
 from hub import Hub
 
@@ -97,8 +97,10 @@ def test_service_token(hub_env):
     name = create(gw, as_user(hub.other_token))
     alice, _ = hub.token("alice")
     assert name not in call("GET", api(gw, "/v1/clusters/"), headers=as_user(alice)).json()
-    assert call("DELETE", api(gw, f"/v1/clusters/{name}"),
-                headers=as_user(hub.other_token)).status == 204
+    assert (
+        call("DELETE", api(gw, f"/v1/clusters/{name}"), headers=as_user(hub.other_token)).status
+        == 204
+    )
 
 
 def test_revoked_token_stops_working_within_the_ttl(hub_env):
@@ -212,27 +214,36 @@ def test_per_user_limits(hub_env):
     first = create(gw, as_user(carol))
     r = call("POST", api(gw, "/v1/clusters/"), {}, as_user(carol))
     assert r.status == 422
-    assert r.json() == {"error": "User carol may run at most 1 clusters at once and already "
-                                 "runs 1: stop one first"}
+    assert r.json() == {
+        "error": "User carol may run at most 1 clusters at once and already runs 1: stop one first"
+    }
 
     name = create(gw, as_user(erin))
     wait_running(gw, name, as_user(erin))
-    assert call("POST", api(gw, f"/v1/clusters/{name}/scale"), {"count": 2},
-                as_user(erin)).status == 200
+    assert (
+        call("POST", api(gw, f"/v1/clusters/{name}/scale"), {"count": 2}, as_user(erin)).status
+        == 200
+    )
     r = call("POST", api(gw, f"/v1/clusters/{name}/scale"), {"count": 3}, as_user(erin))
     assert r.status == 422
-    assert r.json() == {"error": "User erin is limited to 3 cores across all clusters; this "
-                                 "request needs 4, 1 over the limit"}
+    assert r.json() == {
+        "error": "User erin is limited to 3 cores across all clusters; this "
+        "request needs 4, 1 over the limit"
+    }
 
     name2 = create(gw, as_user(frank))
     wait_running(gw, name2, as_user(frank))
-    assert call("POST", api(gw, f"/v1/clusters/{name2}/scale"), {"count": 1},
-                as_user(frank)).status == 200
+    assert (
+        call("POST", api(gw, f"/v1/clusters/{name2}/scale"), {"count": 1}, as_user(frank)).status
+        == 200
+    )
     r = call("POST", api(gw, f"/v1/clusters/{name2}/scale"), {"count": 2}, as_user(frank))
     assert r.status == 422
-    assert r.json() == {"error": "User frank is limited to 3.00 GiB of memory across all "
-                                 "clusters; this request needs 4.00 GiB, 1024.00 MiB over "
-                                 "the limit"}
+    assert r.json() == {
+        "error": "User frank is limited to 3.00 GiB of memory across all "
+        "clusters; this request needs 4.00 GiB, 1024.00 MiB over "
+        "the limit"
+    }
     for token, cluster in [(carol, first), (erin, name), (frank, name2)]:
         call("DELETE", api(gw, f"/v1/clusters/{cluster}"), headers=as_user(token))
 
@@ -251,10 +262,14 @@ def test_workflow_with_only_a_hub_token(hub_env):
             print(gateway.list_clusters()[0].name == cluster.name)
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_GATEWAY")}
-    env.update(JUPYTERHUB_API_TOKEN=token, DASK_GATEWAY__ADDRESS=gw.address,
-               DASK_GATEWAY__AUTH__TYPE="jupyterhub")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=180)
+    env.update(
+        JUPYTERHUB_API_TOKEN=token,
+        DASK_GATEWAY__ADDRESS=gw.address,
+        DASK_GATEWAY__AUTH__TYPE="jupyterhub",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["42", "True"]
 

@@ -1,4 +1,5 @@
 """Kerberos (SPNEGO) auth against a real KDC started by scripts/services/start-kdc.sh."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
 from http_helpers import call
 
 
@@ -15,23 +15,27 @@ from http_helpers import call
 def kdc():
     keytab = os.environ.get("TEST_KEYTAB")
     if not keytab or not os.path.exists(keytab):
-        pytest.fail("No test KDC: start one with scripts/services/start-kdc.sh "
-                    "(scripts/test.sh does this)")
+        pytest.fail(
+            "No test KDC: start one with scripts/services/start-kdc.sh (scripts/test.sh does this)"
+        )
     return keytab
 
 
 def kinit(user: str, ccache: str) -> dict:
     env = dict(os.environ, KRB5CCNAME=f"FILE:{ccache}")
-    subprocess.run(["kinit", user], input=f"pw-{user}\n", text=True, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["kinit", user], input=f"pw-{user}\n", text=True, env=env, check=True, capture_output=True
+    )
     return env
 
 
 def test_kerberos_users_run_clusters(fresh_gateway, kdc, tmp_path):
-    gw = fresh_gateway([
-        "--DaskGateway.authenticator_class=dask_gateway_server.auth.KerberosAuthenticator",
-        f"--KerberosAuthenticator.keytab={kdc}",
-    ])
+    gw = fresh_gateway(
+        [
+            "--DaskGateway.authenticator_class=dask_gateway_server.auth.KerberosAuthenticator",
+            f"--KerberosAuthenticator.keytab={kdc}",
+        ]
+    )
     gw.start()
     r = call("GET", f"{gw.address}/api/v1/clusters/")
     assert r.status == 401 and r.headers["WWW-Authenticate"] == "Negotiate"
@@ -49,27 +53,48 @@ def test_kerberos_users_run_clusters(fresh_gateway, kdc, tmp_path):
                 print(len(gateway.list_clusters()))
     """)
     env = kinit("alice", str(tmp_path / "alice.cc"))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr + gw.log()
     assert out.stdout.split() == ["42", "1"]
     assert "Created cluster" in gw.log() and "for user alice" in gw.log()
 
     # Bob has a ticket too, but alice's clusters are not his.
     env = kinit("bob", str(tmp_path / "bob.cc"))
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         from dask_gateway import Gateway
         with Gateway("{gw.address}", auth="kerberos") as gateway:
             print(gateway.list_clusters(status=["running", "stopped", "stopping"]))
-    """)], env=env, capture_output=True, text=True, timeout=60)
+    """),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
     # No ticket: a clear error, not a crash.
     env = dict(os.environ, KRB5CCNAME=f"FILE:{tmp_path / 'none.cc'}")
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         from dask_gateway import Gateway
         Gateway("{gw.address}", auth="kerberos").list_clusters()
-    """)], env=env, capture_output=True, text=True, timeout=60)
+    """),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "credentials" in out.stderr.lower() or "kerberos" in out.stderr.lower()

@@ -1,5 +1,6 @@
 """Clusters move PENDING -> RUNNING -> STOPPING -> STOPPED, fail when their scheduler dies,
 and get lost workers replaced."""
+
 from __future__ import annotations
 
 import functools
@@ -15,6 +16,7 @@ ALICE = basic("alice")
 
 
 wait_for = functools.partial(waiting.wait_for, timeout=30, interval=0.05)
+
 
 def create(gw) -> str:
     r = call("POST", f"{gw.address}/api/v1/clusters/", {}, ALICE)
@@ -69,14 +71,20 @@ def test_killed_worker_is_replaced(gateway):
     wait_for(lambda: status(gateway, name) == "RUNNING", what="RUNNING")
     r = call("POST", f"{gateway.address}/api/v1/clusters/{name}/scale", {"count": 2}, ALICE)
     assert r.json() == {"ok": True, "msg": None}
-    first = wait_for(lambda: len(cluster_processes(name, "worker")) == 2
-                     and cluster_processes(name, "worker"), what="two workers")
+    first = wait_for(
+        lambda: len(cluster_processes(name, "worker")) == 2 and cluster_processes(name, "worker"),
+        what="two workers",
+    )
     os.kill(first[0], signal.SIGKILL)
-    wait_for(lambda: (pids := cluster_processes(name, "worker")) and len(pids) == 2
-             and first[0] not in pids, timeout=20, what="a replacement worker")
+    wait_for(
+        lambda: (
+            (pids := cluster_processes(name, "worker")) and len(pids) == 2 and first[0] not in pids
+        ),
+        timeout=20,
+        what="a replacement worker",
+    )
     assert status(gateway, name) == "RUNNING"
     call("POST", f"{gateway.address}/api/v1/clusters/{name}/scale", {"count": 0}, ALICE)
-    wait_for(lambda: cluster_processes(name, "worker") == [], timeout=20,
-             what="workers retired")
+    wait_for(lambda: cluster_processes(name, "worker") == [], timeout=20, what="workers retired")
     call("DELETE", f"{gateway.address}/api/v1/clusters/{name}", headers=ALICE)
     wait_for(lambda: status(gateway, name) == "STOPPED", what="STOPPED")

@@ -2,6 +2,7 @@
 
 The same code as ``bench/load.py`` (imported, not copied), with 10 users for 35 seconds.
 """
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import load  # noqa: E402
+import load
 
 
 @pytest.mark.timeout(600)
@@ -22,5 +23,10 @@ def test_ten_users_for_35_seconds(tmp_path):
     assert result.rounds >= 10 and len(result.created) >= 10, result.table()
     # Every route of a user's round was exercised.
     routes = {route for _, route in result.samples}
-    assert {"/api/v1/clusters/", "/api/v1/clusters/{name}", "/api/v1/clusters/{name}/scale",
-            "/api/v1/clusters/{name}?wait", "/api/v1/options"} <= routes, routes
+    assert {
+        "/api/v1/clusters/",
+        "/api/v1/clusters/{name}",
+        "/api/v1/clusters/{name}/scale",
+        "/api/v1/clusters/{name}?wait",
+        "/api/v1/options",
+    } <= routes, routes

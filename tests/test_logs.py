@@ -1,5 +1,6 @@
 """The gateway's log: cluster names as a field on every line about a cluster, JSON lines on
 request, and a log on a full disk that never stops the gateway serving."""
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from waiting import wait_for
 
 from dask_gateway_server.logs import JSONFormatter, SafeStreamHandler, TextFormatter, about
@@ -29,14 +29,16 @@ def run_cluster_through_its_life(gw) -> str:
         cluster.scale(0)
         wait_for(lambda: _running_workers(gw, name) == 0, timeout=120, what="no worker")
         cluster.shutdown()
-        wait_for(lambda: gateway.get_cluster(name).status.name == "STOPPED", timeout=60,
-                 what="STOPPED")
+        wait_for(
+            lambda: gateway.get_cluster(name).status.name == "STOPPED", timeout=60, what="STOPPED"
+        )
     return name
 
 
 def _running_workers(gw, name: str) -> int:
-    req = urllib.request.Request(f"{gw.address}/api/v1/clusters/{name}/workers",
-                                 headers={"Authorization": "Basic " + ALICE})
+    req = urllib.request.Request(
+        f"{gw.address}/api/v1/clusters/{name}/workers", headers={"Authorization": "Basic " + ALICE}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)["workers"]
 
@@ -55,8 +57,14 @@ def test_json_log_lines_name_their_cluster(fresh_gateway, monkeypatch):
     for record in about_it:
         assert record.get("cluster") == name, record
     messages = " | ".join(r["message"] for r in about_it)
-    for expected in ("Created cluster", "is running", "Starting worker", "/scale",
-                     "Stopping cluster", f"Cluster {name} stopped"):
+    for expected in (
+        "Created cluster",
+        "is running",
+        "Starting worker",
+        "/scale",
+        "Stopping cluster",
+        f"Cluster {name} stopped",
+    ):
         assert expected in messages, messages
 
 
@@ -95,8 +103,9 @@ def test_text_log_lines_show_their_cluster(fresh_gateway, monkeypatch):
 
 
 def test_formatters_and_handler_units(tmp_path):
-    record = logging.LogRecord("dask_gateway_server", logging.INFO, __file__, 1,
-                               "Cluster %s is running", ("abc",), None)
+    record = logging.LogRecord(
+        "dask_gateway_server", logging.INFO, __file__, 1, "Cluster %s is running", ("abc",), None
+    )
     record.__dict__.update(about("abc"))
     text = TextFormatter("[%(levelname)s %(name)s] %(message)s").format(record)
     assert text == "[INFO dask_gateway_server] [cluster abc] Cluster abc is running"
@@ -144,8 +153,7 @@ def fill(directory: Path, log: Path) -> Path:
     return filler
 
 
-def test_full_disk_under_the_log_keeps_the_gateway_serving(fresh_gateway, tiny_disk,
-                                                             monkeypatch):
+def test_full_disk_under_the_log_keeps_the_gateway_serving(fresh_gateway, tiny_disk, monkeypatch):
     monkeypatch.setenv("USER", "alice")
     gw = fresh_gateway()
     gw.log_path = tiny_disk / "gateway.log"  # the log alone on the tiny disk
@@ -171,8 +179,7 @@ def test_full_disk_under_the_log_keeps_the_gateway_serving(fresh_gateway, tiny_d
         cluster = gateway.new_cluster()
         second = cluster.name
         cluster.shutdown()
-    wait_for(lambda: f"Cluster {second} stopped" in gw.log(), timeout=30,
-             what="the log to resume")
+    wait_for(lambda: f"Cluster {second} stopped" in gw.log(), timeout=30, what="the log to resume")
     log = gw.log()
     assert "log lines were lost: the log could not be written" in log
     assert "No space left on device" in log
@@ -184,8 +191,9 @@ def test_half_written_line_is_ended_before_the_next(tiny_disk):
     log = tiny_disk / "log"
     log.write_bytes(b"#" * 4086 + b"\n")  # 9 bytes left in the file's only page
     filler = fill(tiny_disk, tiny_disk / "unused")
-    record = logging.LogRecord("dask_gateway_server", logging.INFO, __file__, 1,
-                               "Cluster %s is running", ("abc",), None)
+    record = logging.LogRecord(
+        "dask_gateway_server", logging.INFO, __file__, 1, "Cluster %s is running", ("abc",), None
+    )
     record.__dict__.update(about("abc"))
     with open(log, "a") as stream:
         handler = SafeStreamHandler(stream)

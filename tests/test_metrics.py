@@ -1,4 +1,5 @@
 """Prometheus metrics: what an operator's dashboards and alerts read."""
+
 from __future__ import annotations
 
 import re
@@ -21,16 +22,21 @@ def test_metrics(gateway):
     alice = basic("alice")
     r = call("POST", f"{gateway.address}/api/v1/clusters/", {}, alice)
     name = r.json()["name"]
-    assert call("GET", f"{gateway.address}/api/v1/clusters/{name}?wait",
-                headers=alice).json()["status"] == "RUNNING"
+    assert (
+        call("GET", f"{gateway.address}/api/v1/clusters/{name}?wait", headers=alice).json()[
+            "status"
+        ]
+        == "RUNNING"
+    )
     call("GET", f"{gateway.address}/api/v1/clusters/nope", headers=alice)
     m = scrape(gateway)
     assert m['dask_gateway_clusters{status="RUNNING"}'] >= 1
     assert 'dask_gateway_workers{status="RUNNING"}' in m
     assert m['dask_gateway_requests_total{code="201",method="POST",route="ClustersHandler"}'] >= 1
     assert m['dask_gateway_requests_total{code="404",method="GET",route="ClusterHandler"}'] >= 1
-    assert m['dask_gateway_request_duration_seconds_count{method="POST",'
-             'route="ClustersHandler"}'] >= 1
+    assert (
+        m['dask_gateway_request_duration_seconds_count{method="POST",route="ClustersHandler"}'] >= 1
+    )
     assert "dask_gateway_event_loop_lag_seconds" in m
     assert m["dask_gateway_reconcile_wait_seconds_count"] >= 1
     assert "dask_gateway_reconcile_queue_length" in m

@@ -4,15 +4,15 @@ Each notebook is executed by nbclient in a kernel of this venv, with the gateway
 dask config env (``DASK_GATEWAY__ADDRESS``), as in the product started by scripts/start.sh.
 Each runs as its own user, so its cluster listings don't see other tests' clusters.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-
 from http_helpers import basic, call
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -27,8 +27,9 @@ def execute(name: str, gateway, monkeypatch, tmp_path: Path, user: str) -> nbfor
     # A plain, non-interactive matplotlib backend for the kernel.
     monkeypatch.setenv("MPLBACKEND", "agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = NotebookClient(nb, timeout=240, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     try:
         client.execute()
     finally:

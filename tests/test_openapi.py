@@ -4,6 +4,7 @@ Every route the gateway serves is documented with its methods; every documented 
 is called on a real gateway with a sample request and answers with a documented status and a
 body of the documented shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ import urllib.parse
 
 import jsonschema
 import pytest
+from http_helpers import basic, call
 from tornado import web
 
 from dask_gateway_server.api import api_handlers
 from dask_gateway_server.openapi import openapi_spec
 from dask_gateway_server.proxy import Proxy
-from http_helpers import basic, call
 
 SPEC = openapi_spec()
 METHODS = ("get", "post", "delete", "put", "patch")
@@ -49,8 +50,7 @@ def routes() -> list[tuple[str, type]]:
 
 
 def implemented(handler: type) -> set[str]:
-    return {m for m in METHODS
-            if getattr(handler, m) is not getattr(web.RequestHandler, m)}
+    return {m for m in METHODS if getattr(handler, m) is not getattr(web.RequestHandler, m)}
 
 
 def test_every_route_is_documented_and_every_documented_route_exists():
@@ -66,10 +66,12 @@ def test_every_route_is_documented_and_every_documented_route_exists():
         for p in paths:
             assert documented[p] == implemented(handler), (
                 f"{p}: documented {sorted(documented[p])}, "
-                f"{handler.__name__} implements {sorted(implemented(handler))}")
+                f"{handler.__name__} implements {sorted(implemented(handler))}"
+            )
     for p in documented:
-        assert any(re.fullmatch(pattern, p) for pattern, _ in served), \
+        assert any(re.fullmatch(pattern, p) for pattern, _ in served), (
             f"documented path {p} is served by no handler"
+        )
 
 
 def test_document_is_well_formed():
@@ -118,9 +120,16 @@ def api(gateway):
     """Call the gateway by operationId with a sample request, checking the answer."""
     calls = []
 
-    def run(op_id: str, status: int, params: dict | None = None, body=None,
-            user: str | None = "openapi-user", query: str = "", raw: bytes | None = None,
-            headers: dict | None = None):
+    def run(
+        op_id: str,
+        status: int,
+        params: dict | None = None,
+        body=None,
+        user: str | None = "openapi-user",
+        query: str = "",
+        raw: bytes | None = None,
+        headers: dict | None = None,
+    ):
         method, path, _ = operations(SPEC)[op_id]
         for k, v in (params or {}).items():
             path = path.replace("{" + k + "}", urllib.parse.quote(v, safe=""))
@@ -129,8 +138,7 @@ def api(gateway):
             h.update(basic(user))
         if body is not None or raw is not None:
             h["Content-Type"] = "application/json"
-        resp = call(method.upper(), gateway.address + path + query, body=body, raw=raw,
-                    headers=h)
+        resp = call(method.upper(), gateway.address + path + query, body=body, raw=raw, headers=h)
         check_response(op_id, status, resp)
         calls.append(op_id)
         return resp
@@ -158,7 +166,8 @@ def test_every_operation_answers_as_documented(gateway, api):
     api("createCluster", 422, body={"cluster_options": {"colour": "red"}})
     api("createCluster", 400, raw=b"{not json")
     name = api("createCluster", 201, body={"cluster_options": {"worker_memory": 0.5}}).json()[
-        "name"]
+        "name"
+    ]
     try:
         cluster = {"cluster_name": name}
         for _ in range(10):
@@ -172,7 +181,9 @@ def test_every_operation_answers_as_documented(gateway, api):
         api("getCluster", 403, cluster, user="intruder")
 
         assert api("scaleCluster", 200, cluster, body={"count": 1}).json() == {
-            "ok": True, "msg": None}
+            "ok": True,
+            "msg": None,
+        }
         lowered = api("scaleCluster", 200, cluster, body={"count": 50}).json()
         assert lowered["ok"] is False and "limit of 10 workers" in lowered["msg"]
         api("scaleCluster", 422, cluster, body={"count": -1})
@@ -187,15 +198,23 @@ def test_every_operation_answers_as_documented(gateway, api):
             assert time.monotonic() < deadline, f"workers never settled: {workers}"
             time.sleep(0.2)
 
-        assert api("adaptCluster", 200, cluster, body={"minimum": 1, "maximum": 2}).json()[
-            "ok"] is True
+        assert (
+            api("adaptCluster", 200, cluster, body={"minimum": 1, "maximum": 2}).json()["ok"]
+            is True
+        )
         api("adaptCluster", 422, cluster, body={"minimum": 3, "maximum": 1})
         api("adaptCluster", 200, cluster, body={"active": False})
 
         # Heartbeats come with the cluster's own token, which only its scheduler knows; the
         # scheduler's successful ones are what made the cluster RUNNING above.
-        resp = api("heartbeat", 401, cluster, body={}, user=None,
-                   headers={"Authorization": "token not-the-token"})
+        resp = api(
+            "heartbeat",
+            401,
+            cluster,
+            body={},
+            user=None,
+            headers={"Authorization": "token not-the-token"},
+        )
         assert resp.headers["WWW-Authenticate"] == "token"
 
         page = api("dashboard", 200, {"cluster_name": name, "path": "status"})
@@ -212,10 +231,13 @@ def test_every_operation_answers_as_documented(gateway, api):
         api("stopCluster", 204, {"cluster_name": name})
     api("stopCluster", 204, {"cluster_name": name})  # idempotent
     assert api("getCluster", 200, {"cluster_name": name}).json()["status"] in (
-        "STOPPING", "STOPPED")
+        "STOPPING",
+        "STOPPED",
+    )
 
-    assert set(api.calls) == set(operations(SPEC)), \
+    assert set(api.calls) == set(operations(SPEC)), (
         f"operations without a sample: {set(operations(SPEC)) - set(api.calls)}"
+    )
 
 
 def test_served_under_a_prefix(fresh_gateway):
@@ -224,6 +246,7 @@ def test_served_under_a_prefix(fresh_gateway):
     gw.start(health_path="/gw/api/health")
     resp = call("GET", f"{gw.address}/gw/api/openapi.json")
     assert resp.status == 200
-    assert resp.json()["servers"] == [{"url": "/gw", "description":
-                                       SPEC["servers"][0]["description"]}]
+    assert resp.json()["servers"] == [
+        {"url": "/gw", "description": SPEC["servers"][0]["description"]}
+    ]
     assert call("GET", f"{gw.address}/api/openapi.json").status == 404

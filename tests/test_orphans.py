@@ -1,5 +1,6 @@
 """Clusters whose owner died are stopped; clusters meant to outlive their process are not;
 a maximum lifetime is enforced."""
+
 from __future__ import annotations
 
 import signal
@@ -31,8 +32,9 @@ def start_and_crash(address: str, shutdown_on_close: bool) -> str:
         if {shutdown_on_close}:
             os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no goodbye
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == (-signal.SIGKILL if shutdown_on_close else 0), out.stderr
     return out.stdout.split()[0]
 
@@ -68,5 +70,7 @@ def test_maximum_lifetime(fresh_gateway):
         name = gw.submit()
         wait_status(gw, name, "STOPPED", timeout=30)
         assert time.monotonic() - start >= 3
-    assert "Stopped at its maximum lifetime of 3 s" in gw_proc.log() or \
-        "reached its maximum lifetime" in gw_proc.log()
+    assert (
+        "Stopped at its maximum lifetime of 3 s" in gw_proc.log()
+        or "reached its maximum lifetime" in gw_proc.log()
+    )

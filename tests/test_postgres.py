@@ -1,4 +1,5 @@
 """PostgreSQL as the state store: a real server, a restart, nothing lost."""
+
 from __future__ import annotations
 
 import base64
@@ -13,8 +14,10 @@ import sqlalchemy as sa
 def pg_url():
     url = os.environ.get("TEST_POSTGRES_URL")
     if not url:
-        pytest.fail("TEST_POSTGRES_URL is not set: start one with scripts/services/start-pg.sh "
-                    "(scripts/test.sh does this)")
+        pytest.fail(
+            "TEST_POSTGRES_URL is not set: start one with scripts/services/start-pg.sh "
+            "(scripts/test.sh does this)"
+        )
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # a clean database for each test
         conn.execute(sa.text("DROP TABLE IF EXISTS workers, clusters"))
@@ -28,8 +31,9 @@ def test_gateway_on_postgres_keeps_clusters_across_restart(fresh_gateway, pg_url
     old_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
     new_key = base64.urlsafe_b64encode(os.urandom(32)).decode()
     monkeypatch.setenv("DASK_GATEWAY_ENCRYPT_KEYS", old_key)
-    gw_proc = fresh_gateway([f"--DBBackendBase.db_url={pg_url}",
-                             "--LocalBackend.stop_clusters_on_shutdown=False"])
+    gw_proc = fresh_gateway(
+        [f"--DBBackendBase.db_url={pg_url}", "--LocalBackend.stop_clusters_on_shutdown=False"]
+    )
     gw_proc.start()
     with Gateway(gw_proc.address, auth="basic") as gw:
         cluster = gw.new_cluster(shutdown_on_close=False, worker_cores=2)

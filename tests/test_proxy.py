@@ -9,8 +9,8 @@ import json
 import os
 import random
 import socket
-import sys
 import ssl
+import sys
 
 import pytest
 from cryptography import x509
@@ -243,9 +243,7 @@ async def test_prefix(http):
         resp = await http.fetch(p.public_url + "/clusters/nope/", raise_error=False)
         assert resp.code == 404
         assert json.loads(resp.body) == {"error": "Cluster nope not found or not running"}
-        resp = await http.fetch(
-            f"http://127.0.0.1:{p.http_port}/clusters/nope/", raise_error=False
-        )
+        resp = await http.fetch(f"http://127.0.0.1:{p.http_port}/clusters/nope/", raise_error=False)
         assert resp.code == 404 and b"not found or not running" not in resp.body
     finally:
         await p.stop()
@@ -359,7 +357,10 @@ async def test_sni_unknown_and_bad_input_closed(proxy, certs):
     # Unknown cluster: the proxy closes, the handshake fails.
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, OSError)):
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", proxy.http_port, ssl=client_context(cert), server_hostname="daskgateway-nope"
+            "127.0.0.1",
+            proxy.http_port,
+            ssl=client_context(cert),
+            server_hostname="daskgateway-nope",
         )
         await reader.read()
     # Malformed TLS record: closed without a reply.
@@ -541,7 +542,9 @@ async def test_dashboard_http(proxy, dashboard_backend, http):
     assert proxy.get_dashboard_target("c1") == f"http://127.0.0.1:{port}"
     base = proxy.public_url + "/clusters/c1"
 
-    resp = await http.fetch(base + "/status/page?x=1&y=%2F", headers={"Connection": "keep-alive, X-Drop"})
+    resp = await http.fetch(
+        base + "/status/page?x=1&y=%2F", headers={"Connection": "keep-alive, X-Drop"}
+    )
     info = json.loads(resp.body)
     assert info["path"] == "/status/page"
     assert info["query"] == "x=1&y=%2F"
@@ -574,7 +577,9 @@ async def test_dashboard_http(proxy, dashboard_backend, http):
         "away": "https://example.com/status",
     }
     for kind, location in expected.items():
-        resp = await http.fetch(base + f"/redirect/{kind}", follow_redirects=False, raise_error=False)
+        resp = await http.fetch(
+            base + f"/redirect/{kind}", follow_redirects=False, raise_error=False
+        )
         assert resp.code == 302
         assert resp.headers["Location"] == location
 
@@ -616,9 +621,7 @@ async def test_dashboard_dead_target_and_access_hook(proxy, dashboard_backend, h
     assert resp.code == 502
     assert "error" in json.loads(resp.body)
     with pytest.raises(Exception):
-        await websocket.websocket_connect(
-            f"ws://127.0.0.1:{proxy.http_port}/clusters/dead/ws"
-        )
+        await websocket.websocket_connect(f"ws://127.0.0.1:{proxy.http_port}/clusters/dead/ws")
 
     proxy.add_route("c1", "tls://127.0.0.1:1", f"http://127.0.0.1:{dashboard_backend}")
     calls = []
@@ -630,8 +633,6 @@ async def test_dashboard_dead_target_and_access_hook(proxy, dashboard_backend, h
     proxy.check_dashboard_access = check
     resp = await http.fetch(proxy.public_url + "/clusters/c1/status", raise_error=False)
     assert resp.code == 403 and "error" in json.loads(resp.body)
-    resp = await http.fetch(
-        proxy.public_url + "/clusters/c1/status", headers={"X-Allow": "yes"}
-    )
+    resp = await http.fetch(proxy.public_url + "/clusters/c1/status", headers={"X-Allow": "yes"})
     assert resp.code == 200
     assert calls == ["c1", "c1"]

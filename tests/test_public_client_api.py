@@ -5,6 +5,7 @@ in the upstream venv offers (tests/client_api_dump.py run by its Python) with ou
 others check, for each difference found, the behaviour the public client documents, and
 where ours deliberately differs, that it does so as docs/admin-guide.md says.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,13 +56,19 @@ RENAMED = {
 @pytest.fixture(scope="module")
 def public_api():
     python = require_upstream_venv() / "bin" / "python"
-    out = subprocess.run([str(python), "-P", str(HERE / "client_api_dump.py")],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [str(python), "-P", str(HERE / "client_api_dump.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def _problems(key: str, theirs: list, ours: list) -> list[str]:
     """Why a call valid for the public signature ``theirs`` could fail with ``ours``."""
+
     def split(params):
         pos = [p for p in params if p[1] in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
         kw = {p[0]: p for p in params if p[1] == "KEYWORD_ONLY"}
@@ -77,12 +84,15 @@ def _problems(key: str, theirs: list, ours: list) -> list[str]:
                 out.append(f"no positional parameter {p[0]!r}")
             continue
         q = o_pos[i]
-        if p[1] == "POSITIONAL_OR_KEYWORD" and (q[0] != p[0] or q[1] != p[1]) \
-                and key not in RENAMED:
+        if (
+            p[1] == "POSITIONAL_OR_KEYWORD"
+            and (q[0] != p[0] or q[1] != p[1])
+            and key not in RENAMED
+        ):
             out.append(f"parameter {i} is {q[0]!r} ({q[1]}), public {p[0]!r} ({p[1]})")
         if p[2] and (not q[2] or q[3] != p[3]):
             out.append(f"{p[0]!r} default {q[3] if q[2] else 'none'}, public {p[3]}")
-    out += [f"extra required parameter {q[0]!r}" for q in o_pos[len(t_pos):] if not q[2]]
+    out += [f"extra required parameter {q[0]!r}" for q in o_pos[len(t_pos) :] if not q[2]]
     for name, p in t_kw.items():
         q = o_kw.get(name) or next((q for q in o_pos if q[0] == name), None)
         if q is None and not o_kwargs:
@@ -194,9 +204,15 @@ def test_register_field_type_and_public_spec_list():
                 raise ValueError(f"{self.field} must start with {self.prefix}")
             return x
 
-    spec = [{"field": "data", "label": "Data", "default": "/srv/a",
-             "spec": {"type": "path", "prefix": "/srv/"}},
-            {"field": "n", "label": "N", "default": 1, "spec": {"type": "int", "min": 1}}]
+    spec = [
+        {
+            "field": "data",
+            "label": "Data",
+            "default": "/srv/a",
+            "spec": {"type": "path", "prefix": "/srv/"},
+        },
+        {"field": "n", "label": "N", "default": 1, "spec": {"type": "int", "min": 1}},
+    ]
     spec.append({"field": "s", "label": "S", "default": None, "spec": {"type": "string"}})
     opts = Options._from_spec(spec)  # the list alone, as the public client takes it
     assert dict(opts) == {"data": "/srv/a", "n": 1, "s": ""}  # null: the type's default
@@ -222,8 +238,9 @@ def test_gateway_auth_takes_keyword_arguments():
 def test_kerberos_auth_without_pykerberos(monkeypatch):
     monkeypatch.setitem(sys.modules, "kerberos", None)  # import kerberos -> ImportError
     auth = KerberosAuth()  # constructing needs no pykerberos, as with the public client
-    with dask.config.set({"gateway.auth.type": "kerberos",
-                          "gateway.auth.kwargs": {"service": "HTTP"}}):
+    with dask.config.set(
+        {"gateway.auth.type": "kerberos", "gateway.auth.kwargs": {"service": "HTTP"}}
+    ):
         assert isinstance(get_auth(), KerberosAuth)  # config kwargs are accepted
     with pytest.raises(ImportError, match="pip install pykerberos"):
         auth.pre_request(None)  # ... but answering a challenge does
@@ -320,8 +337,11 @@ def test_make_gateway_client(monkeypatch, tmp_path):
     monkeypatch.setenv("DASK_GATEWAY_API_URL", "http://gw2/api")
     monkeypatch.setenv("DASK_GATEWAY_API_TOKEN", str(token))  # a path: read the file
     client = make_gateway_client()
-    assert (client.cluster_name, client.api_url, client.token) == ("env-c", "http://gw2/api",
-                                                                   "secret")
+    assert (client.cluster_name, client.api_url, client.token) == (
+        "env-c",
+        "http://gw2/api",
+        "secret",
+    )
 
 
 def test_scheduler_service_keyword_construction():
@@ -329,9 +349,15 @@ def test_scheduler_service_keyword_construction():
         address = "tls://127.0.0.1:1"
 
     gateway = GatewayClient("c", "t", "http://gw/api/")
-    service = GatewaySchedulerService(FakeScheduler(), gateway=gateway, heartbeat_period=0,
-                                      adaptive_period=1.5, adaptive_window=5,
-                                      target_duration=7, idle_timeout=-3)
+    service = GatewaySchedulerService(
+        FakeScheduler(),
+        gateway=gateway,
+        heartbeat_period=0,
+        adaptive_period=1.5,
+        adaptive_window=5,
+        target_duration=7,
+        idle_timeout=-3,
+    )
     config = service.service.config
     assert (config.api_url, config.api_token, config.cluster_name) == ("http://gw/api", "t", "c")
     assert (config.heartbeat_period, config.adaptive_period, config.idle_timeout) == (0, 1.5, 0)

@@ -1,5 +1,6 @@
 """The public port end to end: dashboards through the gateway, a separate scheduler port,
 and a URL prefix."""
+
 from __future__ import annotations
 
 import getpass
@@ -21,8 +22,11 @@ def test_dashboard_is_served_through_the_gateway(gateway):
             assert r.status == 200 and "Dask" in page and "bokeh" in page.lower()
             # Another page of the dashboard, with the session cookie the first answer set.
             cookie = r.headers["Set-Cookie"].split(";")[0]
-            r = call("GET", f"{gateway.address}/clusters/{cluster.name}/info/main/workers.html",
-                     headers={"Cookie": cookie})
+            r = call(
+                "GET",
+                f"{gateway.address}/clusters/{cluster.name}/info/main/workers.html",
+                headers={"Cookie": cookie},
+            )
             assert r.status == 200
             # Nobody else: no credentials is a login challenge, another user is refused.
             r = call("GET", link)
@@ -30,15 +34,17 @@ def test_dashboard_is_served_through_the_gateway(gateway):
             r = call("GET", link, headers=basic("mallory"))
             assert r.status == 403
             assert r.json() == {
-                "error": f"User mallory lacks permissions to view cluster {cluster.name}"}
+                "error": f"User mallory lacks permissions to view cluster {cluster.name}"
+            }
 
 
 def test_separate_tcp_port_and_prefix(fresh_gateway):
     from dask_gateway import Gateway
 
     tcp_port = free_port()
-    gw_proc = fresh_gateway([f"--Proxy.tcp_address=127.0.0.1:{tcp_port}",
-                             "--Proxy.prefix=/services/dask-gateway"])
+    gw_proc = fresh_gateway(
+        [f"--Proxy.tcp_address=127.0.0.1:{tcp_port}", "--Proxy.prefix=/services/dask-gateway"]
+    )
     gw_proc.start(health_path="/services/dask-gateway/api/health")
     address = f"{gw_proc.address}/services/dask-gateway"
     with Gateway(address, proxy_address=tcp_port, auth="basic") as gw:

@@ -12,6 +12,7 @@ certificate path and chowns each, starting with ``/``, to the cluster's user. It
 ``UnsafeLocalBackend`` (the public server's default, same process handling without the user
 switch) is what runs here.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,8 +33,14 @@ INPROCESS_CONFIG = HERE / "upstream_config" / "inprocess_config.py"
 # Functions of this module run in the scheduler, which cannot import the tests.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-LOG_NOISE = ("Traceback", "No handler", "Task exception was never retrieved",
-             "was never awaited", "Could not launch service", "Error starting gateway service")
+LOG_NOISE = (
+    "Traceback",
+    "No handler",
+    "Task exception was never retrieved",
+    "was never awaited",
+    "Could not launch service",
+    "Error starting gateway service",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +64,10 @@ def _service_info(dask_scheduler):
 def test_public_inprocess_backend_with_our_client(env, tmp_path):
     site_packages = next((env / "lib").glob("python3*/site-packages"))
     server_dir = tmp_path / "server"
-    with (upstream_server(server_dir, PASSWORD, INPROCESS_CONFIG, venv=env) as address,
-          Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway):
+    with (
+        upstream_server(server_dir, PASSWORD, INPROCESS_CONFIG, venv=env) as address,
+        Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway,
+    ):
         cluster = gateway.new_cluster()  # RUNNING: our service's first heartbeat arrived
         try:
             client = cluster.get_client(set_as_default=False)
@@ -76,15 +85,22 @@ def test_public_inprocess_backend_with_our_client(env, tmp_path):
             assert client.submit(lambda x: x + 1, 41).result(timeout=60) == 42
             # adapt with nothing to do settles at the minimum
             cluster.adapt(minimum=0, maximum=1)
-            waiting.wait_for(lambda: not client.scheduler_info()["workers"], timeout=120,
-                             interval=0.2, what="adapt down to 0 workers")
+            waiting.wait_for(
+                lambda: not client.scheduler_info()["workers"],
+                timeout=120,
+                interval=0.2,
+                what="adapt down to 0 workers",
+            )
             cluster.adapt(active=False)
             client.close()
         finally:
             cluster.shutdown()
         waiting.wait_for(
             lambda: gateway.get_cluster(cluster.name).status is ClusterStatus.STOPPED,
-            timeout=60, interval=0.2, what="cluster STOPPED")
+            timeout=60,
+            interval=0.2,
+            what="cluster STOPPED",
+        )
     log = (server_dir / "server.log").read_text()
     assert f"Cluster {cluster.name} stopped" in log, log
     for noise in LOG_NOISE:
@@ -92,16 +108,21 @@ def test_public_inprocess_backend_with_our_client(env, tmp_path):
 
 
 def _scheduler_facts(dask_scheduler):
-    return {"prefix": sys.prefix, "preload": sys.modules["dask_gateway.scheduler_preload"].__file__,
-            "handlers": sorted(h for h in dask_scheduler.handlers if "gateway" in h)}
+    return {
+        "prefix": sys.prefix,
+        "preload": sys.modules["dask_gateway.scheduler_preload"].__file__,
+        "handlers": sorted(h for h in dask_scheduler.handlers if "gateway" in h),
+    }
 
 
 def test_public_local_backend_with_our_client(env, tmp_path):
     """UnsafeLocalBackend: schedulers and workers are processes of the environment, so they
     load our preload; our client drives them and holds the orphan lease it offers."""
     server_dir = tmp_path / "server"
-    with (upstream_server(server_dir, PASSWORD, UPSTREAM_CONFIG, venv=env) as address,
-          Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway):
+    with (
+        upstream_server(server_dir, PASSWORD, UPSTREAM_CONFIG, venv=env) as address,
+        Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway,
+    ):
         cluster = gateway.new_cluster()
         name = cluster.name
         try:
@@ -116,8 +137,12 @@ def test_public_local_backend_with_our_client(env, tmp_path):
             client.wait_for_workers(2, timeout=120)
             assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
             cluster.adapt(minimum=1, maximum=1)
-            waiting.wait_for(lambda: len(client.scheduler_info()["workers"]) == 1,
-                             timeout=120, interval=0.2, what="adapt down to 1 worker")
+            waiting.wait_for(
+                lambda: len(client.scheduler_info()["workers"]) == 1,
+                timeout=120,
+                interval=0.2,
+                what="adapt down to 1 worker",
+            )
             cluster.adapt(active=False)
             log = (server_dir / "clusters" / name / "logs" / "scheduler.log").read_text()
             assert "dask-gateway: scheduler API at" in log, log
@@ -126,8 +151,12 @@ def test_public_local_backend_with_our_client(env, tmp_path):
             client.close()
         finally:
             cluster.shutdown()
-        waiting.wait_for(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED,
-                         timeout=60, interval=0.2, what="cluster STOPPED")
+        waiting.wait_for(
+            lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED,
+            timeout=60,
+            interval=0.2,
+            what="cluster STOPPED",
+        )
     log = (server_dir / "server.log").read_text()
     assert f"Cluster {name} stopped" in log, log
     for noise in LOG_NOISE:

@@ -1,11 +1,11 @@
 """The gateway restarts (SIGTERM, SIGKILL) without losing running clusters."""
+
 from __future__ import annotations
 
 import signal
 import time
 
 import pytest
-
 from procs import cluster_processes
 
 

@@ -9,6 +9,7 @@ Connections to local schedulers are normally handed to the scheduler itself (see
 test_handoff.py); the twenty-cluster test turns that off so that every client connection is
 a tunnel through the proxy process, as with schedulers on other machines (Slurm).
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from gateway_process import HERE, proxy_processes
 from http_helpers import basic, call
 from procs import cluster_processes
@@ -36,9 +36,11 @@ def db_rows(data_dir: Path) -> tuple[list[tuple], list[tuple]]:
     con = sqlite3.connect(f"file:{data_dir / 'dask_gateway.sqlite'}?mode=ro", uri=True)
     try:
         clusters = con.execute(
-            "SELECT id, name, status, target FROM clusters ORDER BY id").fetchall()
+            "SELECT id, name, status, target FROM clusters ORDER BY id"
+        ).fetchall()
         workers = con.execute(
-            "SELECT id, cluster_id, name, status, target FROM workers ORDER BY id").fetchall()
+            "SELECT id, cluster_id, name, status, target FROM workers ORDER BY id"
+        ).fetchall()
     finally:
         con.close()
     return clusters, workers
@@ -51,12 +53,12 @@ def assert_no_duplicates(clusters: list[tuple], workers: list[tuple]) -> None:
     assert len(keys) == len(set(keys)), keys
 
 
-def wait_status(api: str, names: list[str], want: dict[str, str], timeout: float,
-                gw) -> dict[str, str]:
+def wait_status(
+    api: str, names: list[str], want: dict[str, str], timeout: float, gw
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
-        states = {n: call("GET", f"{api}/{n}", headers=ALICE).json().get("status")
-                  for n in names}
+        states = {n: call("GET", f"{api}/{n}", headers=ALICE).json().get("status") for n in names}
         if all(states[n] == want[n] for n in names) or time.monotonic() > deadline:
             assert states == want, gw.log()[-4000:]
             return states
@@ -79,7 +81,8 @@ def comm_ids(client) -> tuple[int, int]:
     """The identities of the client's comm and of the scheduler's end of it."""
     cid = client.id
     remote = client.run_on_scheduler(
-        lambda dask_scheduler: id(dask_scheduler.client_comms[cid].comm))
+        lambda dask_scheduler: id(dask_scheduler.client_comms[cid].comm)
+    )
     return id(client.scheduler_comm.comm), remote
 
 
@@ -159,8 +162,10 @@ def test_twenty_clusters_and_clients_survive_sigterm(fresh_gateway):
     gateway.close()
     # A gateway that stops its clusters on shutdown stops the proxy process with them.
     assert gw.stop(signal.SIGTERM) == 0
-    gw.extra_args = ["--LocalBackend.stop_clusters_on_shutdown=True",
-                     "--Proxy.separate_process=True"]
+    gw.extra_args = [
+        "--LocalBackend.stop_clusters_on_shutdown=True",
+        "--Proxy.separate_process=True",
+    ]
     gw.start(timeout=START)
     assert proxy_processes(gw.data_dir) == [proxy_pid]
     assert gw.stop(signal.SIGTERM) == 0, gw.log()
@@ -208,8 +213,9 @@ def test_sigkill_mid_flight_with_separate_proxy(fresh_gateway):
     want = {n: "RUNNING" for n in everyone} | {stopping: "STOPPED"}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        states = {n: call("GET", f"{api}/{n}", headers=ALICE).json().get("status")
-                  for n in everyone}
+        states = {
+            n: call("GET", f"{api}/{n}", headers=ALICE).json().get("status") for n in everyone
+        }
         if states == want and len(cluster_processes(stable, "worker")) == 3:
             break
         time.sleep(0.2)

@@ -13,8 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from tornado import httpserver, netutil, web, websocket
@@ -145,7 +146,10 @@ async def http():
 
 
 def start_scheduler(
-    procs: list, gateway: FakeGateway, tmp_path: Path, *extra: str,
+    procs: list,
+    gateway: FakeGateway,
+    tmp_path: Path,
+    *extra: str,
     env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, Path]:
     env = dict(
@@ -198,8 +202,9 @@ async def wait_first_heartbeat(gateway: FakeGateway, log: Path) -> tuple[float, 
     return t, body
 
 
-async def comm(http: AsyncHTTPClient, api: str, body: Any, token: str | None = TOKEN,
-               raw: bytes | None = None) -> HTTPResponse:
+async def comm(
+    http: AsyncHTTPClient, api: str, body: Any, token: str | None = TOKEN, raw: bytes | None = None
+) -> HTTPResponse:
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"token {token}"
@@ -284,8 +289,9 @@ async def test_heartbeat_api_scale_and_worker_lifecycle(gateway, procs, http, tm
     # A worker beyond count is noticed soon and one worker is closed again.
     n = len(gateway.heartbeats)
     workers["w3"] = start_worker(procs, sched_addr, "w3", tmp_path)
-    _, hb = await gateway.wait_heartbeat(lambda b: b["closing_workers"], after=n,
-                                         timeout=START_TIMEOUT)
+    _, hb = await gateway.wait_heartbeat(
+        lambda b: b["closing_workers"], after=n, timeout=START_TIMEOUT
+    )
     (extra,) = hb["closing_workers"]
     await wait_exit(workers[extra], timeout=15)
     (survivor,) = {survivor, "w3"} - {extra}
@@ -433,14 +439,23 @@ def test_adapt_scales_up_at_once_and_down_slowly():
 async def _dashboard_statuses(http: AsyncHTTPClient, base: str, headers: dict) -> dict:
     """Status of each kind of page of a scheduler's HTTP server, and of Bokeh's websocket."""
     out = {}
-    for page in ("/status", "/individual-plots.json", "/sitemap.json", "/health",
-                 "/info/main/workers.html", "/statics/css/base.css", "/no-such-page"):
-        r = await http.fetch(base + page, headers=headers, raise_error=False,
-                             follow_redirects=False)
+    for page in (
+        "/status",
+        "/individual-plots.json",
+        "/sitemap.json",
+        "/health",
+        "/info/main/workers.html",
+        "/statics/css/base.css",
+        "/no-such-page",
+    ):
+        r = await http.fetch(
+            base + page, headers=headers, raise_error=False, follow_redirects=False
+        )
         out[page] = r.code
     try:
         conn = await websocket.websocket_connect(
-            HTTPRequest("ws" + base[len("http"):] + "/status/ws", headers=headers))
+            HTTPRequest("ws" + base[len("http") :] + "/status/ws", headers=headers)
+        )
         conn.close()
         out["websocket"] = 101
     except HTTPClientError as e:
@@ -453,8 +468,9 @@ async def test_dashboard_requires_the_key_the_gateway_sends(gateway, procs, http
     HTTP server needs the cluster's dashboard key; the server derives the same key."""
     from dask_gateway_server.models import Cluster
 
-    record = Cluster(name=CLUSTER, username="u", token=TOKEN, options={}, config={},
-                     tls_cert=b"", tls_key=b"")
+    record = Cluster(
+        name=CLUSTER, username="u", token=TOKEN, options={}, config={}, tls_cert=b"", tls_key=b""
+    )
     assert record.dashboard_key == dashboard_key(TOKEN) != dashboard_key(TOKEN + "x")
 
     _, log = start_scheduler(procs, gateway, tmp_path, env={"DASK_GATEWAY_DASHBOARD_AUTH": "1"})
@@ -468,10 +484,15 @@ async def test_dashboard_requires_the_key_the_gateway_sends(gateway, procs, http
     assert json.loads(r.body) == {"error": "This dashboard is reached through the Dask Gateway"}
     allowed = await _dashboard_statuses(http, base, {DASHBOARD_KEY_HEADER: dashboard_key(TOKEN)})
     allowed.pop("/sitemap.json")  # distributed's own 500 (KeyError 'path'), key or not
-    assert allowed == {"/status": 200, "/individual-plots.json": 200,
-                       "/health": 200, "/info/main/workers.html": 200,
-                       "/statics/css/base.css": 200, "/no-such-page": 404,
-                       "websocket": 101}, allowed
+    assert allowed == {
+        "/status": 200,
+        "/individual-plots.json": 200,
+        "/health": 200,
+        "/info/main/workers.html": 200,
+        "/statics/css/base.css": 200,
+        "/no-such-page": 404,
+        "websocket": 101,
+    }, allowed
 
 
 async def test_dashboard_is_open_without_the_gateways_request(gateway, procs, http, tmp_path):

@@ -1,4 +1,5 @@
 """Server pieces on their own: options, limits, the store's encryption."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,17 +20,29 @@ from dask_gateway_server.tls import new_keypair
 
 def test_option_specs_and_defaults():
     opts = Options(
-        String("s", "x"), Bool("b"), Integer("i", 1, min=0, max=3), Float("f", 1, max=2),
-        Select("sel", ["a", ("b", 2)]), Mapping("m"),
+        String("s", "x"),
+        Bool("b"),
+        Integer("i", 1, min=0, max=3),
+        Float("f", 1, max=2),
+        Select("sel", ["a", ("b", 2)]),
+        Mapping("m"),
     )
     assert opts.get_specification() == [
         {"field": "s", "label": "s", "default": "x", "spec": {"type": "string"}},
         {"field": "b", "label": "b", "default": False, "spec": {"type": "bool"}},
         {"field": "i", "label": "i", "default": 1, "spec": {"type": "int", "min": 0, "max": 3}},
-        {"field": "f", "label": "f", "default": 1.0,
-         "spec": {"type": "float", "min": None, "max": 2.0}},
-        {"field": "sel", "label": "sel", "default": "a",
-         "spec": {"type": "select", "options": ["a", "b"]}},
+        {
+            "field": "f",
+            "label": "f",
+            "default": 1.0,
+            "spec": {"type": "float", "min": None, "max": 2.0},
+        },
+        {
+            "field": "sel",
+            "label": "sel",
+            "default": "a",
+            "spec": {"type": "select", "options": ["a", "b"]},
+        },
         {"field": "m", "label": "m", "default": {}, "spec": {"type": "mapping"}},
     ]
     parsed = opts.parse_options({"sel": "b", "m": {"k": 1}})
@@ -54,11 +67,19 @@ def test_option_handler_receives_user_when_asked():
 
 
 def test_resource_limits():
-    config = ClusterConfig(worker_memory="1 G", scheduler_memory="1 G", cluster_max_memory="4 G",
-                           worker_cores=2, cluster_max_cores=9, cluster_max_workers=5)
+    config = ClusterConfig(
+        worker_memory="1 G",
+        scheduler_memory="1 G",
+        cluster_max_memory="4 G",
+        worker_cores=2,
+        cluster_max_cores=9,
+        cluster_max_workers=5,
+    )
     assert config.effective_max_workers() == 3
-    with pytest.raises(ValueError, match="Scheduler memory request of 2.00 GiB exceeds "
-                                         "cluster memory limit of 1024.00 MiB"):
+    with pytest.raises(
+        ValueError,
+        match="Scheduler memory request of 2.00 GiB exceeds cluster memory limit of 1024.00 MiB",
+    ):
         ClusterConfig(cluster_max_memory="1 G").effective_max_workers()
     assert ClusterConfig().to_dict()["cluster_max_workers"] is None
     with pytest.raises(TraitError):
@@ -110,7 +131,11 @@ def test_store_round_trip_encrypts_secrets(tmp_path):
         store = Store(url, [key])
         (loaded,) = await store.load()
         assert (loaded.name, loaded.token, loaded.status, loaded.count) == (
-            "abc", "secret-token", JobStatus.RUNNING, 3)
+            "abc",
+            "secret-token",
+            JobStatus.RUNNING,
+            3,
+        )
         assert loaded.tls_cert == cert and loaded.tls_key == tls_key
         assert loaded.workers["w1"].state == {"pid": 1}
         await store.update_cluster(loaded, status=JobStatus.STOPPED, stop_time=1)

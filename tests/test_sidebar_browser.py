@@ -4,6 +4,7 @@ JupyterLab (with the installed extension) talks to the test gateway; everything 
 way a user would: open the sidebar, fill in the form, click the buttons. Screenshots go to
 ``test-artifacts/screenshots/`` (kept by CI as artifacts).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from gateway_process import GatewayProcess, _kill_leftovers
 from jupyterlab_harness import JupyterLab, LabBrowser
 
@@ -22,10 +22,23 @@ USER = "sidebar-user"
 SIDEBAR = "#dask-gateway-sidebar"
 
 EMPTY_NOTEBOOK = {
-    "cells": [{"cell_type": "code", "execution_count": None, "id": "first", "metadata": {},
-               "outputs": [], "source": []}],
-    "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
-                                "name": "python3"}},
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "first",
+            "metadata": {},
+            "outputs": [],
+            "source": [],
+        }
+    ],
+    "metadata": {
+        "kernelspec": {
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "name": "python3",
+        }
+    },
     "nbformat": 4,
     "nbformat_minor": 5,
 }
@@ -55,11 +68,15 @@ def lab(gateway, tmp_path):
     root = tmp_path / "notebooks"
     root.mkdir()
     (root / "analysis.ipynb").write_text(json.dumps(EMPTY_NOTEBOOK))
-    server = JupyterLab(root, tmp_path / "lab", env={
-        "DASK_GATEWAY__ADDRESS": gateway.address,
-        "DASK_GATEWAY__AUTH__TYPE": "basic",
-        "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-    })
+    server = JupyterLab(
+        root,
+        tmp_path / "lab",
+        env={
+            "DASK_GATEWAY__ADDRESS": gateway.address,
+            "DASK_GATEWAY__AUTH__TYPE": "basic",
+            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
+        },
+    )
     server.start()
     yield server
     server.stop()
@@ -90,8 +107,9 @@ def test_sidebar_manages_clusters(gateway, lab):
         page.on("websocket", lambda ws: sockets.append(ws))
 
         browser.open_notebook("analysis.ipynb")
-        page.locator('.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]'
-                     ).click()
+        page.locator(
+            '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]'
+        ).click()
         sidebar = page.locator(SIDEBAR)
         expect(sidebar).to_be_visible()
         expect(sidebar.locator(".dgj-Address")).to_have_text(gateway.address)
@@ -110,10 +128,12 @@ def test_sidebar_manages_clusters(gateway, lab):
         expect(form.locator('select[name="environment"]')).to_have_value("basic")
         cores.fill("10")
         expect(form.locator('[data-field="worker_cores"] .dgj-Field-error')).to_have_text(
-            "worker_cores must be <= 4, got 10")
+            "worker_cores must be <= 4, got 10"
+        )
         memory.fill("0")
         expect(form.locator('[data-field="worker_memory"] .dgj-Field-error')).to_have_text(
-            "worker_memory must be >= 0.25, got 0.0")
+            "worker_memory must be >= 0.25, got 0.0"
+        )
         expect(form.locator('button[type="submit"]')).to_be_disabled()
         browser.screenshot("sidebar-form-invalid", sidebar)
         cores.fill("1")
@@ -133,7 +153,8 @@ def test_sidebar_manages_clusters(gateway, lab):
         # The message about it follows its state: "is starting" no longer, once it runs.
         message = sidebar.locator(".dgj-Message")
         expect(message.locator(".dgj-Message-text")).to_have_text(
-            f"Cluster {name[:8]} is running", timeout=30_000)
+            f"Cluster {name[:8]} is running", timeout=30_000
+        )
         expect(message).to_have_attribute("data-cluster", name)
         expect(message).to_have_attribute("data-kind", "info")
         browser.screenshot("sidebar-running", sidebar)
@@ -162,7 +183,8 @@ def test_sidebar_manages_clusters(gateway, lab):
         row.locator("input.dgj-AdaptMax").fill("3")
         row.locator("button.dgj-AdaptButton").click()
         expect(row.locator(".dgj-Cluster-adapt-note")).to_have_text(
-            "Adaptive: 1 to 3 workers", timeout=30_000)
+            "Adaptive: 1 to 3 workers", timeout=30_000
+        )
         row.locator("button.dgj-StopAdaptButton").click()
         expect(row.locator(".dgj-Cluster-adapt-note")).to_have_text("", timeout=30_000)
 
@@ -203,12 +225,14 @@ def test_sidebar_manages_clusters(gateway, lab):
 
         # -- a cluster created from Python in the notebook appears without a reload
         printed = browser.run_in_kernel(
-            "other = gateway.submit(worker_cores=1, worker_memory=0.25); print(other)")
+            "other = gateway.submit(worker_cores=1, worker_memory=0.25); print(other)"
+        )
         other = printed.strip().splitlines()[-1]
         assert len(other) == 32, printed
         expect(cluster_row(page, other)).to_be_visible(timeout=30_000)
         expect(cluster_row(page, other).locator(".dgj-Cluster-status")).to_have_text(
-            "RUNNING", timeout=120_000)
+            "RUNNING", timeout=120_000
+        )
         browser.screenshot("sidebar-two-clusters", sidebar)
 
         # -- shut down, with a confirmation, and the cluster leaves the list
@@ -223,12 +247,14 @@ def test_sidebar_manages_clusters(gateway, lab):
         expect(cluster_row(page, other)).to_have_count(1)
         # ...and the message, "is shutting down" meanwhile, says it is done.
         expect(message.locator(".dgj-Message-text")).to_have_text(
-            f"Cluster {name[:8]} has shut down", timeout=30_000)
+            f"Cluster {name[:8]} has shut down", timeout=30_000
+        )
 
         # -- the same panel in the dark theme
         browser.execute_command("apputils:change-theme", {"theme": "JupyterLab Dark"})
         page.wait_for_function(
-            "() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+            "() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000
+        )
         browser.screenshot("sidebar-dark", sidebar)
 
         cluster_row(page, other).locator("button.dgj-ShutdownButton").click()
@@ -245,8 +271,9 @@ def test_sidebar_manages_clusters(gateway, lab):
         polls.clear()
         page.wait_for_timeout(8000)  # more than two poll intervals
         assert polls == []
-        page.locator('.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]'
-                     ).click()
+        page.locator(
+            '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]'
+        ).click()
         with page.expect_request(is_list_request, timeout=5000):
             pass
 
@@ -257,24 +284,32 @@ def test_sidebar_manages_clusters(gateway, lab):
 @pytest.mark.timeout(300)
 def test_sidebar_shows_gateway_errors(tmp_path):
     """With the gateway down the panel says so, in words, instead of failing silently."""
-    from playwright.sync_api import expect
-
     from gateway_process import free_port
+    from playwright.sync_api import expect
 
     port = free_port()
     root = tmp_path / "notebooks"
     root.mkdir()
-    with JupyterLab(root, tmp_path / "lab", env={
-        "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{port}",
-        "DASK_GATEWAY__AUTH__TYPE": "basic",
-    }) as lab, LabBrowser(lab, SCREENSHOTS) as browser:
+    with (
+        JupyterLab(
+            root,
+            tmp_path / "lab",
+            env={
+                "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{port}",
+                "DASK_GATEWAY__AUTH__TYPE": "basic",
+            },
+        ) as lab,
+        LabBrowser(lab, SCREENSHOTS) as browser,
+    ):
         browser.goto("/lab", reset="")
         browser.page.locator(
-            '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]').click()
+            '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]'
+        ).click()
         sidebar = browser.page.locator(SIDEBAR)
         message = sidebar.locator('.dgj-Message[data-kind="error"]')
         expect(message).to_contain_text(
-            f"Cannot reach the Dask Gateway at http://127.0.0.1:{port}", timeout=30_000)
+            f"Cannot reach the Dask Gateway at http://127.0.0.1:{port}", timeout=30_000
+        )
         sidebar.locator("button.dgj-NewButton").click()
         expect(message).to_contain_text("Cannot reach the Dask Gateway", timeout=30_000)
         browser.screenshot("sidebar-gateway-down", sidebar)

@@ -7,6 +7,7 @@ processes (ProctrackType): pgid, linuxproc (what many sites run), and cgroup whe
 has a cgroup v1 freezer; the module restarts Slurm for each (start-slurm.sh TYPE) and leaves it
 as start-slurm.sh starts it by default (pgid).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import waiting
 from gateway_process import GatewayProcess, free_port
 
@@ -36,19 +36,36 @@ ACTIVE = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED"
 
 wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.1)
 
+
 def slurm_jobs(cluster_name: str, states: str = ACTIVE) -> list[dict]:
     """The cluster's jobs as squeue shows them (comment = cluster name)."""
     out = subprocess.run(
-        ["squeue", "--noheader", f"--states={states}", f"--user={USER}",
-         "--format=%i|%j|%k|%u|%T|%C|%m|%r"],
-        capture_output=True, text=True, check=True,
+        [
+            "squeue",
+            "--noheader",
+            f"--states={states}",
+            f"--user={USER}",
+            "--format=%i|%j|%k|%u|%T|%C|%m|%r",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     jobs = []
     for line in out.splitlines():
         job_id, name, comment, user, state, cpus, mem, reason = line.split("|")
         if comment == cluster_name:
-            jobs.append({"id": job_id, "role": name.rsplit("-", 1)[-1], "user": user,
-                         "state": state, "cpus": cpus, "mem": mem, "reason": reason})
+            jobs.append(
+                {
+                    "id": job_id,
+                    "role": name.rsplit("-", 1)[-1],
+                    "user": user,
+                    "state": state,
+                    "cpus": cpus,
+                    "mem": mem,
+                    "reason": reason,
+                }
+            )
     return jobs
 
 
@@ -93,8 +110,9 @@ def current_proctrack() -> str:
 
 
 def restart_slurm(proctrack: str) -> None:
-    out = subprocess.run(["bash", str(START_SLURM), proctrack], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        ["bash", str(START_SLURM), proctrack], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, f"start-slurm.sh {proctrack} failed:\n{out.stdout}{out.stderr}"
     assert current_proctrack() == proctrack
 
@@ -104,11 +122,13 @@ def slurm(request):
     """Slurm must be up (a missing Slurm is a failure of the test setup, not a skip), with
     the proctrack of this round of the module's tests."""
     assert shutil.which("sbatch"), (
-        "Slurm is not installed; run scripts/services/start-slurm.sh (scripts/test.sh does)")
+        "Slurm is not installed; run scripts/services/start-slurm.sh (scripts/test.sh does)"
+    )
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert "is UP" in ping.stdout, (
         f"Slurm is not running ({ping.stdout.strip() or ping.stderr.strip()}); "
-        "run scripts/services/start-slurm.sh (scripts/test.sh does)")
+        "run scripts/services/start-slurm.sh (scripts/test.sh does)"
+    )
     if current_proctrack() != request.param:
         restart_slurm(request.param)
     yield request.param
@@ -141,16 +161,26 @@ def slurm_user(slurm):
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
         created = True
-    import dask_gateway
     import distributed
 
-    restore = _open_for_others([sys.executable, sys.prefix, dask_gateway.__file__,
-                                distributed.__file__])
+    import dask_gateway
+
+    restore = _open_for_others(
+        [sys.executable, sys.prefix, dask_gateway.__file__, distributed.__file__]
+    )
     try:
         check = subprocess.run(
-            ["runuser", "-u", USER, "--", sys.executable, "-c",
-             "import dask_gateway.scheduler_preload, distributed"],
-            capture_output=True, text=True,
+            [
+                "runuser",
+                "-u",
+                USER,
+                "--",
+                sys.executable,
+                "-c",
+                "import dask_gateway.scheduler_preload, distributed",
+            ],
+            capture_output=True,
+            text=True,
         )
         assert check.returncode == 0, f"{USER} cannot run {sys.executable}: {check.stderr}"
         yield USER
@@ -164,8 +194,9 @@ def slurm_user(slurm):
 
 
 def slurm_jobs_of_user() -> list[str]:
-    return subprocess.run(["squeue", "--noheader", f"--user={USER}", "--format=%i"],
-                          capture_output=True, text=True).stdout.split()
+    return subprocess.run(
+        ["squeue", "--noheader", f"--user={USER}", "--format=%i"], capture_output=True, text=True
+    ).stdout.split()
 
 
 def _gateway(data_dir: Path, extra_args: list[str] | None = None) -> GatewayProcess:
@@ -198,7 +229,8 @@ def test_workflow_on_slurm(slurm_gateway):
         name = cluster.name
         jobs = slurm_jobs(name)
         assert [(j["role"], j["user"], j["state"]) for j in jobs] == [
-            ("scheduler", USER, "RUNNING")]
+            ("scheduler", USER, "RUNNING")
+        ]
 
         # Secrets sit in files only the user can read; nothing secret in Slurm's records.
         staging = Path(pwd.getpwnam(USER).pw_dir) / ".dask-gateway" / name
@@ -209,12 +241,21 @@ def test_workflow_on_slurm(slurm_gateway):
             assert st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o600
         token = (staging / "api-token").read_text().strip()
         key = (staging / "dask.pem").read_text().strip().splitlines()[1]
-        record = subprocess.run(["scontrol", "-dd", "show", "job", jobs[0]["id"]],
-                                capture_output=True, text=True, check=True).stdout
-        squeue_all = subprocess.run(["squeue", "--states=all", "--format=%all"],
-                                    capture_output=True, text=True, check=True).stdout
-        script = subprocess.run(["scontrol", "write", "batch_script", jobs[0]["id"], "-"],
-                                capture_output=True, text=True, check=True).stdout
+        record = subprocess.run(
+            ["scontrol", "-dd", "show", "job", jobs[0]["id"]],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        squeue_all = subprocess.run(
+            ["squeue", "--states=all", "--format=%all"], capture_output=True, text=True, check=True
+        ).stdout
+        script = subprocess.run(
+            ["scontrol", "write", "batch_script", jobs[0]["id"], "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         for text in (record, squeue_all, script):
             assert token not in text and key not in text
         # ...nor in the command line or environment of any process of the user.
@@ -235,8 +276,9 @@ def test_workflow_on_slurm(slurm_gateway):
         cluster.scale(3)
         client = cluster.get_client()
         client.wait_for_workers(3, timeout=120)
-        wait_for(lambda: roles(name) == ["scheduler", "worker", "worker", "worker"],
-                 what="3 worker jobs")
+        wait_for(
+            lambda: roles(name) == ["scheduler", "worker", "worker", "worker"], what="3 worker jobs"
+        )
         workers = [j for j in slurm_jobs(name) if j["role"] == "worker"]
         # worker_cores -> --cpus-per-task, worker_memory -> --mem (0.75 GiB = 768 MiB)
         assert {(j["cpus"], j["mem"]) for j in workers} == {("2", "768M")}
@@ -252,15 +294,22 @@ def test_workflow_on_slurm(slurm_gateway):
         # Slurm kills a worker's job: the gateway starts a new one.
         (lost,) = [j["id"] for j in slurm_jobs(name) if j["role"] == "worker"]
         subprocess.run(["scancel", lost], check=True)
-        wait_for(lambda: [j["id"] for j in slurm_jobs(name) if j["role"] == "worker"
-                          and j["id"] != lost] and lost not in
-                 [j["id"] for j in slurm_jobs(name)], what="a replacement worker job")
+        wait_for(
+            lambda: (
+                [j["id"] for j in slurm_jobs(name) if j["role"] == "worker" and j["id"] != lost]
+                and lost not in [j["id"] for j in slurm_jobs(name)]
+            ),
+            what="a replacement worker job",
+        )
         client.wait_for_workers(1, timeout=60)
         assert client.submit(lambda x: x + 1, 41).result(timeout=60) == 42
         assert roles(name) == ["scheduler", "worker"]
         # The scheduler saw the worker leave, maybe before Slurm finished cancelling it.
-        assert re.search(rf"Worker \w+ of cluster {name} ended: Slurm job {lost} "
-                         r"(CANCELLED|COMPLETING)", slurm_gateway.log())
+        assert re.search(
+            rf"Worker \w+ of cluster {name} ended: Slurm job {lost} "
+            r"(CANCELLED|COMPLETING)",
+            slurm_gateway.log(),
+        )
 
         # Adaptive scaling, decided by the scheduler, also becomes Slurm jobs.
         cluster.adapt(minimum=2, maximum=4)
@@ -292,7 +341,7 @@ def process_names(pids: list[int]) -> list[str]:
             data = Path(f"/proc/{pid}/stat").read_bytes()
         except OSError:
             continue
-        names.append(data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace"))
+        names.append(data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace"))
     return names
 
 
@@ -300,7 +349,7 @@ def job_of(pid: int) -> str:
     """The job ``pid`` is the batch script of (it was exec'd): its parent is "slurmstepd:
     [JOB.batch]"."""
     stat = Path(f"/proc/{pid}/stat").read_bytes()
-    parent = int(stat[stat.rindex(b")") + 2:].split()[1])
+    parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
     title = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
     m = re.search(r"slurmstepd: \[(\d+)\.batch\]", title)
     assert m, title
@@ -331,18 +380,28 @@ def test_jobs_end_at_once_after_scancel_and_shutdown(slurm, slurm_gateway):
         victim = next(p for p in pids if b"worker" in Path(f"/proc/{p}/cmdline").read_bytes())
         job = job_of(victim)
         subprocess.run(["scancel", job], check=True)
-        wait_for(lambda: job not in [j["id"] for j in slurm_jobs(name)], timeout=ENDS_WITHIN,
-                 what=f"job {job} to end (not to linger COMPLETING)")
-        wait_for(lambda: victim not in user_processes(name), timeout=ENDS_WITHIN,
-                 what=f"the cancelled job's process {victim} to end")
+        wait_for(
+            lambda: job not in [j["id"] for j in slurm_jobs(name)],
+            timeout=ENDS_WITHIN,
+            what=f"job {job} to end (not to linger COMPLETING)",
+        )
+        wait_for(
+            lambda: victim not in user_processes(name),
+            timeout=ENDS_WITHIN,
+            what=f"the cancelled job's process {victim} to end",
+        )
 
         # Shutting the cluster down ends every job at once; the next cluster starts.
         client.close()
         cluster.shutdown()
-        wait_for(lambda: slurm_jobs(name) == [], timeout=ENDS_WITHIN,
-                 what="every job to end (none lingering COMPLETING)")
-        wait_for(lambda: user_processes(name) == [], timeout=ENDS_WITHIN,
-                 what="every process to end")
+        wait_for(
+            lambda: slurm_jobs(name) == [],
+            timeout=ENDS_WITHIN,
+            what="every job to end (none lingering COMPLETING)",
+        )
+        wait_for(
+            lambda: user_processes(name) == [], timeout=ENDS_WITHIN, what="every process to end"
+        )
         again = gw.new_cluster()
         assert gw.get_cluster(again.name).status.name == "RUNNING"
         again.shutdown()
@@ -360,8 +419,11 @@ def test_scheduler_job_cancelled_fails_cluster(slurm_gateway):
         wait_for(lambda: gw.get_cluster(name).status.name == "FAILED", what="FAILED")
         wait_for(lambda: slurm_jobs(name) == [], timeout=30, what="worker job cancelled too")
         log = slurm_gateway.log()
-        assert re.search(rf"Cluster {name} failed \(The scheduler exited unexpectedly: "
-                         rf"Slurm job {scheduler} CANCELLED\)", log), log[-3000:]
+        assert re.search(
+            rf"Cluster {name} failed \(The scheduler exited unexpectedly: "
+            rf"Slurm job {scheduler} CANCELLED\)",
+            log,
+        ), log[-3000:]
         cluster.close()
 
 
@@ -371,8 +433,9 @@ def test_bad_partition_is_a_clear_error(slurm_gateway):
     with connect(slurm_gateway) as gw:
         with pytest.raises(GatewayRequestError) as info:
             gw.new_cluster(partition="no-such-partition")
-        assert str(info.value) == ("Slurm partition 'no-such-partition' does not exist; "
-                                   "available: debug")
+        assert str(info.value) == (
+            "Slurm partition 'no-such-partition' does not exist; available: debug"
+        )
         assert gw.list_clusters() == []
 
 
@@ -383,11 +446,15 @@ def test_job_that_fails_and_job_slurm_refuses(slurm_gateway):
         # The scheduler's job fails (its environment won't activate): FAILED, with why.
         with pytest.raises(GatewayClusterError, match="failed to start"):
             gw.new_cluster(environment="broken")
-        (report,) = [c for c in gw.list_clusters(status="FAILED")
-                     if c.options["environment"] == "broken"][-1:]
+        (report,) = [
+            c for c in gw.list_clusters(status="FAILED") if c.options["environment"] == "broken"
+        ][-1:]
         log = slurm_gateway.log()
-        assert re.search(rf"Cluster {report.name} failed \(The scheduler exited unexpectedly: "
-                         r"Slurm job \d+ FAILED \(NonZeroExitCode\)\)", log), log[-3000:]
+        assert re.search(
+            rf"Cluster {report.name} failed \(The scheduler exited unexpectedly: "
+            r"Slurm job \d+ FAILED \(NonZeroExitCode\)\)",
+            log,
+        ), log[-3000:]
         assert "activating the broken environment" in log
 
         # Workers asking for more memory than any node has: sbatch refuses each, the
@@ -398,8 +465,9 @@ def test_job_that_fails_and_job_slurm_refuses(slurm_gateway):
         wait_for(lambda: gw.get_cluster(name).status.name == "FAILED", what="FAILED")
         log = slurm_gateway.log()
         assert "Memory specification can not be satisfied" in log
-        assert re.search(rf"Cluster {name} failed \(3 workers failed to start in a row\)",
-                         log), log[-3000:]
+        assert re.search(rf"Cluster {name} failed \(3 workers failed to start in a row\)", log), (
+            log[-3000:]
+        )
         wait_for(lambda: slurm_jobs(name) == [], timeout=30, what="no jobs left")
         cluster.close()
 
@@ -408,8 +476,11 @@ def test_idle_timeout(slurm_gateway):
     with connect(slurm_gateway) as gw:
         cluster = gw.new_cluster(idle_timeout=3, shutdown_on_close=False)
         name = cluster.name
-        wait_for(lambda: gw.get_cluster(name).status.name == "STOPPED", timeout=60,
-                 what="idle cluster stopped")
+        wait_for(
+            lambda: gw.get_cluster(name).status.name == "STOPPED",
+            timeout=60,
+            what="idle cluster stopped",
+        )
         wait_for(lambda: slurm_jobs(name) == [], timeout=30, what="its job ended")
         cluster.close()
 
@@ -482,23 +553,43 @@ def test_forged_first_heartbeat_is_refused(slurm_gateway):
     import json
     import urllib.request
 
-    (private,) = [a.split("=", 1)[1] for a in slurm_gateway.extra_args
-                  if a.startswith("--DaskGateway.address=")]
+    (private,) = [
+        a.split("=", 1)[1]
+        for a in slurm_gateway.extra_args
+        if a.startswith("--DaskGateway.address=")
+    ]
     api_url = f"{slurm_gateway.address}/api"
 
     def forge(name: str, target: str) -> tuple[int, str]:
         token_file = Path(pwd.getpwnam(USER).pw_dir) / ".dask-gateway" / name / "api-token"
         out = subprocess.run(
-            ["runuser", "-u", USER, "--", sys.executable, "-c", FORGE_FIRST_HEARTBEAT,
-             str(token_file), api_url, name, target],
-            capture_output=True, text=True, check=True, cwd="/").stdout
+            [
+                "runuser",
+                "-u",
+                USER,
+                "--",
+                sys.executable,
+                "-c",
+                FORGE_FIRST_HEARTBEAT,
+                str(token_file),
+                api_url,
+                name,
+                target,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+        ).stdout
         return tuple(json.loads(out))
 
     with connect(slurm_gateway) as gw:
         name = gw.submit(environment="held")
         staging = Path(pwd.getpwnam(USER).pw_dir) / ".dask-gateway" / name
-        wait_for(lambda: (staging / "api-token").exists() and slurm_jobs(name),
-                 what="the scheduler's job submitted")
+        wait_for(
+            lambda: (staging / "api-token").exists() and slurm_jobs(name),
+            what="the scheduler's job submitted",
+        )
         (job,) = slurm_jobs(name)
         assert (job["state"], job["reason"]) == ("PENDING", "JobHeldUser")
 
@@ -512,8 +603,9 @@ def test_forged_first_heartbeat_is_refused(slurm_gateway):
         assert f"is not an address of the scheduler's Slurm job {job['id']}" in error, error
         assert gw.get_cluster(name).status.name == "PENDING"
         log = slurm_gateway.log()
-        assert f"Refused a heartbeat of cluster {name}: scheduler_address 'tls://{private}'" \
-            in log, log[-3000:]
+        assert (
+            f"Refused a heartbeat of cluster {name}: scheduler_address 'tls://{private}'" in log
+        ), log[-3000:]
 
         # The real scheduler starts: its heartbeat is accepted, the cluster works.
         (staging / "release-scheduler").touch()
@@ -525,8 +617,11 @@ def test_forged_first_heartbeat_is_refused(slurm_gateway):
             assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
         req = urllib.request.Request(
             f"{slurm_gateway.address}/clusters/{name}/status",
-            headers={"Authorization": "Basic " + base64.b64encode(f"{USER}:any".encode())
-                     .decode(), "Accept": "text/html"})
+            headers={
+                "Authorization": "Basic " + base64.b64encode(f"{USER}:any".encode()).decode(),
+                "Accept": "text/html",
+            },
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             assert r.status == 200 and b"bokeh" in r.read().lower()
         # Once set, no heartbeat moves them.
@@ -550,25 +645,45 @@ def test_public_server_module_path_and_sbatch_options():
     assert alias.SlurmClusterConfig is slurm.SlurmClusterConfig
     backend = slurm.SlurmBackend()
     config = slurm.SlurmClusterConfig(
-        worker_cores=2, worker_memory="768M", scheduler_memory="1 G", partition="gpu",
-        qos="high", account="proj", worker_time_limit="1:00:00",
-        sbatch_options=["--constraint=fast"], worker_sbatch_options=["--exclusive"],
+        worker_cores=2,
+        worker_memory="768M",
+        scheduler_memory="1 G",
+        partition="gpu",
+        qos="high",
+        account="proj",
+        worker_time_limit="1:00:00",
+        sbatch_options=["--constraint=fast"],
+        worker_sbatch_options=["--exclusive"],
     )
-    cluster = Cluster(name="abc", username="u", token="t", options={}, config={},
-                      tls_cert=b"", tls_key=b"")
+    cluster = Cluster(
+        name="abc", username="u", token="t", options={}, config={}, tls_cert=b"", tls_key=b""
+    )
     args = backend._sbatch_args(cluster, config, "worker", "/s/abc", "worker-w.log")
     assert args == [
-        "--job-name=dask-gateway-worker", "--comment=abc", "--chdir=/s/abc",
-        "--output=/s/abc/worker-w.log", "--nodes=1", "--ntasks=1", "--cpus-per-task=2",
-        "--mem=768M", "--partition=gpu", "--qos=high", "--account=proj", "--time=1:00:00",
-        "--constraint=fast", "--exclusive",
+        "--job-name=dask-gateway-worker",
+        "--comment=abc",
+        "--chdir=/s/abc",
+        "--output=/s/abc/worker-w.log",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=2",
+        "--mem=768M",
+        "--partition=gpu",
+        "--qos=high",
+        "--account=proj",
+        "--time=1:00:00",
+        "--constraint=fast",
+        "--exclusive",
     ]
     args = backend._sbatch_args(cluster, config, "scheduler", "/s/abc", "scheduler.log")
     assert "--mem=1024M" in args and "--cpus-per-task=1" in args
     assert "--exclusive" not in args and "--time=1:00:00" not in args
     script = backend._script({"A": "it's"}, "module load x", ["python", "-m", "x y"])
-    assert script.splitlines()[2:] == ["export A='it'\"'\"'s'", "module load x",
-                                       "exec python -m 'x y'"]
+    assert script.splitlines()[2:] == [
+        "export A='it'\"'\"'s'",
+        "module load x",
+        "exec python -m 'x y'",
+    ]
 
 
 async def test_burst_of_requests_is_one_call_per_round():

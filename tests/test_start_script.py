@@ -12,6 +12,7 @@ The first run installs; the second, with the sources unchanged, must not. Both s
 (to "running") go to test-artifacts/start-script-times.json and the test output: reported,
 not asserted.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import waiting
 from gateway_process import free_port
 from http_helpers import basic, call
@@ -42,7 +42,7 @@ READY = "Dask Gateway + JupyterLab are running"
 pytestmark = pytest.mark.timeout(900)
 
 # Runs notebooks/<name> with nbclient in the venv under test (nbclient comes with JupyterLab).
-NOTEBOOK_RUNNER = textwrap.dedent('''
+NOTEBOOK_RUNNER = textwrap.dedent("""
     import sys
     import nbformat
     from nbclient import NotebookClient
@@ -53,16 +53,16 @@ NOTEBOOK_RUNNER = textwrap.dedent('''
                        resources={"metadata": {"path": cwd}}).execute()
     finally:
         nbformat.write(nb, out)
-''')
+""")
 
 # The README's blocks in order, in one process, as a reader would paste them.
-BLOCKS_RUNNER = textwrap.dedent('''
+BLOCKS_RUNNER = textwrap.dedent("""
     import sys
     blocks = {blocks!r}
     namespace = {{"__name__": "__main__"}}
     for line, source in blocks:
         exec(compile(source, f"README.md:{{line}}", "exec"), namespace)
-''')
+""")
 
 
 def start_ticks(pid: int) -> int | None:
@@ -71,7 +71,7 @@ def start_ticks(pid: int) -> int | None:
         data = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = data[data.rfind(b")") + 2 :].split()
     return None if fields[0] == b"Z" else int(fields[19])
 
 
@@ -113,15 +113,21 @@ class StartScript:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The machine's environment without the test venv's or any gateway settings."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("DASK_", "JUPYTER", "VIRTUAL_ENV", "PYTHON"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DASK_", "JUPYTER", "VIRTUAL_ENV", "PYTHON"))
+        }
         jupyter = self.workdir / "jupyter"
         env.update(
-            VENV=str(self.venv), DATA_DIR=str(self.data_dir),
-            GATEWAY_PORT=str(self.gateway_port), LAB_PORT=str(self.lab_port),
+            VENV=str(self.venv),
+            DATA_DIR=str(self.data_dir),
+            GATEWAY_PORT=str(self.gateway_port),
+            LAB_PORT=str(self.lab_port),
             JUPYTER_TOKEN=self.token,
             # Nothing from this machine's own Jupyter set-up, nothing left behind in it.
-            JUPYTER_CONFIG_DIR=str(jupyter / "config"), JUPYTER_DATA_DIR=str(jupyter / "data"),
+            JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+            JUPYTER_DATA_DIR=str(jupyter / "data"),
             JUPYTER_RUNTIME_DIR=str(self.runtime_dir),
             JUPYTERLAB_SETTINGS_DIR=str(jupyter / "settings"),
             JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
@@ -137,8 +143,13 @@ class StartScript:
         self.log_path = self.workdir / f"start-{label}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                ["bash", str(START)], env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                ["bash", str(START)],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while READY not in self.log():
             assert self.proc.poll() is None, f"start.sh exited:\n{self.log()[-5000:]}"
@@ -158,7 +169,7 @@ class StartScript:
                 continue
             try:
                 data = (entry / "stat").read_bytes()
-                parents[int(entry.name)] = int(data[data.rfind(b")") + 2:].split()[1])
+                parents[int(entry.name)] = int(data[data.rfind(b")") + 2 :].split()[1])
                 if os.readlink(entry / "cwd").startswith(clusters_dir):
                     in_clusters.append(int(entry.name))
             except (OSError, ValueError):
@@ -199,9 +210,13 @@ def alive(procs: dict[int, tuple[int, str]]) -> list[str]:
 
 def kinds(procs: dict[int, tuple[int, str]]) -> dict[str, int]:
     """How many of each kind of process ``procs`` holds."""
-    patterns = {"gateway": "dask-gateway-server", "jupyterlab": "jupyter-lab",
-                "kernel": "ipykernel_launcher", "scheduler": "distributed.cli.dask_scheduler",
-                "worker": "distributed.cli.dask_worker"}
+    patterns = {
+        "gateway": "dask-gateway-server",
+        "jupyterlab": "jupyter-lab",
+        "kernel": "ipykernel_launcher",
+        "scheduler": "distributed.cli.dask_scheduler",
+        "worker": "distributed.cli.dask_worker",
+    }
     return {k: sum(p in cmd for _, cmd in procs.values()) for k, p in patterns.items()}
 
 
@@ -257,16 +272,24 @@ def test_second_run_reuses_the_venv_and_a_taken_port_is_refused(running):
     assert "start.sh: installing" not in log
     # Another start.sh on the same ports refuses at once, before installing or starting
     # anything, and leaves the running one alone.
-    for taken, port in (("GATEWAY_PORT", running.gateway_port),
-                        ("LAB_PORT", running.lab_port)):
+    for taken, port in (("GATEWAY_PORT", running.gateway_port), ("LAB_PORT", running.lab_port)):
         ports = {"GATEWAY_PORT": str(free_port()), "LAB_PORT": str(free_port())}
         ports[taken] = str(port)
         env = running.env(DATA_DIR=str(running.workdir / "other"), **ports)
-        out = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            ["bash", str(START)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert out.returncode == 1, out.stdout + out.stderr
-        assert re.search(rf"port {port} for (the gateway|JupyterLab) is taken \(Address already "
-                         rf"in use\).*{taken}=", out.stderr), out.stderr
+        assert re.search(
+            rf"port {port} for (the gateway|JupyterLab) is taken \(Address already "
+            rf"in use\).*{taken}=",
+            out.stderr,
+        ), out.stderr
         assert "start.sh: installing" not in out.stdout + out.stderr
         assert not (running.workdir / "other").exists()
     assert call("GET", f"{running.gateway}/api/health").status == 200
@@ -275,14 +298,26 @@ def test_second_run_reuses_the_venv_and_a_taken_port_is_refused(running):
 
 def test_readme_examples_run_in_its_venv(running):
     text = (ROOT / "README.md").read_text()
-    blocks = [(text.count("\n", 0, m.start()) + 2, m.group(2)) for m in FENCE.finditer(text)
-              if m.group(1).split() == ["python", "run"]]
+    blocks = [
+        (text.count("\n", 0, m.start()) + 2, m.group(2))
+        for m in FENCE.finditer(text)
+        if m.group(1).split() == ["python", "run"]
+    ]
     assert blocks
     user = "readme-reader"
-    env = running.env(DASK_GATEWAY__ADDRESS=running.gateway, DASK_GATEWAY__AUTH__TYPE="basic",
-                      DASK_GATEWAY__AUTH__KWARGS__USERNAME=user)
-    out = subprocess.run([running.python, "-c", BLOCKS_RUNNER.format(blocks=blocks)], env=env,
-                         cwd=running.workdir, capture_output=True, text=True, timeout=300)
+    env = running.env(
+        DASK_GATEWAY__ADDRESS=running.gateway,
+        DASK_GATEWAY__AUTH__TYPE="basic",
+        DASK_GATEWAY__AUTH__KWARGS__USERNAME=user,
+    )
+    out = subprocess.run(
+        [running.python, "-c", BLOCKS_RUNNER.format(blocks=blocks)],
+        env=env,
+        cwd=running.workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert abs(float(out.stdout.split()[-1]) - 0.5) < 0.01, out.stdout  # "about 0.5"
     left = call("GET", f"{running.gateway}/api/v1/clusters/", headers=basic(user)).json()
@@ -292,21 +327,35 @@ def test_readme_examples_run_in_its_venv(running):
 def test_every_notebook_runs_in_its_venv(running):
     """All of notebooks/, at once, each as its own user (as in JupyterLab, with the address
     start.sh exports)."""
-    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "adaptive.ipynb",
-                                           "dataframe.ipynb", "widgets.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {
+        "quickstart.ipynb",
+        "adaptive.ipynb",
+        "dataframe.ipynb",
+        "widgets.ipynb",
+    }
     out_dir = ARTIFACTS / "start-script-notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = {}
     for nb in NOTEBOOKS:
         user = f"nb-{nb.stem}"
-        env = running.env(DASK_GATEWAY__ADDRESS=running.gateway,
-                          DASK_GATEWAY__AUTH__TYPE="basic",
-                          DASK_GATEWAY__AUTH__KWARGS__USERNAME=user)
+        env = running.env(
+            DASK_GATEWAY__ADDRESS=running.gateway,
+            DASK_GATEWAY__AUTH__TYPE="basic",
+            DASK_GATEWAY__AUTH__KWARGS__USERNAME=user,
+        )
         cwd = running.workdir / user
         cwd.mkdir(exist_ok=True)
-        runs[nb.name] = (user, subprocess.Popen(
-            [running.python, "-c", NOTEBOOK_RUNNER, str(nb), str(out_dir / nb.name), str(cwd)],
-            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        runs[nb.name] = (
+            user,
+            subprocess.Popen(
+                [running.python, "-c", NOTEBOOK_RUNNER, str(nb), str(out_dir / nb.name), str(cwd)],
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
     failures = []
     for name, (user, proc) in runs.items():
         output, _ = proc.communicate(timeout=600)
@@ -318,8 +367,9 @@ def test_every_notebook_runs_in_its_venv(running):
     assert not failures, "\n\n".join(failures)
     # What the issue saw fail: the plot (matplotlib) and the dataframes (pandas).
     adaptive = json.loads((out_dir / "adaptive.ipynb").read_text())
-    assert any("image/png" in o.get("data", {}) for c in adaptive["cells"]
-               for o in c.get("outputs", [])), "adaptive.ipynb drew no plot"
+    assert any(
+        "image/png" in o.get("data", {}) for c in adaptive["cells"] for o in c.get("outputs", [])
+    ), "adaptive.ipynb drew no plot"
     dataframe = (out_dir / "dataframe.ipynb").read_text()
     assert "same results: True" in dataframe
 
@@ -337,13 +387,20 @@ def test_dashboards_are_bokeh_through_the_gateway_and_the_jupyter_relay(running)
 
     def is_bokeh_document(resp) -> bool:
         page = resp.body.decode(errors="replace")
-        return (resp.status == 200 and "needs bokeh" not in page
-                and "Bokeh.embed.embed_items(docs_json" in page)
+        return (
+            resp.status == 200
+            and "needs bokeh" not in page
+            and "Bokeh.embed.embed_items(docs_json" in page
+        )
 
     direct = call("GET", f"{running.gateway}/clusters/{name}/status", headers=user, timeout=60)
     assert is_bokeh_document(direct), direct.body[:2000]
-    relayed = call("GET", f"{running.lab}/dask-gateway/dashboard/{name}/status",
-                   headers={"Authorization": f"token {running.token}"}, timeout=60)
+    relayed = call(
+        "GET",
+        f"{running.lab}/dask-gateway/dashboard/{name}/status",
+        headers={"Authorization": f"token {running.token}"},
+        timeout=60,
+    )
     assert is_bokeh_document(relayed), relayed.body[:2000]
 
 
@@ -366,9 +423,16 @@ def run_in_new_kernel(script: StartScript, code: str) -> str:
     try:
         client.wait_for_ready(timeout=60)
         reply = client.execute_interactive(
-            code, timeout=180, output_hook=lambda msg: printed.append(
-                msg["content"].get("text", "") if msg["msg_type"] == "stream" else
-                json.dumps(msg["content"]) if msg["msg_type"] == "error" else ""))
+            code,
+            timeout=180,
+            output_hook=lambda msg: printed.append(
+                msg["content"].get("text", "")
+                if msg["msg_type"] == "stream"
+                else json.dumps(msg["content"])
+                if msg["msg_type"] == "error"
+                else ""
+            ),
+        )
     finally:
         client.stop_channels()
     assert reply["content"]["status"] == "ok", "".join(printed)
@@ -378,18 +442,23 @@ def run_in_new_kernel(script: StartScript, code: str) -> str:
 def test_ctrl_c_stops_everything_it_started(running):
     """A kernel with a cluster of its own and a cluster left running: Ctrl-C stops the
     gateway, JupyterLab, the kernel, and both clusters' schedulers and workers."""
-    printed = run_in_new_kernel(running, textwrap.dedent("""
+    printed = run_in_new_kernel(
+        running,
+        textwrap.dedent("""
         from dask_gateway import Gateway
         cluster = Gateway().new_cluster()
         cluster.scale(1)
         client = cluster.get_client()
         client.wait_for_workers(1, timeout=120)
         print("kernel cluster", cluster.name, client.submit(lambda: 6 * 7).result())
-    """))
+    """),
+    )
     assert re.search(r"kernel cluster [0-9a-f]{32} 42", printed), printed
     procs = waiting.wait_for(
         lambda: (p := running.processes()) and kinds(p)["worker"] >= 2 and p,
-        timeout=120, what="both clusters' workers")
+        timeout=120,
+        what="both clusters' workers",
+    )
     found = kinds(procs)
     assert found["gateway"] == 1 and found["jupyterlab"] == 1, procs
     assert found["kernel"] >= 1 and found["scheduler"] >= 2, procs

@@ -5,6 +5,7 @@ starts both servers (ours, and the public one from .venv-upstream) and the same 
 our client must give the same results on both. Settings our server does not read are
 named in a warning, never a crash and never silence.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,19 +14,19 @@ import os
 import sqlite3
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+import waiting
 from cryptography.fernet import Fernet
+from gateway_process import free_port
 from tornado.httpclient import HTTPClientError
 from traitlets.utils.importstring import import_item
+from upstream_server import require_upstream_venv, server_process
 
-from gateway_process import free_port
 from dask_gateway import BasicAuth, Gateway, GatewayWarning
 from dask_gateway.client import ClusterStatus
-import waiting
-from upstream_server import require_upstream_venv, server_process
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -51,7 +52,7 @@ class Site:
         return self.log_path.read_text(errors="replace")
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["Site"]:
+    def running(self) -> Iterator[Site]:
         self.home.mkdir(parents=True, exist_ok=True)
         env = dict(
             os.environ,
@@ -63,8 +64,13 @@ class Site:
             GATEWAY_DB_KEY=Fernet.generate_key().decode(),
         )
         env.pop("VIRTUAL_ENV", None)
-        with server_process([str(self.server_bin), "-f", str(self.config)], self.home, env,
-                            self.log_path, self.address):
+        with server_process(
+            [str(self.server_bin), "-f", str(self.config)],
+            self.home,
+            env,
+            self.log_path,
+            self.address,
+        ):
             yield self
 
 
@@ -75,14 +81,16 @@ def _wait_for(predicate, timeout: float = 90, what: str = "condition") -> None:
 def _workflow(site: Site) -> dict:
     """What a user sees of the site's settings; must be equal on both servers."""
     out: dict = {}
-    with Gateway(site.address, proxy_address=site.proxy_address,
-                 auth=BasicAuth("alice", "wrong")) as bad:
+    with Gateway(
+        site.address, proxy_address=site.proxy_address, auth=BasicAuth("alice", "wrong")
+    ) as bad:
         with pytest.raises(HTTPClientError) as info:
             bad.list_clusters()
         out["wrong_password"] = info.value.code
 
-    with Gateway(site.address, proxy_address=site.proxy_address,
-                 auth=BasicAuth("alice", PASSWORD)) as gateway:
+    with Gateway(
+        site.address, proxy_address=site.proxy_address, auth=BasicAuth("alice", PASSWORD)
+    ) as gateway:
         opts = gateway.cluster_options()
         out["options"] = dict(opts)
         with pytest.raises(ValueError) as info:
@@ -90,8 +98,9 @@ def _workflow(site: Site) -> dict:
         out["bad_option"] = "worker_cores must be <= 2" in str(info.value)
 
         # Two cores per worker: the 3-core cluster limit leaves room for one worker.
-        cluster = gateway.new_cluster(worker_cores=2, profile="large", label="big",
-                                      debug=True, extra_env={"EXTRA": "1"})
+        cluster = gateway.new_cluster(
+            worker_cores=2, profile="large", label="big", debug=True, extra_env={"EXTRA": "1"}
+        )
         try:
             out["reported_options"] = gateway.get_cluster(cluster.name).options
             with pytest.warns(GatewayWarning) as caught:
@@ -100,16 +109,16 @@ def _workflow(site: Site) -> dict:
             client = cluster.get_client(set_as_default=False)
             client.wait_for_workers(1, timeout=120)
             [worker] = client.scheduler_info()["workers"].values()
-            out["worker"] = {"nthreads": worker["nthreads"],
-                             "memory_limit": worker["memory_limit"]}
+            out["worker"] = {"nthreads": worker["nthreads"], "memory_limit": worker["memory_limit"]}
             keys = ["SITE_NAME", "SITE_PROFILE", "SITE_USER", "SITE_LABEL", "SITE_DEBUG", "EXTRA"]
             [env] = client.run(lambda: {k: os.environ.get(k) for k in keys}).values()
             out["worker_env"] = env
             out["compute"] = client.submit(sum, range(10)).result(timeout=60)
             # Ours asks dashboard viewers to log in like API users; theirs ignores the header.
             auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
-            req = urllib.request.Request(cluster.dashboard_link,
-                                         headers={"Authorization": f"Basic {auth}"})
+            req = urllib.request.Request(
+                cluster.dashboard_link, headers={"Authorization": f"Basic {auth}"}
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 out["dashboard"] = (r.status, cluster.dashboard_link.startswith(site.address))
             client.close()
@@ -128,29 +137,48 @@ def _workflow(site: Site) -> dict:
             out["adapted"] = True
             client.close()
         name = cluster.name
-        _wait_for(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED,
-                  what="STOPPED")
+        _wait_for(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED, what="STOPPED")
         out["final_list"] = gateway.list_clusters()
     return out
 
 
 EXPECTED = {
     "wrong_password": 401,
-    "options": {"worker_cores": 1, "worker_memory": 0.5, "profile": "small", "label": "",
-                "debug": False, "extra_env": {}},
+    "options": {
+        "worker_cores": 1,
+        "worker_memory": 0.5,
+        "profile": "small",
+        "label": "",
+        "debug": False,
+        "extra_env": {},
+    },
     "bad_option": True,
-    "reported_options": {"worker_cores": 2, "worker_memory": 0.5, "profile": "large",
-                         "label": "big", "debug": True, "extra_env": {"EXTRA": "1"}},
-    "scale_warning": ["Scale request of 5 workers would exceed resource limit of 1 workers. "
-                      "Scaling to 1 instead."],
+    "reported_options": {
+        "worker_cores": 2,
+        "worker_memory": 0.5,
+        "profile": "large",
+        "label": "big",
+        "debug": True,
+        "extra_env": {"EXTRA": "1"},
+    },
+    "scale_warning": [
+        "Scale request of 5 workers would exceed resource limit of 1 workers. Scaling to 1 instead."
+    ],
     "worker": {"nthreads": 2, "memory_limit": 2**29},
     # The handler's `environment` replaces ClusterConfig.environment (no merge), as upstream.
-    "worker_env": {"SITE_NAME": None, "SITE_PROFILE": "large",
-                   "SITE_USER": "alice", "SITE_LABEL": "big", "SITE_DEBUG": "1", "EXTRA": "1"},
+    "worker_env": {
+        "SITE_NAME": None,
+        "SITE_PROFILE": "large",
+        "SITE_USER": "alice",
+        "SITE_LABEL": "big",
+        "SITE_DEBUG": "1",
+        "EXTRA": "1",
+    },
     "compute": 45,
     "dashboard": (200, True),
-    "default_scale_warning": ["Scale request of 5 workers would exceed resource limit of 2 "
-                              "workers. Scaling to 2 instead."],
+    "default_scale_warning": [
+        "Scale request of 5 workers would exceed resource limit of 2 workers. Scaling to 2 instead."
+    ],
     "adapted": True,
     "final_list": [],
 }
@@ -226,15 +254,18 @@ def test_misspelled_and_foreign_settings_are_named(tmp_path):
     assert any("`sigint_timout`" in w and "UnsafeLocalBackend" in w for w in warnings), warnings
 
 
-@pytest.mark.parametrize("path, base", [
-    ("dask_gateway_server.backends.local.UnsafeLocalBackend", "backends.base.Backend"),
-    ("dask_gateway_server.backends.local.LocalBackend", "backends.base.Backend"),
-    ("dask_gateway_server.backends.base.ClusterConfig", "backends.base.ClusterConfig"),
-    ("dask_gateway_server.backends.local.LocalClusterConfig", "backends.base.ClusterConfig"),
-    ("dask_gateway_server.auth.SimpleAuthenticator", "auth.Authenticator"),
-    ("dask_gateway_server.auth.KerberosAuthenticator", "auth.Authenticator"),
-    ("dask_gateway_server.auth.JupyterHubAuthenticator", "auth.Authenticator"),
-])
+@pytest.mark.parametrize(
+    "path, base",
+    [
+        ("dask_gateway_server.backends.local.UnsafeLocalBackend", "backends.base.Backend"),
+        ("dask_gateway_server.backends.local.LocalBackend", "backends.base.Backend"),
+        ("dask_gateway_server.backends.base.ClusterConfig", "backends.base.ClusterConfig"),
+        ("dask_gateway_server.backends.local.LocalClusterConfig", "backends.base.ClusterConfig"),
+        ("dask_gateway_server.auth.SimpleAuthenticator", "auth.Authenticator"),
+        ("dask_gateway_server.auth.KerberosAuthenticator", "auth.Authenticator"),
+        ("dask_gateway_server.auth.JupyterHubAuthenticator", "auth.Authenticator"),
+    ],
+)
 def test_class_paths_of_public_configs_resolve(path, base):
     assert issubclass(import_item(path), import_item("dask_gateway_server." + base))
 

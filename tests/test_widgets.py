@@ -4,6 +4,7 @@ Widgets are built, their values set and their buttons clicked exactly as the bro
 would (``button.click()`` runs the same handlers); assertions are on the ``Options``
 values, the cluster's real worker count and the messages the widgets show.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,16 +14,15 @@ from html import unescape
 
 import ipywidgets
 import pytest
+import waiting
 from IPython.core.formatters import DisplayFormatter
 
 from dask_gateway import widgets
 from dask_gateway.options import Bool, Float, Integer, Mapping, Options, Select, String
 from dask_gateway.widgets import ClusterWidget, GatewayWidget, OptionsWidget
 
-import waiting
-
-
 wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.1)
+
 
 def text(html_widget) -> str:
     """The visible text of an HTML widget."""
@@ -102,7 +102,10 @@ def test_options_form_from_the_gateway_is_linked_both_ways(gw):
     name = gw.submit(options)
     try:
         assert gw.get_cluster(name).options == {
-            "worker_cores": 2, "worker_memory": 0.5, "environment": "basic"}
+            "worker_cores": 2,
+            "worker_memory": 0.5,
+            "environment": "basic",
+        }
     finally:
         gw.stop_cluster(name)
 
@@ -129,14 +132,21 @@ def test_options_form_every_field_type():
     inputs["queue"].value = "long"
     inputs["ratio"].value = -3.5  # unbounded: accepted as is, never clamped
     inputs["environment"].value = "A: '2'\nPATH: /opt/bin"
-    assert dict(options) == {"count": 1, "ratio": -3.5, "queue": "long", "gpu": True,
-                             "image": "ubuntu", "environment": {"A": "2", "PATH": "/opt/bin"}}
+    assert dict(options) == {
+        "count": 1,
+        "ratio": -3.5,
+        "queue": "long",
+        "gpu": True,
+        "image": "ubuntu",
+        "environment": {"A": "2", "PATH": "/opt/bin"},
+    }
 
     inputs["environment"].value = "A: [1"
     assert text(form.errors["environment"]).startswith("environment is not valid YAML:")
     inputs["environment"].value = "- a list"
     assert text(form.errors["environment"]) == error_of(
-        lambda: setattr(options, "environment", ["a list"]))
+        lambda: setattr(options, "environment", ["a list"])
+    )
     assert options.environment == {"A": "2", "PATH": "/opt/bin"}
     inputs["environment"].value = ""
     assert options.environment == {} and form.errors["environment"].value == ""
@@ -181,9 +191,11 @@ def test_cluster_widget_scales_the_real_cluster(gw):
             view.adapt_button.click()
         assert text(view.message) == (
             "Adapt with `maximum=20, minimum=3` workers would exceed resource limit of 10 "
-            "workers. Using `maximum=10, minimum=3` instead.")
+            "workers. Using `maximum=10, minimum=3` instead."
+        )
         assert text(view.adapt_state) == (
-            "Adaptive scaling is on: 3 to 20 workers (limited by the gateway, see below)")
+            "Adaptive scaling is on: 3 to 20 workers (limited by the gateway, see below)"
+        )
         wait_for(lambda: n_workers(cluster) == 3, what="adaptive minimum of 3 workers")
 
         view.stop_adapt_button.click()
@@ -232,12 +244,15 @@ def test_gateway_widget_lists_connects_and_shuts_down(gw):
     cluster.scale(1)
     view = GatewayWidget(gw, refresh_interval=0.3)
     try:
+
         def row_text():
             row = view.rows.get(cluster.name)
             return row and [text(c) for c in row.box.children[:4]]
 
-        wait_for(lambda: row_text() == [cluster.name, "RUNNING", "1", "Dashboard"],
-                 what="cluster row with 1 worker")
+        wait_for(
+            lambda: row_text() == [cluster.name, "RUNNING", "1", "Dashboard"],
+            what="cluster row with 1 worker",
+        )
         assert cluster.dashboard_link in view.rows[cluster.name].dashboard.value
 
         view.rows[cluster.name].connect.click()
@@ -254,20 +269,28 @@ def test_gateway_widget_lists_connects_and_shuts_down(gw):
         theirs.scale_workers.value = 2
         theirs.scale_button.click()
         assert text(theirs.message) == "Scaling to 2 workers"
-        wait_for(lambda: n_workers(cluster) == 2 and n_workers(attached) == 2,
-                 what="both cluster objects see 2 workers")
-        wait_for(lambda: "Workers2" in text(mine.table) and "Workers2" in text(theirs.table),
-                 what="both tables show 2 workers")
+        wait_for(
+            lambda: n_workers(cluster) == 2 and n_workers(attached) == 2,
+            what="both cluster objects see 2 workers",
+        )
+        wait_for(
+            lambda: "Workers2" in text(mine.table) and "Workers2" in text(theirs.table),
+            what="both tables show 2 workers",
+        )
         wait_for(lambda: row_text()[2] == "2", what="gateway row shows 2 workers")
         mine.close()
 
         view.rows[cluster.name].shutdown.click()
         assert text(view.message) == f"Shut down {cluster.name}"
         wait_for(lambda: cluster.name not in view.rows, what="row removed")
-        wait_for(lambda: gw.get_cluster(cluster.name).status.name == "STOPPED",
-                 what="cluster stopped on the gateway")
-        wait_for(lambda: text(view.empty) == "No clusters"
-                 and view.empty.layout.display is None, what="empty list")
+        wait_for(
+            lambda: gw.get_cluster(cluster.name).status.name == "STOPPED",
+            what="cluster stopped on the gateway",
+        )
+        wait_for(
+            lambda: text(view.empty) == "No clusters" and view.empty.layout.display is None,
+            what="empty list",
+        )
     finally:
         view.close()
         cluster.close()
@@ -298,8 +321,10 @@ def test_reprs_without_widgets_or_kernel(gw, monkeypatch):
         monkeypatch.setattr(widgets, "widgets_available", lambda: True)
         bundle = cluster._repr_mimebundle_()
         model_id = bundle["application/vnd.jupyter.widget-view+json"]["model_id"]
-        assert cluster._repr_mimebundle_()[
-            "application/vnd.jupyter.widget-view+json"]["model_id"] == model_id
+        assert (
+            cluster._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]["model_id"]
+            == model_id
+        )
         assert "application/vnd.jupyter.widget-view+json" in options._repr_mimebundle_()
         assert "application/vnd.jupyter.widget-view+json" in gw._repr_mimebundle_()
         gw.__dict__["_widget_view"].close()

@@ -4,6 +4,7 @@ JupyterLab runs with a kernel in this venv and the dask config env pointing at t
 gateway; ``notebooks/widgets.ipynb`` is executed in the page. Screenshots are written to
 ``test-artifacts/screenshots/`` (kept by CI as artifacts).
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import waiting
 from jupyterlab_harness import JupyterLab, LabBrowser
 
@@ -22,15 +22,20 @@ SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
 wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.2)
 
+
 @pytest.fixture
 def lab(gateway, tmp_path):
     root = tmp_path / "notebooks"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)  # autosave must not touch the repo copy
-    server = JupyterLab(root, tmp_path / "lab", env={
-        "DASK_GATEWAY__ADDRESS": gateway.address,
-        "DASK_GATEWAY__AUTH__TYPE": "basic",
-    })
+    server = JupyterLab(
+        root,
+        tmp_path / "lab",
+        env={
+            "DASK_GATEWAY__ADDRESS": gateway.address,
+            "DASK_GATEWAY__AUTH__TYPE": "basic",
+        },
+    )
     server.start()
     yield server
     server.stop()
@@ -73,7 +78,8 @@ def test_widgets_render_and_scale_in_jupyterlab(gateway, lab):
             # The gateway widget lists the new cluster.
             gateway_view = page.locator(".dgw-gateway")
             expect(gateway_view.locator(".dgw-cluster-row", has_text=new)).to_contain_text(
-                "RUNNING", timeout=30_000)
+                "RUNNING", timeout=30_000
+            )
             browser.screenshot("notebook-after-run")
             browser.screenshot("options-form", form)
 
@@ -82,7 +88,8 @@ def test_widgets_render_and_scale_in_jupyterlab(gateway, lab):
             cores.fill("10")
             cores.press("Enter")
             expect(form.locator(".dgw-option-error").first).to_have_text(
-                "worker_cores must be <= 4, got 10")
+                "worker_cores must be <= 4, got 10"
+            )
             browser.screenshot("options-form-invalid", form)
 
             # Scale in the page; the real cluster follows, and so does the live table.
@@ -91,12 +98,12 @@ def test_widgets_render_and_scale_in_jupyterlab(gateway, lab):
             workers.press("Enter")
             cluster.locator(".dgw-scale-button").click()
             expect(cluster.locator(".dgw-message")).to_have_text("Scaling to 2 workers")
-            wait_for(lambda: len(watcher.scheduler_info["workers"]) == 2,
-                     what="2 real workers")
+            wait_for(lambda: len(watcher.scheduler_info["workers"]) == 2, what="2 real workers")
             expect(cluster.locator(".dgw-worker-count")).to_have_text("2", timeout=30_000)
             expect(cluster.locator(".dgw-worker-row")).to_have_count(2)
             expect(gateway_view.locator(".dgw-cluster-row", has_text=new)).to_contain_text(
-                "2", timeout=30_000)
+                "2", timeout=30_000
+            )
             browser.screenshot("cluster-scaled-to-2", cluster)
 
             # Adaptive scaling over the gateway's limit: its warning is shown in the page.
@@ -105,13 +112,16 @@ def test_widgets_render_and_scale_in_jupyterlab(gateway, lab):
             cluster.locator(".dgw-adapt-maximum input").press("Enter")
             cluster.locator(".dgw-adapt-button").click()
             expect(cluster.locator(".dgw-message")).to_contain_text(
-                "would exceed resource limit of 10 workers")
+                "would exceed resource limit of 10 workers"
+            )
             expect(cluster.locator(".dgw-adapt-state")).to_contain_text(
-                "on: 1 to 50 workers (limited by the gateway")
+                "on: 1 to 50 workers (limited by the gateway"
+            )
             browser.screenshot("cluster-adaptive-warning", cluster)
             browser.screenshot("gateway-widget", gateway_view)
-            assert not [e for e in browser.console_errors if "dgw" in e or "widget" in e], \
+            assert not [e for e in browser.console_errors if "dgw" in e or "widget" in e], (
                 browser.console_errors
+            )
     finally:
         for name in {c.name for c in gw.list_clusters()} - before:
             gw.stop_cluster(name)

@@ -1,4 +1,5 @@
 """The user's workflow of the core issue, run as written against a real gateway."""
+
 from __future__ import annotations
 
 import functools
@@ -8,12 +9,11 @@ import sys
 import textwrap
 
 import pytest
-
 import waiting
 from procs import cluster_processes
 
-
 wait_for = functools.partial(waiting.wait_for, timeout=30, interval=0.05)
+
 
 def test_the_whole_workflow(gateway, basic_env):
     from dask_gateway import Gateway, GatewayCluster
@@ -45,8 +45,7 @@ def test_the_whole_workflow(gateway, basic_env):
 
     cluster = gw.new_cluster(worker_cores=2, environment="tensorflow")
     report = gw.get_cluster(cluster.name)
-    assert report.options == {"worker_cores": 2, "worker_memory": 1.0,
-                              "environment": "tensorflow"}
+    assert report.options == {"worker_cores": 2, "worker_memory": 1.0, "environment": "tensorflow"}
     cluster.scale(2)
     cluster.adapt(minimum=2, maximum=10)
     cluster.adapt(active=False)
@@ -54,11 +53,15 @@ def test_the_whole_workflow(gateway, basic_env):
     client.wait_for_workers(2, timeout=60)
     # wait_for_workers(2) means "at least 2": adapt(minimum=2, maximum=10) may have asked for
     # more meanwhile. The repr below counts them, so wait for exactly 2.
-    wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60,
-             what="exactly 2 workers")
+    wait_for(
+        lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60, what="exactly 2 workers"
+    )
     # distributed's own repr: the scheduler's address as it reports it, then the sizes.
-    assert re.fullmatch(r"<Client: 'tls://127\.0\.0\.1:\d+' processes=2 threads=4, "
-                        r"memory=2\.00 GiB>", repr(client)), repr(client)
+    assert re.fullmatch(
+        r"<Client: 'tls://127\.0\.0\.1:\d+' processes=2 threads=4, "
+        r"memory=2\.00 GiB>",
+        repr(client),
+    ), repr(client)
     assert client.scheduler.address == f"{gateway.proxy_address}/{cluster.name}"
     import dask.array as da
 
@@ -100,8 +103,9 @@ def test_lingering_clusters_are_shut_down_at_exit(gateway):
         keep = gw.new_cluster(shutdown_on_close=False)
         print(cluster.name, keep.name)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
     lingering, kept = out.stdout.split()
@@ -109,7 +113,9 @@ def test_lingering_clusters_are_shut_down_at_exit(gateway):
     from dask_gateway import Gateway
 
     with Gateway(gateway.address, auth="basic") as gw:
-        wait_for(lambda: gw.get_cluster(lingering).status.name == "STOPPED",
-                 what="lingering cluster stopped")
+        wait_for(
+            lambda: gw.get_cluster(lingering).status.name == "STOPPED",
+            what="lingering cluster stopped",
+        )
         assert gw.get_cluster(kept).status.name == "RUNNING"
         gw.stop_cluster(kept)

@@ -2,6 +2,7 @@
 
 Usage: python upstream_client_workflow.py http://127.0.0.1:PORT
 """
+
 import base64
 import getpass
 import json
@@ -11,6 +12,7 @@ import urllib.request
 import warnings
 
 import dask.array as da
+
 from dask_gateway import Gateway, GatewayCluster, GatewayClusterError, GatewayWarning
 
 address = sys.argv[1]

@@ -1,4 +1,5 @@
 """Start the *public* dask-gateway-server (from its own venv) for the interop tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,11 +8,10 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from gateway_process import free_port
 
 HERE = Path(__file__).parent
@@ -30,9 +30,13 @@ def require_upstream_venv() -> Path:
 
 
 @contextlib.contextmanager
-def upstream_server(tmp: Path, password: str, config: Path = UPSTREAM_CONFIG,
-                    extra_env: dict[str, str] | None = None,
-                    venv: Path | None = None) -> Iterator[str]:
+def upstream_server(
+    tmp: Path,
+    password: str,
+    config: Path = UPSTREAM_CONFIG,
+    extra_env: dict[str, str] | None = None,
+    venv: Path | None = None,
+) -> Iterator[str]:
     """Run the public server with ``config`` (see upstream_config/); yield its address.
 
     ``venv``: the environment to run it from (default the upstream venv). The log is
@@ -53,19 +57,26 @@ def upstream_server(tmp: Path, password: str, config: Path = UPSTREAM_CONFIG,
     )
     env.pop("VIRTUAL_ENV", None)
     address = f"http://127.0.0.1:{port}"
-    with server_process([str(venv / "bin" / "dask-gateway-server"), "-f", str(config)],
-                        tmp, env, tmp / "server.log", address):
+    with server_process(
+        [str(venv / "bin" / "dask-gateway-server"), "-f", str(config)],
+        tmp,
+        env,
+        tmp / "server.log",
+        address,
+    ):
         yield address
 
 
 @contextlib.contextmanager
-def server_process(cmd: list[str], cwd: Path, env: dict, log: Path,
-                   address: str) -> Iterator[subprocess.Popen]:
+def server_process(
+    cmd: list[str], cwd: Path, env: dict, log: Path, address: str
+) -> Iterator[subprocess.Popen]:
     """Run a gateway server (ours or theirs) until it answers ``{address}/api/health``; on
     exit SIGINT, so that it stops its clusters and proxy cleanly, and fail if it won't."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 60
         while True:

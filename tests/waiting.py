@@ -1,4 +1,5 @@
 """Polling for a condition, as a user watching a status would."""
+
 from __future__ import annotations
 
 import time
@@ -6,8 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.1,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 60,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> Any:
     """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last = None

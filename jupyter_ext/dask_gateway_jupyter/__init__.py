@@ -4,12 +4,12 @@ The browser talks only to these routes; they call the gateway with the dask-gate
 client's configuration (``gateway.address``, ``gateway.auth.*``; inside JupyterHub the
 user's ``JUPYTERHUB_API_TOKEN``), so the user's gateway credentials stay on the server.
 """
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
+from typing import Any
 
 try:  # written once, in jupyter_ext/package.json; the installed distribution carries it
     __version__ = _version("dask-gateway-ng")

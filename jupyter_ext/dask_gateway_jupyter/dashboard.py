@@ -13,6 +13,7 @@ load (Jupyter-authenticated) is redirected under a short-lived grant for that on
 ``.../dashboard/<cluster>/~<grant>/<path>``, which is what authenticates the page's scripts,
 styles and websockets.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from .errors import RouteError, translate_error
 
 #: Response headers worth passing from the dashboard to the browser.
-_PASS_HEADERS = ("Content-Type", "Cache-Control", "ETag", "Last-Modified", "Expires",
-                 "Content-Disposition")
+_PASS_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "ETag",
+    "Last-Modified",
+    "Expires",
+    "Content-Disposition",
+)
 #: Request headers worth passing from the browser to the dashboard (not Accept: the gateway
 #: would take this server for a browser loading a page, and answer with its own grant).
 _FORWARD_HEADERS = ("Accept-Language", "User-Agent")
@@ -51,15 +58,14 @@ def without_token(query: str) -> str:
     """The query without Jupyter's ``token`` (a link may carry it): it never goes further."""
     if "token" not in query:
         return query
-    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-                      if k != "token"])
+    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "token"])
 
 
 def split_grant(path: str) -> tuple[str | None, str]:
     """``"~g/status"`` -> ``("g", "status")``; a path without a grant -> ``(None, path)``."""
     if not path.startswith(GRANT_MARK):
         return None, path
-    grant, _, rest = path[len(GRANT_MARK):].partition("/")
+    grant, _, rest = path[len(GRANT_MARK) :].partition("/")
     return grant, rest
 
 
@@ -118,7 +124,7 @@ class DashboardRelay:
         if query:
             url += "?" + query
         if scheme == "ws":
-            url = "ws" + url[len("http"):]  # http -> ws, https -> wss
+            url = "ws" + url[len("http") :]  # http -> ws, https -> wss
         return url
 
     def _headers(self, extra: dict[str, str] | None = None) -> httputil.HTTPHeaders:
@@ -146,9 +152,14 @@ class DashboardRelay:
             if attempt:
                 auth_headers, context = auth.pre_request(resp)
                 extra.update(auth_headers)
-            request = HTTPRequest(url, method=method, headers=self._headers(extra),
-                                  follow_redirects=False, connect_timeout=10,
-                                  request_timeout=120)
+            request = HTTPRequest(
+                url,
+                method=method,
+                headers=self._headers(extra),
+                follow_redirects=False,
+                connect_timeout=10,
+                request_timeout=120,
+            )
             resp = await self.client.fetch(request, raise_error=False)
             if attempt:
                 # The gateway's session, started by our credentials (what a dashboard may
@@ -160,21 +171,27 @@ class DashboardRelay:
                 break
         return resp
 
-    async def connect(self, url: str, subprotocols: list[str]
-                      ) -> websocket.WebSocketClientConnection:
+    async def connect(
+        self, url: str, subprotocols: list[str]
+    ) -> websocket.WebSocketClientConnection:
         """Open the dashboard's websocket, authenticating on a 401 like ``fetch``."""
         auth = self.manager.gateway().auth
         extra: dict[str, str] = {}
         for attempt in range(2):
-            request = HTTPRequest(url, headers=self._headers(extra), connect_timeout=10,
-                                  request_timeout=30)
+            request = HTTPRequest(
+                url, headers=self._headers(extra), connect_timeout=10, request_timeout=30
+            )
             try:
                 return await websocket.websocket_connect(
-                    request, subprotocols=subprotocols or None,
-                    max_message_size=256 * 1024 * 1024)
+                    request, subprotocols=subprotocols or None, max_message_size=256 * 1024 * 1024
+                )
             except HTTPClientError as e:
-                if (e.code != 401 or attempt or e.response is None
-                        or "WWW-Authenticate" not in e.response.headers):
+                if (
+                    e.code != 401
+                    or attempt
+                    or e.response is None
+                    or "WWW-Authenticate" not in e.response.headers
+                ):
                     raise
                 extra, _ = auth.pre_request(e.response)
         raise AssertionError("unreachable")
@@ -223,11 +240,15 @@ class DashboardHandler(JupyterHandler):
         if not self.relay.check_grant(grant, name):
             if is_page_load(self.request):  # through Jupyter's auth again, for a new grant
                 query = without_token(self.request.query)
-                self.redirect(_public_base(self, name) + "/" + rest
-                              + ("?" + query if query else ""))
+                self.redirect(
+                    _public_base(self, name) + "/" + rest + ("?" + query if query else "")
+                )
             else:
-                self._error(403, f"This link to the dashboard of cluster {name} has "
-                                 "expired: reload the dashboard")
+                self._error(
+                    403,
+                    f"This link to the dashboard of cluster {name} has "
+                    "expired: reload the dashboard",
+                )
             return
         await self._proxy(name, rest, base)
 
@@ -242,8 +263,10 @@ class DashboardHandler(JupyterHandler):
         if is_page_load(self.request):
             query = without_token(self.request.query)
             grant = self.relay.grant(name)
-            self.redirect(url_path_join(_public_base(self, name), GRANT_MARK + grant, path)
-                          + ("?" + query if query else ""))
+            self.redirect(
+                url_path_join(_public_base(self, name), GRANT_MARK + grant, path)
+                + ("?" + query if query else "")
+            )
             return
         await self._proxy(name, path, _public_base(self, name))
 
@@ -255,18 +278,21 @@ class DashboardHandler(JupyterHandler):
     async def _proxy(self, name: str, path: str, base: str) -> None:
         try:
             url = self.relay.target(name, path, without_token(self.request.query))
-            headers = {k: self.request.headers[k] for k in _FORWARD_HEADERS
-                       if k in self.request.headers}
+            headers = {
+                k: self.request.headers[k] for k in _FORWARD_HEADERS if k in self.request.headers
+            }
             resp = await self.relay.fetch(url, self.request.method, headers)
-        except Exception as e:  # noqa: BLE001 - reported to the browser below
+        except Exception as e:
             err = translate_error(e, self.settings["dask_gateway_manager"].address)
             if err is None:
                 raise
             self._error(err.status, err.message)
             return
         if resp.code == 599:
-            err = translate_error(resp.error or RouteError(502, "no response"),
-                                  self.settings["dask_gateway_manager"].address)
+            err = translate_error(
+                resp.error or RouteError(502, "no response"),
+                self.settings["dask_gateway_manager"].address,
+            )
             self._error(err.status if err else 502, err.message if err else "Bad gateway")
             return
         self.set_status(resp.code, resp.reason)
@@ -291,7 +317,7 @@ class DashboardHandler(JupyterHandler):
             return location  # relative: resolves under our path already
         base = target.path.rstrip("/")
         if loc.path == base or loc.path.startswith(base + "/"):
-            path = public + loc.path[len(base):]
+            path = public + loc.path[len(base) :]
             return urlunsplit(("", "", path, loc.query, loc.fragment))
         return location
 
@@ -325,13 +351,16 @@ class DashboardWebSocketHandler(WebSocketMixin, websocket.WebSocketHandler, Jupy
             if self.current_user is None:
                 self.log.warning("Couldn't authenticate the dashboard's WebSocket")
                 raise web.HTTPError(403)
-            allowed = await ensure_async(self.authorizer.is_authorized(
-                self, self.current_user, "read", self.auth_resource))
+            allowed = await ensure_async(
+                self.authorizer.is_authorized(self, self.current_user, "read", self.auth_resource)
+            )
             if not allowed:
                 raise web.HTTPError(403)
-        protocols = [p.strip() for p in
-                     self.request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-                     if p.strip()]
+        protocols = [
+            p.strip()
+            for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
         url = self.relay.target(name, path, without_token(self.request.query), scheme="ws")
         try:
             self.upstream = await self.relay.connect(url, protocols)
@@ -339,7 +368,7 @@ class DashboardWebSocketHandler(WebSocketMixin, websocket.WebSocketHandler, Jupy
             self.log.warning("Dashboard websocket %s failed: %s", url, e)
             status = e.code if 400 <= e.code < 500 else 502
             raise web.HTTPError(status, f"Cannot open the dashboard websocket: {e}") from None
-        except Exception as e:  # noqa: BLE001 - a failed upgrade is all we can report
+        except Exception as e:
             self.log.warning("Dashboard websocket %s failed: %s", url, e)
             raise web.HTTPError(502, f"Cannot open the dashboard websocket: {e}") from None
         await super().get(name, path)

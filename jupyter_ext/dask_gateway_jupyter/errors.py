@@ -1,4 +1,5 @@
 """Client exceptions as HTTP errors the browser can show."""
+
 from __future__ import annotations
 
 from tornado.httpclient import HTTPClientError

@@ -6,6 +6,7 @@ gateway credentials never leave this process. Gateway errors come back as JSON
 ``{"error": ..., "message": ...}`` with the gateway's status (404, 409, 422, ...); a gateway
 that cannot be reached gives 502.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,7 +81,7 @@ def gateway_errors(method: Callable[..., Awaitable[None]]) -> Callable[..., Awai
             await method(self, *args, **kwargs)
         except web.HTTPError:
             raise
-        except Exception as exc:  # noqa: BLE001 - translated or re-raised below
+        except Exception as exc:
             err = translate_error(exc, self.manager.address)
             if err is None:
                 raise
@@ -134,7 +135,7 @@ class BaseGatewayHandler(APIHandler):
         if report.status == ClusterStatus.RUNNING:
             try:
                 resources = await self.manager.gateway().get_cluster_resources(report.name)
-            except Exception as e:  # noqa: BLE001 - older gateways lack the route
+            except Exception as e:
                 self.log.debug("No resources for cluster %s: %s", report.name, e)
         elif report.status == ClusterStatus.PENDING:
             resources = {"workers": 0, "cores": 0, "memory": 0}
@@ -283,9 +284,7 @@ class DashboardURLHandler(BaseGatewayHandler):
         report = await self.manager.gateway().get_cluster(name)
         link = report.dashboard_link
         if not link:
-            raise RouteError(
-                409, f"Cluster {name} has no dashboard (status {report.status.name})"
-            )
+            raise RouteError(409, f"Cluster {name} has no dashboard (status {report.status.name})")
         marker = f"/clusters/{name}/"
         page = link.split(marker, 1)[1] if marker in link else "status"
         url = url_path_join(self.base_url, NAMESPACE, "dashboard", quote(name, safe=""), page)
@@ -309,15 +308,20 @@ def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
     )
     base = url_path_join(web_app.settings.get("base_url", "/"), NAMESPACE)
     name = r"(?P<name>[^/]+)"
-    web_app.add_handlers(".*$", [
-        (url_path_join(base, "options"), OptionsHandler),
-        (url_path_join(base, "clusters") + "/?", ClustersHandler),
-        (url_path_join(base, "clusters", name), ClusterHandler),
-        (url_path_join(base, "clusters", name, "scale"), ScaleHandler),
-        (url_path_join(base, "clusters", name, "adapt"), AdaptHandler),
-        (url_path_join(base, "clusters", name, "dashboard"), DashboardURLHandler),
-        (url_path_join(base, "dashboard", name, r"(?P<path>(?:.*/)?ws)"),
-         DashboardWebSocketHandler),
-        (url_path_join(base, "dashboard", name), DashboardHandler),
-        (url_path_join(base, "dashboard", name) + "/(?P<path>.*)", DashboardHandler),
-    ])
+    web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "options"), OptionsHandler),
+            (url_path_join(base, "clusters") + "/?", ClustersHandler),
+            (url_path_join(base, "clusters", name), ClusterHandler),
+            (url_path_join(base, "clusters", name, "scale"), ScaleHandler),
+            (url_path_join(base, "clusters", name, "adapt"), AdaptHandler),
+            (url_path_join(base, "clusters", name, "dashboard"), DashboardURLHandler),
+            (
+                url_path_join(base, "dashboard", name, r"(?P<path>(?:.*/)?ws)"),
+                DashboardWebSocketHandler,
+            ),
+            (url_path_join(base, "dashboard", name), DashboardHandler),
+            (url_path_join(base, "dashboard", name) + "/(?P<path>.*)", DashboardHandler),
+        ],
+    )

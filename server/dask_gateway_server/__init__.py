@@ -1,4 +1,5 @@
 """Dask Gateway server."""
+
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
 

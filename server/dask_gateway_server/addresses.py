@@ -10,6 +10,7 @@ cloud metadata services), and tells who owns the listening socket behind a local
 ``Backend.validate_addresses``. No project imports; the ``/proc`` readers block (run them in
 an executor).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -36,10 +37,13 @@ MAX_LENGTH = 255
 
 #: Addresses of cloud metadata and other host-internal services that are not link-local
 #: (link-local ones, 169.254.169.254 included, are refused as a class).
-METADATA_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "fd00:ec2::/32",        # AWS over IPv6: metadata fd00:ec2::254, DNS, time
-    "100.100.100.200/32",   # Alibaba Cloud metadata
-))
+METADATA_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "fd00:ec2::/32",  # AWS over IPv6: metadata fd00:ec2::254, DNS, time
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+    )
+)
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -110,8 +114,9 @@ def parse_address(key: str, value: str) -> ReportedAddress | None:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise MalformedAddress(f"{key} {value!r} must name an IP address, not a host "
-                               "name") from None
+        raise MalformedAddress(
+            f"{key} {value!r} must name an IP address, not a host name"
+        ) from None
     ip = unmapped(ip)
     reason = forbidden_reason(ip)
     if reason:
@@ -195,8 +200,9 @@ class Listener:
 
 def _decode_ip(hexaddr: str) -> IPAddress:
     """An address of /proc/net/tcp{,6}: 32-bit words in host byte order, printed in hex."""
-    raw = b"".join(struct.pack("=I", int(hexaddr[i:i + 8], 16))
-                   for i in range(0, len(hexaddr), 8))
+    raw = b"".join(
+        struct.pack("=I", int(hexaddr[i : i + 8], 16)) for i in range(0, len(hexaddr), 8)
+    )
     return unmapped(ipaddress.ip_address(raw))
 
 
@@ -218,8 +224,9 @@ def listeners(proc: str = "/proc") -> list[Listener] | None:
                 continue
             hexip, _, hexport = fields[1].partition(":")
             try:
-                found.append(Listener(_decode_ip(hexip), int(hexport, 16), int(fields[7]),
-                                      int(fields[9])))
+                found.append(
+                    Listener(_decode_ip(hexip), int(hexport, 16), int(fields[7]), int(fields[9]))
+                )
             except ValueError:
                 continue
     return found if readable else None
@@ -234,8 +241,7 @@ def listeners_at(ip: IPAddress, port: int, table: list[Listener]) -> list[Listen
             continue
         if entry.ip == ip:
             out.append(entry)
-        elif entry.ip.is_unspecified and (entry.ip.version == ip.version
-                                          or entry.ip.version == 6):
+        elif entry.ip.is_unspecified and (entry.ip.version == ip.version or entry.ip.version == 6):
             # An IPv6 wildcard takes IPv4 connections too unless it is IPV6_V6ONLY, which
             # /proc does not show: count it, so that it must be the cluster's as well.
             out.append(entry)

@@ -3,6 +3,7 @@
 JSON in, JSON out; every error a client can cause is a JSON ``{"error": ...}`` with a 4xx
 status. Handlers know the authenticator and the reconciler, never processes or SQL.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ from traitlets import TraitError
 
 from . import __version__
 from .addresses import AddressMoved, AddressNotYetKnown, AddressRefused, MalformedAddress
-from .auth import AuthError, Authenticator
+from .auth import Authenticator, AuthError
 from .backends.base import UserNotAllowed
 from .limits import LimitExceeded, UserLimits
 from .logs import cluster_in_path
@@ -115,15 +116,22 @@ class BaseHandler(web.RequestHandler):
         """Tornado's report of a request that failed, in the gateway's log and with the
         cluster it is about (HTTP errors are answers: the request line says them)."""
         if isinstance(value, StoreUnavailable):  # logged once by the store; no traceback
-            self.settings["log"].info("%s %s: 503, database unavailable",
-                                      self.request.method, self.request.path,
-                                      extra=cluster_in_path(self.request.path))
+            self.settings["log"].info(
+                "%s %s: 503, database unavailable",
+                self.request.method,
+                self.request.path,
+                extra=cluster_in_path(self.request.path),
+            )
             return
         if isinstance(value, web.HTTPError):
             return super().log_exception(typ, value, tb)
-        self.settings["log"].error("Uncaught exception in %s %s", self.request.method,
-                                   loggable_uri(self.request), exc_info=(typ, value, tb),
-                                   extra=cluster_in_path(self.request.path))
+        self.settings["log"].error(
+            "Uncaught exception in %s %s",
+            self.request.method,
+            loggable_uri(self.request),
+            exc_info=(typ, value, tb),
+            extra=cluster_in_path(self.request.path),
+        )
 
     def get_cluster(self, name: str, action: str = "view") -> Cluster:
         cluster = self.reconciler.clusters.get(name)
@@ -171,9 +179,15 @@ def _is_https(handler: web.RequestHandler) -> bool:
 
 def set_session_cookie(handler: web.RequestHandler, user: User) -> None:
     auth: Authenticator = handler.settings["authenticator"]
-    handler.set_cookie(auth.cookie_name, auth.new_session(user),
-                       expires_days=2 * auth.cache_max_age / 86400, path=_cookie_path(handler),
-                       httponly=True, samesite="Lax", secure=_is_https(handler))
+    handler.set_cookie(
+        auth.cookie_name,
+        auth.new_session(user),
+        expires_days=2 * auth.cache_max_age / 86400,
+        path=_cookie_path(handler),
+        httponly=True,
+        samesite="Lax",
+        secure=_is_https(handler),
+    )
 
 
 def _oauth_cookie_name(auth: Authenticator) -> str:
@@ -188,9 +202,15 @@ def oauth_binding(handler: web.RequestHandler) -> str:
     binding = handler.get_cookie(name) or ""
     if len(binding) < 32 or not binding.isalnum():
         binding = secrets.token_hex(16)
-    handler.set_cookie(name, binding, path=handler.settings["prefix"] + "/oauth_callback",
-                       expires_days=OAUTH_STATE_MAX_AGE / 86400, httponly=True,
-                       samesite="Lax", secure=_is_https(handler))
+    handler.set_cookie(
+        name,
+        binding,
+        path=handler.settings["prefix"] + "/oauth_callback",
+        expires_days=OAUTH_STATE_MAX_AGE / 86400,
+        httponly=True,
+        samesite="Lax",
+        secure=_is_https(handler),
+    )
     return binding
 
 
@@ -205,8 +225,11 @@ async def authenticate_handler(handler: web.RequestHandler) -> User:
     auth: Authenticator = handler.settings["authenticator"]
     cookie_user = auth.user_from_cookie(handler.get_cookie(auth.cookie_name))
     user = cookie_user
-    if user is not None and handler.request.method not in _SAFE_METHODS \
-            and CLIENT_HEADER not in handler.request.headers:
+    if (
+        user is not None
+        and handler.request.method not in _SAFE_METHODS
+        and CLIENT_HEADER not in handler.request.headers
+    ):
         user = None
     if user is None:
         try:
@@ -215,8 +238,10 @@ async def authenticate_handler(handler: web.RequestHandler) -> User:
             headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
             message = e.message
             if cookie_user is not None and e.status == 401:
-                message = (f"{message}: a session cookie alone cannot change anything; "
-                           f"send credentials or the {CLIENT_HEADER} header")
+                message = (
+                    f"{message}: a session cookie alone cannot change anything; "
+                    f"send credentials or the {CLIENT_HEADER} header"
+                )
             raise APIError(e.status, message, headers) from None
         for k, v in getattr(handler.request, "auth_response_headers", {}).items():
             handler.set_header(k, v)
@@ -244,8 +269,10 @@ def oauth_redirect_uri(handler: web.RequestHandler) -> str:
     configured = getattr(handler.settings["authenticator"], "oauth_redirect_uri", "")
     if configured:
         return configured
-    return (f"{handler.request.protocol}://{handler.request.host}"
-            f"{handler.settings['prefix']}/oauth_callback")
+    return (
+        f"{handler.request.protocol}://{handler.request.host}"
+        f"{handler.settings['prefix']}/oauth_callback"
+    )
 
 
 async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str) -> bool:
@@ -259,8 +286,12 @@ async def check_dashboard_access(handler: web.RequestHandler, cluster_name: str)
         if e.status_code == 401 and wants_html and handler.request.method == "GET":
             auth: Authenticator = handler.settings["authenticator"]
             if auth.has_browser_login():
-                login = auth.login_url(handler.request, handler.request.uri,
-                                       oauth_redirect_uri(handler), oauth_binding(handler))
+                login = auth.login_url(
+                    handler.request,
+                    handler.request.uri,
+                    oauth_redirect_uri(handler),
+                    oauth_binding(handler),
+                )
         if login is None:
             raise
         handler.redirect(login)
@@ -331,8 +362,11 @@ class ClustersHandler(BaseHandler):
         all_users = _bool_arg(self.get_query_argument("all", None))
         if all_users and not user.admin:
             raise APIError(403, f"User {user.name} is not an admin: ?all=1 is for admins")
-        clusters = (self.reconciler.clusters.values() if all_users
-                    else self.reconciler.clusters_of(user.name))
+        clusters = (
+            self.reconciler.clusters.values()
+            if all_users
+            else self.reconciler.clusters_of(user.name)
+        )
         parts = []
         for cluster in clusters:
             if statuses is None:
@@ -354,16 +388,13 @@ class ClustersHandler(BaseHandler):
             raise APIError(422, f"Request body must be a JSON object, got {type(body).__name__}")
         request = body.get("cluster_options")
         try:
-            options, config = await self.backend.process_cluster_options(
-                self.current_user, request
-            )
+            options, config = await self.backend.process_cluster_options(self.current_user, request)
         except UserNotAllowed as e:
             raise APIError(403, str(e)) from None
         except (ValueError, TypeError, TraitError, KeyError) as e:
             raise APIError(422, str(e)) from None
         try:
-            self.limits.check(self.current_user, self.reconciler.clusters.values(),
-                              config=config)
+            self.limits.check(self.current_user, self.reconciler.clusters.values(), config=config)
         except LimitExceeded as e:
             raise APIError(422, str(e)) from None
         cluster = await self.reconciler.create_cluster(self.current_user, options, config)
@@ -404,8 +435,10 @@ class ClusterHandler(BaseHandler):
             cluster = self.reconciler.clusters.get(name)
             if cluster is not None:
                 if not self.current_user.can_access(cluster):
-                    raise APIError(403, f"User {self.current_user.name} lacks permissions "
-                                        f"to stop cluster {name}")
+                    raise APIError(
+                        403,
+                        f"User {self.current_user.name} lacks permissions to stop cluster {name}",
+                    )
                 await self.reconciler.stop_cluster(cluster)
         self.set_status(204)
         self.finish()
@@ -435,14 +468,20 @@ class ScaleHandler(BaseHandler):
         msg = None
         limit = cluster.max_workers
         if limit is not None and count > limit:
-            msg = (f"Scale request of {count} workers would exceed resource limit of "
-                   f"{limit} workers. Scaling to {limit} instead.")
+            msg = (
+                f"Scale request of {count} workers would exceed resource limit of "
+                f"{limit} workers. Scaling to {limit} instead."
+            )
             count = limit
         if count > MAX_WORKER_COUNT:
             raise APIError(422, f"Scale expects at most {MAX_WORKER_COUNT} workers, got {count}")
         try:
-            self.limits.check(self.limits.owner(cluster), self.reconciler.clusters.values(),
-                              changed=cluster, count=count)
+            self.limits.check(
+                self.limits.owner(cluster),
+                self.reconciler.clusters.values(),
+                changed=cluster,
+                count=count,
+            )
         except LimitExceeded as e:
             raise APIError(422, str(e)) from None
         await self._send(cluster, {"op": "scale", "count": count})
@@ -474,25 +513,33 @@ class AdaptHandler(ScaleHandler):
         if limit is not None:
             new_max = limit if maximum is None else min(maximum, limit)
             new_min = 0 if minimum is None else min(minimum, limit)
-            if (maximum is not None and maximum > limit) or (minimum is not None
-                                                             and minimum > limit):
-                msg = (f"Adapt with `maximum={maximum}, minimum={minimum}` workers would "
-                       f"exceed resource limit of {limit} workers. Using "
-                       f"`maximum={new_max}, minimum={new_min}` instead.")
+            if (maximum is not None and maximum > limit) or (
+                minimum is not None and minimum > limit
+            ):
+                msg = (
+                    f"Adapt with `maximum={maximum}, minimum={minimum}` workers would "
+                    f"exceed resource limit of {limit} workers. Using "
+                    f"`maximum={new_max}, minimum={new_min}` instead."
+                )
             minimum, maximum = new_min, new_max
-        user_max = self.limits.max_count(self.limits.owner(cluster),
-                                         self.reconciler.clusters.values(), cluster)
+        user_max = self.limits.max_count(
+            self.limits.owner(cluster), self.reconciler.clusters.values(), cluster
+        )
         if user_max is not None and (maximum is None or maximum > user_max):
-            msg = (f"Adapt with `maximum={maximum}` workers would exceed the user limits of "
-                   f"{cluster.username}. Using `maximum={user_max}` instead.")
+            msg = (
+                f"Adapt with `maximum={maximum}` workers would exceed the user limits of "
+                f"{cluster.username}. Using `maximum={user_max}` instead."
+            )
             maximum = user_max
             minimum = None if minimum is None else min(minimum, user_max)
         for key, value in (("minimum", minimum), ("maximum", maximum)):
             if value is not None and value > MAX_WORKER_COUNT:
-                raise APIError(422, f"Adapt expects a {key} of at most {MAX_WORKER_COUNT} "
-                                    f"workers, got {value}")
-        await self._send(cluster, {"op": "adapt", "minimum": minimum, "maximum": maximum,
-                                   "active": active})
+                raise APIError(
+                    422, f"Adapt expects a {key} of at most {MAX_WORKER_COUNT} workers, got {value}"
+                )
+        await self._send(
+            cluster, {"op": "adapt", "minimum": minimum, "maximum": maximum, "active": active}
+        )
         self.write_json({"ok": msg is None, "msg": msg})
 
 
@@ -507,17 +554,24 @@ class WorkersHandler(BaseHandler):
         cluster = self.get_cluster(name)
         running = sum(1 for w in cluster.active_workers() if w.status == JobStatus.RUNNING)
         config = cluster.config
-        self.write_json({
-            "workers": running,
-            "cores": running * int(config.get("worker_cores") or 0),
-            "memory": running * int(config.get("worker_memory") or 0),
-            "requested": cluster.count,
-        })
+        self.write_json(
+            {
+                "workers": running,
+                "cores": running * int(config.get("worker_cores") or 0),
+                "memory": running * int(config.get("worker_memory") or 0),
+                "requested": cluster.count,
+            }
+        )
 
 
 _HEARTBEAT_KEYS = {
-    "scheduler_address": str, "dashboard_address": str, "api_address": str, "count": int,
-    "active_workers": list, "closing_workers": list, "closed_workers": list,
+    "scheduler_address": str,
+    "dashboard_address": str,
+    "api_address": str,
+    "count": int,
+    "active_workers": list,
+    "closing_workers": list,
+    "closed_workers": list,
 }
 
 
@@ -570,8 +624,9 @@ class OAuthCallbackHandler(BaseHandler):
         binding_cookie = _oauth_cookie_name(auth)
         binding = self.get_cookie(binding_cookie) or ""
         try:
-            user, next_url = await auth.complete_login(self.request, oauth_redirect_uri(self),
-                                                       binding)
+            user, next_url = await auth.complete_login(
+                self.request, oauth_redirect_uri(self), binding
+            )
         except AuthError as e:
             raise APIError(e.status, e.message) from None
         if not next_url.startswith("/") or next_url.startswith("//"):

@@ -1,4 +1,5 @@
 """The gateway application: configuration, command line, wiring, start and stop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,13 +12,12 @@ import sys
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Enum, Unicode, Type, default, observe, validate
+from traitlets import Bool, Enum, Type, Unicode, default, observe, validate
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
 from .api import NotFoundHandler, api_handlers, check_dashboard_access, loggable_uri
-from .auth import (Authenticator, JupyterHubAuthenticator, KerberosAuthenticator,
-                   SimpleAuthenticator)
+from .auth import Authenticator, JupyterHubAuthenticator, KerberosAuthenticator, SimpleAuthenticator
 from .backends.base import Backend, ClusterConfig, DBBackendBase
 from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
 from .backends.slurm import SlurmBackend, SlurmClusterConfig
@@ -107,7 +107,9 @@ class DaskGateway(Application):
         UnsafeLocalBackend, klass=Backend, help="The backend that runs clusters.", config=True
     )
     authenticator_class = Type(
-        SimpleAuthenticator, klass=Authenticator, help="How users are authenticated.",
+        SimpleAuthenticator,
+        klass=Authenticator,
+        help="How users are authenticated.",
         config=True,
     )
 
@@ -130,8 +132,13 @@ class DaskGateway(Application):
     def get_default_logging_config(self) -> dict:
         """Our formatters and handler (logs.py): cluster names on lines, JSON if asked, and
         a log that cannot be written (a full disk) costs lines, never the gateway."""
-        return logging_config(self.log_style, self.log_level, self.log_format,
-                              self.log_datefmt, self.__class__.__name__)
+        return logging_config(
+            self.log_style,
+            self.log_level,
+            self.log_format,
+            self.log_datefmt,
+            self.__class__.__name__,
+        )
 
     @observe("log_style")
     def _log_style_changed(self, change) -> None:
@@ -154,9 +161,21 @@ class DaskGateway(Application):
     @property
     def classes(self) -> list:
         return [
-            DaskGateway, Proxy, Authenticator, SimpleAuthenticator, KerberosAuthenticator,
-            JupyterHubAuthenticator, UserLimits, Backend, DBBackendBase, LocalBackend, UnsafeLocalBackend,
-            ClusterConfig, LocalClusterConfig, SlurmBackend, SlurmClusterConfig,
+            DaskGateway,
+            Proxy,
+            Authenticator,
+            SimpleAuthenticator,
+            KerberosAuthenticator,
+            JupyterHubAuthenticator,
+            UserLimits,
+            Backend,
+            DBBackendBase,
+            LocalBackend,
+            UnsafeLocalBackend,
+            ClusterConfig,
+            LocalClusterConfig,
+            SlurmBackend,
+            SlurmClusterConfig,
         ]
 
     @catch_config_error
@@ -171,8 +190,13 @@ class DaskGateway(Application):
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
         self.limits = UserLimits(parent=self)
-        known = [*self.classes, GenerateConfig, self.backend.cluster_config_class,
-                 type(self.backend), type(self.authenticator)]
+        known = [
+            *self.classes,
+            GenerateConfig,
+            self.backend.cluster_config_class,
+            type(self.backend),
+            type(self.authenticator),
+        ]
         configured = [self, self.authenticator, self.backend, self.proxy, self.limits]
         for message in unrecognized_settings(self.config, known, configured):
             self.log.warning(message)
@@ -190,18 +214,26 @@ class DaskGateway(Application):
             raise ValueError(
                 "db_encrypt_keys (or DASK_GATEWAY_ENCRYPT_KEYS) must be set with a custom db_url"
             )
-        return Store(url, keys, echo=getattr(backend, "db_debug", False),
-                     timeout=getattr(backend, "db_timeout", 10.0))
+        return Store(
+            url,
+            keys,
+            echo=getattr(backend, "db_debug", False),
+            timeout=getattr(backend, "db_timeout", 10.0),
+        )
 
     async def start_async(self) -> None:
         self.store = self._store()
         await self.store.setup()
         if self.store.n_keys > 1:
             n = await self.store.rotate_keys()
-            self.log.info("Re-encrypted the secrets of %d clusters with the first key; the "
-                          "other keys may now be removed", n)
-        self.reconciler = Reconciler(self.store, self.backend, self.proxy, log=self.log,
-                                     count_limit=self._count_limit)
+            self.log.info(
+                "Re-encrypted the secrets of %d clusters with the first key; the "
+                "other keys may now be removed",
+                n,
+            )
+        self.reconciler = Reconciler(
+            self.store, self.backend, self.proxy, log=self.log, count_limit=self._count_limit
+        )
         self.metrics = Metrics(self.reconciler)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
@@ -218,8 +250,9 @@ class DaskGateway(Application):
             log_function=self._log_request,
         )
         host, port = split_host_port(self.address)
-        sockets = bind_sockets(port, host or None, family=socket.AF_INET if not host else
-                               socket.AF_UNSPEC)
+        sockets = bind_sockets(
+            port, host or None, family=socket.AF_INET if not host else socket.AF_UNSPEC
+        )
         self.private_server = HTTPServer(self.web_app, **HTTP_LIMITS)
         bound = sockets[0].getsockname()
         if not self.backend.api_url:
@@ -245,9 +278,11 @@ class DaskGateway(Application):
         if self.proxy.tls_cert or public_port == 0:
             api_host, api_port = private_host, private_port
             if configured == 0:
-                self.log.warning("Schedulers report to the private port %d, which changes at "
-                                 "every restart: give DaskGateway.address a fixed port",
-                                 private_port)
+                self.log.warning(
+                    "Schedulers report to the private port %d, which changes at "
+                    "every restart: give DaskGateway.address a fixed port",
+                    private_port,
+                )
         else:
             api_host, api_port = public_host, public_port
         if api_host in ("", "0.0.0.0", "::"):
@@ -255,8 +290,9 @@ class DaskGateway(Application):
         return f"http://{api_host}:{api_port}{self.proxy.prefix}/api"
 
     def _count_limit(self, cluster) -> int | None:
-        return self.limits.max_count(self.limits.owner(cluster),
-                                     self.reconciler.clusters.values(), cluster)
+        return self.limits.max_count(
+            self.limits.owner(cluster), self.reconciler.clusters.values(), cluster
+        )
 
     async def stop_async(self) -> None:
         self.log.info("Stopping the gateway")
@@ -264,8 +300,9 @@ class DaskGateway(Application):
         await self.reconciler.stop()
         # Clusters left running keep their clients' connections: a separate proxy process
         # stays up for the next gateway to re-attach to.
-        await self.proxy.stop(keep_separate_process=not getattr(
-            self.backend, "stop_clusters_on_shutdown", True))
+        await self.proxy.stop(
+            keep_separate_process=not getattr(self.backend, "stop_clusters_on_shutdown", True)
+        )
         self.private_server.stop()
         await self.backend.cleanup()
         await self.authenticator.cleanup()
@@ -286,9 +323,15 @@ class DaskGateway(Application):
             level = logging.WARNING
         else:
             level = logging.ERROR
-        self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
-                     loggable_uri(handler.request), 1000 * handler.request.request_time(),
-                     extra=cluster_in_path(path))
+        self.log.log(
+            level,
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            loggable_uri(handler.request),
+            1000 * handler.request.request_time(),
+            extra=cluster_in_path(path),
+        )
 
     async def run(self) -> None:
         stop = asyncio.Event()

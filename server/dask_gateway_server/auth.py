@@ -3,6 +3,7 @@
 Like JupyterHub's: small traitlets-configurable plugin classes. The base class keeps a
 session cookie cache, so a busy client is authenticated once, not on every request.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,7 +54,8 @@ class Authenticator(LoggingConfigurable):
         Unicode(), help="Users who may see and stop every user's clusters.", config=True
     )
     admin_groups = Set(
-        Unicode(), help="Members of these groups are admins (groups come from JupyterHub).",
+        Unicode(),
+        help="Members of these groups are admins (groups come from JupyterHub).",
         config=True,
     )
 
@@ -87,8 +89,7 @@ class Authenticator(LoggingConfigurable):
         the same one back."""
         return None
 
-    async def complete_login(self, request, redirect_uri: str,
-                             binding: str) -> tuple[User, str]:
+    async def complete_login(self, request, redirect_uri: str, binding: str) -> tuple[User, str]:
         """Finish a browser login started at ``login_url`` in the browser holding
         ``binding``: the user and where to go next."""
         raise AuthError(404, "This gateway has no browser login")
@@ -230,8 +231,11 @@ class KerberosAuthenticator(Authenticator):
         is not our alice, and alice/admin is not a user)."""
         name, at, realm = principal.rpartition("@")
         if not at or realm != self.realm:
-            raise AuthError(403, f"Kerberos principal {principal!r} is not of realm "
-                                 f"{self.realm}: only that realm's users may use this gateway")
+            raise AuthError(
+                403,
+                f"Kerberos principal {principal!r} is not of realm "
+                f"{self.realm}: only that realm's users may use this gateway",
+            )
         if not name or "/" in name or any(ord(c) < 32 or c == "\\" for c in name):
             raise AuthError(403, f"Kerberos principal {principal!r} is not a user's")
         return name
@@ -361,14 +365,18 @@ class JupyterHubAuthenticator(Authenticator):
         self._logins[state] = (next_url, time.monotonic() + 600, binding)
         while len(self._logins) > self.cache_max_size:
             self._logins.popitem(last=False)
-        query = urlencode({"client_id": self.oauth_client_id, "redirect_uri": redirect_uri,
-                           "response_type": "code", "state": state})
+        query = urlencode(
+            {
+                "client_id": self.oauth_client_id,
+                "redirect_uri": redirect_uri,
+                "response_type": "code",
+                "state": state,
+            }
+        )
         return f"{self.jupyterhub_public_url.rstrip('/')}/api/oauth2/authorize?{query}"
 
-    async def complete_login(self, request, redirect_uri: str,
-                             binding: str) -> tuple[User, str]:
-        args = {k: v[0].decode(errors="replace") for k, v in request.query_arguments.items()
-                if v}
+    async def complete_login(self, request, redirect_uri: str, binding: str) -> tuple[User, str]:
+        args = {k: v[0].decode(errors="replace") for k, v in request.query_arguments.items() if v}
         state = args.get("state", "")
         entry = self._logins.get(state)
         if entry is None or entry[1] < time.monotonic():
@@ -376,19 +384,29 @@ class JupyterHubAuthenticator(Authenticator):
             raise AuthError(400, "Unknown or expired login: start again from the dashboard")
         if not binding or not hmac.compare_digest(entry[2].encode(), binding.encode()):
             # Not the browser that started this login: someone else's callback link.
-            raise AuthError(400, "This login was started in another browser: start again "
-                                 "from the dashboard")
+            raise AuthError(
+                400, "This login was started in another browser: start again from the dashboard"
+            )
         del self._logins[state]
         if "code" not in args:
             raise AuthError(400, f"The hub refused the login: {args.get('error', 'no code')}")
-        body = urlencode({
-            "client_id": self.oauth_client_id, "client_secret": self.oauth_client_secret,
-            "grant_type": "authorization_code", "code": args["code"],
-            "redirect_uri": redirect_uri,
-        })
-        req = HTTPRequest(self.jupyterhub_api_url.rstrip("/") + "/oauth2/token", method="POST",
-                          body=body, request_timeout=self.hub_timeout, ssl_options=self._ssl,
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        body = urlencode(
+            {
+                "client_id": self.oauth_client_id,
+                "client_secret": self.oauth_client_secret,
+                "grant_type": "authorization_code",
+                "code": args["code"],
+                "redirect_uri": redirect_uri,
+            }
+        )
+        req = HTTPRequest(
+            self.jupyterhub_api_url.rstrip("/") + "/oauth2/token",
+            method="POST",
+            body=body,
+            request_timeout=self.hub_timeout,
+            ssl_options=self._ssl,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         try:
             resp = await self._http.fetch(req)
             token = json.loads(resp.body)["access_token"]
@@ -437,19 +455,23 @@ class JupyterHubAuthenticator(Authenticator):
 
     async def _ask_hub(self, token: str) -> User:
         url = self.jupyterhub_api_url.rstrip("/") + "/user"
-        req = HTTPRequest(url, headers={"Authorization": f"token {token}"},
-                          request_timeout=self.hub_timeout, connect_timeout=self.hub_timeout,
-                          ssl_options=self._ssl)
+        req = HTTPRequest(
+            url,
+            headers={"Authorization": f"token {token}"},
+            request_timeout=self.hub_timeout,
+            connect_timeout=self.hub_timeout,
+            ssl_options=self._ssl,
+        )
         try:
             resp = await self._http.fetch(req)
         except HTTPClientError as e:
             if e.code in (401, 403, 404):
-                raise AuthError(401, "Invalid, expired or revoked JupyterHub token",
-                                "jupyterhub") from None
+                raise AuthError(
+                    401, "Invalid, expired or revoked JupyterHub token", "jupyterhub"
+                ) from None
             if e.code == 599:
                 raise AuthError(503, f"JupyterHub is unreachable: {e.message}") from None
-            raise AuthError(502, f"JupyterHub answered {e.code} while checking the token") \
-                from None
+            raise AuthError(502, f"JupyterHub answered {e.code} while checking the token") from None
         except (OSError, ssl.SSLError) as e:
             raise AuthError(503, f"JupyterHub is unreachable: {e}") from None
         try:
@@ -459,12 +481,14 @@ class JupyterHubAuthenticator(Authenticator):
             raise AuthError(502, "JupyterHub sent an unreadable user model") from None
         if self.use_service_access_scopes:
             scopes = set(model.get("scopes", []))
-            wanted = {"access:services",
-                      f"access:services!service={self.jupyterhub_service_name}"}
+            wanted = {"access:services", f"access:services!service={self.jupyterhub_service_name}"}
             if not scopes & wanted:
-                raise AuthError(401, f"This token does not grant access to the "
-                                     f"{self.jupyterhub_service_name!r} service",
-                                "jupyterhub")
+                raise AuthError(
+                    401,
+                    f"This token does not grant access to the "
+                    f"{self.jupyterhub_service_name!r} service",
+                    "jupyterhub",
+                )
         if kind != "user" or ":" in name:
             name = f"{kind}:{name}"
         return self.make_user(name, model.get("groups") or (), bool(model.get("admin")))

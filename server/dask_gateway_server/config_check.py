@@ -6,6 +6,7 @@ deployments (``c.KubeClusterConfig.image`` in a file written for the public dask
 inactive authenticators, or ``ClusterConfig`` (built per cluster, later). Those are checked
 here.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -14,8 +15,9 @@ from collections.abc import Iterable
 from traitlets.config import Config, Configurable, LoggingConfigurable
 
 
-def unrecognized_settings(config: Config, known: Iterable[type],
-                          configured: Iterable[object]) -> list[str]:
+def unrecognized_settings(
+    config: Config, known: Iterable[type], configured: Iterable[object]
+) -> list[str]:
     """Warnings, one per setting of ``config`` that no known class reads.
 
     ``known``: the classes this gateway may use (their bases count too). ``configured``: the

@@ -8,6 +8,7 @@ Set defaults for everyone, then raise or lower them per hub group or per user:
 
 A user's own entry wins; among their groups, the most generous value wins.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -27,21 +28,29 @@ class LimitExceeded(Exception):
 
 class UserLimits(Configurable):
     max_clusters = Integer(
-        None, allow_none=True, help="Most clusters a user may run at once (None: no limit).",
+        None,
+        allow_none=True,
+        help="Most clusters a user may run at once (None: no limit).",
         config=True,
     )
     max_cores = Float(
-        None, allow_none=True, help="Most cores across a user's clusters (None: no limit).",
+        None,
+        allow_none=True,
+        help="Most cores across a user's clusters (None: no limit).",
         config=True,
     )
     max_memory = MemoryLimit(
-        None, allow_none=True, help="Most memory across a user's clusters (None: no limit).",
+        None,
+        allow_none=True,
+        help="Most memory across a user's clusters (None: no limit).",
         config=True,
     )
-    groups = Dict(help="Limits per hub group: {group: {max_clusters, max_cores, max_memory}}.",
-                  config=True)
-    users = Dict(help="Limits per user: {user: {max_clusters, max_cores, max_memory}}.",
-                 config=True)
+    groups = Dict(
+        help="Limits per hub group: {group: {max_clusters, max_cores, max_memory}}.", config=True
+    )
+    users = Dict(
+        help="Limits per user: {user: {max_clusters, max_cores, max_memory}}.", config=True
+    )
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -62,8 +71,11 @@ class UserLimits(Configurable):
             if key in own:
                 out[key] = self._value(key, own[key])
                 continue
-            from_groups = [self._value(key, self.groups[g][key])
-                           for g in user.groups if key in self.groups.get(g, {})]
+            from_groups = [
+                self._value(key, self.groups[g][key])
+                for g in user.groups
+                if key in self.groups.get(g, {})
+            ]
             if from_groups:
                 out[key] = None if None in from_groups else max(from_groups)
             else:
@@ -78,8 +90,14 @@ class UserLimits(Configurable):
             return MemoryLimit().validate(None, value)
         return value
 
-    def check(self, user: User, clusters: Iterable[Cluster], changed: Cluster | None = None,
-              config: dict | None = None, count: int | None = None) -> None:
+    def check(
+        self,
+        user: User,
+        clusters: Iterable[Cluster],
+        changed: Cluster | None = None,
+        config: dict | None = None,
+        count: int | None = None,
+    ) -> None:
         """Raise LimitExceeded if creating a cluster (``config``) or scaling ``changed`` to
         ``count`` workers would exceed ``user``'s limits."""
         limits = self.for_user(user)

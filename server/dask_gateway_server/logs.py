@@ -4,6 +4,7 @@ and a log that cannot be written (a full disk) never stops the gateway.
 Code logging about a cluster passes ``extra=about(cluster)``; the formatters show it as
 ``[cluster NAME]`` (text) or as the ``cluster`` field (JSON).
 """
+
 from __future__ import annotations
 
 import json
@@ -93,9 +94,14 @@ class SafeStreamHandler(logging.StreamHandler):
             return
         if self.lost:
             notice = logging.LogRecord(
-                record.name, logging.WARNING, __file__, 0,
+                record.name,
+                logging.WARNING,
+                __file__,
+                0,
                 "%d log lines were lost: the log could not be written (%s)",
-                (self.lost, self.last_error), None)
+                (self.lost, self.last_error),
+                None,
+            )
             if not self._write(self.format(notice) + self.terminator):
                 self.lost += 1
                 return
@@ -120,23 +126,30 @@ class SafeStreamHandler(logging.StreamHandler):
                 if self._partial:
                     data = b"\n" + data
                 while data:
-                    data = data[os.write(fd, data):]
+                    data = data[os.write(fd, data) :]
                     self._partial = bool(data)  # in the file in part, not whole (yet)
             return True
-        except Exception as e:  # noqa: BLE001  (a log must never break the gateway)
+        except Exception as e:
             self.last_error = e
             return False
 
 
-def logging_config(style: str, level: int | str, fmt: str, datefmt: str,
-                   logger: str) -> dict[str, Any]:
+def logging_config(
+    style: str, level: int | str, fmt: str, datefmt: str, logger: str
+) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the app's ``logger``: text or JSON lines on
     stderr through a SafeStreamHandler."""
-    formatter = {"()": f"{__name__}.JSONFormatter"} if style == "json" else {
-        "()": f"{__name__}.TextFormatter", "format": fmt, "datefmt": datefmt}
-    handler = {"class": f"{__name__}.SafeStreamHandler", "formatter": "gateway",
-               "level": logging.getLevelName(level) if isinstance(level, int) else level,
-               "stream": "ext://sys.stderr"}
+    formatter = (
+        {"()": f"{__name__}.JSONFormatter"}
+        if style == "json"
+        else {"()": f"{__name__}.TextFormatter", "format": fmt, "datefmt": datefmt}
+    )
+    handler = {
+        "class": f"{__name__}.SafeStreamHandler",
+        "formatter": "gateway",
+        "level": logging.getLevelName(level) if isinstance(level, int) else level,
+        "stream": "ext://sys.stderr",
+    }
     return {
         "version": 1,
         "formatters": {"gateway": formatter},
@@ -146,9 +159,9 @@ def logging_config(style: str, level: int | str, fmt: str, datefmt: str,
     }
 
 
-def share_handlers(app_log: logging.Logger,
-                   others: tuple[str, ...] = ("dask_gateway_server", "tornado", "asyncio")
-                   ) -> None:
+def share_handlers(
+    app_log: logging.Logger, others: tuple[str, ...] = ("dask_gateway_server", "tornado", "asyncio")
+) -> None:
     """Send other loggers' lines (tornado's tracebacks, asyncio's warnings) through the
     app's handlers, so a JSON log holds JSON lines only and a full disk is handled alike.
     For the serving process only: it takes these loggers off the root logger."""

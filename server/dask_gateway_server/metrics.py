@@ -4,14 +4,21 @@ latency and errors by route, and how far behind the event loop and the reconcile
 Counts only, no user names or cluster names, so the page is safe to scrape unauthenticated
 and its size does not grow with the number of users.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter as Tally
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from tornado import web
 
@@ -25,12 +32,16 @@ class Metrics:
         self.reconciler = reconciler
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "dask_gateway_requests", "HTTP requests answered, by route and status code.",
-            ["method", "route", "code"], registry=self.registry,
+            "dask_gateway_requests",
+            "HTTP requests answered, by route and status code.",
+            ["method", "route", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "dask_gateway_request_duration_seconds", "Time to answer HTTP requests, by route.",
-            ["method", "route"], registry=self.registry,
+            "dask_gateway_request_duration_seconds",
+            "Time to answer HTTP requests, by route.",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.loop_lag = Gauge(
@@ -79,8 +90,9 @@ class _StateCollector:
 
     def collect(self):
         clusters = Tally(c.model_status.name for c in self.reconciler.clusters.values())
-        family = GaugeMetricFamily("dask_gateway_clusters", "Clusters by status.",
-                                   labels=["status"])
+        family = GaugeMetricFamily(
+            "dask_gateway_clusters", "Clusters by status.", labels=["status"]
+        )
         for status in ClusterStatus:
             family.add_metric([status.name], clusters.get(status.name, 0))
         yield family
@@ -90,15 +102,22 @@ class _StateCollector:
             for w in c.workers.values()
             if not w.status.is_done
         )
-        family = GaugeMetricFamily("dask_gateway_workers", "Live workers by status.",
-                                   labels=["status"])
-        for status in (JobStatus.CREATED, JobStatus.SUBMITTED, JobStatus.RUNNING,
-                       JobStatus.CLOSING):
+        family = GaugeMetricFamily(
+            "dask_gateway_workers", "Live workers by status.", labels=["status"]
+        )
+        for status in (
+            JobStatus.CREATED,
+            JobStatus.SUBMITTED,
+            JobStatus.RUNNING,
+            JobStatus.CLOSING,
+        ):
             family.add_metric([status.name], workers.get(status.name, 0))
         yield family
-        yield GaugeMetricFamily("dask_gateway_reconcile_queue_length",
-                                "Clusters and workers waiting to be reconciled.",
-                                value=self.reconciler.queue.qsize())
+        yield GaugeMetricFamily(
+            "dask_gateway_reconcile_queue_length",
+            "Clusters and workers waiting to be reconciled.",
+            value=self.reconciler.queue.qsize(),
+        )
 
 
 class MetricsHandler(web.RequestHandler):

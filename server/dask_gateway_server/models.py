@@ -2,6 +2,7 @@
 
 Pure data with no I/O, so every other module can import it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,7 @@ class ClusterStatus(enum.IntEnum):
     FAILED = 5
 
     @classmethod
-    def from_name(cls, name: str) -> "ClusterStatus":
+    def from_name(cls, name: str) -> ClusterStatus:
         try:
             return cls[name.upper()]
         except KeyError:
@@ -64,7 +65,7 @@ class User:
     groups: frozenset[str] = frozenset()
     admin: bool = False
 
-    def can_access(self, cluster: "Cluster") -> bool:
+    def can_access(self, cluster: Cluster) -> bool:
         return self.admin or self.name == cluster.username
 
 

@@ -4,6 +4,7 @@ The gateway serves it at ``{prefix}/api/openapi.json`` and ``python -m
 dask_gateway_server.docs`` renders ``docs/api.md`` from it, so the reference cannot drift
 from what clients are told; ``tests/test_openapi.py`` checks it against a real gateway.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,11 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _body(schema: dict, description: str) -> dict:
-    return {"required": True, "description": description,
-            "content": {"application/json": {"schema": schema}}}
+    return {
+        "required": True,
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 _SPEC: dict[str, Any] = {
@@ -39,7 +43,7 @@ _SPEC: dict[str, Any] = {
         "description": (
             "The HTTP API of the gateway, wire-compatible with the public dask-gateway. "
             "Requests and responses are JSON. Every error a client can cause is answered "
-            "with a 4xx status and a JSON body `{\"error\": message}`. Requests without "
+            'with a 4xx status and a JSON body `{"error": message}`. Requests without '
             "credentials get a 401 whose `WWW-Authenticate` header names the scheme the "
             "gateway's authenticator expects (`Basic`, `Negotiate` or `jupyterhub`); after "
             "a successful login the gateway sets a session cookie (`dask-gateway-session`) "
@@ -54,8 +58,10 @@ _SPEC: dict[str, Any] = {
     "servers": [{"url": "/", "description": "The gateway's public address (with its prefix)."}],
     "tags": [
         {"name": "server", "description": "Health, version and this document; no credentials."},
-        {"name": "clusters", "description": "What users do: options, create, list, scale, "
-                                            "adapt, stop."},
+        {
+            "name": "clusters",
+            "description": "What users do: options, create, list, scale, adapt, stop.",
+        },
         {"name": "internal", "description": "Called by schedulers and by the hub, not by users."},
     ],
     "security": [{"basic": []}, {"kerberos": []}, {"jupyterhub": []}, {"session": []}],
@@ -89,9 +95,10 @@ _SPEC: dict[str, Any] = {
                 "summary": "This document.",
                 "security": [],
                 "responses": {
-                    "200": _json({"type": "object", "required": ["openapi", "paths"]},
-                                 "The OpenAPI document, with `servers` set to this gateway's "
-                                 "prefix."),
+                    "200": _json(
+                        {"type": "object", "required": ["openapi", "paths"]},
+                        "The OpenAPI document, with `servers` set to this gateway's prefix.",
+                    ),
                 },
             },
         },
@@ -101,12 +108,14 @@ _SPEC: dict[str, Any] = {
                 "operationId": "metrics",
                 "summary": "Prometheus metrics (text format).",
                 "description": "Clusters and workers by status, request counts and latency by "
-                               "route and status code, event-loop lag and reconcile-queue "
-                               "waits. Counts only: no user or cluster names.",
+                "route and status code, event-loop lag and reconcile-queue "
+                "waits. Counts only: no user or cluster names.",
                 "security": [],
                 "responses": {
-                    "200": {"description": "Metrics in the Prometheus text format.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "Metrics in the Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
                 },
             },
         },
@@ -116,10 +125,11 @@ _SPEC: dict[str, Any] = {
                 "operationId": "getOptions",
                 "summary": "The options this user may set on a new cluster.",
                 "description": "The form the gateway's `Backend.cluster_options` describes, "
-                               "in declaration order. May differ per user.",
+                "in declaration order. May differ per user.",
                 "responses": {
-                    "200": _json({"$ref": "#/components/schemas/OptionsSpec"},
-                                 "The option fields."),
+                    "200": _json(
+                        {"$ref": "#/components/schemas/OptionsSpec"}, "The option fields."
+                    ),
                     "401": _ERROR,
                     "500": _ERROR,
                 },
@@ -131,20 +141,32 @@ _SPEC: dict[str, Any] = {
                 "operationId": "listClusters",
                 "summary": "The user's clusters, by name.",
                 "parameters": [
-                    {"name": "status", "in": "query", "required": False,
-                     "description": "Comma-separated statuses to include (e.g. "
-                                    "`running,pending`). Without it: the active clusters "
-                                    "(pending, running, stopping).",
-                     "schema": {"type": "string"}},
-                    {"name": "all", "in": "query", "required": False,
-                     "description": "`1`: every user's clusters, each with its `username` "
-                                    "(admins only; others get a 403).",
-                     "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "description": "Comma-separated statuses to include (e.g. "
+                        "`running,pending`). Without it: the active clusters "
+                        "(pending, running, stopping).",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "all",
+                        "in": "query",
+                        "required": False,
+                        "description": "`1`: every user's clusters, each with its `username` "
+                        "(admins only; others get a 403).",
+                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    },
                 ],
                 "responses": {
-                    "200": _json({"type": "object",
-                                  "additionalProperties": {"$ref": "#/components/schemas/Cluster"}},
-                                 "A map from cluster name to cluster."),
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "additionalProperties": {"$ref": "#/components/schemas/Cluster"},
+                        },
+                        "A map from cluster name to cluster.",
+                    ),
                     "401": _ERROR,
                     "403": _ERROR,
                     "422": _ERROR,
@@ -155,16 +177,22 @@ _SPEC: dict[str, Any] = {
                 "operationId": "createCluster",
                 "summary": "Ask for a new cluster.",
                 "description": "Answers at once; the cluster starts in the background (poll "
-                               "`GET /api/v1/clusters/{cluster_name}?wait=1`). Options not "
-                               "given take their defaults. Refused with 422 when an option is "
-                               "invalid or the user's limits (`UserLimits`) would be exceeded.",
-                "requestBody": _body({"$ref": "#/components/schemas/NewCluster"},
-                                     "The cluster's options."),
+                "`GET /api/v1/clusters/{cluster_name}?wait=1`). Options not "
+                "given take their defaults. Refused with 422 when an option is "
+                "invalid or the user's limits (`UserLimits`) would be exceeded.",
+                "requestBody": _body(
+                    {"$ref": "#/components/schemas/NewCluster"}, "The cluster's options."
+                ),
                 "responses": {
-                    "201": _json({"type": "object", "required": ["name"],
-                                  "properties": {"name": {"type": "string"}},
-                                  "additionalProperties": False},
-                                 "The new cluster's name."),
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}},
+                            "additionalProperties": False,
+                        },
+                        "The new cluster's name.",
+                    ),
                     "400": _ERROR,
                     "401": _ERROR,
                     "422": _ERROR,
@@ -178,10 +206,14 @@ _SPEC: dict[str, Any] = {
                 "operationId": "getCluster",
                 "summary": "One cluster.",
                 "parameters": [
-                    {"name": "wait", "in": "query", "required": False,
-                     "description": "`1`: long-poll, answering when the cluster runs or has "
-                                    "ended, or after 20 seconds.",
-                     "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}},
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "description": "`1`: long-poll, answering when the cluster runs or has "
+                        "ended, or after 20 seconds.",
+                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    },
                 ],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Cluster"}, "The cluster."),
@@ -195,10 +227,15 @@ _SPEC: dict[str, Any] = {
                 "operationId": "stopCluster",
                 "summary": "Stop a cluster.",
                 "description": "Idempotent: an unknown or already stopped cluster also "
-                               "answers 204. The cluster's own scheduler may call it with "
-                               "`Authorization: token <cluster token>` (idle timeout).",
-                "security": [{"basic": []}, {"kerberos": []}, {"jupyterhub": []},
-                             {"session": []}, {"clusterToken": []}],
+                "answers 204. The cluster's own scheduler may call it with "
+                "`Authorization: token <cluster token>` (idle timeout).",
+                "security": [
+                    {"basic": []},
+                    {"kerberos": []},
+                    {"jupyterhub": []},
+                    {"session": []},
+                    {"clusterToken": []},
+                ],
                 "responses": {
                     "204": {"description": "Stopping (or already stopped)."},
                     "401": _ERROR,
@@ -213,15 +250,21 @@ _SPEC: dict[str, Any] = {
                 "operationId": "scaleCluster",
                 "summary": "Set the number of workers (turns adaptive scaling off).",
                 "description": "A count over the cluster's `cluster_max_workers` is lowered "
-                               "to it, with `ok: false` and a message the client shows as a "
-                               "warning. A count the user's limits don't allow is a 422, and so "
-                               "is one above 2147483647 (2**31 - 1) once lowered.",
-                "requestBody": _body({"type": "object", "required": ["count"],
-                                      "properties": {"count": {"type": "integer", "minimum": 0}}},
-                                     "How many workers."),
+                "to it, with `ok: false` and a message the client shows as a "
+                "warning. A count the user's limits don't allow is a 422, and so "
+                "is one above 2147483647 (2**31 - 1) once lowered.",
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["count"],
+                        "properties": {"count": {"type": "integer", "minimum": 0}},
+                    },
+                    "How many workers.",
+                ),
                 "responses": {
-                    "200": _json({"$ref": "#/components/schemas/ScaleResult"},
-                                 "Accepted, maybe lowered."),
+                    "200": _json(
+                        {"$ref": "#/components/schemas/ScaleResult"}, "Accepted, maybe lowered."
+                    ),
                     "400": _ERROR,
                     "401": _ERROR,
                     "403": _ERROR,
@@ -238,20 +281,24 @@ _SPEC: dict[str, Any] = {
                 "operationId": "adaptCluster",
                 "summary": "Let the scheduler scale between minimum and maximum workers.",
                 "description": "Bounds beyond the cluster's or the user's limits are lowered, "
-                               "with `ok: false` and a message; bounds still above 2147483647 "
-                               "(2**31 - 1) after that are a 422. `active: false` stops "
-                               "adapting and keeps the current workers.",
-                "requestBody": _body({
-                    "type": "object",
-                    "properties": {
-                        "minimum": {"type": ["integer", "null"], "minimum": 0},
-                        "maximum": {"type": ["integer", "null"], "minimum": 0},
-                        "active": {"type": "boolean", "default": True},
+                "with `ok: false` and a message; bounds still above 2147483647 "
+                "(2**31 - 1) after that are a 422. `active: false` stops "
+                "adapting and keeps the current workers.",
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "minimum": {"type": ["integer", "null"], "minimum": 0},
+                            "maximum": {"type": ["integer", "null"], "minimum": 0},
+                            "active": {"type": "boolean", "default": True},
+                        },
                     },
-                }, "The bounds (null: no bound)."),
+                    "The bounds (null: no bound).",
+                ),
                 "responses": {
-                    "200": _json({"$ref": "#/components/schemas/ScaleResult"},
-                                 "Accepted, maybe lowered."),
+                    "200": _json(
+                        {"$ref": "#/components/schemas/ScaleResult"}, "Accepted, maybe lowered."
+                    ),
                     "400": _ERROR,
                     "401": _ERROR,
                     "403": _ERROR,
@@ -266,11 +313,12 @@ _SPEC: dict[str, Any] = {
             "get": {
                 "tags": ["clusters"],
                 "operationId": "clusterWorkers",
-                "summary": "Running workers and their resources (not in the public "
-                           "dask-gateway).",
+                "summary": "Running workers and their resources (not in the public dask-gateway).",
                 "responses": {
-                    "200": _json({"$ref": "#/components/schemas/Workers"},
-                                 "Workers the scheduler reported, and what they hold."),
+                    "200": _json(
+                        {"$ref": "#/components/schemas/Workers"},
+                        "Workers the scheduler reported, and what they hold.",
+                    ),
                     "401": _ERROR,
                     "403": _ERROR,
                     "404": _ERROR,
@@ -284,13 +332,14 @@ _SPEC: dict[str, Any] = {
                 "operationId": "heartbeat",
                 "summary": "A scheduler reports its addresses and workers.",
                 "description": "Sent every `cluster_heartbeat_period` seconds by "
-                               "`dask_gateway.scheduler_preload`, authenticated with the "
-                               "cluster's token. The first accepted heartbeat sets the "
-                               "cluster's addresses, once the backend confirmed them; later "
-                               "ones must repeat them.",
+                "`dask_gateway.scheduler_preload`, authenticated with the "
+                "cluster's token. The first accepted heartbeat sets the "
+                "cluster's addresses, once the backend confirmed them; later "
+                "ones must repeat them.",
                 "security": [{"clusterToken": []}],
-                "requestBody": _body({"$ref": "#/components/schemas/Heartbeat"},
-                                     "The scheduler's state."),
+                "requestBody": _body(
+                    {"$ref": "#/components/schemas/Heartbeat"}, "The scheduler's state."
+                ),
                 "responses": {
                     "200": {"description": "Recorded."},
                     "400": _ERROR,
@@ -307,16 +356,24 @@ _SPEC: dict[str, Any] = {
                 "operationId": "oauthCallback",
                 "summary": "Where JupyterHub sends a browser back after a dashboard login.",
                 "description": "Only with `JupyterHubAuthenticator` and an OAuth client "
-                               "configured. Exchanges the code for a token, sets the session "
-                               "cookie and redirects to the dashboard first asked for. The "
-                               "login must finish in the browser that started it (a cookie "
-                               "set with the redirect to the hub), else 400.",
+                "configured. Exchanges the code for a token, sets the session "
+                "cookie and redirects to the dashboard first asked for. The "
+                "login must finish in the browser that started it (a cookie "
+                "set with the redirect to the hub), else 400.",
                 "security": [],
                 "parameters": [
-                    {"name": "code", "in": "query", "required": False,
-                     "schema": {"type": "string"}},
-                    {"name": "state", "in": "query", "required": True,
-                     "schema": {"type": "string"}},
+                    {
+                        "name": "code",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {
                     "302": {"description": "Logged in; back to the page first asked for."},
@@ -332,23 +389,29 @@ _SPEC: dict[str, Any] = {
             "x-proxied-methods": ["delete", "get", "patch", "post", "put"],
             "parameters": [
                 _CLUSTER_NAME,
-                {"name": "path", "in": "path", "required": True,
-                 "description": "The dashboard page, e.g. `status`.",
-                 "schema": {"type": "string"}},
+                {
+                    "name": "path",
+                    "in": "path",
+                    "required": True,
+                    "description": "The dashboard page, e.g. `status`.",
+                    "schema": {"type": "string"},
+                },
             ],
             "get": {
                 "tags": ["clusters"],
                 "operationId": "dashboard",
                 "summary": "The cluster's Dask dashboard (HTML, websockets), proxied.",
                 "description": "Every method (and websocket upgrades) is passed on to the "
-                               "scheduler's dashboard; GET is described here. "
-                               "For the cluster's owner and admins (unless "
-                               "`DaskGateway.open_dashboards`). A browser without credentials "
-                               "is sent to log in through the hub with JupyterHub auth, else "
-                               "answered 401.",
+                "scheduler's dashboard; GET is described here. "
+                "For the cluster's owner and admins (unless "
+                "`DaskGateway.open_dashboards`). A browser without credentials "
+                "is sent to log in through the hub with JupyterHub auth, else "
+                "answered 401.",
                 "responses": {
-                    "200": {"description": "The dashboard page.",
-                            "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "200": {
+                        "description": "The dashboard page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
                     "302": {"description": "To the hub's login (JupyterHub auth only)."},
                     "401": _ERROR,
                     "403": _ERROR,
@@ -360,25 +423,42 @@ _SPEC: dict[str, Any] = {
     },
     "components": {
         "securitySchemes": {
-            "basic": {"type": "http", "scheme": "basic",
-                      "description": "`SimpleAuthenticator`: any user name; a shared password "
-                                     "if `SimpleAuthenticator.password` is set."},
-            "kerberos": {"type": "http", "scheme": "negotiate",
-                         "description": "`KerberosAuthenticator` (SPNEGO)."},
-            "jupyterhub": {"type": "apiKey", "in": "header", "name": "Authorization",
-                           "description": "`JupyterHubAuthenticator`: `Authorization: "
-                                          "jupyterhub <hub API token>` (`token` and `Bearer` "
-                                          "are accepted too)."},
-            "session": {"type": "apiKey", "in": "cookie", "name": "dask-gateway-session",
-                        "description": "Set by the gateway after a successful login; "
-                                       "alone, good for reads only (see above)."},
-            "clusterToken": {"type": "apiKey", "in": "header", "name": "Authorization",
-                             "description": "`Authorization: token <the cluster's API "
-                                            "token>`, known only to its scheduler."},
+            "basic": {
+                "type": "http",
+                "scheme": "basic",
+                "description": "`SimpleAuthenticator`: any user name; a shared password "
+                "if `SimpleAuthenticator.password` is set.",
+            },
+            "kerberos": {
+                "type": "http",
+                "scheme": "negotiate",
+                "description": "`KerberosAuthenticator` (SPNEGO).",
+            },
+            "jupyterhub": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`JupyterHubAuthenticator`: `Authorization: "
+                "jupyterhub <hub API token>` (`token` and `Bearer` "
+                "are accepted too).",
+            },
+            "session": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "dask-gateway-session",
+                "description": "Set by the gateway after a successful login; "
+                "alone, good for reads only (see above).",
+            },
+            "clusterToken": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Authorization: token <the cluster's API "
+                "token>`, known only to its scheduler.",
+            },
         },
         "responses": {
-            "Error": _json({"$ref": "#/components/schemas/Error"},
-                           "An error meant for the user."),
+            "Error": _json({"$ref": "#/components/schemas/Error"}, "An error meant for the user."),
         },
         "schemas": {
             "Error": {
@@ -387,11 +467,13 @@ _SPEC: dict[str, Any] = {
                 "properties": {"error": {"type": "string"}},
             },
             "Health": {
-                "type": "object", "required": ["status"],
+                "type": "object",
+                "required": ["status"],
                 "properties": {"status": {"const": "pass"}},
             },
             "Version": {
-                "type": "object", "required": ["version"],
+                "type": "object",
+                "required": ["version"],
                 "properties": {"version": {"type": "string"}},
             },
             "OptionField": {
@@ -405,8 +487,9 @@ _SPEC: dict[str, Any] = {
                         "type": "object",
                         "required": ["type"],
                         "properties": {
-                            "type": {"enum": ["string", "bool", "int", "float", "select",
-                                              "mapping"]},
+                            "type": {
+                                "enum": ["string", "bool", "int", "float", "select", "mapping"]
+                            },
                             "min": {"type": ["number", "null"]},
                             "max": {"type": ["number", "null"]},
                             "options": {"type": "array", "items": {"type": "string"}},
@@ -419,8 +502,10 @@ _SPEC: dict[str, Any] = {
                 "type": "object",
                 "required": ["cluster_options"],
                 "properties": {
-                    "cluster_options": {"type": "array",
-                                        "items": {"$ref": "#/components/schemas/OptionField"}},
+                    "cluster_options": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/OptionField"},
+                    },
                 },
             },
             "NewCluster": {
@@ -435,29 +520,42 @@ _SPEC: dict[str, Any] = {
             "Cluster": {
                 "type": "object",
                 "description": "The eight keys every dask-gateway client understands (plus "
-                               "`username` in an admin's `?all=1` listing).",
-                "required": ["name", "dashboard_route", "status", "start_time", "stop_time",
-                             "options", "tls_cert", "tls_key"],
+                "`username` in an admin's `?all=1` listing).",
+                "required": [
+                    "name",
+                    "dashboard_route",
+                    "status",
+                    "start_time",
+                    "stop_time",
+                    "options",
+                    "tls_cert",
+                    "tls_key",
+                ],
                 "properties": {
                     "name": {"type": "string"},
                     "dashboard_route": {
                         "type": ["string", "null"],
                         "description": "Path of the dashboard under the gateway's address, "
-                                       "once running.",
+                        "once running.",
                     },
-                    "status": {"enum": ["PENDING", "RUNNING", "STOPPING", "STOPPED",
-                                        "FAILED"]},
-                    "start_time": {"type": "integer",
-                                   "description": "Milliseconds since the epoch."},
+                    "status": {"enum": ["PENDING", "RUNNING", "STOPPING", "STOPPED", "FAILED"]},
+                    "start_time": {
+                        "type": "integer",
+                        "description": "Milliseconds since the epoch.",
+                    },
                     "stop_time": {"type": ["integer", "null"]},
-                    "options": {"type": "object",
-                                "description": "The options the cluster was created with."},
-                    "tls_cert": {"type": ["string", "null"],
-                                 "description": "PEM certificate to reach the scheduler "
-                                                "(while running)."},
-                    "tls_key": {"type": ["string", "null"],
-                                "description": "PEM key to reach the scheduler (while "
-                                               "running)."},
+                    "options": {
+                        "type": "object",
+                        "description": "The options the cluster was created with.",
+                    },
+                    "tls_cert": {
+                        "type": ["string", "null"],
+                        "description": "PEM certificate to reach the scheduler (while running).",
+                    },
+                    "tls_key": {
+                        "type": ["string", "null"],
+                        "description": "PEM key to reach the scheduler (while running).",
+                    },
                     "username": {"type": "string", "description": "Only with `?all=1`."},
                 },
                 "additionalProperties": False,
@@ -466,8 +564,10 @@ _SPEC: dict[str, Any] = {
                 "type": "object",
                 "required": ["ok", "msg"],
                 "properties": {
-                    "ok": {"type": "boolean",
-                           "description": "false when the request was lowered to a limit."},
+                    "ok": {
+                        "type": "boolean",
+                        "description": "false when the request was lowered to a limit.",
+                    },
                     "msg": {"type": ["string", "null"], "description": "Why it was lowered."},
                 },
                 "additionalProperties": False,
@@ -476,29 +576,46 @@ _SPEC: dict[str, Any] = {
                 "type": "object",
                 "required": ["workers", "cores", "memory", "requested"],
                 "properties": {
-                    "workers": {"type": "integer", "minimum": 0,
-                                "description": "Running workers."},
-                    "cores": {"type": "integer", "minimum": 0,
-                              "description": "Their cores in total."},
-                    "memory": {"type": "integer", "minimum": 0,
-                               "description": "Their memory in total, in bytes."},
-                    "requested": {"type": "integer", "minimum": 0,
-                                  "description": "Workers asked for (scale or adaptive)."},
+                    "workers": {"type": "integer", "minimum": 0, "description": "Running workers."},
+                    "cores": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Their cores in total.",
+                    },
+                    "memory": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Their memory in total, in bytes.",
+                    },
+                    "requested": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Workers asked for (scale or adaptive).",
+                    },
                 },
                 "additionalProperties": False,
             },
             "Heartbeat": {
                 "type": "object",
-                "required": ["scheduler_address", "dashboard_address", "api_address", "count",
-                             "active_workers", "closing_workers", "closed_workers"],
+                "required": [
+                    "scheduler_address",
+                    "dashboard_address",
+                    "api_address",
+                    "count",
+                    "active_workers",
+                    "closing_workers",
+                    "closed_workers",
+                ],
                 "properties": {
                     "scheduler_address": {"type": "string"},
                     "dashboard_address": {"type": "string"},
                     "api_address": {"type": "string"},
-                    "count": {"type": "integer",
-                              "description": "Workers the scheduler wants; lowered to the "
-                                             "cluster's and the user's limits (and to "
-                                             "2147483647)."},
+                    "count": {
+                        "type": "integer",
+                        "description": "Workers the scheduler wants; lowered to the "
+                        "cluster's and the user's limits (and to "
+                        "2147483647).",
+                    },
                     "active_workers": {"type": "array", "items": {"type": "string"}},
                     "closing_workers": {"type": "array", "items": {"type": "string"}},
                     "closed_workers": {"type": "array", "items": {"type": "string"}},
@@ -526,19 +643,19 @@ _ERROR_OVERRIDES = {
     ("listClusters", "403"): "`all=1` from a user who is not an admin.",
     ("listClusters", "422"): "An unknown status in `status`.",
     ("createCluster", "422"): "An unknown option, a value out of range, or over the user's "
-                              "limits (`UserLimits`).",
+    "limits (`UserLimits`).",
     ("scaleCluster", "422"): "Not a non-negative integer, over the user's limits, or above "
-                             "2147483647.",
+    "2147483647.",
     ("adaptCluster", "422"): "Bounds that are not non-negative integers, minimum > maximum, or "
-                             "above 2147483647.",
+    "above 2147483647.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
-                          "the host its job runs on, not its socket, link-local or a cloud "
-                          "metadata address.",
+    "the host its job runs on, not its socket, link-local or a cloud "
+    "metadata address.",
     ("heartbeat", "409"): "Addresses different from those already set (they never change), "
-                          "or the scheduler's job cannot be checked yet (still pending).",
+    "or the scheduler's job cannot be checked yet (still pending).",
     ("heartbeat", "422"): "A field missing or of the wrong type, or an address that is not "
-                          "scheme://IP:port.",
+    "scheme://IP:port.",
     ("oauthCallback", "400"): "An unknown or expired login, or the hub refused it.",
     ("oauthCallback", "401"): "The hub did not accept the login code.",
     ("oauthCallback", "404"): "This gateway's authenticator has no browser login.",
@@ -557,10 +674,10 @@ def _describe_errors(spec: dict[str, Any]) -> None:
                 continue
             for status, resp in op["responses"].items():
                 if resp is _ERROR:
-                    text = _ERROR_OVERRIDES.get((op["operationId"], status),
-                                                _ERROR_MEANINGS[status])
-                    op["responses"][status] = _json({"$ref": "#/components/schemas/Error"},
-                                                    text)
+                    text = _ERROR_OVERRIDES.get(
+                        (op["operationId"], status), _ERROR_MEANINGS[status]
+                    )
+                    op["responses"][status] = _json({"$ref": "#/components/schemas/Error"}, text)
 
 
 _describe_errors(_SPEC)

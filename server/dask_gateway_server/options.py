@@ -3,13 +3,15 @@
 A field validates what a user sends, describes itself to clients (the spec JSON), and maps the
 user's choice to a ``ClusterConfig`` trait (``target``, ``transform``).
 """
+
 from __future__ import annotations
 
 import copy
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Mapping as MappingABC
+from collections.abc import Callable
+from collections.abc import Mapping as MappingABC
 from typing import Any
 
 __all__ = ["Options", "String", "Bool", "Integer", "Float", "Select", "Mapping"]
@@ -25,8 +27,9 @@ def _fmt(x: float) -> str:
 class Field:
     type_name = ""
 
-    def __init__(self, field: str, default: Any = None, label: str | None = None,
-                 target: str | None = None):
+    def __init__(
+        self, field: str, default: Any = None, label: str | None = None, target: str | None = None
+    ):
         self.field = field
         self.label = label or field
         self.target = target or field
@@ -36,8 +39,12 @@ class Field:
         return {"type": self.type_name}
 
     def json(self) -> dict:
-        return {"field": self.field, "label": self.label, "default": self.default,
-                "spec": self.json_spec()}
+        return {
+            "field": self.field,
+            "label": self.label,
+            "default": self.default,
+            "spec": self.json_spec(),
+        }
 
     def validate(self, x: Any) -> Any:
         raise NotImplementedError
@@ -49,8 +56,9 @@ class Field:
 class String(Field):
     type_name = "string"
 
-    def __init__(self, field: str, default: str = "", label: str | None = None,
-                 target: str | None = None):
+    def __init__(
+        self, field: str, default: str = "", label: str | None = None, target: str | None = None
+    ):
         super().__init__(field, default, label, target)
 
     def validate(self, x: Any) -> str:
@@ -62,8 +70,9 @@ class String(Field):
 class Bool(Field):
     type_name = "bool"
 
-    def __init__(self, field: str, default: bool = False, label: str | None = None,
-                 target: str | None = None):
+    def __init__(
+        self, field: str, default: bool = False, label: str | None = None, target: str | None = None
+    ):
         super().__init__(field, default, label, target)
 
     def validate(self, x: Any) -> bool:
@@ -73,8 +82,15 @@ class Bool(Field):
 
 
 class _Number(Field):
-    def __init__(self, field: str, default: Any = 0, min: Any = None, max: Any = None,
-                 label: str | None = None, target: str | None = None):
+    def __init__(
+        self,
+        field: str,
+        default: Any = 0,
+        min: Any = None,
+        max: Any = None,
+        label: str | None = None,
+        target: str | None = None,
+    ):
         self.min = min
         self.max = max
         super().__init__(field, default, label, target)
@@ -103,8 +119,15 @@ class Integer(_Number):
 class Float(_Number):
     type_name = "float"
 
-    def __init__(self, field: str, default: Any = 0, min: Any = None, max: Any = None,
-                 label: str | None = None, target: str | None = None):
+    def __init__(
+        self,
+        field: str,
+        default: Any = 0,
+        min: Any = None,
+        max: Any = None,
+        label: str | None = None,
+        target: str | None = None,
+    ):
         min = None if min is None else float(min)
         max = None if max is None else float(max)
         super().__init__(field, default, min, max, label, target)
@@ -124,8 +147,14 @@ class Select(Field):
 
     type_name = "select"
 
-    def __init__(self, field: str, options: list, default: Any = None,
-                 label: str | None = None, target: str | None = None):
+    def __init__(
+        self,
+        field: str,
+        options: list,
+        default: Any = None,
+        label: str | None = None,
+        target: str | None = None,
+    ):
         if not options:
             raise ValueError("Select requires at least one option")
         self.choices: dict[str, Any] = {}
@@ -153,8 +182,13 @@ class Select(Field):
 class Mapping(Field):
     type_name = "mapping"
 
-    def __init__(self, field: str, default: dict | None = None, label: str | None = None,
-                 target: str | None = None):
+    def __init__(
+        self,
+        field: str,
+        default: dict | None = None,
+        label: str | None = None,
+        target: str | None = None,
+    ):
         super().__init__(field, {} if default is None else default, label, target)
 
     def validate(self, x: Any) -> dict:
@@ -216,7 +250,9 @@ class Options:
         if unknown:
             raise ValueError(f"Unknown fields {unknown}")
         return {
-            f.field: f.validate(request[f.field]) if f.field in request else copy.deepcopy(f.default)
+            f.field: f.validate(request[f.field])
+            if f.field in request
+            else copy.deepcopy(f.default)
             for f in self.fields
         }
 
@@ -229,7 +265,8 @@ class Options:
         if self.handler is None:
             return transformed
         params = [
-            p for p in inspect.signature(self.handler).parameters.values()
+            p
+            for p in inspect.signature(self.handler).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
         ]
         args = (FrozenAttrDict(transformed),)

@@ -106,10 +106,17 @@ _CREDENTIAL_HEADERS = frozenset(("authorization", "cookie", "cookie2"))
 DASHBOARD_CSP = "sandbox allow-scripts allow-forms allow-popups allow-downloads allow-modals"
 # The scheduler's answers must not set or clear anything on the viewer's browser for this
 # origin, nor ask the viewer's client for credentials.
-_DROP_RESPONSE_HEADERS = frozenset((
-    "set-cookie", "set-cookie2", "www-authenticate", "clear-site-data",
-    "service-worker-allowed", "strict-transport-security", "referrer-policy",
-))
+_DROP_RESPONSE_HEADERS = frozenset(
+    (
+        "set-cookie",
+        "set-cookie2",
+        "www-authenticate",
+        "clear-site-data",
+        "service-worker-allowed",
+        "strict-transport-security",
+        "referrer-policy",
+    )
+)
 # A sandboxed page's own requests carry no cookie (they are cross-site), so the page and
 # what it loads are reached through a path holding a short-lived grant for that one cluster:
 # ``{prefix}/clusters/{name}/~{grant}/...``, issued after the viewer's access was checked.
@@ -628,28 +635,45 @@ class Proxy(LoggingConfigurable):
     # files keep loading. The proxy is the gateway's own: in its process, or
     # (separate_process) in a child process attached through a unix socket.
     gateway_url = Unicode(
-        "", help="Unused (public dask-gateway config): the URL its proxy called the gateway "
+        "",
+        help="Unused (public dask-gateway config): the URL its proxy called the gateway "
         "at. Ours is part of the gateway, or talks to it over a unix socket "
-        "(separate_process).", config=True)
+        "(separate_process).",
+        config=True,
+    )
     api_token = Unicode(
-        "", help="Unused (public dask-gateway config): the token its proxy authenticated "
+        "",
+        help="Unused (public dask-gateway config): the token its proxy authenticated "
         "with. Ours needs none: a separate_process proxy accepts only its own user's "
-        "gateway on its unix socket.", config=True)
+        "gateway on its unix socket.",
+        config=True,
+    )
     max_events = Integer(
-        100, help="Unused (public dask-gateway config): routes are pushed to the proxy as "
-        "they change, not fetched as events.", config=True)
+        100,
+        help="Unused (public dask-gateway config): routes are pushed to the proxy as "
+        "they change, not fetched as events.",
+        config=True,
+    )
     externally_managed = Bool(
-        False, help="Unused (public dask-gateway config): the gateway always runs its proxy "
+        False,
+        help="Unused (public dask-gateway config): the gateway always runs its proxy "
         "itself (in its process, or with separate_process in one it starts); True only logs "
-        "a warning.", config=True)
+        "a warning.",
+        config=True,
+    )
     proxy_status_period = Float(
-        30, help="Unused (public dask-gateway config): how often its gateway checked its "
+        30,
+        help="Unused (public dask-gateway config): how often its gateway checked its "
         "proxy. With separate_process the gateway notices at once that the proxy process "
         "closed its socket, and attaches again; in-process there is nothing to check.",
-        config=True)
+        config=True,
+    )
     log_level = Unicode(
-        "warn", help="Unused (public dask-gateway config): the proxy, also with "
-        "separate_process, logs at the gateway's DaskGateway.log_level.", config=True)
+        "warn",
+        help="Unused (public dask-gateway config): the proxy, also with "
+        "separate_process, logs at the gateway's DaskGateway.log_level.",
+        config=True,
+    )
 
     @observe(
         "gateway_url",
@@ -667,8 +691,7 @@ class Proxy(LoggingConfigurable):
             )
         else:
             self.log.warning(
-                "Config option `Proxy.%s` is ignored: the proxy runs inside the gateway "
-                "process",
+                "Config option `Proxy.%s` is ignored: the proxy runs inside the gateway process",
                 change["name"],
             )
 
@@ -748,8 +771,12 @@ class Proxy(LoggingConfigurable):
     # -- routes --------------------------------------------------------------
 
     def add_route(
-        self, cluster_name: str, scheduler_address: str, dashboard_address: str | None,
-        handoff: str | None = None, handoff_uid: int | None = None,
+        self,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str | None,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
         dashboard_key: str | None = None,
     ) -> None:
         """Route SNI ``daskgateway-<name>`` and ``{prefix}/clusters/<name>``.
@@ -787,11 +814,16 @@ class Proxy(LoggingConfigurable):
         else:
             self._dashboard_keys.pop(cluster_name, None)
         if self._link is not None:
-            self._link.add_route(cluster_name, target, self._dashboard_routes.get(cluster_name),
-                                 self._handoffs.get(cluster_name),
-                                 self._handoff_uids.get(cluster_name))
-        self.log.debug("Added routes for cluster %s -> %s", cluster_name, target,
-                       extra=about(cluster_name))
+            self._link.add_route(
+                cluster_name,
+                target,
+                self._dashboard_routes.get(cluster_name),
+                self._handoffs.get(cluster_name),
+                self._handoff_uids.get(cluster_name),
+            )
+        self.log.debug(
+            "Added routes for cluster %s -> %s", cluster_name, target, extra=about(cluster_name)
+        )
 
     def remove_route(self, cluster_name: str) -> None:
         """Forget a cluster's routes (live tunnels are left to end on their own)."""
@@ -865,9 +897,7 @@ class Proxy(LoggingConfigurable):
         for s in socks:
             self._sockets.append(s)
             self._remove_accept.append(
-                netutil.add_accept_handler(
-                    s, lambda c, a, mode=mode: self._on_accept(c, a, mode)
-                )
+                netutil.add_accept_handler(s, lambda c, a, mode=mode: self._on_accept(c, a, mode))
             )
         return host, bound
 
@@ -893,8 +923,11 @@ class Proxy(LoggingConfigurable):
         except Exception as exc:
             pid_file = os.path.join(self.state_dir, "proxy.pid") if self.state_dir else ""
             if isinstance(exc, OSError) and pid_file and os.path.exists(pid_file):
-                self.log.error("A separate proxy process (see %s) may hold the port: set "
-                               "Proxy.separate_process = True, or stop that process", pid_file)
+                self.log.error(
+                    "A separate proxy process (see %s) may hold the port: set "
+                    "Proxy.separate_process = True, or stop that process",
+                    pid_file,
+                )
             await self.stop()
             raise
         self._started = True
@@ -990,8 +1023,9 @@ class Proxy(LoggingConfigurable):
                 sock.close()
                 raise
             except Exception:
-                self.log.exception("Error opening tunnel for %s", sni,
-                                   extra=about(sni[len(SNI_PREFIX):]))
+                self.log.exception(
+                    "Error opening tunnel for %s", sni, extra=about(sni[len(SNI_PREFIX) :])
+                )
                 sock.close()
             return
         if shared:
@@ -1003,14 +1037,19 @@ class Proxy(LoggingConfigurable):
     async def _open_tunnel(self, sock: socket.socket, name: str, address: Any) -> None:
         target = self._sni_routes.get(name)
         if target is None:
-            self.log.debug("No route for cluster %r (from %s); closing", name, address,
-                           extra=about(name))
+            self.log.debug(
+                "No route for cluster %r (from %s); closing", name, address, extra=about(name)
+            )
             sock.close()
             return
         handoff = self._handoffs.get(name)
         if handoff is not None and await self._hand_off(sock, handoff, name):
-            self.log.debug("Connection from %s handed to the scheduler of cluster %s",
-                           address, name, extra=about(name))
+            self.log.debug(
+                "Connection from %s handed to the scheduler of cluster %s",
+                address,
+                name,
+                extra=about(name),
+            )
             return
         host, port = _split_hostport(target)
         if self._kernel_splice:
@@ -1024,8 +1063,13 @@ class Proxy(LoggingConfigurable):
                 self.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            self.log.warning("Cannot reach scheduler of cluster %s at %s: %r", name, target, exc,
-                             extra=about(name))
+            self.log.warning(
+                "Cannot reach scheduler of cluster %s at %s: %r",
+                name,
+                target,
+                exc,
+                extra=about(name),
+            )
             sock.close()
             return
         self._tunnels.add(tunnel)
@@ -1038,8 +1082,9 @@ class Proxy(LoggingConfigurable):
         # Both linked: let the upstream side read (it was paused until now).
         if not tunnel.upstream.closed:
             tunnel.upstream.transport.resume_reading()  # type: ignore[union-attr]
-        self.log.debug("Tunnel open %s -> cluster %s (%s)", address, name, target,
-                       extra=about(name))
+        self.log.debug(
+            "Tunnel open %s -> cluster %s (%s)", address, name, target, extra=about(name)
+        )
 
     async def _hand_off(self, sock: socket.socket, handoff: str, name: str) -> bool:
         """Pass the client's socket (its ClientHello still unread) to the scheduler over a
@@ -1054,19 +1099,28 @@ class Proxy(LoggingConfigurable):
                 await asyncio.wait_for(loop.sock_connect(unix, address), self.connect_timeout)
                 # Whoever listens on the name gets the connection: after a scheduler died,
                 # any local user may have bound it. Only the cluster's user (or root, or us).
-                creds = unix.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                        struct.calcsize("3i"))
+                creds = unix.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+                )
                 peer_uid = struct.unpack("3i", creds)[1]
                 allowed = {0, os.geteuid(), self._handoff_uids.get(name, 0)}
                 if peer_uid not in allowed:
-                    self.log.warning("The handoff socket of cluster %s is held by uid %d, not "
-                                     "the cluster's user: tunnelling instead", name, peer_uid,
-                                     extra=about(name))
+                    self.log.warning(
+                        "The handoff socket of cluster %s is held by uid %d, not "
+                        "the cluster's user: tunnelling instead",
+                        name,
+                        peer_uid,
+                        extra=about(name),
+                    )
                     return False
                 socket.send_fds(unix, [b"H"], [sock.fileno()])
             except (OSError, asyncio.TimeoutError) as exc:
-                self.log.debug("No handoff to cluster %s (%r); tunnelling instead", name, exc,
-                               extra=about(name))
+                self.log.debug(
+                    "No handoff to cluster %s (%r); tunnelling instead",
+                    name,
+                    exc,
+                    extra=about(name),
+                )
                 return False  # nothing was passed: the tunnel is safe
             try:
                 ack = await asyncio.wait_for(loop.sock_recv(unix, 1), self.connect_timeout)
@@ -1080,8 +1134,9 @@ class Proxy(LoggingConfigurable):
         # tunnelled as well (two readers would corrupt the stream).
         sock.close()
         if ack != b"1":
-            self.log.warning("Handoff to cluster %s unconfirmed; connection dropped", name,
-                             extra=about(name))
+            self.log.warning(
+                "Handoff to cluster %s unconfirmed; connection dropped", name, extra=about(name)
+            )
         return True
 
     # Linux splice(2) moves bytes socket -> pipe -> socket inside the kernel;
@@ -1116,7 +1171,11 @@ class Proxy(LoggingConfigurable):
                 raise last_exc or OSError("no addresses")
         except (OSError, asyncio.TimeoutError) as exc:
             self.log.warning(
-                "Cannot reach scheduler of cluster %s at %s:%s: %r", name, host, port, exc,
+                "Cannot reach scheduler of cluster %s at %s:%s: %r",
+                name,
+                host,
+                port,
+                exc,
                 extra=about(name),
             )
             sock.close()
@@ -1135,8 +1194,9 @@ class Proxy(LoggingConfigurable):
             return
         self._tunnels.add(tunnel)  # type: ignore[arg-type]
         tunnel.start()
-        self.log.debug("Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port,
-                       extra=about(name))
+        self.log.debug(
+            "Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port, extra=about(name)
+        )
 
     def _handoff_http(self, sock: socket.socket, address: Any) -> None:
         """Give an untouched accepted socket to the tornado HTTP(S) server."""
@@ -1262,13 +1322,16 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         public_base = prefix + raw_name
         hook = self.proxy.check_dashboard_access
         if hook is not None and remainder.startswith(GRANT_MARK):
-            grant, slash, remainder = remainder[len(GRANT_MARK):].partition("/")
+            grant, slash, remainder = remainder[len(GRANT_MARK) :].partition("/")
             if not self.proxy.check_grant(grant, name):
                 if self._is_navigation():  # log in again, for a new grant
                     self._redirect_under(public_base, remainder)
                 else:
-                    self._send_json_error(403, f"This link to the dashboard of cluster {name} "
-                                               "has expired: reload the dashboard")
+                    self._send_json_error(
+                        403,
+                        f"This link to the dashboard of cluster {name} "
+                        "has expired: reload the dashboard",
+                    )
                 return
             self._granted = True
             public_base += "/" + GRANT_MARK + grant
@@ -1284,8 +1347,9 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 # The hook's own status and message, e.g. 401 with a challenge header.
                 for key, value in getattr(e, "headers", {}).items():
                     self.set_header(key, value)
-                self._send_json_error(e.status_code, getattr(e, "message", None)
-                                      or e.log_message or "Not allowed")
+                self._send_json_error(
+                    e.status_code, getattr(e, "message", None) or e.log_message or "Not allowed"
+                )
                 return
             if self._finished:  # the hook answered itself (e.g. a redirect to log in)
                 return
@@ -1319,8 +1383,14 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         }
         for k, v in req.headers.get_all():
             lk = k.lower()
-            if (lk in exclude or lk in _HOP_BY_HOP or lk in connection_tokens or lk == "host"
-                    or lk in _CREDENTIAL_HEADERS or lk.startswith("proxy-")):
+            if (
+                lk in exclude
+                or lk in _HOP_BY_HOP
+                or lk in connection_tokens
+                or lk == "host"
+                or lk in _CREDENTIAL_HEADERS
+                or lk.startswith("proxy-")
+            ):
                 continue
             headers.add(k, v)
         remote = req.remote_ip or ""
@@ -1472,11 +1542,13 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
             response = await self._fetch
         except Exception as exc:
             if not self._headers_applied:
-                self.proxy.log.debug("Dashboard upstream %s failed: %r", self._target_url, exc,
-                                     extra=about(self._cluster))
-                self._send_json_error(
-                    502, f"Dashboard of cluster {self._cluster} is not reachable"
+                self.proxy.log.debug(
+                    "Dashboard upstream %s failed: %r",
+                    self._target_url,
+                    exc,
+                    extra=about(self._cluster),
                 )
+                self._send_json_error(502, f"Dashboard of cluster {self._cluster} is not reachable")
             else:
                 self.request.connection.close()  # type: ignore[attr-defined]
             return
@@ -1537,8 +1609,9 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 self._send_json_error(502, f"Dashboard of cluster {self._cluster} is not reachable")
             return
         except Exception as exc:
-            self.proxy.log.debug("Dashboard websocket %s failed: %r", url, exc,
-                                 extra=about(self._cluster))
+            self.proxy.log.debug(
+                "Dashboard websocket %s failed: %r", url, exc, extra=about(self._cluster)
+            )
             self._send_json_error(502, f"Dashboard of cluster {self._cluster} is not reachable")
             return
         await super().get(*args, **kwargs)

@@ -73,8 +73,9 @@ def pid_file(state_dir: str) -> str:
 def _same_user(sock: socket.socket) -> bool:
     """Only a process of our own user may attach (or be attached to)."""
     try:
-        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        _pid, uid, _gid = struct.unpack(
+            "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        )
     except (OSError, AttributeError):
         return True  # no SO_PEERCRED: rely on the directory's permissions
     return uid == os.getuid()
@@ -83,9 +84,12 @@ def _same_user(sock: socket.socket) -> bool:
 class _Channel:
     """A non-blocking SEQPACKET socket on the event loop: JSON messages, optional fds."""
 
-    def __init__(self, sock: socket.socket,
-                 on_message: Callable[[dict, list[int]], None],
-                 on_close: Callable[[list[socket.socket]], None]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_message: Callable[[dict, list[int]], None],
+        on_close: Callable[[list[socket.socket]], None],
+    ) -> None:
         self.sock = sock
         sock.setblocking(False)
         self.loop = asyncio.get_running_loop()
@@ -225,16 +229,22 @@ class ProxyLink:
                 if self.popen.poll() is not None:
                     raise RuntimeError("The proxy process exited at start:\n" + self._log_tail())
                 if loop.time() > deadline:
-                    raise RuntimeError("The proxy process did not start in time:\n"
-                                       + self._log_tail())
+                    raise RuntimeError(
+                        "The proxy process did not start in time:\n" + self._log_tail()
+                    )
                 await asyncio.sleep(0.05)
                 sock = await self._connect()
         self._hello = asyncio.get_running_loop().create_future()
         channel = self.channel = _Channel(sock, self._on_message, self._on_close)
         try:
             # The hold time is the attaching gateway's: a restart can change it.
-            channel.send({"op": "attach", "pid": os.getpid(),
-                          "hold_timeout": self.proxy.separate_process_hold_timeout})
+            channel.send(
+                {
+                    "op": "attach",
+                    "pid": os.getpid(),
+                    "hold_timeout": self.proxy.separate_process_hold_timeout,
+                }
+            )
             hello = await asyncio.wait_for(self._hello, _HELLO_TIMEOUT)
         except BaseException:
             self.channel = None  # not attached: closing it is no loss to recover from
@@ -243,28 +253,46 @@ class ProxyLink:
         self.pid = hello["pid"]
         self._attached = True
         if hello.get("protocol") != PROTOCOL:
-            self.proxy.log.warning("The proxy process (pid %d) speaks protocol %s, this gateway "
-                                   "%s: restart it (stop the gateway and that process)",
-                                   self.pid, hello.get("protocol"), PROTOCOL)
+            self.proxy.log.warning(
+                "The proxy process (pid %d) speaks protocol %s, this gateway "
+                "%s: restart it (stop the gateway and that process)",
+                self.pid,
+                hello.get("protocol"),
+                PROTOCOL,
+            )
         p = self.proxy
         p._http_host, p._http_port = hello["http_host"], hello["http_port"]
         p._tcp_host, p._tcp_port = hello["tcp_host"], hello["tcp_port"]
         wanted = (p.address, p.tcp_address)
         if (hello["address"], hello["tcp_address"]) != wanted:
-            p.log.warning("The running proxy process (pid %d) listens on %s / %r, not the "
-                          "configured %s / %r; stop it to change the addresses", self.pid,
-                          hello["address"], hello["tcp_address"], *wanted)
+            p.log.warning(
+                "The running proxy process (pid %d) listens on %s / %r, not the "
+                "configured %s / %r; stop it to change the addresses",
+                self.pid,
+                hello["address"],
+                hello["tcp_address"],
+                *wanted,
+            )
         self._send_table()
-        p.log.info("%s the proxy process (pid %d, %d open tunnels)",
-                   "Started" if started else "Re-attached to", self.pid, hello["tunnels"])
+        p.log.info(
+            "%s the proxy process (pid %d, %d open tunnels)",
+            "Started" if started else "Re-attached to",
+            self.pid,
+            hello["tunnels"],
+        )
 
     def _send_table(self) -> None:
         assert self.channel is not None
         self.channel.send({"op": "reset"})
         p = self.proxy
         for name, target in list(p._sni_routes.items()):
-            self.add_route(name, target, p._dashboard_routes.get(name), p._handoffs.get(name),
-                           p._handoff_uids.get(name))
+            self.add_route(
+                name,
+                target,
+                p._dashboard_routes.get(name),
+                p._handoffs.get(name),
+                p._handoff_uids.get(name),
+            )
         self.channel.send({"op": "synced"})
 
     async def _spawn(self) -> None:
@@ -285,10 +313,13 @@ class ProxyLink:
         def spawn() -> subprocess.Popen:
             with open(log_path, "ab") as out:
                 return subprocess.Popen(
-                    [sys.executable, "-m", "dask_gateway_server.proxy_process",
-                     json.dumps(config)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True, cwd=self.state_dir,
+                    [sys.executable, "-m", "dask_gateway_server.proxy_process", json.dumps(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd=self.state_dir,
                 )
 
         self.popen = await asyncio.get_running_loop().run_in_executor(None, spawn)
@@ -323,9 +354,12 @@ class ProxyLink:
         if op == "hello":
             self._hello.set_result(msg)
         elif op == "busy":
-            self._hello.set_exception(RuntimeError(
-                f"Another gateway (pid {msg.get('pid')}) is attached to the proxy process "
-                f"(pid {msg.get('proxy_pid')}) of {self.state_dir}"))
+            self._hello.set_exception(
+                RuntimeError(
+                    f"Another gateway (pid {msg.get('pid')}) is attached to the proxy process "
+                    f"(pid {msg.get('proxy_pid')}) of {self.state_dir}"
+                )
+            )
 
     def _on_close(self, unsent: list[socket.socket]) -> None:
         if self.popen is not None:
@@ -351,12 +385,25 @@ class ProxyLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5)
 
-    def add_route(self, name: str, target: str, dashboard: str | None,
-                  handoff: str | None = None, handoff_uid: int | None = None) -> None:
+    def add_route(
+        self,
+        name: str,
+        target: str,
+        dashboard: str | None,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
+    ) -> None:
         if self.channel is not None:
-            self.channel.send({"op": "add", "name": name, "target": target,
-                               "dashboard": dashboard, "handoff": handoff,
-                               "handoff_uid": handoff_uid})
+            self.channel.send(
+                {
+                    "op": "add",
+                    "name": name,
+                    "target": target,
+                    "dashboard": dashboard,
+                    "handoff": handoff,
+                    "handoff_uid": handoff_uid,
+                }
+            )
 
     def remove_route(self, name: str) -> None:
         if self.channel is not None:
@@ -425,9 +472,11 @@ class _DetachedProxy(Proxy):
     def _refuse(self, sock: socket.socket) -> None:
         """Answer 503 (plain HTTP only; HTTPS connections are just closed)."""
         if not self.https:
-            head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(_RESPONSE_503)}\r\nRetry-After: 1\r\n"
-                    "Connection: close\r\n\r\n").encode()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(_RESPONSE_503)}\r\nRetry-After: 1\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
             try:
                 sock.send(head + _RESPONSE_503)
             except OSError:
@@ -457,8 +506,10 @@ class _DetachedProxy(Proxy):
             if self.gateway is channel:
                 self.gateway = None
                 self._staging = None
-                log.info("Gateway detached; holding HTTP connections, keeping %d tunnels",
-                         len(self._tunnels))
+                log.info(
+                    "Gateway detached; holding HTTP connections, keeping %d tunnels",
+                    len(self._tunnels),
+                )
             for conn in unsent:  # never handed over: keep them for the next gateway
                 self._handoff_http(conn, ())
 
@@ -474,21 +525,30 @@ class _DetachedProxy(Proxy):
                 old._on_readable()  # a gateway that has just died: see its EOF now
                 if not old.closed:
                     # Two live gateways on one data dir would fight over the routes.
-                    log.warning("Refusing gateway pid %s: pid %d is attached",
-                                msg.get("pid"), self.gateway_pid)
-                    channel.send({"op": "busy", "pid": self.gateway_pid,
-                                  "proxy_pid": os.getpid()})
+                    log.warning(
+                        "Refusing gateway pid %s: pid %d is attached",
+                        msg.get("pid"),
+                        self.gateway_pid,
+                    )
+                    channel.send({"op": "busy", "pid": self.gateway_pid, "proxy_pid": os.getpid()})
                     channel.close()
                     return
             self.gateway = channel
             self.gateway_pid = int(msg.get("pid") or 0)
-            channel.send({
-                "op": "hello", "protocol": PROTOCOL, "pid": os.getpid(),
-                "http_host": self._http_host, "http_port": self._http_port,
-                "tcp_host": self._tcp_host, "tcp_port": self._tcp_port,
-                "address": self.address, "tcp_address": self.tcp_address,
-                "tunnels": len(self._tunnels),
-            })
+            channel.send(
+                {
+                    "op": "hello",
+                    "protocol": PROTOCOL,
+                    "pid": os.getpid(),
+                    "http_host": self._http_host,
+                    "http_port": self._http_port,
+                    "tcp_host": self._tcp_host,
+                    "tcp_port": self._tcp_port,
+                    "address": self.address,
+                    "tcp_address": self.tcp_address,
+                    "tunnels": len(self._tunnels),
+                }
+            )
             log.info("Gateway attached; passing it %d held connections", len(self.held))
             while self.held:
                 sock, address, _ = self.held.popleft()
@@ -499,8 +559,12 @@ class _DetachedProxy(Proxy):
         if op == "reset":
             self._staging = {}
         elif op == "add":
-            route = (msg["target"], msg.get("dashboard"), msg.get("handoff"),
-                     msg.get("handoff_uid"))
+            route = (
+                msg["target"],
+                msg.get("dashboard"),
+                msg.get("handoff"),
+                msg.get("handoff_uid"),
+            )
             if self._staging is not None:
                 self._staging[msg["name"]] = route
             else:
@@ -568,8 +632,14 @@ async def _serve(config: dict) -> None:
     loop.add_reader(listener.fileno(), accept)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.stopping.set)
-    log.info("Proxy process %d listening on %s:%d (scheduler traffic on %s:%d)", os.getpid(),
-             proxy._http_host, proxy._http_port, proxy._tcp_host, proxy._tcp_port)
+    log.info(
+        "Proxy process %d listening on %s:%d (scheduler traffic on %s:%d)",
+        os.getpid(),
+        proxy._http_host,
+        proxy._http_port,
+        proxy._tcp_host,
+        proxy._tcp_port,
+    )
     try:
         while not proxy.stopping.is_set():
             try:

@@ -4,6 +4,7 @@ Requests (create, stop, heartbeat) only record a target in the store and wake th
 here the backend is asked to start or stop things, and timers catch what never reports back.
 The in-memory ``clusters`` dict is a cache of the store, rebuilt by ``start()``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,14 @@ class SchedulerUnreachable(Exception):
 
 
 class Reconciler:
-    def __init__(self, store: Store, backend: Backend, routes, log: logging.Logger | None = None,
-                 count_limit: Callable[[Cluster], int | None] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        routes,
+        log: logging.Logger | None = None,
+        count_limit: Callable[[Cluster], int | None] | None = None,
+    ):
         """``routes`` is the proxy: ``add_route(name, scheduler, dashboard)``, ``remove_route``.
         ``count_limit(cluster)`` caps the workers a scheduler may ask for (per-user limits)."""
         self.count_limit = count_limit
@@ -81,8 +88,9 @@ class Reconciler:
             for worker in cluster.workers.values():
                 if not worker.status.is_done:
                     self.queue.put((WORKER, cluster.name, worker.name))
-        self._tasks = [asyncio.create_task(self._worker_loop())
-                       for _ in range(self.settings.parallelism)]
+        self._tasks = [
+            asyncio.create_task(self._worker_loop()) for _ in range(self.settings.parallelism)
+        ]
         self._tasks.append(asyncio.create_task(self._timer_loop()))
         self._tasks.append(asyncio.create_task(self._cleanup_loop()))
 
@@ -142,13 +150,11 @@ class Reconciler:
         self.log.info("Created cluster %s for user %s", name, user.name, extra=about(name))
         return cluster
 
-    async def stop_cluster(self, cluster: Cluster, failed: bool = False,
-                           message: str = "") -> None:
+    async def stop_cluster(self, cluster: Cluster, failed: bool = False, message: str = "") -> None:
         if not cluster.is_active:
             return
         target = JobStatus.FAILED if failed else JobStatus.STOPPED
-        await self.store.update_cluster(cluster, target=target,
-                                        message=message or cluster.message)
+        await self.store.update_cluster(cluster, target=target, message=message or cluster.message)
         self.queue.put((CLUSTER, cluster.name))
 
     async def on_heartbeat(self, cluster: Cluster, msg: dict) -> None:
@@ -188,8 +194,9 @@ class Reconciler:
                 await self.store.update_worker(worker, status=JobStatus.RUNNING)
                 cluster.worker_start_failures = 0
             if name in closing and not worker.close_expected:
-                await self.store.update_worker(worker, close_expected=True,
-                                               target=JobStatus.STOPPED)
+                await self.store.update_worker(
+                    worker, close_expected=True, target=JobStatus.STOPPED
+                )
         for name in msg["closed_workers"]:
             worker = cluster.workers.get(name)
             if worker is None or worker.status.is_done:
@@ -197,8 +204,9 @@ class Reconciler:
             if worker.close_expected or worker.target != JobStatus.RUNNING:
                 target = JobStatus.STOPPED
             else:
-                self.log.warning("Worker %s of cluster %s was lost", name, cluster.name,
-                                 extra=about(cluster))
+                self.log.warning(
+                    "Worker %s of cluster %s was lost", name, cluster.name, extra=about(cluster)
+                )
                 target = JobStatus.FAILED
             await self.store.update_worker(worker, target=target)
             self.queue.put((WORKER, cluster.name, name))
@@ -206,11 +214,13 @@ class Reconciler:
         # Cancel workers still starting beyond the requested count, unstarted ones first.
         extra = len(cluster.active_workers()) - cluster.count
         if extra > 0:
-            pending = sorted((w for w in cluster.workers.values() if w.is_pending),
-                             key=lambda w: w.status)
+            pending = sorted(
+                (w for w in cluster.workers.values() if w.is_pending), key=lambda w: w.status
+            )
             for worker in pending[:extra]:
-                await self.store.update_worker(worker, target=JobStatus.STOPPED,
-                                               close_expected=True)
+                await self.store.update_worker(
+                    worker, target=JobStatus.STOPPED, close_expected=True
+                )
                 self.queue.put((WORKER, cluster.name, worker.name))
         self.queue.put((CLUSTER, cluster.name))
 
@@ -233,17 +243,18 @@ class Reconciler:
                     # Before it is RUNNING: the timers must not find it RUNNING with no
                     # heartbeat ever (while the store writes, after a slow check).
                     cluster.last_heartbeat = time.monotonic()
-                    await self.store.update_cluster(cluster, status=JobStatus.RUNNING,
-                                                    **reported)
+                    await self.store.update_cluster(cluster, status=JobStatus.RUNNING, **reported)
                     self._first_heartbeats.pop(cluster.name, None)
                     return True
         moved = [key for key in ADDRESS_KEYS if reported[key] != getattr(cluster, key)]
         if moved:
             error = AddressMoved(
                 f"{', '.join(moved)} of cluster {cluster.name} cannot change once set "
-                f"(reported {reported[moved[0]]!r}, set {getattr(cluster, moved[0])!r})")
-            self.log.warning("Refused a heartbeat of cluster %s: %s", cluster.name, error,
-                             extra=about(cluster))
+                f"(reported {reported[moved[0]]!r}, set {getattr(cluster, moved[0])!r})"
+            )
+            self.log.warning(
+                "Refused a heartbeat of cluster %s: %s", cluster.name, error, extra=about(cluster)
+            )
             raise error
         return False
 
@@ -253,22 +264,28 @@ class Reconciler:
             addresses = parse_addresses(reported)
             await self.backend.validate_addresses(cluster, addresses)
         except AddressRefused as e:
-            self.log.warning("Refused a heartbeat of cluster %s: %s", cluster.name, e,
-                             extra=about(cluster))
+            self.log.warning(
+                "Refused a heartbeat of cluster %s: %s", cluster.name, e, extra=about(cluster)
+            )
             raise
         except Exception:
             # The backend's failure, not the scheduler's: never a 500 for a heartbeat.
-            self.log.exception("Could not check the addresses of cluster %s", cluster.name,
-                               extra=about(cluster))
-            raise AddressNotYetKnown("the gateway could not check the scheduler's "
-                                     "addresses; see its log") from None
+            self.log.exception(
+                "Could not check the addresses of cluster %s", cluster.name, extra=about(cluster)
+            )
+            raise AddressNotYetKnown(
+                "the gateway could not check the scheduler's addresses; see its log"
+            ) from None
 
     def _add_route(self, cluster: Cluster) -> None:
-        self.routes.add_route(cluster.name, cluster.scheduler_address,
-                              cluster.dashboard_address,
-                              handoff=self.backend.handoff_address(cluster),
-                              handoff_uid=self.backend.handoff_uid(cluster),
-                              dashboard_key=cluster.dashboard_key)
+        self.routes.add_route(
+            cluster.name,
+            cluster.scheduler_address,
+            cluster.dashboard_address,
+            handoff=self.backend.handoff_address(cluster),
+            handoff_uid=self.backend.handoff_uid(cluster),
+            dashboard_key=cluster.dashboard_key,
+        )
 
     async def set_count(self, cluster: Cluster, count: int) -> None:
         """Record a count the scheduler has accepted, without waiting for its heartbeat."""
@@ -286,8 +303,10 @@ class Reconciler:
             req = HTTPRequest(
                 f"{cluster.api_address}/api/comm",
                 method="POST",
-                headers={"Authorization": f"token {cluster.token}",
-                         "Content-Type": "application/json"},
+                headers={
+                    "Authorization": f"token {cluster.token}",
+                    "Content-Type": "application/json",
+                },
                 body=json.dumps(msg),
                 request_timeout=10,
             )
@@ -299,10 +318,10 @@ class Reconciler:
                 await asyncio.sleep(delay)
                 delay *= 2
         if error is not None:
-            self.log.warning("Scheduler of cluster %s unreachable: %s", cluster.name, error,
-                             extra=about(cluster))
-            await self.stop_cluster(cluster, failed=True,
-                                    message=f"Scheduler unreachable: {error}")
+            self.log.warning(
+                "Scheduler of cluster %s unreachable: %s", cluster.name, error, extra=about(cluster)
+            )
+            await self.stop_cluster(cluster, failed=True, message=f"Scheduler unreachable: {error}")
         raise SchedulerUnreachable(f"cluster {cluster.name} is not running")
 
     # -- the reconcile loop ------------------------------------------------------------
@@ -324,15 +343,21 @@ class Reconciler:
                 raise
             except Exception as e:
                 n = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(self.settings.backoff_max_delay,
-                            self.settings.backoff_base_delay * 2**n)
+                delay = min(
+                    self.settings.backoff_max_delay, self.settings.backoff_base_delay * 2**n
+                )
                 if isinstance(e, StoreUnavailable):  # the store logged it; no traceback
                     delay = min(delay, STORE_RETRY_MAX_DELAY)
-                    self.log.debug("Database unavailable reconciling %s; retrying in %.1f s",
-                                   key, delay, extra=about(key[1]))
+                    self.log.debug(
+                        "Database unavailable reconciling %s; retrying in %.1f s",
+                        key,
+                        delay,
+                        extra=about(key[1]),
+                    )
                 else:
-                    self.log.exception("Error reconciling %s; retrying in %.1f s", key, delay,
-                                       extra=about(key[1]))
+                    self.log.exception(
+                        "Error reconciling %s; retrying in %.1f s", key, delay, extra=about(key[1])
+                    )
                 self.queue.put_after(key, delay)
             finally:
                 self.queue.task_done(key)
@@ -360,19 +385,25 @@ class Reconciler:
             )
         except Exception as e:
             if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
-                e = ("the backend did not start it within "
-                     f"{self.settings.cluster_start_timeout:g} s")
-            self.log.warning("Cluster %s failed to start: %s", cluster.name, e,
-                             extra=about(cluster))
-            await self.store.update_cluster(cluster, status=JobStatus.SUBMITTED,
-                                            target=JobStatus.FAILED,
-                                            message=f"Cluster failed to start: {e}")
+                e = f"the backend did not start it within {self.settings.cluster_start_timeout:g} s"
+            self.log.warning(
+                "Cluster %s failed to start: %s", cluster.name, e, extra=about(cluster)
+            )
+            await self.store.update_cluster(
+                cluster,
+                status=JobStatus.SUBMITTED,
+                target=JobStatus.FAILED,
+                message=f"Cluster failed to start: {e}",
+            )
             self.queue.put((CLUSTER, cluster.name))
             return
         # A fast scheduler may have heartbeated (and be RUNNING) before we got here.
         # Only the store knows the scheduler runs (its state says how to stop it): insist.
-        await self._until_stored(lambda: self.store.update_cluster(
-            cluster, status=max(cluster.status, JobStatus.SUBMITTED), state=state))
+        await self._until_stored(
+            lambda: self.store.update_cluster(
+                cluster, status=max(cluster.status, JobStatus.SUBMITTED), state=state
+            )
+        )
         if not cluster.is_active:  # stopped while starting
             self.queue.put((CLUSTER, cluster.name))
 
@@ -392,13 +423,18 @@ class Reconciler:
     async def _finish(self, cluster: Cluster) -> None:
         if cluster.target == JobStatus.FAILED:
             details = self.backend.failure_details(cluster)
-            self.log.warning("Cluster %s failed (%s).%s", cluster.name, cluster.message,
-                             f" End of its log:\n{details}" if details else "",
-                             extra=about(cluster))
+            self.log.warning(
+                "Cluster %s failed (%s).%s",
+                cluster.name,
+                cluster.message,
+                f" End of its log:\n{details}" if details else "",
+                extra=about(cluster),
+            )
         await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
         cluster.ready.set()
-        self.log.info("Cluster %s %s", cluster.name, cluster.status.name.lower(),
-                      extra=about(cluster))
+        self.log.info(
+            "Cluster %s %s", cluster.name, cluster.status.name.lower(), extra=about(cluster)
+        )
 
     async def _reconcile_worker(self, cluster: Cluster, worker: Worker) -> None:
         if worker.status.is_done:
@@ -407,19 +443,26 @@ class Reconciler:
             await self._stop_worker(cluster, worker, worker.target)
             self.queue.put((CLUSTER, cluster.name))
         elif worker.status == JobStatus.CREATED and cluster.status == JobStatus.RUNNING:
-            self.log.debug("Starting worker %s of cluster %s", worker.name, cluster.name,
-                           extra=about(cluster))
+            self.log.debug(
+                "Starting worker %s of cluster %s", worker.name, cluster.name, extra=about(cluster)
+            )
             try:
                 state = await asyncio.wait_for(
                     self.backend.start_worker(cluster, worker), self.settings.worker_start_timeout
                 )
             except Exception as e:
-                self.log.warning("Worker %s of cluster %s failed to start: %r",
-                                 worker.name, cluster.name, e, extra=about(cluster))
+                self.log.warning(
+                    "Worker %s of cluster %s failed to start: %r",
+                    worker.name,
+                    cluster.name,
+                    e,
+                    extra=about(cluster),
+                )
                 await self._worker_failed(cluster, worker)
                 return
-            await self._until_stored(lambda: self.store.update_worker(
-                worker, status=JobStatus.SUBMITTED, state=state))
+            await self._until_stored(
+                lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
+            )
             if worker.target != JobStatus.RUNNING:
                 self.queue.put((WORKER, cluster.name, worker.name))
 
@@ -447,8 +490,9 @@ class Reconciler:
         cluster.worker_start_failures += 1
         limit = self.settings.worker_start_failure_limit
         if cluster.worker_start_failures >= limit:
-            await self.stop_cluster(cluster, failed=True,
-                                    message=f"{limit} workers failed to start in a row")
+            await self.stop_cluster(
+                cluster, failed=True, message=f"{limit} workers failed to start in a row"
+            )
         else:
             self.queue.put((CLUSTER, cluster.name))
 
@@ -457,8 +501,9 @@ class Reconciler:
         """Catch what never reports back: starts that hang, heartbeats that stop, deaths."""
         s = self.settings
         last_cluster_check = last_worker_check = time.monotonic()
-        period = max(0.05, min(s.check_timeouts_period, s.cluster_status_period,
-                               s.worker_status_period))
+        period = max(
+            0.05, min(s.check_timeouts_period, s.cluster_status_period, s.worker_status_period)
+        )
         while True:
             await asyncio.sleep(period)
             try:
@@ -486,60 +531,92 @@ class Reconciler:
                 continue
             lifetime = cluster.config.get("max_lifetime") or 0
             if lifetime and now_wall - cluster.start_time > lifetime * 1000:
-                self.log.info("Cluster %s reached its maximum lifetime", cluster.name,
-                              extra=about(cluster))
+                self.log.info(
+                    "Cluster %s reached its maximum lifetime", cluster.name, extra=about(cluster)
+                )
                 await self.stop_cluster(
-                    cluster, message=f"Stopped at its maximum lifetime of {lifetime:g} s")
+                    cluster, message=f"Stopped at its maximum lifetime of {lifetime:g} s"
+                )
                 continue
-            if (cluster.status == JobStatus.SUBMITTED
-                    and now_wall - cluster.start_time > s.cluster_start_timeout * 1000):
+            if (
+                cluster.status == JobStatus.SUBMITTED
+                and now_wall - cluster.start_time > s.cluster_start_timeout * 1000
+            ):
                 await self.stop_cluster(
-                    cluster, failed=True,
-                    message=f"Cluster did not start within {s.cluster_start_timeout:g} s")
-            elif (cluster.status == JobStatus.RUNNING
-                  and now - cluster.last_heartbeat > s.cluster_heartbeat_timeout):
+                    cluster,
+                    failed=True,
+                    message=f"Cluster did not start within {s.cluster_start_timeout:g} s",
+                )
+            elif (
+                cluster.status == JobStatus.RUNNING
+                and now - cluster.last_heartbeat > s.cluster_heartbeat_timeout
+            ):
                 await self.stop_cluster(
-                    cluster, failed=True,
+                    cluster,
+                    failed=True,
                     message=f"No heartbeat from the scheduler for "
-                            f"{s.cluster_heartbeat_timeout:g} s")
+                    f"{s.cluster_heartbeat_timeout:g} s",
+                )
             elif cluster.status == JobStatus.RUNNING:
                 for worker in list(cluster.workers.values()):
-                    if (worker.status == JobStatus.SUBMITTED and worker.is_active
-                            and now_wall - worker.start_time > s.worker_start_timeout * 1000):
-                        self.log.warning("Worker %s of cluster %s did not start in time",
-                                         worker.name, cluster.name, extra=about(cluster))
+                    if (
+                        worker.status == JobStatus.SUBMITTED
+                        and worker.is_active
+                        and now_wall - worker.start_time > s.worker_start_timeout * 1000
+                    ):
+                        self.log.warning(
+                            "Worker %s of cluster %s did not start in time",
+                            worker.name,
+                            cluster.name,
+                            extra=about(cluster),
+                        )
                         await self._worker_failed(cluster, worker)
 
     async def _check_clusters(self) -> None:
-        clusters = [c for c in self.clusters.values()
-                    if c.is_active and c.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)]
+        clusters = [
+            c
+            for c in self.clusters.values()
+            if c.is_active and c.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+        ]
         if not clusters:
             return
         for cluster, alive in zip(clusters, await self.backend.check_clusters(clusters)):
             if not alive and cluster.is_active:
                 reason = self.backend.exit_reason(cluster)
-                self.log.warning("Scheduler of cluster %s exited%s", cluster.name,
-                                 f": {reason}" if reason else "", extra=about(cluster))
+                self.log.warning(
+                    "Scheduler of cluster %s exited%s",
+                    cluster.name,
+                    f": {reason}" if reason else "",
+                    extra=about(cluster),
+                )
                 await self.stop_cluster(
-                    cluster, failed=True,
-                    message="The scheduler exited unexpectedly" + (f": {reason}" if reason
-                                                                    else ""))
+                    cluster,
+                    failed=True,
+                    message="The scheduler exited unexpectedly" + (f": {reason}" if reason else ""),
+                )
 
     async def _check_workers(self) -> None:
         for cluster in list(self.clusters.values()):
             if not cluster.is_active or cluster.status != JobStatus.RUNNING:
                 continue
-            starting = [w for w in cluster.workers.values()
-                        if w.status == JobStatus.SUBMITTED and w.is_active]
+            starting = [
+                w
+                for w in cluster.workers.values()
+                if w.status == JobStatus.SUBMITTED and w.is_active
+            ]
             if not starting:
                 continue
             alive = await self.backend.check_workers(cluster, starting)
             for worker, ok in zip(starting, alive):
                 if not ok and worker.is_active and worker.status == JobStatus.SUBMITTED:
                     reason = self.backend.exit_reason(cluster, worker)
-                    self.log.warning("Worker %s of cluster %s exited while starting%s",
-                                     worker.name, cluster.name,
-                                     f": {reason}" if reason else "", extra=about(cluster))
+                    self.log.warning(
+                        "Worker %s of cluster %s exited while starting%s",
+                        worker.name,
+                        cluster.name,
+                        f": {reason}" if reason else "",
+                        extra=about(cluster),
+                    )
                     await self._worker_failed(cluster, worker)
 
     async def _cleanup_loop(self) -> None:

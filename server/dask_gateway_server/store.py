@@ -4,6 +4,7 @@ The database is the one source of truth; the in-memory objects are a cache of it
 ``load()`` at start-up. SQLAlchemy is synchronous, so every call runs on one dedicated thread:
 the event loop never blocks, and writes stay ordered.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,8 +65,18 @@ workers_table = sa.Table(
 )
 
 _CLUSTER_COLUMNS = {
-    "status", "target", "count", "options", "config", "state", "scheduler_address",
-    "dashboard_address", "api_address", "message", "start_time", "stop_time",
+    "status",
+    "target",
+    "count",
+    "options",
+    "config",
+    "state",
+    "scheduler_address",
+    "dashboard_address",
+    "api_address",
+    "message",
+    "start_time",
+    "stop_time",
 }
 _WORKER_COLUMNS = {"status", "target", "state", "close_expected", "start_time", "stop_time"}
 
@@ -118,8 +129,9 @@ class StoreUnavailable(StoreError):
 class Store:
     """Async facade over the database; every public method runs off the event loop."""
 
-    def __init__(self, url: str, encrypt_keys: list[bytes], echo: bool = False,
-                 timeout: float = 10.0):
+    def __init__(
+        self, url: str, encrypt_keys: list[bytes], echo: bool = False, timeout: float = 10.0
+    ):
         """``timeout``: seconds one operation may wait for a lock (SQLite) or a connection
         (PostgreSQL) before it fails with StoreUnavailable, so no request hangs on it."""
         if not encrypt_keys:
@@ -157,8 +169,10 @@ class Store:
                 "nothing was changed, try again shortly"
             ) from None
         if self._down_since is not None:
-            log.warning("The gateway's database is available again after %.1f s",
-                        time.monotonic() - self._down_since)
+            log.warning(
+                "The gateway's database is available again after %.1f s",
+                time.monotonic() - self._down_since,
+            )
             self._down_since = None
         return result
 
@@ -185,8 +199,10 @@ class Store:
             rows = conn.execute(sa.select(c.id, c.token, c.tls_credentials)).all()
             for row in rows:
                 try:
-                    values = {"token": self.fernet.rotate(row.token),
-                              "tls_credentials": self.fernet.rotate(row.tls_credentials)}
+                    values = {
+                        "token": self.fernet.rotate(row.token),
+                        "tls_credentials": self.fernet.rotate(row.tls_credentials),
+                    }
                 except InvalidToken:
                     raise StoreError(
                         "Cannot decrypt data in the database: none of the encryption keys fits"

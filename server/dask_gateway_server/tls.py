@@ -3,6 +3,7 @@
 One self-signed pair serves as CA, scheduler, worker and client certificate, so that whoever
 holds it (the owner, through the API) can talk to the cluster and nobody else can.
 """
+
 from __future__ import annotations
 
 import datetime

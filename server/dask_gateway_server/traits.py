@@ -1,4 +1,5 @@
 """Trait types shared by the configurable classes."""
+
 from __future__ import annotations
 
 import math

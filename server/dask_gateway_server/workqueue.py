@@ -1,4 +1,5 @@
 """A queue of keys to reconcile: each key is queued once, and never handled twice at once."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """A real gateway running as root with LocalBackend, and distinct local users to attack it."""
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,11 @@ def shared_python(local_users) -> str:
     """A Python every user can run (schedulers and workers run as their users)."""
     python = f"{SHARED_VENV}/bin/python"
     assert os.path.exists(python), (
-        f"{python} is missing: scripts/test.sh builds it (DASK_GATEWAY_TEST_SHARED_VENV)")
-    check = run_as(ALICE, "import distributed, bokeh, dask_gateway.scheduler_preload",
-                   python=python)
+        f"{python} is missing: scripts/test.sh builds it (DASK_GATEWAY_TEST_SHARED_VENV)"
+    )
+    check = run_as(
+        ALICE, "import distributed, bokeh, dask_gateway.scheduler_preload", python=python
+    )
     assert check.returncode == 0, f"{ALICE} cannot run {python}: {check.stderr}"
     return python
 
@@ -62,11 +65,16 @@ def make_root_gateway(shared_python, public_tmp, tmp_path):
     """Start gateways as root with LocalBackend, clusters under ``public_tmp``."""
     started: list[GatewayProcess] = []
 
-    def make(extra_args: list[str] | None = None, config: Path = CONFIG,
-             clusters_dir: Path | None = None) -> GatewayProcess:
-        gw = GatewayProcess(tmp_path / f"gw{len(started)}", extra_args, config=config,
-                            python=shared_python,
-                            clusters_dir=clusters_dir or public_tmp / "clusters")
+    def make(
+        extra_args: list[str] | None = None, config: Path = CONFIG, clusters_dir: Path | None = None
+    ) -> GatewayProcess:
+        gw = GatewayProcess(
+            tmp_path / f"gw{len(started)}",
+            extra_args,
+            config=config,
+            python=shared_python,
+            clusters_dir=clusters_dir or public_tmp / "clusters",
+        )
         started.append(gw)
         gw.start(timeout=60)
         return gw
@@ -103,4 +111,3 @@ def as_user(root_gateway):
         except Exception:
             pass
         g.close()
-

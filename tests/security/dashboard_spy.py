@@ -2,6 +2,7 @@
 (run there with ``in_scheduler``) that records every request it gets, and an attack page its
 dashboard serves, whose script tries to act as the viewer; and a headless Chromium to open
 it as a viewer would."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from jupyterlab_harness import CHROMIUM, CHROMIUM_ARGS
 #: Installs the spy in the scheduler: ``_spy_seen`` (path and headers of every request the
 #: scheduler's web server gets), ``/attack`` (PAGE, with a planted cookie) and ``/report``
 #: (where the page's script sends what it got).
-INSTALL = r'''
+INSTALL = r"""
 import json
 from tornado import web
 
@@ -42,7 +43,7 @@ if not hasattr(dask_scheduler, "_spy_seen"):
     app.add_handlers(".*$", [(r"/attack", Attack), (r"/report", Report)])
 dask_scheduler._spy_page = PAGE
 result = True
-'''
+"""
 
 _PAGE = """<!doctype html><html><body><div id="out">running</div><script>
 (async () => {
@@ -115,7 +116,8 @@ def wait_attack_done(page, timeout_ms: int = 60_000) -> None:
     """Until the attack page's script has tried everything and reported to its owner."""
     try:
         page.wait_for_function(
-            "() => document.getElementById('out').textContent !== 'running'", timeout=timeout_ms)
+            "() => document.getElementById('out').textContent !== 'running'", timeout=timeout_ms
+        )
     finally:
         text = page.evaluate("() => document.getElementById('out').textContent")
     assert text == "done", (text, page.console_lines)
@@ -130,9 +132,10 @@ def assert_bokeh_live(page, ws_part: str, timeout_ms: int = 120_000) -> None:
     ``ws_part``."""
     try:
         page.wait_for_function(BOKEH_RENDERED, timeout=timeout_ms)
-    except Exception as e:  # noqa: BLE001 - say what the page showed
-        raise AssertionError(f"no bokeh document at {page.url}: {e}\n{page.console_lines}\n"
-                             f"{page.content()[:3000]}") from None
+    except Exception as e:
+        raise AssertionError(
+            f"no bokeh document at {page.url}: {e}\n{page.console_lines}\n{page.content()[:3000]}"
+        ) from None
     waited = 0
     while waited < timeout_ms:
         live = [s for s in page.sockets if ws_part in s["url"] and s["frames"] > 0]

@@ -2,6 +2,7 @@
 connect to (loopback here, every interface of a Slurm node). Another user must not read it
 there, past the gateway's access check: the scheduler's HTTP server answers only requests
 carrying the cluster's dashboard key, which only the gateway's proxy adds."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,16 @@ from users import ADMIN, ALICE, BOB, in_scheduler, run_as
 
 #: Pages of every kind the scheduler's HTTP server has: distributed's own routes, the
 #: Bokeh server's documents, JSON, its info pages, Prometheus metrics.
-PAGES = ["/status", "/individual-plots.json", "/individual-task-stream", "/workers",
-         "/info/main/workers.html", "/sitemap.json", "/metrics", "/health"]
+PAGES = [
+    "/status",
+    "/individual-plots.json",
+    "/individual-task-stream",
+    "/workers",
+    "/info/main/workers.html",
+    "/sitemap.json",
+    "/metrics",
+    "/health",
+]
 
 #: Run as bob: fetch each page of alice's dashboard straight from its port (without and
 #: with a made-up key), and open Bokeh's websocket there; print the status of each.
@@ -50,10 +59,12 @@ async def _pull_bokeh_document(page_url: str, headers: dict) -> dict:
     assert page.status == 200, (page.status, page.body[:300])
     html = page.body.decode()
     token = re.search(r'"token":\s*"([^"]+)"', html).group(1)
-    ws_url = "ws" + page_url[len("http"):] + "/ws"
-    conn = await websocket.websocket_connect(HTTPRequest(ws_url, headers=headers),
-                                             subprotocols=["bokeh", token])
+    ws_url = "ws" + page_url[len("http") :] + "/ws"
+    conn = await websocket.websocket_connect(
+        HTTPRequest(ws_url, headers=headers), subprotocols=["bokeh", token]
+    )
     try:
+
         async def message() -> tuple[dict, dict]:
             header = json.loads(await conn.read_message())
             await conn.read_message()  # metadata
@@ -79,7 +90,8 @@ def test_other_users_cannot_read_a_dashboard_past_the_gateway(root_gateway, as_u
     cluster = alice.new_cluster()
     with cluster.get_client(set_as_default=False) as client:
         host, port = in_scheduler(
-            client, "s = dask_scheduler.http_server; result = (s.address, s.port)")
+            client, "s = dask_scheduler.http_server; result = (s.address, s.port)"
+        )
     assert host == "127.0.0.1"  # a loopback port: every local user can connect to it
 
     # The attack: bob reads alice's dashboard straight from its port.
@@ -104,7 +116,8 @@ def test_other_users_cannot_read_a_dashboard_past_the_gateway(root_gateway, as_u
     # ...and bob, through the gateway, is refused by the gateway's own check.
     assert call("GET", f"{base}/status", headers=basic(BOB)).status == 403
     # A key bob puts in his request is not passed on as if it were the gateway's.
-    forged = call("GET", f"{base}/status",
-                  headers={**basic(ALICE), "X-Dask-Gateway-Dashboard-Key": "0" * 64})
+    forged = call(
+        "GET", f"{base}/status", headers={**basic(ALICE), "X-Dask-Gateway-Dashboard-Key": "0" * 64}
+    )
     assert forged.status == 200
     cluster.shutdown()

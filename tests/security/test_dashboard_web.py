@@ -4,6 +4,7 @@ Findings 2 and 3 of the security review, performed for real: alice's scheduler r
 request it gets and serves an attack page; the admin opens her dashboard through the gateway
 and through their Jupyter server's relay, with raw HTTP and in headless Chromium.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,6 +38,8 @@ def root_gateway(make_root_gateway):
     """Rendering a dashboard can hold a busy scheduler's loop for seconds: the shared
     configuration's 4 s without a heartbeat would fail the cluster meanwhile."""
     return make_root_gateway(["--LocalBackend.cluster_heartbeat_timeout=60"])
+
+
 SESSION = "dask-gateway-session"
 
 
@@ -68,17 +71,17 @@ def has_bokeh_document(html: bytes) -> bool:
 
 async def _open_ws(url: str, headers: dict) -> None:
     try:
-        conn = await websocket_connect(HTTPRequest(url, headers=headers, request_timeout=30),
-                                       subprotocols=["bokeh"])
+        conn = await websocket_connect(
+            HTTPRequest(url, headers=headers, request_timeout=30), subprotocols=["bokeh"]
+        )
         conn.close()
-    except Exception:  # noqa: BLE001, S110 - bokeh may refuse it: the request got there
+    except Exception:
         pass
 
 
 def wait_running(gw, name: str, user: str) -> dict:
     for _ in range(600):
-        model = call("GET", f"{gw.address}/api/v1/clusters/{name}?wait",
-                     headers=basic(user)).json()
+        model = call("GET", f"{gw.address}/api/v1/clusters/{name}?wait", headers=basic(user)).json()
         if model["status"] == "RUNNING":
             return model
         time.sleep(0.1)
@@ -91,16 +94,20 @@ def test_viewer_credentials_never_reach_the_owners_scheduler(root_gateway, as_us
     gw = root_gateway.address
     admin_cookie = session_cookie(root_gateway, ADMIN)
     admin_basic = basic(ADMIN)["Authorization"]
-    jupyter = JupyterServerProcess(tmp_path / "admin-jupyter", gateway_env(gw, ADMIN),
-                                   token="admin-jupyter-secret-token")
+    jupyter = JupyterServerProcess(
+        tmp_path / "admin-jupyter", gateway_env(gw, ADMIN), token="admin-jupyter-secret-token"
+    )
     with cluster.get_client() as client:
         assert in_scheduler(client, install_source([]))
         in_scheduler(client, CLEAR)
         base = f"{gw}/clusters/{cluster.name}"
         # The admin opens alice's dashboard through the gateway: credentials, a session
         # cookie, a proxy's credentials; then bokeh's websocket with all of them.
-        creds = {"Authorization": admin_basic, "Cookie": admin_cookie,
-                 "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0"}
+        creds = {
+            "Authorization": admin_basic,
+            "Cookie": admin_cookie,
+            "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+        }
         status, headers, body = raw("GET", f"{base}/status", creds)
         assert status == 200 and has_bokeh_document(body)
         assert "sandbox" in headers["Content-Security-Policy"]
@@ -108,7 +115,7 @@ def test_viewer_credentials_never_reach_the_owners_scheduler(root_gateway, as_us
         assert status == 200
         # What the owner's code sets is not set on the viewer's browser.
         assert not [c for c in headers.get_all("Set-Cookie") or [] if "planted" in c]
-        ws = "ws" + base[len("http"):] + "/status/ws"
+        ws = "ws" + base[len("http") :] + "/status/ws"
         asyncio.run(_open_ws(ws, creds))
         # ... and through the Jupyter relay of the admin's own server, which adds the admin's
         # gateway credentials itself (and a link may carry the Jupyter token).
@@ -117,7 +124,7 @@ def test_viewer_credentials_never_reach_the_owners_scheduler(root_gateway, as_us
             relay = f"{jupyter.url}/dask-gateway/dashboard/{cluster.name}"
             page = httpx.get(f"{relay}/status", params={"token": jupyter.token}, timeout=60)
             assert page.status_code == 200 and has_bokeh_document(page.content), page.text
-            relay_ws = "ws" + relay[len("http"):] + f"/status/ws?token={jupyter.token}"
+            relay_ws = "ws" + relay[len("http") :] + f"/status/ws?token={jupyter.token}"
             asyncio.run(_open_ws(relay_ws, {}))
         finally:
             jupyter.stop()
@@ -125,8 +132,13 @@ def test_viewer_credentials_never_reach_the_owners_scheduler(root_gateway, as_us
 
     paths = [s["path"] for s in seen]
     assert paths.count("/status") >= 2 and "/attack" in paths and "/status/ws" in paths, paths
-    secrets = [admin_cookie.split("=", 1)[1], admin_basic.split()[1], "cHJveHk6c2VjcmV0",
-               jupyter.token, base64.b64encode(f"{ADMIN}:".encode()).decode()]
+    secrets = [
+        admin_cookie.split("=", 1)[1],
+        admin_basic.split()[1],
+        "cHJveHk6c2VjcmV0",
+        jupyter.token,
+        base64.b64encode(f"{ADMIN}:".encode()).decode(),
+    ]
     for request in seen:
         names = {k.lower() for k, _ in request["headers"]}
         assert not names & {"authorization", "cookie", "proxy-authorization"}, request
@@ -134,8 +146,16 @@ def test_viewer_credentials_never_reach_the_owners_scheduler(root_gateway, as_us
         assert not [s for s in secrets if s in text], request
 
     # Alice replays whatever her scheduler captured: none of it lists everyone's clusters.
-    skip = {"host", "content-length", "connection", "upgrade", "sec-websocket-key",
-            "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
+    skip = {
+        "host",
+        "content-length",
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
     for request in seen:
         replay = {k: v for k, v in request["headers"] if k.lower() not in skip}
         r = call("GET", f"{gw}/api/v1/clusters/?all=1", headers=replay)
@@ -210,16 +230,24 @@ def test_cookie_only_writes_are_refused(root_gateway, as_user):
         assert call("GET", url, headers=only_cookie).status == 200  # reads stay cookie-only
     # Credentials a browser remembers are as ambient as a cookie: writes from another site
     # (or a sandboxed dashboard, Origin "null") are refused whatever they carry.
-    for extra in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                  {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+    for extra in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ):
         r = call("POST", url + "/scale", {"count": 1}, {**basic(ALICE), **extra})
         assert r.status == 403, (extra, r.body)
         assert call("DELETE", url, headers={**basic(ADMIN), **extra}).status == 403
     same = {"Origin": gw, "Sec-Fetch-Site": "same-origin"}
     assert call("POST", url + "/scale", {"count": 0}, {**basic(ALICE), **same}).status == 200
     # With the header, the cookie is its owner's: alice scales, bob may not, the admin stops.
-    assert call("POST", url + "/scale", {"count": 1},
-                {"Cookie": cookies[ALICE], **CLIENT_HEADER}).status == 200
+    assert (
+        call(
+            "POST", url + "/scale", {"count": 1}, {"Cookie": cookies[ALICE], **CLIENT_HEADER}
+        ).status
+        == 200
+    )
     r = call("POST", url + "/scale", {"count": 1}, {"Cookie": cookies[BOB], **CLIENT_HEADER})
     assert r.status == 403
     assert call("DELETE", url, headers={"Cookie": cookies[BOB], **CLIENT_HEADER}).status == 403
@@ -227,8 +255,12 @@ def test_cookie_only_writes_are_refused(root_gateway, as_user):
     # Our client reuses its session cookie for writes: scaling and stopping still work.
     other = alice.new_cluster()
     other.scale(1)
-    assert call("GET", f"{gw}/api/v1/clusters/{other.name}/workers",
-                headers=basic(ALICE)).json()["requested"] == 1
+    assert (
+        call("GET", f"{gw}/api/v1/clusters/{other.name}/workers", headers=basic(ALICE)).json()[
+            "requested"
+        ]
+        == 1
+    )
     other.shutdown()
     assert alice.list_clusters() == []
 
@@ -237,8 +269,11 @@ ATTACK_ON_GATEWAY = [
     ("list", "/api/v1/clusters/?all=1", {}),
     ("delete", "/api/v1/clusters/BOB", {"method": "DELETE"}),
     ("scale", "/api/v1/clusters/BOB/scale", {"method": "POST", "body": '{"count": 2}'}),
-    ("scale_nocors", "/api/v1/clusters/BOB/scale",
-     {"method": "POST", "mode": "no-cors", "body": '{"count": 2}'}),
+    (
+        "scale_nocors",
+        "/api/v1/clusters/BOB/scale",
+        {"method": "POST", "mode": "no-cors", "body": '{"count": 2}'},
+    ),
     ("create_nocors", "/api/v1/clusters/", {"method": "POST", "mode": "no-cors", "body": "{}"}),
 ]
 
@@ -253,8 +288,9 @@ def _assert_attack_failed(report: dict, secret_names: list[str]) -> None:
             continue
         # Either the browser refused (no CORS for an opaque origin), or the gateway did;
         # never a readable answer holding anyone's clusters.
-        assert "error" in outcome or outcome["type"] == "opaque" \
-            or outcome["status"] in (401, 403), (key, outcome)
+        assert (
+            "error" in outcome or outcome["type"] == "opaque" or outcome["status"] in (401, 403)
+        ), (key, outcome)
         assert not [n for n in secret_names if n in outcome.get("body", "")], (key, outcome)
     assert report["cookie"].startswith("error") and report["storage"].startswith("error")
 
@@ -294,8 +330,11 @@ ATTACK_ON_JUPYTER = [
     ("kernel", "/api/kernels", {"method": "POST", "body": "{}"}),
     ("list", "/dask-gateway/clusters", {}),
     ("delete", "/dask-gateway/clusters/BOB", {"method": "DELETE"}),
-    ("scale_nocors", "/dask-gateway/clusters/BOB/scale",
-     {"method": "POST", "mode": "no-cors", "body": '{"count": 2}'}),
+    (
+        "scale_nocors",
+        "/dask-gateway/clusters/BOB/scale",
+        {"method": "POST", "mode": "no-cors", "body": '{"count": 2}'},
+    ),
 ]
 
 
@@ -305,8 +344,9 @@ def test_relayed_dashboard_script_cannot_act_as_the_viewer(root_gateway, as_user
     ca, cb = alice.new_cluster(), bob.new_cluster()
     gw = root_gateway.address
     wait_running(root_gateway, cb.name, BOB)
-    jupyter = JupyterServerProcess(tmp_path / "admin-jupyter", gateway_env(gw, ADMIN),
-                                   token="admin-jupyter-secret-token")
+    jupyter = JupyterServerProcess(
+        tmp_path / "admin-jupyter", gateway_env(gw, ADMIN), token="admin-jupyter-secret-token"
+    )
     jupyter.start()
     try:
         with ca.get_client() as client:
@@ -331,12 +371,16 @@ def test_relayed_dashboard_script_cannot_act_as_the_viewer(root_gateway, as_user
             seen = in_scheduler(client, SEEN)
         assert len(reports) == 1, reports
         _assert_attack_failed(reports[0], [ca.name, cb.name])
-        kernels = httpx.get(f"{jupyter.url}/api/kernels",
-                            headers={"Authorization": f"token {jupyter.token}"}, timeout=30)
+        kernels = httpx.get(
+            f"{jupyter.url}/api/kernels",
+            headers={"Authorization": f"token {jupyter.token}"},
+            timeout=30,
+        )
         assert kernels.status_code == 200 and kernels.json() == []
         assert not [s for s in seen if jupyter.token in repr(s)]
-        assert not [s for s in seen
-                    if {k.lower() for k, _ in s["headers"]} & {"authorization", "cookie"}]
+        assert not [
+            s for s in seen if {k.lower() for k, _ in s["headers"]} & {"authorization", "cookie"}
+        ]
     finally:
         jupyter.stop()
     workers = call("GET", f"{gw}/api/v1/clusters/{cb.name}/workers", headers=basic(BOB))

@@ -6,6 +6,7 @@ that process ever held is in every child's memory, which the child's user may re
 the hub's token) nor any cluster's (the environment of each process it forks). And, run as
 root, it must not import a Python environment someone else can write to.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,13 @@ import textwrap
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from waiting import wait_for
-
 from users import ALICE, BOB, SHARED_VENV, in_scheduler, run_as, user_gateway
+from waiting import wait_for
 
 # Searches a process's memory for secrets given in two halves each (so that the search itself
 # never holds a whole secret); also its initial environment. Run by a user's scheduler on
 # itself, as its code could.
-SCAN = '''
+SCAN = """
 def scan(pid, halves):
     found = set()
     if pid == "self":  # a process that dropped root is not dumpable; it may make itself so
@@ -57,11 +57,11 @@ def scan(pid, halves):
             if i >= 0 and environ.startswith(b, i + len(a)):
                 found.add(label)
     return sorted(found)
-'''
+"""
 
 
 def _halves(secrets: dict[str, str]) -> dict[str, tuple[bytes, bytes]]:
-    return {k: (v[: len(v) // 2].encode(), v[len(v) // 2:].encode()) for k, v in secrets.items()}
+    return {k: (v[: len(v) // 2].encode(), v[len(v) // 2 :].encode()) for k, v in secrets.items()}
 
 
 def _scan_here(pid: int, secrets: dict[str, str]) -> list[str]:
@@ -80,14 +80,18 @@ def _fork_servers(gw, python: str) -> list[int]:
                 ppid = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
             except OSError:
                 continue
-            if ppid == gw.proc.pid and cmdline[:1] == [python.encode()] and any(
-                    a.endswith(b"/zygote.py") for a in cmdline):
+            if (
+                ppid == gw.proc.pid
+                and cmdline[:1] == [python.encode()]
+                and any(a.endswith(b"/zygote.py") for a in cmdline)
+            ):
                 pids.append(int(entry.name))
     return pids
 
 
-def test_no_gateway_or_other_cluster_secret_in_a_users_memory(make_root_gateway, monkeypatch,
-                                                              shared_python):
+def test_no_gateway_or_other_cluster_secret_in_a_users_memory(
+    make_root_gateway, monkeypatch, shared_python
+):
     secrets = {
         "DASK_GATEWAY_ENCRYPT_KEYS": Fernet.generate_key().decode(),
         "JUPYTERHUB_API_TOKEN": "hub-token-" + os.urandom(16).hex(),
@@ -101,10 +105,14 @@ def test_no_gateway_or_other_cluster_secret_in_a_users_memory(make_root_gateway,
         bobs = bob.new_cluster()
         with bobs.get_client() as client:
             secrets["bob's cluster token"] = in_scheduler(
-                client, "import os; result = os.environ['DASK_GATEWAY_API_TOKEN']")
+                client, "import os; result = os.environ['DASK_GATEWAY_API_TOKEN']"
+            )
         cluster = alice.new_cluster()
         with cluster.get_client() as client:
-            found = in_scheduler(client, SCAN + textwrap.dedent(f"""
+            found = in_scheduler(
+                client,
+                SCAN
+                + textwrap.dedent(f"""
                 import os
                 halves = {_halves(secrets)!r}
                 own = os.environ["DASK_GATEWAY_API_TOKEN"]  # found: the search works
@@ -113,7 +121,8 @@ def test_no_gateway_or_other_cluster_secret_in_a_users_memory(make_root_gateway,
                 with open("/proc/self/cmdline", "rb") as f:
                     forked = b"[dask-gateway cluster" in f.read()
                 result = forked, os.getuid(), scan("self", halves)
-            """))
+            """),
+            )
             forked, uid, leaked = found
             assert forked, "alice's scheduler did not come from the fork server"
             assert uid != 0
@@ -144,7 +153,8 @@ c.Backend.cluster_options = Options(
 
 
 def test_root_fork_server_never_imports_a_user_writable_environment(
-        make_root_gateway, public_tmp, tmp_path, local_users):
+    make_root_gateway, public_tmp, tmp_path, local_users
+):
     """Bob makes a Python environment of his own (a venv using the shared packages) and gets
     it offered; a line of his in it runs when Python starts. The gateway, as root, must not
     start a fork server of it (that would run bob's line as root)."""
@@ -152,7 +162,9 @@ def test_root_fork_server_never_imports_a_user_writable_environment(
     tmp.mkdir()
     tmp.chmod(0o1777)
     bobenv = tmp / "bobenv"
-    made = run_as(BOB, textwrap.dedent(f"""
+    made = run_as(
+        BOB,
+        textwrap.dedent(f"""
         import glob, os, subprocess, sys
         subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", {str(bobenv)!r}],
                        check=True)
@@ -162,13 +174,19 @@ def test_root_fork_server_never_imports_a_user_writable_environment(
             f.write(shared + "\\n")
         with open(site + "/zz_bob.pth", "w") as f:
             f.write("import os; open({str(tmp)!r} + '/ran-as-%d' % os.getuid(), 'a').close()\\n")
-    """), timeout=120)
+    """),
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
     bobs_python = str(bobenv / "bin" / "python")
     config = tmp_path / "writable_env_config.py"
-    config.write_text(WRITABLE_ENV_CONFIG.format(
-        base=str(Path(__file__).parent / "gateway_config.py"),
-        shared=f"{SHARED_VENV}/bin/python", bobs=bobs_python))
+    config.write_text(
+        WRITABLE_ENV_CONFIG.format(
+            base=str(Path(__file__).parent / "gateway_config.py"),
+            shared=f"{SHARED_VENV}/bin/python",
+            bobs=bobs_python,
+        )
+    )
     gw = make_root_gateway(config=config)
     alice = user_gateway(gw, ALICE)
     try:
@@ -186,5 +204,8 @@ def test_root_fork_server_never_imports_a_user_writable_environment(
     assert f"No fork server for {bobs_python}" in gw.log()
     assert f"is owned by {BOB}" in gw.log()
     # The shared environment, root's alone, still has its fork server.
-    wait_for(lambda: _fork_servers(gw, f"{SHARED_VENV}/bin/python"), timeout=30,
-             what="the shared environment's fork server")
+    wait_for(
+        lambda: _fork_servers(gw, f"{SHARED_VENV}/bin/python"),
+        timeout=30,
+        what="the shared environment's fork server",
+    )

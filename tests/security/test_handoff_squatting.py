@@ -5,6 +5,7 @@ socket, which has no file permissions: once the scheduler's listener is gone (th
 died, or closed it) anyone on the machine who knows the name may bind it and would receive
 the clients' connections.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -58,7 +59,11 @@ def test_squatter_gets_no_client_connection(root_gateway, as_user):
     assert name.startswith("@dask-gateway-")
     squatter = subprocess.Popen(
         ["runuser", "-u", BOB, "--", f"{SHARED_VENV}/bin/python", "-c", SQUAT, name, "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
     try:
         assert squatter.stdout.readline().strip() == "listening", squatter.stderr.read()
         # Alice connects: the proxy finds bob's listener on the name, and must pass nothing.

@@ -2,17 +2,19 @@
 dashboard, its scheduler, its API). Whoever holds the cluster's token (its owner's code)
 must not point the gateway at anything else: another user's service, the gateway's own
 ports, a metadata address. Addresses are confirmed by the backend once, and never move."""
+
 from __future__ import annotations
 
 import asyncio
 import subprocess
 
 import pytest
+from http_helpers import basic, call
+from users import ADMIN, ALICE, BOB, SHARED_VENV, in_scheduler
+
 from dask_gateway_server.addresses import AddressRefused, parse_address
 from dask_gateway_server.backends.local import LocalBackend
 from dask_gateway_server.models import Cluster
-from http_helpers import basic, call
-from users import ADMIN, ALICE, BOB, SHARED_VENV, in_scheduler
 
 #: Run in alice's scheduler: heartbeats as its preload sends them, but with addresses of
 #: her choosing, sent with the cluster's own token. Result: (status, error) of each.
@@ -58,8 +60,12 @@ def serve_as():
     procs = []
 
     def start(user: str) -> int:
-        proc = subprocess.Popen(["runuser", "-u", user, "--", f"{SHARED_VENV}/bin/python",
-                                 "-c", SERVE], stdout=subprocess.PIPE, text=True, cwd="/")
+        proc = subprocess.Popen(
+            ["runuser", "-u", user, "--", f"{SHARED_VENV}/bin/python", "-c", SERVE],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
         procs.append(proc)
         return int(proc.stdout.readline())
 
@@ -70,8 +76,11 @@ def serve_as():
 
 
 def _dashboard_page(gw, name: str, user: str) -> bytes:
-    r = call("GET", f"{gw.address}/clusters/{name}/status",
-             headers={**basic(user), "Accept": "text/html"})
+    r = call(
+        "GET",
+        f"{gw.address}/clusters/{name}/status",
+        headers={**basic(user), "Accept": "text/html"},
+    )
     assert r.status == 200, (r.status, r.body[:300])
     return r.body
 
@@ -82,8 +91,9 @@ def test_a_heartbeat_cannot_move_a_clusters_addresses(root_gateway, as_user, ser
     cluster = alice.new_cluster()
     name = cluster.name
     with cluster.get_client(set_as_default=False) as client:
-        real = in_scheduler(client, "result = dask_scheduler.dask_gateway_service"
-                                    ".build_heartbeat()")
+        real = in_scheduler(
+            client, "result = dask_scheduler.dask_gateway_service.build_heartbeat()"
+        )
         changes = [
             {"dashboard_address": f"http://127.0.0.1:{bob_port}"},  # bob's service
             {"dashboard_address": f"http://127.0.0.1:{root_gateway.port}"},  # the gateway's
@@ -106,13 +116,17 @@ def test_a_heartbeat_cannot_move_a_clusters_addresses(root_gateway, as_user, ser
             page = _dashboard_page(root_gateway, name, user)
             assert b"private service" not in page and b"bokeh" in page.lower()
         assert call("GET", f"http://127.0.0.1:{bob_port}/").body == (
-            f"the private service of {BOB}".encode())
+            f"the private service of {BOB}".encode()
+        )
         cluster.scale(1)
         client.wait_for_workers(1, timeout=60)
         assert client.submit(sum, [1, 2, 3]).result() == 6
-        assert in_scheduler(client, "result = dask_scheduler.dask_gateway_service"
-                                    ".build_heartbeat()")["dashboard_address"] == (
-            real["dashboard_address"])
+        assert (
+            in_scheduler(client, "result = dask_scheduler.dask_gateway_service.build_heartbeat()")[
+                "dashboard_address"
+            ]
+            == (real["dashboard_address"])
+        )
     cluster.shutdown()
 
 
@@ -126,29 +140,41 @@ def test_local_backend_confirms_only_the_clusters_own_sockets(root_gateway, as_u
     alice = as_user(ALICE)
     cluster = alice.new_cluster()
     with cluster.get_client(set_as_default=False) as client:
-        real = in_scheduler(client, "result = dask_scheduler.dask_gateway_service"
-                                    ".build_heartbeat()")
+        real = in_scheduler(
+            client, "result = dask_scheduler.dask_gateway_service.build_heartbeat()"
+        )
     backend = LocalBackend(clusters_directory=str(root_gateway.clusters_dir))
-    record = Cluster(name=cluster.name, username=ALICE, token="t", options={}, config={},
-                     tls_cert=b"", tls_key=b"")
+    record = Cluster(
+        name=cluster.name,
+        username=ALICE,
+        token="t",
+        options={},
+        config={},
+        tls_cert=b"",
+        tls_key=b"",
+    )
 
     def check(**change) -> None:
         msg = {**real, **change}
-        parsed = [parse_address(k, msg[k]) for k in
-                  ("scheduler_address", "dashboard_address", "api_address")]
+        parsed = [
+            parse_address(k, msg[k])
+            for k in ("scheduler_address", "dashboard_address", "api_address")
+        ]
         asyncio.run(backend.validate_addresses(record, [p for p in parsed if p]))
 
     check()  # the scheduler's own addresses
-    for change in ({"dashboard_address": f"http://127.0.0.1:{bob_port}"},
-                   {"dashboard_address": f"http://127.0.0.1:{root_gateway.port}"},
-                   {"api_address": f"http://127.0.0.1:{alice_elsewhere}"},
-                   {"scheduler_address": f"tls://127.0.0.1:{root_gateway.port}"},
-                   {"dashboard_address": "http://169.254.169.254:80"},
-                   {"dashboard_address": "http://[fd00:ec2::254]:80"},
-                   {"dashboard_address": "http://[::ffff:169.254.169.254]:80"},
-                   {"scheduler_address": "tls://0.0.0.0:8786"},
-                   {"dashboard_address": "http://localhost:8787"},
-                   {"dashboard_address": "http://10.255.255.1:8787"}):  # not this host
+    for change in (
+        {"dashboard_address": f"http://127.0.0.1:{bob_port}"},
+        {"dashboard_address": f"http://127.0.0.1:{root_gateway.port}"},
+        {"api_address": f"http://127.0.0.1:{alice_elsewhere}"},
+        {"scheduler_address": f"tls://127.0.0.1:{root_gateway.port}"},
+        {"dashboard_address": "http://169.254.169.254:80"},
+        {"dashboard_address": "http://[fd00:ec2::254]:80"},
+        {"dashboard_address": "http://[::ffff:169.254.169.254]:80"},
+        {"scheduler_address": "tls://0.0.0.0:8786"},
+        {"dashboard_address": "http://localhost:8787"},
+        {"dashboard_address": "http://10.255.255.1:8787"},
+    ):  # not this host
         with pytest.raises(AddressRefused):
             check(**change)
     cluster.shutdown()

@@ -6,6 +6,7 @@ The test KDC (scripts/services/start-kdc.sh) serves one realm, TEST.DASK. A prin
 another realm is played by the same ticket against a gateway configured for another realm:
 to that gateway, TEST.DASK is the foreign realm.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,22 +28,31 @@ LIST_CLUSTERS = textwrap.dedent("""
 def keytab():
     path = os.environ.get("TEST_KEYTAB")
     if not path or not os.path.exists(path):
-        pytest.fail("No test KDC: start one with scripts/services/start-kdc.sh "
-                    "(scripts/test.sh does this)")
+        pytest.fail(
+            "No test KDC: start one with scripts/services/start-kdc.sh (scripts/test.sh does this)"
+        )
     return path
 
 
 def _as_alice(gw, tmp_path) -> subprocess.CompletedProcess:
     env = dict(os.environ, KRB5CCNAME=f"FILE:{tmp_path / 'alice.cc'}")
-    subprocess.run(["kinit", "alice"], input="pw-alice\n", text=True, env=env, check=True,
-                   capture_output=True)
-    return subprocess.run([sys.executable, "-c", LIST_CLUSTERS, gw.address], env=env,
-                          capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        ["kinit", "alice"], input="pw-alice\n", text=True, env=env, check=True, capture_output=True
+    )
+    return subprocess.run(
+        [sys.executable, "-c", LIST_CLUSTERS, gw.address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_principal_of_another_realm_is_refused(fresh_gateway, keytab, tmp_path):
-    kerberos = ["--DaskGateway.authenticator_class=dask_gateway_server.auth."
-                "KerberosAuthenticator", f"--KerberosAuthenticator.keytab={keytab}"]
+    kerberos = [
+        "--DaskGateway.authenticator_class=dask_gateway_server.auth.KerberosAuthenticator",
+        f"--KerberosAuthenticator.keytab={keytab}",
+    ]
     other = fresh_gateway([*kerberos, "--KerberosAuthenticator.realm=OTHER.DASK"])
     other.start()
     out = _as_alice(other, tmp_path)

@@ -1,5 +1,6 @@
 """The legitimate use the attacks must leave working: each user's cluster runs as that user,
 computes, and is theirs alone; an admin sees and stops anyone's."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ create and chown a directory anywhere, create files in root's directories, or re
 files into the failure details of the gateway's log. And the clusters directory itself, under
 /tmp by default, can be created first by anyone.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
-
 from users import ALICE, BOB, in_scheduler, run_as, user_gateway
+from waiting import wait_for
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -36,13 +36,16 @@ def victim(public_tmp):
 
 def _start_failed(gw, cluster_name: str) -> bool:
     log = gw.log()
-    return (f"of cluster {cluster_name} exited while starting" in log
-            or f"of cluster {cluster_name} failed to start" in log)
+    return (
+        f"of cluster {cluster_name} exited while starting" in log
+        or f"of cluster {cluster_name} failed to start" in log
+    )
 
 
 @pytest.mark.parametrize("replaced", ["workers", "logs"])
 def test_symlinked_cluster_directory_gives_the_user_nothing_of_roots(
-        root_gateway, as_user, local_users, victim, replaced):
+    root_gateway, as_user, local_users, victim, replaced
+):
     """The scheduler swaps ``workers`` (where the gateway made and chowned each worker's
     directory) or ``logs`` (where root opened each worker's log) for a symlink to a directory
     of root's, then asks for one more worker."""
@@ -57,17 +60,22 @@ def test_symlinked_cluster_directory_gives_the_user_nothing_of_roots(
         assert set(client.run(os.getuid).values()) == {local_users[ALICE].uid}
         workdir = Path(in_scheduler(client, "import os; result = os.getcwd()"))
 
-        in_scheduler(client, textwrap.dedent(f"""
+        in_scheduler(
+            client,
+            textwrap.dedent(f"""
             import os
             os.rename({replaced!r}, {replaced + ".moved"!r})
             os.symlink({str(victim)!r}, {replaced!r})
             # and a link the gateway's clean-up must not follow
             os.symlink({str(victim)!r}, "victim-link")
-        """))
+        """),
+        )
         cluster.scale(2)
-        wait_for(lambda: _fingerprint(victim) != before or _start_failed(root_gateway,
-                                                                         cluster.name),
-                 timeout=60, what="the gateway to try the second worker")
+        wait_for(
+            lambda: _fingerprint(victim) != before or _start_failed(root_gateway, cluster.name),
+            timeout=60,
+            what="the gateway to try the second worker",
+        )
         assert _fingerprint(victim) == before, "the gateway acted as root through the symlink"
         assert not any(p.stat().st_uid == local_users[ALICE].uid for p in victim.iterdir())
         # Its files are its own: the gateway did not make them as root.
@@ -92,24 +100,30 @@ def test_scheduler_log_symlink_does_not_leak_roots_file(root_gateway, as_user, p
         names.append(cluster.name)
         with cluster.get_client() as client:
             if attack == "symlink":
-                setup = (f"os.remove(log); os.symlink({str(secret)!r}, log)")
+                setup = f"os.remove(log); os.symlink({str(secret)!r}, log)"
             elif attack == "fifo":
                 setup = "os.remove(log); os.mkfifo(log)"
             else:  # the legitimate use: the end of its own log explains the failure
                 setup = "print('ALICE-OWN-LOG-LINE', file=sys.stderr, flush=True)"
-            in_scheduler(client, textwrap.dedent(f"""
+            in_scheduler(
+                client,
+                textwrap.dedent(f"""
                 import os, sys, threading
                 log = "logs/scheduler.log"
                 {setup}
                 threading.Timer(0.2, os._exit, (3,)).start()
-            """))
+            """),
+            )
         failed = f"Cluster {cluster.name} failed"
-        wait_for(lambda: failed in root_gateway.log(), timeout=60,  # noqa: B023 (used now)
-                 what=failed)
+        wait_for(
+            lambda: failed in root_gateway.log(),
+            timeout=60,
+            what=failed,
+        )
         cluster.close()
         assert "ROOT-ONLY-" not in root_gateway.log()
     log = root_gateway.log()
-    legit = log[log.index(f"Cluster {names[2]} failed"):]
+    legit = log[log.index(f"Cluster {names[2]} failed") :]
     assert "ALICE-OWN-LOG-LINE" in legit
     # The FIFO hung nothing: the gateway still serves and starts clusters.
     with alice.new_cluster() as cluster, cluster.get_client() as client:
@@ -119,15 +133,18 @@ def test_scheduler_log_symlink_does_not_leak_roots_file(root_gateway, as_user, p
 
 
 @pytest.mark.parametrize("made_by_bob", ["directory", "symlink"])
-def test_clusters_directory_someone_else_made_first(make_root_gateway, public_tmp,
-                                                    local_users, made_by_bob):
+def test_clusters_directory_someone_else_made_first(
+    make_root_gateway, public_tmp, local_users, made_by_bob
+):
     """/tmp is anyone's: bob creates the gateway's default clusters directory (or a symlink
     there) before the gateway first starts, to own every cluster directory made in it."""
     tmp = public_tmp / "tmp"
     tmp.mkdir()
     tmp.chmod(0o1777)  # like /tmp
     squatted = tmp / "dask-gateway-clusters"
-    made = run_as(BOB, textwrap.dedent(f"""
+    made = run_as(
+        BOB,
+        textwrap.dedent(f"""
         import os
         if {made_by_bob!r} == "directory":
             os.mkdir({str(squatted)!r}, 0o777)
@@ -135,7 +152,8 @@ def test_clusters_directory_someone_else_made_first(make_root_gateway, public_tm
         else:
             os.mkdir({str(tmp / "bobs")!r}, 0o777)
             os.symlink({str(tmp / "bobs")!r}, {str(squatted)!r})
-    """))
+    """),
+    )
     assert made.returncode == 0, made.stderr
     with pytest.raises(RuntimeError, match="gateway exited at start") as failed:
         make_root_gateway(clusters_dir=squatted)

@@ -4,6 +4,7 @@ The tests play every part as a real process: the gateway as root, each user's sc
 workers as that user (LocalBackend), and an attacker as a shell of their own account
 (``run_as``) or as code in their own scheduler (``in_scheduler``).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,12 +49,16 @@ def kill_processes_of(name: str) -> None:
     subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
 
 
-def run_as(user: str, code: str, timeout: float = 60,
-           python: str | None = None) -> subprocess.CompletedProcess:
+def run_as(
+    user: str, code: str, timeout: float = 60, python: str | None = None
+) -> subprocess.CompletedProcess:
     """Run Python ``code`` as ``user`` from a login-less shell of theirs (runuser)."""
     return subprocess.run(
         ["runuser", "-u", user, "--", python or f"{SHARED_VENV}/bin/python", "-c", code],
-        capture_output=True, text=True, timeout=timeout, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
     )
 
 

@@ -4,6 +4,7 @@ A backend starts and stops schedulers and workers and says whether they are stil
 knows nothing of HTTP, the database or timers: the reconciler decides *when*, the backend
 knows *how*.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,6 +14,8 @@ from typing import Any
 
 from traitlets import (
     Any as AnyTrait,
+)
+from traitlets import (
     Bool,
     Dict,
     Float,
@@ -30,7 +33,9 @@ from traitlets.config import Configurable, LoggingConfigurable
 
 from ..addresses import ReportedAddress
 from ..models import Cluster, User, Worker
-from ..options import Float as FloatField, Integer as IntegerField, Options, Select
+from ..options import Float as FloatField
+from ..options import Integer as IntegerField
+from ..options import Options, Select
 from ..traits import Command, MemoryLimit, format_bytes
 
 
@@ -57,8 +62,10 @@ def local_account(name: str, min_uid: int):
     if entry.pw_uid == 0:
         raise UserNotAllowed(f"Clusters never run as root, and user {name!r} is uid 0")
     if entry.pw_uid == os.geteuid():
-        raise UserNotAllowed(f"User {name!r} is the gateway's own account: its clusters "
-                             "would share the gateway's privileges")
+        raise UserNotAllowed(
+            f"User {name!r} is the gateway's own account: its clusters "
+            "would share the gateway's privileges"
+        )
     if entry.pw_uid < min_uid:
         raise UserNotAllowed(
             f"User {name!r} is a system account (uid {entry.pw_uid}, below min_user_uid "
@@ -71,15 +78,18 @@ class ClusterConfig(Configurable):
     """Settings of one cluster, fixed when it is created (options may override them)."""
 
     scheduler_cmd = Command(
-        [], help="Command that starts the scheduler; empty means distributed's, with `python`.",
+        [],
+        help="Command that starts the scheduler; empty means distributed's, with `python`.",
         config=True,
     )
     worker_cmd = Command(
-        [], help="Command that starts a worker; empty means distributed's, with `python`.",
+        [],
+        help="Command that starts a worker; empty means distributed's, with `python`.",
         config=True,
     )
     python = Unicode(
-        "", help="Python interpreter for scheduler and workers; empty means the gateway's own.",
+        "",
+        help="Python interpreter for scheduler and workers; empty means the gateway's own.",
         config=True,
     )
     environment = Dict(
@@ -93,29 +103,38 @@ class ClusterConfig(Configurable):
     scheduler_memory = MemoryLimit("2 G", help="Memory for the scheduler.", config=True)
     scheduler_cores = Integer(1, min=1, help="Cores for the scheduler.", config=True)
     adaptive_period = Float(
-        3, min=0, help="Seconds between adaptive scaling decisions on the scheduler.",
+        3,
+        min=0,
+        help="Seconds between adaptive scaling decisions on the scheduler.",
         config=True,
     )
     idle_timeout = Float(
         0, min=0, help="Stop a cluster idle this many seconds (0 = never).", config=True
     )
     orphan_timeout = Float(
-        0, min=0,
+        0,
+        min=0,
         help="Stop a cluster this many seconds after the client process that created it (with "
         "shutdown_on_close=True) died without shutting it down, e.g. a crashed kernel "
         "(0 = never). Clusters made with shutdown_on_close=False are not affected.",
         config=True,
     )
     max_lifetime = Float(
-        0, min=0, help="Stop a cluster this many seconds after it was created (0 = never).",
+        0,
+        min=0,
+        help="Stop a cluster this many seconds after it was created (0 = never).",
         config=True,
     )
     cluster_max_memory = MemoryLimit(
-        None, allow_none=True, help="Most memory a cluster may use (scheduler included).",
+        None,
+        allow_none=True,
+        help="Most memory a cluster may use (scheduler included).",
         config=True,
     )
     cluster_max_cores = Float(
-        None, allow_none=True, help="Most cores a cluster may use (scheduler included).",
+        None,
+        allow_none=True,
+        help="Most cores a cluster may use (scheduler included).",
         config=True,
     )
     cluster_max_workers = Integer(
@@ -180,10 +199,10 @@ def default_cluster_options() -> Options:
 
     return Options(
         IntegerField("worker_cores", default=1, min=1, max=cores, label="Worker Cores"),
-        FloatField("worker_memory", default=1, min=0.25, max=round(mem_gib, 1),
-                   label="Worker Memory (GiB)"),
-        Select("environment", [("basic", sys.executable)], label="Environment",
-               target="python"),
+        FloatField(
+            "worker_memory", default=1, min=0.25, max=round(mem_gib, 1), label="Worker Memory (GiB)"
+        ),
+        Select("environment", [("basic", sys.executable)], label="Environment", target="python"),
         handler=handler,
     )
 
@@ -204,7 +223,8 @@ class Backend(LoggingConfigurable):
         ClusterConfig, klass=ClusterConfig, help="The ClusterConfig class to use.", config=True
     )
     api_url = Unicode(
-        "", help="URL schedulers use to reach the gateway API; default: the public address + /api.",
+        "",
+        help="URL schedulers use to reach the gateway API; default: the public address + /api.",
         config=True,
     )
 
@@ -255,9 +275,7 @@ class Backend(LoggingConfigurable):
     def cluster_config(self, cluster: Cluster) -> ClusterConfig:
         """The stored configuration of ``cluster`` as a ClusterConfig object."""
         known = set(self.cluster_config_class.class_trait_names(config=True))
-        return self.cluster_config_class(
-            **{k: v for k, v in cluster.config.items() if k in known}
-        )
+        return self.cluster_config_class(**{k: v for k, v in cluster.config.items() if k in known})
 
     # -- the interface ----------------------------------------------------
     async def start_cluster(self, cluster: Cluster) -> dict:
@@ -284,8 +302,7 @@ class Backend(LoggingConfigurable):
         """For each worker, is it still alive?"""
         return [True] * len(workers)
 
-    async def validate_addresses(self, cluster: Cluster,
-                                 addresses: list[ReportedAddress]) -> None:
+    async def validate_addresses(self, cluster: Cluster, addresses: list[ReportedAddress]) -> None:
         """Confirm that the addresses of a cluster's first heartbeat are its scheduler's, or
         raise ``addresses.AddressRefused`` saying why (``AddressNotYetKnown``: not yet, e.g.
         a job still pending; the scheduler's next heartbeat is asked again).
@@ -334,8 +351,10 @@ class DBBackendBase(Backend):
     """
 
     db_url = Unicode(
-        "", help="SQLAlchemy URL of the state database; empty means a SQLite file in the data "
-        "directory.", config=True,
+        "",
+        help="SQLAlchemy URL of the state database; empty means a SQLite file in the data "
+        "directory.",
+        config=True,
     )
     db_encrypt_keys = List(
         help="Keys encrypting secrets at rest (env DASK_GATEWAY_ENCRYPT_KEYS, ';'-separated). "
@@ -344,16 +363,15 @@ class DBBackendBase(Backend):
     )
     db_debug = Bool(False, help="Log every SQL statement.", config=True)
     db_timeout = Float(
-        10, min=0.1,
+        10,
+        min=0.1,
         help="Seconds one database operation may wait for a lock (SQLite) or a connection "
         "(PostgreSQL). Past it, an API request that writes answers 503 and the gateway retries "
         "its own writes with backoff; nothing waits forever on a locked or restarting database.",
         config=True,
     )
     db_cleanup_period = Float(600, help="Seconds between removals of old records.", config=True)
-    db_cluster_max_age = Float(
-        86400, help="Seconds a stopped cluster is remembered.", config=True
-    )
+    db_cluster_max_age = Float(86400, help="Seconds a stopped cluster is remembered.", config=True)
     stop_clusters_on_shutdown = Bool(
         True, help="Stop every cluster when the gateway stops.", config=True
     )
@@ -363,9 +381,7 @@ class DBBackendBase(Backend):
     worker_status_period = Float(
         30, help="Seconds between checks that starting workers are alive.", config=True
     )
-    cluster_heartbeat_period = Float(
-        15, help="Seconds between scheduler heartbeats.", config=True
-    )
+    cluster_heartbeat_period = Float(15, help="Seconds between scheduler heartbeats.", config=True)
     cluster_heartbeat_timeout = Float(
         help="Seconds without a heartbeat before a cluster is failed (default 2 periods).",
         config=True,
@@ -393,23 +409,29 @@ class DBBackendBase(Backend):
 
     def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
         """The scheduler's command line: TLS, free ports, the gateway preload."""
-        base = config.scheduler_cmd or [self.python(config), "-m",
-                                        "distributed.cli.dask_scheduler"]
+        base = config.scheduler_cmd or [self.python(config), "-m", "distributed.cli.dask_scheduler"]
         host = self.bind_host
         return [
             *base,
-            "--protocol", "tls",
-            "--port", "0",
+            "--protocol",
+            "tls",
+            "--port",
+            "0",
             *(["--host", host] if host else []),
-            "--dashboard-address", f"{host}:0",
-            "--preload", "dask_gateway.scheduler_preload",
-            "--dg-api-address", f"{host}:0",
-            "--dg-heartbeat-period", str(self.cluster_heartbeat_period),
-            "--dg-adaptive-period", str(config.adaptive_period),
-            "--dg-idle-timeout", str(config.idle_timeout),
+            "--dashboard-address",
+            f"{host}:0",
+            "--preload",
+            "dask_gateway.scheduler_preload",
+            "--dg-api-address",
+            f"{host}:0",
+            "--dg-heartbeat-period",
+            str(self.cluster_heartbeat_period),
+            "--dg-adaptive-period",
+            str(config.adaptive_period),
+            "--dg-idle-timeout",
+            str(config.idle_timeout),
             # Only when set: the public dask-gateway's preload does not know this option.
-            *(["--dg-orphan-timeout", str(config.orphan_timeout)] if config.orphan_timeout
-              else []),
+            *(["--dg-orphan-timeout", str(config.orphan_timeout)] if config.orphan_timeout else []),
         ]
 
     def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:
@@ -424,9 +446,12 @@ class DBBackendBase(Backend):
             *base,
             cluster.scheduler_address,
             *extra,
-            "--name", worker.name,
-            "--nthreads", str(config.worker_threads),
-            "--memory-limit", str(config.worker_memory),
+            "--name",
+            worker.name,
+            "--nthreads",
+            str(config.worker_threads),
+            "--memory-limit",
+            str(config.worker_memory),
         ]
 
     @default("cluster_heartbeat_timeout")

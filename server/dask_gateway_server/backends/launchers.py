@@ -5,6 +5,7 @@ imports before a scheduler is up). ``ForkServerLauncher`` keeps one pre-started 
 per Python environment that has imported distributed already and forks children from it:
 the process is up in milliseconds and shares the imported modules' memory copy-on-write.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,7 @@ def process_start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     # The command name may hold spaces; fields resume after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = data[data.rfind(b")") + 2 :].split()
     if fields and fields[0] == b"Z":
         return None  # a zombie is dead
     return int(fields[19])
@@ -47,8 +48,10 @@ def user_identity(username: str) -> tuple[int, int, list[int]]:
 # Runs as the process's user, before the command: creates its working directory and opens its
 # log there, so no path the user controls is ever resolved with the gateway's privileges.
 # (Only shell built-ins and ``command -p mkdir``: the command's own PATH may lack mkdir.)
-_BOOTSTRAP = ('(umask 077 && command -p mkdir -p -- "$1" && : >>"$2") && cd -- "$1" && '
-              'exec >>"$2" 2>&1 && shift 2 && exec "$@"')
+_BOOTSTRAP = (
+    '(umask 077 && command -p mkdir -p -- "$1" && : >>"$2") && cd -- "$1" && '
+    'exec >>"$2" 2>&1 && shift 2 && exec "$@"'
+)
 
 
 class SubprocessLauncher:
@@ -64,15 +67,22 @@ class SubprocessLauncher:
         #: every cluster may see, never a secret.
         self.environment = dict(environment or {})
 
-    async def launch(self, cmd: list[str], env: dict, cwd: str, log_path: str,
-                     user: str | None = None) -> dict:
+    async def launch(
+        self, cmd: list[str], env: dict, cwd: str, log_path: str, user: str | None = None
+    ) -> dict:
         """Start ``cmd``; return ``{"pid": ..., "start_ticks": ...}``."""
         identity: dict = {}
         if user:
             uid, gid, groups = user_identity(user)
             identity = {"user": uid, "group": gid, "extra_groups": groups}
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", _BOOTSTRAP, "sh", cwd, log_path, *cmd,
+            "/bin/sh",
+            "-c",
+            _BOOTSTRAP,
+            "sh",
+            cwd,
+            log_path,
+            *cmd,
             env=env,
             cwd="/",
             stdin=asyncio.subprocess.DEVNULL,
@@ -110,7 +120,7 @@ def _env_pipe(env: dict) -> int:
             fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, len(data))  # EPERM beyond pipe-max-size
         view = memoryview(data)
         while view:
-            view = view[os.write(wfd, view):]
+            view = view[os.write(wfd, view) :]
     except BaseException:
         os.close(rfd)
         raise
@@ -143,9 +153,14 @@ class _Zygote:
                 # -s: not root's (or anyone's) ~/.local; a minimal environment: nothing of
                 # the gateway's own (its database keys, the hub's token) in this process,
                 # whose memory every scheduler and worker inherits.
-                self.python, "-s", ZYGOTE,
-                stdin=theirs.fileno(), stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, env=self.environment, cwd="/",
+                self.python,
+                "-s",
+                ZYGOTE,
+                stdin=theirs.fileno(),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.environment,
+                cwd="/",
                 start_new_session=True,
             )
         except BaseException:
@@ -279,15 +294,20 @@ class ForkServerLauncher(SubprocessLauncher):
             return True
         if python not in self._checks:
             self._checks[python] = asyncio.get_running_loop().run_in_executor(
-                None, check_python_trusted, python, self.environment.get("PYTHONPATH", ""))
+                None, check_python_trusted, python, self.environment.get("PYTHONPATH", "")
+            )
         try:
             await asyncio.shield(self._checks[python])
         except Exception as e:  # UnsafePath, or a check that could not be made
             if python not in self._refused:
                 self._refused[python] = str(e)
-                log.warning("No fork server for %s: %s. Importing it as root would run code "
-                            "others can change; its processes start with a fresh interpreter "
-                            "as their user instead (slower)", python, e)
+                log.warning(
+                    "No fork server for %s: %s. Importing it as root would run code "
+                    "others can change; its processes start with a fresh interpreter "
+                    "as their user instead (slower)",
+                    python,
+                    e,
+                )
             return False
         return True
 
@@ -302,14 +322,21 @@ class ForkServerLauncher(SubprocessLauncher):
         except Exception as e:
             log.warning("Could not start the fork server of %s: %s", python, e)
 
-    async def launch(self, cmd: list[str], env: dict, cwd: str, log_path: str,
-                     user: str | None = None) -> dict:
+    async def launch(
+        self, cmd: list[str], env: dict, cwd: str, log_path: str, user: str | None = None
+    ) -> dict:
         if len(cmd) < 3 or cmd[1] != "-m" or not await self._trusted(cmd[0]):
             return await super().launch(cmd, env, cwd, log_path, user)
         if user:
             user_identity(user)  # refuse root here too, before anything is forked
-        request = {"module": cmd[2], "args": cmd[3:], "cwd": cwd, "log": log_path,
-                   "user": user, "title": env.get("DASK_GATEWAY_CLUSTER_NAME", "")}
+        request = {
+            "module": cmd[2],
+            "args": cmd[3:],
+            "cwd": cwd,
+            "log": log_path,
+            "user": user,
+            "title": env.get("DASK_GATEWAY_CLUSTER_NAME", ""),
+        }
         try:
             return await self._zygote(cmd[0]).fork(request, env)
         except Exception as e:

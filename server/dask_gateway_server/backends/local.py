@@ -1,4 +1,5 @@
 """Schedulers and workers as processes on the gateway's machine."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,13 @@ from .base import ClusterConfig, DBBackendBase, local_account
 from .launchers import ForkServerLauncher, SubprocessLauncher, process_start_ticks
 from .safe_files import ensure_private_dir, make_owned_tree, read_tail, remove_tree
 
-__all__ = ["LocalBackend", "UnsafeLocalBackend", "LocalClusterConfig", "SubprocessLauncher",
-           "ForkServerLauncher"]
+__all__ = [
+    "LocalBackend",
+    "UnsafeLocalBackend",
+    "LocalClusterConfig",
+    "SubprocessLauncher",
+    "ForkServerLauncher",
+]
 
 
 class LocalClusterConfig(ClusterConfig):
@@ -73,11 +79,14 @@ class LocalBackend(DBBackendBase):
     every user must exist on the machine)."""
 
     cluster_config_class = Type(
-        "dask_gateway_server.backends.local.LocalClusterConfig", klass=ClusterConfig,
-        help="The ClusterConfig class to use.", config=True,
+        "dask_gateway_server.backends.local.LocalClusterConfig",
+        klass=ClusterConfig,
+        help="The ClusterConfig class to use.",
+        config=True,
     )
     launcher_class = Type(
-        ForkServerLauncher, klass=SubprocessLauncher,
+        ForkServerLauncher,
+        klass=SubprocessLauncher,
         help="How processes are started: ForkServerLauncher forks them from a pre-started "
         "interpreter (fast); SubprocessLauncher starts a fresh interpreter each time.",
         config=True,
@@ -86,17 +95,30 @@ class LocalBackend(DBBackendBase):
     sigterm_timeout = Float(5, help="Seconds to wait after SIGTERM before SIGKILL.", config=True)
     sigkill_timeout = Float(5, help="Seconds to wait after SIGKILL.", config=True)
     clusters_directory = Unicode(
-        "", help="Where cluster working directories go (default: dask-gateway-clusters in "
+        "",
+        help="Where cluster working directories go (default: dask-gateway-clusters in "
         "the temporary directory). Created if missing; the gateway refuses to start if "
         "anyone but its own user (or root) owns it or may write to it or to a directory above "
         "it (sticky ones like /tmp excepted).",
         config=True,
     )
     inherited_environment = List(
-        ["PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "LANG",
-         "LC_ALL", "HOME", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
+        [
+            "PATH",
+            "PYTHONPATH",
+            "CONDA_ROOT",
+            "CONDA_DEFAULT_ENV",
+            "VIRTUAL_ENV",
+            "LANG",
+            "LC_ALL",
+            "HOME",
+            "TMPDIR",
+            "OPENBLAS_CORETYPE",
+            "OPENBLAS_L2_SIZE",
+        ],
         help="Environment variables passed from the gateway to the clusters (and all the "
-        "fork servers get: list nothing secret).", config=True,
+        "fork servers get: list nothing secret).",
+        config=True,
     )
 
     run_as_user = True
@@ -135,12 +157,18 @@ class LocalBackend(DBBackendBase):
         workdir = self.workdir(cluster)
         if os.path.lexists(workdir):  # left by a start that was interrupted
             remove_tree(workdir)
-        make_owned_tree(workdir, {".certs/dask.crt": cluster.tls_cert,
-                                  ".certs/dask.pem": cluster.tls_key},
-                        [".certs", "logs", "workers"], owner)
-        return {"workdir": workdir, "cert": os.path.join(workdir, ".certs", "dask.crt"),
-                "key": os.path.join(workdir, ".certs", "dask.pem"),
-                "logs": os.path.join(workdir, "logs")}
+        make_owned_tree(
+            workdir,
+            {".certs/dask.crt": cluster.tls_cert, ".certs/dask.pem": cluster.tls_key},
+            [".certs", "logs", "workers"],
+            owner,
+        )
+        return {
+            "workdir": workdir,
+            "cert": os.path.join(workdir, ".certs", "dask.crt"),
+            "key": os.path.join(workdir, ".certs", "dask.pem"),
+            "logs": os.path.join(workdir, "logs"),
+        }
 
     def _env(self, cluster: Cluster, config: ClusterConfig, role: str) -> dict[str, str]:
         workdir = self.workdir(cluster)
@@ -148,16 +176,18 @@ class LocalBackend(DBBackendBase):
         key = os.path.join(workdir, ".certs", "dask.pem")
         env = {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
         env.update({str(k): str(v) for k, v in config.environment.items()})
-        env.update({
-            "USER": cluster.username,
-            "DASK_GATEWAY_API_URL": self.api_url,
-            "DASK_GATEWAY_API_TOKEN": cluster.token,
-            "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
-            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
-        })
+        env.update(
+            {
+                "USER": cluster.username,
+                "DASK_GATEWAY_API_URL": self.api_url,
+                "DASK_GATEWAY_API_TOKEN": cluster.token,
+                "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+                "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+                f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
+                f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
+            }
+        )
         if role == "scheduler":  # only the scheduler takes connections from the proxy
             env["DASK_GATEWAY_HANDOFF_ADDRESS"] = self.handoff_address(cluster) or ""
             # Its dashboard answers only requests carrying the key the gateway's proxy adds.
@@ -179,12 +209,14 @@ class LocalBackend(DBBackendBase):
     async def check_user(self, user: User) -> None:
         if self.run_as_user:
             await asyncio.get_running_loop().run_in_executor(
-                None, local_account, user.name, self.min_user_uid)
+                None, local_account, user.name, self.min_user_uid
+            )
 
     async def setup(self) -> None:
         # Everything the gateway creates goes in here: it must be the gateway's alone.
         await asyncio.get_running_loop().run_in_executor(
-            None, ensure_private_dir, self.clusters_directory, "clusters directory")
+            None, ensure_private_dir, self.clusters_directory, "clusters directory"
+        )
         # Start the default environment's interpreter now, not on the first user's request,
         # but in the background: the API answers meanwhile (a first launch waits for it).
         self._warm_up = asyncio.create_task(self.launcher.warm_up(sys.executable))
@@ -254,8 +286,7 @@ class LocalBackend(DBBackendBase):
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         return [is_alive(w.state) for w in workers]
 
-    async def validate_addresses(self, cluster: Cluster,
-                                 addresses: list[ReportedAddress]) -> None:
+    async def validate_addresses(self, cluster: Cluster, addresses: list[ReportedAddress]) -> None:
         """Only sockets of the cluster's own processes on this host: listening at the
         address, held open by a process working in the cluster's directory (its scheduler),
         and, where processes run as users, created by the cluster's user. Anything else
@@ -267,15 +298,17 @@ class LocalBackend(DBBackendBase):
             uid = entry.pw_uid
         await loop.run_in_executor(None, self._confirm_sockets, cluster, addresses, uid)
 
-    def _confirm_sockets(self, cluster: Cluster, addresses: list[ReportedAddress],
-                         uid: int | None) -> None:
+    def _confirm_sockets(
+        self, cluster: Cluster, addresses: list[ReportedAddress], uid: int | None
+    ) -> None:
         """Blocking (/proc): raise AddressRefused unless each address is the cluster's."""
         local = local_addresses()
         table = listeners()
         held: set[int] | None = None
         for addr in addresses:
-            refused = AddressRefused(f"{addr} is not a socket of this cluster's scheduler "
-                                     "on the gateway's host")
+            refused = AddressRefused(
+                f"{addr} is not a socket of this cluster's scheduler on the gateway's host"
+            )
             if not is_local(addr.ip, local):
                 raise refused
             if table is None:  # no /proc/net (not Linux): the host is all that can be told
@@ -310,17 +343,24 @@ class LocalBackend(DBBackendBase):
 
     async def _kill_unrecorded(self, directory: str, cluster: Cluster) -> None:
         killed = await asyncio.get_running_loop().run_in_executor(
-            None, kill_processes_in, directory)
+            None, kill_processes_in, directory
+        )
         if killed:
-            self.log.warning("Killed %d unrecorded process(es) left in %s", killed, directory,
-                             extra=about(cluster))
+            self.log.warning(
+                "Killed %d unrecorded process(es) left in %s",
+                killed,
+                directory,
+                extra=about(cluster),
+            )
 
     async def _terminate(self, state: dict, cluster: Cluster) -> None:
         """SIGINT, then SIGTERM, then SIGKILL, waiting a while after each."""
         pid = state.get("pid")
-        for sig, timeout in ((signal.SIGINT, self.sigint_timeout),
-                             (signal.SIGTERM, self.sigterm_timeout),
-                             (signal.SIGKILL, self.sigkill_timeout)):
+        for sig, timeout in (
+            (signal.SIGINT, self.sigint_timeout),
+            (signal.SIGTERM, self.sigterm_timeout),
+            (signal.SIGKILL, self.sigkill_timeout),
+        ):
             if not is_alive(state):
                 return
             try:

@@ -8,6 +8,7 @@ open logs after dropping privileges), or root works from a directory descriptor 
 itself, with ``O_NOFOLLOW`` on every step and checks on what it opened. Everything of that
 kind lives here, so that it is written once.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,14 @@ import re
 import shutil
 import stat
 
-__all__ = ["UnsafePath", "ensure_private_dir", "make_owned_tree", "read_tail", "remove_tree",
-           "check_python_trusted"]
+__all__ = [
+    "UnsafePath",
+    "ensure_private_dir",
+    "make_owned_tree",
+    "read_tail",
+    "remove_tree",
+    "check_python_trusted",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
@@ -46,8 +53,11 @@ def _check_ancestors(path: str, trusted: set[int]) -> None:
         st = os.lstat(parent)
         if st.st_uid not in trusted:
             raise UnsafePath(f"{parent} is owned by {_describe_owner(st.st_uid)}")
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & _GROUP_OTHER_WRITE \
-                and not st.st_mode & stat.S_ISVTX:
+        if (
+            not stat.S_ISLNK(st.st_mode)
+            and st.st_mode & _GROUP_OTHER_WRITE
+            and not st.st_mode & stat.S_ISVTX
+        ):
             raise UnsafePath(f"{parent} is writable by group or others")
         if parent == os.path.dirname(parent):
             break
@@ -76,22 +86,28 @@ def ensure_private_dir(path: str, what: str = "directory") -> None:
     except FileExistsError:
         pass
     st = os.lstat(path)
-    advice = (f"remove it, or set LocalBackend.clusters_directory to a {what} of its own "
-              "(outside /tmp)")
+    advice = (
+        f"remove it, or set LocalBackend.clusters_directory to a {what} of its own (outside /tmp)"
+    )
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePath(f"The {what} {path} is a symbolic link: {advice}")
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(f"The {what} {path} is not a directory: {advice}")
     if st.st_uid != me:
-        raise UnsafePath(f"The {what} {path} is owned by {_describe_owner(st.st_uid)}, not by "
-                         f"the gateway's user ({_describe_owner(me)}): {advice}")
+        raise UnsafePath(
+            f"The {what} {path} is owned by {_describe_owner(st.st_uid)}, not by "
+            f"the gateway's user ({_describe_owner(me)}): {advice}"
+        )
     if st.st_mode & _GROUP_OTHER_WRITE:
-        raise UnsafePath(f"The {what} {path} is writable by group or others (mode "
-                         f"{stat.S_IMODE(st.st_mode):o}): {advice}")
+        raise UnsafePath(
+            f"The {what} {path} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):o}): {advice}"
+        )
 
 
-def make_owned_tree(path: str, files: dict[str, bytes], dirs: list[str],
-                    owner: tuple[int, int] | None) -> None:
+def make_owned_tree(
+    path: str, files: dict[str, bytes], dirs: list[str], owner: tuple[int, int] | None
+) -> None:
     """Create the fresh directory ``path`` holding ``dirs`` and ``files`` (relative names, one
     level of directories), then hand it all to ``owner`` (uid, gid).
 
@@ -112,8 +128,12 @@ def make_owned_tree(path: str, files: dict[str, bytes], dirs: list[str],
             for rel, data in files.items():
                 folder, name = os.path.split(rel)
                 dfd = subdirs[folder]
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=dfd,
+                )
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 made.append((dfd, name))
@@ -142,8 +162,11 @@ def read_tail(directory: str, relpath: str, size: int, owner: int | None) -> str
         fds.append(os.open(directory, _DIR_FLAGS))
         for part in parts[:-1]:
             fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-                     | os.O_NOCTTY, dir_fd=fds[-1])
+        fd = os.open(
+            parts[-1],
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+            dir_fd=fds[-1],
+        )
     except OSError:
         return ""
     finally:
@@ -172,6 +195,7 @@ def remove_tree(path: str) -> None:
 
 
 # -- is this Python safe to run as root? ------------------------------------------------
+
 
 def _pth_entries(site_dir: str) -> list[str]:
     """Directories that ``.pth`` files in ``site_dir`` add to sys.path."""
@@ -271,14 +295,21 @@ def check_python_trusted(python: str, pythonpath: str = "") -> None:
         if os.path.isfile(cfg):
             check.target(cfg)
             with open(cfg, encoding="utf-8", errors="replace") as f:
-                system = bool(re.search(r"^\s*include-system-site-packages\s*=\s*true",
-                                        f.read(), re.M | re.I))
+                system = bool(
+                    re.search(r"^\s*include-system-site-packages\s*=\s*true", f.read(), re.M | re.I)
+                )
         else:
             venv = ""
         match = re.search(r"python(\d+\.\d+)", os.path.basename(real))
-        versions = [match.group(1)] if match else [
-            n[len("python"):] for n in _listdir(os.path.join(base, "lib"))
-            if re.fullmatch(r"python\d+\.\d+", n)]
+        versions = (
+            [match.group(1)]
+            if match
+            else [
+                n[len("python") :]
+                for n in _listdir(os.path.join(base, "lib"))
+                if re.fullmatch(r"python\d+\.\d+", n)
+            ]
+        )
         lib = os.path.join(base, "lib")
         for name in _listdir(lib):  # libpython and the zipped standard library
             if name.startswith("libpython") or re.fullmatch(r"python\d+\.zip", name):
@@ -286,9 +317,11 @@ def check_python_trusted(python: str, pythonpath: str = "") -> None:
         sites: list[str] = []
         for version in versions:
             stdlib = os.path.join(lib, f"python{version}")
-            own_sites = [os.path.join(stdlib, "site-packages"),
-                         os.path.join(lib, "python3", "dist-packages"),
-                         os.path.join(base, "local", "lib", f"python{version}", "dist-packages")]
+            own_sites = [
+                os.path.join(stdlib, "site-packages"),
+                os.path.join(lib, "python3", "dist-packages"),
+                os.path.join(base, "local", "lib", f"python{version}", "dist-packages"),
+            ]
             check.target(stdlib, () if system else (own_sites[0],))
             if system:
                 sites += own_sites

@@ -6,6 +6,7 @@ private staging directory and calls ``sbatch``. Secrets travel on the launcher's
 on a command line, in the environment or in the job script. Status comes from one ``squeue``
 call per status period for every job the gateway knows; ``scancel`` stops jobs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from traitlets import Enum, Float, List, Type, Unicode, default
@@ -49,10 +51,22 @@ LAUNCHER_SOURCE = (Path(__file__).parent / "slurm_launcher.py").read_text()
 
 #: Job states after which the job's processes are gone (or going). Anything else (PENDING,
 #: RUNNING, CONFIGURING, SUSPENDED, REQUEUED...) is alive; a job squeue no longer lists is gone.
-ENDED_STATES = frozenset({
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL",
-    "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
-})
+ENDED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "COMPLETING",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "SPECIAL_EXIT",
+        "TIMEOUT",
+    }
+)
 GONE = "GONE"
 
 #: Seconds the launcher gets beyond ``command_timeout``: its own start and clean answer.
@@ -121,14 +135,18 @@ def _is_ip(text: str) -> bool:
 class SlurmClusterConfig(ClusterConfig):
     """ClusterConfig of the Slurm backend: where and how the jobs are submitted."""
 
-    partition = Unicode("", help="Slurm partition of the jobs (empty: Slurm's default).",
-                        config=True)
+    partition = Unicode(
+        "", help="Slurm partition of the jobs (empty: Slurm's default).", config=True
+    )
     qos = Unicode("", help="Slurm QOS of the jobs (empty: the default).", config=True)
-    account = Unicode("", help="Slurm account charged for the jobs (empty: the user's default).",
-                      config=True)
+    account = Unicode(
+        "", help="Slurm account charged for the jobs (empty: the user's default).", config=True
+    )
     scheduler_setup = Unicode(
-        "", help="Shell lines the scheduler's job runs before the scheduler (e.g. activating "
-        "an environment).", config=True,
+        "",
+        help="Shell lines the scheduler's job runs before the scheduler (e.g. activating "
+        "an environment).",
+        config=True,
     )
     worker_setup = Unicode(
         "", help="Shell lines each worker's job runs before the worker.", config=True
@@ -140,15 +158,19 @@ class SlurmClusterConfig(ClusterConfig):
         config=True,
     )
     scheduler_time_limit = Unicode(
-        "", help="Slurm time limit of the scheduler's job, e.g. '8:00:00' (empty: the "
-        "partition's default).", config=True,
+        "",
+        help="Slurm time limit of the scheduler's job, e.g. '8:00:00' (empty: the "
+        "partition's default).",
+        config=True,
     )
     worker_time_limit = Unicode(
-        "", help="Slurm time limit of each worker's job (empty: the partition's default).",
+        "",
+        help="Slurm time limit of each worker's job (empty: the partition's default).",
         config=True,
     )
     sbatch_options = List(
-        Unicode(), help="Extra sbatch options for every job, e.g. ['--constraint=gpu'].",
+        Unicode(),
+        help="Extra sbatch options for every job, e.g. ['--constraint=gpu'].",
         config=True,
     )
     scheduler_sbatch_options = List(
@@ -167,8 +189,11 @@ class _Batcher:
     Callers that give up (cancelled) don't stop the call; ``on_abandoned`` gets their results.
     """
 
-    def __init__(self, fn: Callable[[list], Awaitable[list]],
-                 on_abandoned: Callable[[Any], None] | None = None):
+    def __init__(
+        self,
+        fn: Callable[[list], Awaitable[list]],
+        on_abandoned: Callable[[Any], None] | None = None,
+    ):
         self.fn = fn
         self.on_abandoned = on_abandoned
         self.pending: list[tuple[Any, asyncio.Future]] = []
@@ -204,20 +229,24 @@ class SlurmBackend(DBBackendBase):
     bind_host = ""  # jobs run on other nodes: listen on the node's interfaces
 
     cluster_config_class = Type(
-        "dask_gateway_server.backends.slurm.SlurmClusterConfig", klass=ClusterConfig,
-        help="The ClusterConfig class to use.", config=True,
+        "dask_gateway_server.backends.slurm.SlurmClusterConfig",
+        klass=ClusterConfig,
+        help="The ClusterConfig class to use.",
+        config=True,
     )
     sbatch = Unicode("sbatch", help="The sbatch command (name or path).", config=True)
     squeue = Unicode("squeue", help="The squeue command (name or path).", config=True)
     scancel = Unicode("scancel", help="The scancel command (name or path).", config=True)
     sinfo = Unicode("sinfo", help="The sinfo command (name or path).", config=True)
     scontrol = Unicode(
-        "scontrol", help="The scontrol command (name or path); 'scontrol listpids' tells "
+        "scontrol",
+        help="The scontrol command (name or path); 'scontrol listpids' tells "
         "the processes of a scheduler's job when it runs on the gateway's own host.",
         config=True,
     )
     user_switch = Enum(
-        ["auto", "runuser", "sudo", "none"], "auto",
+        ["auto", "runuser", "sudo", "none"],
+        "auto",
         help="How the gateway acts as the cluster's user: 'runuser' (the gateway runs as "
         "root), 'sudo' (sudo -nHu; the gateway's user needs a sudoers rule), 'none' (every "
         "job runs as the gateway's own user), 'auto': runuser as root, else sudo.",
@@ -225,28 +254,36 @@ class SlurmBackend(DBBackendBase):
     )
     launcher_python = Unicode(
         help="Python 3 (standard library only) that runs the launcher as the user; default: "
-        "the gateway's interpreter. Every user must be able to execute it.", config=True,
+        "the gateway's interpreter. Every user must be able to execute it.",
+        config=True,
     )
     inherited_environment = List(
         ["PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
-        help="Environment variables passed from the gateway to the jobs.", config=True,
+        help="Environment variables passed from the gateway to the jobs.",
+        config=True,
     )
     job_name_prefix = Unicode(
-        "dask-gateway", help="Jobs are named '<prefix>-scheduler' and '<prefix>-worker'; their "
-        "comment is the cluster's name.", config=True,
+        "dask-gateway",
+        help="Jobs are named '<prefix>-scheduler' and '<prefix>-worker'; their "
+        "comment is the cluster's name.",
+        config=True,
     )
     command_timeout = Float(
-        60, help="Seconds a Slurm command (sbatch, squeue, scancel, sinfo) may take before "
+        60,
+        help="Seconds a Slurm command (sbatch, squeue, scancel, sinfo) may take before "
         "it is killed and the call fails (a cluster whose sbatch times out fails with "
         "'sbatch ... timed out'). The launcher that runs sbatch gets 5 s more.",
         config=True,
     )
     completing_wait = Float(
-        3, help="Seconds to wait for the final state of a job found ending (COMPLETING), "
-        "to report why it ended.", config=True,
+        3,
+        help="Seconds to wait for the final state of a job found ending (COMPLETING), "
+        "to report why it ended.",
+        config=True,
     )
     partition_cache_ttl = Float(
-        60, help="Seconds the list of Slurm partitions (to check options) is reused.",
+        60,
+        help="Seconds the list of Slurm partitions (to check options) is reused.",
         config=True,
     )
 
@@ -275,17 +312,25 @@ class SlurmBackend(DBBackendBase):
                 "Schedulers reach the gateway at %s, a loopback address: that works only "
                 "when Slurm runs jobs on this machine. Set c.DaskGateway.address (or "
                 "c.SlurmBackend.api_url) to an address the compute nodes can reach.",
-                self.api_url)
+                self.api_url,
+            )
         address = getattr(self.parent, "address", "")
         if address.endswith(":0"):
             self.log.warning(
                 "c.DaskGateway.address %r has no fixed port: after a gateway restart, running "
-                "schedulers cannot find it again. Give it a fixed port.", address)
+                "schedulers cannot find it again. Give it a fixed port.",
+                address,
+            )
 
     # -- running commands -------------------------------------------------------
-    async def _run(self, cmd: list[str], input: bytes | None = None,
-                   env: dict | None = None, what: str = "",
-                   timeout: float | None = None) -> tuple[int, str, str]:
+    async def _run(
+        self,
+        cmd: list[str],
+        input: bytes | None = None,
+        env: dict | None = None,
+        what: str = "",
+        timeout: float | None = None,
+    ) -> tuple[int, str, str]:
         """Run ``cmd`` without blocking the event loop; returns (returncode, stdout, stderr).
 
         A command that outlives ``timeout`` (default ``command_timeout``) is killed with its
@@ -297,7 +342,8 @@ class SlurmBackend(DBBackendBase):
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
                 env=env if env is not None else self._command_env(),
                 start_new_session=True,  # its own process group, to kill it all at once
             )
@@ -336,20 +382,29 @@ class SlurmBackend(DBBackendBase):
 
     async def _launch(self, username: str, request: dict) -> dict:
         """Run the launcher as ``username`` with ``request``; returns its answer."""
-        cmd = [*self._user_prefix(username), self.launcher_python, "-I", "-S", "-c",
-               LAUNCHER_SOURCE]
+        cmd = [
+            *self._user_prefix(username),
+            self.launcher_python,
+            "-I",
+            "-S",
+            "-c",
+            LAUNCHER_SOURCE,
+        ]
         # The launcher stops a hung sbatch itself after command_timeout and says so; the
         # margin covers its own start, and a launcher hung elsewhere is killed past it.
         request = {**request, "timeout": self.command_timeout}
         what = f"the Slurm launcher ({request['action']}, as {username})"
-        code, out, err = await self._run(cmd, input=json.dumps(request).encode(), what=what,
-                                         timeout=self.command_timeout + LAUNCHER_MARGIN)
+        code, out, err = await self._run(
+            cmd,
+            input=json.dumps(request).encode(),
+            what=what,
+            timeout=self.command_timeout + LAUNCHER_MARGIN,
+        )
         try:
             answer = json.loads(out)
         except ValueError:
             detail = err.strip() or out.strip() or f"exit code {code}"
-            raise RuntimeError(f"The Slurm launcher failed for user {username}: {detail}") \
-                from None
+            raise RuntimeError(f"The Slurm launcher failed for user {username}: {detail}") from None
         if "error" in answer:
             raise RuntimeError(answer["error"])
         return answer
@@ -367,19 +422,22 @@ class SlurmBackend(DBBackendBase):
     def _job_env(self) -> dict[str, str]:
         return {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
 
-    def _exports(self, cluster: Cluster, config: ClusterConfig, staging: str,
-                 role: str) -> dict[str, str]:
+    def _exports(
+        self, cluster: Cluster, config: ClusterConfig, staging: str, role: str
+    ) -> dict[str, str]:
         """Variables the job script exports: paths to secrets, never the secrets."""
         cert = os.path.join(staging, "dask.crt")
         key = os.path.join(staging, "dask.pem")
         env = {str(k): str(v) for k, v in config.environment.items()}
-        env.update({
-            "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
-            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
-            f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
-        })
+        env.update(
+            {
+                "DASK_GATEWAY_CLUSTER_NAME": cluster.name,
+                "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": cert,
+                f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__CERT": cert,
+                f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}__KEY": key,
+            }
+        )
         if role == "scheduler":
             env["DASK_GATEWAY_API_URL"] = self.api_url
             # A value holding '/' is a file the preload reads the token from.
@@ -397,8 +455,9 @@ class SlurmBackend(DBBackendBase):
         lines.append("exec " + shlex.join(cmd))
         return "\n".join(lines) + "\n"
 
-    def _sbatch_args(self, cluster: Cluster, config: SlurmClusterConfig, role: str,
-                     staging: str, log_name: str) -> list[str]:
+    def _sbatch_args(
+        self, cluster: Cluster, config: SlurmClusterConfig, role: str, staging: str, log_name: str
+    ) -> list[str]:
         if role == "scheduler":
             cores, memory = config.scheduler_cores, config.scheduler_memory
             time_limit, extra = config.scheduler_time_limit, config.scheduler_sbatch_options
@@ -415,8 +474,12 @@ class SlurmBackend(DBBackendBase):
             f"--cpus-per-task={cores}",
             f"--mem={max(1, math.ceil(memory / 2**20))}M",
         ]
-        for flag, value in (("--partition", config.partition), ("--qos", config.qos),
-                            ("--account", config.account), ("--time", time_limit)):
+        for flag, value in (
+            ("--partition", config.partition),
+            ("--qos", config.qos),
+            ("--account", config.account),
+            ("--time", time_limit),
+        ):
             if value:
                 args.append(f"{flag}={value}")
         return args + list(config.sbatch_options) + list(extra)
@@ -435,8 +498,11 @@ class SlurmBackend(DBBackendBase):
             fresh = time.monotonic() - self._poll_time < self._poll_max_age
             if not (fresh and self._polled.issuperset(job_ids)):
                 await self._poll()
-            ending = [j for j in job_ids if self._states.get(j, (GONE,))[0] == "COMPLETING"
-                      and j not in self._ended]
+            ending = [
+                j
+                for j in job_ids
+                if self._states.get(j, (GONE,))[0] == "COMPLETING" and j not in self._ended
+            ]
             if ending:
                 await self._settle(ending)
         return {j: self._states.get(j, (GONE, "")) for j in job_ids}
@@ -448,8 +514,14 @@ class SlurmBackend(DBBackendBase):
             return states
         self.log.debug("squeue: asking about %d jobs", len(ids))
         code, out, err = await self._run(
-            [self.squeue, "--noheader", "--states=all", "--jobs=" + ",".join(ids),
-             "--format=%i|%T|%r"], what="squeue",
+            [
+                self.squeue,
+                "--noheader",
+                "--states=all",
+                "--jobs=" + ",".join(ids),
+                "--format=%i|%T|%r",
+            ],
+            what="squeue",
         )
         # squeue fails when *every* id asked about is unknown: all of them are gone.
         if code != 0 and "Invalid job id" not in err:
@@ -479,8 +551,9 @@ class SlurmBackend(DBBackendBase):
                 self._states[j] = states.get(j, (GONE, ""))
             ids = [j for j in ids if self._states[j][0] == "COMPLETING"]
 
-    def _alive(self, job_id: str, state: tuple[str, str], what: str = "",
-               cluster: str = "") -> bool:
+    def _alive(
+        self, job_id: str, state: tuple[str, str], what: str = "", cluster: str = ""
+    ) -> bool:
         """Whether the job still runs; remember why it ended if it did (and log it with
         ``what``: the reconciler logs what ``check_*`` finds itself, with ``exit_reason``)."""
         name, reason = state
@@ -497,30 +570,26 @@ class SlurmBackend(DBBackendBase):
                     why += f" ({reason})"
             self._ended[job_id] = why
             if what:
-                self.log.warning("%s ended: %s", what, why,
-                                 extra=about(cluster) if cluster else None)
+                self.log.warning(
+                    "%s ended: %s", what, why, extra=about(cluster) if cluster else None
+                )
         return False
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
         ids = [c.state.get("job_id", "") for c in clusters]
         states = await self._job_states(ids)
-        return [
-            bool(j) and self._alive(j, states[j]) for j in ids
-        ]
+        return [bool(j) and self._alive(j, states[j]) for j in ids]
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         ids = [w.state.get("job_id", "") for w in workers]
         states = await self._job_states(ids)
-        return [
-            bool(j) and self._alive(j, states[j]) for j in ids
-        ]
+        return [bool(j) and self._alive(j, states[j]) for j in ids]
 
     def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
         return self._ended.get((worker or cluster).state.get("job_id", ""), "")
 
     # -- where a scheduler may be ------------------------------------------------------
-    async def validate_addresses(self, cluster: Cluster,
-                                 addresses: list[ReportedAddress]) -> None:
+    async def validate_addresses(self, cluster: Cluster, addresses: list[ReportedAddress]) -> None:
         """Only addresses of the node the scheduler's job runs on, as Slurm says (squeue's
         batch host; sinfo's address and host name of that node). Where that
         node is the gateway's own host, the socket behind each address must also be one
@@ -540,22 +609,28 @@ class SlurmBackend(DBBackendBase):
         pids: set[int] | None = None
         if here and (uid == os.getuid() or os.geteuid() == 0):
             pids = await self._job_pids(job_id)
-        await loop.run_in_executor(None, self._confirm_addresses, addresses, job_id, node,
-                                   node_ips, here, uid, pids)
+        await loop.run_in_executor(
+            None, self._confirm_addresses, addresses, job_id, node, node_ips, here, uid, pids
+        )
 
     async def _job_pids(self, job_id: str) -> set[int]:
         """The processes of a job running on this host (``scontrol listpids``: Slurm's own
         tracking; a scheduler's environment and command line may be rewritten)."""
         try:
-            code, out, err = await self._run([self.scontrol, "listpids", job_id],
-                                             what="scontrol listpids")
+            code, out, err = await self._run(
+                [self.scontrol, "listpids", job_id], what="scontrol listpids"
+            )
         except RuntimeError as e:
             raise AddressNotYetKnown(str(e)) from None
         if code != 0:
-            raise AddressNotYetKnown(f"scontrol listpids {job_id} failed: "
-                                     f"{err.strip() or out.strip()}")
-        return {int(line.split()[0]) for line in out.splitlines()[1:]
-                if line.split() and line.split()[0].isdigit()}
+            raise AddressNotYetKnown(
+                f"scontrol listpids {job_id} failed: {err.strip() or out.strip()}"
+            )
+        return {
+            int(line.split()[0])
+            for line in out.splitlines()[1:]
+            if line.split() and line.split()[0].isdigit()
+        }
 
     async def _job_node(self, job_id: str) -> str:
         """The node running the job's batch script (the scheduler); raises
@@ -563,19 +638,26 @@ class SlurmBackend(DBBackendBase):
         text, where a user may rename their job to anything.)"""
         try:
             code, out, err = await self._run(
-                [self.squeue, "--noheader", "--states=all", f"--jobs={job_id}",
-                 "--format=%i|%T|%B"], what="squeue")
+                [
+                    self.squeue,
+                    "--noheader",
+                    "--states=all",
+                    f"--jobs={job_id}",
+                    "--format=%i|%T|%B",
+                ],
+                what="squeue",
+            )
         except RuntimeError as e:  # squeue timed out or is missing
             raise AddressNotYetKnown(str(e)) from None
         rows = [line.strip().split("|") for line in out.splitlines()]
         rows = [r for r in rows if len(r) == 3 and r[0] == job_id]
         if code != 0 or not rows:
-            raise AddressNotYetKnown(f"Slurm does not list the scheduler's job {job_id}: "
-                                     f"{err.strip() or out.strip()}")
+            raise AddressNotYetKnown(
+                f"Slurm does not list the scheduler's job {job_id}: {err.strip() or out.strip()}"
+            )
         _, state, node = rows[0]
         if state != "RUNNING" or not node or node in ("n/a", "(null)"):
-            raise AddressNotYetKnown(f"the scheduler's Slurm job {job_id} is not running "
-                                     f"({state})")
+            raise AddressNotYetKnown(f"the scheduler's Slurm job {job_id} is not running ({state})")
         return node
 
     async def _node_addresses(self, node: str) -> tuple[set[IPAddress], bool]:
@@ -584,7 +666,8 @@ class SlurmBackend(DBBackendBase):
         try:
             _, out, _ = await self._run(
                 [self.sinfo, "--noheader", "--Node", f"--nodes={node}", "--format=%N|%n|%o"],
-                what="sinfo")
+                what="sinfo",
+            )
         except RuntimeError as e:
             raise AddressNotYetKnown(str(e)) from None
         names = {node}
@@ -598,7 +681,8 @@ class SlurmBackend(DBBackendBase):
         for name in names:
             try:
                 infos = await loop.run_in_executor(
-                    None, lambda n=name: socket.getaddrinfo(n, None, type=socket.SOCK_STREAM))
+                    None, lambda n=name: socket.getaddrinfo(n, None, type=socket.SOCK_STREAM)
+                )
             except OSError:
                 continue
             for info_ in infos:
@@ -609,19 +693,28 @@ class SlurmBackend(DBBackendBase):
         me = socket.gethostname().split(".")[0]
         local = await loop.run_in_executor(None, local_addresses)
         here = any(n.split(".")[0] == me for n in names if not _is_ip(n)) or any(
-            not ip.is_loopback and ip in local for ip in ips)
+            not ip.is_loopback and ip in local for ip in ips
+        )
         return ips, here
 
-    def _confirm_addresses(self, addresses: list[ReportedAddress], job_id: str, node: str,
-                           node_ips: set[IPAddress], here: bool, uid: int,
-                           pids: set[int] | None) -> None:
+    def _confirm_addresses(
+        self,
+        addresses: list[ReportedAddress],
+        job_id: str,
+        node: str,
+        node_ips: set[IPAddress],
+        here: bool,
+        uid: int,
+        pids: set[int] | None,
+    ) -> None:
         """Blocking (/proc): raise AddressRefused unless each address is the job's."""
         local = local_addresses()
         table = listeners() if here else None
         held: set[int] | None = None
         for addr in addresses:
-            refused = AddressRefused(f"{addr} is not an address of the scheduler's Slurm "
-                                     f"job {job_id} on node {node}")
+            refused = AddressRefused(
+                f"{addr} is not an address of the scheduler's Slurm job {job_id} on node {node}"
+            )
             if not here:
                 # Loopback or an address of the gateway's host would reach the gateway's
                 # own services, never the node's.
@@ -649,7 +742,8 @@ class SlurmBackend(DBBackendBase):
         account or the gateway's own account."""
         if self.user_switch != "none":
             await asyncio.get_running_loop().run_in_executor(
-                None, local_account, user.name, self.min_user_uid)
+                None, local_account, user.name, self.min_user_uid
+            )
 
     async def process_cluster_options(self, user: User, request: Any) -> tuple[dict, dict]:
         """Also refuse, with a message for the user, what sbatch would refuse later."""
@@ -671,8 +765,9 @@ class SlurmBackend(DBBackendBase):
         if self._partitions and now - self._partitions[0] < self.partition_cache_ttl:
             return self._partitions[1]
         try:
-            code, out, err = await self._run([self.sinfo, "--noheader", "--all",
-                                              "--format=%R"], what="sinfo")
+            code, out, err = await self._run(
+                [self.sinfo, "--noheader", "--all", "--format=%R"], what="sinfo"
+            )
         except RuntimeError as e:
             self.log.warning("Cannot list Slurm partitions: %s", e)
             return None
@@ -697,14 +792,18 @@ class SlurmBackend(DBBackendBase):
                 "dask.pem": cluster.tls_key.decode(),
                 "api-token": cluster.token,
             },
-            "jobs": [{
-                "script": self._script(
-                    self._exports(cluster, config, staging, "scheduler"),
-                    config.scheduler_setup,
-                    named_for_slurm(self.scheduler_command(cluster, config))),
-                "args": self._sbatch_args(cluster, config, "scheduler", staging,
-                                          "scheduler.log"),
-            }],
+            "jobs": [
+                {
+                    "script": self._script(
+                        self._exports(cluster, config, staging, "scheduler"),
+                        config.scheduler_setup,
+                        named_for_slurm(self.scheduler_command(cluster, config)),
+                    ),
+                    "args": self._sbatch_args(
+                        cluster, config, "scheduler", staging, "scheduler.log"
+                    ),
+                }
+            ],
         }
         # Shielded: if the reconciler gives up waiting, a job submitted anyway is cancelled.
         task = asyncio.ensure_future(self._launch(cluster.username, request))
@@ -718,8 +817,13 @@ class SlurmBackend(DBBackendBase):
             raise RuntimeError(result["error"])
         job_id = result["job_id"]
         self._tracked.add(job_id)
-        self.log.info("Submitted Slurm job %s: scheduler of cluster %s (user %s)",
-                      job_id, cluster.name, cluster.username, extra=about(cluster))
+        self.log.info(
+            "Submitted Slurm job %s: scheduler of cluster %s (user %s)",
+            job_id,
+            cluster.name,
+            cluster.username,
+            extra=about(cluster),
+        )
         return {"job_id": job_id, "staging_dir": staging}
 
     def _cancel_abandoned(self, username: str, task: asyncio.Task) -> None:
@@ -750,13 +854,22 @@ class SlurmBackend(DBBackendBase):
         tail = ""
         if staging:
             try:
-                answer = await self._launch(cluster.username, {
-                    "action": "cleanup", "staging_dir": staging, "log": "scheduler.log",
-                })
+                answer = await self._launch(
+                    cluster.username,
+                    {
+                        "action": "cleanup",
+                        "staging_dir": staging,
+                        "log": "scheduler.log",
+                    },
+                )
                 tail = answer.get("log_tail", "")
             except Exception as e:
-                self.log.warning("Could not remove the staging directory %s: %s", staging, e,
-                                 extra=about(cluster))
+                self.log.warning(
+                    "Could not remove the staging directory %s: %s",
+                    staging,
+                    e,
+                    extra=about(cluster),
+                )
         if cluster.target == JobStatus.FAILED:
             reason = self._ended.get(job_id or "", "")
             self._details[cluster.name] = "\n".join(x for x in (reason, tail) if x)
@@ -769,12 +882,18 @@ class SlurmBackend(DBBackendBase):
             batcher = self._worker_batchers[cluster.name] = _Batcher(
                 lambda workers: self._submit_workers(cluster, workers),
                 lambda job_id: asyncio.ensure_future(
-                    self._cancel_quietly(cluster.username, job_id)),
+                    self._cancel_quietly(cluster.username, job_id)
+                ),
             )
         job_id = await batcher.submit(worker)
         self._tracked.add(job_id)
-        self.log.info("Submitted Slurm job %s: worker %s of cluster %s",
-                      job_id, worker.name, cluster.name, extra=about(cluster))
+        self.log.info(
+            "Submitted Slurm job %s: worker %s of cluster %s",
+            job_id,
+            worker.name,
+            cluster.name,
+            extra=about(cluster),
+        )
         return {"job_id": job_id}
 
     async def _submit_workers(self, cluster: Cluster, workers: list[Worker]) -> list:
@@ -782,18 +901,32 @@ class SlurmBackend(DBBackendBase):
         config = self.cluster_config(cluster)
         staging = cluster.state.get("staging_dir") or await self._staging_dir(cluster, config)
         exports = self._exports(cluster, config, staging, "worker")
-        jobs = [{
-            "script": self._script(exports, config.worker_setup,
-                                   named_for_slurm(self.worker_command(cluster, config, w))),
-            "args": self._sbatch_args(cluster, config, "worker", staging,
-                                      f"worker-{w.name}.log"),
-        } for w in workers]
-        answer = await self._launch(cluster.username, {
-            "action": "submit", "staging_dir": staging, "env": self._job_env(),
-            "sbatch": shutil.which(self.sbatch) or self.sbatch, "jobs": jobs,
-        })
-        return [r["job_id"] if "job_id" in r else RuntimeError(r["error"])
-                for r in answer["results"]]
+        jobs = [
+            {
+                "script": self._script(
+                    exports,
+                    config.worker_setup,
+                    named_for_slurm(self.worker_command(cluster, config, w)),
+                ),
+                "args": self._sbatch_args(
+                    cluster, config, "worker", staging, f"worker-{w.name}.log"
+                ),
+            }
+            for w in workers
+        ]
+        answer = await self._launch(
+            cluster.username,
+            {
+                "action": "submit",
+                "staging_dir": staging,
+                "env": self._job_env(),
+                "sbatch": shutil.which(self.sbatch) or self.sbatch,
+                "jobs": jobs,
+            },
+        )
+        return [
+            r["job_id"] if "job_id" in r else RuntimeError(r["error"]) for r in answer["results"]
+        ]
 
     async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
         job_id = worker.state.get("job_id")
@@ -802,8 +935,12 @@ class SlurmBackend(DBBackendBase):
         if worker.target == JobStatus.FAILED and job_id not in self._ended:
             # Say why a lost worker's job ended (from the shared, per-period squeue).
             states = await self._job_states([job_id])
-            self._alive(job_id, states[job_id], f"Worker {worker.name} of cluster {cluster.name}",
-                        cluster.name)
+            self._alive(
+                job_id,
+                states[job_id],
+                f"Worker {worker.name} of cluster {cluster.name}",
+                cluster.name,
+            )
         await self._cancel(cluster.username, job_id)
         self._forget(job_id)
 
@@ -825,8 +962,11 @@ class SlurmBackend(DBBackendBase):
     async def _scancel(self, prefix: list[str], job_ids: list[str]) -> list:
         ids = sorted(set(job_ids))
         code, out, err = await self._run([*prefix, self.scancel, *ids], what="scancel")
-        problems = [line for line in err.splitlines()
-                    if line.strip() and not any(b in line for b in _BENIGN_SCANCEL)]
+        problems = [
+            line
+            for line in err.splitlines()
+            if line.strip() and not any(b in line for b in _BENIGN_SCANCEL)
+        ]
         if code != 0 and problems:
             error = RuntimeError(f"scancel failed: {'; '.join(problems)}")
             return [error] * len(job_ids)

@@ -12,6 +12,7 @@ timeout are killed, later jobs not submitted) -> ``{"results": [{"job_id": id} |
 {"error": message}, ...]}``; ``{"action": "cleanup", "staging_dir": d, "log": name}`` ->
 ``{"log_tail": text}``. A request that fails as a whole answers ``{"error": message}``.
 """
+
 import json
 import os
 import shutil
@@ -61,7 +62,11 @@ def submit(req):
         try:
             proc = subprocess.run(
                 [req.get("sbatch", "sbatch"), "--parsable", *job["args"]],
-                input=job["script"], capture_output=True, text=True, env=env, cwd=staging,
+                input=job["script"],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=staging,
                 timeout=None if deadline is None else max(0.1, deadline - time.monotonic()),
             )
         except subprocess.TimeoutExpired:  # run() killed it
@@ -70,7 +75,7 @@ def submit(req):
             continue
         out = proc.stdout.strip()
         if proc.returncode != 0 or not out:
-            err = (proc.stderr.strip() or out or f"sbatch exited with {proc.returncode}")
+            err = proc.stderr.strip() or out or f"sbatch exited with {proc.returncode}"
             results.append({"error": err})
         else:
             # "id" or "id;cluster" on federated setups.

@@ -19,6 +19,7 @@ The child becomes its user before it touches the file system: it creates its wor
 directory and opens its log as that user. The zygote exits when the socket closes (the
 gateway went away); its children live on.
 """
+
 import importlib
 import json
 import os
@@ -44,7 +45,7 @@ def start_ticks(pid):
             data = f.read()
     except OSError:
         return None
-    return int(data[data.rfind(b")") + 2:].split()[19])
+    return int(data[data.rfind(b")") + 2 :].split()[19])
 
 
 def reap(signum, frame):
