@@ -31,14 +31,20 @@ from distributed.security import Security
 from distributed.utils import LoopRunner, NoOpAwaitable, SyncMethodMixin
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
-from . import __version__
 from ._http import HTTPClient, proxy_settings
+from ._version import __version__
 from .auth import GatewayAuth, _AuthHooks, get_auth
 from .config import (
     format_template,
     resolve_address,
     resolve_proxy_address,
     resolve_public_address,
+)
+from .errors import (
+    GatewayClusterError,
+    GatewayRequestError,
+    GatewayServerError,
+    GatewayWarning,
 )
 from .options import Options
 
@@ -60,26 +66,6 @@ logger = logging.getLogger(__name__)
 #: Key of the ``subscribe_worker_status`` reply in which this project's scheduler preload
 #: lists the extra scheduler ops it serves (the public preload adds nothing there).
 SCHEDULER_FEATURES_KEY = "dask_gateway_features"
-
-
-class GatewayClusterError(Exception):
-    """A cluster is in a state that does not allow the request (HTTP 409, failed start)."""
-
-
-class GatewayRequestError(ValueError):
-    """The gateway refused a request (HTTP 404 or 422); ``status`` tells which, for proxies."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-class GatewayServerError(Exception):
-    """The gateway failed internally (HTTP 500)."""
-
-
-class GatewayWarning(UserWarning):
-    """The gateway applied a request only partially, e.g. scaling clamped to a limit."""
 
 
 class ClusterStatus(IntEnum):

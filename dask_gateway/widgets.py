@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from dask.utils import format_bytes
 
+from .errors import GatewayWarning
 from .options import Bool, Field, Float, Integer, Mapping, Options, Select, String
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -317,8 +318,6 @@ def _run_reporting_warnings(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
     The warning is raised on the gateway's loop thread, which ``catch_warnings`` sees
     because the warnings state is process-wide. Other warnings are passed on unchanged.
     """
-    from .client import GatewayWarning
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fn()
