@@ -282,15 +282,15 @@ class ClusterWidget:
     def _show(self, text: str, style: str) -> None:
         self.message.value = _message_html(text, style)
 
-    def _act(self, fn: Callable[[], Any], done: str) -> bool:
-        """Run a gateway request; show its outcome, warnings and errors in the widget."""
+    def _act(self, fn: Callable[[GatewayCluster], Any], done: str) -> bool:
+        """Run a gateway request on the cluster; show its outcome, warnings and errors."""
         self._warned = False
         cluster = self.cluster
         if cluster is None or cluster.status == "closed":
             self._show("The cluster is closed", _ERROR_STYLE)
             return False
         try:
-            _, warned = _run_reporting_warnings(fn)
+            _, warned = _run_reporting_warnings(lambda: fn(cluster))
         except Exception as exc:
             self._show(_error_text(exc), _ERROR_STYLE)
             return False
@@ -303,8 +303,7 @@ class ClusterWidget:
 
     def scale(self, n: int) -> bool:
         """Ask for ``n`` workers (turns adaptive scaling off)."""
-        cluster = self.cluster
-        ok = self._act(lambda: cluster.scale(n), f"Scaling to {n} workers")
+        ok = self._act(lambda cluster: cluster.scale(n), f"Scaling to {n} workers")
         if ok:
             self.adaptive = None
             self._render_adapt_state()
@@ -312,9 +311,8 @@ class ClusterWidget:
 
     def adapt(self, minimum: int, maximum: int) -> bool:
         """Scale adaptively between ``minimum`` and ``maximum`` workers."""
-        cluster = self.cluster
         ok = self._act(
-            lambda: cluster.adapt(minimum=minimum, maximum=maximum),
+            lambda cluster: cluster.adapt(minimum=minimum, maximum=maximum),
             f"Adapting between {minimum} and {maximum} workers",
         )
         if ok:
@@ -324,9 +322,9 @@ class ClusterWidget:
 
     def stop_adapting(self) -> bool:
         """Turn adaptive scaling off; the current workers are kept."""
-        cluster = self.cluster
         ok = self._act(
-            lambda: cluster.adapt(active=False), "Adaptive scaling off; keeping the current workers"
+            lambda cluster: cluster.adapt(active=False),
+            "Adaptive scaling off; keeping the current workers",
         )
         if ok:
             self.adaptive = None

@@ -128,10 +128,10 @@ class GatewayWidget:
         return self._gateway_ref()
 
     def _start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run())
+        wake = self._wake = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run(wake))
 
-    async def _run(self) -> None:
+    async def _run(self, wake: asyncio.Event) -> None:
         """Refresh until the gateway is closed or collected, or ``close()`` is called."""
         try:
             while True:
@@ -141,10 +141,10 @@ class GatewayWidget:
                 await self._refresh_once(gateway)
                 del gateway
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.refresh_interval)
+                    await asyncio.wait_for(wake.wait(), self.refresh_interval)
                 except asyncio.TimeoutError:
                     pass
-                self._wake.clear()
+                wake.clear()
         finally:
             rpcs, self._rpcs = self._rpcs, {}
             for r in rpcs.values():
@@ -168,7 +168,7 @@ class GatewayWidget:
         w = self._w
         for name in set(self.rows) - {r.name for r in reports}:
             self.rows.pop(name).box.close()
-        for report, count in zip(reports, counts):
+        for report, count in zip(reports, counts, strict=True):
             row = self.rows.get(report.name)
             if row is None:
                 row = self.rows[report.name] = _ClusterRow(w, self, report.name)

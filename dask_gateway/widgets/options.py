@@ -142,6 +142,7 @@ class OptionsWidget:
         if widget is None:
             return
         field = self.options._fields[key]
+        new: Any
         if isinstance(field, Mapping):
             try:
                 if self._parse(field, widget.value) == value:
