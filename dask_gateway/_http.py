@@ -130,7 +130,8 @@ def proxy_settings(address: str, setting: Any) -> str | None:
         proxies = urllib.request.getproxies_environment()
         parsed = urlparse(address)
         url = proxies.get(parsed.scheme)
-        if not url or urllib.request.proxy_bypass_environment(parsed.hostname or "", proxies):
+        # proxy_bypass reads NO_PROXY, from the same environment proxies come from.
+        if not url or urllib.request.proxy_bypass(parsed.hostname or ""):
             return None
     elif not setting:
         return None
@@ -170,17 +171,22 @@ class _Resolver(AbstractResolver):
                 infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
             except RuntimeError:  # "cannot schedule new futures after shutdown"
                 infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=addr[0],
-                port=addr[1],
-                family=fam,
-                proto=proto,
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        results = []
+        for fam, _, proto, _, addr in infos:
+            ip, ip_port = addr[0], addr[1]
+            if not isinstance(ip, str) or not isinstance(ip_port, int):
+                continue  # not an IP address (getaddrinfo of a stream host gives only those)
+            results.append(
+                ResolveResult(
+                    hostname=host,
+                    host=ip,
+                    port=ip_port,
+                    family=fam,
+                    proto=proto,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
             )
-            for fam, _, proto, _, addr in infos
-        ]
+        return results
 
     async def close(self) -> None:
         pass
@@ -251,7 +257,7 @@ class HTTPClient:
                 content = await resp.read()
         except aiohttp.ClientConnectorError as e:
             # The plain OS error (ConnectionRefusedError, gaierror ...) users know.
-            raise e.os_error
+            raise e.os_error from e
         except asyncio.TimeoutError:
             raise HTTPClientError(599, f"Timeout during request to {url}") from None
         except aiohttp.ClientError as e:

@@ -31,14 +31,20 @@ from distributed.security import Security
 from distributed.utils import LoopRunner, NoOpAwaitable, SyncMethodMixin
 from tornado.httpclient import HTTPClientError, HTTPResponse
 
-from . import __version__
 from ._http import HTTPClient, proxy_settings
+from ._version import __version__
 from .auth import GatewayAuth, _AuthHooks, get_auth
 from .config import (
     format_template,
     resolve_address,
     resolve_proxy_address,
     resolve_public_address,
+)
+from .errors import (
+    GatewayClusterError,
+    GatewayRequestError,
+    GatewayServerError,
+    GatewayWarning,
 )
 from .options import Options
 
@@ -60,26 +66,6 @@ logger = logging.getLogger(__name__)
 #: Key of the ``subscribe_worker_status`` reply in which this project's scheduler preload
 #: lists the extra scheduler ops it serves (the public preload adds nothing there).
 SCHEDULER_FEATURES_KEY = "dask_gateway_features"
-
-
-class GatewayClusterError(Exception):
-    """A cluster is in a state that does not allow the request (HTTP 409, failed start)."""
-
-
-class GatewayRequestError(ValueError):
-    """The gateway refused a request (HTTP 404 or 422); ``status`` tells which, for proxies."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-class GatewayServerError(Exception):
-    """The gateway failed internally (HTTP 500)."""
-
-
-class GatewayWarning(UserWarning):
-    """The gateway applied a request only partially, e.g. scaling clamped to a limit."""
 
 
 class ClusterStatus(IntEnum):
@@ -157,6 +143,13 @@ def _datetime_from_ms(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000)
 
 
+async def _finish(result: Awaitable[None] | None) -> None:
+    """Await what a two-mode method returned: an awaitable when it runs asynchronously,
+    None when it already ran (a synchronous object used in ``async with``)."""
+    if result is not None:
+        await result
+
+
 class ClusterReport:
     """A snapshot of one cluster, as reported by the gateway."""
 
@@ -218,7 +211,7 @@ class ClusterReport:
             status=status,
             scheduler_address=f"{proxy_address}/{data['name']}" if running else None,
             dashboard_link=public_address + route if route else None,
-            start_time=_datetime_from_ms(data["start_time"]),
+            start_time=datetime.fromtimestamp(data["start_time"] / 1000),  # never null
             stop_time=_datetime_from_ms(data.get("stop_time")),
             tls_cert=data.get("tls_cert"),
             tls_key=data.get("tls_key"),
@@ -339,7 +332,7 @@ class Gateway(SyncMethodMixin):
         return self
 
     async def __aexit__(self, *args: Any) -> None:
-        await self.close()
+        await _finish(self.close())
 
     def __del__(self) -> None:
         # Only the background loop thread needs releasing; skip when already closed,
@@ -506,7 +499,7 @@ class Gateway(SyncMethodMixin):
     async def _stop_cluster(self, cluster_name: str) -> None:
         await self._request("DELETE", "/api/v1/clusters/" + quote(cluster_name, safe=""))
 
-    def stop_cluster(self, cluster_name: str, **kwargs: Any) -> None:
+    def stop_cluster(self, cluster_name: str, **kwargs: Any) -> Awaitable[None] | None:
         """Stop a cluster (no error if it is already stopped)."""
         return self.sync(self._stop_cluster, cluster_name, **kwargs)
 
@@ -519,7 +512,7 @@ class Gateway(SyncMethodMixin):
         path = f"/api/v1/clusters/{quote(cluster_name, safe='')}/scale"
         await self._post_with_warning(path, {"count": n})
 
-    def scale_cluster(self, cluster_name: str, n: int, **kwargs: Any) -> None:
+    def scale_cluster(self, cluster_name: str, n: int, **kwargs: Any) -> Awaitable[None] | None:
         """Set a cluster's worker count (turns adaptive scaling off)."""
         return self.sync(self._scale_cluster, cluster_name, n, **kwargs)
 
@@ -542,7 +535,7 @@ class Gateway(SyncMethodMixin):
         maximum: int | None = None,
         active: bool = True,
         **kwargs: Any,
-    ) -> None:
+    ) -> Awaitable[None] | None:
         """Let the scheduler scale between ``minimum`` and ``maximum`` workers.
 
         ``active=False`` stops adapting (the current worker count is kept).
@@ -756,6 +749,11 @@ class GatewayCluster:
 
     async def _watch_workers(self) -> None:
         """Subscribe to the scheduler's worker updates to keep ``scheduler_info`` live."""
+        if self.scheduler_address is None or self.security is None:
+            raise GatewayClusterError(
+                f"The gateway reports cluster {self.name!r} running, but without its "
+                "scheduler's address or credentials"
+            )
         self._scheduler_comm = rpc(
             self.scheduler_address,
             connection_args=self.security.get_connection_args("client"),
@@ -807,9 +805,14 @@ class GatewayCluster:
             self._clients.add(client)
         return client
 
+    def _submitted_name(self) -> str:
+        if self.name is None:
+            raise GatewayClusterError("The cluster has not been submitted yet: await it first")
+        return self.name
+
     def scale(self, n: int, **kwargs: Any) -> Awaitable[None] | None:
         """Scale to ``n`` workers (turns adaptive scaling off)."""
-        return self.gateway.scale_cluster(self.name, n, **kwargs)
+        return self.gateway.scale_cluster(self._submitted_name(), n, **kwargs)
 
     def adapt(
         self,
@@ -820,7 +823,7 @@ class GatewayCluster:
     ) -> Awaitable[None] | None:
         """Scale automatically with the load, between ``minimum`` and ``maximum`` workers."""
         return self.gateway.adapt_cluster(
-            self.name, minimum=minimum, maximum=maximum, active=active, **kwargs
+            self._submitted_name(), minimum=minimum, maximum=maximum, active=active, **kwargs
         )
 
     # ------------------------------------------------------------------ close
@@ -845,7 +848,7 @@ class GatewayCluster:
         finally:
             self.status = "closed"
             if self._asynchronous:
-                await self.gateway.close()
+                await _finish(self.gateway.close())
 
     async def _stop_async(self) -> None:
         """Disconnect from the scheduler: the local part of closing, before the cluster is
@@ -897,7 +900,7 @@ class GatewayCluster:
         return await self
 
     async def __aexit__(self, *args: Any) -> None:
-        await self.close()
+        await _finish(self.close())
 
     def __del__(self) -> None:
         if getattr(self, "status", "closed") == "closed" or getattr(self, "_asynchronous", True):

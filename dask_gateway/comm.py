@@ -67,7 +67,7 @@ class GatewayConnector(TLSConnector):
             )
         host, port = parse_host_port(host_port)
         try:
-            stream = await self.client.connect(host, port, max_buffer_size=MAX_BUFFER_SIZE)
+            stream = await self.client.connect(host, port, max_buffer_size=int(MAX_BUFFER_SIZE))
             stream = await stream.start_tls(
                 False, ssl_options=ctx, server_hostname=SNI_PREFIX + name
             )

@@ -294,8 +294,9 @@ def field_from_spec(spec: dict[str, Any]) -> Field:
     keys = _SPEC_KEYS.get(cls)
     extra = type_spec if keys is None else {k: type_spec[k] for k in keys if k in type_spec}
     # A null default means the field type's own (e.g. "" for a string).
-    default = () if spec.get("default") is None else (spec["default"],)
-    return cls(name, *default, label=spec.get("label"), **extra)
+    if spec.get("default") is None:
+        return cls(name, label=spec.get("label"), **extra)
+    return cls(name, spec["default"], label=spec.get("label"), **extra)
 
 
 class Options(MutableMapping):

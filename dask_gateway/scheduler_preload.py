@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import click
 from distributed.comm.addressing import get_address_host
@@ -197,6 +197,8 @@ def guard_dashboard(scheduler: Any, token: str) -> bool:
     """Require the dashboard key on every request of the scheduler's HTTP server; False
     if it has none (or an unexpected one, left as it is)."""
     server = getattr(scheduler, "http_server", None)
+    if server is None:
+        return False
     app = getattr(server, "request_callback", None)
     if not isinstance(app, httputil.HTTPServerConnectionDelegate):
         return False
@@ -345,6 +347,14 @@ class CommHandler(BaseHandler):
             raise APIError(422, "op must be one of {scale, adapt}")
 
 
+@overload
+def validate_count(value: Any, field: str, allow_none: Literal[False]) -> int: ...
+
+
+@overload
+def validate_count(value: Any, field: str, allow_none: bool = True) -> int | None: ...
+
+
 def validate_count(value: Any, field: str, allow_none: bool = True) -> int | None:
     """Check a worker count is a non-negative int (bool is rejected: it's not a count)."""
     if value is None and allow_none:
@@ -416,7 +426,7 @@ class SchedulerService:
         self._http = AsyncHTTPClient(force_instance=True)
         self._start_api_server()
         self._start_handoff()
-        for addr, ws in self.scheduler.workers.items():  # normally none yet
+        for addr in self.scheduler.workers:  # normally none yet
             self.tracker.add_worker(self.scheduler, addr)
         self.scheduler.add_plugin(self.tracker, name=PLUGIN_NAME, idempotent=True)
         self._spawn(self._heartbeat_loop())
@@ -860,7 +870,9 @@ class _WorkerStatusSubscriber(WorkerStatusPlugin):
     """
 
     def __init__(self, scheduler: Any, comm: Any):
-        self.name = f"worker-status-{uuid.uuid4().hex}"
+        # distributed declares ``name`` a class variable, yet add_plugin reads it from the
+        # instance: this one is per subscriber.
+        self.name = f"worker-status-{uuid.uuid4().hex}"  # type: ignore[misc]
         super().__init__(scheduler, comm)
 
 
@@ -1011,14 +1023,12 @@ def make_gateway_client(
 ) -> GatewayClient:
     """A ``GatewayClient``; missing values come from the ``DASK_GATEWAY_*`` variables
     (a token containing ``/`` is the path of a file holding it)."""
-    env = {
+    given = {
         "DASK_GATEWAY_CLUSTER_NAME": cluster_name,
         "DASK_GATEWAY_API_URL": api_url,
         "DASK_GATEWAY_API_TOKEN": api_token,
     }
-    for name, value in env.items():
-        if not value:
-            env[name] = os.environ.get(name, "")
+    env = {name: value or os.environ.get(name, "") for name, value in given.items()}
     missing = [name for name, value in env.items() if not value]
     if missing:
         raise RuntimeError(

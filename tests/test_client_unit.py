@@ -25,6 +25,7 @@ import dask_gateway
 from dask_gateway import (
     BasicAuth,
     Gateway,
+    GatewayCluster,
     GatewayClusterError,
     GatewayServerError,
     GatewayWarning,
@@ -124,7 +125,7 @@ def test_options_set_and_validate():
 def test_options_unknown_and_delete():
     opts = Options._from_spec(OPTIONS_SPEC)
     with pytest.raises(AttributeError, match="No option 'nope' available"):
-        opts.nope
+        opts.nope  # noqa: B018  (the attribute read is what raises)
     with pytest.raises(AttributeError, match="No option 'nope' available"):
         opts.nope = 1
     with pytest.raises(KeyError, match="No option 'nope' available"):
@@ -732,3 +733,26 @@ def test_gateway_closed_errors(fake_gateway):
     gateway.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         gateway.list_clusters()
+
+
+async def test_synchronous_gateway_in_async_with(fake_gateway):
+    """Closing a synchronous gateway at the end of ``async with`` once awaited None."""
+    address, _ = fake_gateway
+    async with Gateway(address, auth=BasicAuth("alice", "pw")) as gateway:
+        assert {c.name for c in gateway.list_clusters()} == {"a", "b"}
+    assert gateway._closed
+
+
+async def test_scaling_a_cluster_not_yet_submitted(fake_gateway):
+    address, _ = fake_gateway
+    cluster = GatewayCluster(address, auth=BasicAuth("alice", "pw"), asynchronous=True)
+    with pytest.raises(GatewayClusterError, match="not been submitted yet: await it first"):
+        cluster.scale(2)
+    await cluster.close()
+
+
+def test_running_cluster_reported_without_credentials(gateway):
+    """A running cluster whose JSON lacks its TLS credentials: a clear error, not a crash."""
+    gateway, _ = gateway
+    with pytest.raises(GatewayClusterError, match="without its scheduler's address or credentials"):
+        gateway.connect("a")

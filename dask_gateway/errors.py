@@ -1,0 +1,35 @@
+"""The errors and warnings the client raises, in a module of their own.
+
+Kept apart from ``client`` so that ``options`` and the widgets can use them without
+importing the client. They are also importable from ``dask_gateway`` and
+``dask_gateway.client``, as in the public dask-gateway.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GatewayClusterError",
+    "GatewayRequestError",
+    "GatewayServerError",
+    "GatewayWarning",
+]
+
+
+class GatewayClusterError(Exception):
+    """A cluster is in a state that does not allow the request (HTTP 409, failed start)."""
+
+
+class GatewayRequestError(ValueError):
+    """The gateway refused a request (HTTP 404 or 422); ``status`` tells which, for proxies."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class GatewayServerError(Exception):
+    """The gateway failed internally (HTTP 500)."""
+
+
+class GatewayWarning(UserWarning):
+    """The gateway applied a request only partially, e.g. scaling clamped to a limit."""
