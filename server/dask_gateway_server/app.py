@@ -16,7 +16,9 @@ from traitlets import Bool, Enum, Type, Unicode, default, observe, validate
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .api import NotFoundHandler, api_handlers, check_dashboard_access, loggable_uri
+from .api import api_handlers
+from .api.base import NotFoundHandler, loggable_uri
+from .api.login import check_dashboard_access
 from .auth import Authenticator, JupyterHubAuthenticator, KerberosAuthenticator, SimpleAuthenticator
 from .backends.base import Backend, ClusterConfig, DBBackendBase
 from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
