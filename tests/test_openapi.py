@@ -7,7 +7,9 @@ body of the documented shape.
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 import time
 import urllib.parse
@@ -17,7 +19,10 @@ import pytest
 from http_helpers import basic, call
 from tornado import web
 
-from dask_gateway_server.api import api_handlers
+import dask_gateway_server.api
+from dask_gateway_server.api.base import NotFoundHandler
+from dask_gateway_server.api.clusters import ClusterHandler
+from dask_gateway_server.app import API_ROUTES, web_routes
 from dask_gateway_server.openapi import openapi_spec
 from dask_gateway_server.proxy import Proxy
 
@@ -42,15 +47,74 @@ def concrete(template: str) -> str:
 
 
 def routes() -> list[tuple[str, type]]:
-    """Every route the gateway app serves (API and dashboards), with its handler."""
-    proxy = Proxy()
-    out = [(pattern, handler) for pattern, handler in api_handlers("")]
-    out += [(spec[0], spec[1]) for spec in proxy.dashboard_handlers()]
-    return out
+    """Every route the gateway app serves (API and dashboards), with its handler, as the
+    app builds them; the catch-all 404 aside."""
+    served = [(spec[0], spec[1]) for spec in web_routes("", Proxy())]
+    return [(pattern, handler) for pattern, handler in served if handler is not NotFoundHandler]
 
 
 def implemented(handler: type) -> set[str]:
     return {m for m in METHODS if getattr(handler, m) is not getattr(web.RequestHandler, m)}
+
+
+def route_problems(api_routes: list[tuple[str, type]], spec: dict) -> list[str]:
+    """Where the API modules' route lists and the document disagree: an operation routed
+    but not described, or described but not routed. Paths the proxy serves for the
+    schedulers' dashboards (``x-proxied-methods``) are not the API's."""
+    routed = {(path, m) for path, handler in api_routes for m in implemented(handler)}
+    described = {
+        (path, m)
+        for path, item in spec["paths"].items()
+        if "x-proxied-methods" not in item
+        for m in item
+        if m in METHODS
+    }
+    return [
+        f"{m.upper()} {path} is routed but not described in openapi.py"
+        for path, m in sorted(routed - described)
+    ] + [
+        f"{m.upper()} {path} is described in openapi.py but not routed"
+        for path, m in sorted(described - routed)
+    ]
+
+
+def test_route_lists_and_document_agree():
+    """The routes the API modules list (and app.py serves) are exactly the operations the
+    document describes: same path templates, same methods."""
+    assert route_problems(API_ROUTES, SPEC) == []
+
+
+def test_a_route_cannot_be_added_without_its_description():
+    class PauseHandler(web.RequestHandler):
+        async def post(self, name: str) -> None: ...
+
+    class PatchableClusterHandler(ClusterHandler):
+        async def patch(self, name: str) -> None: ...
+
+    added = [*API_ROUTES, ("/api/v1/clusters/{cluster_name}/pause", PauseHandler)]
+    assert route_problems(added, SPEC) == [
+        "POST /api/v1/clusters/{cluster_name}/pause is routed but not described in openapi.py"
+    ]
+    method = [
+        (path, PatchableClusterHandler if handler is ClusterHandler else handler)
+        for path, handler in API_ROUTES
+    ]
+    assert route_problems(method, SPEC) == [
+        "PATCH /api/v1/clusters/{cluster_name} is routed but not described in openapi.py"
+    ]
+    dropped = [(path, h) for path, h in API_ROUTES if path != "/api/version"]
+    assert route_problems(dropped, SPEC) == [
+        "GET /api/version is described in openapi.py but not routed"
+    ]
+
+
+def test_every_api_module_list_is_served():
+    """A module's ROUTES the app forgot to serve would be documented and never answer."""
+    package = dask_gateway_server.api
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for route in getattr(module, "ROUTES", []):
+            assert route in API_ROUTES, f"{info.name}.ROUTES: {route} is not in app.API_ROUTES"
 
 
 def test_every_route_is_documented_and_every_documented_route_exists():
@@ -82,7 +146,7 @@ def test_document_is_well_formed():
         for part in ref.split("/"):
             assert part in node, f"dangling $ref #/{ref}"
             node = node[part]
-    for op_id, (method, path, op) in operations(SPEC).items():
+    for op_id, (_method, path, op) in operations(SPEC).items():
         assert op.get("summary"), op_id
         assert op["responses"], op_id
         for status in op["responses"]:

@@ -16,8 +16,8 @@ from traitlets import Bool, Enum, Type, Unicode, default, observe, validate
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .api import api_handlers
-from .api.base import NotFoundHandler, loggable_uri
+from .api import clusters, heartbeat, login, server
+from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator, JupyterHubAuthenticator, KerberosAuthenticator, SimpleAuthenticator
 from .backends.base import Backend, ClusterConfig, DBBackendBase
@@ -30,6 +30,15 @@ from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy
 from .reconciler import Reconciler
 from .store import Store, load_or_create_key_file
+
+#: Every API route, from the lists the API modules end with (in tornado's matching order).
+API_ROUTES: list[Route] = [*server.ROUTES, *clusters.ROUTES, *heartbeat.ROUTES, *login.ROUTES]
+
+
+def web_routes(prefix: str, proxy: Proxy) -> list:
+    """The gateway web app's URL specs: the API under ``prefix``, the dashboards, and a
+    JSON 404 for everything else."""
+    return [*url_specs(prefix, API_ROUTES), *proxy.dashboard_handlers(), (r".*", NotFoundHandler)]
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -239,9 +248,7 @@ class DaskGateway(Application):
         self.metrics = Metrics(self.reconciler)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
-            api_handlers(self.proxy.prefix)
-            + self.proxy.dashboard_handlers()
-            + [(r".*", NotFoundHandler)],
+            web_routes(self.proxy.prefix, self.proxy),
             authenticator=self.authenticator,
             backend=self.backend,
             reconciler=self.reconciler,

@@ -669,7 +669,7 @@ _ERROR_OVERRIDES = {
 def _describe_errors(spec: dict[str, Any]) -> None:
     """Give each error response of each operation the meaning it has there."""
     for item in spec["paths"].values():
-        for method, op in item.items():
+        for _method, op in item.items():
             if not isinstance(op, dict) or "responses" not in op:
                 continue
             for status, resp in op["responses"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,7 +160,7 @@ def _cookie_path(handler: web.RequestHandler) -> str:
     return handler.settings["prefix"] or "/"
 
 
-def _is_https(handler: web.RequestHandler) -> bool:
+def is_https(handler: web.RequestHandler) -> bool:
     return handler.request.protocol == "https"
 
 
@@ -172,7 +173,7 @@ def set_session_cookie(handler: web.RequestHandler, user: User) -> None:
         path=_cookie_path(handler),
         httponly=True,
         samesite="Lax",
-        secure=_is_https(handler),
+        secure=is_https(handler),
     )
 
 
@@ -224,7 +225,7 @@ def loggable_uri(request) -> str:
     return request.uri
 
 
-def _token_from(request) -> str | None:
+def token_from(request) -> str | None:
     kind, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if kind.lower() == "token" and token.strip() else None
 
@@ -232,5 +233,24 @@ def _token_from(request) -> str | None:
 class NotFoundHandler(BaseHandler):
     auth_kind = "none"
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise APIError(404, "Not Found")
+
+
+#: A route: its path as the OpenAPI document writes it (``/api/v1/clusters/{cluster_name}``,
+#: below the gateway's prefix), and its handler. Each API module ends with its ``ROUTES``;
+#: ``app.py`` serves them and ``tests/test_openapi.py`` checks them against the document.
+Route = tuple[str, type[web.RequestHandler]]
+
+_PARAMETER = re.compile(r"\{[^/{}]+\}")
+
+
+def url_specs(prefix: str, routes: Iterable[Route]) -> list[tuple[str, type[web.RequestHandler]]]:
+    """Tornado's URL patterns for ``routes`` under ``prefix``: each ``{parameter}`` matches
+    one non-empty path segment, passed to the handler in order; the rest is literal."""
+    p = re.escape(prefix.rstrip("/"))
+    out = []
+    for path, handler in routes:
+        literal = [re.escape(part) for part in _PARAMETER.split(path)]
+        out.append((p + "([^/]+)".join(literal), handler))
+    return out

@@ -11,7 +11,7 @@ from ..backends.base import UserNotAllowed
 from ..limits import LimitExceeded
 from ..models import MAX_WORKER_COUNT, Cluster, ClusterStatus, JobStatus
 from ..reconciler import SchedulerUnreachable
-from .base import APIError, BaseHandler, _token_from
+from .base import APIError, BaseHandler, Route, token_from
 
 WAIT_TIMEOUT = 20.0
 
@@ -24,7 +24,9 @@ class OptionsHandler(BaseHandler):
             self.settings["log"].exception(
                 "cluster_options failed for user %s", self.current_user.name
             )
-            raise APIError(500, "The gateway's cluster_options failed; see the gateway log")
+            raise APIError(
+                500, "The gateway's cluster_options failed; see the gateway log"
+            ) from None
         self.write_json({"cluster_options": options.get_specification()})
 
 
@@ -115,7 +117,7 @@ class ClusterHandler(BaseHandler):
         self.write_json(cluster.to_dict())
 
     async def delete(self, name: str) -> None:
-        token = _token_from(self.request)
+        token = token_from(self.request)
         cluster = self.reconciler.by_token.get(token) if token else None
         if cluster is not None and cluster.name == name:
             await self.reconciler.stop_cluster(cluster)
@@ -246,3 +248,13 @@ class WorkersHandler(BaseHandler):
                 "requested": cluster.count,
             }
         )
+
+
+ROUTES: list[Route] = [
+    ("/api/v1/options", OptionsHandler),
+    ("/api/v1/clusters/", ClustersHandler),
+    ("/api/v1/clusters/{cluster_name}", ClusterHandler),
+    ("/api/v1/clusters/{cluster_name}/scale", ScaleHandler),
+    ("/api/v1/clusters/{cluster_name}/adapt", AdaptHandler),
+    ("/api/v1/clusters/{cluster_name}/workers", WorkersHandler),
+]

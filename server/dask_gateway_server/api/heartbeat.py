@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..addresses import AddressMoved, AddressNotYetKnown, AddressRefused, MalformedAddress
-from .base import APIError, BaseHandler, _token_from
+from .base import APIError, BaseHandler, Route, token_from
 
 _HEARTBEAT_KEYS = {
     "scheduler_address": str,
@@ -20,7 +20,7 @@ class HeartbeatHandler(BaseHandler):
     auth_kind = "none"
 
     async def post(self, name: str) -> None:
-        token = _token_from(self.request)
+        token = token_from(self.request)
         cluster = self.reconciler.by_token.get(token) if token else None
         if cluster is None or cluster.name != name:
             raise APIError(401, "Unauthorized", {"WWW-Authenticate": "token"})
@@ -50,3 +50,8 @@ def _address_status(error: AddressRefused) -> int:
     if isinstance(error, (AddressNotYetKnown, AddressMoved)):
         return 409
     return 403
+
+
+ROUTES: list[Route] = [
+    ("/api/v1/clusters/{cluster_name}/heartbeat", HeartbeatHandler),
+]

@@ -8,7 +8,14 @@ import secrets
 from tornado import web
 
 from ..auth import Authenticator, AuthError
-from .base import APIError, BaseHandler, _is_https, authenticate_handler, set_session_cookie
+from .base import (
+    APIError,
+    BaseHandler,
+    Route,
+    authenticate_handler,
+    is_https,
+    set_session_cookie,
+)
 
 OAUTH_STATE_MAX_AGE = 600
 
@@ -32,7 +39,7 @@ def oauth_binding(handler: web.RequestHandler) -> str:
         expires_days=OAUTH_STATE_MAX_AGE / 86400,
         httponly=True,
         samesite="Lax",
-        secure=_is_https(handler),
+        secure=is_https(handler),
     )
     return binding
 
@@ -102,3 +109,8 @@ class OAuthCallbackHandler(BaseHandler):
         self.clear_cookie(binding_cookie, path=self.settings["prefix"] + "/oauth_callback")
         set_session_cookie(self, user)
         self.redirect(next_url)
+
+
+ROUTES: list[Route] = [
+    ("/oauth_callback", OAuthCallbackHandler),
+]

@@ -4,8 +4,9 @@ OpenAPI document."""
 from __future__ import annotations
 
 from .. import __version__
+from ..metrics import MetricsHandler
 from ..openapi import openapi_spec
-from .base import BaseHandler
+from .base import BaseHandler, Route
 
 
 class HealthHandler(BaseHandler):
@@ -29,3 +30,11 @@ class OpenAPIHandler(BaseHandler):
 
     def get(self) -> None:
         self.write_json(openapi_spec(self.settings["prefix"]))
+
+
+ROUTES: list[Route] = [
+    ("/api/health", HealthHandler),
+    ("/api/version", VersionHandler),
+    ("/api/openapi.json", OpenAPIHandler),
+    ("/metrics", MetricsHandler),
+]
