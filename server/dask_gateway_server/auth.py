@@ -17,6 +17,7 @@ import ssl
 import time
 import uuid
 from collections import OrderedDict
+from typing import Any
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -65,7 +66,7 @@ class Authenticator(LoggingConfigurable):
         admin = admin or name in self.admin_users or bool(groups & self.admin_groups)
         return User(name, groups, admin)
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._sessions: dict[str, tuple[User, float]] = {}
 
@@ -348,7 +349,7 @@ class JupyterHubAuthenticator(Authenticator):
     def _default_client_secret(self) -> str:
         return self.jupyterhub_api_token
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._tokens: OrderedDict[str, tuple[User, float]] = OrderedDict()
         #: OAuth state -> (next URL, deadline, the browser's binding)

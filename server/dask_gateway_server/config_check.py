@@ -23,9 +23,9 @@ def unrecognized_settings(
     ``known``: the classes this gateway may use (their bases count too). ``configured``: the
     objects already built from ``config``; traitlets warned about their sections itself.
     """
-    by_name: dict[str, type] = {}
-    for cls in known:
-        for base in cls.mro():
+    by_name: dict[str, type[Configurable]] = {}
+    for known_cls in known:
+        for base in known_cls.mro():
             if isinstance(base, type) and issubclass(base, Configurable):
                 by_name.setdefault(base.__name__, base)
     checked_by_traitlets = {
@@ -34,7 +34,7 @@ def unrecognized_settings(
         if isinstance(obj, LoggingConfigurable)
         for base in type(obj).mro()
     }
-    messages = []
+    messages: list[str] = []
     for section, values in config.items():
         if not isinstance(values, Config) or not section[:1].isupper():
             continue

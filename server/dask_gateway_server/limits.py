@@ -12,6 +12,7 @@ A user's own entry wins; among their groups, the most generous value wins.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from traitlets import Dict, Float, Integer
 from traitlets.config import Configurable
@@ -52,7 +53,7 @@ class UserLimits(Configurable):
         help="Limits per user: {user: {max_clusters, max_cores, max_memory}}.", config=True
     )
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._known: dict[str, User] = {}
 

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import Any, TextIO
 
 #: The record attribute (and JSON field) naming the cluster a line is about.
 CLUSTER = "cluster"
@@ -80,7 +80,7 @@ class SafeStreamHandler(logging.StreamHandler):
     written afterwards says how many were lost and why.
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self.lost = 0
         self.last_error: BaseException | None = None

@@ -269,7 +269,7 @@ class Options:
             for p in inspect.signature(self.handler).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
         ]
-        args = (FrozenAttrDict(transformed),)
+        args: tuple[Any, ...] = (FrozenAttrDict(transformed),)
         if not (len(params) == 1 and params[0].kind != params[0].VAR_POSITIONAL):
             args += (user,)
         result = self.handler(*args)
