@@ -8,21 +8,22 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Enum, Type, Unicode, default, observe, validate
-from traitlets.config import Application, catch_config_error
+from traitlets import Bool, Enum, Unicode, default, observe, validate
+from traitlets.config import Application, Configurable, catch_config_error
+from traitlets.utils.importstring import import_item
 
 from . import __version__
 from .api import clusters, heartbeat, login, server
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
-from .auth import Authenticator, JupyterHubAuthenticator, KerberosAuthenticator, SimpleAuthenticator
-from .backends.base import Backend, ClusterConfig, DBBackendBase
-from .backends.local import LocalBackend, LocalClusterConfig, UnsafeLocalBackend
-from .backends.slurm import SlurmBackend, SlurmClusterConfig
+from .auth import Authenticator
+from .backends.base import Backend, ClusterConfig
 from .config_check import unrecognized_settings
 from .limits import UserLimits
 from .logs import cluster_in_path, logging_config, share_handlers
@@ -30,6 +31,7 @@ from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy
 from .reconciler import Reconciler
 from .store import Store, load_or_create_key_file
+from .traits import EntryPointType
 
 #: Every API route, from the lists the API modules end with (in tornado's matching order).
 API_ROUTES: list[Route] = [*server.ROUTES, *clusters.ROUTES, *heartbeat.ROUTES, *login.ROUTES]
@@ -39,6 +41,24 @@ def web_routes(prefix: str, proxy: Proxy) -> list:
     """The gateway web app's URL specs: the API under ``prefix``, the dashboards, and a
     JSON 404 for everything else."""
     return [*url_specs(prefix, API_ROUTES), *proxy.dashboard_handlers(), (r".*", NotFoundHandler)]
+
+
+def with_bases(classes: Iterable[type], root: type) -> list[type]:
+    """``classes`` each after the classes between it and ``root`` it derives from (their
+    settings apply to it too), each once."""
+    out: list[type] = []
+    for cls in classes:
+        for base in reversed(cls.__mro__):
+            if issubclass(base, root) and base not in out:
+                out.append(base)
+    return out
+
+
+def _default_class(cls: type[Configurable], name: str) -> type:
+    """The default of ``cls``'s Type trait ``name`` (traitlets keeps an import string until
+    an instance needs it)."""
+    value = cls.class_traits()[name].default_value
+    return import_item(value) if isinstance(value, str) else value
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -114,15 +134,28 @@ class DaskGateway(Application):
         "cluster; tracebacks in exc_info.",
         config=True,
     )
-    backend_class = Type(
-        UnsafeLocalBackend, klass=Backend, help="The backend that runs clusters.", config=True
-    )
-    authenticator_class = Type(
-        SimpleAuthenticator,
-        klass=Authenticator,
-        help="How users are authenticated.",
+    backend_class = EntryPointType(
+        "unsafe-local",
+        klass=Backend,
+        entry_point_group="dask_gateway_server.backends",
+        kind="backend",
+        help="The backend that runs clusters: one of the installed names, a class's import "
+        "path ('package.module.Class'), or the class.",
         config=True,
     )
+    authenticator_class = EntryPointType(
+        "simple",
+        klass=Authenticator,
+        entry_point_group="dask_gateway_server.authenticators",
+        kind="authenticator",
+        help="How users are authenticated: one of the installed names, a class's import path "
+        "('package.module.Class'), or the class.",
+        config=True,
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.classes = self._configurable_classes()
+        super().__init__(**kwargs)
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -145,11 +178,20 @@ class DaskGateway(Application):
         a log that cannot be written (a full disk) costs lines, never the gateway."""
         return logging_config(
             self.log_style,
-            self.log_level,
+            self._log_level_number(),
             self.log_format,
             self.log_datefmt,
             self.__class__.__name__,
         )
+
+    def _log_level_number(self) -> int:
+        """``log_level`` as a number: traitlets turns a name into its number when it is set
+        (the trait is typed ``object``)."""
+        level = self.log_level
+        if isinstance(level, int):
+            return level
+        number = logging.getLevelName(str(level))
+        return number if isinstance(number, int) else logging.INFO
 
     @observe("log_style")
     def _log_style_changed(self, change) -> None:
@@ -169,24 +211,25 @@ class DaskGateway(Application):
         split_host_port(proposal.value)
         return proposal.value
 
-    @property
-    def classes(self) -> list:
+    @classmethod
+    def _configurable_classes(cls) -> list[type[Configurable]]:
+        """What a config file may set (for --help-all, generate-config,
+        docs/configuration.md and the unknown-settings check): the gateway, every installed
+        authenticator and backend (the entry points of their traits), each with the classes
+        it derives from, and each backend's cluster configuration."""
+        auth_trait = cls.class_traits()["authenticator_class"]
+        backend_trait = cls.class_traits()["backend_class"]
+        assert isinstance(auth_trait, EntryPointType)
+        assert isinstance(backend_trait, EntryPointType)
+        backends = backend_trait.load_all()
+        cluster_configs = [_default_class(b, "cluster_config_class") for b in backends]
         return [
-            DaskGateway,
+            cls,
             Proxy,
-            Authenticator,
-            SimpleAuthenticator,
-            KerberosAuthenticator,
-            JupyterHubAuthenticator,
+            *with_bases(auth_trait.load_all(), Authenticator),
             UserLimits,
-            Backend,
-            DBBackendBase,
-            LocalBackend,
-            UnsafeLocalBackend,
-            ClusterConfig,
-            LocalClusterConfig,
-            SlurmBackend,
-            SlurmClusterConfig,
+            *with_bases(backends, Backend),
+            *with_bases(cluster_configs, ClusterConfig),
         ]
 
     @catch_config_error
@@ -201,7 +244,7 @@ class DaskGateway(Application):
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
         self.limits = UserLimits(parent=self)
-        known = [
+        known: list[type] = [
             *self.classes,
             GenerateConfig,
             self.backend.cluster_config_class,
@@ -360,7 +403,9 @@ class DaskGateway(Application):
         try:
             asyncio.run(self.run())
         except Exception as e:
-            self.log.critical("The gateway failed: %s", e, exc_info=self.log_level <= 10)
+            self.log.critical(
+                "The gateway failed: %s", e, exc_info=self._log_level_number() <= logging.DEBUG
+            )
             sys.exit(1)
 
 
