@@ -51,7 +51,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from traitlets import Bool, Float, Integer, TraitError, Unicode, observe, validate
 from traitlets.config import LoggingConfigurable
 
-from .logs import about
+from ..logs import about
 
 __all__ = ["Proxy", "DashboardProxyHandler", "parse_client_hello", "ClientHelloError"]
 
@@ -915,7 +915,7 @@ class Proxy(LoggingConfigurable):
         )
         try:
             if self.separate_process:
-                from .proxy_process import ProxyLink
+                from .process import ProxyLink
 
                 self._link = await ProxyLink.attach(self)
             else:
