@@ -1,0 +1,274 @@
+"""Byte tunnels between a dask client and its scheduler: asyncio transports with flow
+control, or (Linux) splice(2) pumps that move the bytes inside the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import TYPE_CHECKING
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .core import Proxy
+
+# Splice tuning: large reads amortise per-syscall/event-loop overhead; the
+# write-buffer high-water mark bounds memory per direction while keeping both
+# sockets busy.
+_SPLICE_BUFSIZE = 256 * 1024
+_SPLICE_HIGH_WATER = 1024 * 1024
+
+
+class _Pipe(asyncio.BufferedProtocol):
+    """One socket of a tunnel; what it reads is written to its peer's socket.
+
+    Flow control: when *our* transport's write buffer is full (peer reads
+    faster than we can send) we stop the peer from reading, and resume when it
+    drains, so memory stays bounded at the high-water mark per direction.
+    """
+
+    def __init__(self, tunnel: _Tunnel) -> None:
+        self.tunnel = tunnel
+        self.peer: _Pipe | None = None
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+        self.closed = False
+        self._buf = memoryview(bytearray(_SPLICE_BUFSIZE))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=_SPLICE_HIGH_WATER)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.peer is None:
+            # Not linked yet (upstream connected before the client was wrapped):
+            # don't read until there is somewhere to put the bytes.
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # transport.write sends immediately when it can and copies only the
+        # unsent remainder, so reusing our buffer afterwards is safe.
+        self.peer.transport.write(self._buf[:nbytes])  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            if peer.eof:
+                self.tunnel.close()
+                return False
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+            else:
+                self.tunnel.close()
+                return False
+        return True  # keep our write side open: half-close
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            if exc is None:
+                peer.transport.close()  # flushes what is still buffered
+            else:
+                peer.transport.abort()
+        self.tunnel.lost(self)
+
+
+class _Tunnel:
+    """A client<->scheduler byte splice; tracked so stop() can close it."""
+
+    def __init__(self, proxy: Proxy, cluster_name: str) -> None:
+        self.proxy = proxy
+        self.cluster_name = cluster_name
+        self.client = _Pipe(self)
+        self.upstream = _Pipe(self)
+        self.client.peer = self.upstream
+        self.upstream.peer = self.client
+
+    def close(self) -> None:
+        for p in (self.client, self.upstream):
+            if p.transport is not None and not p.closed:
+                p.transport.close()
+
+    def abort(self) -> None:
+        for p in (self.client, self.upstream):
+            if p.transport is not None and not p.closed:
+                p.transport.abort()
+        self.proxy._tunnels.discard(self)
+
+    def lost(self, pipe: _Pipe) -> None:
+        if all(p.closed or p.transport is None for p in (self.client, self.upstream)):
+            self.proxy._tunnels.discard(self)
+
+
+_HAVE_SPLICE = fcntl is not None and hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _HAVE_SPLICE else 0
+
+
+class _SplicePump:
+    """One direction of a kernel-splice tunnel: src socket -> pipe -> dst socket.
+
+    Callback-driven on the event loop (no task per chunk); readable src fills
+    the pipe, the pipe drains into dst; when the pipe is full we stop watching
+    src, which is the flow control. EOF on src becomes shutdown(SHUT_WR) on
+    dst once the pipe is empty (half-close).
+    """
+
+    def __init__(self, tunnel: _SpliceTunnel, src: socket.socket, dst: socket.socket) -> None:
+        self.tunnel = tunnel
+        self.loop = tunnel.loop
+        self.src = src.fileno()
+        self.dst_sock = dst
+        self.dst = dst.fileno()
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _SPLICE_HIGH_WATER)
+        except OSError:
+            pass  # keep the default (64 KiB); still works, just more wakeups
+        self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+        self.pending = 0
+        self.reading = False
+        self.writing = False
+        self.eof = False
+        self.done = False
+
+    def start(self) -> None:
+        self._want_read(True)
+
+    def _want_read(self, on: bool) -> None:
+        if on and not self.reading:
+            self.loop.add_reader(self.src, self._on_readable)
+        elif not on and self.reading:
+            self.loop.remove_reader(self.src)
+        self.reading = on
+
+    def _want_write(self, on: bool) -> None:
+        if on and not self.writing:
+            self.loop.add_writer(self.dst, self._flush)
+        elif not on and self.writing:
+            self.loop.remove_writer(self.dst)
+        self.writing = on
+
+    def _on_readable(self) -> None:
+        room = self.capacity - self.pending
+        if room <= 0:
+            self._want_read(False)
+            return
+        try:
+            n = os.splice(self.src, self.pipe_w, room, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            if self.pending:
+                # The pipe counts slots, not bytes: it can be "full" before
+                # `capacity` bytes. Stop watching src (a readable socket would
+                # otherwise spin us) until the pipe drains a little.
+                self._want_read(False)
+            return
+        except OSError as exc:
+            self.tunnel.fail(exc)
+            return
+        if n == 0:
+            self.eof = True
+            self._want_read(False)
+        self.pending += n
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.pending:
+            try:
+                m = os.splice(self.pipe_r, self.dst, self.pending, flags=_SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                self._want_write(True)  # dst is full; the pipe buffers meanwhile
+                return
+            except OSError as exc:
+                self.tunnel.fail(exc)
+                return
+            self.pending -= m
+            if not self.reading and not self.eof:
+                self._want_read(True)  # room again in the pipe
+        self._want_write(False)
+        if self.eof:
+            try:
+                self.dst_sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.done = True
+            self.tunnel.pump_done()
+
+    def close(self) -> None:
+        self._want_read(False)
+        self._want_write(False)
+        for fd in (self.pipe_r, self.pipe_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.pipe_r = self.pipe_w = -1
+
+
+class _SpliceTunnel:
+    """A client<->scheduler tunnel using splice(2); tracked so stop() can close it."""
+
+    def __init__(self, proxy: Proxy, client: socket.socket, upstream: socket.socket) -> None:
+        self.proxy = proxy
+        self.loop = asyncio.get_running_loop()
+        self.client = client
+        self.upstream = upstream
+        for s in (client, upstream):
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.pumps: list[_SplicePump] = []
+        self.closed = False
+        try:  # pipes can run out (EMFILE): release what we got, let the caller close
+            self.pumps.append(_SplicePump(self, client, upstream))
+            self.pumps.append(_SplicePump(self, upstream, client))
+        except OSError:
+            for p in self.pumps:
+                p.close()
+            raise
+
+    def start(self) -> None:
+        for p in self.pumps:
+            p.start()
+
+    def pump_done(self) -> None:
+        if all(p.done for p in self.pumps):
+            self.close()
+
+    def fail(self, exc: Exception) -> None:
+        self.proxy.log.debug("Tunnel closed on error: %r", exc)
+        self.abort()
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for p in self.pumps:
+            p.close()
+        self.client.close()
+        self.upstream.close()
+        self.proxy._tunnels.discard(self)  # type: ignore[arg-type]
