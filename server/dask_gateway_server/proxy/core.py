@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import socket
 import ssl
 import struct
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,9 +41,14 @@ from traitlets import Bool, Float, Integer, TraitError, Unicode, observe, valida
 from traitlets.config import LoggingConfigurable
 
 from ..logs import about
-from .dashboard import _GRANT_IDLE, _GRANT_MAX, _GRANT_MAX_COUNT, DashboardProxyHandler
-from .sni import _TLS_HANDSHAKE, SNI_PREFIX, ClientHelloError, parse_client_hello
-from .tunnels import _HAVE_SPLICE, _SpliceTunnel, _Tunnel
+from .dashboard import (
+    DashboardAccessHook,
+    DashboardGrants,
+    DashboardProxyHandler,
+    DashboardSource,
+)
+from .sni import SNI_PREFIX, TLS_HANDSHAKE, ClientHelloError, parse_client_hello
+from .tunnels import HAVE_SPLICE, SpliceTunnel, Tunnel
 
 __all__ = ["HTTP_LIMITS", "Proxy"]
 
@@ -106,7 +108,7 @@ async def _classify(sock: socket.socket) -> tuple[str, str | None]:
         break
     if not first:
         return "eof", None
-    if first[0] != _TLS_HANDSHAKE:
+    if first[0] != TLS_HANDSHAKE:
         return "other", None
     need = 5
     delay = 0.001
@@ -272,20 +274,17 @@ class Proxy(LoggingConfigurable):
         #: a bool or an awaitable of one. None leaves dashboards open (as
         #: upstream). False -> 403; the hook may raise
         #: ``tornado.web.HTTPError(401)`` itself to ask for credentials.
-        self.check_dashboard_access: (
-            Callable[[web.RequestHandler, str], Awaitable[bool] | bool] | None
-        ) = None
+        self.check_dashboard_access: DashboardAccessHook | None = None
         self._sni_routes: dict[str, str] = {}
         self._handoffs: dict[str, str] = {}
         self._handoff_uids: dict[str, int] = {}
         self._dashboard_routes: dict[str, str] = {}
         self._dashboard_keys: dict[str, str] = {}  # in this process only, never the link's
-        #: dashboard grant -> (cluster, idle deadline, hard deadline), oldest first
-        self._grants: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
+        self.grants = DashboardGrants()
         self._sockets: list[socket.socket] = []
         self._remove_accept: list[Callable[[], None]] = []
         self._pending: set[asyncio.Task[None]] = set()
-        self._tunnels: set[_Tunnel | _SpliceTunnel] = set()
+        self._tunnels: set[Tunnel | SpliceTunnel] = set()
         self._websockets: set[DashboardProxyHandler] = set()
         self._http_server: HTTPServer | None = None
         self._http_client: SimpleAsyncHTTPClient | None = None
@@ -396,34 +395,19 @@ class Proxy(LoggingConfigurable):
         self._handoff_uids.pop(cluster_name, None)
         self._dashboard_routes.pop(cluster_name, None)
         self._dashboard_keys.pop(cluster_name, None)
-        for grant in [g for g, v in self._grants.items() if v[0] == cluster_name]:
-            del self._grants[grant]
+        self.grants.forget(cluster_name)
         if self._link is not None:
             self._link.remove_route(cluster_name)
 
-    def grant_dashboard(self, cluster_name: str) -> str:
-        """A new grant to ``cluster_name``'s dashboard, for a viewer already allowed."""
-        now = time.monotonic()
-        while self._grants:
-            oldest, (_, idle, hard) = next(iter(self._grants.items()))
-            if len(self._grants) < _GRANT_MAX_COUNT and min(idle, hard) > now:
-                break
-            del self._grants[oldest]
-        grant = secrets.token_urlsafe(24)
-        self._grants[grant] = (cluster_name, now + _GRANT_IDLE, now + _GRANT_MAX)
-        return grant
+    @property
+    def http_client(self) -> SimpleAsyncHTTPClient | None:
+        """The dashboards' HTTP client (see ``DashboardSource``)."""
+        return self._http_client
 
-    def check_grant(self, grant: str, cluster_name: str) -> bool:
-        """Whether ``grant`` opens ``cluster_name``'s dashboard now (and keep it alive)."""
-        entry = self._grants.get(grant)
-        now = time.monotonic()
-        if entry is None or entry[0] != cluster_name:
-            return False
-        if min(entry[1], entry[2]) <= now:
-            del self._grants[grant]
-            return False
-        self._grants[grant] = (cluster_name, now + _GRANT_IDLE, entry[2])
-        return True
+    @property
+    def websockets(self) -> set[DashboardProxyHandler]:
+        """The dashboards' open websockets (see ``DashboardSource``)."""
+        return self._websockets
 
     def get_dashboard_target(self, name: str) -> str | None:
         return self._dashboard_routes.get(name)
@@ -439,7 +423,8 @@ class Proxy(LoggingConfigurable):
         import re
 
         pattern = re.escape(self.prefix) + r"/clusters/([^/]+)(/.*)?"
-        return [(pattern, DashboardProxyHandler, {"proxy": self})]
+        source: DashboardSource = self  # checked here: the handler's kwargs are not
+        return [(pattern, DashboardProxyHandler, {"proxy": source})]
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -620,7 +605,7 @@ class Proxy(LoggingConfigurable):
             await self._open_splice_tunnel(sock, host, port, name, address)
             return
         loop = asyncio.get_running_loop()
-        tunnel = _Tunnel(self, name)
+        tunnel = Tunnel(self._tunnels, name)
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: tunnel.upstream, host, port),
@@ -706,7 +691,7 @@ class Proxy(LoggingConfigurable):
     # Linux splice(2) moves bytes socket -> pipe -> socket inside the kernel;
     # measured clearly faster (and far lighter on CPU) than asyncio transports,
     # which matters because the proxy shares cores with the gateway.
-    _kernel_splice = _HAVE_SPLICE
+    _kernel_splice = HAVE_SPLICE
 
     async def _open_splice_tunnel(
         self, sock: socket.socket, host: str, port: int, name: str, address: Any
@@ -750,13 +735,13 @@ class Proxy(LoggingConfigurable):
             sock.close()
             raise
         try:
-            tunnel = _SpliceTunnel(self, sock, upstream)
+            tunnel = SpliceTunnel(self._tunnels, self.log, sock, upstream)
         except OSError as exc:
             self.log.warning("Cannot open tunnel to cluster %s: %r", name, exc, extra=about(name))
             upstream.close()
             sock.close()
             return
-        self._tunnels.add(tunnel)  # type: ignore[arg-type]
+        self._tunnels.add(tunnel)
         tunnel.start()
         self.log.debug(
             "Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port, extra=about(name)

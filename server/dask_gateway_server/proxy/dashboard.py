@@ -7,20 +7,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tornado import httputil, web, websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from ..logs import about
 
-if TYPE_CHECKING:
-    from .core import Proxy
-
-__all__ = ["DASHBOARD_CSP", "DASHBOARD_KEY_HEADER", "GRANT_MARK", "DashboardProxyHandler"]
+__all__ = [
+    "DASHBOARD_CSP",
+    "DASHBOARD_KEY_HEADER",
+    "GRANT_MARK",
+    "DashboardAccessHook",
+    "DashboardGrants",
+    "DashboardProxyHandler",
+    "DashboardSource",
+]
 
 _HOP_BY_HOP = frozenset(
     h.lower()
@@ -80,6 +90,72 @@ _GRANT_MAX_COUNT = 10000
 #: scheduler, whose preload refuses requests without it; never taken from a viewer.
 DASHBOARD_KEY_HEADER = "X-Dask-Gateway-Dashboard-Key"
 
+#: ``check_dashboard_access(handler, cluster_name)``: a bool or an awaitable of one.
+DashboardAccessHook = Callable[[web.RequestHandler, str], Awaitable[bool] | bool]
+
+
+class DashboardGrants:
+    """Short-lived grants, each opening one cluster's dashboard (see ``GRANT_MARK``)."""
+
+    def __init__(self) -> None:
+        #: grant -> (cluster, idle deadline, hard deadline), oldest first
+        self._grants: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
+
+    def issue(self, cluster_name: str) -> str:
+        """A new grant to ``cluster_name``'s dashboard, for a viewer already allowed."""
+        now = time.monotonic()
+        while self._grants:
+            oldest, (_, idle, hard) = next(iter(self._grants.items()))
+            if len(self._grants) < _GRANT_MAX_COUNT and min(idle, hard) > now:
+                break
+            del self._grants[oldest]
+        grant = secrets.token_urlsafe(24)
+        self._grants[grant] = (cluster_name, now + _GRANT_IDLE, now + _GRANT_MAX)
+        return grant
+
+    def check(self, grant: str, cluster_name: str) -> bool:
+        """Whether ``grant`` opens ``cluster_name``'s dashboard now (and keep it alive)."""
+        entry = self._grants.get(grant)
+        now = time.monotonic()
+        if entry is None or entry[0] != cluster_name:
+            return False
+        if min(entry[1], entry[2]) <= now:
+            del self._grants[grant]
+            return False
+        self._grants[grant] = (cluster_name, now + _GRANT_IDLE, entry[2])
+        return True
+
+    def forget(self, cluster_name: str) -> None:
+        """Drop every grant to ``cluster_name`` (its routes are gone)."""
+        for grant in [g for g, v in self._grants.items() if v[0] == cluster_name]:
+            del self._grants[grant]
+
+
+class DashboardSource(Protocol):
+    """What the handler needs of the proxy serving it (``core.Proxy``): named here so that
+    this module does not import core."""
+
+    @property
+    def log(self) -> logging.Logger: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def check_dashboard_access(self) -> DashboardAccessHook | None: ...
+    @property
+    def grants(self) -> DashboardGrants: ...
+    @property
+    def http_client(self) -> SimpleAsyncHTTPClient | None:
+        """The client for plain HTTP to dashboards (None until started)."""
+
+    @property
+    def websockets(self) -> set[DashboardProxyHandler]:
+        """The open websockets (closed by the proxy's stop())."""
+
+    def get_dashboard_target(self, name: str) -> str | None: ...
+    def get_dashboard_key(self, name: str) -> str | None: ...
+
 
 @web.stream_request_body
 class DashboardProxyHandler(websocket.WebSocketHandler):
@@ -92,7 +168,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
-    def initialize(self, proxy: Proxy) -> None:  # type: ignore[override]
+    def initialize(self, proxy: DashboardSource) -> None:
         self.proxy = proxy
         self._cluster: str | None = None
         self._public_base = ""
@@ -181,7 +257,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         hook = self.proxy.check_dashboard_access
         if hook is not None and remainder.startswith(GRANT_MARK):
             grant, slash, remainder = remainder[len(GRANT_MARK) :].partition("/")
-            if not self.proxy.check_grant(grant, name):
+            if not self.proxy.grants.check(grant, name):
                 if self._is_navigation():  # log in again, for a new grant
                     self._redirect_under(public_base, remainder)
                 else:
@@ -215,7 +291,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 self._send_json_error(403, f"Not allowed to access cluster {name}")
                 return
             if self._is_navigation():
-                grant = self.proxy.grant_dashboard(name)
+                grant = self.proxy.grants.issue(name)
                 self._redirect_under(public_base + "/" + GRANT_MARK + grant, remainder)
                 return
         self._cluster = name
@@ -272,7 +348,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         return headers
 
     def _start_fetch(self) -> None:
-        client = self.proxy._http_client
+        client = self.proxy.http_client
         assert client is not None
         req = self.request
         headers = self._upstream_headers(frozenset())
@@ -481,7 +557,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
         return chosen if chosen in subprotocols else None
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        self.proxy._websockets.add(self)
+        self.proxy.websockets.add(self)
         # Keep a reference: the loop only holds tasks weakly.
         self._pump_task = asyncio.ensure_future(self._pump_upstream())
 
@@ -511,7 +587,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                 self.close()
 
     def on_close(self) -> None:
-        self.proxy._websockets.discard(self)
+        self.proxy.websockets.discard(self)
         if self._upstream_ws is not None:
             code = self.close_code
             if code is None or code in (1005, 1006, 1015):

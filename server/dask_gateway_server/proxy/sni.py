@@ -7,7 +7,7 @@ __all__ = ["SNI_PREFIX", "ClientHelloError", "parse_client_hello"]
 
 SNI_PREFIX = "daskgateway-"
 
-_TLS_HANDSHAKE = 0x16
+TLS_HANDSHAKE = 0x16
 _HELLO_TYPE = 0x01
 # Upper bound on how many bytes we are willing to peek for a ClientHello.
 # Real hellos are < 2 KiB (a few KiB with post-quantum key shares); this keeps
@@ -87,7 +87,7 @@ def parse_client_hello(data: bytes) -> tuple[int, str | None]:
     while True:
         if len(data) < pos + 5:
             return pos + 5, None
-        if data[pos] != _TLS_HANDSHAKE:
+        if data[pos] != TLS_HANDSHAKE:
             raise ClientHelloError("not a handshake record")
         if data[pos + 1] != 3:
             raise ClientHelloError("bad record version")

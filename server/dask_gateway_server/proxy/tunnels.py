@@ -4,17 +4,16 @@ control, or (Linux) splice(2) pumps that move the bytes inside the kernel."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
-from typing import TYPE_CHECKING
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-if TYPE_CHECKING:
-    from .core import Proxy
+__all__ = ["HAVE_SPLICE", "SpliceTunnel", "Tunnel"]
 
 # Splice tuning: large reads amortise per-syscall/event-loop overhead; the
 # write-buffer high-water mark bounds memory per direction while keeping both
@@ -31,7 +30,7 @@ class _Pipe(asyncio.BufferedProtocol):
     drains, so memory stays bounded at the high-water mark per direction.
     """
 
-    def __init__(self, tunnel: _Tunnel) -> None:
+    def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
         self.peer: _Pipe | None = None
         self.transport: asyncio.Transport | None = None
@@ -94,11 +93,15 @@ class _Pipe(asyncio.BufferedProtocol):
         self.tunnel.lost(self)
 
 
-class _Tunnel:
-    """A client<->scheduler byte splice; tracked so stop() can close it."""
+class Tunnel:
+    """A client<->scheduler byte splice over asyncio transports.
 
-    def __init__(self, proxy: Proxy, cluster_name: str) -> None:
-        self.proxy = proxy
+    Kept in ``registry`` (the proxy's set of live tunnels, so its stop() can close them)
+    while either side is open.
+    """
+
+    def __init__(self, registry: set[Tunnel | SpliceTunnel], cluster_name: str) -> None:
+        self.registry = registry
         self.cluster_name = cluster_name
         self.client = _Pipe(self)
         self.upstream = _Pipe(self)
@@ -114,15 +117,15 @@ class _Tunnel:
         for p in (self.client, self.upstream):
             if p.transport is not None and not p.closed:
                 p.transport.abort()
-        self.proxy._tunnels.discard(self)
+        self.registry.discard(self)
 
     def lost(self, pipe: _Pipe) -> None:
         if all(p.closed or p.transport is None for p in (self.client, self.upstream)):
-            self.proxy._tunnels.discard(self)
+            self.registry.discard(self)
 
 
-_HAVE_SPLICE = fcntl is not None and hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
-_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _HAVE_SPLICE else 0
+HAVE_SPLICE = fcntl is not None and hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if HAVE_SPLICE else 0
 
 
 class _SplicePump:
@@ -134,7 +137,7 @@ class _SplicePump:
     dst once the pipe is empty (half-close).
     """
 
-    def __init__(self, tunnel: _SpliceTunnel, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, tunnel: SpliceTunnel, src: socket.socket, dst: socket.socket) -> None:
         self.tunnel = tunnel
         self.loop = tunnel.loop
         self.src = src.fileno()
@@ -225,11 +228,18 @@ class _SplicePump:
         self.pipe_r = self.pipe_w = -1
 
 
-class _SpliceTunnel:
-    """A client<->scheduler tunnel using splice(2); tracked so stop() can close it."""
+class SpliceTunnel:
+    """A client<->scheduler tunnel using splice(2); kept in ``registry`` until closed."""
 
-    def __init__(self, proxy: Proxy, client: socket.socket, upstream: socket.socket) -> None:
-        self.proxy = proxy
+    def __init__(
+        self,
+        registry: set[Tunnel | SpliceTunnel],
+        log: logging.Logger,
+        client: socket.socket,
+        upstream: socket.socket,
+    ) -> None:
+        self.registry = registry
+        self.log = log
         self.loop = asyncio.get_running_loop()
         self.client = client
         self.upstream = upstream
@@ -257,7 +267,7 @@ class _SpliceTunnel:
             self.close()
 
     def fail(self, exc: Exception) -> None:
-        self.proxy.log.debug("Tunnel closed on error: %r", exc)
+        self.log.debug("Tunnel closed on error: %r", exc)
         self.abort()
 
     def abort(self) -> None:
@@ -271,4 +281,4 @@ class _SpliceTunnel:
             p.close()
         self.client.close()
         self.upstream.close()
-        self.proxy._tunnels.discard(self)  # type: ignore[arg-type]
+        self.registry.discard(self)
