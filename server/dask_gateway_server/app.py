@@ -28,7 +28,7 @@ from .config_check import unrecognized_settings
 from .limits import UserLimits
 from .logs import cluster_in_path, logging_config, share_handlers
 from .metrics import Metrics
-from .proxy import HTTP_LIMITS, Proxy
+from .proxy import HTTP_LIMITS, Proxy, ProxyLink, PublicPort
 from .reconciler import Reconciler
 from .store import Store, load_or_create_key_file
 from .traits import EntryPointType
@@ -285,8 +285,9 @@ class DaskGateway(Application):
                 "other keys may now be removed",
                 n,
             )
+        self.public_port = self._public_port()
         self.reconciler = Reconciler(
-            self.store, self.backend, self.proxy, log=self.log, count_limit=self._count_limit
+            self.store, self.backend, self.public_port, log=self.log, count_limit=self._count_limit
         )
         self.metrics = Metrics(self.reconciler)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
@@ -317,10 +318,17 @@ class DaskGateway(Application):
         # empty gateway while it is still reading the database.
         await self.reconciler.start()
         self.private_server.add_sockets(sockets)
-        self.proxy.state_dir = self.data_dir
-        await self.proxy.start(self.web_app)
+        await self.public_port.start(self.web_app)
         self.metrics.start()
-        self.log.info("Dask Gateway %s started at %s", __version__, self.proxy.public_url)
+        self.log.info("Dask Gateway %s started at %s", __version__, self.public_port.public_url)
+
+    def _public_port(self) -> PublicPort:
+        """The proxy listening in this process, or the link to a separate proxy process
+        (``Proxy.separate_process``) that listens and passes HTTP connections to it."""
+        self.proxy.state_dir = self.data_dir
+        if self.proxy.separate_process:
+            return ProxyLink(self.proxy)
+        return self.proxy
 
     def _default_api_url(self, private_host: str, private_port: int, configured: int) -> str:
         """Where schedulers report. They outlive the gateway, so prefer an address that
@@ -352,7 +360,7 @@ class DaskGateway(Application):
         await self.reconciler.stop()
         # Clusters left running keep their clients' connections: a separate proxy process
         # stays up for the next gateway to re-attach to.
-        await self.proxy.stop(
+        await self.public_port.stop(
             keep_separate_process=not getattr(self.backend, "stop_clusters_on_shutdown", True)
         )
         self.private_server.stop()

@@ -17,9 +17,11 @@ bytes of each connection (nothing is consumed, so nothing has to be replayed):
 Unlike upstream dask-gateway there is no route API: the gateway calls
 :meth:`Proxy.add_route`/:meth:`Proxy.remove_route` directly, so a route exists
 as soon as the cluster is reported running. With ``separate_process`` the
-listener and the tunnels live in a long-lived child process (see
-``proxy_process.py``) so clients' scheduler connections outlive a gateway
-restart; HTTP connections are then passed to the gateway as file descriptors.
+listener and the tunnels live in a long-lived child process (see ``process.py``,
+whose ``ProxyLink`` the gateway then uses as its :class:`PublicPort`) so clients'
+scheduler connections outlive a gateway restart; HTTP connections are then passed
+to the gateway's :class:`Proxy` as file descriptors. This module never imports
+``process``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from tornado import netutil, web
@@ -50,7 +52,7 @@ from .dashboard import (
 from .sni import SNI_PREFIX, TLS_HANDSHAKE, ClientHelloError, parse_client_hello
 from .tunnels import HAVE_SPLICE, SpliceTunnel, Tunnel
 
-__all__ = ["HTTP_LIMITS", "Proxy"]
+__all__ = ["HTTP_LIMITS", "Proxy", "PublicPort", "Route"]
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -133,6 +135,42 @@ async def _classify(sock: socket.socket) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------
 # The proxy
 # ---------------------------------------------------------------------------
+
+
+class Route(NamedTuple):
+    """A cluster's routes as :meth:`Proxy.add_route` keeps them (the dashboard key apart)."""
+
+    target: str  # the scheduler's "host:port"
+    dashboard: str | None  # the dashboard's base URL
+    handoff: str | None  # the scheduler's handoff socket
+    handoff_uid: int | None  # the only user (besides root and us) it may be handed to
+
+
+class PublicPort(Protocol):
+    """The gateway's public port as the application and the reconciler use it.
+
+    :class:`Proxy` when it listens in the gateway's process; ``process.ProxyLink`` when a
+    separate proxy process listens (``Proxy.separate_process``). ``app.py`` picks one.
+    """
+
+    @property
+    def public_url(self) -> str: ...
+
+    def add_route(
+        self,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str | None,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
+    ) -> None: ...
+
+    def remove_route(self, cluster_name: str) -> None: ...
+
+    async def start(self, app: web.Application) -> None: ...
+
+    async def stop(self, keep_separate_process: bool = False) -> None: ...
 
 
 #: Bounds that keep one slow or hostile client from tying up the public port: headers must
@@ -297,7 +335,6 @@ class Proxy(LoggingConfigurable):
         #: Where the separate proxy process keeps its socket and pid file (the
         #: gateway's data_dir; set by the application).
         self.state_dir = ""
-        self._link: Any = None  # proxy_process.ProxyLink when separate_process
 
     # -- properties ----------------------------------------------------------
 
@@ -376,14 +413,6 @@ class Proxy(LoggingConfigurable):
             self._dashboard_keys[cluster_name] = dashboard_key
         else:
             self._dashboard_keys.pop(cluster_name, None)
-        if self._link is not None:
-            self._link.add_route(
-                cluster_name,
-                target,
-                self._dashboard_routes.get(cluster_name),
-                self._handoffs.get(cluster_name),
-                self._handoff_uids.get(cluster_name),
-            )
         self.log.debug(
             "Added routes for cluster %s -> %s", cluster_name, target, extra=about(cluster_name)
         )
@@ -396,8 +425,22 @@ class Proxy(LoggingConfigurable):
         self._dashboard_routes.pop(cluster_name, None)
         self._dashboard_keys.pop(cluster_name, None)
         self.grants.forget(cluster_name)
-        if self._link is not None:
-            self._link.remove_route(cluster_name)
+
+    def route(self, cluster_name: str) -> Route | None:
+        """``cluster_name``'s routes, as normalised by :meth:`add_route`."""
+        target = self._sni_routes.get(cluster_name)
+        if target is None:
+            return None
+        return Route(
+            target,
+            self._dashboard_routes.get(cluster_name),
+            self._handoffs.get(cluster_name),
+            self._handoff_uids.get(cluster_name),
+        )
+
+    def routes(self) -> dict[str, Route]:
+        """Every cluster's routes (what a separate proxy process is sent)."""
+        return {name: route for name in self._sni_routes if (route := self.route(name)) is not None}
 
     @property
     def http_client(self) -> SimpleAsyncHTTPClient | None:
@@ -450,8 +493,15 @@ class Proxy(LoggingConfigurable):
             )
         return host, bound
 
-    async def start(self, app: web.Application) -> None:
-        """Bind the public (and optional SNI-only) port and serve ``app``."""
+    async def start(
+        self, app: web.Application, listen: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Serve ``app`` on the public port (and the optional SNI-only one).
+
+        By default this process binds them. ``listen`` is for when another process
+        does (``process.ProxyLink``): it makes that process's HTTP connections reach
+        :meth:`handle_http` and reports the bound addresses with :meth:`listening_on`.
+        """
         if self._started:
             raise RuntimeError("Proxy already started")
         self._ssl_ctx = self._make_ssl_context()
@@ -463,20 +513,13 @@ class Proxy(LoggingConfigurable):
             max_body_size=1 << 40,
         )
         try:
-            if self.separate_process:
-                from .process import ProxyLink
-
-                self._link = await ProxyLink.attach(self)
+            if listen is not None:
+                await listen()
             else:
                 self._listen()
         except Exception as exc:
-            pid_file = os.path.join(self.state_dir, "proxy.pid") if self.state_dir else ""
-            if isinstance(exc, OSError) and pid_file and os.path.exists(pid_file):
-                self.log.error(
-                    "A separate proxy process (see %s) may hold the port: set "
-                    "Proxy.separate_process = True, or stop that process",
-                    pid_file,
-                )
+            if listen is None and isinstance(exc, OSError):
+                await self._hint_separate_process()
             await self.stop()
             raise
         self._started = True
@@ -485,6 +528,22 @@ class Proxy(LoggingConfigurable):
             self.public_url,
             self.tcp_address_bound,
         )
+
+    async def _hint_separate_process(self) -> None:
+        """Binding failed: say so if a separate proxy process left running may hold the port."""
+        if not self.state_dir:
+            return
+        pid_file = os.path.join(self.state_dir, "proxy.pid")  # process.pid_file
+        if await asyncio.to_thread(os.path.exists, pid_file):
+            self.log.error(
+                "A separate proxy process (see %s) may hold the port: set "
+                "Proxy.separate_process = True, or stop that process",
+                pid_file,
+            )
+
+    def listening_on(self, http: tuple[str, int], tcp: tuple[str, int]) -> None:
+        """Where another process listens for this proxy (see :meth:`start`'s ``listen``)."""
+        (self._http_host, self._http_port), (self._tcp_host, self._tcp_port) = http, tcp
 
     def _listen(self) -> None:
         """Bind the public port (and the SNI-only one, if any) in this process."""
@@ -500,12 +559,9 @@ class Proxy(LoggingConfigurable):
     async def stop(self, keep_separate_process: bool = False) -> None:
         """Close the listeners, pending handshakes, tunnels and HTTP connections.
 
-        With ``separate_process``, ``keep_separate_process`` detaches from the
-        proxy process instead of stopping it, so its tunnels stay open.
+        ``keep_separate_process`` is for ``process.ProxyLink`` (whose proxy process may
+        outlive the gateway): here nothing outlives this process.
         """
-        link, self._link = self._link, None
-        if link is not None:
-            await link.close(stop_process=not keep_separate_process)
         for remove in self._remove_accept:
             remove()
         self._remove_accept.clear()
@@ -538,7 +594,7 @@ class Proxy(LoggingConfigurable):
     def _on_accept(self, conn: socket.socket, address: Any, mode: str) -> None:
         conn.setblocking(False)  # accepted sockets start out blocking
         if mode == "http":
-            self._handoff_http(conn, address)
+            self.handle_http(conn, address)
             return
         task = asyncio.ensure_future(self._handle_connection(conn, address, mode == "shared"))
         self._pending.add(task)
@@ -578,7 +634,7 @@ class Proxy(LoggingConfigurable):
                 sock.close()
             return
         if shared:
-            self._handoff_http(sock, address)
+            self.handle_http(sock, address)
         else:
             self.log.debug("Closing non-scheduler connection from %s on SNI-only port", address)
             sock.close()
@@ -747,7 +803,7 @@ class Proxy(LoggingConfigurable):
             "Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port, extra=about(name)
         )
 
-    def _handoff_http(self, sock: socket.socket, address: Any) -> None:
+    def handle_http(self, sock: socket.socket, address: Any) -> None:
         """Give an untouched accepted socket to the tornado HTTP(S) server."""
         if self._http_server is None:  # stopping
             sock.close()

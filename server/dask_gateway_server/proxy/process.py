@@ -43,7 +43,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .core import Proxy
+from tornado import web
+
+from .core import Proxy, Route
 
 __all__ = ["ProxyLink", "socket_address", "pid_file", "main"]
 
@@ -179,7 +181,13 @@ class _Channel:
 
 
 class ProxyLink:
-    """The gateway's attachment to the proxy process (started here if none runs)."""
+    """The gateway's public port when a separate proxy process listens for it.
+
+    A :class:`~.core.PublicPort` like :class:`Proxy` (``app.py`` picks one): it attaches to
+    the proxy process of the gateway's data directory (starting one if none runs), sends it
+    the routes, and serves the HTTP connections it passes back with the gateway's own
+    ``proxy`` (which also keeps the routes, the dashboard keys and the grants).
+    """
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -193,12 +201,19 @@ class ProxyLink:
         self._attached = False
         self._reattach: asyncio.Task | None = None
 
-    @classmethod
-    async def attach(cls, proxy: Proxy) -> ProxyLink:
+    @property
+    def public_url(self) -> str:
+        return self.proxy.public_url
+
+    async def start(self, app: web.Application) -> None:
         """Attach to the running proxy process, or start one and attach to it."""
-        link = cls(proxy)
-        await link._attach()
-        return link
+        await self.proxy.start(app, listen=self._attach)
+
+    async def stop(self, keep_separate_process: bool = False) -> None:
+        """Detach, and stop the proxy process (and its tunnels) unless
+        ``keep_separate_process``; then stop serving HTTP."""
+        await self.close(stop_process=not keep_separate_process)
+        await self.proxy.stop()
 
     async def _connect(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -261,8 +276,9 @@ class ProxyLink:
                 PROTOCOL,
             )
         p = self.proxy
-        p._http_host, p._http_port = hello["http_host"], hello["http_port"]
-        p._tcp_host, p._tcp_port = hello["tcp_host"], hello["tcp_port"]
+        p.listening_on(
+            (hello["http_host"], hello["http_port"]), (hello["tcp_host"], hello["tcp_port"])
+        )
         wanted = (p.address, p.tcp_address)
         if (hello["address"], hello["tcp_address"]) != wanted:
             p.log.warning(
@@ -284,15 +300,8 @@ class ProxyLink:
     def _send_table(self) -> None:
         assert self.channel is not None
         self.channel.send({"op": "reset"})
-        p = self.proxy
-        for name, target in list(p._sni_routes.items()):
-            self.add_route(
-                name,
-                target,
-                p._dashboard_routes.get(name),
-                p._handoffs.get(name),
-                p._handoff_uids.get(name),
-            )
+        for name, route in self.proxy.routes().items():
+            self._send_route(name, route)
         self.channel.send({"op": "synced"})
 
     async def _spawn(self) -> None:
@@ -345,7 +354,7 @@ class ProxyLink:
                 return
             if conn.family == socket.AF_UNIX or not isinstance(addr, tuple):
                 addr = tuple(msg.get("addr") or ("", 0))
-            self.proxy._handoff_http(conn, addr)
+            self.proxy.handle_http(conn, addr)
             return
         for fd in fds:
             os.close(fd)
@@ -387,27 +396,39 @@ class ProxyLink:
 
     def add_route(
         self,
-        name: str,
-        target: str,
-        dashboard: str | None,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str | None,
         handoff: str | None = None,
         handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
     ) -> None:
+        """:meth:`Proxy.add_route` here (which validates), then in the proxy process
+        (without the dashboard key: only this process talks to dashboards)."""
+        self.proxy.add_route(
+            cluster_name, scheduler_address, dashboard_address, handoff, handoff_uid, dashboard_key
+        )
+        route = self.proxy.route(cluster_name)
+        if route is not None:
+            self._send_route(cluster_name, route)
+
+    def _send_route(self, name: str, route: Route) -> None:
         if self.channel is not None:
             self.channel.send(
                 {
                     "op": "add",
                     "name": name,
-                    "target": target,
-                    "dashboard": dashboard,
-                    "handoff": handoff,
-                    "handoff_uid": handoff_uid,
+                    "target": route.target,
+                    "dashboard": route.dashboard,
+                    "handoff": route.handoff,
+                    "handoff_uid": route.handoff_uid,
                 }
             )
 
-    def remove_route(self, name: str) -> None:
+    def remove_route(self, cluster_name: str) -> None:
+        self.proxy.remove_route(cluster_name)
         if self.channel is not None:
-            self.channel.send({"op": "remove", "name": name})
+            self.channel.send({"op": "remove", "name": cluster_name})
 
     async def close(self, stop_process: bool) -> None:
         """Detach; with ``stop_process`` also stop the proxy process (and its tunnels)."""
@@ -459,7 +480,7 @@ class _DetachedProxy(Proxy):
         self._staging: dict[str, tuple[str, str | None, str | None, int | None]] | None = None
         self.stopping = asyncio.Event()
 
-    def _handoff_http(self, sock: socket.socket, address: Any) -> None:
+    def handle_http(self, sock: socket.socket, address: Any) -> None:
         gateway = self.gateway
         if gateway is not None and not gateway.closed:
             addr = list(address[:2]) if isinstance(address, tuple) else []
@@ -511,7 +532,7 @@ class _DetachedProxy(Proxy):
                     len(self._tunnels),
                 )
             for conn in unsent:  # never handed over: keep them for the next gateway
-                self._handoff_http(conn, ())
+                self.handle_http(conn, ())
 
         channel = _Channel(sock, on_message, on_close)
 
@@ -552,7 +573,7 @@ class _DetachedProxy(Proxy):
             log.info("Gateway attached; passing it %d held connections", len(self.held))
             while self.held:
                 sock, address, _ = self.held.popleft()
-                self._handoff_http(sock, address)
+                self.handle_http(sock, address)
             return
         if channel is not self.gateway:
             return  # a replaced gateway has no say any more
