@@ -126,7 +126,7 @@ def proxy_processes(data_dir: Path) -> list[int]:
             state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"dask_gateway_server.proxy_process" in cmdline and marker in cmdline and state != b"Z":
+        if b"-m\0dask_gateway_server.proxy\0" in cmdline and marker in cmdline and state != b"Z":
             pids.append(int(pid))
     return pids
 

@@ -49,7 +49,7 @@ from .core import Proxy, Route
 
 __all__ = ["ProxyLink", "socket_address", "pid_file", "main"]
 
-log = logging.getLogger("dask_gateway_server.proxy_process")
+log = logging.getLogger("dask_gateway_server.proxy.process")
 
 _MAX_MESSAGE = 64 * 1024
 #: Bumped on incompatible message changes: a proxy process outlives gateway upgrades.
@@ -322,7 +322,7 @@ class ProxyLink:
         def spawn() -> subprocess.Popen:
             with open(log_path, "ab") as out:
                 return subprocess.Popen(
-                    [sys.executable, "-m", "dask_gateway_server.proxy_process", json.dumps(config)],
+                    [sys.executable, "-m", "dask_gateway_server.proxy", json.dumps(config)],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -686,7 +686,7 @@ async def _serve(config: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dask_gateway_server.proxy_process CONFIG_JSON`` (started by the gateway)."""
+    """``python -m dask_gateway_server.proxy CONFIG_JSON`` (started by the gateway)."""
     argv = sys.argv[1:] if argv is None else argv
     config = json.loads(argv[0])
     logging.basicConfig(
@@ -695,7 +695,3 @@ def main(argv: list[str] | None = None) -> None:
         datefmt="%Y-%m-%d %H:%M:%S",
     )
     asyncio.run(_serve(config))
-
-
-if __name__ == "__main__":
-    main()
