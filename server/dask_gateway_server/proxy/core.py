@@ -27,6 +27,7 @@ to the gateway's :class:`Proxy` as file descriptors. This module never imports
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import ssl
@@ -489,7 +490,7 @@ class Proxy(LoggingConfigurable):
         for s in socks:
             self._sockets.append(s)
             self._remove_accept.append(
-                netutil.add_accept_handler(s, lambda c, a, mode=mode: self._on_accept(c, a, mode))
+                netutil.add_accept_handler(s, functools.partial(self._on_accept, mode=mode))
             )
         return host, bound
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tornado import httputil, web, websocket
+from tornado.http1connection import HTTP1Connection
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
@@ -373,7 +374,9 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
             self._target_url,
             method=req.method,
             headers=headers,
-            body_producer=body_producer,
+            # tornado's hint says write returns None and the producer a Future; in fact
+            # write returns a Future and tornado awaits any awaitable the producer returns.
+            body_producer=body_producer,  # type: ignore[arg-type]
             follow_redirects=False,
             decompress_response=False,
             allow_nonstandard_methods=True,
@@ -471,7 +474,7 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
     async def _proxy_http(self) -> None:
         assert self._fetch is not None
         if self._body_queue is not None:
-            await self.data_received(None)  # type: ignore[arg-type]  # end of body
+            await self.data_received(None)  # end of body
         try:
             response = await self._fetch
         except Exception as exc:
@@ -483,8 +486,8 @@ class DashboardProxyHandler(websocket.WebSocketHandler):
                     extra=about(self._cluster),
                 )
                 self._send_json_error(502, f"Dashboard of cluster {self._cluster} is not reachable")
-            else:
-                self.request.connection.close()  # type: ignore[attr-defined]
+            elif isinstance(self.request.connection, HTTP1Connection):
+                self.request.connection.close()  # the answer has begun: cut it short
             return
         if not self._headers_applied:
             if response.code == 599 or self._resp_start is None:

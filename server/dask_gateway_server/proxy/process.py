@@ -100,6 +100,7 @@ class _Channel:
         self._out: collections.deque[tuple[bytes, socket.socket | None]] = collections.deque()
         self._writing = False
         self.closed = False
+        self._closed = asyncio.Event()
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
     def send(self, msg: dict, conn: socket.socket | None = None) -> None:
@@ -172,7 +173,11 @@ class _Channel:
         unsent = [conn for _, conn in self._out if conn is not None]
         self._out.clear()
         self.sock.close()
+        self._closed.set()
         self.on_close(unsent)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
 
 
 # ---------------------------------------------------------------------------
@@ -306,7 +311,6 @@ class ProxyLink:
 
     async def _spawn(self) -> None:
         p = self.proxy
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         config = {
             "state_dir": self.state_dir,
             "address": p.address,
@@ -320,6 +324,7 @@ class ProxyLink:
         log_path = os.path.join(self.state_dir, "proxy.log")
 
         def spawn() -> subprocess.Popen:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
             with open(log_path, "ab") as out:
                 return subprocess.Popen(
                     [sys.executable, "-m", "dask_gateway_server.proxy", json.dumps(config)],
@@ -440,14 +445,13 @@ class ProxyLink:
             return
         if stop_process and not channel.closed:
             channel.send({"op": "shutdown"})
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
             # The process closes its end when it has stopped.
-            while not channel.closed and loop.time() < deadline:
-                await asyncio.sleep(0.02)
+            try:
+                await asyncio.wait_for(channel.wait_closed(), 10)
+            except asyncio.TimeoutError:
+                pass
             if self.popen is not None:
-                popen = self.popen
-                await loop.run_in_executor(None, _wait_or_kill, popen, 5.0)
+                await asyncio.to_thread(_wait_or_kill, self.popen, 5.0)
         channel.close()
 
 
@@ -609,20 +613,8 @@ class _DetachedProxy(Proxy):
             self.stopping.set()
 
 
-async def _serve(config: dict) -> None:
-    state_dir = config["state_dir"]
-    proxy = _DetachedProxy(
-        hold_timeout=float(config["hold_timeout"]),
-        https=bool(config["https"]),
-        address=config["address"],
-        tcp_address=config["tcp_address"],
-        peek_timeout=float(config["peek_timeout"]),
-        connect_timeout=float(config["connect_timeout"]),
-        log=log,
-    )
-    proxy._listen()
-    proxy._started = True
-    address = socket_address(state_dir)
+def _listen_for_gateways(address: str, state_dir: str) -> socket.socket:
+    """The unix socket gateways attach to (only our user may), and the pid file."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if address.startswith("\0"):
         listener.bind(address)
@@ -637,6 +629,33 @@ async def _serve(config: dict) -> None:
     listener.setblocking(False)
     with open(pid_file(state_dir), "w") as f:
         f.write(f"{os.getpid()}\n")
+    return listener
+
+
+def _remove_files(address: str, state_dir: str) -> None:
+    try:
+        if not address.startswith("\0") and os.path.exists(address):
+            os.unlink(address)
+        os.unlink(pid_file(state_dir))
+    except OSError:
+        pass
+
+
+async def _serve(config: dict) -> None:
+    state_dir = config["state_dir"]
+    proxy = _DetachedProxy(
+        hold_timeout=float(config["hold_timeout"]),
+        https=bool(config["https"]),
+        address=config["address"],
+        tcp_address=config["tcp_address"],
+        peek_timeout=float(config["peek_timeout"]),
+        connect_timeout=float(config["connect_timeout"]),
+        log=log,
+    )
+    proxy._listen()
+    proxy._started = True
+    address = socket_address(state_dir)
+    listener = await asyncio.to_thread(_listen_for_gateways, address, state_dir)
     loop = asyncio.get_running_loop()
 
     def accept() -> None:
@@ -671,12 +690,7 @@ async def _serve(config: dict) -> None:
     finally:
         loop.remove_reader(listener.fileno())
         listener.close()
-        try:
-            if not address.startswith("\0") and os.path.exists(address):
-                os.unlink(address)
-            os.unlink(pid_file(state_dir))
-        except OSError:
-            pass
+        await asyncio.to_thread(_remove_files, address, state_dir)
         while proxy.held:
             proxy._refuse(proxy.held.popleft()[0])
         await proxy.stop()
