@@ -24,6 +24,11 @@ While no gateway is attached the proxy keeps every tunnel, routes new
 scheduler connections by its last route table, and holds new HTTP connections
 (up to ``separate_process_hold_timeout``) for the next gateway, then answers 503.
 The classification and the splice tunnels are :class:`Proxy`'s own.
+
+Two sides: :class:`ProxyLink`, the gateway's public port in this mode (``app.py`` picks it
+instead of :class:`Proxy`), and ``_serve``/``main``, the process itself, started as
+``python -m dask_gateway_server.proxy CONFIG_JSON``. A running process outlives gateway
+upgrades: change the messages only with ``PROTOCOL``.
 """
 
 from __future__ import annotations
