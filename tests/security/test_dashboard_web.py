@@ -79,13 +79,17 @@ async def _open_ws(url: str, headers: dict) -> None:
         pass
 
 
-def wait_running(gw, name: str, user: str) -> dict:
+def wait_status(gw, name: str, user: str, status: str) -> dict:
     for _ in range(600):
         model = call("GET", f"{gw.address}/api/v1/clusters/{name}?wait", headers=basic(user)).json()
-        if model["status"] == "RUNNING":
+        if model["status"] == status:
             return model
         time.sleep(0.1)
-    raise AssertionError(f"{name} never ran: {model}")
+    raise AssertionError(f"{name} never reached {status}: {model}")
+
+
+def wait_running(gw, name: str, user: str) -> dict:
+    return wait_status(gw, name, user, "RUNNING")
 
 
 def test_viewer_credentials_never_reach_the_owners_scheduler(root_gateway, as_user, tmp_path):
@@ -205,8 +209,10 @@ def test_dashboard_grants_two_users_and_an_admin(root_gateway, as_user):
     # Requests that are not page loads (a script, the relay) are served in place.
     status, _, body = raw("GET", f"{gw}/clusters/{ca.name}/status", basic(ALICE))
     assert status == 200 and has_bokeh_document(body)
-    # A stopped cluster's grants are gone with it.
+    # A stopped cluster's grants are gone with it. The shutdown request returns once the
+    # gateway has it; the cluster is stopped (and its routes gone) when it says STOPPED.
     ca.shutdown()
+    wait_status(root_gateway, ca.name, ALICE, "STOPPED")
     assert raw("GET", gw + mine)[0] == 404
 
 
