@@ -1,0 +1,286 @@
+"""The reconciler against backends that fail on purpose, one stage each, in this process.
+
+No subprocess, scheduler or worker runs: the backends of ``support.failing_backends`` keep a
+set of what they "started", the test plays the scheduler by calling the reconciler's entry
+points as the API's handlers do (``create_cluster``, ``stop_cluster``, ``on_heartbeat``), and
+every test ends by reading the database back with a fresh ``Store`` on the same SQLite file:
+the final states must be there, not only in memory. Timeouts and periods are a few tens of
+milliseconds, so each test takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.failing_backends import (
+    FakeBackend,
+    SchedulerExitsBeforeConnecting,
+    SchedulerStartHangs,
+    SchedulerStartRaises,
+    StopRaises,
+    WorkerExitsBeforeConnecting,
+    heartbeat,
+)
+
+from dask_gateway_server.models import Cluster, JobStatus, User
+from dask_gateway_server.reconciler import Reconciler
+from dask_gateway_server.store import Store, load_or_create_key_file
+
+RUNNING, STOPPED, FAILED = JobStatus.RUNNING, JobStatus.STOPPED, JobStatus.FAILED
+SUBMITTED = JobStatus.SUBMITTED
+
+#: Settings every test starts from: periods short enough that a test takes well under a
+#: second, timeouts long enough that none fires unless the test shortens it.
+FAST: dict[str, Any] = {
+    "cluster_start_timeout": 10,
+    "worker_start_timeout": 10,
+    "cluster_heartbeat_timeout": 30,
+    "check_timeouts_period": 0.02,
+    "cluster_status_period": 0.05,
+    "worker_status_period": 0.05,
+    "backoff_base_delay": 0.005,
+    "backoff_max_delay": 0.05,
+    "parallelism": 4,
+    # The tests stop what they started; a stuck cluster must not make teardown wait.
+    "stop_clusters_on_shutdown": False,
+}
+
+#: How long a test waits for a state it expects before failing (never a measured time).
+DEADLINE = 5.0
+
+LOGGER = "test-reconciler-failures"
+
+
+class Routes:
+    """The proxy as the reconciler sees it: which clusters are routed."""
+
+    def __init__(self) -> None:
+        self.routed: set[str] = set()
+        self.ever_routed: list[str] = []
+
+    def add_route(self, name: str, scheduler: str, dashboard: str, **extra: Any) -> None:
+        self.routed.add(name)
+        self.ever_routed.append(name)
+
+    def remove_route(self, name: str) -> None:
+        self.routed.discard(name)
+
+
+class Gateway:
+    """A store on a SQLite file, a failing backend and the reconciler between them."""
+
+    def __init__(self, tmp_path: Path, backend: FakeBackend) -> None:
+        self.db_url = f"sqlite:///{tmp_path / 'gateway.sqlite'}"
+        self.key = load_or_create_key_file(str(tmp_path / "key"))
+        self.store = Store(self.db_url, [self.key])
+        self.backend = backend
+        self.routes = Routes()
+        self.reconciler = Reconciler(
+            self.store, backend, self.routes, log=logging.getLogger(LOGGER)
+        )
+
+    async def create(self, user: str = "alice") -> Cluster:
+        """What the API's create handler does once the options are checked."""
+        return await self.reconciler.create_cluster(User(user), {}, {})
+
+    async def until(self, predicate: Callable[[], Any], what: str) -> None:
+        """Wait until ``predicate()`` holds; fail after DEADLINE seconds."""
+        deadline = time.monotonic() + DEADLINE
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.005)
+
+    async def done(self, cluster: Cluster) -> None:
+        """Wait until the cluster ended (its status is final, and ``ready`` set: waiters
+        such as the API's wait for a cluster to start are released)."""
+        await self.until(
+            lambda: cluster.status.is_done and cluster.ready.is_set(),
+            f"cluster to end ({cluster.status!r})",
+        )
+
+    async def stored(self, cluster: Cluster) -> Cluster:
+        """The cluster as the database holds it, read by a second Store on the same file."""
+        # The store changes an object in memory as it queues the write, and runs its
+        # operations one at a time in order: one more operation waits for those writes.
+        await self.store.load()
+        store = Store(self.db_url, [self.key])
+        try:
+            (found,) = [c for c in await store.load() if c.name == cluster.name]
+        finally:
+            await store.close()
+        return found
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await make(BackendClass, **settings)``: a started in-process Gateway."""
+    made: list[Gateway] = []
+
+    async def start(backend_class: type[FakeBackend], **settings: Any) -> Gateway:
+        gw = Gateway(tmp_path, backend_class(**{**FAST, **settings}))
+        await gw.store.setup()
+        await gw.reconciler.start()
+        made.append(gw)
+        return gw
+
+    yield start
+    for gw in made:
+        await gw.reconciler.stop()
+        await gw.store.close()
+    # Nothing of the reconciler or the backends may outlive them (a start or check left
+    # running, a task whose error nobody will see).
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert left == []
+
+
+def statuses(cluster: Cluster) -> list[JobStatus]:
+    return [w.status for w in cluster.workers.values()]
+
+
+async def running(gw: Gateway, workers: int = 0) -> Cluster:
+    """A cluster whose scheduler connected, asking for ``workers`` workers."""
+    cluster = await gw.create()
+    await gw.until(lambda: cluster.status == SUBMITTED, "the scheduler to be submitted")
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=workers))
+    assert cluster.status == RUNNING and cluster.name in gw.routes.routed
+    return cluster
+
+
+async def test_happy_path(make):
+    """For contrast: start, connect, two workers connect, stop; everything ends STOPPED."""
+    gw = await make(FakeBackend)
+    cluster = await running(gw, workers=2)
+    await gw.until(lambda: statuses(cluster) == [SUBMITTED] * 2, "two workers submitted")
+    names = list(cluster.workers)
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=2, active=names))
+    assert statuses(cluster) == [RUNNING] * 2 and cluster.ready.is_set()
+
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    assert (cluster.status, cluster.message) == (STOPPED, "")
+    assert gw.backend.live == set() and gw.routes.routed == set()
+    assert sorted(gw.backend.called("stop_worker")) == sorted(names)
+    assert gw.backend.stop_states[cluster.name] == {"scheduler": cluster.name}
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (STOPPED, STOPPED, "")
+    assert stored.stop_time is not None and stored.count == 2
+    assert stored.state == {"scheduler": cluster.name}
+    assert statuses(stored) == [STOPPED] * 2
+    assert all(w.stop_time is not None for w in stored.workers.values())
+
+
+async def test_scheduler_start_raises(make):
+    """BadSpawner: the start fails after it began; what it began is stopped all the same."""
+    gw = await make(SchedulerStartRaises)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED and cluster.ready.is_set()
+    assert cluster.message == f"Cluster failed to start: {SchedulerStartRaises.error}"
+    assert gw.backend.called("stop_cluster") == [cluster.name]
+    assert gw.backend.live == set() and gw.routes.ever_routed == []
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
+    assert stored.stop_time is not None and stored.state == {}
+
+
+async def test_scheduler_start_hangs_past_the_start_timeout(make):
+    """NeverSpawner: the backend's start is cancelled at cluster_start_timeout."""
+    gw = await make(SchedulerStartHangs, cluster_start_timeout=0.2)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED
+    assert cluster.message == ("Cluster failed to start: the backend did not start it within 0.2 s")
+    assert gw.backend.cancelled == [cluster.name]
+    assert gw.backend.called("stop_cluster") == [cluster.name]
+    assert gw.backend.live == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message) == (FAILED, cluster.message)
+
+
+async def test_scheduler_never_connects(make):
+    """The start succeeds but no heartbeat comes: FAILED at cluster_start_timeout."""
+    gw = await make(FakeBackend, cluster_start_timeout=0.2)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED
+    assert cluster.message == "Cluster did not start within 0.2 s"
+    assert gw.backend.stop_states[cluster.name] == {"scheduler": cluster.name}
+    assert gw.backend.live == set() and gw.routes.ever_routed == []
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
+    assert stored.scheduler_address == ""
+
+
+async def test_scheduler_exits_before_connecting(make):
+    """The backend's status check finds the scheduler gone before its first heartbeat."""
+    gw = await make(SchedulerExitsBeforeConnecting)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    reason = SchedulerExitsBeforeConnecting.reason
+    assert cluster.status == FAILED
+    assert cluster.message == f"The scheduler exited unexpectedly: {reason}"
+    assert gw.backend.called("stop_cluster") == [cluster.name]
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message) == (FAILED, cluster.message)
+
+
+async def test_worker_exits_between_start_and_connect(make):
+    """The first worker's process ends before its scheduler sees it: FAILED by the status
+    check, stopped, replaced; the replacement connects and the cluster runs on."""
+    gw = await make(WorkerExitsBeforeConnecting)
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: len(cluster.workers) == 2, "a replacement worker")
+    first, second = cluster.workers.values()
+    await gw.until(lambda: second.status == SUBMITTED, "the replacement submitted")
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=1, active=[second.name]))
+
+    assert (first.status, second.status, cluster.status) == (FAILED, RUNNING, RUNNING)
+    assert gw.backend.called("stop_worker") == [first.name]
+    assert gw.backend.live == {cluster.name, second.name}
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (RUNNING, [FAILED, RUNNING])
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+    assert gw.backend.live == set()
+
+
+async def test_worker_never_connects(make):
+    gw = await make(FakeBackend, worker_start_timeout=0.1, worker_start_failure_limit=2)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    assert cluster.message == "2 workers failed to start in a row"
+    assert statuses(cluster) == [FAILED, FAILED]
+    assert gw.backend.live == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (FAILED, [FAILED, FAILED])
+
+
+async def test_stop_raises_once_then_succeeds(make):
+    """A passing failure (the cluster manager restarting): retried, the cluster STOPPED."""
+    gw = await make(StopRaises)
+    gw.backend.failures = 1
+    gw.backend.workers_too = True
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: statuses(cluster) == [SUBMITTED], "a worker submitted")
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    assert (cluster.status, cluster.message) == (STOPPED, "")
+    assert len(gw.backend.called("stop_cluster_attempt")) == 2
+    assert len(gw.backend.called("stop_worker_attempt")) == 2
+    assert gw.backend.live == set() and gw.routes.routed == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message, statuses(stored)) == (STOPPED, "", [STOPPED])
