@@ -25,6 +25,8 @@ from support.failing_backends import (
     SchedulerStartRaises,
     StopRaises,
     WorkerExitsBeforeConnecting,
+    WorkerStartHangs,
+    WorkerStartRaises,
     heartbeat,
 )
 
@@ -199,7 +201,7 @@ async def test_scheduler_start_hangs_past_the_start_timeout(make):
     await gw.done(cluster)
 
     assert cluster.status == FAILED
-    assert cluster.message == ("Cluster failed to start: the backend did not start it within 0.2 s")
+    assert cluster.message == "Cluster failed to start: the backend did not start it within 0.2 s"
     assert gw.backend.cancelled == [cluster.name]
     assert gw.backend.called("stop_cluster") == [cluster.name]
     assert gw.backend.live == set()
@@ -234,6 +236,57 @@ async def test_scheduler_exits_before_connecting(make):
     assert gw.backend.called("stop_cluster") == [cluster.name]
     stored = await gw.stored(cluster)
     assert (stored.status, stored.message) == (FAILED, cluster.message)
+
+
+async def test_worker_start_raises_until_the_cluster_fails(make):
+    """Every worker start fails (after it began): each worker is stopped and FAILED, and
+    worker_start_failure_limit failures in a row fail the cluster."""
+    gw = await make(WorkerStartRaises, worker_start_failure_limit=3)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED
+    assert cluster.message == "3 workers failed to start in a row"
+    assert statuses(cluster) == [FAILED] * 3
+    # A start that raised may have begun something: it is stopped like any other.
+    assert sorted(gw.backend.called("stop_worker")) == sorted(cluster.workers)
+    assert gw.backend.live == set() and gw.routes.routed == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message) == (FAILED, cluster.message)
+    assert statuses(stored) == [FAILED] * 3
+    assert all(w.target == FAILED and w.stop_time for w in stored.workers.values())
+
+
+async def test_one_worker_start_raises_then_a_replacement_connects(make):
+    gw = await make(WorkerStartRaises, worker_start_failure_limit=3)
+    gw.backend.failures = 1
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: SUBMITTED in statuses(cluster), "a replacement worker")
+    (replacement,) = [w.name for w in cluster.workers.values() if w.status == SUBMITTED]
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=1, active=[replacement]))
+
+    assert statuses(cluster) == [FAILED, RUNNING] and cluster.worker_start_failures == 0
+    assert cluster.status == RUNNING
+    stored = await gw.stored(cluster)
+    assert stored.status == RUNNING and statuses(stored) == [FAILED, RUNNING]
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+    assert gw.backend.live == set()
+    assert statuses(await gw.stored(cluster)) == [FAILED, STOPPED]
+
+
+async def test_worker_start_hangs_past_the_worker_start_timeout(make):
+    gw = await make(WorkerStartHangs, worker_start_timeout=0.1, worker_start_failure_limit=1)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    (worker,) = cluster.workers.values()
+    assert cluster.message == "1 workers failed to start in a row"
+    assert gw.backend.cancelled == [worker.name]
+    assert gw.backend.called("stop_worker") == [worker.name]
+    assert gw.backend.live == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (FAILED, [FAILED])
 
 
 async def test_worker_exits_between_start_and_connect(make):

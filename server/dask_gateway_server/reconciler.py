@@ -458,7 +458,9 @@ class Reconciler:
                     e,
                     extra=about(cluster),
                 )
-                await self._worker_failed(cluster, worker)
+                # Like a scheduler's: a start that raised (or timed out) may have begun
+                # something, which only the backend's stop can end.
+                await self._worker_failed(cluster, worker, begun=True)
                 return
             await self._until_stored(
                 lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
@@ -478,15 +480,19 @@ class Reconciler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
 
-    async def _stop_worker(self, cluster: Cluster, worker: Worker, target: JobStatus) -> None:
+    async def _stop_worker(
+        self, cluster: Cluster, worker: Worker, target: JobStatus, begun: bool = False
+    ) -> None:
+        """Stop ``worker`` in the backend (unless it never began to start) and record
+        ``target`` (RUNNING meaning STOPPED) as its final status."""
         if target == JobStatus.RUNNING:
             target = JobStatus.STOPPED
-        if worker.status != JobStatus.CREATED:
+        if worker.status != JobStatus.CREATED or begun:
             await self.backend.stop_worker(cluster, worker)
         await self.store.update_worker(worker, status=target, target=target, stop_time=now_ms())
 
-    async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
-        await self._stop_worker(cluster, worker, JobStatus.FAILED)
+    async def _worker_failed(self, cluster: Cluster, worker: Worker, begun: bool = False) -> None:
+        await self._stop_worker(cluster, worker, JobStatus.FAILED, begun)
         cluster.worker_start_failures += 1
         limit = self.settings.worker_start_failure_limit
         if cluster.worker_start_failures >= limit:

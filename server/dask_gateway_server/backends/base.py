@@ -283,7 +283,10 @@ class Backend(LoggingConfigurable):
         raise NotImplementedError
 
     async def stop_cluster(self, cluster: Cluster) -> None:
-        """Stop the scheduler (and anything else of the cluster). Must be idempotent."""
+        """Stop the scheduler (and anything else of the cluster). Must be idempotent.
+
+        Also called after ``start_cluster`` raised or was cancelled (a timeout, a stop
+        requested meanwhile), with the state stored before (empty): stop what it began."""
         raise NotImplementedError
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
@@ -295,7 +298,8 @@ class Backend(LoggingConfigurable):
         raise NotImplementedError
 
     async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
-        """Stop one worker. Must be idempotent."""
+        """Stop one worker. Must be idempotent; also called after ``start_worker`` raised
+        or was cancelled, with the state stored before (empty)."""
         raise NotImplementedError
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
