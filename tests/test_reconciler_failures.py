@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from support.failing_backends import (
+    ChecksHang,
     FakeBackend,
     SchedulerExitsBeforeConnecting,
     SchedulerStartHangs,
@@ -337,3 +338,30 @@ async def test_stop_raises_once_then_succeeds(make):
     assert gw.backend.live == set() and gw.routes.routed == set()
     stored = await gw.stored(cluster)
     assert (stored.status, stored.message, statuses(stored)) == (STOPPED, "", [STOPPED])
+
+
+async def test_status_checks_hang(make, caplog):
+    """The backend's status checks never answer (a hung squeue): each is cancelled at its
+    period, and the timeouts still fire for a scheduler and a worker that never connect."""
+    gw = await make(
+        ChecksHang,
+        cluster_start_timeout=0.3,
+        worker_start_timeout=0.1,
+        worker_start_failure_limit=1,
+    )
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        connected = await running(gw, workers=1)
+        silent = await gw.create()
+        await gw.done(connected)
+        await gw.done(silent)
+
+    assert connected.message == "1 workers failed to start in a row"
+    assert silent.message == "Cluster did not start within 0.3 s"
+    assert "check_clusters" in gw.backend.cancelled
+    assert "check_workers" in gw.backend.cancelled
+    assert "did not answer within" in caplog.text
+    assert gw.backend.live == set()
+    for cluster in (connected, silent):
+        stored = await gw.stored(cluster)
+        assert (stored.status, stored.message) == (FAILED, cluster.message)
+    assert statuses(await gw.stored(connected)) == [FAILED]

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -88,11 +88,24 @@ class Reconciler:
             for worker in cluster.workers.values():
                 if not worker.status.is_done:
                     self.queue.put((WORKER, cluster.name, worker.name))
-        self._tasks = [
-            asyncio.create_task(self._worker_loop()) for _ in range(self.settings.parallelism)
+        s = self.settings
+        tick = max(
+            0.05, min(s.check_timeouts_period, s.cluster_status_period, s.worker_status_period)
+        )
+        self._tasks = [asyncio.create_task(self._worker_loop()) for _ in range(s.parallelism)]
+        # Separate loops: a slow or hung status check never delays the timeouts.
+        self._tasks += [
+            asyncio.create_task(self._every(tick, self._check_timeouts, "timeout checks")),
+            asyncio.create_task(
+                self._every(
+                    max(0.05, s.cluster_status_period), self._check_clusters, "scheduler checks"
+                )
+            ),
+            asyncio.create_task(
+                self._every(max(0.05, s.worker_status_period), self._check_workers, "worker checks")
+            ),
+            asyncio.create_task(self._cleanup_loop()),
         ]
-        self._tasks.append(asyncio.create_task(self._timer_loop()))
-        self._tasks.append(asyncio.create_task(self._cleanup_loop()))
 
     async def stop(self) -> None:
         """Stop reconciling; with ``stop_clusters_on_shutdown`` fail and stop every cluster."""
@@ -416,7 +429,8 @@ class Reconciler:
             await self.store.update_cluster(cluster, status=JobStatus.CLOSING)
         self.routes.remove_route(cluster.name)
         live = [w for w in cluster.workers.values() if not w.status.is_done]
-        await asyncio.gather(*(self._stop_worker(cluster, w, JobStatus.STOPPED) for w in live))
+        # Each with its own target: a worker that failed stays FAILED.
+        await asyncio.gather(*(self._stop_worker(cluster, w, w.target) for w in live))
         await self.backend.stop_cluster(cluster)
         await self._finish(cluster)
 
@@ -460,7 +474,8 @@ class Reconciler:
                 )
                 # Like a scheduler's: a start that raised (or timed out) may have begun
                 # something, which only the backend's stop can end.
-                await self._worker_failed(cluster, worker, begun=True)
+                await self._stop_worker(cluster, worker, JobStatus.FAILED, begun=True)
+                await self._count_start_failure(cluster)
                 return
             await self._until_stored(
                 lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
@@ -491,8 +506,14 @@ class Reconciler:
             await self.backend.stop_worker(cluster, worker)
         await self.store.update_worker(worker, status=target, target=target, stop_time=now_ms())
 
-    async def _worker_failed(self, cluster: Cluster, worker: Worker, begun: bool = False) -> None:
-        await self._stop_worker(cluster, worker, JobStatus.FAILED, begun)
+    async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
+        """A starting worker the timers found dead or late: the reconcile loop stops it (the
+        timers never wait on the backend), and too many in a row fail the cluster."""
+        await self.store.update_worker(worker, target=JobStatus.FAILED)
+        self.queue.put((WORKER, cluster.name, worker.name))
+        await self._count_start_failure(cluster)
+
+    async def _count_start_failure(self, cluster: Cluster) -> None:
         cluster.worker_start_failures += 1
         limit = self.settings.worker_start_failure_limit
         if cluster.worker_start_failures >= limit:
@@ -503,30 +524,35 @@ class Reconciler:
             self.queue.put((CLUSTER, cluster.name))
 
     # -- timers ---------------------------------------------------------------------
-    async def _timer_loop(self) -> None:
-        """Catch what never reports back: starts that hang, heartbeats that stop, deaths."""
-        s = self.settings
-        last_cluster_check = last_worker_check = time.monotonic()
-        period = max(
-            0.05, min(s.check_timeouts_period, s.cluster_status_period, s.worker_status_period)
-        )
+    async def _every(self, period: float, check: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``check`` every ``period`` seconds: the timers catch what never reports back
+        (starts that hang, heartbeats that stop, deaths)."""
         while True:
             await asyncio.sleep(period)
             try:
-                now = time.monotonic()
-                await self._check_timeouts()
-                if now - last_cluster_check >= s.cluster_status_period:
-                    last_cluster_check = now
-                    await self._check_clusters()
-                if now - last_worker_check >= s.worker_status_period:
-                    last_worker_check = now
-                    await self._check_workers()
+                await check()
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable:
                 pass  # the store logged it; the next period tries again
             except Exception:
-                self.log.exception("Error in the gateway's periodic checks")
+                self.log.exception("Error in the gateway's periodic %s", what)
+
+    async def _ask_backend(
+        self, check: Awaitable[list[bool]], period: float, what: str
+    ) -> list[bool] | None:
+        """The answer of a backend's status check, or None when it took longer than its
+        ``period``: it is then cancelled and the next period asks again (a hung check, e.g.
+        an squeue that never returns, must not stop every later one)."""
+        try:
+            return await asyncio.wait_for(check, period)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "The backend's %s did not answer within %g s; asking again next period",
+                what,
+                period,
+            )
+            return None
 
     async def _check_timeouts(self) -> None:
         s = self.settings
@@ -586,7 +612,13 @@ class Reconciler:
         ]
         if not clusters:
             return
-        for cluster, alive in zip(clusters, await self.backend.check_clusters(clusters)):
+        period = self.settings.cluster_status_period
+        answer = await self._ask_backend(
+            self.backend.check_clusters(clusters), period, "check of schedulers"
+        )
+        if answer is None:
+            return
+        for cluster, alive in zip(clusters, answer):
             if not alive and cluster.is_active:
                 reason = self.backend.exit_reason(cluster)
                 self.log.warning(
@@ -612,7 +644,13 @@ class Reconciler:
             ]
             if not starting:
                 continue
-            alive = await self.backend.check_workers(cluster, starting)
+            alive = await self._ask_backend(
+                self.backend.check_workers(cluster, starting),
+                self.settings.worker_status_period,
+                f"check of cluster {cluster.name}'s workers",
+            )
+            if alive is None:
+                continue
             for worker, ok in zip(starting, alive):
                 if not ok and worker.is_active and worker.status == JobStatus.SUBMITTED:
                     reason = self.backend.exit_reason(cluster, worker)
