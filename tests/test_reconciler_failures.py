@@ -24,6 +24,8 @@ from support.failing_backends import (
     SchedulerExitsBeforeConnecting,
     SchedulerStartHangs,
     SchedulerStartRaises,
+    SlowSchedulerStart,
+    SlowWorkerStart,
     StopRaises,
     WorkerExitsBeforeConnecting,
     WorkerStartHangs,
@@ -365,3 +367,40 @@ async def test_status_checks_hang(make, caplog):
         stored = await gw.stored(cluster)
         assert (stored.status, stored.message) == (FAILED, cluster.message)
     assert statuses(await gw.stored(connected)) == [FAILED]
+
+
+async def test_slow_start_cancelled_by_a_stop_request(make):
+    """SlowSpawner: the user stops a cluster whose scheduler is still starting. The start is
+    cancelled at once (not waited for until cluster_start_timeout), the backend is asked to
+    stop what it began, and the cluster ends STOPPED as asked, not FAILED."""
+    gw = await make(SlowSchedulerStart, cluster_start_timeout=60)
+    cluster = await gw.create()
+    await gw.backend.started.wait()
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    assert (cluster.status, cluster.message) == (STOPPED, "")
+    assert gw.backend.cancelled == [cluster.name]
+    assert gw.backend.stop_states[cluster.name] == {}
+    assert gw.backend.live == set() and gw.routes.ever_routed == []
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (STOPPED, STOPPED, "")
+
+
+async def test_cluster_stopped_while_a_worker_starts(make):
+    """A worker start in flight when its cluster is stopped is cancelled and stopped before
+    the scheduler, and the worker ends STOPPED."""
+    gw = await make(SlowWorkerStart, worker_start_timeout=60)
+    cluster = await running(gw, workers=1)
+    await gw.backend.started.wait()
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    (worker,) = cluster.workers.values()
+    assert (cluster.status, worker.status) == (STOPPED, STOPPED)
+    assert gw.backend.cancelled == [worker.name]
+    assert gw.backend.live == set()
+    calls = [c for c in gw.backend.calls if c[0].startswith("stop")]
+    assert calls == [("stop_worker", worker.name), ("stop_cluster", cluster.name)]
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (STOPPED, [STOPPED])

@@ -43,6 +43,10 @@ class SchedulerUnreachable(Exception):
     """The scheduler did not accept a message from the gateway."""
 
 
+class StartAbandoned(Exception):
+    """A stop was requested while the backend was starting the cluster or worker."""
+
+
 class Reconciler:
     def __init__(
         self,
@@ -67,6 +71,8 @@ class Reconciler:
         self.queue = WorkQueue()
         self._failures: dict[Any, int] = {}
         self._first_heartbeats: dict[str, asyncio.Lock] = {}
+        # The starts in progress (a key as queued): set to abandon one when a stop is asked.
+        self._starting: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task] = []
         self._http = AsyncHTTPClient()
 
@@ -168,6 +174,7 @@ class Reconciler:
             return
         target = JobStatus.FAILED if failed else JobStatus.STOPPED
         await self.store.update_cluster(cluster, target=target, message=message or cluster.message)
+        self._abandon_start((CLUSTER, cluster.name))
         self.queue.put((CLUSTER, cluster.name))
 
     async def on_heartbeat(self, cluster: Cluster, msg: dict) -> None:
@@ -234,6 +241,7 @@ class Reconciler:
                 await self.store.update_worker(
                     worker, target=JobStatus.STOPPED, close_expected=True
                 )
+                self._abandon_start((WORKER, cluster.name, worker.name))
                 self.queue.put((WORKER, cluster.name, worker.name))
         self.queue.put((CLUSTER, cluster.name))
 
@@ -390,26 +398,71 @@ class Reconciler:
                 cluster.workers[worker.name] = worker
                 self.queue.put((WORKER, cluster.name, worker.name))
 
+    def _abandon_start(self, key: tuple[str, ...]) -> None:
+        """Have the start of ``key`` in progress, if any, cancelled: it was asked to stop."""
+        abandon = self._starting.get(key)
+        if abandon is not None and not abandon.done():
+            abandon.set_result(None)
+
+    async def _backend_start(
+        self, start: Awaitable[dict], timeout: float, abandon: asyncio.Future[None]
+    ) -> dict:
+        """The state a backend's ``start`` returns. The start is cancelled at ``timeout``
+        (TimeoutError) or when ``abandon`` is set (StartAbandoned), and then awaited: the
+        backend may clean up what it began (the caller still asks it to stop)."""
+        task = asyncio.ensure_future(start)
+        timed_out = False
+        try:
+            await asyncio.wait(
+                {task, abandon}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not task.done():
+                timed_out = not abandon.done()
+                task.cancel()
+                await asyncio.wait({task})
+        if abandon.done() and (task.cancelled() or task.exception() is not None):
+            raise StartAbandoned()
+        if task.cancelled():
+            if timed_out:
+                raise asyncio.TimeoutError()
+            raise RuntimeError("the backend cancelled the start")
+        return task.result()
+
     async def _start(self, cluster: Cluster) -> None:
         self.log.info("Starting cluster %s", cluster.name, extra=about(cluster))
+        key = (CLUSTER, cluster.name)
+        abandon = self._starting[key] = asyncio.get_running_loop().create_future()
         try:
-            state = await asyncio.wait_for(
-                self.backend.start_cluster(cluster), self.settings.cluster_start_timeout
+            state = await self._backend_start(
+                self.backend.start_cluster(cluster), self.settings.cluster_start_timeout, abandon
             )
         except Exception as e:
-            if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
-                e = f"the backend did not start it within {self.settings.cluster_start_timeout:g} s"
-            self.log.warning(
-                "Cluster %s failed to start: %s", cluster.name, e, extra=about(cluster)
+            if cluster.is_active:
+                error: object = e
+                if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
+                    timeout = self.settings.cluster_start_timeout
+                    error = f"the backend did not start it within {timeout:g} s"
+                self.log.warning(
+                    "Cluster %s failed to start: %s", cluster.name, error, extra=about(cluster)
+                )
+                await self.store.update_cluster(
+                    cluster,
+                    status=JobStatus.SUBMITTED,
+                    target=JobStatus.FAILED,
+                    message=f"Cluster failed to start: {error}",
+                )
+                self.queue.put(key)
+                return
+            # Asked to stop meanwhile: not a failure. What the start began is stopped.
+            self.log.info(
+                "Start of cluster %s abandoned: a stop was requested",
+                cluster.name,
+                extra=about(cluster),
             )
-            await self.store.update_cluster(
-                cluster,
-                status=JobStatus.SUBMITTED,
-                target=JobStatus.FAILED,
-                message=f"Cluster failed to start: {e}",
-            )
-            self.queue.put((CLUSTER, cluster.name))
-            return
+            state = {}
+        finally:
+            self._starting.pop(key, None)
         # A fast scheduler may have heartbeated (and be RUNNING) before we got here.
         # Only the store knows the scheduler runs (its state says how to stop it): insist.
         await self._until_stored(
@@ -429,8 +482,17 @@ class Reconciler:
             await self.store.update_cluster(cluster, status=JobStatus.CLOSING)
         self.routes.remove_route(cluster.name)
         live = [w for w in cluster.workers.values() if not w.status.is_done]
+        # Workers being started are stopped by their start, which is abandoned now and
+        # queues the cluster again once it stopped them: the scheduler is stopped last.
+        starting = [w for w in live if (WORKER, cluster.name, w.name) in self._starting]
+        for w in starting:
+            self._abandon_start((WORKER, cluster.name, w.name))
         # Each with its own target: a worker that failed stays FAILED.
-        await asyncio.gather(*(self._stop_worker(cluster, w, w.target) for w in live))
+        await asyncio.gather(
+            *(self._stop_worker(cluster, w, w.target) for w in live if w not in starting)
+        )
+        if starting:
+            return
         await self.backend.stop_cluster(cluster)
         await self._finish(cluster)
 
@@ -457,14 +519,29 @@ class Reconciler:
             await self._stop_worker(cluster, worker, worker.target)
             self.queue.put((CLUSTER, cluster.name))
         elif worker.status == JobStatus.CREATED and cluster.status == JobStatus.RUNNING:
-            self.log.debug(
-                "Starting worker %s of cluster %s", worker.name, cluster.name, extra=about(cluster)
-            )
+            # Until the worker is started (or stopped), its cluster's shutdown leaves it to
+            # this: one stop per worker, and not after its cluster's.
+            key = (WORKER, cluster.name, worker.name)
+            self._starting[key] = asyncio.get_running_loop().create_future()
             try:
-                state = await asyncio.wait_for(
-                    self.backend.start_worker(cluster, worker), self.settings.worker_start_timeout
-                )
-            except Exception as e:
+                await self._start_worker(cluster, worker, self._starting[key])
+            finally:
+                self._starting.pop(key, None)
+
+    async def _start_worker(
+        self, cluster: Cluster, worker: Worker, abandon: asyncio.Future[None]
+    ) -> None:
+        self.log.debug(
+            "Starting worker %s of cluster %s", worker.name, cluster.name, extra=about(cluster)
+        )
+        try:
+            state = await self._backend_start(
+                self.backend.start_worker(cluster, worker),
+                self.settings.worker_start_timeout,
+                abandon,
+            )
+        except Exception as e:
+            if worker.target == JobStatus.RUNNING and cluster.is_active:
                 self.log.warning(
                     "Worker %s of cluster %s failed to start: %r",
                     worker.name,
@@ -477,11 +554,14 @@ class Reconciler:
                 await self._stop_worker(cluster, worker, JobStatus.FAILED, begun=True)
                 await self._count_start_failure(cluster)
                 return
+            state = None  # stopped meanwhile (its cluster, or scaled down): not a failure
+        if state is not None:
             await self._until_stored(
                 lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
             )
-            if worker.target != JobStatus.RUNNING:
-                self.queue.put((WORKER, cluster.name, worker.name))
+        if worker.target != JobStatus.RUNNING or not cluster.is_active:
+            await self._stop_worker(cluster, worker, worker.target, begun=True)
+            self.queue.put((CLUSTER, cluster.name))
 
     async def _until_stored(self, write: Callable[[], Any]) -> None:
         """Retry ``write`` while the database is unavailable: used after a backend started
