@@ -342,6 +342,33 @@ async def test_stop_raises_once_then_succeeds(make):
     assert (stored.status, stored.message, statuses(stored)) == (STOPPED, "", [STOPPED])
 
 
+async def test_stop_always_raises(make, caplog):
+    """A backend that can never stop the cluster: after a few attempts the cluster ends
+    FAILED (not CLOSING forever), with the backend's error as its reason."""
+    gw = await make(StopRaises)
+    gw.backend.workers_too = True
+    gw.reconciler.stop_attempts = 3
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: statuses(cluster) == [SUBMITTED], "a worker submitted")
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        await gw.reconciler.stop_cluster(cluster)
+        await gw.done(cluster)
+
+    error = StopRaises.error
+    assert cluster.status == FAILED
+    assert cluster.message == f"The backend could not stop the cluster: {error}"
+    assert statuses(cluster) == [FAILED]
+    assert len(gw.backend.called("stop_cluster_attempt")) == 3
+    assert len(gw.backend.called("stop_worker_attempt")) == 3
+    assert gw.routes.routed == set()
+    assert f"Could not stop cluster {cluster.name}" in caplog.text
+    # What the backend could not stop is still "live": only the log and the message say so.
+    assert gw.backend.live == {cluster.name, *cluster.workers}
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
+    assert statuses(stored) == [FAILED] and stored.stop_time is not None
+
+
 async def test_status_checks_hang(make, caplog):
     """The backend's status checks never answer (a hung squeue): each is cancelled at its
     period, and the timeouts still fire for a scheduler and a worker that never connect."""

@@ -38,6 +38,11 @@ WORKER = "worker"
 #: attempt, and everything should resume soon after the database is back.
 STORE_RETRY_MAX_DELAY = 5.0
 
+#: How many times the backend is asked to stop a cluster or a worker, with the reconcile
+#: loop's backoff in between (about 100 s with the default delays), before it is recorded as
+#: ended anyway: FAILED, with the backend's error as the reason.
+STOP_ATTEMPTS = 10
+
 
 class SchedulerUnreachable(Exception):
     """The scheduler did not accept a message from the gateway."""
@@ -70,6 +75,8 @@ class Reconciler:
         self.by_user: dict[str, dict[str, Cluster]] = {}
         self.queue = WorkQueue()
         self._failures: dict[Any, int] = {}
+        self.stop_attempts = STOP_ATTEMPTS
+        self._stop_failures: dict[str, int] = {}  # by cluster or worker name
         self._first_heartbeats: dict[str, asyncio.Lock] = {}
         # The starts in progress (a key as queued): set to abandon one when a stop is asked.
         self._starting: dict[tuple[str, ...], asyncio.Future[None]] = {}
@@ -487,14 +494,56 @@ class Reconciler:
         starting = [w for w in live if (WORKER, cluster.name, w.name) in self._starting]
         for w in starting:
             self._abandon_start((WORKER, cluster.name, w.name))
-        # Each with its own target: a worker that failed stays FAILED.
-        await asyncio.gather(
-            *(self._stop_worker(cluster, w, w.target) for w in live if w not in starting)
+        # Each with its own target: a worker that failed stays FAILED. All are waited for
+        # before an error is raised (retried with backoff): none is left running unawaited.
+        results = await asyncio.gather(
+            *(self._stop_worker(cluster, w, w.target) for w in live if w not in starting),
+            return_exceptions=True,
         )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
         if starting:
             return
-        await self.backend.stop_cluster(cluster)
+        error = await self._backend_stop(
+            cluster,
+            cluster.name,
+            f"cluster {cluster.name}",
+            lambda: self.backend.stop_cluster(cluster),
+        )
+        if error:
+            message = (
+                f"{cluster.message}; then the backend could not stop it: {error}"
+                if cluster.message
+                else f"The backend could not stop the cluster: {error}"
+            )
+            await self.store.update_cluster(cluster, target=JobStatus.FAILED, message=message)
         await self._finish(cluster)
+
+    async def _backend_stop(
+        self, cluster: Cluster, name: str, what: str, stop: Callable[[], Awaitable[None]]
+    ) -> str:
+        """Ask the backend to stop ``what``. Its error is raised (the caller is retried with
+        backoff) until the ``stop_attempts``-th: that one is logged and returned, and the
+        caller records the object as ended all the same, so that a backend that can never
+        stop it does not leave it stopping for ever. Returns "" once stopped."""
+        try:
+            await stop()
+        except Exception as e:
+            n = self._stop_failures[name] = self._stop_failures.get(name, 0) + 1
+            if n < self.stop_attempts:
+                raise
+            del self._stop_failures[name]
+            self.log.error(
+                "Could not stop %s after %d attempts; recording it as failed: %s",
+                what,
+                n,
+                e,
+                extra=about(cluster),
+            )
+            return str(e) or repr(e)
+        self._stop_failures.pop(name, None)
+        return ""
 
     async def _finish(self, cluster: Cluster) -> None:
         if cluster.target == JobStatus.FAILED:
@@ -583,7 +632,14 @@ class Reconciler:
         if target == JobStatus.RUNNING:
             target = JobStatus.STOPPED
         if worker.status != JobStatus.CREATED or begun:
-            await self.backend.stop_worker(cluster, worker)
+            error = await self._backend_stop(
+                cluster,
+                worker.name,
+                f"worker {worker.name} of cluster {cluster.name}",
+                lambda: self.backend.stop_worker(cluster, worker),
+            )
+            if error:
+                target = JobStatus.FAILED
         await self.store.update_worker(worker, status=target, target=target, stop_time=now_ms())
 
     async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
