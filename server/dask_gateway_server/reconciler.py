@@ -77,6 +77,7 @@ class Reconciler:
         self._failures: dict[Any, int] = {}
         self.stop_attempts = STOP_ATTEMPTS
         self._stop_failures: dict[str, int] = {}  # by cluster or worker name
+        self._worker_stops: dict[str, asyncio.Lock] = {}
         self._first_heartbeats: dict[str, asyncio.Lock] = {}
         # The starts in progress (a key as queued): set to abandon one when a stop is asked.
         self._starting: dict[tuple[str, ...], asyncio.Future[None]] = {}
@@ -628,19 +629,32 @@ class Reconciler:
         self, cluster: Cluster, worker: Worker, target: JobStatus, begun: bool = False
     ) -> None:
         """Stop ``worker`` in the backend (unless it never began to start) and record
-        ``target`` (RUNNING meaning STOPPED) as its final status."""
+        ``target`` (RUNNING meaning STOPPED) as its final status.
+
+        Its cluster's shutdown and its own reconcile may both stop a worker: one at a time,
+        and the second finds it stopped (the backend is asked once, not twice at once)."""
         if target == JobStatus.RUNNING:
             target = JobStatus.STOPPED
-        if worker.status != JobStatus.CREATED or begun:
-            error = await self._backend_stop(
-                cluster,
-                worker.name,
-                f"worker {worker.name} of cluster {cluster.name}",
-                lambda: self.backend.stop_worker(cluster, worker),
-            )
-            if error:
-                target = JobStatus.FAILED
-        await self.store.update_worker(worker, status=target, target=target, stop_time=now_ms())
+        lock = self._worker_stops.setdefault(worker.name, asyncio.Lock())
+        try:
+            async with lock:
+                if worker.status.is_done:
+                    return
+                if worker.status != JobStatus.CREATED or begun:
+                    error = await self._backend_stop(
+                        cluster,
+                        worker.name,
+                        f"worker {worker.name} of cluster {cluster.name}",
+                        lambda: self.backend.stop_worker(cluster, worker),
+                    )
+                    if error:
+                        target = JobStatus.FAILED
+                await self.store.update_worker(
+                    worker, status=target, target=target, stop_time=now_ms()
+                )
+        finally:
+            if worker.status.is_done:  # later callers return before they need a lock
+                self._worker_stops.pop(worker.name, None)
 
     async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
         """A starting worker the timers found dead or late: the reconcile loop stops it (the
