@@ -230,7 +230,7 @@ class SlurmBackend(DBBackendBase):
 
     cluster_config_class = Type(
         "dask_gateway_server.backends.slurm.SlurmClusterConfig",
-        klass=ClusterConfig,
+        klass=SlurmClusterConfig,
         help="The ClusterConfig class to use.",
         config=True,
     )
