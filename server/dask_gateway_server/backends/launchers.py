@@ -259,7 +259,7 @@ class _Zygote:
                 pass
             try:
                 await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin one before Python 3.11
                 self.proc.kill()
         if self.sock is not None:
             self.sock.close()
