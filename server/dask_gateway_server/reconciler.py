@@ -34,6 +34,10 @@ from .workqueue import WorkQueue
 CLUSTER = "cluster"
 WORKER = "worker"
 
+#: What the reconcile loop is asked to handle: ``(CLUSTER, name)`` or
+#: ``(WORKER, cluster name, worker name)``.
+Key = tuple[str, ...]
+
 #: Longest retry delay while the database is unavailable: retrying costs one connection
 #: attempt, and everything should resume soon after the database is back.
 STORE_RETRY_MAX_DELAY = 5.0
@@ -73,14 +77,14 @@ class Reconciler:
         self.by_token: dict[str, Cluster] = {}
         # Listing a user's clusters must not cost more with every other user's clusters.
         self.by_user: dict[str, dict[str, Cluster]] = {}
-        self.queue = WorkQueue()
-        self._failures: dict[Any, int] = {}
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self._failures: dict[Key, int] = {}
         self.stop_attempts = STOP_ATTEMPTS
         self._stop_failures: dict[str, int] = {}  # by cluster or worker name
         self._worker_stops: dict[str, asyncio.Lock] = {}
         self._first_heartbeats: dict[str, asyncio.Lock] = {}
         # The starts in progress (a key as queued): set to abandon one when a stop is asked.
-        self._starting: dict[tuple[str, ...], asyncio.Future[None]] = {}
+        self._starting: dict[Key, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task] = []
         self._http = AsyncHTTPClient()
 
@@ -326,7 +330,7 @@ class Reconciler:
         """POST ``msg`` to the scheduler's API, retrying; raises SchedulerUnreachable."""
         delay = 0.1
         error: Exception | None = None
-        for attempt in range(3):
+        for _attempt in range(3):
             if cluster.status != JobStatus.RUNNING or not cluster.is_active:
                 break
             req = HTTPRequest(
@@ -364,8 +368,8 @@ class Reconciler:
                         await self._reconcile_cluster(cluster)
                 else:
                     cluster = self.clusters.get(key[1])
-                    worker = cluster.workers.get(key[2]) if cluster else None
-                    if worker is not None:
+                    worker = cluster.workers.get(key[2]) if cluster is not None else None
+                    if cluster is not None and worker is not None:
                         await self._reconcile_worker(cluster, worker)
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
@@ -406,7 +410,7 @@ class Reconciler:
                 cluster.workers[worker.name] = worker
                 self.queue.put((WORKER, cluster.name, worker.name))
 
-    def _abandon_start(self, key: tuple[str, ...]) -> None:
+    def _abandon_start(self, key: Key) -> None:
         """Have the start of ``key`` in progress, if any, cancelled: it was asked to stop."""
         abandon = self._starting.get(key)
         if abandon is not None and not abandon.done():
@@ -420,10 +424,9 @@ class Reconciler:
         backend may clean up what it began (the caller still asks it to stop)."""
         task = asyncio.ensure_future(start)
         timed_out = False
+        either: set[asyncio.Future[Any]] = {task, abandon}
         try:
-            await asyncio.wait(
-                {task, abandon}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not task.done():
                 timed_out = not abandon.done()
@@ -768,7 +771,7 @@ class Reconciler:
         )
         if answer is None:
             return
-        for cluster, alive in zip(clusters, answer):
+        for cluster, alive in zip(clusters, answer, strict=False):
             if not alive and cluster.is_active:
                 reason = self.backend.exit_reason(cluster)
                 self.log.warning(
@@ -801,7 +804,7 @@ class Reconciler:
             )
             if alive is None:
                 continue
-            for worker, ok in zip(starting, alive):
+            for worker, ok in zip(starting, alive, strict=False):
                 if not ok and worker.is_active and worker.status == JobStatus.SUBMITTED:
                     reason = self.backend.exit_reason(cluster, worker)
                     self.log.warning(
