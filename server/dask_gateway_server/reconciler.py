@@ -70,7 +70,12 @@ class Reconciler:
         self.count_limit = count_limit
         self.store = store
         self.backend = backend
-        self.settings: DBBackendBase = backend  # the timers and limits live on the backend
+        if not isinstance(backend, DBBackendBase):  # the timers and limits are its settings
+            raise TypeError(
+                f"{type(backend).__name__} is not a DBBackendBase, whose settings (timeouts, "
+                "periods, parallelism) the reconciler needs"
+            )
+        self.settings = backend
         self.routes = routes
         self.log = log or logging.getLogger("dask_gateway_server")
         self.clusters: dict[str, Cluster] = {}
