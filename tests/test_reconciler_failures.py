@@ -431,3 +431,28 @@ async def test_cluster_stopped_while_a_worker_starts(make):
     assert calls == [("stop_worker", worker.name), ("stop_cluster", cluster.name)]
     stored = await gw.stored(cluster)
     assert (stored.status, statuses(stored)) == (STOPPED, [STOPPED])
+
+
+async def test_gateway_shutdown_fails_and_stops_every_cluster(make):
+    """With stop_clusters_on_shutdown, stopping the reconciler ends every cluster, and the
+    database says so when it returns: running ones with their workers, and one whose start
+    is still in progress (abandoned at once)."""
+    gw = await make(SlowSchedulerStart, stop_clusters_on_shutdown=True)
+    gw.backend.release.set()
+    clusters = [await running(gw, workers=1) for _ in range(8)]
+    for cluster in clusters:
+        await gw.until(lambda c=cluster: statuses(c) == [SUBMITTED], "a worker submitted")
+    gw.backend.release.clear()
+    gw.backend.started.clear()
+    starting = await gw.create()
+    await gw.backend.started.wait()
+
+    await gw.reconciler.stop()
+
+    for cluster in [*clusters, starting]:
+        assert (cluster.status, cluster.message) == (FAILED, "The gateway shut down")
+        stored = await gw.stored(cluster)
+        assert (stored.status, stored.message) == (FAILED, "The gateway shut down")
+        assert statuses(stored) == ([STOPPED] if cluster is not starting else [])
+    assert gw.backend.cancelled == [starting.name]
+    assert gw.backend.live == set() and gw.routes.routed == set()

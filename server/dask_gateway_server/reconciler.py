@@ -100,6 +100,7 @@ class Reconciler:
             self._remember(cluster)
             if cluster.status.is_done:
                 cluster.ready.set()
+                cluster.ended.set()
                 continue
             if cluster.status == JobStatus.RUNNING:
                 # Schedulers kept running while we were down: give them a heartbeat period
@@ -136,18 +137,19 @@ class Reconciler:
             active = [c for c in self.clusters.values() if not c.status.is_done]
             for c in active:
                 await self.stop_cluster(c, failed=True, message="The gateway shut down")
-            if active:
-                await asyncio.wait(
-                    [asyncio.create_task(c.ready.wait()) for c in active], timeout=30
-                )
-                # ready is set when RUNNING too: wait for the real end.
-                deadline = time.monotonic() + 30
-                while any(not c.status.is_done for c in active) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+            await self._until_ended(active, timeout=60)
         self.queue.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _until_ended(self, clusters: list[Cluster], timeout: float) -> None:
+        """Wait until the final status of each of ``clusters`` is written (not only set in
+        memory: the write would be cancelled with the tasks), for ``timeout`` s at most."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.ended.wait() for c in clusters)), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def _remember(self, cluster: Cluster) -> None:
         self.clusters[cluster.name] = cluster
@@ -566,6 +568,7 @@ class Reconciler:
             )
         await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
         cluster.ready.set()
+        cluster.ended.set()
         self.log.info(
             "Cluster %s %s", cluster.name, cluster.status.name.lower(), extra=about(cluster)
         )
