@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -56,17 +56,34 @@ class StartAbandoned(Exception):
     """A stop was requested while the backend was starting the cluster or worker."""
 
 
+class Routes(Protocol):
+    """The proxy as the reconciler uses it: a cluster is routed once its scheduler's
+    addresses are confirmed, and no longer once it stops."""
+
+    def add_route(
+        self,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
+    ) -> None: ...
+
+    def remove_route(self, cluster_name: str) -> None: ...
+
+
 class Reconciler:
     def __init__(
         self,
         store: Store,
         backend: Backend,
-        routes,
+        routes: Routes,
         log: logging.Logger | None = None,
         count_limit: Callable[[Cluster], int | None] | None = None,
-    ):
-        """``routes`` is the proxy: ``add_route(name, scheduler, dashboard)``, ``remove_route``.
-        ``count_limit(cluster)`` caps the workers a scheduler may ask for (per-user limits)."""
+    ) -> None:
+        """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
+        may ask for (per-user limits)."""
         self.count_limit = count_limit
         self.store = store
         self.backend = backend
