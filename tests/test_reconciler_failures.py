@@ -69,12 +69,20 @@ class Routes:
         self.routed: set[str] = set()
         self.ever_routed: list[str] = []
 
-    def add_route(self, name: str, scheduler: str, dashboard: str, **extra: Any) -> None:
-        self.routed.add(name)
-        self.ever_routed.append(name)
+    def add_route(
+        self,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
+    ) -> None:
+        self.routed.add(cluster_name)
+        self.ever_routed.append(cluster_name)
 
-    def remove_route(self, name: str) -> None:
-        self.routed.discard(name)
+    def remove_route(self, cluster_name: str) -> None:
+        self.routed.discard(cluster_name)
 
 
 class Gateway:
