@@ -251,7 +251,7 @@ def listeners_at(ip: IPAddress, port: int, table: list[Listener]) -> list[Listen
 def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
     """The inodes of the sockets process ``pid`` holds open (empty if it cannot be read)."""
     fd_dir = os.path.join(proc, str(pid), "fd")
-    out = set()
+    out: set[int] = set()
     try:
         names = os.listdir(fd_dir)
     except OSError:
@@ -272,7 +272,7 @@ def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
 def processes_in(directory: str, proc: str = "/proc") -> list[int]:
     """Pids of the processes whose working directory is ``directory`` or below it."""
     prefix = directory.rstrip("/") + "/"
-    pids = []
+    pids: list[int] = []
     try:
         entries = os.listdir(proc)
     except OSError:

@@ -115,7 +115,8 @@ class Cluster:
     workers: dict[str, Worker] = field(default_factory=dict)
     last_heartbeat: float = 0.0
     worker_start_failures: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # RUNNING, or ended
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # final status written
     _json: tuple[tuple, str] | None = field(default=None, repr=False)
 
     @property

@@ -12,8 +12,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -34,13 +34,43 @@ from .workqueue import WorkQueue
 CLUSTER = "cluster"
 WORKER = "worker"
 
+#: What the reconcile loop is asked to handle: ``(CLUSTER, name)`` or
+#: ``(WORKER, cluster name, worker name)``.
+Key = tuple[str, ...]
+
 #: Longest retry delay while the database is unavailable: retrying costs one connection
 #: attempt, and everything should resume soon after the database is back.
 STORE_RETRY_MAX_DELAY = 5.0
 
+#: How many times the backend is asked to stop a cluster or a worker, with the reconcile
+#: loop's backoff in between (about 100 s with the default delays), before it is recorded as
+#: ended anyway: FAILED, with the backend's error as the reason.
+STOP_ATTEMPTS = 10
+
 
 class SchedulerUnreachable(Exception):
     """The scheduler did not accept a message from the gateway."""
+
+
+class StartAbandoned(Exception):
+    """A stop was requested while the backend was starting the cluster or worker."""
+
+
+class Routes(Protocol):
+    """The proxy as the reconciler uses it: a cluster is routed once its scheduler's
+    addresses are confirmed, and no longer once it stops."""
+
+    def add_route(
+        self,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
+    ) -> None: ...
+
+    def remove_route(self, cluster_name: str) -> None: ...
 
 
 class Reconciler:
@@ -48,25 +78,35 @@ class Reconciler:
         self,
         store: Store,
         backend: Backend,
-        routes,
+        routes: Routes,
         log: logging.Logger | None = None,
         count_limit: Callable[[Cluster], int | None] | None = None,
-    ):
-        """``routes`` is the proxy: ``add_route(name, scheduler, dashboard)``, ``remove_route``.
-        ``count_limit(cluster)`` caps the workers a scheduler may ask for (per-user limits)."""
+    ) -> None:
+        """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
+        may ask for (per-user limits)."""
         self.count_limit = count_limit
         self.store = store
         self.backend = backend
-        self.settings: DBBackendBase = backend  # the timers and limits live on the backend
+        if not isinstance(backend, DBBackendBase):  # the timers and limits are its settings
+            raise TypeError(
+                f"{type(backend).__name__} is not a DBBackendBase, whose settings (timeouts, "
+                "periods, parallelism) the reconciler needs"
+            )
+        self.settings = backend
         self.routes = routes
         self.log = log or logging.getLogger("dask_gateway_server")
         self.clusters: dict[str, Cluster] = {}
         self.by_token: dict[str, Cluster] = {}
         # Listing a user's clusters must not cost more with every other user's clusters.
         self.by_user: dict[str, dict[str, Cluster]] = {}
-        self.queue = WorkQueue()
-        self._failures: dict[Any, int] = {}
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self._failures: dict[Key, int] = {}
+        self.stop_attempts = STOP_ATTEMPTS
+        self._stop_failures: dict[str, int] = {}  # by cluster or worker name
+        self._worker_stops: dict[str, asyncio.Lock] = {}
         self._first_heartbeats: dict[str, asyncio.Lock] = {}
+        # The starts in progress (a key as queued): set to abandon one when a stop is asked.
+        self._starting: dict[Key, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task] = []
         self._http = AsyncHTTPClient()
 
@@ -77,6 +117,7 @@ class Reconciler:
             self._remember(cluster)
             if cluster.status.is_done:
                 cluster.ready.set()
+                cluster.ended.set()
                 continue
             if cluster.status == JobStatus.RUNNING:
                 # Schedulers kept running while we were down: give them a heartbeat period
@@ -88,11 +129,24 @@ class Reconciler:
             for worker in cluster.workers.values():
                 if not worker.status.is_done:
                     self.queue.put((WORKER, cluster.name, worker.name))
-        self._tasks = [
-            asyncio.create_task(self._worker_loop()) for _ in range(self.settings.parallelism)
+        s = self.settings
+        tick = max(
+            0.05, min(s.check_timeouts_period, s.cluster_status_period, s.worker_status_period)
+        )
+        self._tasks = [asyncio.create_task(self._worker_loop()) for _ in range(s.parallelism)]
+        # Separate loops: a slow or hung status check never delays the timeouts.
+        self._tasks += [
+            asyncio.create_task(self._every(tick, self._check_timeouts, "timeout checks")),
+            asyncio.create_task(
+                self._every(
+                    max(0.05, s.cluster_status_period), self._check_clusters, "scheduler checks"
+                )
+            ),
+            asyncio.create_task(
+                self._every(max(0.05, s.worker_status_period), self._check_workers, "worker checks")
+            ),
+            asyncio.create_task(self._cleanup_loop()),
         ]
-        self._tasks.append(asyncio.create_task(self._timer_loop()))
-        self._tasks.append(asyncio.create_task(self._cleanup_loop()))
 
     async def stop(self) -> None:
         """Stop reconciling; with ``stop_clusters_on_shutdown`` fail and stop every cluster."""
@@ -100,18 +154,19 @@ class Reconciler:
             active = [c for c in self.clusters.values() if not c.status.is_done]
             for c in active:
                 await self.stop_cluster(c, failed=True, message="The gateway shut down")
-            if active:
-                await asyncio.wait(
-                    [asyncio.create_task(c.ready.wait()) for c in active], timeout=30
-                )
-                # ready is set when RUNNING too: wait for the real end.
-                deadline = time.monotonic() + 30
-                while any(not c.status.is_done for c in active) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+            await self._until_ended(active, timeout=60)
         self.queue.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _until_ended(self, clusters: list[Cluster], timeout: float) -> None:
+        """Wait until the final status of each of ``clusters`` is written (not only set in
+        memory: the write would be cancelled with the tasks), for ``timeout`` s at most."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.ended.wait() for c in clusters)), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     def _remember(self, cluster: Cluster) -> None:
         self.clusters[cluster.name] = cluster
@@ -155,6 +210,7 @@ class Reconciler:
             return
         target = JobStatus.FAILED if failed else JobStatus.STOPPED
         await self.store.update_cluster(cluster, target=target, message=message or cluster.message)
+        self._abandon_start((CLUSTER, cluster.name))
         self.queue.put((CLUSTER, cluster.name))
 
     async def on_heartbeat(self, cluster: Cluster, msg: dict) -> None:
@@ -221,6 +277,7 @@ class Reconciler:
                 await self.store.update_worker(
                     worker, target=JobStatus.STOPPED, close_expected=True
                 )
+                self._abandon_start((WORKER, cluster.name, worker.name))
                 self.queue.put((WORKER, cluster.name, worker.name))
         self.queue.put((CLUSTER, cluster.name))
 
@@ -297,7 +354,7 @@ class Reconciler:
         """POST ``msg`` to the scheduler's API, retrying; raises SchedulerUnreachable."""
         delay = 0.1
         error: Exception | None = None
-        for attempt in range(3):
+        for _attempt in range(3):
             if cluster.status != JobStatus.RUNNING or not cluster.is_active:
                 break
             req = HTTPRequest(
@@ -335,8 +392,8 @@ class Reconciler:
                         await self._reconcile_cluster(cluster)
                 else:
                     cluster = self.clusters.get(key[1])
-                    worker = cluster.workers.get(key[2]) if cluster else None
-                    if worker is not None:
+                    worker = cluster.workers.get(key[2]) if cluster is not None else None
+                    if cluster is not None and worker is not None:
                         await self._reconcile_worker(cluster, worker)
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
@@ -377,26 +434,70 @@ class Reconciler:
                 cluster.workers[worker.name] = worker
                 self.queue.put((WORKER, cluster.name, worker.name))
 
+    def _abandon_start(self, key: Key) -> None:
+        """Have the start of ``key`` in progress, if any, cancelled: it was asked to stop."""
+        abandon = self._starting.get(key)
+        if abandon is not None and not abandon.done():
+            abandon.set_result(None)
+
+    async def _backend_start(
+        self, start: Awaitable[dict], timeout: float, abandon: asyncio.Future[None]
+    ) -> dict:
+        """The state a backend's ``start`` returns. The start is cancelled at ``timeout``
+        (TimeoutError) or when ``abandon`` is set (StartAbandoned), and then awaited: the
+        backend may clean up what it began (the caller still asks it to stop)."""
+        task = asyncio.ensure_future(start)
+        timed_out = False
+        either: set[asyncio.Future[Any]] = {task, abandon}
+        try:
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                timed_out = not abandon.done()
+                task.cancel()
+                await asyncio.wait({task})
+        if abandon.done() and (task.cancelled() or task.exception() is not None):
+            raise StartAbandoned()
+        if task.cancelled():
+            if timed_out:
+                raise asyncio.TimeoutError()
+            raise RuntimeError("the backend cancelled the start")
+        return task.result()
+
     async def _start(self, cluster: Cluster) -> None:
         self.log.info("Starting cluster %s", cluster.name, extra=about(cluster))
+        key = (CLUSTER, cluster.name)
+        abandon = self._starting[key] = asyncio.get_running_loop().create_future()
         try:
-            state = await asyncio.wait_for(
-                self.backend.start_cluster(cluster), self.settings.cluster_start_timeout
+            state = await self._backend_start(
+                self.backend.start_cluster(cluster), self.settings.cluster_start_timeout, abandon
             )
         except Exception as e:
-            if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
-                e = f"the backend did not start it within {self.settings.cluster_start_timeout:g} s"
-            self.log.warning(
-                "Cluster %s failed to start: %s", cluster.name, e, extra=about(cluster)
+            if cluster.is_active:
+                error: object = e
+                if isinstance(e, asyncio.TimeoutError):  # its str() is empty: say what happened
+                    timeout = self.settings.cluster_start_timeout
+                    error = f"the backend did not start it within {timeout:g} s"
+                self.log.warning(
+                    "Cluster %s failed to start: %s", cluster.name, error, extra=about(cluster)
+                )
+                await self.store.update_cluster(
+                    cluster,
+                    status=JobStatus.SUBMITTED,
+                    target=JobStatus.FAILED,
+                    message=f"Cluster failed to start: {error}",
+                )
+                self.queue.put(key)
+                return
+            # Asked to stop meanwhile: not a failure. What the start began is stopped.
+            self.log.info(
+                "Start of cluster %s abandoned: a stop was requested",
+                cluster.name,
+                extra=about(cluster),
             )
-            await self.store.update_cluster(
-                cluster,
-                status=JobStatus.SUBMITTED,
-                target=JobStatus.FAILED,
-                message=f"Cluster failed to start: {e}",
-            )
-            self.queue.put((CLUSTER, cluster.name))
-            return
+            state = {}
+        finally:
+            self._starting.pop(key, None)
         # A fast scheduler may have heartbeated (and be RUNNING) before we got here.
         # Only the store knows the scheduler runs (its state says how to stop it): insist.
         await self._until_stored(
@@ -416,9 +517,61 @@ class Reconciler:
             await self.store.update_cluster(cluster, status=JobStatus.CLOSING)
         self.routes.remove_route(cluster.name)
         live = [w for w in cluster.workers.values() if not w.status.is_done]
-        await asyncio.gather(*(self._stop_worker(cluster, w, JobStatus.STOPPED) for w in live))
-        await self.backend.stop_cluster(cluster)
+        # Workers being started are stopped by their start, which is abandoned now and
+        # queues the cluster again once it stopped them: the scheduler is stopped last.
+        starting = [w for w in live if (WORKER, cluster.name, w.name) in self._starting]
+        for w in starting:
+            self._abandon_start((WORKER, cluster.name, w.name))
+        # Each with its own target: a worker that failed stays FAILED. All are waited for
+        # before an error is raised (retried with backoff): none is left running unawaited.
+        results = await asyncio.gather(
+            *(self._stop_worker(cluster, w, w.target) for w in live if w not in starting),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        if starting:
+            return
+        error = await self._backend_stop(
+            cluster,
+            cluster.name,
+            f"cluster {cluster.name}",
+            lambda: self.backend.stop_cluster(cluster),
+        )
+        if error:
+            message = (
+                f"{cluster.message}; then the backend could not stop it: {error}"
+                if cluster.message
+                else f"The backend could not stop the cluster: {error}"
+            )
+            await self.store.update_cluster(cluster, target=JobStatus.FAILED, message=message)
         await self._finish(cluster)
+
+    async def _backend_stop(
+        self, cluster: Cluster, name: str, what: str, stop: Callable[[], Awaitable[None]]
+    ) -> str:
+        """Ask the backend to stop ``what``. Its error is raised (the caller is retried with
+        backoff) until the ``stop_attempts``-th: that one is logged and returned, and the
+        caller records the object as ended all the same, so that a backend that can never
+        stop it does not leave it stopping for ever. Returns "" once stopped."""
+        try:
+            await stop()
+        except Exception as e:
+            n = self._stop_failures[name] = self._stop_failures.get(name, 0) + 1
+            if n < self.stop_attempts:
+                raise
+            del self._stop_failures[name]
+            self.log.error(
+                "Could not stop %s after %d attempts; recording it as failed: %s",
+                what,
+                n,
+                e,
+                extra=about(cluster),
+            )
+            return str(e) or repr(e)
+        self._stop_failures.pop(name, None)
+        return ""
 
     async def _finish(self, cluster: Cluster) -> None:
         if cluster.target == JobStatus.FAILED:
@@ -432,6 +585,7 @@ class Reconciler:
             )
         await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
         cluster.ready.set()
+        cluster.ended.set()
         self.log.info(
             "Cluster %s %s", cluster.name, cluster.status.name.lower(), extra=about(cluster)
         )
@@ -443,14 +597,29 @@ class Reconciler:
             await self._stop_worker(cluster, worker, worker.target)
             self.queue.put((CLUSTER, cluster.name))
         elif worker.status == JobStatus.CREATED and cluster.status == JobStatus.RUNNING:
-            self.log.debug(
-                "Starting worker %s of cluster %s", worker.name, cluster.name, extra=about(cluster)
-            )
+            # Until the worker is started (or stopped), its cluster's shutdown leaves it to
+            # this: one stop per worker, and not after its cluster's.
+            key = (WORKER, cluster.name, worker.name)
+            self._starting[key] = asyncio.get_running_loop().create_future()
             try:
-                state = await asyncio.wait_for(
-                    self.backend.start_worker(cluster, worker), self.settings.worker_start_timeout
-                )
-            except Exception as e:
+                await self._start_worker(cluster, worker, self._starting[key])
+            finally:
+                self._starting.pop(key, None)
+
+    async def _start_worker(
+        self, cluster: Cluster, worker: Worker, abandon: asyncio.Future[None]
+    ) -> None:
+        self.log.debug(
+            "Starting worker %s of cluster %s", worker.name, cluster.name, extra=about(cluster)
+        )
+        try:
+            state = await self._backend_start(
+                self.backend.start_worker(cluster, worker),
+                self.settings.worker_start_timeout,
+                abandon,
+            )
+        except Exception as e:
+            if worker.target == JobStatus.RUNNING and cluster.is_active:
                 self.log.warning(
                     "Worker %s of cluster %s failed to start: %r",
                     worker.name,
@@ -458,13 +627,19 @@ class Reconciler:
                     e,
                     extra=about(cluster),
                 )
-                await self._worker_failed(cluster, worker)
+                # Like a scheduler's: a start that raised (or timed out) may have begun
+                # something, which only the backend's stop can end.
+                await self._stop_worker(cluster, worker, JobStatus.FAILED, begun=True)
+                await self._count_start_failure(cluster)
                 return
+            state = None  # stopped meanwhile (its cluster, or scaled down): not a failure
+        if state is not None:
             await self._until_stored(
                 lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
             )
-            if worker.target != JobStatus.RUNNING:
-                self.queue.put((WORKER, cluster.name, worker.name))
+        if worker.target != JobStatus.RUNNING or not cluster.is_active:
+            await self._stop_worker(cluster, worker, worker.target, begun=True)
+            self.queue.put((CLUSTER, cluster.name))
 
     async def _until_stored(self, write: Callable[[], Any]) -> None:
         """Retry ``write`` while the database is unavailable: used after a backend started
@@ -478,15 +653,45 @@ class Reconciler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_DELAY)
 
-    async def _stop_worker(self, cluster: Cluster, worker: Worker, target: JobStatus) -> None:
+    async def _stop_worker(
+        self, cluster: Cluster, worker: Worker, target: JobStatus, begun: bool = False
+    ) -> None:
+        """Stop ``worker`` in the backend (unless it never began to start) and record
+        ``target`` (RUNNING meaning STOPPED) as its final status.
+
+        Its cluster's shutdown and its own reconcile may both stop a worker: one at a time,
+        and the second finds it stopped (the backend is asked once, not twice at once)."""
         if target == JobStatus.RUNNING:
             target = JobStatus.STOPPED
-        if worker.status != JobStatus.CREATED:
-            await self.backend.stop_worker(cluster, worker)
-        await self.store.update_worker(worker, status=target, target=target, stop_time=now_ms())
+        lock = self._worker_stops.setdefault(worker.name, asyncio.Lock())
+        try:
+            async with lock:
+                if worker.status.is_done:
+                    return
+                if worker.status != JobStatus.CREATED or begun:
+                    error = await self._backend_stop(
+                        cluster,
+                        worker.name,
+                        f"worker {worker.name} of cluster {cluster.name}",
+                        lambda: self.backend.stop_worker(cluster, worker),
+                    )
+                    if error:
+                        target = JobStatus.FAILED
+                await self.store.update_worker(
+                    worker, status=target, target=target, stop_time=now_ms()
+                )
+        finally:
+            if worker.status.is_done:  # later callers return before they need a lock
+                self._worker_stops.pop(worker.name, None)
 
     async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
-        await self._stop_worker(cluster, worker, JobStatus.FAILED)
+        """A starting worker the timers found dead or late: the reconcile loop stops it (the
+        timers never wait on the backend), and too many in a row fail the cluster."""
+        await self.store.update_worker(worker, target=JobStatus.FAILED)
+        self.queue.put((WORKER, cluster.name, worker.name))
+        await self._count_start_failure(cluster)
+
+    async def _count_start_failure(self, cluster: Cluster) -> None:
         cluster.worker_start_failures += 1
         limit = self.settings.worker_start_failure_limit
         if cluster.worker_start_failures >= limit:
@@ -497,30 +702,35 @@ class Reconciler:
             self.queue.put((CLUSTER, cluster.name))
 
     # -- timers ---------------------------------------------------------------------
-    async def _timer_loop(self) -> None:
-        """Catch what never reports back: starts that hang, heartbeats that stop, deaths."""
-        s = self.settings
-        last_cluster_check = last_worker_check = time.monotonic()
-        period = max(
-            0.05, min(s.check_timeouts_period, s.cluster_status_period, s.worker_status_period)
-        )
+    async def _every(self, period: float, check: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``check`` every ``period`` seconds: the timers catch what never reports back
+        (starts that hang, heartbeats that stop, deaths)."""
         while True:
             await asyncio.sleep(period)
             try:
-                now = time.monotonic()
-                await self._check_timeouts()
-                if now - last_cluster_check >= s.cluster_status_period:
-                    last_cluster_check = now
-                    await self._check_clusters()
-                if now - last_worker_check >= s.worker_status_period:
-                    last_worker_check = now
-                    await self._check_workers()
+                await check()
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable:
                 pass  # the store logged it; the next period tries again
             except Exception:
-                self.log.exception("Error in the gateway's periodic checks")
+                self.log.exception("Error in the gateway's periodic %s", what)
+
+    async def _ask_backend(
+        self, check: Awaitable[list[bool]], period: float, what: str
+    ) -> list[bool] | None:
+        """The answer of a backend's status check, or None when it took longer than its
+        ``period``: it is then cancelled and the next period asks again (a hung check, e.g.
+        an squeue that never returns, must not stop every later one)."""
+        try:
+            return await asyncio.wait_for(check, period)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "The backend's %s did not answer within %g s; asking again next period",
+                what,
+                period,
+            )
+            return None
 
     async def _check_timeouts(self) -> None:
         s = self.settings
@@ -580,7 +790,13 @@ class Reconciler:
         ]
         if not clusters:
             return
-        for cluster, alive in zip(clusters, await self.backend.check_clusters(clusters)):
+        period = self.settings.cluster_status_period
+        answer = await self._ask_backend(
+            self.backend.check_clusters(clusters), period, "check of schedulers"
+        )
+        if answer is None:
+            return
+        for cluster, alive in zip(clusters, answer, strict=False):
             if not alive and cluster.is_active:
                 reason = self.backend.exit_reason(cluster)
                 self.log.warning(
@@ -606,8 +822,14 @@ class Reconciler:
             ]
             if not starting:
                 continue
-            alive = await self.backend.check_workers(cluster, starting)
-            for worker, ok in zip(starting, alive):
+            alive = await self._ask_backend(
+                self.backend.check_workers(cluster, starting),
+                self.settings.worker_status_period,
+                f"check of cluster {cluster.name}'s workers",
+            )
+            if alive is None:
+                continue
+            for worker, ok in zip(starting, alive, strict=False):
                 if not ok and worker.is_active and worker.status == JobStatus.SUBMITTED:
                     reason = self.backend.exit_reason(cluster, worker)
                     self.log.warning(

@@ -12,13 +12,16 @@ import base64
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from .models import Cluster, JobStatus, Worker
+
+T = TypeVar("T")
 
 metadata = sa.MetaData()
 
@@ -131,7 +134,7 @@ class Store:
 
     def __init__(
         self, url: str, encrypt_keys: list[bytes], echo: bool = False, timeout: float = 10.0
-    ):
+    ) -> None:
         """``timeout``: seconds one operation may wait for a lock (SQLite) or a connection
         (PostgreSQL) before it fails with StoreUnavailable, so no request hangs on it."""
         if not encrypt_keys:
@@ -154,7 +157,7 @@ class Store:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
         self._down_since: float | None = None  # when the database stopped answering
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self._executor, fn, *args)
@@ -243,7 +246,7 @@ class Store:
                     tls_key=key,
                     status=JobStatus(row.status),
                     target=JobStatus(row.target),
-                    count=row.count,
+                    count=row._mapping["count"],  # row.count is tuple.count to a type checker
                     state=row.state,
                     scheduler_address=row.scheduler_address,
                     dashboard_address=row.dashboard_address,
@@ -287,7 +290,9 @@ class Store:
 
     def _insert(self, table: sa.Table, values: dict) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(table.insert().values(**values)).inserted_primary_key[0]
+            key = conn.execute(table.insert().values(**values)).inserted_primary_key
+            assert key is not None  # a one-row INSERT always has one
+            return key[0]
 
     async def update_cluster(self, cluster: Cluster, **changes: Any) -> None:
         """Apply ``changes`` to ``cluster`` and persist them."""
@@ -296,7 +301,9 @@ class Store:
     async def update_worker(self, worker: Worker, **changes: Any) -> None:
         await self._update(workers_table, _WORKER_COLUMNS, worker, changes)
 
-    async def _update(self, table, columns, obj, changes) -> None:
+    async def _update(
+        self, table: sa.Table, columns: set[str], obj: Cluster | Worker, changes: dict[str, Any]
+    ) -> None:
         bad = set(changes) - columns
         if bad:
             raise AttributeError(f"Not stored columns: {sorted(bad)}")
@@ -347,7 +354,7 @@ def _db_value(v: Any) -> Any:
     return int(v) if isinstance(v, JobStatus) else v
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")

@@ -6,17 +6,20 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
-class WorkQueue:
+class WorkQueue(Generic[K]):
     def __init__(self) -> None:
-        self._queue: deque[Hashable] = deque()
-        self._queued: set[Hashable] = set()
-        self._running: set[Hashable] = set()
-        self._dirty: set[Hashable] = set()
-        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._queue: deque[K] = deque()
+        self._queued: set[K] = set()
+        self._running: set[K] = set()
+        self._dirty: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
         self._wakeup = asyncio.Event()
-        self._queued_at: dict[Hashable, float] = {}
+        self._queued_at: dict[K, float] = {}
         self.closed = False
         #: Called with the seconds each key waited, for metrics.
         self.on_wait: Callable[[float], None] | None = None
@@ -24,7 +27,7 @@ class WorkQueue:
     def qsize(self) -> int:
         return len(self._queue)
 
-    def put(self, key: Hashable) -> None:
+    def put(self, key: K) -> None:
         """Ask for ``key`` to be handled (again, if it is being handled now)."""
         if self.closed:
             return
@@ -36,7 +39,7 @@ class WorkQueue:
             self._queue.append(key)
             self._wakeup.set()
 
-    def put_after(self, key: Hashable, delay: float) -> None:
+    def put_after(self, key: K, delay: float) -> None:
         """Handle ``key`` after ``delay`` seconds (an earlier timer for it is replaced)."""
         timer = self._timers.pop(key, None)
         if timer is not None:
@@ -44,11 +47,11 @@ class WorkQueue:
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(delay, self._fire, key)
 
-    def _fire(self, key: Hashable) -> None:
+    def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
         self.put(key)
 
-    async def get(self) -> Hashable:
+    async def get(self) -> K:
         while not self._queue:
             if self.closed:
                 raise asyncio.CancelledError
@@ -62,7 +65,7 @@ class WorkQueue:
         self._running.add(key)
         return key
 
-    def task_done(self, key: Hashable) -> None:
+    def task_done(self, key: K) -> None:
         self._running.discard(key)
         if key in self._dirty:
             self._dirty.discard(key)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from traitlets import (
     Any as AnyTrait,
 )
 from traitlets import (
     Bool,
+    Bunch,
     Dict,
     Float,
     Instance,
@@ -38,19 +39,22 @@ from ..options import Integer as IntegerField
 from ..options import Options, Select
 from ..traits import Command, MemoryLimit, format_bytes
 
+if TYPE_CHECKING:
+    import pwd
+
 
 class UserNotAllowed(Exception):
     """The backend will not run processes for this user: the API answers 403 with the
     message."""
 
 
-def local_account(name: str, min_uid: int):
+def local_account(name: str, min_uid: int) -> pwd.struct_passwd:
     """The local account ``name`` that a backend may run processes as (blocking: NSS).
 
     Never root, a system account (uid below ``min_uid``) or the gateway's own account
     (whose processes could read the gateway's secrets).
     """
-    import pwd
+    import pwd  # here: the module is Unix-only
 
     try:
         entry = pwd.getpwnam(name)
@@ -146,14 +150,14 @@ class ClusterConfig(Configurable):
         return self.worker_cores
 
     @validate("worker_threads")
-    def _check_worker_threads(self, proposal):
+    def _check_worker_threads(self, proposal: Bunch) -> int | None:
         if proposal.value is not None and proposal.value < 1:
             raise TraitError("worker_threads must be >= 1")
         return proposal.value
 
     def effective_max_workers(self) -> int | None:
         """The worker limit that all three resource limits imply."""
-        limits = []
+        limits: list[float] = []  # math.inf: no limit
         if self.cluster_max_workers is not None:
             limits.append(self.cluster_max_workers)
         if self.cluster_max_memory is not None:
@@ -182,6 +186,16 @@ class ClusterConfig(Configurable):
         return out
 
 
+C = TypeVar("C", bound=ClusterConfig)
+
+
+def config_of(config_class: type[C], cluster: Cluster) -> C:
+    """The stored configuration of ``cluster`` as a ``config_class`` (a backend's own
+    subclass, with its settings); keys it does not know are left out."""
+    known = set(config_class.class_trait_names(config=True))
+    return config_class(**{k: v for k, v in cluster.config.items() if k in known})
+
+
 def default_cluster_options() -> Options:
     """What a fresh gateway offers: cores and memory bounded by this machine, one environment."""
     cores = os.cpu_count() or 1
@@ -190,7 +204,7 @@ def default_cluster_options() -> Options:
     except (ValueError, OSError, AttributeError):
         mem_gib = 4.0
 
-    def handler(options):
+    def handler(options: Any) -> dict[str, Any]:
         return {
             "worker_cores": options.worker_cores,
             "worker_memory": int(options.worker_memory * 2**30),
@@ -274,8 +288,7 @@ class Backend(LoggingConfigurable):
 
     def cluster_config(self, cluster: Cluster) -> ClusterConfig:
         """The stored configuration of ``cluster`` as a ClusterConfig object."""
-        known = set(self.cluster_config_class.class_trait_names(config=True))
-        return self.cluster_config_class(**{k: v for k, v in cluster.config.items() if k in known})
+        return config_of(self.cluster_config_class, cluster)
 
     # -- the interface ----------------------------------------------------
     async def start_cluster(self, cluster: Cluster) -> dict:
@@ -283,7 +296,10 @@ class Backend(LoggingConfigurable):
         raise NotImplementedError
 
     async def stop_cluster(self, cluster: Cluster) -> None:
-        """Stop the scheduler (and anything else of the cluster). Must be idempotent."""
+        """Stop the scheduler (and anything else of the cluster). Must be idempotent.
+
+        Also called after ``start_cluster`` raised or was cancelled (a timeout, a stop
+        requested meanwhile), with the state stored before (empty): stop what it began."""
         raise NotImplementedError
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
@@ -295,7 +311,8 @@ class Backend(LoggingConfigurable):
         raise NotImplementedError
 
     async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
-        """Stop one worker. Must be idempotent."""
+        """Stop one worker. Must be idempotent; also called after ``start_worker`` raised
+        or was cancelled, with the state stored before (empty)."""
         raise NotImplementedError
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
@@ -356,7 +373,7 @@ class DBBackendBase(Backend):
         "directory.",
         config=True,
     )
-    db_encrypt_keys = List(
+    db_encrypt_keys: List[str | bytes] = List(
         help="Keys encrypting secrets at rest (env DASK_GATEWAY_ENCRYPT_KEYS, ';'-separated). "
         "Empty with the default SQLite file: a key file is created next to it.",
         config=True,

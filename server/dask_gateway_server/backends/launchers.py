@@ -138,7 +138,7 @@ class _Zygote:
     """One pre-started interpreter and the socket to it (SOCK_SEQPACKET: one message per
     request or answer; a request carries its environment pipe as a descriptor)."""
 
-    def __init__(self, python: str, environment: dict[str, str]):
+    def __init__(self, python: str, environment: dict[str, str]) -> None:
         self.python = python
         self.environment = environment
         self.proc: asyncio.subprocess.Process | None = None
@@ -217,9 +217,10 @@ class _Zygote:
 
     def kill(self) -> None:
         """Kill the fork server (not the processes it forked: they are on their own)."""
-        if self.alive:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:  # alive
             try:
-                self.proc.kill()
+                proc.kill()
             except ProcessLookupError:
                 pass
         if self.sock is not None:
@@ -252,15 +253,17 @@ class _Zygote:
         return answer
 
     async def close(self) -> None:
-        if self.alive:
+        proc, sock = self.proc, self.sock
+        if proc is not None and proc.returncode is None:  # alive (and so sock is set)
             try:
-                self.sock.shutdown(socket.SHUT_WR)  # the zygote exits on EOF; not its children
+                assert sock is not None
+                sock.shutdown(socket.SHUT_WR)  # the zygote exits on EOF; not its children
             except OSError:
                 pass
             try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:  # not the builtin one before Python 3.11
+                proc.kill()
         if self.sock is not None:
             self.sock.close()
             self.sock = None

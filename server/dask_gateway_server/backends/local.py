@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import time
+from typing import Any
 
 from traitlets import Float, List, Type, Unicode, default
 
@@ -79,7 +80,7 @@ class LocalBackend(DBBackendBase):
     every user must exist on the machine)."""
 
     cluster_config_class = Type(
-        "dask_gateway_server.backends.local.LocalClusterConfig",
+        LocalClusterConfig,
         klass=ClusterConfig,
         help="The ClusterConfig class to use.",
         config=True,
@@ -127,7 +128,7 @@ class LocalBackend(DBBackendBase):
     def _default_clusters_directory(self) -> str:
         return os.path.join(tempfile.gettempdir(), "dask-gateway-clusters")
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.launcher = self.launcher_class(environment=self._base_environment())
         self._log_tails: dict[str, str] = {}
@@ -356,6 +357,8 @@ class LocalBackend(DBBackendBase):
     async def _terminate(self, state: dict, cluster: Cluster) -> None:
         """SIGINT, then SIGTERM, then SIGKILL, waiting a while after each."""
         pid = state.get("pid")
+        if not pid:  # never started (is_alive says so too)
+            return
         for sig, timeout in (
             (signal.SIGINT, self.sigint_timeout),
             (signal.SIGTERM, self.sigterm_timeout),

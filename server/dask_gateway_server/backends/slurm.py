@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,7 +44,7 @@ from ..addresses import (
 )
 from ..logs import about
 from ..models import Cluster, JobStatus, User, Worker
-from .base import ClusterConfig, DBBackendBase, local_account
+from .base import ClusterConfig, DBBackendBase, config_of, local_account
 
 __all__ = ["SlurmBackend", "SlurmClusterConfig"]
 
@@ -192,8 +193,8 @@ class _Batcher:
     def __init__(
         self,
         fn: Callable[[list], Awaitable[list]],
-        on_abandoned: Callable[[Any], None] | None = None,
-    ):
+        on_abandoned: Callable[[Any], object] | None = None,
+    ) -> None:
         self.fn = fn
         self.on_abandoned = on_abandoned
         self.pending: list[tuple[Any, asyncio.Future]] = []
@@ -213,7 +214,7 @@ class _Batcher:
                 results = await self.fn([item for item, _ in batch])
             except Exception as e:
                 results = [e] * len(batch)
-            for (_, fut), result in zip(batch, results):
+            for (_, fut), result in zip(batch, results, strict=False):
                 if fut.cancelled():
                     if self.on_abandoned and not isinstance(result, BaseException):
                         self.on_abandoned(result)
@@ -229,8 +230,8 @@ class SlurmBackend(DBBackendBase):
     bind_host = ""  # jobs run on other nodes: listen on the node's interfaces
 
     cluster_config_class = Type(
-        "dask_gateway_server.backends.slurm.SlurmClusterConfig",
-        klass=ClusterConfig,
+        SlurmClusterConfig,
+        klass=SlurmClusterConfig,
         help="The ClusterConfig class to use.",
         config=True,
     )
@@ -291,7 +292,7 @@ class SlurmBackend(DBBackendBase):
     def _default_launcher_python(self) -> str:
         return sys.executable
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._tracked: set[str] = set()  # job ids squeue is asked about
         self._states: dict[str, tuple[str, str]] = {}  # job id -> (state, reason)
@@ -363,7 +364,9 @@ class SlurmBackend(DBBackendBase):
         except asyncio.CancelledError:
             _kill_group(proc)
             raise
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        code = proc.returncode
+        assert code is not None  # communicate() waited for the exit
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
 
     def _command_env(self) -> dict[str, str]:
         keep = ("PATH", "LANG", "LC_ALL", "SLURM_CONF")
@@ -410,6 +413,10 @@ class SlurmBackend(DBBackendBase):
         return answer
 
     # -- what the jobs are ------------------------------------------------------------
+    def cluster_config(self, cluster: Cluster) -> SlurmClusterConfig:
+        """The stored configuration of ``cluster``, with its Slurm settings."""
+        return config_of(self.cluster_config_class, cluster)
+
     async def _staging_dir(self, cluster: Cluster, config: SlurmClusterConfig) -> str:
         loop = asyncio.get_running_loop()
         if self._user_prefix(cluster.username):
@@ -681,13 +688,16 @@ class SlurmBackend(DBBackendBase):
         for name in names:
             try:
                 infos = await loop.run_in_executor(
-                    None, lambda n=name: socket.getaddrinfo(n, None, type=socket.SOCK_STREAM)
+                    None, partial(socket.getaddrinfo, name, None, type=socket.SOCK_STREAM)
                 )
             except OSError:
                 continue
             for info_ in infos:
+                host = info_[4][0]
+                if not isinstance(host, str):  # not an IP socket address
+                    continue
                 try:
-                    ips.add(unmapped(ipaddress.ip_address(info_[4][0].split("%")[0])))
+                    ips.add(unmapped(ipaddress.ip_address(host.split("%")[0])))
                 except ValueError:
                     continue
         me = socket.gethostname().split(".")[0]
@@ -749,9 +759,9 @@ class SlurmBackend(DBBackendBase):
         """Also refuse, with a message for the user, what sbatch would refuse later."""
         options, config = await super().process_cluster_options(user, request)
         wanted = [p for p in config.get("partition", "").split(",") if p]
-        if wanted:
-            known = await self._known_partitions()
-            missing = [p for p in wanted if known is not None and p not in known]
+        known = await self._known_partitions() if wanted else None
+        if known is not None:  # None: Slurm cannot say, sbatch will
+            missing = [p for p in wanted if p not in known]
             if missing:
                 raise ValueError(
                     f"Slurm partition {missing[0]!r} does not exist; available: "

@@ -1,0 +1,466 @@
+"""The reconciler against backends that fail on purpose, one stage each, in this process.
+
+No subprocess, scheduler or worker runs: the backends of ``support.failing_backends`` keep a
+set of what they "started", the test plays the scheduler by calling the reconciler's entry
+points as the API's handlers do (``create_cluster``, ``stop_cluster``, ``on_heartbeat``), and
+every test ends by reading the database back with a fresh ``Store`` on the same SQLite file:
+the final states must be there, not only in memory. Timeouts and periods are a few tens of
+milliseconds, so each test takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.failing_backends import (
+    ChecksHang,
+    FakeBackend,
+    SchedulerExitsBeforeConnecting,
+    SchedulerStartHangs,
+    SchedulerStartRaises,
+    SlowSchedulerStart,
+    SlowWorkerStart,
+    StopRaises,
+    WorkerExitsBeforeConnecting,
+    WorkerStartHangs,
+    WorkerStartRaises,
+    heartbeat,
+)
+
+from dask_gateway_server.models import Cluster, JobStatus, User
+from dask_gateway_server.reconciler import Reconciler
+from dask_gateway_server.store import Store, load_or_create_key_file
+
+RUNNING, STOPPED, FAILED = JobStatus.RUNNING, JobStatus.STOPPED, JobStatus.FAILED
+SUBMITTED = JobStatus.SUBMITTED
+
+#: Settings every test starts from: periods short enough that a test takes well under a
+#: second, timeouts long enough that none fires unless the test shortens it.
+FAST: dict[str, Any] = {
+    "cluster_start_timeout": 10,
+    "worker_start_timeout": 10,
+    "cluster_heartbeat_timeout": 30,
+    "check_timeouts_period": 0.02,
+    "cluster_status_period": 0.05,
+    "worker_status_period": 0.05,
+    "backoff_base_delay": 0.005,
+    "backoff_max_delay": 0.05,
+    "parallelism": 4,
+    # The tests stop what they started; a stuck cluster must not make teardown wait.
+    "stop_clusters_on_shutdown": False,
+}
+
+#: How long a test waits for a state it expects before failing (never a measured time).
+DEADLINE = 5.0
+
+LOGGER = "test-reconciler-failures"
+
+
+class Routes:
+    """The proxy as the reconciler sees it: which clusters are routed."""
+
+    def __init__(self) -> None:
+        self.routed: set[str] = set()
+        self.ever_routed: list[str] = []
+
+    def add_route(
+        self,
+        cluster_name: str,
+        scheduler_address: str,
+        dashboard_address: str,
+        handoff: str | None = None,
+        handoff_uid: int | None = None,
+        dashboard_key: str | None = None,
+    ) -> None:
+        self.routed.add(cluster_name)
+        self.ever_routed.append(cluster_name)
+
+    def remove_route(self, cluster_name: str) -> None:
+        self.routed.discard(cluster_name)
+
+
+class Gateway:
+    """A store on a SQLite file, a failing backend and the reconciler between them."""
+
+    def __init__(self, tmp_path: Path, backend: FakeBackend) -> None:
+        self.db_url = f"sqlite:///{tmp_path / 'gateway.sqlite'}"
+        self.key = load_or_create_key_file(str(tmp_path / "key"))
+        self.store = Store(self.db_url, [self.key])
+        self.backend = backend
+        self.routes = Routes()
+        self.reconciler = Reconciler(
+            self.store, backend, self.routes, log=logging.getLogger(LOGGER)
+        )
+
+    async def create(self, user: str = "alice") -> Cluster:
+        """What the API's create handler does once the options are checked."""
+        return await self.reconciler.create_cluster(User(user), {}, {})
+
+    async def until(self, predicate: Callable[[], Any], what: str) -> None:
+        """Wait until ``predicate()`` holds; fail after DEADLINE seconds."""
+        deadline = time.monotonic() + DEADLINE
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.005)
+
+    async def done(self, cluster: Cluster) -> None:
+        """Wait until the cluster ended (its status is final, and ``ready`` set: waiters
+        such as the API's wait for a cluster to start are released)."""
+        await self.until(
+            lambda: cluster.status.is_done and cluster.ready.is_set(),
+            f"cluster to end ({cluster.status!r})",
+        )
+
+    async def stored(self, cluster: Cluster) -> Cluster:
+        """The cluster as the database holds it, read by a second Store on the same file."""
+        # The store changes an object in memory as it queues the write, and runs its
+        # operations one at a time in order: one more operation waits for those writes.
+        await self.store.load()
+        store = Store(self.db_url, [self.key])
+        try:
+            (found,) = [c for c in await store.load() if c.name == cluster.name]
+        finally:
+            await store.close()
+        return found
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await make(BackendClass, **settings)``: a started in-process Gateway."""
+    made: list[Gateway] = []
+
+    async def start(backend_class: type[FakeBackend], **settings: Any) -> Gateway:
+        gw = Gateway(tmp_path, backend_class(**{**FAST, **settings}))
+        await gw.store.setup()
+        await gw.reconciler.start()
+        made.append(gw)
+        return gw
+
+    yield start
+    for gw in made:
+        await gw.reconciler.stop()
+        await gw.store.close()
+    # Nothing of the reconciler or the backends may outlive them (a start or check left
+    # running, a task whose error nobody will see).
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert left == []
+
+
+def statuses(cluster: Cluster) -> list[JobStatus]:
+    return [w.status for w in cluster.workers.values()]
+
+
+async def running(gw: Gateway, workers: int = 0) -> Cluster:
+    """A cluster whose scheduler connected, asking for ``workers`` workers."""
+    cluster = await gw.create()
+    await gw.until(lambda: cluster.status == SUBMITTED, "the scheduler to be submitted")
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=workers))
+    assert cluster.status == RUNNING and cluster.name in gw.routes.routed
+    return cluster
+
+
+async def test_happy_path(make):
+    """For contrast: start, connect, two workers connect, stop; everything ends STOPPED."""
+    gw = await make(FakeBackend)
+    cluster = await running(gw, workers=2)
+    await gw.until(lambda: statuses(cluster) == [SUBMITTED] * 2, "two workers submitted")
+    names = list(cluster.workers)
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=2, active=names))
+    assert statuses(cluster) == [RUNNING] * 2 and cluster.ready.is_set()
+
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    assert (cluster.status, cluster.message) == (STOPPED, "")
+    assert gw.backend.live == set() and gw.routes.routed == set()
+    assert sorted(gw.backend.called("stop_worker")) == sorted(names)
+    assert gw.backend.stop_states[cluster.name] == {"scheduler": cluster.name}
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (STOPPED, STOPPED, "")
+    assert stored.stop_time is not None and stored.count == 2
+    assert stored.state == {"scheduler": cluster.name}
+    assert statuses(stored) == [STOPPED] * 2
+    assert all(w.stop_time is not None for w in stored.workers.values())
+
+
+async def test_scheduler_start_raises(make):
+    """BadSpawner: the start fails after it began; what it began is stopped all the same."""
+    gw = await make(SchedulerStartRaises)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED and cluster.ready.is_set()
+    assert cluster.message == f"Cluster failed to start: {SchedulerStartRaises.error}"
+    assert gw.backend.called("stop_cluster") == [cluster.name]
+    assert gw.backend.live == set() and gw.routes.ever_routed == []
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
+    assert stored.stop_time is not None and stored.state == {}
+
+
+async def test_scheduler_start_hangs_past_the_start_timeout(make):
+    """NeverSpawner: the backend's start is cancelled at cluster_start_timeout."""
+    gw = await make(SchedulerStartHangs, cluster_start_timeout=0.2)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED
+    assert cluster.message == "Cluster failed to start: the backend did not start it within 0.2 s"
+    assert gw.backend.cancelled == [cluster.name]
+    assert gw.backend.called("stop_cluster") == [cluster.name]
+    assert gw.backend.live == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message) == (FAILED, cluster.message)
+
+
+async def test_scheduler_never_connects(make):
+    """The start succeeds but no heartbeat comes: FAILED at cluster_start_timeout."""
+    gw = await make(FakeBackend, cluster_start_timeout=0.2)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED
+    assert cluster.message == "Cluster did not start within 0.2 s"
+    assert gw.backend.stop_states[cluster.name] == {"scheduler": cluster.name}
+    assert gw.backend.live == set() and gw.routes.ever_routed == []
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
+    assert stored.scheduler_address == ""
+
+
+async def test_scheduler_exits_before_connecting(make):
+    """The backend's status check finds the scheduler gone before its first heartbeat."""
+    gw = await make(SchedulerExitsBeforeConnecting)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    reason = SchedulerExitsBeforeConnecting.reason
+    assert cluster.status == FAILED
+    assert cluster.message == f"The scheduler exited unexpectedly: {reason}"
+    assert gw.backend.called("stop_cluster") == [cluster.name]
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message) == (FAILED, cluster.message)
+
+
+async def test_worker_start_raises_until_the_cluster_fails(make):
+    """Every worker start fails (after it began): each worker is stopped and FAILED, and
+    worker_start_failure_limit failures in a row fail the cluster."""
+    gw = await make(WorkerStartRaises, worker_start_failure_limit=3)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    assert cluster.status == FAILED
+    assert cluster.message == "3 workers failed to start in a row"
+    assert statuses(cluster) == [FAILED] * 3
+    # A start that raised may have begun something: it is stopped like any other.
+    assert sorted(gw.backend.called("stop_worker")) == sorted(cluster.workers)
+    assert gw.backend.live == set() and gw.routes.routed == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message) == (FAILED, cluster.message)
+    assert statuses(stored) == [FAILED] * 3
+    assert all(w.target == FAILED and w.stop_time for w in stored.workers.values())
+
+
+async def test_one_worker_start_raises_then_a_replacement_connects(make):
+    gw = await make(WorkerStartRaises, worker_start_failure_limit=3)
+    gw.backend.failures = 1
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: SUBMITTED in statuses(cluster), "a replacement worker")
+    (replacement,) = [w.name for w in cluster.workers.values() if w.status == SUBMITTED]
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=1, active=[replacement]))
+
+    assert statuses(cluster) == [FAILED, RUNNING] and cluster.worker_start_failures == 0
+    assert cluster.status == RUNNING
+    stored = await gw.stored(cluster)
+    assert stored.status == RUNNING and statuses(stored) == [FAILED, RUNNING]
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+    assert gw.backend.live == set()
+    assert statuses(await gw.stored(cluster)) == [FAILED, STOPPED]
+
+
+async def test_worker_start_hangs_past_the_worker_start_timeout(make):
+    gw = await make(WorkerStartHangs, worker_start_timeout=0.1, worker_start_failure_limit=1)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    (worker,) = cluster.workers.values()
+    assert cluster.message == "1 workers failed to start in a row"
+    assert gw.backend.cancelled == [worker.name]
+    assert gw.backend.called("stop_worker") == [worker.name]
+    assert gw.backend.live == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (FAILED, [FAILED])
+
+
+async def test_worker_exits_between_start_and_connect(make):
+    """The first worker's process ends before its scheduler sees it: FAILED by the status
+    check, stopped, replaced; the replacement connects and the cluster runs on."""
+    gw = await make(WorkerExitsBeforeConnecting)
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: len(cluster.workers) == 2, "a replacement worker")
+    first, second = cluster.workers.values()
+    await gw.until(lambda: second.status == SUBMITTED, "the replacement submitted")
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=1, active=[second.name]))
+
+    assert (first.status, second.status, cluster.status) == (FAILED, RUNNING, RUNNING)
+    assert gw.backend.called("stop_worker") == [first.name]
+    assert gw.backend.live == {cluster.name, second.name}
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (RUNNING, [FAILED, RUNNING])
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+    assert gw.backend.live == set()
+
+
+async def test_worker_never_connects(make):
+    gw = await make(FakeBackend, worker_start_timeout=0.1, worker_start_failure_limit=2)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    assert cluster.message == "2 workers failed to start in a row"
+    assert statuses(cluster) == [FAILED, FAILED]
+    assert gw.backend.live == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (FAILED, [FAILED, FAILED])
+
+
+async def test_stop_raises_once_then_succeeds(make):
+    """A passing failure (the cluster manager restarting): retried, the cluster STOPPED."""
+    gw = await make(StopRaises)
+    gw.backend.failures = 1
+    gw.backend.workers_too = True
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: statuses(cluster) == [SUBMITTED], "a worker submitted")
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    assert (cluster.status, cluster.message) == (STOPPED, "")
+    assert len(gw.backend.called("stop_cluster_attempt")) == 2
+    assert len(gw.backend.called("stop_worker_attempt")) == 2
+    assert gw.backend.live == set() and gw.routes.routed == set()
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.message, statuses(stored)) == (STOPPED, "", [STOPPED])
+
+
+async def test_stop_always_raises(make, caplog):
+    """A backend that can never stop the cluster: after a few attempts the cluster ends
+    FAILED (not CLOSING forever), with the backend's error as its reason."""
+    gw = await make(StopRaises)
+    gw.backend.workers_too = True
+    gw.reconciler.stop_attempts = 3
+    cluster = await running(gw, workers=1)
+    await gw.until(lambda: statuses(cluster) == [SUBMITTED], "a worker submitted")
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        await gw.reconciler.stop_cluster(cluster)
+        await gw.done(cluster)
+
+    error = StopRaises.error
+    assert cluster.status == FAILED
+    assert cluster.message == f"The backend could not stop the cluster: {error}"
+    assert statuses(cluster) == [FAILED]
+    assert len(gw.backend.called("stop_cluster_attempt")) == 3
+    assert len(gw.backend.called("stop_worker_attempt")) == 3
+    assert gw.routes.routed == set()
+    assert f"Could not stop cluster {cluster.name}" in caplog.text
+    # What the backend could not stop is still "live": only the log and the message say so.
+    assert gw.backend.live == {cluster.name, *cluster.workers}
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
+    assert statuses(stored) == [FAILED] and stored.stop_time is not None
+
+
+async def test_status_checks_hang(make, caplog):
+    """The backend's status checks never answer (a hung squeue): each is cancelled at its
+    period, and the timeouts still fire for a scheduler and a worker that never connect."""
+    gw = await make(
+        ChecksHang,
+        cluster_start_timeout=0.3,
+        worker_start_timeout=0.1,
+        worker_start_failure_limit=1,
+    )
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        connected = await running(gw, workers=1)
+        silent = await gw.create()
+        await gw.done(connected)
+        await gw.done(silent)
+
+    assert connected.message == "1 workers failed to start in a row"
+    assert silent.message == "Cluster did not start within 0.3 s"
+    assert "check_clusters" in gw.backend.cancelled
+    assert "check_workers" in gw.backend.cancelled
+    assert "did not answer within" in caplog.text
+    assert gw.backend.live == set()
+    for cluster in (connected, silent):
+        stored = await gw.stored(cluster)
+        assert (stored.status, stored.message) == (FAILED, cluster.message)
+    assert statuses(await gw.stored(connected)) == [FAILED]
+
+
+async def test_slow_start_cancelled_by_a_stop_request(make):
+    """SlowSpawner: the user stops a cluster whose scheduler is still starting. The start is
+    cancelled at once (not waited for until cluster_start_timeout), the backend is asked to
+    stop what it began, and the cluster ends STOPPED as asked, not FAILED."""
+    gw = await make(SlowSchedulerStart, cluster_start_timeout=60)
+    cluster = await gw.create()
+    await gw.backend.started.wait()
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    assert (cluster.status, cluster.message) == (STOPPED, "")
+    assert gw.backend.cancelled == [cluster.name]
+    assert gw.backend.stop_states[cluster.name] == {}
+    assert gw.backend.live == set() and gw.routes.ever_routed == []
+    stored = await gw.stored(cluster)
+    assert (stored.status, stored.target, stored.message) == (STOPPED, STOPPED, "")
+
+
+async def test_cluster_stopped_while_a_worker_starts(make):
+    """A worker start in flight when its cluster is stopped is cancelled and stopped before
+    the scheduler, and the worker ends STOPPED."""
+    gw = await make(SlowWorkerStart, worker_start_timeout=60)
+    cluster = await running(gw, workers=1)
+    await gw.backend.started.wait()
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    (worker,) = cluster.workers.values()
+    assert (cluster.status, worker.status) == (STOPPED, STOPPED)
+    assert gw.backend.cancelled == [worker.name]
+    assert gw.backend.live == set()
+    calls = [c for c in gw.backend.calls if c[0].startswith("stop")]
+    assert calls == [("stop_worker", worker.name), ("stop_cluster", cluster.name)]
+    stored = await gw.stored(cluster)
+    assert (stored.status, statuses(stored)) == (STOPPED, [STOPPED])
+
+
+async def test_gateway_shutdown_fails_and_stops_every_cluster(make):
+    """With stop_clusters_on_shutdown, stopping the reconciler ends every cluster, and the
+    database says so when it returns: running ones with their workers, and one whose start
+    is still in progress (abandoned at once)."""
+    gw = await make(SlowSchedulerStart, stop_clusters_on_shutdown=True)
+    gw.backend.release.set()
+    clusters = [await running(gw, workers=1) for _ in range(8)]
+    for cluster in clusters:
+        await gw.until(lambda c=cluster: statuses(c) == [SUBMITTED], "a worker submitted")
+    gw.backend.release.clear()
+    gw.backend.started.clear()
+    starting = await gw.create()
+    await gw.backend.started.wait()
+
+    await gw.reconciler.stop()
+
+    for cluster in [*clusters, starting]:
+        assert (cluster.status, cluster.message) == (FAILED, "The gateway shut down")
+        stored = await gw.stored(cluster)
+        assert (stored.status, stored.message) == (FAILED, "The gateway shut down")
+        assert statuses(stored) == ([STOPPED] if cluster is not starting else [])
+    assert gw.backend.cancelled == [starting.name]
+    assert gw.backend.live == set() and gw.routes.routed == set()
