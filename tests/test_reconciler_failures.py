@@ -378,10 +378,11 @@ async def test_stop_always_raises(make, caplog):
 
 
 async def test_status_checks_hang(make, caplog):
-    """The backend's status checks never answer (a hung squeue): each is cancelled at its
-    period, and the timeouts still fire for a scheduler and a worker that never connect."""
+    """The backend's status checks never answer (a hung squeue): each is cancelled after
+    status_check_timeout, and the timeouts still fire for a scheduler and a worker that never connect."""
     gw = await make(
         ChecksHang,
+        status_check_timeout=0.05,
         cluster_start_timeout=0.3,
         worker_start_timeout=0.1,
         worker_start_failure_limit=1,

@@ -719,16 +719,19 @@ class Reconciler:
     async def _ask_backend(
         self, check: Awaitable[list[bool]], period: float, what: str
     ) -> list[bool] | None:
-        """The answer of a backend's status check, or None when it took longer than its
-        ``period``: it is then cancelled and the next period asks again (a hung check, e.g.
-        an squeue that never returns, must not stop every later one)."""
+        """The answer of a backend's status check, or None when it took longer than
+        ``status_check_timeout``: it is then cancelled and the next period asks again (a hung
+        check, e.g. an squeue that never returns, must not stop every later one). The default
+        has a floor of 10 s, so a slow but working squeue under load is not cancelled each time
+        when the period is short."""
+        timeout = self.settings.status_check_timeout or max(10.0, period)
         try:
-            return await asyncio.wait_for(check, period)
+            return await asyncio.wait_for(check, timeout)
         except asyncio.TimeoutError:
             self.log.warning(
                 "The backend's %s did not answer within %g s; asking again next period",
                 what,
-                period,
+                timeout,
             )
             return None
 

@@ -398,6 +398,12 @@ class DBBackendBase(Backend):
     worker_status_period = Float(
         30, help="Seconds between checks that starting workers are alive.", config=True
     )
+    status_check_timeout = Float(
+        0,
+        help="Seconds a backend's status check (e.g. squeue) may take before it is cancelled "
+        "and asked again next period. 0: the larger of 10 s and the check's period.",
+        config=True,
+    )
     cluster_heartbeat_period = Float(15, help="Seconds between scheduler heartbeats.", config=True)
     cluster_heartbeat_timeout = Float(
         help="Seconds without a heartbeat before a cluster is failed (default 2 periods).",
