@@ -21,6 +21,7 @@ import httpx
 import pytest
 import waiting
 from gateway_process import GatewayProcess, _kill_leftovers, free_port
+from http_helpers import basic
 
 TOKEN = "dgj-test-token"
 USER = "jupyter-ext-user"
@@ -216,7 +217,7 @@ def test_extensions_enabled_after_pip_install():
         [jupyter, "labextension", "list"], env=env, capture_output=True, text=True, timeout=120
     )
     out = _ANSI.sub("", lab.stdout + lab.stderr)
-    line = next((l for l in out.splitlines() if "dask-gateway-jupyterlab" in l), "")
+    line = next((ln for ln in out.splitlines() if "dask-gateway-jupyterlab" in ln), "")
     assert "enabled" in line and "OK" in line, out
     prefix = Path(sys.prefix)
     assert (prefix / "share/jupyter/labextensions/dask-gateway-jupyterlab/package.json").exists()
@@ -544,3 +545,250 @@ def test_gateway_auth_failure_passes_through(gateway, tmp_path):
             assert r.json()["error"] == "Authentication required"
     finally:
         server.stop()
+
+
+# -- robustness: what a visitor or a user can send never ends in a traceback --------------
+
+
+def _log_since(server: JupyterServerProcess, offset: int) -> str:
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def test_dashboard_relay_without_login_redirects_without_traceback(jupyter):
+    """A visitor without a Jupyter login is sent to the login page, and nothing fails.
+
+    The relay's GET awaited what tornado's ``@web.authenticated`` returned, which is None
+    when it redirects: each such visit logged a TypeError traceback (mypy's "await of a
+    non-awaitable")."""
+    offset = jupyter.log_path.stat().st_size
+    for method in ("GET", "HEAD"):
+        r = httpx.request(method, f"{jupyter.url}/dask-gateway/dashboard/some-cluster/status")
+        assert r.status_code == 302, (method, r.status_code)
+        assert r.headers["location"].startswith("/login?next=")
+    # The legitimate use: with a login, the same path reaches the gateway (no such cluster).
+    r = httpx.get(
+        f"{jupyter.url}/dask-gateway/dashboard/some-cluster/status",
+        headers={"Authorization": f"token {jupyter.token}"},
+        timeout=60,
+    )
+    assert r.status_code == 404
+    log = _log_since(jupyter, offset)
+    assert "Traceback" not in log and "Uncaught exception" not in log, log
+
+
+@pytest.mark.parametrize("path", ["clusters", "options/validate"])
+def test_deeply_nested_json_is_a_400(api, jupyter, path):
+    """JSON nested past Python's recursion limit is a bad request, not an internal error."""
+    offset = jupyter.log_path.stat().st_size
+    r = api.post(path, content="[" * 100_000)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "Request body must be valid JSON"
+    assert "Traceback" not in _log_since(jupyter, offset)
+
+
+# -- the form's validation: the client's own Options, through the server ------------------
+
+
+def _client_messages(gateway, values: dict) -> dict[str, str]:
+    """What the Python client itself says about each value (``options[key] = value``)."""
+    from dask_gateway.auth import BasicAuth
+
+    gw = gateway.new_gateway(auth=BasicAuth(USER))
+    try:
+        options = gw.cluster_options()
+    finally:
+        gw.close()
+    messages = {}
+    for key, value in values.items():
+        try:
+            options[key] = value
+        except KeyError as e:
+            messages[key] = e.args[0]
+        except (TypeError, ValueError) as e:
+            messages[key] = str(e)
+    return messages
+
+
+def test_validate_options_gives_the_clients_messages(api, gateway):
+    bad = {
+        "worker_cores": 10,
+        "worker_memory": 0,
+        "environment": "gpu",
+        "bogus": 1,
+    }
+    r = api.post("options/validate", content=json.dumps({"cluster_options": bad}))
+    assert r.status_code == 200, r.text
+    errors = r.json()["errors"]
+    assert errors == {
+        "worker_cores": "worker_cores must be <= 4, got 10",
+        "worker_memory": "worker_memory must be >= 0.25, got 0.0",
+        "environment": "'gpu' is not a valid option for environment",
+        "bogus": "No option 'bogus' available",
+    }
+    assert errors == _client_messages(gateway, bad)
+    # Each field on its own: one bad value does not hide another's message.
+    for values, expected in (
+        ({"worker_cores": "2"}, {"worker_cores": "worker_cores must be an integer, got '2'"}),
+        ({"worker_cores": 2.5}, {"worker_cores": "worker_cores must be an integer, got 2.5"}),
+        ({"worker_cores": True}, {"worker_cores": "worker_cores must be an integer, got True"}),
+        ({"worker_memory": "a"}, {"worker_memory": "worker_memory must be a float, got 'a'"}),
+        ({"worker_cores": 4, "worker_memory": 0.25, "environment": "tensorflow"}, {}),
+        ({}, {}),
+    ):
+        r = api.post("options/validate", content=json.dumps({"cluster_options": values}))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"errors": expected}, values
+        assert expected == _client_messages(gateway, values)
+
+
+@pytest.mark.parametrize(
+    "content, status, message",
+    [
+        (
+            json.dumps({"cluster_options": [1]}),
+            422,
+            "cluster_options must be an object of field: value",
+        ),
+        (
+            json.dumps({"cluster_options": "x"}),
+            422,
+            "cluster_options must be an object of field: value",
+        ),
+        (json.dumps([1]), 400, "Request body must be a JSON object"),
+        ("{not json", 400, "Request body must be valid JSON"),
+        (b"\xff\xfe", 400, "Request body must be valid JSON"),
+    ],
+)
+def test_validate_options_rejects_bad_requests(api, content, status, message):
+    r = api.post("options/validate", content=content)
+    assert r.status_code == status, r.text
+    assert r.json() == {"error": message, "message": message}
+
+
+def test_validate_options_needs_jupyter_auth_and_xsrf(jupyter):
+    body = json.dumps({"cluster_options": {"worker_cores": 2}})
+    url = f"{jupyter.url}/dask-gateway/options/validate"
+    assert httpx.post(url, content=body, timeout=30).status_code == 403
+    r = httpx.post(url, content=body, headers={"Authorization": "token wrong"}, timeout=30)
+    assert r.status_code == 403
+    with httpx.Client(base_url=jupyter.url, timeout=60) as browser:
+        browser.get("/login", params={"next": "/tree"})
+        r = browser.post(
+            "/login", data={"password": jupyter.token, "_xsrf": browser.cookies.get("_xsrf")}
+        )
+        assert r.status_code in (200, 302), r.text
+        r = browser.post("/dask-gateway/options/validate", content=body)
+        assert r.status_code == 403, r.text
+        r = browser.post(
+            "/dask-gateway/options/validate",
+            content=body,
+            headers={"X-XSRFToken": browser.cookies.get("_xsrf")},
+        )
+        assert r.status_code == 200 and r.json() == {"errors": {}}, r.text
+
+
+def test_validate_options_unreachable_gateway_is_a_502(tmp_path):
+    port = free_port()
+    server = JupyterServerProcess(tmp_path, gateway_env(f"http://127.0.0.1:{port}"))
+    server.start()
+    try:
+        with server.client() as api:
+            r = api.post("options/validate", content='{"cluster_options": {}}')
+            assert r.status_code == 502, r.text
+            assert r.json()["error"].startswith("Cannot reach the Dask Gateway")
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+#: Each user may ask for as many cores as the gateway allows them: alice 2, bob 3, admins 8.
+PER_USER_OPTIONS = """
+from dask_gateway_server.options import Integer, Options
+
+c.Authenticator.admin_users = {"dgj-admin"}
+LIMITS = {"dgj-alice": 2, "dgj-bob": 3}
+
+
+def options(user):
+    top = 8 if user.admin else LIMITS.get(user.name, 1)
+    return Options(Integer("worker_cores", default=1, min=1, max=top, label="Worker Cores"))
+
+
+c.Backend.cluster_options = options
+"""
+
+
+def test_validate_options_two_users_and_an_admin(tmp_path):
+    """Each Jupyter server validates with its own user's gateway options and credentials.
+
+    Alice, bob and an admin each run a Jupyter server holding their own gateway credentials;
+    the gateway offers each of them a different limit. Alice cannot reach bob's server with
+    her token, and the gateway credentials of bob she sends along through her own server are
+    never used: her answers stay hers."""
+    config = tmp_path / "per_user_gateway_config.py"
+    config.write_text(PER_USER_OPTIONS)
+    gw = GatewayProcess(tmp_path / "gateway", config=config)
+    servers: dict[str, JupyterServerProcess] = {}
+    try:
+        gw.start()
+        for user in ("dgj-alice", "dgj-bob", "dgj-admin"):
+            servers[user] = JupyterServerProcess(
+                tmp_path / user, gateway_env(gw.address, user), token=f"{user}-secret-token"
+            )
+            servers[user].start()
+
+        def validate(
+            user: str, cores, token: str | None = None, headers: dict | None = None
+        ) -> httpx.Response:
+            """POST as a script with a Jupyter token would (in the query: the Authorization
+            header stays free for other credentials)."""
+            server = servers[user]
+            return httpx.post(
+                f"{server.url}/dask-gateway/options/validate",
+                params={"token": token or server.token},
+                content=json.dumps({"cluster_options": {"worker_cores": cores}}),
+                headers=headers or {},
+                timeout=60,
+            )
+
+        def error(r: httpx.Response) -> str | None:
+            assert r.status_code == 200, r.text
+            return r.json()["errors"].get("worker_cores")
+
+        # The legitimate use: each user's own limit.
+        assert error(validate("dgj-alice", 2)) is None
+        assert error(validate("dgj-alice", 3)) == "worker_cores must be <= 2, got 3"
+        assert error(validate("dgj-bob", 3)) is None
+        assert error(validate("dgj-bob", 4)) == "worker_cores must be <= 3, got 4"
+        assert error(validate("dgj-admin", 8)) is None
+        assert error(validate("dgj-admin", 9)) == "worker_cores must be <= 8, got 9"
+        # Creating checks the same way: alice cannot start a 3-core cluster.
+        with servers["dgj-alice"].client() as api:
+            r = api.post("clusters", content=json.dumps({"cluster_options": {"worker_cores": 3}}))
+            assert r.status_code == 422 and r.json()["error"] == "worker_cores must be <= 2, got 3"
+
+        # Alice's token does not open bob's server (nor the admin's).
+        for other in ("dgj-bob", "dgj-admin"):
+            r = validate(other, 3, token=servers["dgj-alice"].token)
+            assert r.status_code == 403, r.text
+        # Bob's (and the admin's) gateway credentials, sent along to alice's own server, are
+        # never forwarded: the server speaks to the gateway as alice only.
+        for other in ("dgj-bob", "dgj-admin"):
+            r = httpx.get(f"{gw.address}/api/v1/clusters/", headers=basic(other), timeout=30)
+            session = r.cookies.get("dask-gateway-session")
+            assert r.status_code == 200 and session
+            r = validate(
+                "dgj-alice",
+                3,
+                headers={"Cookie": f"dask-gateway-session={session}", **basic(other)},
+            )
+            assert error(r) == "worker_cores must be <= 2, got 3"
+    finally:
+        for server in servers.values():
+            server.stop()
+        gw.stop()
+        _kill_leftovers(gw.data_dir)
+    for server in servers.values():
+        assert "Traceback" not in server.log(), server.log()

@@ -146,7 +146,7 @@ class DashboardRelay:
         """GET/HEAD ``url``; on a 401, authenticate as the client would and retry once."""
         auth = self.manager.gateway().auth
         context = None
-        resp = None
+        resp: HTTPResponse | None = None
         for attempt in range(2):
             extra = dict(headers)
             if attempt:
@@ -169,6 +169,7 @@ class DashboardRelay:
                 if attempt and resp.code < 400:
                     auth.post_response(resp, context)
                 break
+        assert resp is not None  # the loop ran at least once
         return resp
 
     async def connect(
@@ -234,7 +235,11 @@ class DashboardHandler(JupyterHandler):
     async def _dispatch(self, name: str, path: str | None) -> None:
         grant, rest = split_grant(path or "")
         if grant is None:
-            await self._authorized_get(name, path)
+            # tornado's @web.authenticated redirects a visitor without a login to it and
+            # returns None then, not a coroutine.
+            pending = self._authorized_get(name, path)
+            if pending is not None:
+                await pending
             return
         base = url_path_join(_public_base(self, name), GRANT_MARK + grant)
         if not self.relay.check_grant(grant, name):
@@ -377,7 +382,7 @@ class DashboardWebSocketHandler(WebSocketMixin, websocket.WebSocketHandler, Jupy
         chosen = self.upstream.selected_subprotocol if self.upstream else None
         return chosen if chosen in subprotocols else None
 
-    def open(self, name: str, path: str) -> None:  # type: ignore[override]
+    def open(self, name: str, path: str) -> None:
         super().open()
         self._relay_task = asyncio.ensure_future(self._relay_from_dashboard())
 

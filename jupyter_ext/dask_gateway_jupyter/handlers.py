@@ -26,6 +26,7 @@ from tornado import web
 
 from dask_gateway import Gateway, GatewayWarning
 from dask_gateway.client import ClusterReport, ClusterStatus
+from dask_gateway.options import Options
 
 from .dashboard import DashboardHandler, DashboardRelay, DashboardWebSocketHandler
 from .errors import RouteError, translate_error
@@ -68,8 +69,42 @@ class GatewayManager:
     async def close(self) -> None:
         self.dashboards.close()
         if self._gateway is not None:
-            await self._gateway.close()
-            self._gateway = None
+            gateway, self._gateway = self._gateway, None
+            closing = gateway.close()  # an awaitable, since the client is asynchronous
+            if closing is not None:
+                await closing
+
+    # The client's methods are annotated for synchronous use and give awaitables only when
+    # the Gateway is asynchronous. The routes await the coroutines behind them, here, so each
+    # call has its real type and never depends on the client guessing the running loop.
+
+    async def list_clusters(self) -> list[ClusterReport]:
+        return await self.gateway()._list_clusters()
+
+    async def get_cluster(self, name: str) -> ClusterReport:
+        return await self.gateway()._get_cluster(name)
+
+    async def get_cluster_resources(self, name: str) -> dict[str, int]:
+        return await self.gateway()._get_cluster_resources(name)
+
+    async def cluster_options(self) -> Options:
+        """The gateway's options for this user, defaults overlaid with config
+        ``gateway.cluster.options``: a fresh object each time (it holds values)."""
+        return await self.gateway()._cluster_options()
+
+    async def submit(self, options: Options) -> str:
+        return await self.gateway()._submit(options)
+
+    async def stop_cluster(self, name: str) -> None:
+        await self.gateway()._stop_cluster(name)
+
+    async def scale_cluster(self, name: str, count: int) -> None:
+        await self.gateway()._scale_cluster(name, count)
+
+    async def adapt_cluster(
+        self, name: str, minimum: int | None, maximum: int | None, active: bool
+    ) -> None:
+        await self.gateway()._adapt_cluster(name, minimum, maximum, active)
 
 
 def gateway_errors(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -92,7 +127,19 @@ def gateway_errors(method: Callable[..., Awaitable[None]]) -> Callable[..., Awai
 
 def _format_options_error(exc: BaseException) -> str:
     # KeyError's str() adds quotes around its message.
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def validate_options(options: Options, values: dict[str, Any]) -> dict[str, str]:
+    """Set each value on the client's ``Options``, as ``Gateway.submit`` users do, and return
+    the client's own message for each field it refuses (unknown fields included)."""
+    errors: dict[str, str] = {}
+    for key, value in values.items():
+        try:
+            options[key] = value
+        except (KeyError, TypeError, ValueError) as e:
+            errors[key] = _format_options_error(e)
+    return errors
 
 
 class BaseGatewayHandler(APIHandler):
@@ -118,12 +165,19 @@ class BaseGatewayHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message, "message": message}))
 
+    def option_values(self) -> dict[str, Any]:
+        """``cluster_options`` of the JSON body: ``{field: value}``."""
+        values = self.json_body().get("cluster_options") or {}
+        if not isinstance(values, dict):
+            raise RouteError(422, "cluster_options must be an object of field: value")
+        return values
+
     def json_body(self) -> dict[str, Any]:
         if not self.request.body:
             return {}
         try:
             body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             raise RouteError(400, "Request body must be valid JSON") from None
         if not isinstance(body, dict):
             raise RouteError(400, "Request body must be a JSON object")
@@ -134,7 +188,7 @@ class BaseGatewayHandler(APIHandler):
         resources: dict[str, Any] = {}
         if report.status == ClusterStatus.RUNNING:
             try:
-                resources = await self.manager.gateway().get_cluster_resources(report.name)
+                resources = await self.manager.get_cluster_resources(report.name)
             except Exception as e:
                 self.log.debug("No resources for cluster %s: %s", report.name, e)
         elif report.status == ClusterStatus.PENDING:
@@ -176,7 +230,7 @@ class ClustersHandler(BaseGatewayHandler):
     async def get(self) -> None:
         """The user's pending and running clusters, with worker counts and sizes."""
         gateway = self.manager.gateway()
-        reports = await gateway.list_clusters()
+        reports = await self.manager.list_clusters()
         models = await asyncio.gather(*(self.cluster_model(r) for r in reports))
         models.sort(key=lambda m: m["start_time"])
         live = {m["name"] for m in models}
@@ -190,18 +244,12 @@ class ClustersHandler(BaseGatewayHandler):
     @gateway_errors
     async def post(self) -> None:
         """Create a cluster from ``{"cluster_options": {field: value}}``; returns at once."""
-        body = self.json_body()
-        values = body.get("cluster_options") or {}
-        if not isinstance(values, dict):
-            raise RouteError(422, "cluster_options must be an object of field: value")
-        gateway = self.manager.gateway()
-        options = await gateway.cluster_options()
-        for key, value in values.items():
-            try:
-                options[key] = value
-            except (KeyError, TypeError, ValueError) as e:
-                raise RouteError(422, _format_options_error(e)) from None
-        name = await gateway.submit(options)
+        values = self.option_values()
+        options = await self.manager.cluster_options()
+        errors = validate_options(options, values)
+        if errors:
+            raise RouteError(422, next(iter(errors.values())))
+        name = await self.manager.submit(options)
         self.set_status(201)
         self.finish(json.dumps({"name": name}))
 
@@ -211,7 +259,7 @@ class ClusterHandler(BaseGatewayHandler):
     @authorized
     @gateway_errors
     async def get(self, name: str) -> None:
-        report = await self.manager.gateway().get_cluster(name)
+        report = await self.manager.get_cluster(name)
         self.finish(json.dumps(await self.cluster_model(report)))
 
     @web.authenticated
@@ -219,19 +267,21 @@ class ClusterHandler(BaseGatewayHandler):
     @gateway_errors
     async def delete(self, name: str) -> None:
         """Shut the cluster down (no error if it already stopped)."""
-        await self.manager.gateway().stop_cluster(name)
+        await self.manager.stop_cluster(name)
         self.manager.adapt.pop(name, None)
         self.set_status(204)
         self.finish()
 
 
-def _count(body: dict[str, Any], key: str, required: bool) -> int | None:
+def _count(body: dict[str, Any], key: str) -> int:
     value = body.get(key)
-    if value is None and not required:
-        return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise RouteError(422, f"{key} must be a non-negative integer, got {json.dumps(value)}")
     return value
+
+
+def _optional_count(body: dict[str, Any], key: str) -> int | None:
+    return None if body.get(key) is None else _count(body, key)
 
 
 class ScaleHandler(BaseGatewayHandler):
@@ -240,9 +290,8 @@ class ScaleHandler(BaseGatewayHandler):
     @gateway_errors
     async def post(self, name: str) -> None:
         """``{"count": n}``: a fixed worker count (turns adaptive scaling off)."""
-        count = _count(self.json_body(), "count", required=True)
-        gateway = self.manager.gateway()
-        msg = await self.capture_gateway_warning(gateway.scale_cluster(name, count))
+        count = _count(self.json_body(), "count")
+        msg = await self.capture_gateway_warning(self.manager.scale_cluster(name, count))
         self.manager.adapt.pop(name, None)
         self.finish(json.dumps({"ok": msg is None, "msg": msg}))
 
@@ -254,16 +303,15 @@ class AdaptHandler(BaseGatewayHandler):
     async def post(self, name: str) -> None:
         """``{"minimum": m, "maximum": M, "active": true}``; ``active: false`` stops adapting."""
         body = self.json_body()
-        minimum = _count(body, "minimum", required=False)
-        maximum = _count(body, "maximum", required=False)
+        minimum = _optional_count(body, "minimum")
+        maximum = _optional_count(body, "maximum")
         active = body.get("active", True)
         if not isinstance(active, bool):
             raise RouteError(422, f"active must be true or false, got {json.dumps(active)}")
         if minimum is not None and maximum is not None and minimum > maximum:
             raise RouteError(422, f"minimum ({minimum}) must not exceed maximum ({maximum})")
-        gateway = self.manager.gateway()
         msg = await self.capture_gateway_warning(
-            gateway.adapt_cluster(name, minimum=minimum, maximum=maximum, active=active)
+            self.manager.adapt_cluster(name, minimum, maximum, active)
         )
         if active:
             self.manager.adapt[name] = {"minimum": minimum, "maximum": maximum}
@@ -281,7 +329,7 @@ class DashboardURLHandler(BaseGatewayHandler):
 
         ``gateway_url`` is the gateway's own link, for browsers that can log in there.
         """
-        report = await self.manager.gateway().get_cluster(name)
+        report = await self.manager.get_cluster(name)
         link = report.dashboard_link
         if not link:
             raise RouteError(409, f"Cluster {name} has no dashboard (status {report.status.name})")
@@ -297,8 +345,24 @@ class OptionsHandler(BaseGatewayHandler):
     @gateway_errors
     async def get(self) -> None:
         """The gateway's cluster options, defaults overlaid with ``gateway.cluster.options``."""
-        options = await self.manager.gateway().cluster_options()
+        options = await self.manager.cluster_options()
         self.finish(json.dumps({"cluster_options": options.get_specification()}))
+
+
+class OptionsValidateHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def post(self) -> None:
+        """Check ``{"cluster_options": {field: value}}`` against the gateway's options with the
+        client's ``Options``; ``{"errors": {field: message}}`` (empty: all valid).
+
+        The sidebar's form shows these messages, so it says what the Python client says
+        without re-implementing its rules; creating a cluster checks the same way again.
+        """
+        values = self.option_values()
+        errors = validate_options(await self.manager.cluster_options(), values)
+        self.finish(json.dumps({"errors": errors}))
 
 
 def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
@@ -312,6 +376,7 @@ def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
         ".*$",
         [
             (url_path_join(base, "options"), OptionsHandler),
+            (url_path_join(base, "options", "validate"), OptionsValidateHandler),
             (url_path_join(base, "clusters") + "/?", ClustersHandler),
             (url_path_join(base, "clusters", name), ClusterHandler),
             (url_path_join(base, "clusters", name, "scale"), ScaleHandler),
