@@ -313,3 +313,113 @@ def test_sidebar_shows_gateway_errors(tmp_path):
         sidebar.locator("button.dgj-NewButton").click()
         expect(message).to_contain_text("Cannot reach the Dask Gateway", timeout=30_000)
         browser.screenshot("sidebar-gateway-down", sidebar)
+
+
+DASK_GATEWAY_COMMANDS = {
+    "dask-gateway:new-cluster",
+    "dask-gateway:scale",
+    "dask-gateway:adapt",
+    "dask-gateway:stop-adapting",
+    "dask-gateway:shutdown",
+    "dask-gateway:open-dashboard",
+    "dask-gateway:insert-code",
+    "dask-gateway:refresh",
+}
+
+
+def wait_gateway(predicate, what: str, timeout: float = 60):
+    """Poll the gateway (not the page) until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"the gateway never showed {what}")
+
+
+@pytest.mark.timeout(600)
+def test_sidebar_actions_are_commands(gateway, lab):
+    """The palette and a row's context menu run the sidebar's actions on the gateway."""
+    from playwright.sync_api import expect
+
+    gw = user_gateway(gateway)
+    try:
+        name = gw.submit(worker_cores=1, worker_memory=0.25)
+        other = gw.submit(worker_cores=1, worker_memory=0.25)
+        with LabBrowser(lab, SCREENSHOTS, viewport=(1400, 1000)) as browser:
+            page = browser.page
+            browser.goto("/lab", reset="")
+            # JupyterLab focuses the Launcher it opens after restoring: a palette opened
+            # before that would lose the focus to it, and close.
+            page.wait_for_function(
+                "() => document.activeElement && document.activeElement.closest('.jp-Launcher')",
+                timeout=60_000,
+            )
+            page.locator(
+                '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]'
+            ).click()
+            sidebar = page.locator(SIDEBAR)
+            row = cluster_row(page, name)
+            expect(row.locator(".dgj-Cluster-status")).to_have_text("RUNNING", timeout=120_000)
+            expect(cluster_row(page, other)).to_be_visible()
+
+            ids = page.evaluate(
+                "() => window.jupyterapp.commands.listCommands()"
+                ".filter(id => id.startsWith('dask-gateway:'))"
+            )
+            assert set(ids) == DASK_GATEWAY_COMMANDS
+
+            # -- scale through the command palette: the selected row is the one it acts on
+            row.locator(".dgj-Cluster-name").click()
+            expect(row).to_have_class(re.compile(r"\bjp-mod-selected\b"))
+            browser.execute_command("apputils:activate-command-palette")
+            palette = page.locator(".lm-CommandPalette")
+            palette.locator(".lm-CommandPalette-input").fill("Scale Cluster")
+            item = palette.locator(".lm-CommandPalette-item", has_text="Scale Cluster…")
+            expect(item).to_have_count(1)
+            expect(palette.locator(".lm-CommandPalette-header")).to_contain_text("Dask Gateway")
+            browser.screenshot("command-palette")
+            item.click()
+            dialog = page.locator(".jp-Dialog")
+            expect(dialog).to_contain_text(f"Scale Cluster {name[:8]}")
+            dialog.locator("input").fill("2")
+            dialog.locator("button.jp-mod-accept").click()
+            wait_gateway(
+                lambda: gw.get_cluster_resources(name).get("requested") == 2, "2 workers asked"
+            )
+            assert gw.get_cluster_resources(other).get("requested") == 0
+            expect(sidebar.locator(".dgj-Message-text")).to_have_text(
+                f"Scaling Cluster {name[:8]} to 2 workers"
+            )
+
+            # -- shut down through the row's context menu (the other row is still selected)
+            cluster_row(page, other).locator(".dgj-Cluster-name").click(button="right")
+            menu = page.locator(".lm-Menu")
+            for label in (
+                "Open Cluster Dashboard",
+                "Insert Cluster Connect Code",
+                "Scale Cluster…",
+                "Adapt Cluster…",
+                "Shut Down Cluster…",
+            ):
+                expect(menu.locator(".lm-Menu-item", has_text=label)).to_have_count(1)
+            browser.screenshot("row-context-menu")
+            menu.locator(".lm-Menu-item", has_text="Shut Down Cluster…").click()
+            dialog = page.locator(".jp-Dialog")
+            expect(dialog).to_contain_text(f"Shut down cluster {other}?")
+            dialog.locator("button.jp-mod-warn").click()
+            wait_gateway(
+                lambda: other not in {c.name for c in gw.list_clusters()}, f"{other} stopped"
+            )
+            expect(cluster_row(page, other)).to_have_count(0, timeout=30_000)
+            # The first cluster was not touched.
+            assert name in {c.name for c in gw.list_clusters()}
+            expect(row).to_have_count(1)
+
+            ours = [e for e in browser.console_errors if "dask-gateway" in e]
+            assert ours == [], ours
+    finally:
+        for report in gw.list_clusters():
+            gw.stop_cluster(report.name)
+        gw.close()

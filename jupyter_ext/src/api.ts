@@ -7,43 +7,9 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-/** A cluster as the server extension reports it. */
-export interface ICluster {
-  name: string;
-  status: string;
-  start_time: number;
-  age: number;
-  dashboard_link: string | null;
-  options: Record<string, unknown>;
-  workers: number | null;
-  cores: number | null;
-  memory: number | null;
-  requested: number | null;
-  adapt: { minimum: number | null; maximum: number | null } | null;
-}
+import type { IClusterList, IOptionField, IScaleResult, IValidation } from './types';
 
-export interface IClusterList {
-  address: string;
-  clusters: ICluster[];
-}
-
-/** One field of the gateway's options spec (`GET /api/v1/options`). */
-export interface IOptionField {
-  field: string;
-  label: string;
-  default: unknown;
-  spec: {
-    type: string;
-    min?: number | null;
-    max?: number | null;
-    options?: string[];
-  };
-}
-
-export interface IScaleResult {
-  ok: boolean;
-  msg: string | null;
-}
+export type { ICluster, IClusterList, IOptionField, IScaleResult, IValidation } from './types';
 
 /** An error with the message the server (or the gateway behind it) gave. */
 export class GatewayError extends Error {
@@ -55,44 +21,21 @@ export class GatewayError extends Error {
   }
 }
 
-/** Request `path` under the extension's namespace; JSON in, JSON out. */
-export async function requestAPI<T>(
-  path: string,
-  init: RequestInit = {}
-): Promise<T> {
-  const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, 'dask-gateway', path);
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, settings);
-  } catch (error) {
-    throw new GatewayError(
-      `Cannot reach the Jupyter server: ${(error as Error).message ?? error}`,
-      0
-    );
-  }
-  const text = await response.text();
-  let data: any = null;
-  if (text) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = null;
-    }
-  }
-  if (!response.ok) {
-    let message: string | undefined = data?.error ?? data?.message;
-    if (!message && response.status === 404) {
-      message =
-        'The Dask Gateway server extension is not enabled on this Jupyter server ' +
-        '(dask_gateway_jupyter)';
-    }
-    throw new GatewayError(
-      message || `Request failed: ${response.status} ${response.statusText}`,
-      response.status
-    );
-  }
-  return data as T;
+/** What the sidebar, its form and its commands need of the server: one object, passed in. */
+export interface IGatewayAPI {
+  listClusters(): Promise<IClusterList>;
+  options(): Promise<{ cluster_options: IOptionField[] }>;
+  validateOptions(values: Record<string, unknown>): Promise<IValidation>;
+  createCluster(values: Record<string, unknown>): Promise<{ name: string }>;
+  scale(name: string, count: number): Promise<IScaleResult>;
+  adapt(
+    name: string,
+    minimum: number | null,
+    maximum: number | null,
+    active?: boolean
+  ): Promise<IScaleResult>;
+  shutdown(name: string): Promise<null>;
+  dashboard(name: string): Promise<{ url: string; gateway_url: string }>;
 }
 
 function jsonInit(method: string, body: unknown): RequestInit {
@@ -103,31 +46,85 @@ function jsonInit(method: string, body: unknown): RequestInit {
   };
 }
 
-export const api = {
-  listClusters: (): Promise<IClusterList> => requestAPI('clusters'),
-  options: (): Promise<{ cluster_options: IOptionField[] }> =>
-    requestAPI('options'),
-  createCluster: (
-    values: Record<string, unknown>
-  ): Promise<{ name: string }> =>
-    requestAPI('clusters', jsonInit('POST', { cluster_options: values })),
-  scale: (name: string, count: number): Promise<IScaleResult> =>
-    requestAPI(
-      `clusters/${encodeURIComponent(name)}/scale`,
-      jsonInit('POST', { count })
-    ),
-  adapt: (
+function clusterPath(name: string, ...rest: string[]): string {
+  return ['clusters', encodeURIComponent(name), ...rest].join('/');
+}
+
+/** The server extension's REST API, through the given Jupyter server connection settings. */
+export class GatewayAPI implements IGatewayAPI {
+  constructor(
+    private readonly settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  /** Request `path` under the extension's namespace; JSON in, JSON out. */
+  async request<T>(path: string, init: RequestInit = {}): Promise<T> {
+    const url = URLExt.join(this.settings.baseUrl, 'dask-gateway', path);
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(url, init, this.settings);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new GatewayError(`Cannot reach the Jupyter server: ${reason}`, 0);
+    }
+    const text = await response.text();
+    let data: unknown = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+    }
+    if (!response.ok) {
+      const body = (data ?? {}) as { error?: string; message?: string };
+      let message = body.error ?? body.message;
+      if (!message && response.status === 404) {
+        message =
+          'The Dask Gateway server extension is not enabled on this Jupyter server ' +
+          '(dask_gateway_jupyter)';
+      }
+      throw new GatewayError(
+        message || `Request failed: ${response.status} ${response.statusText}`,
+        response.status
+      );
+    }
+    return data as T;
+  }
+
+  listClusters(): Promise<IClusterList> {
+    return this.request('clusters');
+  }
+
+  options(): Promise<{ cluster_options: IOptionField[] }> {
+    return this.request('options');
+  }
+
+  validateOptions(values: Record<string, unknown>): Promise<IValidation> {
+    return this.request('options/validate', jsonInit('POST', { cluster_options: values }));
+  }
+
+  createCluster(values: Record<string, unknown>): Promise<{ name: string }> {
+    return this.request('clusters', jsonInit('POST', { cluster_options: values }));
+  }
+
+  scale(name: string, count: number): Promise<IScaleResult> {
+    return this.request(clusterPath(name, 'scale'), jsonInit('POST', { count }));
+  }
+
+  adapt(
     name: string,
     minimum: number | null,
     maximum: number | null,
     active = true
-  ): Promise<IScaleResult> =>
-    requestAPI(
-      `clusters/${encodeURIComponent(name)}/adapt`,
-      jsonInit('POST', { minimum, maximum, active })
-    ),
-  shutdown: (name: string): Promise<null> =>
-    requestAPI(`clusters/${encodeURIComponent(name)}`, { method: 'DELETE' }),
-  dashboard: (name: string): Promise<{ url: string; gateway_url: string }> =>
-    requestAPI(`clusters/${encodeURIComponent(name)}/dashboard`)
-};
+  ): Promise<IScaleResult> {
+    return this.request(clusterPath(name, 'adapt'), jsonInit('POST', { minimum, maximum, active }));
+  }
+
+  shutdown(name: string): Promise<null> {
+    return this.request(clusterPath(name), { method: 'DELETE' });
+  }
+
+  dashboard(name: string): Promise<{ url: string; gateway_url: string }> {
+    return this.request(clusterPath(name, 'dashboard'));
+  }
+}

@@ -1,86 +1,22 @@
 /**
  * The "New cluster" form, built from the gateway's options spec.
  *
- * Field types and validation messages mirror the Python client (`dask_gateway/options.py`),
- * which the notebook widget uses, so a user sees the same words in both places; the server
- * extension validates again with that very class before submitting.
+ * Values are checked by the server with the Python client's own `Options` (the class the
+ * notebook widget uses), so a user sees the same words in both places and nothing here
+ * re-implements its rules.
  */
-import type { IOptionField } from './api';
+import { inputText, optionValue } from './options';
+import type { IOptionField, IValidation } from './types';
 
-/** Python's repr() of a str, enough for messages. */
-function pyStr(value: string): string {
-  return `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
-}
+/** Wait this long after the last keystroke before asking the server. */
+export const VALIDATE_DELAY = 250;
 
-/** Python's repr() of a float (`5.0`, not `5`). */
-function pyFloat(value: number): string {
-  if (Number.isInteger(value) && Math.abs(value) < 1e16) {
-    return value.toFixed(1);
-  }
-  return String(value);
-}
-
-/** `_format_bound` in options.py: `4`, not `4.0`. */
-function formatBound(bound: number): string {
-  return String(bound);
-}
-
-type Result = { value: unknown } | { error: string };
-
-function checkBounds(field: IOptionField, value: number, shown: string): Result {
-  const { min, max } = field.spec;
-  if (min !== null && min !== undefined && value < min) {
-    return { error: `${field.field} must be >= ${formatBound(min)}, got ${shown}` };
-  }
-  if (max !== null && max !== undefined && value > max) {
-    return { error: `${field.field} must be <= ${formatBound(max)}, got ${shown}` };
-  }
-  return { value };
-}
-
-/** Validate the raw input of one field as `Field.validate` would. */
-export function validateField(field: IOptionField, raw: string | boolean): Result {
-  const kind = field.spec.type;
-  if (kind === 'bool') {
-    return { value: Boolean(raw) };
-  }
-  const text = String(raw).trim();
-  if (kind === 'int') {
-    if (!/^[+-]?\d+$/.test(text)) {
-      const asNumber = text === '' ? NaN : Number(text);
-      const shown = Number.isFinite(asNumber) ? pyFloat(asNumber) : pyStr(String(raw));
-      return { error: `${field.field} must be an integer, got ${shown}` };
-    }
-    const value = parseInt(text, 10);
-    return checkBounds(field, value, String(value));
-  }
-  if (kind === 'float') {
-    const value = text === '' ? NaN : Number(text);
-    if (!Number.isFinite(value)) {
-      return { error: `${field.field} must be a float, got ${pyStr(String(raw))}` };
-    }
-    return checkBounds(field, value, pyFloat(value));
-  }
-  if (kind === 'select') {
-    const choices = field.spec.options ?? [];
-    if (!choices.includes(String(raw))) {
-      return { error: `${pyStr(String(raw))} is not a valid option for ${field.field}` };
-    }
-    return { value: String(raw) };
-  }
-  if (kind === 'mapping') {
-    let parsed: unknown;
-    try {
-      parsed = text === '' ? {} : JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      return { error: `${field.field} must be a mapping, got ${pyStr(String(raw))}` };
-    }
-    return { value: parsed };
-  }
-  return { value: String(raw) };
+export interface IFormHandlers {
+  /** The server's check of `values`: the client's message per refused field. */
+  validate(values: Record<string, unknown>): Promise<IValidation>;
+  /** Called with values the server found valid. */
+  submit(values: Record<string, unknown>): void;
+  cancel(): void;
 }
 
 interface IFieldView {
@@ -89,60 +25,78 @@ interface IFieldView {
   error: HTMLElement;
 }
 
-/** A form for the given fields; `values()` is null while any field is invalid. */
+/** A form for the given fields, validated by the server as the user types. */
 export class OptionsForm {
   readonly node: HTMLFormElement;
   private views: IFieldView[] = [];
-  private submit: HTMLButtonElement;
+  private submitButton: HTMLButtonElement;
+  private note: HTMLElement;
+  private timer: number | undefined;
+  /** Number of the latest check asked for: older answers are ignored. */
+  private asked = 0;
+  private invalid = false;
+  private working = false;
 
   constructor(
     fields: IOptionField[],
-    onSubmit: (values: Record<string, unknown>) => void,
-    onCancel: () => void
+    private handlers: IFormHandlers
   ) {
     const form = document.createElement('form');
     form.className = 'dgj-Form';
-    form.noValidate = true; // our messages, not the browser's
+    form.noValidate = true; // the client's messages, not the browser's
     const title = document.createElement('div');
     title.className = 'dgj-Form-title';
     title.textContent = 'New cluster';
     form.appendChild(title);
+    this.note = document.createElement('div');
+    this.note.className = 'dgj-Form-note';
     if (fields.length === 0) {
-      const note = document.createElement('div');
-      note.className = 'dgj-Form-note';
-      note.textContent = 'This gateway offers no options; the cluster uses its defaults.';
-      form.appendChild(note);
+      this.note.textContent = 'This gateway offers no options; the cluster uses its defaults.';
     }
+    form.appendChild(this.note);
     for (const field of fields) {
       form.appendChild(this.makeField(field));
     }
     const buttons = document.createElement('div');
     buttons.className = 'dgj-Form-buttons';
-    this.submit = document.createElement('button');
-    this.submit.type = 'submit';
-    this.submit.className = 'jp-mod-accept dgj-Button';
-    this.submit.textContent = 'Create';
+    this.submitButton = document.createElement('button');
+    this.submitButton.type = 'submit';
+    this.submitButton.className = 'jp-mod-accept dgj-Button';
+    this.submitButton.textContent = 'Create';
     const cancel = document.createElement('button');
     cancel.type = 'button';
     cancel.className = 'dgj-Button';
     cancel.textContent = 'Cancel';
-    cancel.addEventListener('click', onCancel);
-    buttons.append(this.submit, cancel);
+    cancel.addEventListener('click', () => handlers.cancel());
+    buttons.append(this.submitButton, cancel);
     form.appendChild(buttons);
     form.addEventListener('submit', event => {
       event.preventDefault();
-      const values = this.values();
-      if (values) {
-        onSubmit(values);
-      }
+      void this.trySubmit();
     });
     this.node = form;
-    this.validateAll();
+    void this.check();
   }
 
+  /** True while the cluster is being created (the button says so). */
   set busy(value: boolean) {
-    this.submit.disabled = value || !this.isValid();
-    this.submit.textContent = value ? 'Creating…' : 'Create';
+    this.working = value;
+    this.submitButton.textContent = value ? 'Creating…' : 'Create';
+    this.updateButton();
+  }
+
+  /** The values as typed, converted to what the server takes. */
+  values(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const view of this.views) {
+      out[view.field.field] = optionValue(view.field.spec.type, this.raw(view));
+    }
+    return out;
+  }
+
+  dispose(): void {
+    window.clearTimeout(this.timer);
+    this.asked++; // answers still on their way find nothing to update
   }
 
   private makeField(field: IOptionField): HTMLElement {
@@ -161,7 +115,7 @@ export class OptionsForm {
         option.value = option.textContent = choice;
         select.appendChild(option);
       }
-      select.value = String(field.default ?? '');
+      select.value = inputText(field);
       input = select;
     } else if (kind === 'bool') {
       const box = document.createElement('input');
@@ -171,23 +125,17 @@ export class OptionsForm {
     } else if (kind === 'mapping') {
       const area = document.createElement('textarea');
       area.rows = 3;
-      area.value = JSON.stringify(field.default ?? {});
+      area.value = inputText(field);
       input = area;
     } else {
       const text = document.createElement('input');
       if (kind === 'int' || kind === 'float') {
-        text.type = 'number';
-        text.step = kind === 'int' ? '1' : 'any';
-        if (field.spec.min !== null && field.spec.min !== undefined) {
-          text.min = String(field.spec.min);
-        }
-        if (field.spec.max !== null && field.spec.max !== undefined) {
-          text.max = String(field.spec.max);
-        }
-      } else {
-        text.type = 'text';
+        // Not type="number": the browser would hand over '' for what it cannot parse, and
+        // the user would not see their own text in the message.
+        text.inputMode = kind === 'int' ? 'numeric' : 'decimal';
       }
-      text.value = field.default === null || field.default === undefined ? '' : String(field.default);
+      text.type = 'text';
+      text.value = inputText(field);
       input = text;
     }
     input.classList.add('dgj-Field-input');
@@ -195,8 +143,8 @@ export class OptionsForm {
     const error = document.createElement('div');
     error.className = 'dgj-Field-error';
     error.setAttribute('role', 'alert');
-    input.addEventListener('input', () => this.validateAll());
-    input.addEventListener('change', () => this.validateAll());
+    input.addEventListener('input', () => this.schedule());
+    input.addEventListener('change', () => this.schedule());
     row.append(label, input, error);
     this.views.push({ field, input, error });
     return row;
@@ -210,31 +158,60 @@ export class OptionsForm {
     return input.value;
   }
 
-  private isValid(): boolean {
-    return this.views.every(v => !('error' in validateField(v.field, this.raw(v))));
+  private schedule(): void {
+    window.clearTimeout(this.timer);
+    this.timer = window.setTimeout(() => void this.check(), VALIDATE_DELAY);
   }
 
-  private validateAll(): void {
+  /** Ask the server about the current values and show its answer (if still the latest).
+   * Returns whether they are valid, or null if the answer is stale or did not come. */
+  private async check(): Promise<boolean | null> {
+    window.clearTimeout(this.timer);
+    const asked = ++this.asked;
+    let result: IValidation;
+    try {
+      result = await this.handlers.validate(this.values());
+    } catch (error) {
+      if (asked === this.asked) {
+        // Creating checks again: a failed check does not block the form.
+        this.note.textContent = `Could not check the values: ${(error as Error).message}`;
+      }
+      return null;
+    }
+    if (asked !== this.asked) {
+      return null;
+    }
+    if (this.views.length) {
+      this.note.textContent = '';
+    }
+    this.show(result.errors);
+    return !this.invalid;
+  }
+
+  private show(errors: Record<string, string>): void {
     for (const view of this.views) {
-      const result = validateField(view.field, this.raw(view));
-      const message = 'error' in result ? result.error : '';
-      view.error.textContent = message;
+      const message = errors[view.field.field] ?? '';
+      if (view.error.textContent !== message) {
+        view.error.textContent = message;
+      }
       view.input.classList.toggle('dgj-mod-invalid', Boolean(message));
     }
-    this.submit.disabled = !this.isValid();
+    this.invalid = Object.keys(errors).length > 0;
+    this.updateButton();
   }
 
-  /** The validated values, or null (with messages shown) if any field is invalid. */
-  values(): Record<string, unknown> | null {
-    this.validateAll();
-    const out: Record<string, unknown> = {};
-    for (const view of this.views) {
-      const result = validateField(view.field, this.raw(view));
-      if ('error' in result) {
-        return null;
-      }
-      out[view.field.field] = result.value;
+  private updateButton(): void {
+    this.submitButton.disabled = this.working || this.invalid;
+  }
+
+  private async trySubmit(): Promise<void> {
+    if (this.working) {
+      return;
     }
-    return out;
+    const values = this.values();
+    const valid = await this.check();
+    if (valid !== false) {
+      this.handlers.submit(values);
+    }
   }
 }

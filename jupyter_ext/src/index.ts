@@ -1,5 +1,5 @@
 /**
- * JupyterLab plugin: the Dask Gateway sidebar, dashboard tabs and code insertion.
+ * JupyterLab plugin: the Dask Gateway sidebar, its commands, dashboard tabs and code insertion.
  */
 import {
   ILabShell,
@@ -7,51 +7,34 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { MainAreaWidget } from '@jupyterlab/apputils';
+import { ICommandPalette, MainAreaWidget } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
-import { IFrame, LabIcon } from '@jupyterlab/ui-components';
+import { IFrame } from '@jupyterlab/ui-components';
 
+import { GatewayAPI } from './api';
+import { addCommands, addMenuItems } from './commands';
+import { connectCode } from './connect';
+import { gatewayIcon } from './icons';
 import { GatewaySidebar } from './sidebar';
 
-/** A gateway arch over three cluster nodes (drawn for this project). */
-const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
-  <g class="jp-icon3" fill="#616161">
-    <path d="M3 21V9.5C3 5.4 7 2 12 2s9 3.4 9 7.5V21h-3V9.7C18 7.2 15.3 5 12 5S6 7.2 6 9.7V21z"/>
-    <circle cx="12" cy="11" r="2.2"/>
-    <circle cx="9" cy="17" r="2.2"/>
-    <circle cx="15" cy="17" r="2.2"/>
-  </g>
-</svg>`;
-
-export const gatewayIcon = new LabIcon({
-  name: 'dask-gateway-jupyterlab:icon',
-  svgstr: ICON_SVG
-});
-
-/** The code that connects a notebook to a cluster; the gateway comes from dask config. */
-export function connectCode(name: string): string {
-  return [
-    'from dask_gateway import Gateway',
-    '',
-    'gateway = Gateway()',
-    `cluster = gateway.connect(${JSON.stringify(name)})`,
-    'client = cluster.get_client()',
-    'client'
-  ].join('\n');
-}
+export { CommandIDs } from './commands';
+export { connectCode } from './connect';
+export { gatewayIcon } from './icons';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'dask-gateway-jupyterlab:plugin',
   description: 'List and manage your Dask Gateway clusters from a sidebar.',
   autoStart: true,
   requires: [ILabShell],
-  optional: [ILayoutRestorer, INotebookTracker],
+  optional: [ILayoutRestorer, INotebookTracker, ICommandPalette],
   activate: (
     app: JupyterFrontEnd,
     labShell: ILabShell,
     restorer: ILayoutRestorer | null,
-    notebooks: INotebookTracker | null
+    notebooks: INotebookTracker | null,
+    palette: ICommandPalette | null
   ) => {
+    const api = new GatewayAPI(app.serviceManager.serverSettings);
     const dashboards = new Map<string, MainAreaWidget<IFrame>>();
 
     const openDashboard = (name: string, url: string): void => {
@@ -104,9 +87,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return null;
     };
 
-    const sidebar = new GatewaySidebar({ openDashboard, closeDashboard, insertCode });
+    const sidebar = new GatewaySidebar({ api, commands: app.commands, closeDashboard });
     sidebar.title.icon = gatewayIcon;
     sidebar.title.caption = 'Dask Gateway clusters';
+
+    addCommands(app.commands, {
+      api,
+      sidebar,
+      showSidebar: () => labShell.activateById(sidebar.id),
+      openDashboard,
+      closeDashboard,
+      insertCode,
+      contextCluster: () =>
+        app.contextMenuHitTest(node => Boolean(node.dataset.clusterName))?.dataset.clusterName ??
+        null
+    });
+    addMenuItems(app.contextMenu, palette);
+
     labShell.add(sidebar, 'left', { rank: 210 });
     restorer?.add(sidebar, sidebar.id);
   }

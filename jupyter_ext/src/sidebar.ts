@@ -1,95 +1,41 @@
 /**
- * The left-area panel: the user's clusters, live, with their actions.
+ * The left-area panel: the user's clusters, live.
  *
- * Rows are keyed by cluster name and updated in place on every poll, so nothing flickers
- * and half-typed numbers in the scale/adapt inputs survive a refresh.
+ * Every action is a JupyterLab command (see `commands.ts`): the panel's buttons execute
+ * them with the row's cluster as argument, so the palette, the context menu and the buttons
+ * all do the same thing. Rows are keyed by cluster name and updated in place on every poll,
+ * so nothing flickers and half-typed numbers in the scale/adapt inputs survive a refresh.
  */
-import { Dialog, showDialog } from '@jupyterlab/apputils';
-import { Poll } from '@lumino/polling';
+import { Notification } from '@jupyterlab/apputils';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { CommandRegistry } from '@lumino/commands';
 import { Message } from '@lumino/messaging';
+import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
-import { api, GatewayError, ICluster } from './api';
+import type { IGatewayAPI } from './api';
+import { CommandIDs } from './commandids';
 import { OptionsForm } from './form';
+import {
+  clusterMessage,
+  formatAdapt,
+  formatAge,
+  formatBytes,
+  formatWorkers,
+  isFinal,
+  isLater
+} from './format';
+import { parseCount } from './options';
+import type { ICluster } from './types';
 
 /** How often the list refreshes while the panel is visible. */
 export const POLL_INTERVAL = 3000;
 
-export interface ISidebarActions {
-  openDashboard(name: string, url: string): void;
+export interface ISidebarOptions {
+  api: IGatewayAPI;
+  commands: CommandRegistry;
   /** Close the cluster's dashboard tab, if open (its cluster is gone). */
-  closeDashboard(name: string): void;
-  /** Insert the connect code into the active notebook; returns an error message or null. */
-  insertCode(name: string): string | null;
-}
-
-/** `dask.utils.format_bytes`: 2.00 GiB. */
-export function formatBytes(n: number): string {
-  const units: [string, number][] = [
-    ['PiB', 2 ** 50],
-    ['TiB', 2 ** 40],
-    ['GiB', 2 ** 30],
-    ['MiB', 2 ** 20],
-    ['kiB', 2 ** 10]
-  ];
-  for (const [unit, size] of units) {
-    if (n >= size * 0.9) {
-      return `${(n / size).toFixed(2)} ${unit}`;
-    }
-  }
-  return `${n} B`;
-}
-
-export function formatAge(seconds: number): string {
-  const s = Math.max(0, Math.floor(seconds));
-  if (s < 60) {
-    return `${s} s`;
-  }
-  const m = Math.floor(s / 60);
-  if (m < 60) {
-    return `${m} min`;
-  }
-  const h = Math.floor(m / 60);
-  if (h < 24) {
-    return `${h} h ${m % 60} min`;
-  }
-  return `${Math.floor(h / 24)} d ${h % 24} h`;
-}
-
-/** How far along its life a cluster is: messages about it only move forward (a poll that
- * was already under way when it changed may still report the state before). */
-const LIFE_ORDER: Record<string, number> = {
-  PENDING: 0,
-  RUNNING: 1,
-  STOPPING: 2,
-  STOPPED: 3,
-  FAILED: 3,
-  GONE: 3
-};
-
-/** The message about cluster `name` in state `status` (GONE: no longer listed), and whether
- * it is a warning. `before` is the state the previous message said. */
-export function clusterMessage(
-  name: string,
-  status: string,
-  before: string
-): { text: string; warn: boolean } {
-  const short = `Cluster ${name.slice(0, 8)}`;
-  switch (status) {
-    case 'PENDING':
-      return { text: `${short} is starting`, warn: false };
-    case 'RUNNING':
-      return { text: `${short} is running`, warn: false };
-    case 'STOPPING':
-      return { text: `${short} is shutting down`, warn: false };
-    case 'FAILED':
-      return { text: `${short} failed`, warn: true };
-    default:
-      // Gone from the list: expected after a shutdown, not while it was starting or running.
-      return before === 'STOPPING'
-        ? { text: `${short} has shut down`, warn: false }
-        : { text: `${short} stopped`, warn: true };
-  }
+  closeDashboard: (name: string) => void;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -107,13 +53,6 @@ function el<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
-function button(label: string, className: string, title: string): HTMLButtonElement {
-  const b = el('button', `dgj-Button ${className}`, label);
-  b.type = 'button';
-  b.title = title;
-  return b;
-}
-
 function numberInput(className: string, placeholder: string, title: string): HTMLInputElement {
   const input = el('input', `dgj-NumberInput ${className}`);
   input.type = 'number';
@@ -124,16 +63,49 @@ function numberInput(className: string, placeholder: string, title: string): HTM
   return input;
 }
 
-/** Parse a non-negative integer input; null if empty and allowed, else an error. */
-function parseCount(input: HTMLInputElement, what: string, allowEmpty: boolean): number | null {
-  const text = input.value.trim();
-  if (text === '' && allowEmpty) {
-    return null;
+/** A button that executes `id` with the arguments `args()` gives at click time; its icon and
+ * tooltip are the command's, its text short enough for a row. */
+class CommandButton {
+  readonly node: HTMLButtonElement;
+  private icon: HTMLElement;
+
+  constructor(
+    private commands: CommandRegistry,
+    readonly id: string,
+    text: string,
+    className: string,
+    private args: () => Record<string, string | number | null> | null
+  ) {
+    const node = el('button', `dgj-Button ${className}`);
+    node.type = 'button';
+    this.icon = el('span', 'dgj-Button-icon');
+    node.append(this.icon, el('span', 'dgj-Button-label', text));
+    node.addEventListener('click', () => {
+      const args = this.args();
+      if (args) {
+        void this.commands.execute(this.id, args);
+      }
+    });
+    this.node = node;
+    this.render();
   }
-  if (!/^\d+$/.test(text)) {
-    throw new GatewayError(`${what} must be a non-negative integer, got '${text}'`, 400);
+
+  /** Take the command's icon and caption (again: the panel's own buttons exist before the
+   * commands are registered). */
+  render(): void {
+    this.node.title = this.commands.hasCommand(this.id) ? this.commands.caption(this.id) : '';
+    const icon = this.commands.hasCommand(this.id) ? this.commands.icon(this.id) : undefined;
+    this.icon.replaceChildren();
+    if (icon instanceof LabIcon) {
+      icon.element({ container: this.icon });
+    }
   }
-  return parseInt(text, 10);
+
+  /** Disabled while busy, or while the command says it cannot run for these arguments. */
+  update(busy: boolean, args: Record<string, string>): void {
+    this.node.disabled =
+      busy || (this.commands.hasCommand(this.id) && !this.commands.isEnabled(this.id, args));
+  }
 }
 
 /** One cluster's row; `update` only touches what changed. */
@@ -142,12 +114,12 @@ class ClusterRow {
   private status: HTMLElement;
   private stats: Record<string, HTMLElement> = {};
   private adaptNote: HTMLElement;
-  private buttons: HTMLButtonElement[] = [];
+  private buttons: CommandButton[] = [];
   private scaleInput: HTMLInputElement;
   private minInput: HTMLInputElement;
   private maxInput: HTMLInputElement;
-  private stopAdapt: HTMLButtonElement;
-  private dashboard: HTMLButtonElement;
+  private stopAdapt: CommandButton;
+  private isBusy = false;
   cluster: ICluster;
 
   constructor(
@@ -155,8 +127,13 @@ class ClusterRow {
     private sidebar: GatewaySidebar
   ) {
     this.cluster = cluster;
+    const commands = sidebar.commands;
     const li = el('li', 'dgj-Cluster');
     li.dataset.clusterName = cluster.name;
+    li.setAttribute('aria-selected', 'false');
+    // Clicking a row (or opening its context menu) makes it the commands' default cluster.
+    li.addEventListener('click', () => sidebar.select(this.cluster.name));
+    li.addEventListener('contextmenu', () => sidebar.select(this.cluster.name));
 
     const head = el('div', 'dgj-Cluster-head');
     const name = el('span', 'dgj-Cluster-name', cluster.name);
@@ -179,41 +156,74 @@ class ClusterRow {
     }
     this.adaptNote = el('div', 'dgj-Cluster-adapt-note');
 
+    type Args = Record<string, string | number | null> | null;
+    const named = (): Args => ({ name: this.cluster.name });
+    const button = (id: string, text: string, className: string, args = named) => {
+      const b = new CommandButton(commands, id, text, className, args);
+      this.buttons.push(b);
+      return b;
+    };
+
     const actions = el('div', 'dgj-Cluster-actions');
-    this.dashboard = button('Dashboard', 'dgj-DashboardButton', 'Open the Dask dashboard in a tab');
-    this.dashboard.addEventListener('click', () => this.openDashboard());
-    const insert = button('Insert code', 'dgj-InsertButton',
-      'Insert code that connects to this cluster into the active notebook');
-    insert.addEventListener('click', () => this.insertCode());
-    const shutdown = button('Shut down', 'jp-mod-warn dgj-ShutdownButton', 'Shut this cluster down');
-    shutdown.addEventListener('click', () => void this.shutdown());
-    actions.append(this.dashboard, insert, shutdown);
+    actions.append(
+      button(CommandIDs.openDashboard, 'Dashboard', 'dgj-DashboardButton').node,
+      button(CommandIDs.insertCode, 'Insert code', 'dgj-InsertButton').node,
+      button(CommandIDs.shutdown, 'Shut down', 'jp-mod-warn dgj-ShutdownButton').node
+    );
 
     const scale = el('div', 'dgj-Cluster-row');
     this.scaleInput = numberInput('dgj-ScaleInput', 'N', 'Number of workers');
-    const scaleButton = button('Scale', 'dgj-ScaleButton', 'Scale to this many workers');
-    scaleButton.addEventListener('click', () => void this.scale());
+    const scaleArgs = () => {
+      const count = this.count(this.scaleInput, 'a number of workers', false);
+      return count === undefined ? null : { name: this.cluster.name, count };
+    };
+    const scaleButton = button(CommandIDs.scale, 'Scale', 'dgj-ScaleButton', scaleArgs);
     this.scaleInput.addEventListener('keydown', e => {
       if (e.key === 'Enter') {
-        void this.scale();
+        scaleButton.node.click();
       }
     });
-    scale.append(el('span', 'dgj-Cluster-rowlabel', 'Workers'), this.scaleInput, scaleButton);
+    scale.append(el('span', 'dgj-Cluster-rowlabel', 'Workers'), this.scaleInput, scaleButton.node);
 
     const adapt = el('div', 'dgj-Cluster-row');
     this.minInput = numberInput('dgj-AdaptMin', 'min', 'Fewest workers');
     this.maxInput = numberInput('dgj-AdaptMax', 'max', 'Most workers');
-    const adaptButton = button('Adapt', 'dgj-AdaptButton', 'Scale with the load between min and max');
-    adaptButton.addEventListener('click', () => void this.adapt());
-    this.stopAdapt = button('Stop', 'dgj-StopAdaptButton', 'Stop adaptive scaling');
-    this.stopAdapt.addEventListener('click', () => void this.stopAdapting());
-    adapt.append(el('span', 'dgj-Cluster-rowlabel', 'Adapt'), this.minInput,
-      el('span', 'dgj-Dash', '–'), this.maxInput, adaptButton, this.stopAdapt);
+    const adaptArgs = () => {
+      const minimum = this.count(this.minInput, 'the minimum', true);
+      const maximum =
+        minimum === undefined ? undefined : this.count(this.maxInput, 'the maximum', true);
+      return minimum === undefined || maximum === undefined
+        ? null
+        : { name: this.cluster.name, minimum, maximum };
+    };
+    const adaptButton = button(CommandIDs.adapt, 'Adapt', 'dgj-AdaptButton', adaptArgs);
+    this.stopAdapt = button(CommandIDs.stopAdapting, 'Stop', 'dgj-StopAdaptButton');
+    adapt.append(
+      el('span', 'dgj-Cluster-rowlabel', 'Adapt'),
+      this.minInput,
+      el('span', 'dgj-Dash', '–'),
+      this.maxInput,
+      adaptButton.node,
+      this.stopAdapt.node
+    );
 
     li.append(head, stats, this.adaptNote, actions, scale, adapt);
-    this.buttons = [this.dashboard, insert, shutdown, scaleButton, adaptButton, this.stopAdapt];
     this.node = li;
     this.update(cluster);
+  }
+
+  /** The count typed in `input`, or undefined (and a message) if it is not one. */
+  private count(
+    input: HTMLInputElement,
+    what: string,
+    allowEmpty: boolean
+  ): number | null | undefined {
+    const result = parseCount(input.value, what, allowEmpty);
+    if ('error' in result) {
+      this.sidebar.showError(result.error);
+      return undefined;
+    }
+    return result.value;
   }
 
   private setText(node: HTMLElement, text: string): void {
@@ -228,147 +238,88 @@ class ClusterRow {
     this.setText(this.status, status);
     this.status.dataset.status = status;
     this.node.dataset.status = status;
-    const workers =
-      cluster.workers === null
-        ? '–'
-        : cluster.requested !== null && cluster.requested !== cluster.workers
-          ? `${cluster.workers} of ${cluster.requested}`
-          : String(cluster.workers);
-    this.setText(this.stats.workers, workers);
+    this.setText(this.stats.workers, formatWorkers(cluster.workers, cluster.requested));
     this.setText(this.stats.cores, cluster.cores === null ? '–' : String(cluster.cores));
     this.setText(this.stats.memory, cluster.memory === null ? '–' : formatBytes(cluster.memory));
     this.setText(this.stats.age, formatAge(cluster.age));
-    const adapt = cluster.adapt;
-    this.setText(
-      this.adaptNote,
-      adapt ? `Adaptive: ${adapt.minimum ?? 0} to ${adapt.maximum ?? 'limit'} workers` : ''
-    );
-    this.stopAdapt.hidden = !adapt;
-    const running = status === 'RUNNING';
-    this.dashboard.disabled = !running || !cluster.dashboard_link;
+    this.setText(this.adaptNote, formatAdapt(cluster.adapt));
+    this.stopAdapt.node.hidden = !cluster.adapt;
     this.node.classList.toggle('dgj-mod-pending', status === 'PENDING');
+    this.updateButtons();
+  }
+
+  updateButtons(): void {
+    for (const b of this.buttons) {
+      // Opening the dashboard changes nothing: it stays available while an action runs.
+      b.update(this.isBusy && b.id !== CommandIDs.openDashboard, { name: this.cluster.name });
+    }
   }
 
   set busy(value: boolean) {
-    for (const b of this.buttons) {
-      if (b !== this.dashboard) {
-        b.disabled = value;
-      }
-    }
+    this.isBusy = value;
     this.node.classList.toggle('dgj-mod-busy', value);
+    this.updateButtons();
   }
 
-  private async run(action: () => Promise<void>): Promise<void> {
-    this.busy = true;
-    try {
-      await action();
-    } catch (error) {
-      this.sidebar.showError(error);
-    } finally {
-      this.busy = false;
-      this.sidebar.refresh();
-    }
-  }
-
-  private openDashboard(): void {
-    void this.run(async () => {
-      const { url } = await api.dashboard(this.cluster.name);
-      this.sidebar.actions.openDashboard(this.cluster.name, url);
-    });
-  }
-
-  private insertCode(): void {
-    const error = this.sidebar.actions.insertCode(this.cluster.name);
-    if (error) {
-      this.sidebar.showError(error);
-    }
-  }
-
-  private async scale(): Promise<void> {
-    await this.run(async () => {
-      const n = parseCount(this.scaleInput, 'The worker count', false) as number;
-      const result = await api.scale(this.cluster.name, n);
-      this.sidebar.showInfo(result.msg ?? `Scaling ${this.short} to ${n} workers`, !result.ok);
-    });
-  }
-
-  private async adapt(): Promise<void> {
-    await this.run(async () => {
-      const min = parseCount(this.minInput, 'minimum', true);
-      const max = parseCount(this.maxInput, 'maximum', true);
-      if (min !== null && max !== null && min > max) {
-        throw new GatewayError(`minimum (${min}) must not exceed maximum (${max})`, 400);
-      }
-      const result = await api.adapt(this.cluster.name, min, max);
-      this.sidebar.showInfo(
-        result.msg ?? `${this.short} now adapts between ${min ?? 0} and ${max ?? 'the limit'} workers`,
-        !result.ok
-      );
-    });
-  }
-
-  private async stopAdapting(): Promise<void> {
-    await this.run(async () => {
-      await api.adapt(this.cluster.name, null, null, false);
-      this.sidebar.showInfo(`${this.short} stopped adapting; its workers stay`);
-    });
-  }
-
-  private get short(): string {
-    return `Cluster ${this.cluster.name.slice(0, 8)}`;
-  }
-
-  private async shutdown(): Promise<void> {
-    const result = await showDialog({
-      title: 'Shut down cluster?',
-      body: `Shut down cluster ${this.cluster.name}? Its scheduler and workers stop, and ` +
-        'any work on it is lost.',
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Shut down' })]
-    });
-    if (!result.button.accept) {
-      return;
-    }
-    await this.run(async () => {
-      // Close the dashboard first: it would only show connection errors from now on.
-      this.sidebar.actions.closeDashboard(this.cluster.name);
-      await api.shutdown(this.cluster.name);
-      this.update({ ...this.cluster, status: 'STOPPING' });
-      this.sidebar.follow(this.cluster.name, 'STOPPING');
-    });
+  set selected(value: boolean) {
+    this.node.classList.toggle('jp-mod-selected', value);
+    this.node.setAttribute('aria-selected', String(value));
   }
 }
 
 /** The sidebar widget. */
 export class GatewaySidebar extends Widget {
+  readonly api: IGatewayAPI;
+  readonly commands: CommandRegistry;
+  private closeDashboard: (name: string) => void;
   private list: HTMLUListElement;
   private empty: HTMLElement;
   private message: HTMLElement;
   private messageText: HTMLElement;
   private address: HTMLElement;
   private formHost: HTMLElement;
-  private newButton: HTMLButtonElement;
+  private form: OptionsForm | null = null;
+  private formLoading = false;
+  private newButton: CommandButton;
+  private toolbar: CommandButton[];
   private rows = new Map<string, ClusterRow>();
+  private selectedName: string | null = null;
   /** The cluster the message is about, the state it says, and whether a list has shown the
    * cluster since (until then, its absence means nothing). Null: the message is not about a
    * cluster's state. */
   private about: { name: string; status: string; seen: boolean } | null = null;
   private loaded = false;
+  private listError = false;
+  private commandStates = '';
   private poll: Poll;
 
-  constructor(readonly actions: ISidebarActions) {
+  constructor(options: ISidebarOptions) {
     super();
+    this.api = options.api;
+    this.commands = options.commands;
+    this.closeDashboard = options.closeDashboard;
     this.id = 'dask-gateway-sidebar';
     this.addClass('dgj-Sidebar');
 
     const header = el('div', 'dgj-Header');
     const title = el('h2', 'dgj-Title', 'Dask Gateway');
-    this.newButton = button('New cluster', 'jp-mod-accept dgj-NewButton',
-      'Create a cluster with options you choose');
-    this.newButton.addEventListener('click', () => void this.openForm());
-    const refresh = button('Refresh', 'dgj-RefreshButton', 'Refresh the list now');
-    refresh.addEventListener('click', () => this.refresh());
+    this.newButton = new CommandButton(
+      this.commands,
+      CommandIDs.newCluster,
+      'New cluster',
+      'jp-mod-accept dgj-NewButton',
+      () => ({})
+    );
+    const refresh = new CommandButton(
+      this.commands,
+      CommandIDs.refresh,
+      'Refresh',
+      'dgj-RefreshButton',
+      () => ({})
+    );
+    this.toolbar = [this.newButton, refresh];
     const tools = el('div', 'dgj-Toolbar');
-    tools.append(this.newButton, refresh);
+    tools.append(this.newButton.node, refresh.node);
     this.address = el('div', 'dgj-Address');
     header.append(title, this.address, tools);
 
@@ -385,6 +336,7 @@ export class GatewaySidebar extends Widget {
     this.formHost = el('div', 'dgj-FormHost');
     this.empty = el('div', 'dgj-Empty', 'Loading clusters…');
     this.list = el('ul', 'dgj-ClusterList');
+    this.list.setAttribute('aria-label', 'Clusters');
     this.node.append(header, this.message, this.formHost, this.empty, this.list);
 
     this.poll = new Poll({
@@ -399,6 +351,7 @@ export class GatewaySidebar extends Widget {
 
   dispose(): void {
     this.poll.dispose();
+    this.form?.dispose();
     super.dispose();
   }
 
@@ -412,16 +365,69 @@ export class GatewaySidebar extends Widget {
 
   protected onAfterAttach(msg: Message): void {
     super.onAfterAttach(msg);
+    for (const b of this.toolbar) {
+      b.render();
+      b.update(false, {});
+    }
     if (this.isVisible) {
       void this.poll.start();
     }
   }
 
-  /** Refresh now (after an action, or from the Refresh button). */
+  /** The clusters of the last list, in its order. */
+  get clusters(): ICluster[] {
+    return [...this.rows.values()].map(row => row.cluster);
+  }
+
+  cluster(name: string): ICluster | undefined {
+    return this.rows.get(name)?.cluster;
+  }
+
+  /** The row the commands act on when not told which (clicked or right-clicked last). */
+  get selected(): string | null {
+    return this.selectedName !== null && this.rows.has(this.selectedName)
+      ? this.selectedName
+      : null;
+  }
+
+  select(name: string | null): void {
+    this.selectedName = name;
+    for (const [key, row] of this.rows) {
+      row.selected = key === name;
+    }
+  }
+
+  /** Refresh now (after an action, or from the Refresh command). */
   refresh(): void {
     if (!this.poll.isDisposed) {
       void this.poll.refresh();
     }
+  }
+
+  /** Mark the cluster's row busy while `action` runs, then refresh the list. */
+  async whileBusy<T>(name: string, action: () => Promise<T>): Promise<T> {
+    const row = this.rows.get(name);
+    if (row) {
+      row.busy = true;
+    }
+    try {
+      return await action();
+    } finally {
+      if (row) {
+        row.busy = false;
+      }
+      this.refresh();
+    }
+  }
+
+  /** Show that `name` is shutting down until the list says more. */
+  markStopping(name: string): void {
+    const row = this.rows.get(name);
+    if (row) {
+      row.update({ ...row.cluster, status: 'STOPPING' });
+    }
+    this.follow(name, 'STOPPING');
+    this.commands.notifyCommandChanged();
   }
 
   showError(error: unknown): void {
@@ -451,6 +457,17 @@ export class GatewaySidebar extends Widget {
     this.message.dataset.kind = kind;
     delete this.message.dataset.cluster;
     this.message.hidden = false;
+    if (!this.isVisible) {
+      // A command run from the palette or a menu while the panel is closed: say it anyway.
+      const options = { autoClose: 5000 };
+      if (kind === 'error') {
+        Notification.error(text, options);
+      } else if (kind === 'warn') {
+        Notification.warning(text, options);
+      } else {
+        Notification.info(text, options);
+      }
+    }
   }
 
   private clearMessage(): void {
@@ -472,24 +489,22 @@ export class GatewaySidebar extends Widget {
       return; // a list from before the cluster existed
     }
     const status = cluster ? cluster.status : 'GONE';
-    if ((LIFE_ORDER[status] ?? 0) <= (LIFE_ORDER[about.status] ?? 0)) {
+    if (!isLater(status, about.status)) {
       return;
     }
     const { text, warn } = clusterMessage(about.name, status, about.status);
     this.showMessage(text, warn ? 'warn' : 'info');
     this.message.dataset.cluster = about.name;
     about.status = status;
-    if ((LIFE_ORDER[status] ?? 0) >= LIFE_ORDER.GONE) {
+    if (isFinal(status)) {
       this.about = null; // its last word
     }
   }
 
-  private listError = false;
-
   private async load(): Promise<void> {
     let data;
     try {
-      data = await api.listClusters();
+      data = await this.api.listClusters();
     } catch (error) {
       this.listError = true;
       this.showError(error);
@@ -520,6 +535,7 @@ export class GatewaySidebar extends Widget {
         row.update(cluster);
       } else {
         row = new ClusterRow(cluster, this);
+        row.selected = cluster.name === this.selectedName;
         this.rows.set(cluster.name, row);
       }
       // Keep DOM order = list order without re-inserting unchanged rows.
@@ -531,7 +547,7 @@ export class GatewaySidebar extends Widget {
     }
     for (const [name, row] of this.rows) {
       if (!seen.has(name)) {
-        this.actions.closeDashboard(name);
+        this.closeDashboard(name);
         row.node.remove();
         this.rows.delete(name);
       }
@@ -539,36 +555,65 @@ export class GatewaySidebar extends Widget {
     this.empty.hidden = clusters.length > 0;
     this.empty.textContent = 'No clusters running. Create one with “New cluster”.';
     this.updateMessage(clusters);
+    // What the commands' enabled states depend on; menus and the palette re-render on change.
+    const states = clusters
+      .map(c => `${c.name}:${c.status}:${c.adapt !== null}:${c.dashboard_link !== null}`)
+      .join(' ');
+    if (states !== this.commandStates) {
+      this.commandStates = states;
+      this.commands.notifyCommandChanged();
+    }
+  }
+
+  /** Whether the new-cluster form is open (or loading). */
+  get formOpen(): boolean {
+    return this.formLoading || this.form !== null;
+  }
+
+  private formChanged(): void {
+    this.newButton.update(false, {});
+    this.commands.notifyCommandChanged(CommandIDs.newCluster);
   }
 
   private closeForm(): void {
+    this.form?.dispose();
+    this.form = null;
+    this.formLoading = false;
     this.formHost.replaceChildren();
-    this.newButton.disabled = false;
+    this.formChanged();
   }
 
-  private async openForm(): Promise<void> {
-    this.newButton.disabled = true;
+  /** Show the new-cluster form, with the gateway's options (a no-op if it is open). */
+  async openForm(): Promise<void> {
+    if (this.formOpen) {
+      return;
+    }
+    this.formLoading = true;
+    this.formChanged();
     this.formHost.replaceChildren(el('div', 'dgj-Empty', 'Loading options…'));
     let fields;
     try {
-      fields = (await api.options()).cluster_options;
+      fields = (await this.api.options()).cluster_options;
     } catch (error) {
       this.closeForm();
       this.showError(error);
       return;
     }
-    const form: OptionsForm = new OptionsForm(
-      fields,
-      values => void this.create(form, values),
-      () => this.closeForm()
-    );
+    this.formLoading = false;
+    const form: OptionsForm = new OptionsForm(fields, {
+      validate: values => this.api.validateOptions(values),
+      submit: values => void this.create(form, values),
+      cancel: () => this.closeForm()
+    });
+    this.form = form;
     this.formHost.replaceChildren(form.node);
+    form.node.querySelector<HTMLElement>('.dgj-Field-input')?.focus();
   }
 
   private async create(form: OptionsForm, values: Record<string, unknown>): Promise<void> {
     form.busy = true;
     try {
-      const { name } = await api.createCluster(values);
+      const { name } = await this.api.createCluster(values);
       this.closeForm();
       this.follow(name, 'PENDING');
       this.refresh();

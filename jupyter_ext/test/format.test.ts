@@ -1,0 +1,97 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  clusterMessage,
+  formatAdapt,
+  formatAge,
+  formatBytes,
+  formatWorkers,
+  isFinal,
+  isLater,
+  shortName
+} from '../src/format';
+
+describe('formatBytes', () => {
+  it('says sizes as dask.utils.format_bytes does', () => {
+    // Values and words from dask.utils.format_bytes.
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(920)).toBe('920 B');
+    expect(formatBytes(930)).toBe('0.91 kiB');
+    expect(formatBytes(2 ** 30)).toBe('1.00 GiB');
+    expect(formatBytes(2 * 2 ** 30)).toBe('2.00 GiB');
+    expect(formatBytes(536870912)).toBe('512.00 MiB');
+    expect(formatBytes(0.9 * 2 ** 40)).toBe('0.90 TiB');
+    expect(formatBytes(3 * 2 ** 50)).toBe('3.00 PiB');
+  });
+});
+
+describe('formatAge', () => {
+  it.each([
+    [-5, '0 s'],
+    [0, '0 s'],
+    [59.9, '59 s'],
+    [60, '1 min'],
+    [3599, '59 min'],
+    [3600, '1 h 0 min'],
+    [2 * 3600 + 5 * 60 + 7, '2 h 5 min'],
+    [86400, '1 d 0 h'],
+    [3 * 86400 + 4 * 3600 + 59, '3 d 4 h']
+  ])('%s seconds are %s', (seconds, text) => {
+    expect(formatAge(seconds)).toBe(text);
+  });
+});
+
+describe('cluster wording', () => {
+  const name = '0123456789abcdef0123456789abcdef';
+
+  it('names a cluster by its first 8 characters', () => {
+    expect(shortName(name)).toBe('Cluster 01234567');
+  });
+
+  it('says each state, and whether it is a warning', () => {
+    expect(clusterMessage(name, 'PENDING', 'PENDING')).toEqual({
+      text: 'Cluster 01234567 is starting',
+      warn: false
+    });
+    expect(clusterMessage(name, 'RUNNING', 'PENDING').text).toBe('Cluster 01234567 is running');
+    expect(clusterMessage(name, 'STOPPING', 'RUNNING').text).toBe(
+      'Cluster 01234567 is shutting down'
+    );
+    expect(clusterMessage(name, 'FAILED', 'RUNNING')).toEqual({
+      text: 'Cluster 01234567 failed',
+      warn: true
+    });
+  });
+
+  it('takes a cluster gone after a shutdown as expected, and otherwise as a warning', () => {
+    expect(clusterMessage(name, 'GONE', 'STOPPING')).toEqual({
+      text: 'Cluster 01234567 has shut down',
+      warn: false
+    });
+    expect(clusterMessage(name, 'GONE', 'RUNNING')).toEqual({
+      text: 'Cluster 01234567 stopped',
+      warn: true
+    });
+  });
+
+  it('moves messages forward only', () => {
+    expect(isLater('RUNNING', 'PENDING')).toBe(true);
+    expect(isLater('PENDING', 'RUNNING')).toBe(false);
+    expect(isLater('RUNNING', 'RUNNING')).toBe(false);
+    expect(isLater('GONE', 'STOPPING')).toBe(true);
+    expect(isLater('RUNNING', 'STOPPING')).toBe(false); // a poll from before the shutdown
+    expect(isLater('SOMETHING-NEW', 'PENDING')).toBe(false);
+    expect(isFinal('GONE') && isFinal('FAILED') && isFinal('STOPPED')).toBe(true);
+    expect(isFinal('STOPPING')).toBe(false);
+  });
+
+  it('shows worker counts and adaptive ranges', () => {
+    expect(formatWorkers(null, null)).toBe('–');
+    expect(formatWorkers(2, null)).toBe('2');
+    expect(formatWorkers(2, 2)).toBe('2');
+    expect(formatWorkers(1, 3)).toBe('1 of 3');
+    expect(formatAdapt(null)).toBe('');
+    expect(formatAdapt({ minimum: 1, maximum: 3 })).toBe('Adaptive: 1 to 3 workers');
+    expect(formatAdapt({ minimum: null, maximum: null })).toBe('Adaptive: 0 to limit workers');
+  });
+});
