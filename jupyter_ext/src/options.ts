@@ -22,7 +22,9 @@ export function optionValue(kind: string, raw: string | boolean): unknown {
   const text = String(raw);
   if (kind === 'int' || kind === 'float') {
     const trimmed = text.trim();
-    return NUMBER.test(trimmed) ? Number(trimmed) : text;
+    const value = NUMBER.test(trimmed) ? Number(trimmed) : NaN;
+    // Past the float range (1e400) JSON has no number for it: the text goes instead.
+    return Number.isFinite(value) ? value : text;
   }
   if (kind === 'mapping') {
     if (text.trim() === '') {

@@ -20,6 +20,7 @@ describe('optionValue', () => {
     expect(optionValue('float', 'Infinity')).toBe('Infinity');
     expect(optionValue('float', '0x10')).toBe('0x10');
     expect(optionValue('int', '1 2')).toBe('1 2');
+    expect(optionValue('float', '1e400')).toBe('1e400'); // no JSON number for Infinity
   });
 
   it('sends booleans, choices and strings as they are', () => {
