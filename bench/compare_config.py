@@ -41,8 +41,9 @@ c.LocalBackend.sigterm_timeout = 2
 c.LocalBackend.sigkill_timeout = 2
 
 if os.environ.get("BENCH_FAKE") == "1":
-    # Cheap fake clusters (bench/fake_backend.py): one heartbeat each, never timed out.
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    c.DaskGateway.backend_class = "fake_backend.FakeBackend"
+    # Cheap fake clusters (tests/support/fake_backend.py): one heartbeat each, never timed out.
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    sys.path.insert(0, tests)
+    c.DaskGateway.backend_class = "support.fake_backend.FakeBackend"
     c.DBBackendBase.cluster_heartbeat_timeout = 24 * 3600
     c.DBBackendBase.cluster_status_period = 3600

@@ -28,7 +28,7 @@ from pathlib import Path
 import workflow  # bench/workflow.py: starting a gateway
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "tests" / "slurm_gateway_config.py"
+CONFIG = ROOT / "tests" / "configs" / "slurm_gateway_config.py"
 
 
 def free_port() -> int:

@@ -34,7 +34,9 @@ def start_gateway(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     if config is None:
-        config = os.path.join(os.path.dirname(__file__), "..", "tests", "gateway_config.py")
+        config = os.path.join(
+            os.path.dirname(__file__), "..", "tests", "configs", "gateway_config.py"
+        )
         extra_args = [f"--LocalBackend.clusters_directory={data_dir}/clusters", *extra_args]
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(

@@ -6,14 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from gateway_process import (  # noqa: F401  (re-exported: tests import them from here)
-    CONFIG,
-    HERE,
-    GatewayProcess,
-    _kill_leftovers,
-    free_port,
-    proxy_processes,
-)
+from support.gateway_process import CONFIG, GatewayProcess, _kill_leftovers
 
 
 @pytest.fixture(scope="session")

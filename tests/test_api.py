@@ -7,7 +7,7 @@ import time
 from importlib.metadata import version
 
 import pytest
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 
 ALICE = basic("alice")
 BOB = basic("bob")

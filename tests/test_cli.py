@@ -15,7 +15,7 @@ import urllib.request
 from importlib.metadata import entry_points
 
 import pytest
-from gateway_process import free_port
+from support.gateway_process import free_port
 from traitlets.config import Config
 
 import dask_gateway_server.auth

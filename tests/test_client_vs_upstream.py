@@ -14,10 +14,10 @@ import textwrap
 
 import dask.array as da
 import pytest
-import waiting
+from support import waiting
+from support.upstream_server import UPSTREAM_CONFIG as CONFIG
+from support.upstream_server import upstream_server
 from tornado.httpclient import HTTPClientError
-from upstream_server import UPSTREAM_CONFIG as CONFIG
-from upstream_server import upstream_server
 
 from dask_gateway import (
     BasicAuth,
@@ -41,7 +41,7 @@ def upstream_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def upstream(upstream_dir):
-    """The public dask-gateway-server with tests/upstream_config; yields its address."""
+    """The public dask-gateway-server with tests/configs/upstream_config; yields its address."""
     with upstream_server(upstream_dir, PASSWORD, CONFIG) as address:
         yield address
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 import time
 
-from http_helpers import basic, call
-from procs import cluster_processes
+from support.http_helpers import basic, call
+from support.procs import cluster_processes
 
 ALICE = basic("alice")
 

@@ -22,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 
 from dask_gateway_server import docs as docs_gen
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import waiting
-from gateway_process import HERE, GatewayProcess, _kill_leftovers, free_port
-from http_helpers import basic, call
-from procs import cluster_processes
+from support import waiting
+from support.gateway_process import GatewayProcess, _kill_leftovers, free_port
+from support.http_helpers import basic, call
+from support.paths import CONFIGS, ROOT
+from support.procs import cluster_processes
 
 ALICE = basic("alice")
 BOB = basic("bob")
-ROOT = HERE.parent
 wait_for = functools.partial(waiting.wait_for, interval=0.1)
 
 
@@ -392,7 +392,7 @@ def hang_gateway(tmp_path):
     config = tmp_path / "hang_config.py"
     config.write_text(
         HANG_CONFIG.format(
-            base=str(HERE / "gateway_config.py"), hang=scripts[0], hang_python=scripts[1]
+            base=str(CONFIGS / "gateway_config.py"), hang=scripts[0], hang_python=scripts[1]
         )
     )
     gw = GatewayProcess(tmp_path / "gw", ["--LocalBackend.cluster_start_timeout=5"], config=config)

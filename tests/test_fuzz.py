@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import fuzz

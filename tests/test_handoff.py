@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from procs import cluster_processes
+from support.procs import cluster_processes
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

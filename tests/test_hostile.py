@@ -7,7 +7,7 @@ import os
 import socket
 import time
 
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 
 ALICE = basic("alice")
 

@@ -21,9 +21,10 @@ import urllib.request
 from typing import ClassVar
 
 import pytest
-from gateway_process import HERE, GatewayProcess, _kill_leftovers, free_port
-from http_helpers import basic, call
-from hub import Hub
+from support.gateway_process import GatewayProcess, _kill_leftovers, free_port
+from support.http_helpers import basic, call
+from support.hub import Hub
+from support.paths import CONFIGS
 
 PREFIX = "/services/dask-gateway"
 SESSION = "dask-gateway-session"
@@ -39,7 +40,7 @@ def hub_prefix(tmp_path_factory):
     gw = GatewayProcess(
         tmp / "gateway",
         [f"--Proxy.prefix={PREFIX}", "--JupyterHubAuthenticator.token_cache_ttl=600"],
-        config=HERE / "hub_gateway_config.py",
+        config=CONFIGS / "hub_gateway_config.py",
     )
     hub = Hub(tmp / "hub", gw.address)
     hub.oauth_redirect_uri = f"{hub.url}{PREFIX}/oauth_callback"
@@ -176,7 +177,7 @@ def test_session_cookie_stays_with_the_gateway(hub_prefix):
 
 
 def test_session_cookie_is_secure_under_https(tmp_path):
-    from test_proxy import write_self_signed
+    from support.tls import write_self_signed
 
     cert, key = write_self_signed(str(tmp_path), ["localhost"])
     ctx = ssl.create_default_context(cafile=cert)

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway_process import GatewayProcess
-from upstream_server import HERE, require_upstream_venv, upstream_server
+from support.gateway_process import GatewayProcess
+from support.paths import CONFIGS
+from support.upstream_server import require_upstream_venv, upstream_server
 
 from dask_gateway import BasicAuth, Gateway
 from dask_gateway.client import ClusterStatus
@@ -117,7 +118,7 @@ def test_public_scheduler_side_under_our_server(tmp_path):
     dask_cmd = venv / "bin" / "dask"
     config = tmp_path / "config.py"
     config.write_text(
-        f"exec(open({str(HERE / 'gateway_config.py')!r}).read())\n"
+        f"exec(open({str(CONFIGS / 'gateway_config.py')!r}).read())\n"
         f"c.ClusterConfig.scheduler_cmd = [{str(dask_cmd)!r}, 'scheduler']\n"
         f"c.ClusterConfig.worker_cmd = [{str(dask_cmd)!r}, 'worker']\n"
         f"c.SimpleAuthenticator.password = {PASSWORD!r}\n"
@@ -144,7 +145,7 @@ def test_our_scheduler_side_under_public_server(tmp_path):
     with upstream_server(
         tmp_path,
         PASSWORD,
-        HERE / "upstream_config" / "our_scheduler_config.py",
+        CONFIGS / "upstream_config" / "our_scheduler_config.py",
         {"OURS_DASK": str(OURS_DASK)},
     ) as address:
         with Gateway(address, auth=BasicAuth("alice", PASSWORD)) as gateway:

@@ -13,16 +13,17 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from gateway_process import HERE, GatewayProcess
-from http_helpers import call
-from hub import Hub
+from support.gateway_process import GatewayProcess
+from support.http_helpers import call
+from support.hub import Hub
+from support.paths import CONFIGS
 
 
 @pytest.fixture(scope="module")
 def hub_env(tmp_path_factory):
     """A real JupyterHub and a gateway that is its "dask-gateway" service."""
     tmp = tmp_path_factory.mktemp("hub")
-    gw = GatewayProcess(tmp / "gateway", config=HERE / "hub_gateway_config.py")
+    gw = GatewayProcess(tmp / "gateway", config=CONFIGS / "hub_gateway_config.py")
     hub = Hub(tmp / "hub", gw.address)
     hub.start()
     os.environ["TEST_HUB_API_URL"] = hub.api_url

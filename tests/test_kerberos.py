@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from http_helpers import call
+from support.http_helpers import call
 
 
 @pytest.fixture

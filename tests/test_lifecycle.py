@@ -8,9 +8,9 @@ import os
 import signal
 import time
 
-import waiting
-from http_helpers import basic, call
-from procs import cluster_processes
+from support import waiting
+from support.http_helpers import basic, call
+from support.procs import cluster_processes
 
 ALICE = basic("alice")
 

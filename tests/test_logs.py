@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
+from support.waiting import wait_for
 
 from dask_gateway_server.logs import JSONFormatter, SafeStreamHandler, TextFormatter, about
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 
 
 def scrape(gw) -> dict[str, float]:

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import nbformat
-from http_helpers import basic, call
 from nbclient import NotebookClient
+from support.http_helpers import basic, call
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -16,7 +16,7 @@ import urllib.parse
 
 import jsonschema
 import pytest
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 from tornado import web
 
 import dask_gateway_server.api

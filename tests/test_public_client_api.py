@@ -18,12 +18,13 @@ import threading
 import dask.config
 import ipywidgets
 import pytest
-from client_api_dump import describe
+from support.client_api_dump import describe
+from support.paths import SUPPORT
+from support.upstream_server import require_upstream_venv
 from tornado import web
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from upstream_server import HERE, require_upstream_venv
 
 from dask_gateway import BasicAuth, Gateway, KerberosAuth, Options
 from dask_gateway.auth import AuthResponse, GatewayAuth, get_auth
@@ -57,7 +58,7 @@ RENAMED = {
 def public_api():
     python = require_upstream_venv() / "bin" / "python"
     out = subprocess.run(
-        [str(python), "-P", str(HERE / "client_api_dump.py")],
+        [str(python), "-P", str(SUPPORT / "client_api_dump.py")],
         capture_output=True,
         text=True,
         timeout=120,

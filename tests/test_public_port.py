@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import getpass
 
-from gateway_process import free_port
-from http_helpers import basic, call
+from support.gateway_process import free_port
+from support.http_helpers import basic, call
 
 
 def test_dashboard_is_served_through_the_gateway(gateway):

@@ -19,9 +19,10 @@ import sys
 
 import cloudpickle
 import pytest
-import waiting
-from public_server_env import make_public_server_env
-from upstream_server import HERE, UPSTREAM_CONFIG, upstream_server
+from support import waiting
+from support.paths import CONFIGS
+from support.public_server_env import make_public_server_env
+from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
 from dask_gateway import BasicAuth, Gateway
 from dask_gateway.client import ClusterStatus
@@ -29,7 +30,7 @@ from dask_gateway.client import ClusterStatus
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
 PASSWORD = "public-server-our-client"
-INPROCESS_CONFIG = HERE / "upstream_config" / "inprocess_config.py"
+INPROCESS_CONFIG = CONFIGS / "upstream_config" / "inprocess_config.py"
 # Functions of this module run in the scheduler, which cannot import the tests.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway_process import HERE, proxy_processes
-from http_helpers import basic, call
-from procs import cluster_processes
+from support.gateway_process import proxy_processes
+from support.http_helpers import basic, call
+from support.paths import CONFIGS
+from support.procs import cluster_processes
 
 ALICE = basic("alice")
 SEPARATE = ["--LocalBackend.stop_clusters_on_shutdown=False", "--Proxy.separate_process=True"]
 RUNNING = 3  # JobStatus.RUNNING in the database
-TUNNELLED = HERE / "tunnel_gateway_config.py"
+TUNNELLED = CONFIGS / "tunnel_gateway_config.py"
 # Starting a gateway imports distributed (the fork server); slow on a loaded CI machine.
 START = 90
 

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
-import waiting
-from gateway_process import GatewayProcess, free_port
+from support import waiting
+from support.gateway_process import GatewayProcess, free_port
+from support.paths import CONFIGS, ROOT
 
-HERE = Path(__file__).parent
-CONFIG = HERE / "slurm_gateway_config.py"
-START_SLURM = HERE.parent / "scripts" / "services" / "start-slurm.sh"
+CONFIG = CONFIGS / "slurm_gateway_config.py"
+START_SLURM = ROOT / "scripts" / "services" / "start-slurm.sh"
 DEFAULT_PROCTRACK = "pgid"  # start-slurm.sh's
 USER = "dgslurmtest"
 ACTIVE = "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED"

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
-import waiting
-from gateway_process import free_port
-from http_helpers import basic, call
+from support import waiting
+from support.gateway_process import free_port
+from support.http_helpers import basic, call
 
 ROOT = Path(__file__).resolve().parent.parent
 START = ROOT / "scripts" / "start.sh"

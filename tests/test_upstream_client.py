@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gateway_process import GatewayProcess
+from support.gateway_process import GatewayProcess
+from support.paths import CONFIGS, ROOT, SUPPORT
 
-HERE = Path(__file__).parent
-UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", HERE.parent / ".venv-upstream"))
+UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", ROOT / ".venv-upstream"))
 
 pytestmark = pytest.mark.interop
 
@@ -24,7 +24,7 @@ def compat_gateway(tmp_path):
     gw = GatewayProcess(
         tmp_path / "gw",
         ["--LocalBackend.cluster_heartbeat_timeout=60"],
-        config=HERE / "compat_gateway_config.py",
+        config=CONFIGS / "compat_gateway_config.py",
     )
     gw.start()
     yield gw
@@ -36,11 +36,11 @@ def test_public_client_runs_the_workflow_on_our_server(compat_gateway):
     if not python.exists():
         pytest.fail(f"{python} is missing: create it with scripts/make-upstream-venv.sh")
     out = subprocess.run(
-        [str(python), str(HERE / "upstream_client_workflow.py"), compat_gateway.address],
+        [str(python), str(SUPPORT / "upstream_client_workflow.py"), compat_gateway.address],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=HERE.parent / "bench",
+        cwd=ROOT / "bench",
     )
     assert out.returncode == 0, out.stderr + "\n" + compat_gateway.log()
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """A config file written for the public dask-gateway-server runs our server unchanged.
 
-tests/upstream_style_config.py uses the public server's documented traits. The same file
+tests/configs/upstream_style_config.py uses the public server's documented traits. The same file
 starts both servers (ours, and the public one from .venv-upstream) and the same workflow with
 our client must give the same results on both. Settings our server does not read are
 named in a warning, never a crash and never silence.
@@ -18,20 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import waiting
 from cryptography.fernet import Fernet
-from gateway_process import free_port
+from support import waiting
+from support.gateway_process import free_port
+from support.paths import CONFIGS
+from support.upstream_server import require_upstream_venv, server_process
 from tornado.httpclient import HTTPClientError
 from traitlets.utils.importstring import import_item
-from upstream_server import require_upstream_venv, server_process
 
 from dask_gateway import BasicAuth, Gateway, GatewayWarning
 from dask_gateway.client import ClusterStatus
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
-HERE = Path(__file__).parent
-CONFIG = HERE / "upstream_style_config.py"
+CONFIG = CONFIGS / "upstream_style_config.py"
 PASSWORD = "upstream-style-password"
 PREFIX = "/services/dask-gateway"
 

@@ -14,8 +14,8 @@ from html import unescape
 
 import ipywidgets
 import pytest
-import waiting
 from IPython.core.formatters import DisplayFormatter
+from support import waiting
 
 from dask_gateway import widgets
 from dask_gateway.options import Bool, Float, Integer, Mapping, Options, Select, String

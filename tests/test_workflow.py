@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-import waiting
-from procs import cluster_processes
+from support import waiting
+from support.procs import cluster_processes
 
 wait_for = functools.partial(waiting.wait_for, timeout=30, interval=0.05)
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from gateway_process import GatewayProcess, _kill_leftovers
+from support.gateway_process import GatewayProcess, _kill_leftovers
 from users import (
     ADMIN,
     ALICE,

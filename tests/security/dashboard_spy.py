@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 
-from jupyterlab_harness import CHROMIUM, CHROMIUM_ARGS
+from support.chromium import CHROMIUM, CHROMIUM_ARGS
 
 #: Installs the spy in the scheduler: ``_spy_seen`` (path and headers of every request the
 #: scheduler's web server gets), ``/attack`` (PAGE, with a planted cookie) and ``/report``

@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 from tornado import websocket
 from tornado.httpclient import HTTPRequest
 from users import ADMIN, ALICE, BOB, in_scheduler, run_as

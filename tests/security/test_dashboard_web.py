@@ -24,8 +24,8 @@ from dashboard_spy import (
     install_source,
     wait_attack_done,
 )
-from http_helpers import basic, call
-from test_jupyter_ext import JupyterServerProcess, gateway_env
+from support.http_helpers import basic, call
+from support.jupyter_server import JupyterServerProcess, gateway_env
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 from users import ADMIN, ALICE, BOB, in_scheduler

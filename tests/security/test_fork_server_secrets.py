@@ -14,8 +14,8 @@ import textwrap
 from pathlib import Path
 
 from cryptography.fernet import Fernet
+from support.waiting import wait_for
 from users import ALICE, BOB, SHARED_VENV, in_scheduler, run_as, user_gateway
-from waiting import wait_for
 
 # Searches a process's memory for secrets given in two halves each (so that the search itself
 # never holds a whole secret); also its initial environment. Run by a user's scheduler on

@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 
 import pytest
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 from users import ADMIN, ALICE, BOB, SHARED_VENV, in_scheduler
 
 from dask_gateway_server.addresses import AddressRefused, parse_address

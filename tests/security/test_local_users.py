@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 from users import ADMIN, ALICE, BOB, in_scheduler, user_gateway
 
 

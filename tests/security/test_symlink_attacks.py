@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_for
 from users import ALICE, BOB, in_scheduler, run_as, user_gateway
-from waiting import wait_for
 
 
 def _fingerprint(path: Path) -> tuple:

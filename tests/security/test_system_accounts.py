@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from http_helpers import basic, call
+from support.http_helpers import basic, call
 from users import ALICE, SYSTEM
 
 

@@ -14,9 +14,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from gateway_process import free_port
-
-HERE = Path(__file__).parent
+from support.gateway_process import free_port
+from support.paths import CONFIGS
 
 
 class Hub:
@@ -77,7 +76,7 @@ class Hub:
         )
         log = open(self.run_dir / "hub.log", "ab")
         self.proc = subprocess.Popen(
-            [jupyterhub, "-f", str(HERE / "jupyterhub_config.py")],
+            [jupyterhub, "-f", str(CONFIGS / "jupyterhub_config.py")],
             cwd=self.run_dir,
             env=env,
             stdout=log,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import shutil
-from pathlib import Path
 
 import pytest
-import waiting
 from jupyterlab_harness import JupyterLab, LabBrowser
+from support import waiting
+from support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "widgets.ipynb"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 

@@ -4,8 +4,8 @@ No scheduler runs: starting a cluster posts ONE heartbeat to the gateway's API (
 request a real scheduler sends first), which makes the cluster RUNNING through the normal
 path. The bench config sets a long heartbeat timeout so the clusters stay RUNNING.
 
-Loaded by either server (``c.DaskGateway.backend_class = "fake_backend.FakeBackend"`` with
-bench/ on sys.path); it adapts to the backend interface of the server that imports it.
+Loaded by either server (``c.DaskGateway.backend_class = "support.fake_backend.FakeBackend"``
+with tests/ on sys.path, as bench/compare_config.py does); it adapts to the backend interface of the server that imports it.
 """
 
 from __future__ import annotations

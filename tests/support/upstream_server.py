@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_process import free_port
 
-HERE = Path(__file__).parent
-UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", HERE.parent / ".venv-upstream"))
-UPSTREAM_CONFIG = HERE / "upstream_config" / "dask_gateway_config.py"
+from support.gateway_process import free_port
+from support.paths import CONFIGS, ROOT
+
+UPSTREAM_VENV = Path(os.environ.get("DASK_GATEWAY_UPSTREAM_VENV", ROOT / ".venv-upstream"))
+UPSTREAM_CONFIG = CONFIGS / "upstream_config" / "dask_gateway_config.py"
 
 
 def require_upstream_venv() -> Path:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
-from gateway_process import GatewayProcess, _kill_leftovers
 from jupyterlab_harness import JupyterLab, LabBrowser
+from support.gateway_process import GatewayProcess, _kill_leftovers
+from support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 USER = "sidebar-user"
 SIDEBAR = "#dask-gateway-sidebar"
@@ -284,8 +283,8 @@ def test_sidebar_manages_clusters(gateway, lab):
 @pytest.mark.timeout(300)
 def test_sidebar_shows_gateway_errors(tmp_path):
     """With the gateway down the panel says so, in words, instead of failing silently."""
-    from gateway_process import free_port
     from playwright.sync_api import expect
+    from support.gateway_process import free_port
 
     port = free_port()
     root = tmp_path / "notebooks"

@@ -18,9 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from upstream_server import require_upstream_venv
-
 import dask_gateway
+from support.upstream_server import require_upstream_venv
 
 SHIMS = {
     "dask": "from dask.__main__ import main",

@@ -38,17 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+from support.chromium import CHROMIUM, CHROMIUM_ARGS
 
 #: JupyterLab user settings every test wants: no news/update toasts covering the page,
 #: and every cell kept rendered (windowing would hide off-screen outputs from locators).

@@ -11,8 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).parent
-CONFIG = HERE / "gateway_config.py"
+from support.paths import CONFIGS
+
+CONFIG = CONFIGS / "gateway_config.py"
 
 
 def free_port() -> int:
