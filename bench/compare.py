@@ -15,7 +15,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,10 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.gateway_process import free_port  # the test suite's helpers (tests/support)
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "compare_config.py"
@@ -40,12 +43,6 @@ ROW_IDLE_CPU = "gateway CPU while idle with {n} clusters (% of one core)"
 # ---------------------------------------------------------------------------------------
 # Servers
 # ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -194,14 +191,6 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 300, step: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(step)
-
-
 def median_latency(fn: Callable[[], object], n: int) -> float:
     return statistics.median(timed(fn) for _ in range(n))
 
@@ -249,9 +238,11 @@ def many_at_once(gateway, n: int) -> tuple[float, list[str]]:
 
     t0 = time.perf_counter()
     names = [gateway.submit() for _ in range(n)]
-    wait_until(
+    wait_for(
         lambda: sum(r.status is ClusterStatus.RUNNING for r in gateway.list_clusters()) == n,
-        step=0.05,
+        timeout=300,
+        interval=0.05,
+        what=f"{n} clusters RUNNING",
     )
     return time.perf_counter() - t0, names
 
@@ -261,8 +252,11 @@ def stop_all(gateway, names: list[str]) -> None:
 
     for name in names:
         gateway.stop_cluster(name)
-    wait_until(
-        lambda: all(gateway.get_cluster(n).status is ClusterStatus.STOPPED for n in names), step=0.1
+    wait_for(
+        lambda: all(gateway.get_cluster(n).status is ClusterStatus.STOPPED for n in names),
+        timeout=300,
+        interval=0.1,
+        what="all clusters STOPPED",
     )
 
 
@@ -315,7 +309,12 @@ def measure(server: Server, args) -> dict[str, float]:
             name = cluster.name
             t0 = time.perf_counter()
             cluster.shutdown()
-            wait_until(lambda: gateway.get_cluster(name).status is ClusterStatus.STOPPED)
+            wait_for(
+                lambda name=name: gateway.get_cluster(name).status is ClusterStatus.STOPPED,
+                timeout=300,
+                interval=0.01,
+                what="STOPPED",
+            )
             stops.append(time.perf_counter() - t0)
         r[f"new_cluster() until RUNNING, median of {args.runs} (s)"] = statistics.median(starts)
         r[f"shutdown() until STOPPED, median of {args.runs} (s)"] = statistics.median(stops)
@@ -424,10 +423,11 @@ def measure_fake(
                     r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
                     return r
     with Gateway(server.address, auth=BasicAuth(names[-1], PASSWORD)) as gateway:
-        wait_until(
+        wait_for(
             lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING)) == per_user,
             timeout=budget,
-            step=0.5,
+            interval=0.5,
+            what=f"{per_user} clusters RUNNING",
         )
     r[f"{n} fake clusters: creation rate (clusters/s)"] = n / (time.perf_counter() - t0)
     time.sleep(2)

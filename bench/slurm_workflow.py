@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import statistics
 import subprocess
@@ -26,15 +25,10 @@ import time
 from pathlib import Path
 
 import workflow  # bench/workflow.py: starting a gateway
+from support.gateway_process import free_port  # tests/support, on sys.path through workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "configs" / "slurm_gateway_config.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_gateway(data_dir: str) -> tuple[subprocess.Popen, str]:

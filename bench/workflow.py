@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.gateway_process import free_port  # the test suite's helpers (tests/support)
 
 
 def start_gateway(
@@ -30,9 +33,7 @@ def start_gateway(
     timeout: float = 60,
 ) -> tuple[subprocess.Popen, str]:
     """Start ``dask-gateway-server`` on a free port (the test configuration by default)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     if config is None:
         config = os.path.join(
             os.path.dirname(__file__), "..", "tests", "configs", "gateway_config.py"

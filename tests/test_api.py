@@ -7,7 +7,7 @@ import time
 from importlib.metadata import version
 
 import pytest
-from support.http_helpers import basic, call
+from support.http_helpers import basic, call, create
 
 ALICE = basic("alice")
 BOB = basic("bob")
@@ -30,9 +30,7 @@ def api(gw, path: str) -> str:
 @pytest.fixture(scope="module")
 def running(gateway):
     """One running cluster owned by alice, shared by the tests of this module."""
-    r = call("POST", api(gateway, "/v1/clusters/"), {"cluster_options": {}}, ALICE)
-    assert r.status == 201, r.body
-    name = r.json()["name"]
+    name = create(gateway, ALICE, {})
     r = call("GET", api(gateway, f"/v1/clusters/{name}?wait"), headers=ALICE)
     assert r.json()["status"] == "RUNNING", gateway.log()
     yield name

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import pytest
+from support.gateway_process import free_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
@@ -119,9 +120,7 @@ def test_connections_are_reused(gateway):
 def test_nothing_listening_is_a_plain_connection_error():
     from dask_gateway import Gateway
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with Gateway(f"http://127.0.0.1:{port}", auth="basic") as gw:
         with pytest.raises(ConnectionRefusedError):
             gw.list_clusters()

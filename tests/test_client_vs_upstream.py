@@ -8,6 +8,7 @@ missing venv is a failure, so CI cannot silently lose the compatibility check.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -52,8 +53,7 @@ def gateway(upstream):
         yield gateway
 
 
-def _wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
-    waiting.wait_for(predicate, timeout=timeout, interval=0.2, what=what)
+_wait_for = functools.partial(waiting.wait_for, timeout=60, interval=0.2)
 
 
 def test_basics_and_errors(upstream, gateway):
@@ -108,7 +108,11 @@ def test_full_workflow(gateway):
 
         # adaptive with nothing to do settles at the minimum
         cluster.adapt(minimum=1, maximum=2)
-        _wait_for(lambda: len(cluster.scheduler_info["workers"]) == 1, 120, "adapt to 1 worker")
+        _wait_for(
+            lambda: len(cluster.scheduler_info["workers"]) == 1,
+            timeout=120,
+            what="adapt to 1 worker",
+        )
         cluster.adapt(active=False)
     finally:
         cluster.shutdown()

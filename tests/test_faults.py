@@ -21,19 +21,13 @@ import pytest
 import sqlalchemy as sa
 from support import waiting
 from support.gateway_process import GatewayProcess, _kill_leftovers, free_port
-from support.http_helpers import basic, call
+from support.http_helpers import basic, call, create
 from support.paths import CONFIGS, ROOT
 from support.procs import cluster_processes
 
 ALICE = basic("alice")
 BOB = basic("bob")
 wait_for = functools.partial(waiting.wait_for, interval=0.1)
-
-
-def create(gw, who=ALICE, options=None) -> str:
-    r = call("POST", f"{gw.address}/api/v1/clusters/", {"cluster_options": options or {}}, who)
-    assert r.status == 201, r.body
-    return r.json()["name"]
 
 
 def status(gw, name, who=ALICE) -> str:

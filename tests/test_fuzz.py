@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from support.http_helpers import basic, call
+from support.http_helpers import basic, call, create
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import fuzz
@@ -98,8 +98,7 @@ def test_worker_counts_beyond_what_the_store_holds_are_refused(fresh_gateway):
     went on adding workers without end."""
     gw = fresh_gateway(["--ClusterConfig.cluster_max_workers=None"])
     gw.start(timeout=120)  # a busy machine starts it slowly
-    r = call("POST", f"{gw.address}/api/v1/clusters/", {}, ALICE)
-    name = r.json()["name"]
+    name = create(gw, ALICE)
     model = call("GET", f"{gw.address}/api/v1/clusters/{name}?wait=1", headers=ALICE).json()
     assert model["status"] == "RUNNING"
     url = f"{gw.address}/api/v1/clusters/{name}"

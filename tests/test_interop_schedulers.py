@@ -7,12 +7,13 @@ cluster with our client: it must start (first heartbeat), scale, adapt, compute 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support import waiting
 from support.gateway_process import GatewayProcess
 from support.paths import CONFIGS
 from support.upstream_server import require_upstream_venv, upstream_server
@@ -26,12 +27,7 @@ PASSWORD = "interop-scheduler-password"
 OURS_DASK = Path(sys.executable).parent / "dask"
 
 
-def _wait_for(predicate, timeout: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+_wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.2)
 
 
 def _processes(cluster_name: str) -> list[int]:

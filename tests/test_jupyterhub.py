@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 from support.gateway_process import GatewayProcess
-from support.http_helpers import call
+from support.http_helpers import call, create
 from support.hub import Hub
 from support.paths import CONFIGS
 
@@ -58,12 +58,6 @@ def wait_running(gw, name, headers):
             return model
         time.sleep(0.05)
     raise AssertionError(f"{name} never ran: {model}\n{gw.log()}")
-
-
-def create(gw, headers, body=None) -> str:
-    r = call("POST", api(gw, "/v1/clusters/"), body or {}, headers)
-    assert r.status == 201, r.body
-    return r.json()["name"]
 
 
 def test_user_token(hub_env):

@@ -9,7 +9,7 @@ import signal
 import time
 
 from support import waiting
-from support.http_helpers import basic, call
+from support.http_helpers import basic, call, create
 from support.procs import cluster_processes
 
 ALICE = basic("alice")
@@ -18,18 +18,12 @@ ALICE = basic("alice")
 wait_for = functools.partial(waiting.wait_for, timeout=30, interval=0.05)
 
 
-def create(gw) -> str:
-    r = call("POST", f"{gw.address}/api/v1/clusters/", {}, ALICE)
-    assert r.status == 201, r.body
-    return r.json()["name"]
-
-
 def status(gw, name) -> str:
     return call("GET", f"{gw.address}/api/v1/clusters/{name}", headers=ALICE).json()["status"]
 
 
 def test_status_transitions(gateway):
-    name = create(gateway)
+    name = create(gateway, ALICE)
     seen = [status(gateway, name)]
     assert seen == ["PENDING"]
     wait_for(lambda: status(gateway, name) == "RUNNING", what="RUNNING")
@@ -50,7 +44,7 @@ def test_status_transitions(gateway):
 
 
 def test_stop_while_pending(gateway):
-    name = create(gateway)
+    name = create(gateway, ALICE)
     call("DELETE", f"{gateway.address}/api/v1/clusters/{name}", headers=ALICE)
     wait_for(lambda: status(gateway, name) == "STOPPED", what="STOPPED")
     time.sleep(0.5)
@@ -58,7 +52,7 @@ def test_stop_while_pending(gateway):
 
 
 def test_scheduler_death_fails_cluster(gateway):
-    name = create(gateway)
+    name = create(gateway, ALICE)
     wait_for(lambda: status(gateway, name) == "RUNNING", what="RUNNING")
     (pid,) = cluster_processes(name, "scheduler")
     os.kill(pid, signal.SIGKILL)
@@ -67,7 +61,7 @@ def test_scheduler_death_fails_cluster(gateway):
 
 
 def test_killed_worker_is_replaced(gateway):
-    name = create(gateway)
+    name = create(gateway, ALICE)
     wait_for(lambda: status(gateway, name) == "RUNNING", what="RUNNING")
     r = call("POST", f"{gateway.address}/api/v1/clusters/{name}/scale", {"count": 2}, ALICE)
     assert r.json() == {"ok": True, "msg": None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from support.http_helpers import basic, call
+from support.http_helpers import basic, call, create
 
 
 def scrape(gw) -> dict[str, float]:
@@ -20,8 +20,7 @@ def scrape(gw) -> dict[str, float]:
 
 def test_metrics(gateway):
     alice = basic("alice")
-    r = call("POST", f"{gateway.address}/api/v1/clusters/", {}, alice)
-    name = r.json()["name"]
+    name = create(gateway, alice)
     assert (
         call("GET", f"{gateway.address}/api/v1/clusters/{name}?wait", headers=alice).json()[
             "status"

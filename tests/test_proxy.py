@@ -11,7 +11,9 @@ import ssl
 import sys
 
 import pytest
+from support.gateway_process import free_port
 from support.tls import write_self_signed
+from support.waiting import wait_for_async
 from tornado import httpserver, netutil, web, websocket
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import TraitError
@@ -89,13 +91,6 @@ async def raw_connect(port: int) -> socket.socket:
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
     return sock
-
-
-async def wait_for(predicate, timeout: float = 5) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.01)
 
 
 class HealthHandler(web.RequestHandler):
@@ -274,7 +269,9 @@ async def test_sni_tls_echo(splice_mode, proxy, certs):
         assert got == payload
         assert proxy.open_tunnels == 1
         writer.close()
-        await wait_for(lambda: proxy.open_tunnels == 0)
+        await wait_for_async(
+            lambda: proxy.open_tunnels == 0, timeout=5, interval=0.01, what="tunnels closed"
+        )
     finally:
         echo.close()
 
@@ -326,9 +323,7 @@ async def test_sni_unknown_and_bad_input_closed(proxy, certs):
     assert await closed_by_peer(sock)
     sock.close()
     # Scheduler not listening: the client is closed, nothing leaks.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()
     proxy.add_route("dead", f"tls://127.0.0.1:{dead_port}", None)
     sock = await raw_connect(proxy.http_port)
     await asyncio.get_running_loop().sock_sendall(sock, client_hello("daskgateway-dead"))
@@ -566,13 +561,13 @@ async def test_dashboard_websocket(proxy, dashboard_backend):
         assert await conn.read_message() == blob
     finally:
         conn.close()
-    await wait_for(lambda: not proxy._websockets)
+    await wait_for_async(
+        lambda: not proxy._websockets, timeout=5, interval=0.01, what="websockets closed"
+    )
 
 
 async def test_dashboard_dead_target_and_access_hook(proxy, dashboard_backend, http):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()
     proxy.add_route("dead", "tls://127.0.0.1:1", f"http://127.0.0.1:{dead_port}")
     resp = await http.fetch(proxy.public_url + "/clusters/dead/status", raise_error=False)
     assert resp.code == 502

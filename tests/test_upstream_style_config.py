@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import sqlite3
 import sys
@@ -74,8 +75,7 @@ class Site:
             yield self
 
 
-def _wait_for(predicate, timeout: float = 90, what: str = "condition") -> None:
-    waiting.wait_for(predicate, timeout=timeout, interval=0.2, what=what)
+_wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.2)
 
 
 def _workflow(site: Site) -> dict:

@@ -27,7 +27,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from support.chromium import CHROMIUM, CHROMIUM_ARGS
+from support.gateway_process import free_port
 
 #: JupyterLab user settings every test wants: no news/update toasts covering the page,
 #: and every cell kept rendered (windowing would hide off-screen outputs from locators).
@@ -46,12 +46,6 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class JupyterLab:

@@ -40,3 +40,12 @@ def call(
             return Response(r.status, r.headers, r.read())
     except urllib.error.HTTPError as e:
         return Response(e.code, e.headers, e.read())
+
+
+def create(gw, headers: dict, options: dict | None = None) -> str:
+    """Ask ``gw`` (a gateway with an ``address``) for a new cluster as the user of
+    ``headers``; return its name (any answer but 201 fails the test)."""
+    body = {} if options is None else {"cluster_options": options}
+    r = call("POST", f"{gw.address}/api/v1/clusters/", body, headers)
+    assert r.status == 201, r.body
+    return r.json()["name"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,4 +22,21 @@ def wait_for(
         if last:
             return last
         time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value {last!r}")
+
+
+async def wait_for_async(
+    predicate: Callable[[], Any],
+    timeout: float = 60,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> Any:
+    """``wait_for`` inside an event loop: the loop keeps running between the checks."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}; last value {last!r}")
