@@ -100,7 +100,9 @@ class Server:
                         break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{self.label} server not up:\n{self.log_tail()}")
+                        raise RuntimeError(
+                            f"{self.label} server not up:\n{self.log_tail()}"
+                        ) from None
                     time.sleep(0.1)
             yield self
         finally:
@@ -331,7 +333,7 @@ def measure(server: Server, args) -> dict[str, float]:
             client.wait_for_workers(2, timeout=300)
             scales.append(time.perf_counter() - t0)
             x = da.ones((2000, 2000), chunks=(500, 500))
-            computes.append(timed(lambda: x.sum().compute(scheduler=client)))
+            computes.append(timed(lambda x=x, client=client: x.sum().compute(scheduler=client)))
             if i == args.scale_runs - 1:
                 say(f"{args.mb} MB scatter/gather, proxy vs direct TLS")
                 nbytes = args.mb * MB

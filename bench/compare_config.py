@@ -22,7 +22,7 @@ c.DBBackendBase.db_encrypt_keys = [os.environ["BENCH_DB_KEY"]]
 
 
 def options_handler(options):
-    return {"worker_cores": options.worker_cores, "worker_memory": "%fG" % options.worker_memory}
+    return {"worker_cores": options.worker_cores, "worker_memory": f"{options.worker_memory:f}G"}
 
 
 c.Backend.cluster_options = Options(

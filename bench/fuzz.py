@@ -114,7 +114,7 @@ def cluster_addresses(data_dir: str, name: str) -> dict[str, str]:
         ).fetchone()
     finally:
         db.close()
-    return dict(zip(("scheduler_address", "dashboard_address", "api_address"), row))
+    return dict(zip(("scheduler_address", "dashboard_address", "api_address"), row, strict=True))
 
 
 def cluster_token(data_dir: str, name: str) -> str:
@@ -268,6 +268,111 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
     # "own+": alice's cluster, and a body with its real addresses (if the body has them).
     heartbeat_names = st.sampled_from(["own", "own+", "own+", "other", "generated"])
 
+    def sender(op, label: str):
+        """What hypothesis runs for each generated case of ``op``: the case, sent once per
+        variant (credentials and cluster name)."""
+
+        def run(case, variants) -> None:
+            # Generating a case costs far more than sending it: each is sent with
+            # several credentials and cluster names.
+            original = (case.path_parameters, case.headers, case.cookies)
+            body = case.body
+            for who, name in variants:
+                case.path_parameters, case.headers, case.cookies = (
+                    None if part is None else dict(part) for part in original
+                )
+                case.body = body
+                try:
+                    send(case, who, name)
+                except Exception as e:  # reported, not replayed by hypothesis
+                    report.failures.append(
+                        (
+                            label,
+                            f"the fuzzer failed: {e!r}",
+                            f"{case.method} {case.formatted_path}",
+                        )
+                    )
+
+        def send(case, who, name) -> None:
+            kind, headers = who
+            if op.method.upper() == "DELETE":
+                # Stopping what the others aim at would end the run early; alice may
+                # still try to stop bob's cluster.
+                if name == "own" or kind in ("bob", "admin", "generated"):
+                    name = "generated"
+            if label == "POST /api/v1/clusters/" and kind in ("bob", "admin"):
+                kind, headers = "alice", ALICE  # only alice's clusters are capped at one
+            if name == "own+":
+                name = "own"
+                if isinstance(case.body, dict) and all(
+                    isinstance(case.body.get(k), str) for k in targets.own_addresses
+                ):
+                    case.body = {**case.body, **targets.own_addresses}
+            if "cluster_name" in (case.path_parameters or {}) and name != "generated":
+                case.path_parameters["cluster_name"] = (
+                    targets.own if name == "own" else targets.other
+                )
+            if kind != "generated":
+                case.headers = {
+                    k: v
+                    for k, v in (case.headers or {}).items()
+                    if k.lower() not in ("authorization", "cookie")
+                }
+                case.headers.update(headers)
+                case.cookies = {}
+            session.cookies.clear()  # a login must not carry over to the next case
+            body = (
+                case.body
+                if isinstance(case.body, (bytes, str, dict, list, int, float, bool, type(None)))
+                else "-"
+            )
+            request = (
+                f"{case.method} {case.formatted_path} query={case.query!r} "
+                f"headers={case.headers!r} body={body!r}"[:600]
+            )
+            try:
+                response = case.call(
+                    base_url=address, session=session, timeout=30, allow_redirects=False
+                )
+            except (requests.ConnectionError, requests.Timeout) as e:
+                report.cases[label] += 1
+                report.failures.append((label, f"no answer: {e}", request))
+                return
+            except (ValueError, UnicodeError):
+                return  # the client library refused to send it: not a request
+            report.cases[label] += 1
+            status = response.status_code
+            report.statuses[status] += 1
+            report.by_operation[label][status] += 1
+            # Past the gateway's access check, the dashboard itself answers.
+            proxied = (
+                label == PROXIED
+                and status not in (401, 403)
+                and (case.path_parameters["cluster_name"] in (targets.own, targets.other))
+            )
+            if status >= 500:
+                report.failures.append((label, f"{status} {response.content[:300]!r}", request))
+            elif status >= 400 and not proxied:
+                problem = _error_body_problem(response)
+                if problem:
+                    report.failures.append((label, problem, request))
+            if not proxied and label != PROXIED:
+                try:
+                    case.validate_response(response, checks=conformance)
+                except AssertionError as e:
+                    # Several failures are grouped: keep the first lines.
+                    report.failures.append(
+                        (label, f"does not match the document: {str(e)[:400]}", request)
+                    )
+            if progress and report.total % 1000 == 0:
+                print(
+                    f"  {report.total} cases, {report.server_errors} 5xx",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        return run
+
     for op in operations:
         label = f"{op.method.upper()} {op.path}"
         # Without parameters or a body, nothing can be invalid: all its cases are valid ones.
@@ -278,123 +383,25 @@ def fuzz(targets: Targets, cases: int, seed: int = 0, progress: bool = False) ->
         )
         per_mode = max(1, per_operation // len(modes))
         for mode in modes:
-
-            @settings(
+            run = settings(
                 max_examples=per_mode,
                 database=None,
                 deadline=None,
                 phases=[Phase.generate],
                 suppress_health_check=list(HealthCheck),
                 verbosity=hypothesis.Verbosity.quiet,
+            )(
+                given(
+                    case=op.as_strategy(mode),
+                    variants=st.lists(
+                        st.tuples(heartbeat_credentials, heartbeat_names)
+                        if op.path.endswith("/heartbeat")
+                        else st.tuples(credentials, names),
+                        min_size=VARIANTS,
+                        max_size=VARIANTS,
+                    ),
+                )(sender(op, label))
             )
-            @given(
-                case=op.as_strategy(mode),
-                variants=st.lists(
-                    st.tuples(heartbeat_credentials, heartbeat_names)
-                    if op.path.endswith("/heartbeat")
-                    else st.tuples(credentials, names),
-                    min_size=VARIANTS,
-                    max_size=VARIANTS,
-                ),
-            )
-            def run(case, variants) -> None:
-                # Generating a case costs far more than sending it: each is sent with
-                # several credentials and cluster names.
-                original = (case.path_parameters, case.headers, case.cookies)
-                body = case.body
-                for who, name in variants:
-                    case.path_parameters, case.headers, case.cookies = (
-                        None if part is None else dict(part) for part in original
-                    )
-                    case.body = body
-                    try:
-                        send(case, who, name)
-                    except Exception as e:  # reported, not replayed by hypothesis
-                        report.failures.append(
-                            (
-                                label,
-                                f"the fuzzer failed: {e!r}",
-                                f"{case.method} {case.formatted_path}",
-                            )
-                        )
-
-            def send(case, who, name) -> None:
-                kind, headers = who
-                if op.method.upper() == "DELETE":
-                    # Stopping what the others aim at would end the run early; alice may
-                    # still try to stop bob's cluster.
-                    if name == "own" or kind in ("bob", "admin", "generated"):
-                        name = "generated"
-                if label == "POST /api/v1/clusters/" and kind in ("bob", "admin"):
-                    kind, headers = "alice", ALICE  # only alice's clusters are capped at one
-                if name == "own+":
-                    name = "own"
-                    if isinstance(case.body, dict) and all(
-                        isinstance(case.body.get(k), str) for k in targets.own_addresses
-                    ):
-                        case.body = {**case.body, **targets.own_addresses}
-                if "cluster_name" in (case.path_parameters or {}) and name != "generated":
-                    case.path_parameters["cluster_name"] = (
-                        targets.own if name == "own" else targets.other
-                    )
-                if kind != "generated":
-                    case.headers = {
-                        k: v
-                        for k, v in (case.headers or {}).items()
-                        if k.lower() not in ("authorization", "cookie")
-                    }
-                    case.headers.update(headers)
-                    case.cookies = {}
-                session.cookies.clear()  # a login must not carry over to the next case
-                body = (
-                    case.body
-                    if isinstance(case.body, (bytes, str, dict, list, int, float, bool, type(None)))
-                    else "-"
-                )
-                request = (
-                    f"{case.method} {case.formatted_path} query={case.query!r} "
-                    f"headers={case.headers!r} body={body!r}"[:600]
-                )
-                try:
-                    response = case.call(
-                        base_url=address, session=session, timeout=30, allow_redirects=False
-                    )
-                except (requests.ConnectionError, requests.Timeout) as e:
-                    report.cases[label] += 1
-                    report.failures.append((label, f"no answer: {e}", request))
-                    return
-                except (ValueError, UnicodeError):
-                    return  # the client library refused to send it: not a request
-                report.cases[label] += 1
-                status = response.status_code
-                report.statuses[status] += 1
-                report.by_operation[label][status] += 1
-                # Past the gateway's access check, the dashboard itself answers.
-                proxied = (
-                    label == PROXIED
-                    and status not in (401, 403)
-                    and (case.path_parameters["cluster_name"] in (targets.own, targets.other))
-                )
-                if status >= 500:
-                    report.failures.append((label, f"{status} {response.content[:300]!r}", request))
-                elif status >= 400 and not proxied:
-                    problem = _error_body_problem(response)
-                    if problem:
-                        report.failures.append((label, problem, request))
-                if not proxied and label != PROXIED:
-                    try:
-                        case.validate_response(response, checks=conformance)
-                    except AssertionError as e:
-                        # Several failures are grouped: keep the first lines.
-                        report.failures.append(
-                            (label, f"does not match the document: {str(e)[:400]}", request)
-                        )
-                if progress and report.total % 1000 == 0:
-                    print(
-                        f"  {report.total} cases, {report.server_errors} 5xx",
-                        file=sys.stderr,
-                        flush=True,
-                    )
 
             start = time.monotonic()
             try:

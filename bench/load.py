@@ -106,18 +106,19 @@ def server_side_table(metrics_text: str) -> str:
     for name, labels, value in parse_metrics(metrics_text):
         if name == "dask_gateway_request_duration_seconds_bucket":
             buckets[(labels["method"], labels["route"])].append((float(labels["le"]), value))
+
+    def bound(rows: list[tuple[float, float]], total: float, p: float) -> str:
+        le = next(le for le, n in rows if n >= total * p / 100)
+        return "inf" if le == float("inf") else f"{1000 * le:g}"
+
     lines = ["| handler | count | p50 ms ≤ | p99 ms ≤ |", "|---|---:|---:|---:|"]
     for (method, route), rows in sorted(buckets.items(), key=lambda kv: kv[0][::-1]):
         rows.sort()
         total = rows[-1][1]
         if not total:
             continue
-
-        def bound(p: float) -> str:
-            le = next(le for le, n in rows if n >= total * p / 100)
-            return "inf" if le == float("inf") else f"{1000 * le:g}"
-
-        lines.append(f"| {method} {route} | {total:.0f} | {bound(50)} | {bound(99)} |")
+        p50, p99 = bound(rows, total, 50), bound(rows, total, 99)
+        lines.append(f"| {method} {route} | {total:.0f} | {p50} | {p99} |")
     return "\n".join(lines)
 
 
@@ -334,8 +335,10 @@ async def final_checks(
         )
     if clusters_dir is not None:
         deadline = time.monotonic() + 30
-        while (left := processes_under(clusters_dir)) and time.monotonic() < deadline:
+        left = processes_under(clusters_dir)
+        while left and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
+            left = processes_under(clusters_dir)
         if left:
             result.problems.append(f"{len(left)} scheduler/worker processes left: {left}")
     http.close()

@@ -84,7 +84,11 @@ def test_frozen_scheduler_fails_cluster_and_is_killed(fresh_gateway):
     gw.start(timeout=120)
     frozen, other = create(gw, ALICE), create(gw, BOB)
     for name, who in ((frozen, ALICE), (other, BOB)):
-        wait_for(lambda: status(gw, name, who) == "RUNNING", timeout=60, what="RUNNING")
+        wait_for(
+            lambda name=name, who=who: status(gw, name, who) == "RUNNING",
+            timeout=60,
+            what="RUNNING",
+        )
     call("POST", f"{gw.address}/api/v1/clusters/{frozen}/scale", {"count": 1}, ALICE)
     wait_for(lambda: cluster_processes(frozen, "worker"), timeout=60, what="a worker")
     (pid,) = cluster_processes(frozen, "scheduler")
@@ -378,7 +382,7 @@ def hang_gateway(tmp_path):
     server's start), hangs forever."""
     marks = random.sample(range(100000, 999999), 2)
     scripts = []
-    for mark, name in zip(marks, ("hang", "hung-python")):
+    for mark, name in zip(marks, ("hang", "hung-python"), strict=True):
         script = tmp_path / name
         script.write_text(f"#!/bin/sh\nexec sleep {mark}\n")
         script.chmod(0o755)
@@ -459,7 +463,9 @@ async def test_hung_slurm_commands_time_out_and_are_killed(tmp_path):
     from dask_gateway_server.backends.slurm import SlurmBackend
     from dask_gateway_server.models import Cluster
 
-    marks = dict(zip(("sbatch", "squeue", "scancel"), random.sample(range(100000, 999999), 3)))
+    marks = dict(
+        zip(("sbatch", "squeue", "scancel"), random.sample(range(100000, 999999), 3), strict=True)
+    )
     fakes = {name: _fake_command(tmp_path, name, mark) for name, mark in marks.items()}
     backend = SlurmBackend(
         sbatch=fakes["sbatch"],

@@ -13,6 +13,7 @@ import os
 import socket
 
 import pytest
+from support.waiting import wait_for_async
 
 from dask_gateway_server.addresses import (
     AddressMoved,
@@ -207,8 +208,9 @@ async def test_first_heartbeat_is_confirmed_once_and_addresses_never_move(tmp_pa
         backend.release.clear()
         first = asyncio.ensure_future(reconciler.on_heartbeat(cluster, _heartbeat(2000)))
         second = asyncio.ensure_future(reconciler.on_heartbeat(cluster, _heartbeat(3000)))
-        while len(backend.checks) < 3:
-            await asyncio.sleep(0.01)
+        await wait_for_async(
+            lambda: len(backend.checks) >= 3, timeout=30, interval=0.01, what="three checks"
+        )
         await asyncio.sleep(0.05)
         assert len(backend.checks) == 3  # the second waits for the first's check
         backend.release.set()
@@ -241,8 +243,9 @@ async def test_first_heartbeat_is_confirmed_once_and_addresses_never_move(tmp_pa
         await store.update_cluster(other, status=JobStatus.SUBMITTED)
         backend.release.clear()
         pending = asyncio.ensure_future(reconciler.on_heartbeat(other, _heartbeat(4000)))
-        while len(backend.checks) < 4:
-            await asyncio.sleep(0.01)
+        await wait_for_async(
+            lambda: len(backend.checks) >= 4, timeout=30, interval=0.01, what="a fourth check"
+        )
         await reconciler.stop_cluster(other)
         backend.release.set()
         await pending

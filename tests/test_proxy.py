@@ -15,7 +15,7 @@ from support.gateway_process import free_port
 from support.tls import write_self_signed
 from support.waiting import wait_for_async
 from tornado import httpserver, netutil, web, websocket
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import TraitError
 
 from dask_gateway_server.proxy import ClientHelloError, Proxy, parse_client_hello
@@ -572,7 +572,7 @@ async def test_dashboard_dead_target_and_access_hook(proxy, dashboard_backend, h
     resp = await http.fetch(proxy.public_url + "/clusters/dead/status", raise_error=False)
     assert resp.code == 502
     assert "error" in json.loads(resp.body)
-    with pytest.raises(Exception):
+    with pytest.raises(HTTPClientError, match="502"):
         await websocket.websocket_connect(f"ws://127.0.0.1:{proxy.http_port}/clusters/dead/ws")
 
     proxy.add_route("c1", "tls://127.0.0.1:1", f"http://127.0.0.1:{dashboard_backend}")

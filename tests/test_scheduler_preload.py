@@ -192,9 +192,12 @@ async def wait_first_heartbeat(gateway: FakeGateway, log: Path) -> tuple[float, 
     deadline = time.monotonic() + START_TIMEOUT
     scheduler_up: float | None = None
     while not gateway.heartbeats:
-        if scheduler_up is None and "Scheduler at:" in log.read_text(errors="replace"):
-            scheduler_up = time.monotonic()
-        assert time.monotonic() < deadline, log.read_text()
+        if scheduler_up is None:
+            text = await asyncio.to_thread(log.read_text, errors="replace")
+            if "Scheduler at:" in text:
+                scheduler_up = time.monotonic()
+        if time.monotonic() >= deadline:
+            raise AssertionError(await asyncio.to_thread(log.read_text, errors="replace"))
         await asyncio.sleep(0.05)
     t, body, _ = gateway.heartbeats[0]
     if scheduler_up is not None:
@@ -314,9 +317,9 @@ async def test_backoff_and_adapt(gateway, procs, http, tmp_path):
     fails = gateway.failed_heartbeats
     assert len(fails) == 3
     first_ok = gateway.heartbeats[0][0]
-    gaps = [b - a for a, b in zip(fails, fails[1:] + [first_ok])]
+    gaps = [b - a for a, b in zip(fails, fails[1:] + [first_ok], strict=True)]
     # 0.25, 0.5, 1.0 (capped at the 1 s period); generous upper bounds for a busy box.
-    for gap, expected in zip(gaps, [0.25, 0.5, 1.0]):
+    for gap, expected in zip(gaps, [0.25, 0.5, 1.0], strict=True):
         assert expected * 0.8 <= gap <= expected + 0.75, gaps
     text = log.read_text()
     assert text.count("heartbeat to") == 1, "one warning per failure streak"

@@ -45,7 +45,7 @@ def options_handler(options, user):
     """Map the user's choices to ClusterConfig settings (the public server's handler form)."""
     return {
         "worker_cores": options.worker_cores,
-        "worker_memory": "%fG" % options.worker_memory,
+        "worker_memory": f"{options.worker_memory:f}G",
         "environment": {
             "SITE_PROFILE": options.profile,
             "SITE_USER": user.name,

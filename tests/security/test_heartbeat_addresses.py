@@ -103,7 +103,7 @@ def test_a_heartbeat_cannot_move_a_clusters_addresses(root_gateway, as_user, ser
             {},  # what the scheduler really reports
         ]
         answers = in_scheduler(client, FORGE.replace("CHANGES", repr(changes)))
-        for change, (status, error) in zip(changes[:-1], answers[:-1]):
+        for change, (status, error) in zip(changes[:-1], answers[:-1], strict=True):
             assert status == 409, (change, status, error)
             assert "cannot change once set" in error, error
         assert answers[-1] == (200, "")  # the scheduler's own heartbeats still count

@@ -116,7 +116,7 @@ def test_scheduler_log_symlink_does_not_leak_roots_file(root_gateway, as_user, p
             )
         failed = f"Cluster {cluster.name} failed"
         wait_for(
-            lambda: failed in root_gateway.log(),
+            lambda failed=failed: failed in root_gateway.log(),
             timeout=60,
             what=failed,
         )
