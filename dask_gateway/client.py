@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Awaitable
@@ -340,7 +341,7 @@ class Gateway(SyncMethodMixin):
         if getattr(self, "_closed", True) or self._asynchronous or self.asynchronous:
             return
         self._closed = True
-        self._loop_runner.stop()
+        _finalize_in_thread(self._loop_runner.stop, repr(self))
 
     # ------------------------------------------------------------------ HTTP
 
@@ -564,6 +565,18 @@ async def _follow_worker_updates(comm: Any, info: dict[str, Any]) -> None:
 
 # Synchronous clusters still open at interpreter exit are closed by an atexit hook.
 _live_clusters: weakref.WeakSet[GatewayCluster] = weakref.WeakSet()
+
+
+def _finalize_in_thread(work: Any, what: str) -> None:
+    """Run a finalizer's blocking work in a thread of its own. ``__del__`` runs in whichever
+    thread the garbage collector happened to run, possibly one holding distributed's
+    LoopRunner class lock while it starts another loop (then stopping a loop there deadlocks
+    until that start fails after 10 s), or that loop's thread itself before it runs. Not a
+    daemon: a forgotten cluster is still stopped before the interpreter exits."""
+    try:
+        threading.Thread(target=work, name=f"finalize {what}", daemon=False).start()
+    except RuntimeError:  # no new threads at interpreter shutdown: atexit closed what it could
+        pass
 
 
 class GatewayCluster:
@@ -908,6 +921,9 @@ class GatewayCluster:
         gateway = getattr(self, "gateway", None)
         if gateway is None or gateway.asynchronous:
             return  # never started, or on our own loop thread where we cannot block
+        _finalize_in_thread(self._close_after_collection, repr(self))
+
+    def _close_after_collection(self) -> None:
         try:
             self.close()
         except Exception as exc:

@@ -731,3 +731,25 @@ def test_running_cluster_reported_without_credentials(gateway):
     gateway, _ = gateway
     with pytest.raises(GatewayClusterError, match="without its scheduler's address or credentials"):
         gateway.connect("a")
+
+
+def test_collected_gateway_never_blocks_the_collecting_thread(fake_gateway):
+    """The garbage collector runs ``__del__`` in whatever thread allocates, e.g. one that
+    holds distributed's LoopRunner lock while another Gateway starts its loop. Stopping the
+    collected Gateway's loop there deadlocked that start for 10 s, then failed it."""
+    from distributed.utils import LoopRunner
+
+    address, _ = fake_gateway
+    gateway = Gateway(address, auth=BasicAuth("alice", "pw"))
+    runner = gateway._loop_runner._loop_thread
+    assert runner is not None
+    loop_thread = runner._thread  # distributed wraps the thread that runs the loop
+    assert loop_thread.is_alive()
+    with LoopRunner._lock:  # as LoopRunner.start holds it while a new loop comes up
+        collecting = threading.Thread(target=gateway.__del__)
+        collecting.start()
+        collecting.join(timeout=5)
+        assert not collecting.is_alive(), "the finalizer blocked on the LoopRunner lock"
+    # Once the lock is free, the collected Gateway's loop thread is still stopped.
+    loop_thread.join(timeout=30)
+    assert not loop_thread.is_alive()
