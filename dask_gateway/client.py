@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import ssl
+import sys
 import tempfile
 import threading
 import warnings
@@ -572,11 +573,13 @@ def _finalize_in_thread(work: Any, what: str) -> None:
     thread the garbage collector happened to run, possibly one holding distributed's
     LoopRunner class lock while it starts another loop (then stopping a loop there deadlocks
     until that start fails after 10 s), or that loop's thread itself before it runs. Not a
-    daemon: a forgotten cluster is still stopped before the interpreter exits."""
-    try:
-        threading.Thread(target=work, name=f"finalize {what}", daemon=False).start()
-    except RuntimeError:  # no new threads at interpreter shutdown: atexit closed what it could
-        pass
+    daemon: a forgotten cluster is still stopped before the interpreter exits. Once the
+    interpreter is exiting (the main thread has stopped: new threads would not be waited for,
+    and no other loop is starting), the work is done in place."""
+    if sys.is_finalizing() or not threading.main_thread().is_alive():
+        work()
+        return
+    threading.Thread(target=work, name=f"finalize {what}", daemon=False).start()
 
 
 class GatewayCluster:
