@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from traitlets import (
@@ -221,6 +223,20 @@ def default_cluster_options() -> Options:
     )
 
 
+@dataclass(frozen=True)
+class LogChunk:
+    """Bytes of a log file: ``data`` is the file's bytes from offset ``start``; ``end`` is
+    the file's size when read (where the next read continues)."""
+
+    data: bytes
+    start: int
+    end: int
+
+
+#: What a backend calls to tell the gateway of an event: (cluster, kind, message, worker, detail).
+EventSink = Callable[[Cluster, str, str, "Worker | None", str], None]
+
+
 class Backend(LoggingConfigurable):
     """Starts, stops and checks schedulers and workers.
 
@@ -358,6 +374,36 @@ class Backend(LoggingConfigurable):
         """Why a scheduler (or ``worker``) that a ``check_*`` call found dead ended, in one
         line (e.g. the cluster manager's job state); empty if unknown."""
         return ""
+
+    # -- logs and events ----------------------------------------------------
+    async def log_components(self, cluster: Cluster) -> list[str]:
+        """The components whose logs ``read_log`` can read now: ``"scheduler"`` and
+        ``"worker:NAME"`` (names from ``cluster.workers``, never from a user's directory)."""
+        return []
+
+    async def read_log(
+        self, cluster: Cluster, component: str, offset: int | None, limit: int
+    ) -> LogChunk | None:
+        """At most ``limit`` bytes of a component's live log from ``offset`` (None: its last
+        ``limit`` bytes), read as the user would (never following a link a user planted);
+        None if it has no log."""
+        return None
+
+    #: Set by the gateway: where ``emit`` sends events (None: nowhere).
+    event_sink: EventSink | None = None
+
+    def emit(
+        self,
+        cluster: Cluster,
+        kind: str,
+        message: str,
+        worker: Worker | None = None,
+        detail: str = "",
+    ) -> None:
+        """Tell the gateway of an event it cannot see itself (e.g. a batch system's pending
+        reason); recorded in the cluster's history for its user."""
+        if self.event_sink is not None:
+            self.event_sink(cluster, kind, message, worker, detail)
 
 
 class DBBackendBase(Backend):
