@@ -55,9 +55,14 @@ class Server:
         home: Path,
         fake: bool = False,
         default_cmds: bool = False,
+        command: list[str] | None = None,
     ):
         self.label = label
         self.server_bin = server_bin
+        # What starts it (``-f CONFIG`` is appended): by default the environment's
+        # dask-gateway-server script; bench/overhead.py runs ``PYTHON -m dask_gateway_server``
+        # (a copied venv's scripts still name the original venv's Python).
+        self.command = command or [str(server_bin)]
         self.home = home
         self.fake = fake
         self.default_cmds = default_cmds
@@ -83,7 +88,7 @@ class Server:
         env.pop("VIRTUAL_ENV", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [str(self.server_bin), "-f", str(CONFIG)],
+                [*self.command, "-f", str(CONFIG)],
                 cwd=self.home,
                 env=env,
                 stdout=log,
@@ -392,18 +397,18 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def measure_fake(
-    server: Server, n: int, users: int, budget: float, idle_seconds: float
-) -> dict[str, float]:
-    """The gateway's own bookkeeping with ``n`` (fake, cheap) clusters RUNNING, owned by
-    ``users`` users (``n / users`` each, like a team sharing one gateway).
+def create_fake_clusters(
+    server: Server, n: int, users: int, budget: float
+) -> tuple[list[str], float, bool]:
+    """Create ``n`` (fake, cheap) clusters owned by ``users`` users (``user0``, ...,
+    ``n / users`` each) through the API, until the last user's are RUNNING.
 
-    Gives up (figures n/a) if the server cannot create them within ``budget`` seconds.
+    Returns the user names, the creation rate (clusters/s) and whether all were created
+    within ``budget`` seconds (if not, the rate is that of the ones created so far).
     """
     from dask_gateway import BasicAuth, Gateway
     from dask_gateway.client import ClusterStatus
 
-    r: dict[str, float] = {}
     per_user = n // users
     names = [f"user{i}" for i in range(users)]
     print(f"  [{server.label}] {n} fake clusters, {users} users x {per_user}", flush=True)
@@ -422,8 +427,7 @@ def measure_fake(
                         " skipped",
                         flush=True,
                     )
-                    r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
-                    return r
+                    return names, rate, False
     with Gateway(server.address, auth=BasicAuth(names[-1], PASSWORD)) as gateway:
         wait_for(
             lambda: len(gateway.list_clusters(status=ClusterStatus.RUNNING)) == per_user,
@@ -431,7 +435,25 @@ def measure_fake(
             interval=0.5,
             what=f"{per_user} clusters RUNNING",
         )
-    r[f"{n} fake clusters: creation rate (clusters/s)"] = n / (time.perf_counter() - t0)
+    return names, n / (time.perf_counter() - t0), True
+
+
+def measure_fake(
+    server: Server, n: int, users: int, budget: float, idle_seconds: float
+) -> dict[str, float]:
+    """The gateway's own bookkeeping with ``n`` (fake, cheap) clusters RUNNING, owned by
+    ``users`` users (``n / users`` each, like a team sharing one gateway).
+
+    Gives up (figures n/a) if the server cannot create them within ``budget`` seconds.
+    """
+    from dask_gateway import BasicAuth, Gateway
+
+    r: dict[str, float] = {}
+    per_user = n // users
+    names, rate, complete = create_fake_clusters(server, n, users, budget)
+    r[f"{n} fake clusters: creation rate (clusters/s)"] = rate
+    if not complete:
+        return r
     time.sleep(2)
     with Gateway(server.address, auth=BasicAuth(names[0], PASSWORD)) as gateway:
         r[ROW_LIST_N.format(n=n, per=per_user)] = 1000 * median_latency(gateway.list_clusters, 50)
