@@ -192,6 +192,11 @@ class EventLog:
         return names
 
 
+def workers(n: int) -> str:
+    """``n`` worker(s), as a sentence says it."""
+    return f"{n} worker" if n == 1 else f"{n} workers"
+
+
 def _clip(text: str, limit: int) -> str:
     """At most ``limit`` characters: the end of a long text (where the reason is)."""
     return text if len(text) <= limit else "..." + text[-(limit - 3) :]

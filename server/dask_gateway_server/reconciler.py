@@ -25,7 +25,7 @@ from .addresses import (
     parse_addresses,
 )
 from .backends.base import Backend, DBBackendBase
-from .events import EventLog, host_of, last_exception_line
+from .events import EventLog, host_of, last_exception_line, workers
 from .logs import about
 from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
 from .store import Store, StoreUnavailable
@@ -296,11 +296,11 @@ class Reconciler:
         clamp = ""
         if cluster.max_workers is not None and count > cluster.max_workers:
             count = cluster.max_workers
-            clamp = f"the limit of {count} workers per cluster"
+            clamp = f"the limit of {workers(count)} per cluster"
         user_limit = self.count_limit(cluster) if self.count_limit else None
         if user_limit is not None and count > user_limit:
             count = user_limit
-            clamp = f"the limit of {count} workers per user"
+            clamp = f"the limit of {workers(count)} per user"
         if count != cluster.count:
             changes["count"] = count
         if changes:
@@ -372,7 +372,7 @@ class Reconciler:
         if not adaptive and self._user_counts.get(cluster.name) == cluster.count:
             return
         who = "Adaptive scaling" if adaptive else "The scheduler"
-        message = f"{who} asked for {requested} workers"
+        message = f"{who} asked for {workers(requested)}"
         if clamp:
             message += f", clamped to {cluster.count} by {clamp}"
         await self.events.record(cluster, "scaled", message)

@@ -8,6 +8,7 @@ import json
 from traitlets import TraitError
 
 from ..backends.base import UserNotAllowed
+from ..events import workers
 from ..limits import LimitExceeded
 from ..models import MAX_WORKER_COUNT, Cluster, ClusterStatus, JobStatus
 from ..reconciler import SchedulerUnreachable
@@ -190,11 +191,11 @@ class ScaleHandler(BaseHandler):
         self.reconciler.scale_requested(cluster, count)
         await self._send(cluster, {"op": "scale", "count": count})
         user = self.current_user.name
-        event = f"Scaled to {count} workers by {user}"
+        event = f"Scaled to {workers(count)} by {user}"
         if count != asked:
             event = (
-                f"{user} asked for {asked} workers, clamped to {count} by the limit of "
-                f"{limit} workers per cluster"
+                f"{user} asked for {workers(asked)}, clamped to {count} by the limit of "
+                f"{workers(count)} per cluster"
             )
         # Before the count is set: the workers it starts come after it in the history.
         await self.reconciler.events.record(cluster, "scaled", event)
@@ -256,7 +257,10 @@ class AdaptHandler(ScaleHandler):
         self.reconciler.adapt_requested(cluster, active)
         user = self.current_user.name
         if active:
-            bounds = f"{minimum or 0}..{'unbounded' if maximum is None else maximum} workers"
+            if maximum is None:
+                bounds = f"at least {workers(minimum or 0)}"
+            else:
+                bounds = f"{minimum or 0} to {workers(maximum)}"
             event = f"Adaptive scaling set by {user}: {bounds}"
             if msg is not None:
                 event += " (lowered to the limits)"
