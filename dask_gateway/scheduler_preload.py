@@ -789,7 +789,7 @@ class SchedulerService:
                     "dask-gateway: idle for more than %.1f s, asking the gateway to stop the cluster",
                     timeout,
                 )
-                if await self._request_shutdown():
+                if await self._request_shutdown("idle"):
                     return  # the gateway will stop us; keep serving until then
 
     # -- orphans -------------------------------------------------------------------
@@ -834,7 +834,7 @@ class SchedulerService:
                     "dask-gateway: the client that owned this cluster is gone; "
                     "asking the gateway to stop it"
                 )
-                if await self._request_shutdown():
+                if await self._request_shutdown("orphan"):
                     return
 
     def _is_busy(self) -> bool:
@@ -845,9 +845,11 @@ class SchedulerService:
             or any(ws.processing for ws in s.workers.values())
         )
 
-    async def _request_shutdown(self) -> bool:
-        url = f"{self.config.api_url}/v1/clusters/{self.config.cluster_name}"
-        return await self._request("DELETE", url, what="idle shutdown request")
+    async def _request_shutdown(self, reason: str) -> bool:
+        """Ask the gateway to stop the cluster; ``reason`` ("idle" or "orphan") is what the
+        gateway tells the user (the public gateway ignores it)."""
+        url = f"{self.config.api_url}/v1/clusters/{self.config.cluster_name}?reason={reason}"
+        return await self._request("DELETE", url, what=f"{reason} shutdown request")
 
 
 def _url_host(host: str) -> str:

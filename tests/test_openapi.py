@@ -291,6 +291,17 @@ def test_every_operation_answers_as_documented(gateway, api):
         api("oauthCallback", 404, user=None, query="?state=x&code=y")
 
         api("stopCluster", 403, cluster, user="intruder")
+
+        history = api("clusterEvents", 200, cluster).json()
+        assert [e["kind"] for e in history["events"]][:2] == ["submitted", "starting"]
+        api("clusterEvents", 200, cluster, query=f"?after={history['cursor']}&wait=0.1")
+        api("clusterEvents", 400, cluster, query="?limit=0")
+        api("clusterEvents", 403, cluster, user="intruder")
+        api("clusterEvents", 404, {"cluster_name": "no-such-cluster"})
+        mine = api("userEvents", 200, query="?limit=5").json()
+        assert all(e["user"] == "openapi-user" for e in mine["events"]), mine
+        api("userEvents", 400, query="?since=yesterday")
+        api("userEvents", 403, query="?all=1")
     finally:
         api("stopCluster", 204, {"cluster_name": name})
     api("stopCluster", 204, {"cluster_name": name})  # idempotent

@@ -243,7 +243,8 @@ async def test_scheduler_exits_before_connecting(make):
 
     reason = SchedulerExitsBeforeConnecting.reason
     assert cluster.status == FAILED
-    assert cluster.message == f"The scheduler exited unexpectedly: {reason}"
+    # It never ran: the sentence says so (its log, had the backend kept one, would say why).
+    assert cluster.message == f"The scheduler exited before it started: {reason}"
     assert gw.backend.called("stop_cluster") == [cluster.name]
     stored = await gw.stored(cluster)
     assert (stored.status, stored.message) == (FAILED, cluster.message)

@@ -14,12 +14,12 @@ from typing import Any
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Enum, Unicode, default, observe, validate
+from traitlets import Bool, Enum, Float, Unicode, default, observe, validate
 from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
 from . import __version__
-from .api import clusters, heartbeat, login, server
+from .api import clusters, events, heartbeat, login, server
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
@@ -29,12 +29,18 @@ from .limits import UserLimits
 from .logs import cluster_in_path, logging_config, share_handlers
 from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy, ProxyLink, PublicPort
-from .reconciler import Reconciler
+from .reconciler import EVENTS_MAX_AGE, Reconciler
 from .store import Store, load_or_create_key_file
 from .traits import EntryPointType
 
 #: Every API route, from the lists the API modules end with (in tornado's matching order).
-API_ROUTES: list[Route] = [*server.ROUTES, *clusters.ROUTES, *heartbeat.ROUTES, *login.ROUTES]
+API_ROUTES: list[Route] = [
+    *server.ROUTES,
+    *clusters.ROUTES,
+    *events.ROUTES,
+    *heartbeat.ROUTES,
+    *login.ROUTES,
+]
 
 
 def web_routes(prefix: str, proxy: Proxy) -> list:
@@ -122,6 +128,15 @@ class DaskGateway(Application):
         False,
         help="Let anyone who knows a cluster's name see its dashboard (the public "
         "dask-gateway's behaviour). By default only its owner and admins can.",
+        config=True,
+    )
+    events_max_age = Float(
+        EVENTS_MAX_AGE,
+        min=0,
+        help="Seconds a cluster's events (and kept logs) are kept after it stopped or failed "
+        "(default 7 days); removed every db_cleanup_period seconds. A stopped cluster's events "
+        "stay readable by its owner and admins until then, even once the gateway forgot the "
+        "cluster itself (db_cluster_max_age).",
         config=True,
     )
     log_style = Enum(
@@ -287,7 +302,12 @@ class DaskGateway(Application):
             )
         self.public_port = self._public_port()
         self.reconciler = Reconciler(
-            self.store, self.backend, self.public_port, log=self.log, count_limit=self._count_limit
+            self.store,
+            self.backend,
+            self.public_port,
+            log=self.log,
+            count_limit=self._count_limit,
+            events_max_age=self.events_max_age,
         )
         self.metrics = Metrics(self.reconciler)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe

@@ -23,6 +23,42 @@ _CLUSTER_NAME = {
 }
 
 
+def _query(name: str, description: str, schema: dict) -> dict:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_EVENT_QUERY = [
+    _query(
+        "after",
+        "A cursor: only events with an id above it (the `cursor` of the previous answer).",
+        {"type": "integer", "minimum": 0, "default": 0},
+    ),
+    _query(
+        "since",
+        "Only events at or after this time: milliseconds since the epoch, or an ISO 8601 "
+        "time (UTC unless it says otherwise).",
+        {"type": "string"},
+    ),
+    _query(
+        "limit",
+        "At most this many events (the oldest first).",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000},
+    ),
+    _query(
+        "wait",
+        "Long-poll: when no event matches yet, hold the answer until one is recorded, "
+        "the cluster ends, or this many seconds pass.",
+        {"type": "number", "minimum": 0, "maximum": 60, "default": 0},
+    ),
+]
+
+
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -228,7 +264,9 @@ _SPEC: dict[str, Any] = {
                 "summary": "Stop a cluster.",
                 "description": "Idempotent: an unknown or already stopped cluster also "
                 "answers 204. The cluster's own scheduler may call it with "
-                "`Authorization: token <cluster token>` (idle timeout).",
+                "`Authorization: token <cluster token>` (idle timeout), adding "
+                "`?reason=idle` or `?reason=orphan` for the cluster's events (other "
+                "values, and the argument from anyone else, are ignored).",
                 "security": [
                     {"basic": []},
                     {"kerberos": []},
@@ -322,6 +360,52 @@ _SPEC: dict[str, Any] = {
                     "401": _ERROR,
                     "403": _ERROR,
                     "404": _ERROR,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_name}/events": {
+            "parameters": [_CLUSTER_NAME],
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "clusterEvents",
+                "summary": "What happened to a cluster (not in the public dask-gateway).",
+                "description": "Its history, oldest first: created, queued (with the batch "
+                "system's reason), started, running, scaled, workers started, joined, left or "
+                "failed (with why and the end of their log), stop requested (by whom, or "
+                "why), stopped or failed (the reason in one sentence, the detail after). "
+                "For the cluster's owner and admins, also once it stopped or failed, until "
+                "`DaskGateway.events_max_age` (default 7 days) after it ended.",
+                "parameters": _EVENT_QUERY,
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Events"}, "The events."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                },
+            },
+        },
+        "/api/v1/events": {
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "userEvents",
+                "summary": "The events of every cluster of the user (not in the public "
+                "dask-gateway).",
+                "description": "As for one cluster, each event also naming its `cluster` and "
+                "`user`; `done` is always false (more clusters may come).",
+                "parameters": [
+                    *_EVENT_QUERY,
+                    _query(
+                        "all",
+                        "`1`: every user's events (admins only).",
+                        {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    ),
+                ],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Events"}, "The events."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
                 },
             },
         },
@@ -595,6 +679,66 @@ _SPEC: dict[str, Any] = {
                 },
                 "additionalProperties": False,
             },
+            "Event": {
+                "type": "object",
+                "required": ["id", "time", "kind", "worker", "message", "detail"],
+                "properties": {
+                    "id": {"type": "integer", "description": "Increases with each event."},
+                    "time": {"type": "integer", "description": "Milliseconds since the epoch."},
+                    "kind": {
+                        "enum": [
+                            "submitted",
+                            "starting",
+                            "queued",
+                            "scheduler-started",
+                            "running",
+                            "scaled",
+                            "adaptive",
+                            "worker-queued",
+                            "worker-started",
+                            "worker-joined",
+                            "worker-left",
+                            "worker-failed",
+                            "stop-requested",
+                            "stopped",
+                            "failed",
+                        ]
+                    },
+                    "worker": {
+                        "type": ["string", "null"],
+                        "description": "The worker's name, for the worker-* kinds.",
+                    },
+                    "message": {"type": "string", "description": "One sentence for the user."},
+                    "detail": {
+                        "type": "string",
+                        "description": "Longer text, e.g. the end of a log; may be empty.",
+                    },
+                    "cluster": {"type": "string", "description": "Only in `/api/v1/events`."},
+                    "user": {"type": "string", "description": "Only in `/api/v1/events`."},
+                },
+                "additionalProperties": False,
+            },
+            "Events": {
+                "type": "object",
+                "required": ["events", "cursor", "done"],
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Event"},
+                    },
+                    "cursor": {
+                        "type": "integer",
+                        "description": "The last event's id (else `after`, or 0): the next "
+                        "request's `after`.",
+                    },
+                    "done": {
+                        "type": "boolean",
+                        "description": "The cluster has ended and every event was sent: "
+                        "no more will come.",
+                    },
+                },
+                "additionalProperties": False,
+            },
             "Heartbeat": {
                 "type": "object",
                 "required": [
@@ -648,6 +792,13 @@ _ERROR_OVERRIDES = {
     "2147483647.",
     ("adaptCluster", "422"): "Bounds that are not non-negative integers, minimum > maximum, or "
     "above 2147483647.",
+    ("clusterEvents", "400"): "`after`, `since`, `limit` or `wait` is not valid; the message "
+    "says which.",
+    ("clusterEvents", "404"): "No cluster of that name, or it ended longer than "
+    "`events_max_age` ago.",
+    ("userEvents", "400"): "`after`, `since`, `limit` or `wait` is not valid; the message "
+    "says which.",
+    ("userEvents", "403"): "`all=1` from a user who is not an admin.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
     "the host its job runs on, not its socket, link-local or a cloud "

@@ -25,6 +25,7 @@ from .addresses import (
     parse_addresses,
 )
 from .backends.base import Backend, DBBackendBase
+from .events import EventLog, host_of, last_exception_line, workers
 from .logs import about
 from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
 from .store import Store, StoreUnavailable
@@ -46,6 +47,12 @@ STORE_RETRY_MAX_DELAY = 5.0
 #: loop's backoff in between (about 100 s with the default delays), before it is recorded as
 #: ended anyway: FAILED, with the backend's error as the reason.
 STOP_ATTEMPTS = 10
+
+#: Default retention of a cluster's events (and kept logs) after it ended: 7 days.
+EVENTS_MAX_AGE = 7 * 24 * 3600.0
+
+#: Lines of a worker's log that its failure event carries.
+WORKER_LOG_LINES = 20
 
 
 class SchedulerUnreachable(Exception):
@@ -81,12 +88,19 @@ class Reconciler:
         routes: Routes,
         log: logging.Logger | None = None,
         count_limit: Callable[[Cluster], int | None] | None = None,
+        events: EventLog | None = None,
+        events_max_age: float = EVENTS_MAX_AGE,
     ) -> None:
         """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
-        may ask for (per-user limits)."""
+        may ask for (per-user limits). ``events`` records each cluster's history (default: in
+        ``store``), kept ``events_max_age`` seconds after the cluster ended."""
         self.count_limit = count_limit
         self.store = store
         self.backend = backend
+        self.log = log or logging.getLogger("dask_gateway_server")
+        self.events = events or EventLog(store, self.log)
+        self.events_max_age = events_max_age
+        backend.event_sink = self._backend_event
         if not isinstance(backend, DBBackendBase):  # the timers and limits are its settings
             raise TypeError(
                 f"{type(backend).__name__} is not a DBBackendBase, whose settings (timeouts, "
@@ -94,7 +108,6 @@ class Reconciler:
             )
         self.settings = backend
         self.routes = routes
-        self.log = log or logging.getLogger("dask_gateway_server")
         self.clusters: dict[str, Cluster] = {}
         self.by_token: dict[str, Cluster] = {}
         # Listing a user's clusters must not cost more with every other user's clusters.
@@ -109,10 +122,19 @@ class Reconciler:
         self._starting: dict[Key, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task] = []
         self._http = AsyncHTTPClient()
+        # For the events only (memory; a restart forgets them, the messages then say less):
+        self._adaptive: dict[str, bool] = {}  # by cluster: adaptive scaling is on
+        self._user_counts: dict[str, int] = {}  # by cluster: the last count a user set
+        self._scheduler_exits: dict[str, str] = {}  # by cluster: found dead, and why
+        self._worker_reasons: dict[str, str] = {}  # by worker: why it failed, if known
+        # By cluster, while its start is in progress: set once "scheduler-started" is
+        # recorded, so that "running" (from a fast first heartbeat) never comes before it.
+        self._start_recorded: dict[str, asyncio.Event] = {}
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
         """Load every cluster from the store and resume driving the unfinished ones."""
+        self.events.bind(asyncio.get_running_loop())
         for cluster in await self.store.load():
             self._remember(cluster)
             if cluster.status.is_done:
@@ -159,6 +181,7 @@ class Reconciler:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.events.flush()
 
     async def _until_ended(self, clusters: list[Cluster], timeout: float) -> None:
         """Wait until the final status of each of ``clusters`` is written (not only set in
@@ -201,17 +224,60 @@ class Reconciler:
         )
         await self.store.add_cluster(cluster)
         self._remember(cluster)
+        await self.events.record(cluster, "submitted", f"Cluster created by {user.name}")
         self.queue.put((CLUSTER, name))
         self.log.info("Created cluster %s for user %s", name, user.name, extra=about(name))
         return cluster
 
-    async def stop_cluster(self, cluster: Cluster, failed: bool = False, message: str = "") -> None:
+    async def stop_cluster(
+        self, cluster: Cluster, failed: bool = False, message: str = "", requested: str = ""
+    ) -> None:
+        """Have ``cluster`` stopped (``failed``: it ends FAILED, ``message`` saying why).
+        ``requested``: who asked and why, recorded as its "stop-requested" event."""
         if not cluster.is_active:
             return
         target = JobStatus.FAILED if failed else JobStatus.STOPPED
         await self.store.update_cluster(cluster, target=target, message=message or cluster.message)
+        if requested:
+            await self.events.record(cluster, "stop-requested", requested)
         self._abandon_start((CLUSTER, cluster.name))
         self.queue.put((CLUSTER, cluster.name))
+
+    # -- events ---------------------------------------------------------------------
+    def _backend_event(
+        self, cluster: Cluster, kind: str, message: str, worker: Worker | None, detail: str
+    ) -> None:
+        """``Backend.emit``'s sink: the backend cannot wait, the event is written soon."""
+        self.events.record_soon(cluster, kind, message, worker=worker, detail=detail)
+
+    def scale_requested(self, cluster: Cluster, count: int) -> None:
+        """A user asked for ``count`` workers (adaptive scaling ends): the scheduler's
+        heartbeat repeating that count is no event of its own."""
+        self._adaptive[cluster.name] = False
+        self._user_counts[cluster.name] = count
+
+    def adapt_requested(self, cluster: Cluster, active: bool) -> None:
+        """A user turned adaptive scaling on or off: later counts are adaptive's."""
+        self._adaptive[cluster.name] = active
+        self._user_counts.pop(cluster.name, None)
+
+    async def _worker_log_tail(self, cluster: Cluster, worker: Worker) -> str:
+        """The last lines of a worker's log, if the backend can read it (else "")."""
+        try:
+            chunk = await asyncio.wait_for(
+                self.backend.read_log(cluster, f"worker:{worker.name}", None, 16384), 5
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.log.debug(
+                "Could not read the log of worker %s: %s", worker.name, e, extra=about(cluster)
+            )
+            return ""
+        if chunk is None:
+            return ""
+        lines = chunk.data.decode(errors="replace").splitlines()
+        return "\n".join(lines[-WORKER_LOG_LINES:])
 
     async def on_heartbeat(self, cluster: Cluster, msg: dict) -> None:
         """The scheduler says where it is, how many workers it wants and which it has.
@@ -226,20 +292,33 @@ class Reconciler:
             return
         cluster.last_heartbeat = time.monotonic()
         changes: dict[str, Any] = {}
-        count = min(max(0, msg["count"]), MAX_WORKER_COUNT)  # what the store can hold
-        if cluster.max_workers is not None:
-            count = min(count, cluster.max_workers)
+        requested = count = min(max(0, msg["count"]), MAX_WORKER_COUNT)  # what the store holds
+        clamp = ""
+        if cluster.max_workers is not None and count > cluster.max_workers:
+            count = cluster.max_workers
+            clamp = f"the limit of {workers(count)} per cluster"
         user_limit = self.count_limit(cluster) if self.count_limit else None
-        if user_limit is not None:
-            count = min(count, user_limit)
+        if user_limit is not None and count > user_limit:
+            count = user_limit
+            clamp = f"the limit of {workers(count)} per user"
         if count != cluster.count:
             changes["count"] = count
         if changes:
             await self.store.update_cluster(cluster, **changes)
+            await self._record_scaled(cluster, requested, clamp)
         if became_running:
             self._add_route(cluster)
             cluster.ready.set()
             self.log.info("Cluster %s is running", cluster.name, extra=about(cluster))
+            started = self._start_recorded.get(cluster.name)
+            if started is not None:  # its start is still being recorded: after it
+                try:
+                    await asyncio.wait_for(started.wait(), 5)
+                except asyncio.TimeoutError:
+                    pass
+            await self.events.record(
+                cluster, "running", f"Scheduler running on {host_of(cluster.scheduler_address)}"
+            )
 
         closing = set(msg["closing_workers"])
         for name in set(msg["active_workers"]) | closing:
@@ -249,6 +328,9 @@ class Reconciler:
             if worker.status in (JobStatus.CREATED, JobStatus.SUBMITTED):
                 await self.store.update_worker(worker, status=JobStatus.RUNNING)
                 cluster.worker_start_failures = 0
+                await self.events.record(
+                    cluster, "worker-joined", f"Worker {name} joined the scheduler", worker=name
+                )
             if name in closing and not worker.close_expected:
                 await self.store.update_worker(
                     worker, close_expected=True, target=JobStatus.STOPPED
@@ -264,6 +346,7 @@ class Reconciler:
                     "Worker %s of cluster %s was lost", name, cluster.name, extra=about(cluster)
                 )
                 target = JobStatus.FAILED
+                self._worker_reasons.setdefault(name, "")  # why: the backend's, once stopped
             await self.store.update_worker(worker, target=target)
             self.queue.put((WORKER, cluster.name, name))
 
@@ -280,6 +363,19 @@ class Reconciler:
                 self._abandon_start((WORKER, cluster.name, worker.name))
                 self.queue.put((WORKER, cluster.name, worker.name))
         self.queue.put((CLUSTER, cluster.name))
+
+    async def _record_scaled(self, cluster: Cluster, requested: int, clamp: str) -> None:
+        """A heartbeat changed the worker count: say who asked (adaptive scaling, or the
+        scheduler itself) and which limit lowered it; a user's own scale is recorded by the
+        API (the heartbeat then only repeats it)."""
+        adaptive = self._adaptive.get(cluster.name, False)
+        if not adaptive and self._user_counts.get(cluster.name) == cluster.count:
+            return
+        who = "Adaptive scaling" if adaptive else "The scheduler"
+        message = f"{who} asked for {workers(requested)}"
+        if clamp:
+            message += f", clamped to {cluster.count} by {clamp}"
+        await self.events.record(cluster, "scaled", message)
 
     async def _accept_addresses(self, cluster: Cluster, msg: dict) -> bool:
         """Set the cluster's addresses from its first heartbeat once the backend confirmed
@@ -465,7 +561,16 @@ class Reconciler:
         return task.result()
 
     async def _start(self, cluster: Cluster) -> None:
+        recorded = self._start_recorded[cluster.name] = asyncio.Event()
+        try:
+            await self._start_scheduler(cluster)
+        finally:
+            recorded.set()
+            self._start_recorded.pop(cluster.name, None)
+
+    async def _start_scheduler(self, cluster: Cluster) -> None:
         self.log.info("Starting cluster %s", cluster.name, extra=about(cluster))
+        await self.events.record(cluster, "starting", "Starting the scheduler")
         key = (CLUSTER, cluster.name)
         abandon = self._starting[key] = asyncio.get_running_loop().create_future()
         try:
@@ -505,6 +610,8 @@ class Reconciler:
                 cluster, status=max(cluster.status, JobStatus.SUBMITTED), state=state
             )
         )
+        if state:
+            await self.events.record(cluster, "scheduler-started", _started("Scheduler", state))
         if not cluster.is_active:  # stopped while starting
             self.queue.put((CLUSTER, cluster.name))
 
@@ -574,6 +681,9 @@ class Reconciler:
         return ""
 
     async def _finish(self, cluster: Cluster) -> None:
+        changes: dict[str, Any] = {}
+        details = ""
+        exited = self._scheduler_exits.pop(cluster.name, None)
         if cluster.target == JobStatus.FAILED:
             details = self.backend.failure_details(cluster)
             self.log.warning(
@@ -583,7 +693,23 @@ class Reconciler:
                 f" End of its log:\n{details}" if details else "",
                 extra=about(cluster),
             )
-        await self.store.update_cluster(cluster, status=cluster.target, stop_time=now_ms())
+            if exited is not None and not cluster.scheduler_address:
+                # It never ran: its own last words say why better than an exit code.
+                why = last_exception_line(details) or exited
+                changes["message"] = "The scheduler exited before it started" + (
+                    f": {why}" if why else ""
+                )
+        await self.store.update_cluster(
+            cluster, status=cluster.target, stop_time=now_ms(), **changes
+        )
+        if cluster.status == JobStatus.FAILED:
+            await self.events.record(
+                cluster, "failed", cluster.message or "The cluster failed", detail=details
+            )
+        else:
+            await self.events.record(cluster, "stopped", "Cluster stopped")
+        for memo in (self._adaptive, self._user_counts):
+            memo.pop(cluster.name, None)
         cluster.ready.set()
         cluster.ended.set()
         self.log.info(
@@ -629,6 +755,11 @@ class Reconciler:
                 )
                 # Like a scheduler's: a start that raised (or timed out) may have begun
                 # something, which only the backend's stop can end.
+                self._worker_reasons[worker.name] = (
+                    f"did not start within {self.settings.worker_start_timeout:g} s"
+                    if isinstance(e, asyncio.TimeoutError)
+                    else f"could not be started: {e or type(e).__name__}"
+                )
                 await self._stop_worker(cluster, worker, JobStatus.FAILED, begun=True)
                 await self._count_start_failure(cluster)
                 return
@@ -636,6 +767,9 @@ class Reconciler:
         if state is not None:
             await self._until_stored(
                 lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
+            )
+            await self.events.record(
+                cluster, "worker-started", _started(f"Worker {worker.name}", state), worker=worker
             )
         if worker.target != JobStatus.RUNNING or not cluster.is_active:
             await self._stop_worker(cluster, worker, worker.target, begun=True)
@@ -668,7 +802,8 @@ class Reconciler:
             async with lock:
                 if worker.status.is_done:
                     return
-                if worker.status != JobStatus.CREATED or begun:
+                started = worker.status != JobStatus.CREATED or begun
+                if started:
                     error = await self._backend_stop(
                         cluster,
                         worker.name,
@@ -677,16 +812,44 @@ class Reconciler:
                     )
                     if error:
                         target = JobStatus.FAILED
+                        self._worker_reasons.setdefault(
+                            worker.name, f"the backend could not stop it: {error}"
+                        )
                 await self.store.update_worker(
                     worker, status=target, target=target, stop_time=now_ms()
                 )
+                reason = self._worker_reasons.pop(worker.name, None)
+                if target == JobStatus.FAILED:
+                    await self._record_worker_failed(cluster, worker, reason or "")
+                elif started:
+                    await self.events.record(
+                        cluster, "worker-left", f"Worker {worker.name} stopped", worker=worker
+                    )
         finally:
             if worker.status.is_done:  # later callers return before they need a lock
                 self._worker_stops.pop(worker.name, None)
 
-    async def _worker_failed(self, cluster: Cluster, worker: Worker) -> None:
-        """A starting worker the timers found dead or late: the reconcile loop stops it (the
-        timers never wait on the backend), and too many in a row fail the cluster."""
+    async def _record_worker_failed(self, cluster: Cluster, worker: Worker, reason: str) -> None:
+        """A worker's "worker-failed" event: why (what the timers saw, else what the backend
+        says of its end, now that it is stopped) and the end of its log."""
+        if not reason:
+            try:
+                reason = self.backend.exit_reason(cluster, worker)
+            except Exception:
+                self.log.exception("exit_reason failed", extra=about(cluster))
+        await self.events.record(
+            cluster,
+            "worker-failed",
+            f"Worker {worker.name} failed: {reason or 'it ended unexpectedly'}",
+            worker=worker,
+            detail=await self._worker_log_tail(cluster, worker),
+        )
+
+    async def _worker_failed(self, cluster: Cluster, worker: Worker, reason: str = "") -> None:
+        """A starting worker the timers found dead or late (``reason``: how): the reconcile
+        loop stops it (the timers never wait on the backend), and too many in a row fail the
+        cluster."""
+        self._worker_reasons[worker.name] = reason
         await self.store.update_worker(worker, target=JobStatus.FAILED)
         self.queue.put((WORKER, cluster.name, worker.name))
         await self._count_start_failure(cluster)
@@ -747,9 +910,8 @@ class Reconciler:
                 self.log.info(
                     "Cluster %s reached its maximum lifetime", cluster.name, extra=about(cluster)
                 )
-                await self.stop_cluster(
-                    cluster, message=f"Stopped at its maximum lifetime of {lifetime:g} s"
-                )
+                why = f"Stopped at its maximum lifetime of {lifetime:g} s"
+                await self.stop_cluster(cluster, message=why, requested=why)
                 continue
             if (
                 cluster.status == JobStatus.SUBMITTED
@@ -783,7 +945,11 @@ class Reconciler:
                             cluster.name,
                             extra=about(cluster),
                         )
-                        await self._worker_failed(cluster, worker)
+                        await self._worker_failed(
+                            cluster,
+                            worker,
+                            f"did not start within {s.worker_start_timeout:g} s",
+                        )
 
     async def _check_clusters(self) -> None:
         clusters = [
@@ -808,6 +974,7 @@ class Reconciler:
                     f": {reason}" if reason else "",
                     extra=about(cluster),
                 )
+                self._scheduler_exits[cluster.name] = reason
                 await self.stop_cluster(
                     cluster,
                     failed=True,
@@ -842,10 +1009,13 @@ class Reconciler:
                         f": {reason}" if reason else "",
                         extra=about(cluster),
                     )
-                    await self._worker_failed(cluster, worker)
+                    await self._worker_failed(
+                        cluster, worker, reason or "it exited before joining the scheduler"
+                    )
 
     async def _cleanup_loop(self) -> None:
-        """Forget clusters stopped longer than ``db_cluster_max_age`` ago."""
+        """Forget clusters stopped longer than ``db_cluster_max_age`` ago, and remove the
+        history (events, kept logs) of those that ended more than ``events_max_age`` ago."""
         while True:
             await asyncio.sleep(self.settings.db_cleanup_period)
             try:
@@ -858,3 +1028,28 @@ class Reconciler:
                 pass  # the store logged it; the next period tries again
             except Exception:
                 self.log.exception("Error removing old cluster records")
+            try:
+                cutoff = now_ms() - int(self.events_max_age * 1000)
+                gone = await self.events.delete_ended_before(cutoff)
+                if gone:
+                    await self._history_removed(gone)
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable:
+                pass
+            except Exception:
+                self.log.exception("Error removing old cluster events")
+
+    async def _history_removed(self, names: list[str]) -> None:
+        """The events of clusters ``names`` are gone (past ``events_max_age``): whatever
+        else is kept of them goes too (kept logs: ``ClusterLogs.forget(names)``)."""
+        self.log.debug("Removed the events of %d ended clusters", len(names))
+
+
+def _started(what: str, state: dict) -> str:
+    """What a backend's start state says of where the process is: a pid, a batch job."""
+    if "job_id" in state:
+        return f"{what} submitted as job {state['job_id']}"
+    if "pid" in state:
+        return f"{what} started (pid {state['pid']})"
+    return f"{what} started"

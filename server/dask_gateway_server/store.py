@@ -67,6 +67,26 @@ workers_table = sa.Table(
     sa.Column("stop_time", sa.BigInteger, nullable=True),
 )
 
+#: A cluster's history for its user (events.py). No foreign key: events outlive the cluster
+#: row (forgotten after ``db_cluster_max_age``) and are removed by their own retention.
+events_table = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("cluster", sa.Unicode(255), nullable=False, index=True),
+    sa.Column("username", sa.Unicode(255), nullable=False, index=True),
+    sa.Column("time", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Unicode(32), nullable=False),
+    sa.Column("worker", sa.Unicode(255), nullable=True),
+    sa.Column("message", sa.UnicodeText, nullable=False),
+    sa.Column("detail", sa.UnicodeText, nullable=False),
+    # For retention: the ends (and starts) before a time, without reading every event.
+    sa.Index("ix_events_kind_time", "kind", "time"),
+)
+
+#: The kinds that end a cluster's history: retention counts from them.
+END_KINDS = ("stopped", "failed")
+
 _CLUSTER_COLUMNS = {
     "status",
     "target",
@@ -341,6 +361,87 @@ class Store:
                 conn.execute(workers_table.delete().where(workers_table.c.cluster_id.in_(ids)))
                 conn.execute(clusters_table.delete().where(c.id.in_(ids)))
         return [r.name for r in rows]
+
+    # -- events ------------------------------------------------------------
+    async def add_event(self, values: dict[str, Any]) -> int:
+        """Insert one event (``events_table``'s columns but ``id``); returns its id."""
+        return await self._run(self._insert, events_table, values)
+
+    async def query_events(
+        self,
+        cluster: str | None = None,
+        username: str | None = None,
+        after: int = 0,
+        since: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Events with id > ``after`` (and time >= ``since``), oldest first, at most ``limit``;
+        of one cluster, one user, or (neither given) everyone's."""
+        return await self._run(self._query_events, cluster, username, after, since, limit)
+
+    def _query_events(
+        self, cluster: str | None, username: str | None, after: int, since: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        e = events_table.c
+        query = sa.select(events_table).where(e.id > after)
+        if cluster is not None:
+            query = query.where(e.cluster == cluster)
+        if username is not None:
+            query = query.where(e.username == username)
+        if since is not None:
+            query = query.where(e.time >= since)
+        query = query.order_by(e.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    async def event_owner(self, cluster: str) -> str | None:
+        """Whose cluster ``cluster`` was, from its events (None: it has none)."""
+        return await self._run(self._event_owner, cluster)
+
+    def _event_owner(self, cluster: str) -> str | None:
+        e = events_table.c
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(e.username).where(e.cluster == cluster).limit(1)
+            ).scalar_one_or_none()
+
+    async def delete_events_ended_before(self, time_ms: int) -> list[str]:
+        """Remove the events of clusters that ended (their ``stopped`` or ``failed`` event)
+        before ``time_ms``, and of clusters the store forgot whose last event is older (their
+        end was never recorded, e.g. the gateway was killed); returns the clusters' names."""
+        return await self._run(self._delete_events_ended_before, time_ms)
+
+    def _delete_events_ended_before(self, time_ms: int) -> list[str]:
+        e = events_table.c
+        with self.engine.begin() as conn:
+            ended = set(
+                conn.execute(
+                    sa.select(e.cluster).where(e.kind.in_(END_KINDS), e.time < time_ms).distinct()
+                ).scalars()
+            )
+            # Without a recorded end: clusters the store forgot, submitted before the cutoff,
+            # and with nothing newer (few: the others went with their end event).
+            candidates = (
+                sa.select(e.cluster)
+                .where(
+                    e.kind == "submitted",
+                    e.time < time_ms,
+                    e.cluster.not_in(sa.select(clusters_table.c.name)),
+                )
+                .scalar_subquery()
+            )
+            forgotten = set(
+                conn.execute(
+                    sa.select(e.cluster)
+                    .where(e.cluster.in_(candidates))
+                    .group_by(e.cluster)
+                    .having(sa.func.max(e.time) < time_ms)
+                ).scalars()
+            )
+            names = sorted(ended | forgotten)
+            for i in range(0, len(names), 500):  # bound the statement's parameters
+                conn.execute(events_table.delete().where(e.cluster.in_(names[i : i + 500])))
+        return names
 
 
 def _short(e: Exception) -> str:

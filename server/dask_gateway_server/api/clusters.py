@@ -8,6 +8,7 @@ import json
 from traitlets import TraitError
 
 from ..backends.base import UserNotAllowed
+from ..events import workers
 from ..limits import LimitExceeded
 from ..models import MAX_WORKER_COUNT, Cluster, ClusterStatus, JobStatus
 from ..reconciler import SchedulerUnreachable
@@ -120,19 +121,35 @@ class ClusterHandler(BaseHandler):
         token = token_from(self.request)
         cluster = self.reconciler.by_token.get(token) if token else None
         if cluster is not None and cluster.name == name:
-            await self.reconciler.stop_cluster(cluster)
+            why = _scheduler_reason(self.get_query_argument("reason", ""), cluster.config)
+            await self.reconciler.stop_cluster(
+                cluster, requested="Its scheduler asked to stop" + (f": {why}" if why else "")
+            )
         else:
             self.current_user = await self.authenticate()
+            user = self.current_user
             cluster = self.reconciler.clusters.get(name)
             if cluster is not None:
-                if not self.current_user.can_access(cluster):
+                if not user.can_access(cluster):
                     raise APIError(
                         403,
-                        f"User {self.current_user.name} lacks permissions to stop cluster {name}",
+                        f"User {user.name} lacks permissions to stop cluster {name}",
                     )
-                await self.reconciler.stop_cluster(cluster)
+                by = user.name if user.name == cluster.username else f"admin {user.name}"
+                await self.reconciler.stop_cluster(cluster, requested=f"Stop requested by {by}")
         self.set_status(204)
         self.finish()
+
+
+def _scheduler_reason(reason: str, config: dict) -> str:
+    """Why our scheduler preload asks to stop (``DELETE ...?reason=``), as the user reads it;
+    the numbers come from the cluster's configuration, never from the scheduler. Unknown or
+    no reason (the public preload sends none): ""."""
+    if reason == "idle":
+        return f"idle for more than {float(config.get('idle_timeout') or 0):g} s"
+    if reason == "orphan":
+        return "its client is gone (orphan timeout)"
+    return ""
 
 
 def _int_or_none(body: dict, key: str) -> int | None:
@@ -152,6 +169,7 @@ class ScaleHandler(BaseHandler):
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise APIError(422, f"Scale expects a non-negative integer, got {count!r}")
         msg = None
+        asked = count
         limit = cluster.max_workers
         if limit is not None and count > limit:
             msg = (
@@ -170,7 +188,17 @@ class ScaleHandler(BaseHandler):
             )
         except LimitExceeded as e:
             raise APIError(422, str(e)) from None
+        self.reconciler.scale_requested(cluster, count)
         await self._send(cluster, {"op": "scale", "count": count})
+        user = self.current_user.name
+        event = f"Scaled to {workers(count)} by {user}"
+        if count != asked:
+            event = (
+                f"{user} asked for {workers(asked)}, clamped to {count} by the limit of "
+                f"{workers(count)} per cluster"
+            )
+        # Before the count is set: the workers it starts come after it in the history.
+        await self.reconciler.events.record(cluster, "scaled", event)
         await self.reconciler.set_count(cluster, count)
         self.write_json({"ok": msg is None, "msg": msg})
 
@@ -226,6 +254,19 @@ class AdaptHandler(ScaleHandler):
         await self._send(
             cluster, {"op": "adapt", "minimum": minimum, "maximum": maximum, "active": active}
         )
+        self.reconciler.adapt_requested(cluster, active)
+        user = self.current_user.name
+        if active:
+            if maximum is None:
+                bounds = f"at least {workers(minimum or 0)}"
+            else:
+                bounds = f"{minimum or 0} to {workers(maximum)}"
+            event = f"Adaptive scaling set by {user}: {bounds}"
+            if msg is not None:
+                event += " (lowered to the limits)"
+        else:
+            event = f"Adaptive scaling turned off by {user}"
+        await self.reconciler.events.record(cluster, "adaptive", event)
         self.write_json({"ok": msg is None, "msg": msg})
 
 
