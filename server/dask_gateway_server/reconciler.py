@@ -25,6 +25,7 @@ from .addresses import (
     parse_addresses,
 )
 from .backends.base import Backend, DBBackendBase
+from .cluster_logs import ClusterLogs
 from .logs import about
 from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
 from .store import Store, StoreUnavailable
@@ -37,6 +38,9 @@ WORKER = "worker"
 #: What the reconcile loop is asked to handle: ``(CLUSTER, name)`` or
 #: ``(WORKER, cluster name, worker name)``.
 Key = tuple[str, ...]
+
+#: Longest a cluster's stop waits for its logs to be kept.
+KEEP_LOGS_TIMEOUT = 30.0
 
 #: Longest retry delay while the database is unavailable: retrying costs one connection
 #: attempt, and everything should resume soon after the database is back.
@@ -81,10 +85,12 @@ class Reconciler:
         routes: Routes,
         log: logging.Logger | None = None,
         count_limit: Callable[[Cluster], int | None] | None = None,
+        logs: ClusterLogs | None = None,
     ) -> None:
         """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
-        may ask for (per-user limits)."""
+        may ask for (per-user limits). ``logs`` keeps each cluster's logs when it stops."""
         self.count_limit = count_limit
+        self.logs = logs
         self.store = store
         self.backend = backend
         if not isinstance(backend, DBBackendBase):  # the timers and limits are its settings
@@ -533,6 +539,7 @@ class Reconciler:
             raise errors[0]
         if starting:
             return
+        await self._keep_logs(cluster)
         error = await self._backend_stop(
             cluster,
             cluster.name,
@@ -547,6 +554,27 @@ class Reconciler:
             )
             await self.store.update_cluster(cluster, target=JobStatus.FAILED, message=message)
         await self._finish(cluster)
+
+    async def _keep_logs(self, cluster: Cluster) -> None:
+        """Keep the cluster's logs before the backend stops it (the local backend removes
+        its directory then). A failure is logged: it never holds up the stop."""
+        if self.logs is None:
+            return
+        try:
+            await asyncio.wait_for(self.logs.keep(cluster), KEEP_LOGS_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "Keeping the logs of cluster %s took longer than %g s; stopping it without",
+                cluster.name,
+                KEEP_LOGS_TIMEOUT,
+                extra=about(cluster),
+            )
+        except Exception as e:
+            self.log.warning(
+                "Could not keep the logs of cluster %s: %r", cluster.name, e, extra=about(cluster)
+            )
 
     async def _backend_stop(
         self, cluster: Cluster, name: str, what: str, stop: Callable[[], Awaitable[None]]
