@@ -16,6 +16,7 @@ import urllib.parse
 import uuid
 
 import cloudpickle
+import pytest
 from support.http_helpers import basic, call
 from support.waiting import wait_for
 from users import ADMIN, ALICE, BOB, in_scheduler
@@ -42,7 +43,10 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, public_tmp):
+@pytest.mark.parametrize("swapped", ["files", "directory"])
+def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, public_tmp, swapped):
+    """``files``: each log becomes a link (to root's file, to bob's log) or a FIFO;
+    ``directory``: the whole ``logs`` directory becomes a link to bob's."""
     secret = f"ROOT-ONLY-{uuid.uuid4().hex}"
     secret_file = public_tmp / "secret"
     secret_file.write_text(secret + "\n")
@@ -74,9 +78,15 @@ def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, pub
         assert all(own in text for text in before.values()), before
 
         # The attack, from her scheduler (her own code, as her).
+        attack = (
+            f"import os; os.rename('logs', 'logs.moved'); os.symlink({str(bobs_log.parent)!r}, 'logs')"
+            if swapped == "directory"
+            else ""
+        )
         in_scheduler(
             client,
-            textwrap.dedent(f"""
+            attack
+            or textwrap.dedent(f"""
             import os
             os.remove("logs/worker-{workers[0]}.log")
             os.symlink({str(secret_file)!r}, "logs/worker-{workers[0]}.log")
