@@ -163,3 +163,11 @@ async def test_wait_returns_when_the_log_grows_or_the_cluster_ends(tmp_path):
     chunk = await logs.read_wait(c, "scheduler", 8, timeout=30)
     await task
     assert chunk == LogChunk(b"", 8, 8) and logs.done(c)
+
+
+async def test_a_cluster_without_logs_gets_no_directory(tmp_path):
+    logs = ClusterLogs(MemoryBackend(), str(tmp_path / "kept"))
+    c = cluster()
+    await logs.keep(c)
+    assert not (tmp_path / "kept" / c.name).exists()
+    assert await logs.owner(c.name) is None and await logs.components(c) == []

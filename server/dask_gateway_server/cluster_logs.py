@@ -124,7 +124,8 @@ class ClusterLogs:
     async def keep(self, cluster: Cluster) -> None:
         """Copy the newest ``max_bytes`` of each of the cluster's logs (at most
         ``max_workers`` workers', the newest) where the gateway keeps them. Called once its
-        workers stopped, before its scheduler is stopped; a second call keeps nothing more."""
+        workers stopped, before its scheduler is stopped; a second call keeps nothing more.
+        A cluster without any log gets no directory."""
         if not _NAME.fullmatch(cluster.name) or await self._kept(cluster.name) is not None:
             return
         components = await self.backend.log_components(cluster)
@@ -146,6 +147,8 @@ class ClusterLogs:
                 continue
             if chunk is not None:
                 chunks[component] = chunk
+        if not chunks:  # nothing to keep (it never started): no directory either
+            return
         kept = await asyncio.get_running_loop().run_in_executor(
             None, self._write_kept, cluster.name, cluster.username, chunks
         )
