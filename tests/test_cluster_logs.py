@@ -25,6 +25,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ALICE, BOB, ADMIN = "logs-alice", "logs-bob", "logs-admin"
 MAX_BYTES = 64 * 1024
+BROKEN_PYTHON = "/usr/bin/python3"  # Debian's, without distributed
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,14 @@ def gw(tmp_path_factory):
         f"load_subconfig({str(CONFIGS / 'gateway_config.py')!r})\n"
         f"c.Authenticator.admin_users = {{{ADMIN!r}}}\n"
         f"c.DaskGateway.cluster_log_max_bytes = {MAX_BYTES}\n"
+        # An environment whose Python cannot import distributed: its scheduler fails.
+        "import sys\n"
+        "from dask_gateway_server.options import Options, Select\n"
+        "c.Backend.cluster_options = Options(\n"
+        "    Select('environment', [('basic', sys.executable), ('broken', "
+        f"{BROKEN_PYTHON!r})], target='python'),\n"
+        "    handler=lambda options: {'python': options.python},\n"
+        ")\n"
     )
     gw = GatewayProcess(data_dir / "gw", config=config)
     gw.start()
@@ -293,3 +302,19 @@ def test_kept_logs_are_the_gateways(gw, cluster):
     index = json.loads((folder / "index.json").read_text())
     assert index["user"] == ALICE
     assert [c["component"] for c in index["components"]][0] == "scheduler"
+
+
+def test_a_failed_schedulers_log_says_why(gw):
+    """A scheduler whose Python cannot import distributed: its log, kept after the failure,
+    has the ImportError."""
+    from dask_gateway import GatewayClusterError
+
+    with _gateway(gw, ALICE) as gateway:
+        with pytest.raises(GatewayClusterError):
+            gateway.new_cluster(environment="broken")
+        (report,) = [c for c in gateway.list_clusters(status="failed")]
+    name = report.name
+    body = logs(gw, name, component="scheduler").json()
+    assert body["done"] is True
+    assert "No module named" in body["logs"]["scheduler"], body
+    assert "No module named" in logs(gw, name).json()["logs"]["scheduler"]
