@@ -262,6 +262,15 @@ def test_every_operation_answers_as_documented(gateway, api):
             assert time.monotonic() < deadline, f"workers never settled: {workers}"
             time.sleep(0.2)
 
+        assert "scheduler" in api("clusterLogs", 200, cluster).json()["logs"]
+        one = api("clusterLogs", 200, cluster, query="?component=scheduler&tail=5").json()
+        assert set(one) == {"logs", "offset", "start", "done"}
+        api("clusterLogs", 400, cluster, query="?component=scheduler&tail=0")
+        api("clusterLogs", 401, cluster, user=None)
+        api("clusterLogs", 403, cluster, user="intruder")
+        api("clusterLogs", 404, cluster, query="?component=nanny")
+        api("clusterLogs", 404, {"cluster_name": "no-such-cluster"})
+
         assert (
             api("adaptCluster", 200, cluster, body={"minimum": 1, "maximum": 2}).json()["ok"]
             is True

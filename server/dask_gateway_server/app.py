@@ -14,16 +14,17 @@ from typing import Any
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Enum, Float, Unicode, default, observe, validate
+from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, observe, validate
 from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
 from . import __version__
-from .api import clusters, events, heartbeat, login, server
+from .api import clusters, events, heartbeat, login, logs, server
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
 from .backends.base import Backend, ClusterConfig
+from .cluster_logs import ClusterLogs
 from .config_check import unrecognized_settings
 from .limits import UserLimits
 from .logs import cluster_in_path, logging_config, share_handlers
@@ -31,13 +32,14 @@ from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy, ProxyLink, PublicPort
 from .reconciler import EVENTS_MAX_AGE, Reconciler
 from .store import Store, load_or_create_key_file
-from .traits import EntryPointType
+from .traits import EntryPointType, MemoryLimit
 
 #: Every API route, from the lists the API modules end with (in tornado's matching order).
 API_ROUTES: list[Route] = [
     *server.ROUTES,
     *clusters.ROUTES,
     *events.ROUTES,
+    *logs.ROUTES,
     *heartbeat.ROUTES,
     *login.ROUTES,
 ]
@@ -149,6 +151,20 @@ class DaskGateway(Application):
         "cluster; tracebacks in exc_info.",
         config=True,
     )
+    cluster_log_max_bytes = MemoryLimit(
+        2**20,
+        help="The most of each scheduler's and worker's log that the gateway keeps once its "
+        "cluster stopped (the newest bytes, from a line start), and the most of one log in "
+        "any answer of the logs route (bytes or a string like '1 M').",
+        config=True,
+    )
+    cluster_log_max_workers = Integer(
+        100,
+        min=0,
+        help="Worker logs kept per cluster once it stopped (the newest workers'); the "
+        "scheduler's log is always kept.",
+        config=True,
+    )
     backend_class = EntryPointType(
         "unsafe-local",
         klass=Backend,
@@ -220,6 +236,14 @@ class DaskGateway(Application):
         super()._configure_logging()
         if self.log.handlers:
             self.log.setLevel(min(h.level for h in self.log.handlers) or logging.DEBUG)
+
+    @validate("cluster_log_max_bytes")
+    def _check_log_max_bytes(self, proposal):
+        if proposal.value < 1024:
+            raise TraitError(
+                f"cluster_log_max_bytes must be at least 1024 bytes, got {proposal.value}"
+            )
+        return proposal.value
 
     @validate("address")
     def _check_address(self, proposal):
@@ -301,6 +325,13 @@ class DaskGateway(Application):
                 n,
             )
         self.public_port = self._public_port()
+        self.cluster_logs = ClusterLogs(
+            self.backend,
+            os.path.join(self.data_dir, "cluster-logs"),
+            max_bytes=self.cluster_log_max_bytes,
+            max_workers=self.cluster_log_max_workers,
+            log=self.log,
+        )
         self.reconciler = Reconciler(
             self.store,
             self.backend,
@@ -308,6 +339,7 @@ class DaskGateway(Application):
             log=self.log,
             count_limit=self._count_limit,
             events_max_age=self.events_max_age,
+            logs=self.cluster_logs,
         )
         self.metrics = Metrics(self.reconciler)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe

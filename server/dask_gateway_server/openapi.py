@@ -385,6 +385,76 @@ _SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/v1/clusters/{cluster_name}/logs": {
+            "parameters": [_CLUSTER_NAME],
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "clusterLogs",
+                "summary": "The logs of a cluster's scheduler and workers (not in the public "
+                "dask-gateway).",
+                "description": "For the cluster's owner and admins; stopped and failed clusters "
+                "too, until the gateway's retention (`DaskGateway.events_max_age`) removes "
+                "them. Live while the cluster runs; once it stopped, the copy the gateway "
+                "kept (`DaskGateway.cluster_log_max_bytes` of each log, the newest). Without "
+                "`component`: every log, the scheduler first, then the workers by start "
+                "time. With `component`: that log, with the byte positions to go on from "
+                "(`offset`, long-polled with `wait`), or with `follow=1` a `text/plain` "
+                "stream of it that writes new lines as they are written and ends once the "
+                "cluster has ended and all is sent. Any answer holds at most "
+                "`cluster_log_max_bytes` of a log: the newest, from a line start.",
+                "parameters": [
+                    {
+                        "name": "component",
+                        "in": "query",
+                        "description": "`scheduler` or `worker:NAME`.",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "tail",
+                        "in": "query",
+                        "description": "Only the last lines of each log.",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "description": "With `component`: only the bytes from this position "
+                        "(the `offset` of a previous answer); before the oldest kept byte: "
+                        "from that one.",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": "With `component` and `offset`: seconds to hold the "
+                        "request until the log grows past `offset` or the cluster ends.",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                    },
+                    {
+                        "name": "follow",
+                        "in": "query",
+                        "description": "With `component`: `1` streams the log as text.",
+                        "schema": {"type": "integer", "enum": [0, 1]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The logs (JSON), or with `follow=1` the log as a "
+                        "stream of text.",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Logs"},
+                            },
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "404": _ERROR,
+                },
+            },
+        },
         "/api/v1/events": {
             "get": {
                 "tags": ["clusters"],
@@ -739,6 +809,34 @@ _SPEC: dict[str, Any] = {
                 },
                 "additionalProperties": False,
             },
+            "Logs": {
+                "type": "object",
+                "required": ["logs"],
+                "properties": {
+                    "logs": {
+                        "type": "object",
+                        "description": "Component (`scheduler`, `worker:NAME`) to its text.",
+                        "additionalProperties": {"type": "string"},
+                    },
+                    "offset": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "With `component`: the byte position after the text "
+                        "(where the next request goes on).",
+                    },
+                    "start": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "With `component`: the byte position of its first byte.",
+                    },
+                    "done": {
+                        "type": "boolean",
+                        "description": "With `component`: the cluster has ended, the log "
+                        "will not grow.",
+                    },
+                },
+                "additionalProperties": False,
+            },
             "Heartbeat": {
                 "type": "object",
                 "required": [
@@ -783,6 +881,10 @@ _ERROR_MEANINGS = {
     "503": "Something the gateway depends on is unreachable.",
 }
 _ERROR_OVERRIDES = {
+    ("clusterLogs", "400"): "`tail`, `offset`, `wait` or `follow` out of range, or `offset`, "
+    "`wait` or `follow` without `component`.",
+    ("clusterLogs", "404"): "No cluster of that name (or past retention), or a component it "
+    "never had; the message names those it has.",
     ("getOptions", "500"): "The gateway's `cluster_options` (a callable in its config) failed.",
     ("listClusters", "403"): "`all=1` from a user who is not an admin.",
     ("listClusters", "422"): "An unknown status in `status`.",

@@ -25,6 +25,7 @@ from .addresses import (
     parse_addresses,
 )
 from .backends.base import Backend, DBBackendBase
+from .cluster_logs import ClusterLogs
 from .events import EventLog, host_of, last_exception_line, workers
 from .logs import about
 from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
@@ -38,6 +39,9 @@ WORKER = "worker"
 #: What the reconcile loop is asked to handle: ``(CLUSTER, name)`` or
 #: ``(WORKER, cluster name, worker name)``.
 Key = tuple[str, ...]
+
+#: Longest a cluster's stop waits for its logs to be kept.
+KEEP_LOGS_TIMEOUT = 30.0
 
 #: Longest retry delay while the database is unavailable: retrying costs one connection
 #: attempt, and everything should resume soon after the database is back.
@@ -90,11 +94,14 @@ class Reconciler:
         count_limit: Callable[[Cluster], int | None] | None = None,
         events: EventLog | None = None,
         events_max_age: float = EVENTS_MAX_AGE,
+        logs: ClusterLogs | None = None,
     ) -> None:
         """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
         may ask for (per-user limits). ``events`` records each cluster's history (default: in
-        ``store``), kept ``events_max_age`` seconds after the cluster ended."""
+        ``store``), kept ``events_max_age`` seconds after the cluster ended, like the logs
+        that ``logs`` keeps of each cluster when it stops."""
         self.count_limit = count_limit
+        self.logs = logs
         self.store = store
         self.backend = backend
         self.log = log or logging.getLogger("dask_gateway_server")
@@ -640,6 +647,7 @@ class Reconciler:
             raise errors[0]
         if starting:
             return
+        await self._keep_logs(cluster)
         error = await self._backend_stop(
             cluster,
             cluster.name,
@@ -654,6 +662,27 @@ class Reconciler:
             )
             await self.store.update_cluster(cluster, target=JobStatus.FAILED, message=message)
         await self._finish(cluster)
+
+    async def _keep_logs(self, cluster: Cluster) -> None:
+        """Keep the cluster's logs before the backend stops it (the local backend removes
+        its directory then). A failure is logged: it never holds up the stop."""
+        if self.logs is None:
+            return
+        try:
+            await asyncio.wait_for(self.logs.keep(cluster), KEEP_LOGS_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "Keeping the logs of cluster %s took longer than %g s; stopping it without",
+                cluster.name,
+                KEEP_LOGS_TIMEOUT,
+                extra=about(cluster),
+            )
+        except Exception as e:
+            self.log.warning(
+                "Could not keep the logs of cluster %s: %r", cluster.name, e, extra=about(cluster)
+            )
 
     async def _backend_stop(
         self, cluster: Cluster, name: str, what: str, stop: Callable[[], Awaitable[None]]
@@ -1042,8 +1071,10 @@ class Reconciler:
 
     async def _history_removed(self, names: list[str]) -> None:
         """The events of clusters ``names`` are gone (past ``events_max_age``): whatever
-        else is kept of them goes too (kept logs: ``ClusterLogs.forget(names)``)."""
+        else is kept of them goes too: their kept logs."""
         self.log.debug("Removed the events of %d ended clusters", len(names))
+        if self.logs is not None:
+            await self.logs.forget(names)
 
 
 def _started(what: str, state: dict) -> str:

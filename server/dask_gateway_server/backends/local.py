@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import pwd
+import re
 import signal
 import sys
 import tempfile
@@ -26,9 +27,9 @@ from ..addresses import (
 )
 from ..logs import about
 from ..models import Cluster, User, Worker
-from .base import ClusterConfig, DBBackendBase, local_account
+from .base import ClusterConfig, DBBackendBase, LogChunk, local_account
 from .launchers import ForkServerLauncher, SubprocessLauncher, process_start_ticks
-from .safe_files import ensure_private_dir, make_owned_tree, read_tail, remove_tree
+from .safe_files import ensure_private_dir, make_owned_tree, read_range, read_tail, remove_tree
 
 __all__ = [
     "LocalBackend",
@@ -37,6 +38,16 @@ __all__ = [
     "SubprocessLauncher",
     "ForkServerLauncher",
 ]
+
+
+#: What a worker's name must look like to name its log file (the gateway's own are hex).
+_WORKER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+def worker_log_name(worker_name: str) -> str | None:
+    """The file name of a worker's log in the cluster's ``logs`` directory, or None for a
+    name that cannot be one."""
+    return f"worker-{worker_name}.log" if _WORKER_NAME.fullmatch(worker_name) else None
 
 
 class LocalClusterConfig(ClusterConfig):
@@ -328,15 +339,68 @@ class LocalBackend(DBBackendBase):
     def failure_details(self, cluster: Cluster) -> str:
         return self._log_tails.pop(cluster.name, "")
 
-    def _log_tail(self, cluster: Cluster) -> str:
-        """The end of the scheduler's log: a file of the user's, read without following a
-        symlink, and only if it is a regular file of theirs (blocking)."""
-        owner = cluster.state.get("uid") if self.run_as_user else os.geteuid()
+    # -- logs -----------------------------------------------------------------------
+    async def log_components(self, cluster: Cluster) -> list[str]:
+        """The scheduler (once started) and each worker started, by start time: from the
+        gateway's records, never from a listing of the user's directory."""
+        if not cluster.state:
+            return []
+        workers = sorted(
+            (w for w in cluster.workers.values() if w.state and worker_log_name(w.name)),
+            key=lambda w: (w.start_time, w.id or 0),
+        )
+        return ["scheduler", *(f"worker:{w.name}" for w in workers)]
+
+    def _log_path(self, cluster: Cluster, component: str) -> str | None:
+        """``logs/...`` of a component, relative to the cluster's directory; None for a
+        component the gateway has no record of."""
+        if component == "scheduler":
+            return "logs/scheduler.log"
+        kind, _, name = component.partition(":")
+        if kind != "worker" or name not in cluster.workers:
+            return None
+        file = worker_log_name(name)
+        return f"logs/{file}" if file else None
+
+    async def read_log(
+        self, cluster: Cluster, component: str, offset: int | None, limit: int
+    ) -> LogChunk | None:
+        """A log file in the cluster's directory, the user's: read as ``read_range`` reads
+        (no symlink followed, only a regular file of the cluster's user), in an executor."""
+        relpath = self._log_path(cluster, component)
+        if relpath is None:
+            return None
+
+        def read() -> tuple[bytes, int] | None:
+            owner = self._log_owner(cluster)
+            if owner is None:
+                return None
+            return read_range(self.workdir(cluster), relpath, offset, limit, owner)
+
+        got = await asyncio.get_running_loop().run_in_executor(None, read)
+        if got is None:
+            return None
+        data, start = got
+        return LogChunk(data, start, start + len(data))
+
+    def _log_owner(self, cluster: Cluster) -> int | None:
+        """The uid a log of the cluster must belong to (blocking: NSS); None if unknown."""
+        if not self.run_as_user:
+            return os.geteuid()
+        owner = cluster.state.get("uid")
         if owner is None:
             try:
                 owner = local_account(cluster.username, self.min_user_uid).pw_uid
             except Exception:
-                return ""
+                return None
+        return owner
+
+    def _log_tail(self, cluster: Cluster) -> str:
+        """The end of the scheduler's log: a file of the user's, read without following a
+        symlink, and only if it is a regular file of theirs (blocking)."""
+        owner = self._log_owner(cluster)
+        if owner is None:
+            return ""
         try:
             return read_tail(self.workdir(cluster), "logs/scheduler.log", 2000, owner)
         except OSError:

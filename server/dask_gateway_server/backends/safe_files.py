@@ -21,6 +21,7 @@ __all__ = [
     "UnsafePath",
     "ensure_private_dir",
     "make_owned_tree",
+    "read_range",
     "read_tail",
     "remove_tree",
     "check_python_trusted",
@@ -149,6 +150,54 @@ def make_owned_tree(
         os.close(top)
 
 
+def _open_below(directory: str, relpath: str) -> int | None:
+    """A read-only descriptor of ``directory/relpath``, opened without following a symlink
+    at any step below ``directory`` and without blocking (a FIFO is opened, not waited on);
+    None if any step is missing or a link."""
+    parts = [p for p in relpath.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        return None
+    fds: list[int] = []
+    try:
+        fds.append(os.open(directory, _DIR_FLAGS))
+        for part in parts[:-1]:
+            fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
+        return os.open(
+            parts[-1],
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+            dir_fd=fds[-1],
+        )
+    except OSError:
+        return None
+    finally:
+        for d in fds:
+            os.close(d)
+
+
+def read_range(
+    directory: str, relpath: str, offset: int | None, limit: int, owner: int | None
+) -> tuple[bytes, int] | None:
+    """Bytes of the regular file ``directory/relpath`` and the position of the first:
+    from ``offset`` (None: the last ``limit`` bytes), at most ``limit`` of them, the newest
+    when more follow ``offset`` (a log of gigabytes costs one seek, never a read of it all).
+    An ``offset`` past the end gives no bytes, at the end. None if the file is missing, not a
+    regular file, or (``owner`` given) not owned by ``owner``; read as in ``read_tail``.
+    """
+    fd = _open_below(directory, relpath)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (owner is not None and st.st_uid != owner):
+            return None
+        size = st.st_size
+        start = max(0, size - limit)
+        if offset is not None:
+            start = min(max(start, offset), size)
+        f.seek(start)
+        return f.read(size - start), start
+
+
 def read_tail(directory: str, relpath: str, size: int, owner: int | None) -> str:
     """The last ``size`` bytes of the regular file ``directory/relpath``, decoded; empty if it
     is missing, not a regular file, or (``owner`` given) not owned by ``owner``.
@@ -156,28 +205,8 @@ def read_tail(directory: str, relpath: str, size: int, owner: int | None) -> str
     No symlink is followed below ``directory`` and nothing blocks (a FIFO is not read): the
     user may have replaced the file with anything, a link to /etc/shadow included.
     """
-    parts = [p for p in relpath.split("/") if p]
-    fds: list[int] = []
-    try:
-        fds.append(os.open(directory, _DIR_FLAGS))
-        for part in parts[:-1]:
-            fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
-        fd = os.open(
-            parts[-1],
-            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
-            dir_fd=fds[-1],
-        )
-    except OSError:
-        return ""
-    finally:
-        for d in fds:
-            os.close(d)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (owner is not None and st.st_uid != owner):
-            return ""
-        f.seek(max(0, st.st_size - size))
-        return f.read(size).decode(errors="replace")
+    got = read_range(directory, relpath, None, size, owner)
+    return got[0].decode(errors="replace") if got is not None else ""
 
 
 def remove_tree(path: str) -> None:
