@@ -68,6 +68,8 @@ class LogsHandler(BaseHandler):
         if follow:
             await self._follow(target, component, offset, tail)
             return
+        # Before the read: "done" promises that nothing follows what this answer has.
+        done = ClusterLogs.done(target)
         if wait and offset is not None and logs is not None:
             chunk = await self._guard(
                 logs.read_wait(target, component, offset, wait, stop=self._closed)
@@ -86,7 +88,7 @@ class LogsHandler(BaseHandler):
                 "logs": {component: _text(data)},
                 "offset": chunk.end,
                 "start": start,
-                "done": ClusterLogs.done(target),
+                "done": done,
             }
         )
 
