@@ -45,7 +45,7 @@ def _say(text: str) -> None:
 
 @pytest.mark.parametrize("swapped", ["files", "directory"])
 def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, public_tmp, swapped):
-    """``files``: each log becomes a link (to root's file, to bob's log) or a FIFO;
+    """``files``: each worker's log becomes a link (to root's file, to bob's log) or a FIFO;
     ``directory``: the whole ``logs`` directory becomes a link to bob's."""
     secret = f"ROOT-ONLY-{uuid.uuid4().hex}"
     secret_file = public_tmp / "secret"
@@ -64,10 +64,10 @@ def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, pub
 
     alice = as_user(ALICE)
     cluster = alice.new_cluster()
-    cluster.scale(2)
+    cluster.scale(3)
     name = cluster.name
     with cluster.get_client() as client:
-        client.wait_for_workers(2, timeout=60)
+        client.wait_for_workers(3, timeout=60)
         own = f"ALICE-OWN-{uuid.uuid4().hex}"
         client.run(_say, own)
         client.run_on_scheduler(_say, own)
@@ -79,7 +79,8 @@ def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, pub
 
         # The attack, from her scheduler (her own code, as her).
         attack = (
-            f"import os; os.rename('logs', 'logs.moved'); os.symlink({str(bobs_log.parent)!r}, 'logs')"
+            "import os; os.rename('logs', 'logs.moved'); "
+            f"os.symlink({str(bobs_log.parent)!r}, 'logs')"
             if swapped == "directory"
             else ""
         )
@@ -92,8 +93,8 @@ def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, pub
             os.symlink({str(secret_file)!r}, "logs/worker-{workers[0]}.log")
             os.remove("logs/worker-{workers[1]}.log")
             os.mkfifo("logs/worker-{workers[1]}.log")
-            os.remove("logs/scheduler.log")
-            os.symlink({str(bobs_log)!r}, "logs/scheduler.log")
+            os.remove("logs/worker-{workers[2]}.log")
+            os.symlink({str(bobs_log)!r}, "logs/worker-{workers[2]}.log")
         """),
         )
 
@@ -109,10 +110,12 @@ def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, pub
         # A follow of the swapped log gets nothing of bob's while it runs, then ends.
         streamed: list[bytes] = []
 
+        url = f"{root_gateway.address}/api/v1/clusters/{name}/logs"
+
         def follow() -> None:
             r = call(
                 "GET",
-                f"{root_gateway.address}/api/v1/clusters/{name}/logs?component=scheduler&follow=1",
+                f"{url}?component=worker:{workers[2]}&follow=1",
                 headers=basic(ALICE),
                 timeout=120,
             )
@@ -134,9 +137,12 @@ def test_symlinked_logs_never_show_what_they_point_to(root_gateway, as_user, pub
     kept = _logs(root_gateway, name, ALICE)
     nothing_leaks(kept)
     folder = root_gateway.data_dir / "cluster-logs" / name
-    for path in folder.iterdir():
+    for path in folder.glob("*"):
         data = path.read_bytes()
         assert secret.encode() not in data and bobs_secret.encode() not in data, path
+    if swapped == "files":  # the legitimate use: her own scheduler's log was kept
+        assert own in kept["logs"]["scheduler"]
+        assert (folder / "scheduler.log").exists()
     assert secret not in root_gateway.log() and bobs_secret not in root_gateway.log()
     # Bob's log is untouched and still his alone to read.
     assert bobs_secret in _logs(root_gateway, bob_cluster.name, BOB)["logs"]["scheduler"]
