@@ -99,6 +99,7 @@ async def test_keep_newest_workers_with_continuous_offsets(tmp_path):
     logs = ClusterLogs(backend, str(tmp_path / "kept"), max_bytes=700, max_workers=2)
     c = cluster()
     live = await logs.read(c, "scheduler", offset=6930)
+    c.target = JobStatus.STOPPED  # only a stop keeps logs
     await logs.keep(c)
     del backend.files["scheduler"]  # the backend removed its files
     assert await logs.components(c) == ["scheduler", "worker:w3", "worker:w4"]
@@ -168,6 +169,7 @@ async def test_wait_returns_when_the_log_grows_or_the_cluster_ends(tmp_path):
 async def test_a_cluster_without_logs_gets_no_directory(tmp_path):
     logs = ClusterLogs(MemoryBackend(), str(tmp_path / "kept"))
     c = cluster()
+    c.target = JobStatus.STOPPED
     await logs.keep(c)
     assert not (tmp_path / "kept" / c.name).exists()
     assert await logs.owner(c.name) is None and await logs.components(c) == []

@@ -126,9 +126,11 @@ class ClusterLogs:
         ``max_workers`` workers', the newest) where the gateway keeps them. Called once its
         workers stopped, before its scheduler is stopped; a second call keeps nothing more.
         A cluster without any log gets no directory."""
-        if not _NAME.fullmatch(cluster.name) or await self._kept(cluster.name) is not None:
+        if not _NAME.fullmatch(cluster.name):
             return
         components = await self.backend.log_components(cluster)
+        if not components or await self._kept(cluster.name) is not None:
+            return
         workers = [c for c in components if c.startswith("worker:")]
         dropped = set(workers[: max(0, len(workers) - self.max_workers)])
         chunks: dict[str, LogChunk] = {}
@@ -231,8 +233,7 @@ class ClusterLogs:
     async def components(self, cluster: Cluster | str) -> list[str]:
         """The components with a log: the scheduler, then workers by start time. A name:
         a cluster the gateway forgot, only its kept logs."""
-        name = cluster if isinstance(cluster, str) else cluster.name
-        kept = await self._kept(name)
+        kept = await self._kept(cluster)
         if kept is not None:
             return list(kept.components)
         if isinstance(cluster, str):
@@ -256,7 +257,7 @@ class ClusterLogs:
         at a line; ``end`` is where the next read goes on. None if it has no log."""
         limit = min(limit or self.max_bytes, self.max_bytes)
         name = cluster if isinstance(cluster, str) else cluster.name
-        kept = await self._kept(name)
+        kept = await self._kept(cluster)
         if kept is not None:
             entry = kept.components.get(component)
             if entry is None:
@@ -348,7 +349,13 @@ class ClusterLogs:
         data, start = _trim(data, pos, limit, pos in (first, offset))
         return LogChunk(data, start, start + len(data))
 
-    async def _kept(self, name: str) -> _Kept | None:
+    async def _kept(self, name: str | Cluster) -> _Kept | None:
+        """The index of a cluster's kept logs, if any. None without a look for a cluster
+        still meant to run: only a stop keeps logs."""
+        if isinstance(name, Cluster):
+            if name.is_active:
+                return None
+            name = name.name
         if name in self._cache:
             return self._cache[name]
         if not _NAME.fullmatch(name):
