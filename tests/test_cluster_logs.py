@@ -28,11 +28,10 @@ MAX_BYTES = 64 * 1024
 BROKEN_PYTHON = "/usr/bin/python3"  # Debian's, without distributed
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory):
-    """A gateway of this module's own: an admin, and a small cap on logs."""
-    data_dir = tmp_path_factory.mktemp("logs-gateway")
-    config = data_dir / "config.py"
+def write_config(folder: Path) -> Path:
+    """The tests' gateway configuration with an admin, a small cap on logs and a broken
+    environment."""
+    config = folder / "config.py"
     config.write_text(
         f"load_subconfig({str(CONFIGS / 'gateway_config.py')!r})\n"
         f"c.Authenticator.admin_users = {{{ADMIN!r}}}\n"
@@ -46,7 +45,14 @@ def gw(tmp_path_factory):
         "    handler=lambda options: {'python': options.python},\n"
         ")\n"
     )
-    gw = GatewayProcess(data_dir / "gw", config=config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    """A gateway of this module's own."""
+    data_dir = tmp_path_factory.mktemp("logs-gateway")
+    gw = GatewayProcess(data_dir / "gw", config=write_config(data_dir))
     gw.start()
     yield gw
     gw.stop()
@@ -318,3 +324,66 @@ def test_a_failed_schedulers_log_says_why(gw):
     assert body["done"] is True
     assert "No module named" in body["logs"]["scheduler"], body
     assert "No module named" in logs(gw, name).json()["logs"]["scheduler"]
+
+
+def test_kept_logs_outlive_the_cluster_until_retention(tmp_path):
+    """Once the gateway forgot a stopped cluster, its kept logs stay readable by its owner
+    and admins (others 403) until events_max_age; then 404 and their directory is gone."""
+    config = write_config(tmp_path)
+    data_dir = tmp_path / "gw"
+    first = GatewayProcess(data_dir, config=config)
+    first.start()
+    mark = f"KEPT-{uuid.uuid4().hex}"
+    try:
+        with _gateway(first, ALICE) as gateway:
+            cluster = gateway.new_cluster()
+            with cluster.get_client() as client:
+                scheduler_says(client, mark)
+            name = cluster.name
+            cluster.shutdown()
+        _stopped(first, name)
+    finally:
+        assert first.stop() == 0, first.log()
+    folder = data_dir / "cluster-logs" / name
+    assert (folder / "index.json").exists()
+
+    forgetful = GatewayProcess(
+        data_dir,
+        ["--LocalBackend.db_cluster_max_age=0", "--LocalBackend.db_cleanup_period=0.2"],
+        config=config,
+    )
+    forgetful.start()
+    try:
+        wait_for(
+            lambda: (
+                call(
+                    "GET", f"{forgetful.address}/api/v1/clusters/{name}", headers=basic(ALICE)
+                ).status
+                == 404
+            ),
+            what="the cluster forgotten",
+        )
+        kept = logs(forgetful, name, component="scheduler").json()
+        assert mark in kept["logs"]["scheduler"] and kept["done"] is True
+        assert mark in logs(forgetful, name).json()["logs"]["scheduler"]
+        assert mark in logs(forgetful, name, user=ADMIN).json()["logs"]["scheduler"]
+        assert logs(forgetful, name, user=BOB).status == 403
+        assert logs(forgetful, name, component="worker:x").status == 404
+        r = logs(forgetful, name, component="scheduler", follow="1", timeout=30)
+        assert r.status == 200 and mark in r.body.decode()
+    finally:
+        assert forgetful.stop() == 0, forgetful.log()
+
+    strict = GatewayProcess(
+        data_dir,
+        ["--DaskGateway.events_max_age=0.5", "--LocalBackend.db_cleanup_period=0.2"],
+        config=config,
+    )
+    strict.start()
+    try:
+        wait_for(lambda: logs(strict, name).status == 404, what="the kept logs removed")
+        assert logs(strict, name, user=ADMIN).status == 404
+        assert not folder.exists()
+    finally:
+        assert strict.stop() == 0, strict.log()
+        _kill_leftovers(data_dir)
