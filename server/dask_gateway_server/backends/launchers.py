@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import pwd
+import signal
 import socket
+from collections import OrderedDict
 
 from .safe_files import check_python_trusted
 
@@ -45,6 +47,81 @@ def user_identity(username: str) -> tuple[int, int, list[int]]:
     return entry.pw_uid, entry.pw_gid, os.getgrouplist(username, entry.pw_gid)
 
 
+#: A process as the gateway tells it apart: its pid and when it started (a reused pid
+#: started later). The start ticks are None when they could not be read.
+ProcessKey = tuple[int, "int | None"]
+
+
+def process_key(state: dict) -> ProcessKey | None:
+    """The key of the process a backend state records; None if it records none."""
+    pid = state.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return None
+    ticks = state.get("start_ticks")
+    return pid, ticks if isinstance(ticks, int) else None
+
+
+def describe_exit(returncode: int) -> str:
+    """``returncode`` (subprocess's: minus the signal number if a signal ended it) in words."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {-returncode}{name}"
+
+
+class ExitStatuses:
+    """How the processes this gateway started ended, as their parent saw it (the parent
+    reaps them: nothing else can know). Only in memory: after a gateway restart nothing is
+    known of the processes started before."""
+
+    #: Ends remembered; the oldest are forgotten first (a backend asks soon after an end).
+    keep = 10000
+
+    def __init__(self) -> None:
+        self._ended: OrderedDict[ProcessKey, int] = OrderedDict()
+        self._running: dict[ProcessKey, asyncio.Future[int | None]] = {}
+
+    def started(self, key: ProcessKey) -> None:
+        """``key`` was started here: its end will be told (``ended``) or lost (``lost``)."""
+        if key not in self._ended and key not in self._running:
+            self._running[key] = asyncio.get_running_loop().create_future()
+
+    def ended(self, key: ProcessKey, returncode: int) -> None:
+        self._ended[key] = returncode
+        self._ended.move_to_end(key)
+        while len(self._ended) > self.keep:
+            self._ended.popitem(last=False)
+        future = self._running.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(returncode)
+
+    def lost(self, keys: list[ProcessKey]) -> None:
+        """The ends of ``keys`` will never be told (their parent, a fork server, is gone)."""
+        for key in keys:
+            future = self._running.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def get(self, key: ProcessKey) -> int | None:
+        return self._ended.get(key)
+
+    async def wait(self, key: ProcessKey, timeout: float) -> int | None:
+        """The return code of ``key``, waiting up to ``timeout`` s for it if it was started
+        here and its end is not told yet (a process seen dead is reaped a moment later)."""
+        if key in self._ended:
+            return self._ended[key]
+        future = self._running.get(key)
+        if future is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+
 # Runs as the process's user, before the command: creates its working directory and opens its
 # log there, so no path the user controls is ever resolved with the gateway's privileges.
 # (Only shell built-ins and ``command -p mkdir``: the command's own PATH may lack mkdir.)
@@ -66,6 +143,20 @@ class SubprocessLauncher:
         #: The environment of helper processes the launcher keeps (none here): only what
         #: every cluster may see, never a secret.
         self.environment = dict(environment or {})
+        #: How the processes started by this launcher ended.
+        self.exits = ExitStatuses()
+
+    def exit_status(self, state: dict) -> int | None:
+        """The return code of the process ``state`` records (see ``launch``), if it ended
+        and this launcher saw it end; None otherwise."""
+        key = process_key(state)
+        return None if key is None else self.exits.get(key)
+
+    async def wait_exit(self, state: dict, timeout: float) -> int | None:
+        """Like ``exit_status``, but waits up to ``timeout`` s for the end of a process this
+        launcher started and is about to reap (one just found dead)."""
+        key = process_key(state)
+        return None if key is None else await self.exits.wait(key, timeout)
 
     async def launch(
         self, cmd: list[str], env: dict, cwd: str, log_path: str, user: str | None = None
@@ -93,9 +184,19 @@ class SubprocessLauncher:
             start_new_session=True,
             **identity,
         )
-        # Reap the child when it exits so it does not linger as a zombie.
-        asyncio.ensure_future(proc.wait())
-        return {"pid": proc.pid, "start_ticks": process_start_ticks(proc.pid)}
+        key: ProcessKey = (proc.pid, process_start_ticks(proc.pid))
+        self.exits.started(key)
+        # Reap the child when it exits so it does not linger as a zombie, keeping how it ended.
+        asyncio.ensure_future(self._reap(proc, key))
+        return {"pid": key[0], "start_ticks": key[1]}
+
+    async def _reap(self, proc: asyncio.subprocess.Process, key: ProcessKey) -> None:
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:  # the loop is closing: the end is not known
+            self.exits.lost([key])
+            raise
+        self.exits.ended(key, code)
 
     async def warm_up(self, python: str) -> None:
         """Nothing to prepare."""
@@ -138,13 +239,16 @@ class _Zygote:
     """One pre-started interpreter and the socket to it (SOCK_SEQPACKET: one message per
     request or answer; a request carries its environment pipe as a descriptor)."""
 
-    def __init__(self, python: str, environment: dict[str, str]) -> None:
+    def __init__(self, python: str, environment: dict[str, str], exits: ExitStatuses) -> None:
         self.python = python
         self.environment = environment
+        self.exits = exits
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
         self.lock = asyncio.Lock()
         self._stderr: asyncio.Task | None = None
+        self._statuses: asyncio.Task | None = None
+        self._children: set[ProcessKey] = set()  # forked by the running fork server
 
     async def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -157,7 +261,7 @@ class _Zygote:
                 "-s",
                 ZYGOTE,
                 stdin=theirs.fileno(),
-                stdout=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,  # how each child ended, a line each
                 stderr=asyncio.subprocess.PIPE,
                 env=self.environment,
                 cwd="/",
@@ -171,6 +275,8 @@ class _Zygote:
         ours.setblocking(False)
         self.sock = ours
         self._stderr = asyncio.ensure_future(self._log_stderr(self.proc))
+        self._children = set()
+        self._statuses = asyncio.ensure_future(self._read_statuses(self.proc, self._children))
         try:
             ready = await self._recv()
         except BaseException:  # a hung interpreter, given up on: it must not linger
@@ -190,6 +296,32 @@ class _Zygote:
             text = line.decode(errors="replace").rstrip()
             if text:
                 log.warning("Fork server of %s: %s", self.python, text)
+
+    async def _read_statuses(
+        self, proc: asyncio.subprocess.Process, children: set[ProcessKey]
+    ) -> None:
+        """How each child of this fork server ended, from its status pipe (only it holds
+        the pipe: its children close their copy first). ``children``: those it forked
+        (``fork`` adds them); once the fork server is gone, their ends are lost."""
+        assert proc.stdout is not None
+        try:
+            async for line in proc.stdout:
+                try:
+                    status = json.loads(line)
+                    ticks = status["start_ticks"]
+                    key: ProcessKey = (
+                        int(status["pid"]),
+                        ticks if isinstance(ticks, int) else None,
+                    )
+                    code = int(status["returncode"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("Fork server of %s: unreadable status %r", self.python, line)
+                    continue
+                children.discard(key)
+                self.exits.ended(key, code)
+        finally:
+            self.exits.lost(list(children))
+            children.clear()
 
     async def _recv(self) -> bytes:
         assert self.sock is not None
@@ -250,6 +382,15 @@ class _Zygote:
         answer = json.loads(line)
         if "error" in answer:
             raise RuntimeError(f"the fork server could not start the process: {answer['error']}")
+        key = process_key(answer)
+        if key is not None:
+            self.exits.started(key)
+            if self.exits.get(key) is not None:
+                pass  # it ended already, and its status came first
+            elif self._statuses is not None and not self._statuses.done():
+                self._children.add(key)
+            else:  # its status pipe closed already: this end will not be told
+                self.exits.lost([key])
         return answer
 
     async def close(self) -> None:
@@ -269,6 +410,8 @@ class _Zygote:
             self.sock = None
         if self._stderr is not None:
             await asyncio.gather(self._stderr, return_exceptions=True)
+        if self._statuses is not None:
+            await asyncio.gather(self._statuses, return_exceptions=True)
 
 
 class ForkServerLauncher(SubprocessLauncher):
@@ -287,7 +430,7 @@ class ForkServerLauncher(SubprocessLauncher):
 
     def _zygote(self, python: str) -> _Zygote:
         if python not in self._zygotes:
-            self._zygotes[python] = _Zygote(python, self.environment)
+            self._zygotes[python] = _Zygote(python, self.environment, self.exits)
         return self._zygotes[python]
 
     async def _trusted(self, python: str) -> bool:

@@ -28,7 +28,7 @@ from ..addresses import (
 from ..logs import about
 from ..models import Cluster, User, Worker
 from .base import ClusterConfig, DBBackendBase, LogChunk, local_account
-from .launchers import ForkServerLauncher, SubprocessLauncher, process_start_ticks
+from .launchers import ForkServerLauncher, SubprocessLauncher, describe_exit, process_start_ticks
 from .safe_files import ensure_private_dir, make_owned_tree, read_range, read_tail, remove_tree
 
 __all__ = [
@@ -52,6 +52,11 @@ def worker_log_name(worker_name: str) -> str | None:
 
 class LocalClusterConfig(ClusterConfig):
     """ClusterConfig of the local backends."""
+
+
+#: Seconds a status check waits for the end of a process it found dead to be told (the
+#: fork server reaps it, then says how it ended, a moment after it is seen gone).
+EXIT_STATUS_WAIT = 2.0
 
 
 def kill_processes_in(directory: str) -> int:
@@ -274,7 +279,15 @@ class LocalBackend(DBBackendBase):
         await asyncio.get_running_loop().run_in_executor(None, remove)
 
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
-        return [is_alive(c.state) for c in clusters]
+        alive = [is_alive(c.state) for c in clusters]
+        await self._learn_exits([c.state for c, a in zip(clusters, alive, strict=True) if not a])
+        return alive
+
+    async def _learn_exits(self, states: list[dict]) -> None:
+        """Wait (briefly) until the launcher knows how the processes just found dead
+        ended, so that ``exit_reason`` can say it."""
+        if states:
+            await asyncio.gather(*(self.launcher.wait_exit(s, EXIT_STATUS_WAIT) for s in states))
 
     async def start_worker(self, cluster: Cluster, worker: Worker) -> dict:
         config = self.cluster_config(cluster)
@@ -296,7 +309,15 @@ class LocalBackend(DBBackendBase):
         await self._terminate(worker.state, cluster)
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
-        return [is_alive(w.state) for w in workers]
+        alive = [is_alive(w.state) for w in workers]
+        await self._learn_exits([w.state for w, a in zip(workers, alive, strict=True) if not a])
+        return alive
+
+    def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
+        """ "exited with code N" / "killed by signal N (NAME)", as the process's parent saw
+        it; empty if it was started before this gateway (re)started, or has not ended."""
+        code = self.launcher.exit_status((worker or cluster).state)
+        return "" if code is None else describe_exit(code)
 
     async def validate_addresses(self, cluster: Cluster, addresses: list[ReportedAddress]) -> None:
         """Only sockets of the cluster's own processes on this host: listening at the

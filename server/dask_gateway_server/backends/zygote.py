@@ -15,6 +15,9 @@ comes with one descriptor: a pipe holding the child's environment (JSON). Only t
 child reads it, so the secrets in it never enter this process's memory, which every later
 child inherits; this process itself starts with a minimal environment. Answer:
     {"pid": 1234, "start_ticks": 5678} or {"error": "..."}
+Each child's end is told on stdout (a pipe of the gateway's own; the children never hold it),
+one JSON line per child as it is reaped:
+    {"pid": 1234, "start_ticks": 5678, "returncode": 3}   (-9: killed by SIGKILL)
 The child becomes its user before it touches the file system: it creates its working
 directory and opens its log as that user. The zygote exits when the socket closes (the
 gateway went away); its children live on.
@@ -48,15 +51,41 @@ def start_ticks(pid):
     return int(data[data.rfind(b")") + 2 :].split()[19])
 
 
+#: Where each child's end is told (set in main: a private duplicate of stdout), and the
+#: start ticks of the children not yet reaped (the gateway tells a reused pid by them).
+STATUS_FD = -1
+CHILDREN: "dict[int, int | None]" = {}
+
+
+def returncode(status):
+    """A wait status as subprocess says it: the exit code, or minus the signal number."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return None
+
+
+def tell_exit(pid, status):
+    """One line on the status pipe; never blocks (a gateway not reading loses it)."""
+    line = {"pid": pid, "start_ticks": CHILDREN.pop(pid, None), "returncode": returncode(status)}
+    try:
+        os.write(STATUS_FD, (json.dumps(line) + "\n").encode())
+    except OSError:
+        pass
+
+
 def reap(signum, frame):
-    """Children exit on their own; collect them so none lingers as a zombie."""
+    """Children exit on their own; collect them so none lingers as a zombie, and tell the
+    gateway how each ended."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        tell_exit(pid, status)
 
 
 def set_title(request):
@@ -121,12 +150,16 @@ def run_child(request, env_fd, channel_fd):
     code = 1
     try:
         os.setsid()
+        # First: nothing of the gateway's channels stays in a process the user controls
+        # (with the status pipe, it could tell false ends of other processes).
         os.close(channel_fd)
+        os.close(STATUS_FD)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
         env = read_env(env_fd)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # blocked at fork
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if request.get("user"):
@@ -182,7 +215,16 @@ def send(channel, message):
 
 
 def main():
-    # Nothing on stdout/stderr from here on unless it is a real failure: the gateway logs
+    global STATUS_FD
+    # stdout is the status pipe: keep it on a descriptor of its own (not inherited by what
+    # the children exec) and point fd 1 at /dev/null, so that a stray print of a preloaded
+    # module can never pass for a status line.
+    STATUS_FD = os.dup(1)
+    os.set_blocking(STATUS_FD, False)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    # Nothing on stderr from here on unless it is a real failure: the gateway logs
     # stderr as warnings, and what is expected (a module missing) goes in the ready message.
     warnings = []
     for name in PRELOAD:
@@ -206,13 +248,20 @@ def main():
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or env_fd < 0:
                 raise ValueError("malformed request")
             request = json.loads(msg)
-            pid = os.fork()
+            # Until its start ticks are recorded, a child that exits at once is not reaped
+            # (they go with its status line; the child unblocks SIGCHLD itself).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    run_child(request, env_fd, channel.fileno())
+                ticks = CHILDREN[pid] = start_ticks(pid)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         except Exception as e:
             answer = {"error": f"{type(e).__name__}: {e}"}
         else:
-            if pid == 0:
-                run_child(request, env_fd, channel.fileno())
-            answer = {"pid": pid, "start_ticks": start_ticks(pid)}
+            answer = {"pid": pid, "start_ticks": ticks}
         finally:
             if env_fd >= 0:
                 os.close(env_fd)
