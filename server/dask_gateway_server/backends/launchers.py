@@ -410,7 +410,10 @@ class _Zygote:
             self.sock = None
         if self._stderr is not None:
             await asyncio.gather(self._stderr, return_exceptions=True)
-        if self._statuses is not None:
+        if self._statuses is not None:  # EOF once the fork server is gone (nothing else
+            # holds its status pipe); never wait long on it at shutdown all the same
+            await asyncio.wait([self._statuses], timeout=5)
+            self._statuses.cancel()
             await asyncio.gather(self._statuses, return_exceptions=True)
 
 
