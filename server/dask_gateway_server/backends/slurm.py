@@ -10,6 +10,7 @@ call per status period for every job the gateway knows; ``scancel`` stops jobs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import ipaddress
 import json
@@ -20,12 +21,13 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from traitlets import Enum, Float, List, Type, Unicode, default
@@ -44,7 +46,7 @@ from ..addresses import (
 )
 from ..logs import about
 from ..models import Cluster, JobStatus, User, Worker
-from .base import ClusterConfig, DBBackendBase, config_of, local_account
+from .base import ClusterConfig, DBBackendBase, LogChunk, config_of, local_account
 
 __all__ = ["SlurmBackend", "SlurmClusterConfig"]
 
@@ -69,6 +71,126 @@ ENDED_STATES = frozenset(
     }
 )
 GONE = "GONE"
+
+
+class JobState(NamedTuple):
+    """A job as squeue lists it: its state, Slurm's reason (why it is pending, or how it
+    ended) and its node(s) (empty while pending)."""
+
+    state: str
+    reason: str = ""
+    node: str = ""
+
+
+GONE_STATE = JobState(GONE)
+
+#: squeue's reasons that say nothing (a job just submitted, not yet considered).
+_NO_REASON = frozenset({"", "None", "(null)"})
+
+#: What Slurm's most common pending reasons mean, for the user reading them.
+PENDING_REASONS = {
+    "Resources": "the nodes it may run on are busy; it starts when enough are free",
+    "Priority": "jobs of higher priority are ahead of it in the queue",
+    "BeginTime": "it was asked not to start before a later time",
+    "Dependency": "it waits for another job to finish",
+    "JobHeldUser": "it is held (scontrol hold); it waits to be released",
+    "JobHeldAdmin": "an administrator holds it",
+    "PartitionTimeLimit": "its time limit is over the partition's: it can never start there",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionDown": "the partition is down",
+    "PartitionInactive": "the partition is inactive",
+    "ReqNodeNotAvail": "a node it needs is unavailable (down, drained or reserved)",
+    "NodeDown": "a node it needs is down",
+    "QOSMaxJobsPerUserLimit": "the user already runs as many jobs as the QOS allows",
+    "QOSMaxCpuPerUserLimit": "the user already uses as many CPUs as the QOS allows",
+    "AssocGrpCpuLimit": "the account already uses as many CPUs as it may",
+    "AssocGrpMemLimit": "the account already uses as much memory as it may",
+    "AssocMaxJobsLimit": "the account already runs as many jobs as it may",
+    "Reservation": "it waits for its reservation to start",
+    "Licenses": "it waits for licenses",
+}
+
+#: Log files are read at most this many links deep (as the kernel would).
+_MAX_LINKS = 40
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def open_directory(path: str, trusted: set[int]) -> int:
+    """A descriptor of the directory ``path`` (blocking). A symlink on the way is followed
+    only where a directory owned by a ``trusted`` uid holds it (a site's /home -> /data/home),
+    never in one a user owns (their ``~/.dask-gateway`` swapped for a link to another user's
+    files); its target is walked by the same rule. Raises OSError otherwise."""
+    parts = [p for p in os.path.normpath(os.path.abspath(path)).split("/") if p]
+    todo = list(reversed(parts))
+    links = 0
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        while todo:
+            part = todo.pop()
+            if part == ".":
+                continue
+            here_trusted = os.fstat(fd).st_uid in trusted
+            if part == ".." and not here_trusted:
+                raise OSError(errno.EACCES, f"'..' from a user's directory in {path}")
+            try:
+                step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise
+                if not here_trusted or st.st_uid not in trusted:
+                    raise OSError(errno.ELOOP, f"a user's symlink {part!r} in {path}") from None
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, f"too many links in {path}") from None
+                target = os.readlink(part, dir_fd=fd)
+                todo.extend(reversed([p for p in target.split("/") if p]))
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                continue
+            os.close(fd)
+            fd = step
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_user_file(
+    directory: str, name: str, offset: int | None, limit: int, owner: int, trusted: set[int]
+) -> LogChunk | None:
+    """At most ``limit`` bytes of the file ``directory/name`` from ``offset`` (None: the last
+    ``limit`` bytes; the newest when more follow ``offset``; past the end: none, at the end),
+    as ``read_range`` reads a local log. None unless it is a regular file of ``owner``'s,
+    reached without following a link the user could plant (``open_directory``). Blocking."""
+    if "/" in name or name in ("", ".", ".."):
+        return None
+    try:
+        dir_fd = open_directory(directory, trusted)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
+            return None
+        size = st.st_size
+        start = max(0, size - limit)
+        if offset is not None:
+            start = min(max(start, offset), size)
+        f.seek(start)
+        data = f.read(size - start)
+    return LogChunk(data, start, start + len(data))
+
 
 #: Seconds the launcher gets beyond ``command_timeout``: its own start and clean answer.
 LAUNCHER_MARGIN = 5.0
@@ -295,11 +417,13 @@ class SlurmBackend(DBBackendBase):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._tracked: set[str] = set()  # job ids squeue is asked about
-        self._states: dict[str, tuple[str, str]] = {}  # job id -> (state, reason)
+        self._states: dict[str, JobState] = {}
         self._polled: set[str] = set()
         self._poll_time = -math.inf
         self._poll_lock = asyncio.Lock()
         self._ended: dict[str, str] = {}  # job id -> why it ended, in words
+        self._pending: dict[str, str] = {}  # job id -> Slurm's reason, while it waits
+        self._told: dict[str, str] = {}  # job id -> the pending reason last emitted
         self._details: dict[str, str] = {}  # cluster name -> failure details
         self._worker_batchers: dict[str, _Batcher] = {}
         self._cancel_batchers: dict[str, _Batcher] = {}
@@ -497,8 +621,9 @@ class SlurmBackend(DBBackendBase):
         # Half the shortest period: the reconciler's checks of one period share one squeue.
         return max(0.05, min(self.cluster_status_period, self.worker_status_period) / 2)
 
-    async def _job_states(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
-        """(state, reason) of each job; one squeue call answers every caller of a period."""
+    async def _job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """State, reason and node of each job; one squeue call answers every caller of a
+        period."""
         job_ids = [j for j in job_ids if j]
         self._tracked.update(job_ids)
         async with self._poll_lock:
@@ -508,15 +633,15 @@ class SlurmBackend(DBBackendBase):
             ending = [
                 j
                 for j in job_ids
-                if self._states.get(j, (GONE,))[0] == "COMPLETING" and j not in self._ended
+                if self._states.get(j, GONE_STATE).state == "COMPLETING" and j not in self._ended
             ]
             if ending:
                 await self._settle(ending)
-        return {j: self._states.get(j, (GONE, "")) for j in job_ids}
+        return {j: self._states.get(j, GONE_STATE) for j in job_ids}
 
-    async def _squeue(self, ids: list[str]) -> dict[str, tuple[str, str]]:
-        """One squeue call: job id -> (state, reason); ids it doesn't list are gone."""
-        states: dict[str, tuple[str, str]] = {}
+    async def _squeue(self, ids: list[str]) -> dict[str, JobState]:
+        """One squeue call: job id -> its state; ids it doesn't list are gone."""
+        states: dict[str, JobState] = {}
         if not ids:
             return states
         self.log.debug("squeue: asking about %d jobs", len(ids))
@@ -526,7 +651,7 @@ class SlurmBackend(DBBackendBase):
                 "--noheader",
                 "--states=all",
                 "--jobs=" + ",".join(ids),
-                "--format=%i|%T|%r",
+                "--format=%i|%T|%r|%N",
             ],
             what="squeue",
         )
@@ -535,8 +660,8 @@ class SlurmBackend(DBBackendBase):
             raise RuntimeError(f"squeue failed: {err.strip() or out.strip()}")
         for line in out.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 3:
-                states[parts[0]] = (parts[1], parts[2])
+            if len(parts) == 4:
+                states[parts[0]] = JobState(*parts[1:])
         return states
 
     async def _poll(self) -> None:
@@ -555,15 +680,13 @@ class SlurmBackend(DBBackendBase):
             await asyncio.sleep(0.2)
             states = await self._squeue(ids)
             for j in ids:
-                self._states[j] = states.get(j, (GONE, ""))
-            ids = [j for j in ids if self._states[j][0] == "COMPLETING"]
+                self._states[j] = states.get(j, GONE_STATE)
+            ids = [j for j in ids if self._states[j].state == "COMPLETING"]
 
-    def _alive(
-        self, job_id: str, state: tuple[str, str], what: str = "", cluster: str = ""
-    ) -> bool:
+    def _alive(self, job_id: str, state: JobState, what: str = "", cluster: str = "") -> bool:
         """Whether the job still runs; remember why it ended if it did (and log it with
         ``what``: the reconciler logs what ``check_*`` finds itself, with ``exit_reason``)."""
-        name, reason = state
+        name, reason = state.state, state.reason
         if name not in ENDED_STATES and name != GONE:
             return True
         if job_id not in self._ended:
@@ -585,15 +708,111 @@ class SlurmBackend(DBBackendBase):
     async def check_clusters(self, clusters: list[Cluster]) -> list[bool]:
         ids = [c.state.get("job_id", "") for c in clusters]
         states = await self._job_states(ids)
+        for c, j in zip(clusters, ids, strict=True):
+            if j:
+                self._observe(c, None, j, states[j])
         return [bool(j) and self._alive(j, states[j]) for j in ids]
 
     async def check_workers(self, cluster: Cluster, workers: list[Worker]) -> list[bool]:
         ids = [w.state.get("job_id", "") for w in workers]
         states = await self._job_states(ids)
+        for w, j in zip(workers, ids, strict=True):
+            if j:
+                self._observe(cluster, w, j, states[j])
         return [bool(j) and self._alive(j, states[j]) for j in ids]
 
+    def _observe(self, cluster: Cluster, worker: Worker | None, job_id: str, job: JobState) -> None:
+        """Tell the cluster's history what Slurm does with a job the gateway waits for: a
+        new pending reason (one event per change), and, for a job that was seen waiting,
+        the node it then started on."""
+        told = self._told.get(job_id)
+        if job.state == "PENDING":
+            if job.reason in _NO_REASON:
+                return
+            self._pending[job_id] = job.reason
+            if told == job.reason:
+                return
+            self._told[job_id] = job.reason
+            self.emit(
+                cluster,
+                "worker-queued" if worker else "queued",
+                f"Waiting in Slurm's queue: {job.reason}",
+                worker=worker,
+                detail=PENDING_REASONS.get(job.reason, ""),
+            )
+            return
+        self._pending.pop(job_id, None)
+        if told and job.state == "RUNNING":
+            self._told[job_id] = ""  # left the queue (a requeued job may wait again)
+            node = "" if job.node in _NO_REASON else f" on node {job.node}"
+            if worker is None:
+                self.emit(cluster, "scheduler-started", f"Slurm job {job_id} started{node}")
+            else:
+                self.emit(
+                    cluster,
+                    "worker-started",
+                    f"Worker {worker.name}'s Slurm job {job_id} started{node}",
+                    worker=worker,
+                )
+
     def exit_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
-        return self._ended.get((worker or cluster).state.get("job_id", ""), "")
+        """How the job ended, as Slurm says; for one that never left the queue (a start
+        timeout), Slurm's last reason for keeping it there."""
+        job_id = (worker or cluster).state.get("job_id", "")
+        return self._ended.get(job_id) or self._pending_reason(job_id)
+
+    def _pending_reason(self, job_id: str) -> str:
+        reason = self._pending.get(job_id, "")
+        return f"Slurm kept it pending: {reason}" if reason else ""
+
+    # -- logs -------------------------------------------------------------------------
+    async def log_components(self, cluster: Cluster) -> list[str]:
+        """The scheduler (once submitted) and each worker submitted, by start time: from the
+        gateway's records, never from a listing of the user's staging directory."""
+        if not cluster.state.get("job_id") or not cluster.state.get("staging_dir"):
+            return []
+        workers = sorted(
+            (w for w in cluster.workers.values() if w.state.get("job_id")),
+            key=lambda w: (w.start_time, w.id or 0),
+        )
+        return ["scheduler", *(f"worker:{w.name}" for w in workers)]
+
+    @staticmethod
+    def _log_name(cluster: Cluster, component: str) -> str | None:
+        """The job output file of a component (``--output`` of its job); None for one the
+        gateway has no record of."""
+        if component == "scheduler":
+            return "scheduler.log"
+        kind, _, name = component.partition(":")
+        if kind != "worker" or name not in cluster.workers or "/" in name:
+            return None
+        return f"worker-{name}.log"
+
+    async def read_log(
+        self, cluster: Cluster, component: str, offset: int | None, limit: int
+    ) -> LogChunk | None:
+        """A job's output file in the cluster's staging directory (the user's, on a shared
+        file system): only a regular file of the jobs' user, reached without following a
+        link the user could plant (``read_user_file``), in an executor."""
+        name = self._log_name(cluster, component)
+        staging = cluster.state.get("staging_dir")
+        if name is None or not staging:
+            return None
+
+        def read() -> LogChunk | None:
+            try:
+                owner = self._jobs_uid(cluster.username)
+            except KeyError:  # the account is gone
+                return None
+            return read_user_file(staging, name, offset, limit, owner, {0, os.geteuid()})
+
+        return await asyncio.get_running_loop().run_in_executor(None, read)
+
+    def _jobs_uid(self, username: str) -> int:
+        """The uid the cluster's jobs run as (blocking: NSS)."""
+        if self._user_prefix(username):
+            return pwd.getpwnam(username).pw_uid
+        return os.getuid()
 
     # -- where a scheduler may be ------------------------------------------------------
     async def validate_addresses(self, cluster: Cluster, addresses: list[ReportedAddress]) -> None:
@@ -881,7 +1100,7 @@ class SlurmBackend(DBBackendBase):
                     extra=about(cluster),
                 )
         if cluster.target == JobStatus.FAILED:
-            reason = self._ended.get(job_id or "", "")
+            reason = self._ended.get(job_id or "") or self._pending_reason(job_id or "")
             self._details[cluster.name] = "\n".join(x for x in (reason, tail) if x)
         if job_id:
             self._forget(job_id)
@@ -957,6 +1176,8 @@ class SlurmBackend(DBBackendBase):
     def _forget(self, job_id: str) -> None:
         self._tracked.discard(job_id)
         self._ended.pop(job_id, None)
+        self._pending.pop(job_id, None)
+        self._told.pop(job_id, None)
 
     async def _cancel(self, username: str, job_id: str) -> None:
         """scancel ``job_id``; concurrent cancellations share one scancel call."""

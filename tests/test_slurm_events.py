@@ -1,0 +1,313 @@
+"""What Slurm does with a cluster's jobs, told to the cluster's history, and the jobs' output
+files read as logs (issue 18), against the real single-node Slurm (start-slurm.sh's default
+config; these tests never restart it).
+
+The reconciler and the Slurm backend run in this process (as the gateway would, as root),
+with a test event sink; jobs are submitted as a user this module creates, whose job scripts
+only run shell (the scheduler's setup lines print a marker and sleep, so no Python of ours
+must be reachable for them). An impossible request that Slurm keeps pending, rather than
+refuses at sbatch: ``--begin`` an hour from now (reason BeginTime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dask_gateway_server.backends.slurm import SlurmBackend
+from dask_gateway_server.models import Cluster, JobStatus, User, Worker
+from dask_gateway_server.reconciler import Reconciler
+from dask_gateway_server.store import Store, load_or_create_key_file
+from dask_gateway_server.tls import new_keypair
+
+USER = "dgslurmev"
+DEADLINE = 60.0  # how long a test waits for what it expects (never a measured time)
+LOGGER = "test-slurm-events"
+SLEEP = "echo {marker}; sleep 600"
+
+
+async def until(predicate, what: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def squeue(*args: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["squeue", "--noheader", f"--user={USER}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def scontrol(*args: str) -> None:
+    subprocess.run(["scontrol", *args], check=True, capture_output=True)
+
+
+def active_jobs() -> list[str]:
+    return [r[0] for r in squeue("--format=%i")]
+
+
+@pytest.fixture(scope="module")
+def slurm_user():
+    """Slurm up (a failure, not a skip, when it is not) and a user whose jobs these are."""
+    assert os.geteuid() == 0, "the Slurm tests run as root, as the gateway does"
+    assert shutil.which("sbatch"), "Slurm is not installed; run scripts/services/start-slurm.sh"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    assert "is UP" in ping.stdout, f"Slurm is not running: {ping.stdout}{ping.stderr}"
+    created = False
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
+        created = True
+    try:
+        yield pwd.getpwnam(USER)
+    finally:
+        subprocess.run(["scancel", f"--user={USER}"], capture_output=True)
+        if created:
+            end = time.monotonic() + 30
+            while active_jobs() and time.monotonic() < end:
+                time.sleep(0.2)
+            subprocess.run(["userdel", "--remove", USER], capture_output=True)
+
+
+def make_backend(**settings: Any) -> SlurmBackend:
+    return SlurmBackend(
+        # Standard library only: any Python 3 the user can run.
+        launcher_python=shutil.which("python3", path="/usr/bin:/bin") or "python3",
+        api_url="http://127.0.0.1:9/api",
+        cluster_status_period=0.3,
+        worker_status_period=0.3,
+        check_timeouts_period=0.3,
+        backoff_base_delay=0.05,
+        backoff_max_delay=0.5,
+        stop_clusters_on_shutdown=True,
+        **settings,
+    )
+
+
+class Events:
+    """A test event sink: what the backend tells the gateway (passed on to a sink the
+    reconciler may have set, so the gateway's own history is unchanged)."""
+
+    def __init__(self, backend: SlurmBackend) -> None:
+        self.seen: list[tuple[str, str, str, str, str]] = []
+        before = backend.event_sink
+
+        def sink(cluster: Cluster, kind: str, message: str, worker, detail: str) -> None:
+            self.seen.append((cluster.name, kind, message, worker.name if worker else "", detail))
+            if before is not None:
+                before(cluster, kind, message, worker, detail)
+
+        backend.event_sink = sink
+
+    def of(self, cluster: Cluster, kind: str | None = None) -> list[tuple[str, str, str]]:
+        return [
+            (k, m, w) for (c, k, m, w, _) in self.seen if c == cluster.name and kind in (None, k)
+        ]
+
+
+@pytest.fixture
+async def gateway(slurm_user, tmp_path: Path, caplog):
+    """``await gateway(**settings)``: a store, a Slurm backend and the reconciler, in this
+    process, and the backend's events."""
+    made: list[tuple[Reconciler, Store]] = []
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def start(**settings: Any) -> tuple[Reconciler, SlurmBackend, Events]:
+        key = load_or_create_key_file(str(tmp_path / "key"))
+        store = Store(f"sqlite:///{tmp_path / 'gateway.sqlite'}", [key])
+        backend = make_backend(**settings)
+        reconciler = Reconciler(store, backend, _NoRoutes(), log=logging.getLogger(LOGGER))
+        await store.setup()
+        await reconciler.start()
+        made.append((reconciler, store))
+        return reconciler, backend, Events(backend)
+
+    yield start
+    for reconciler, store in made:
+        await reconciler.stop()
+        await store.close()
+
+
+class _NoRoutes:
+    def add_route(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no cluster of these tests connects")
+
+    def remove_route(self, cluster_name: str) -> None:
+        pass
+
+
+async def test_pending_reason_is_told_then_the_start_timeout_names_it(gateway, caplog):
+    """A scheduler's job Slurm keeps waiting: the cluster's history says why, once per
+    reason (Slurm's words); after cluster_start_timeout the cluster fails, the failure's
+    details (and the backend's exit reason) name Slurm's reason, and the job is cancelled."""
+    reconciler, backend, events = await gateway(cluster_start_timeout=8)
+    cluster = await reconciler.create_cluster(
+        User(USER),
+        {},
+        {
+            "scheduler_sbatch_options": ["--begin=now+1hour"],
+            "scheduler_setup": SLEEP.format(marker="never-runs"),
+        },
+    )
+    await until(lambda: events.of(cluster, "queued"), "the queued event")
+    assert events.of(cluster, "queued") == [("queued", "Waiting in Slurm's queue: BeginTime", "")]
+    (detail,) = [d for (c, k, _, _, d) in events.seen if c == cluster.name and k == "queued"]
+    assert "later time" in detail
+    job_id = cluster.state["job_id"]
+    assert squeue(f"--jobs={job_id}", "--format=%T|%r") == [["PENDING", "BeginTime"]]
+    assert backend.exit_reason(cluster) == "Slurm kept it pending: BeginTime"
+
+    await until(lambda: cluster.status.is_done, "the start timeout", deadline=DEADLINE + 8)
+    assert cluster.status == JobStatus.FAILED
+    assert "did not start within 8 s" in cluster.message
+    failed = [
+        r.getMessage() for r in caplog.records if f"Cluster {cluster.name} failed" in r.message
+    ]
+    assert failed and "Slurm kept it pending: BeginTime" in failed[0], failed
+    # Many status checks saw the same reason: it was told once.
+    assert events.of(cluster, "queued") == [("queued", "Waiting in Slurm's queue: BeginTime", "")]
+    assert events.of(cluster, "scheduler-started") == []
+    await until(lambda: job_id not in active_jobs(), "the job to end")
+
+
+async def test_changed_reason_is_told_and_leaving_the_queue_names_the_node(gateway, caplog):
+    """The job's reason changes (an admin holds it): a new event; it is released and
+    starts: an event with its node; then the pending reason is no longer the story."""
+    reconciler, backend, events = await gateway(cluster_start_timeout=600)
+    cluster = await reconciler.create_cluster(
+        User(USER),
+        {},
+        {
+            "scheduler_sbatch_options": ["--begin=now+1hour"],
+            "scheduler_setup": SLEEP.format(marker="scheduler-job-started"),
+        },
+    )
+    await until(lambda: events.of(cluster, "queued"), "the first queued event")
+    job_id = cluster.state["job_id"]
+    scontrol("hold", job_id)
+    await until(lambda: len(events.of(cluster, "queued")) == 2, "the second queued event")
+    scontrol("release", job_id)
+    scontrol("update", f"JobId={job_id}", "StartTime=now")
+    await until(lambda: events.of(cluster, "scheduler-started"), "the job to start")
+    node = squeue(f"--jobs={job_id}", "--format=%N")[0][0]
+    assert events.of(cluster, "queued") == [
+        ("queued", "Waiting in Slurm's queue: BeginTime", ""),
+        ("queued", "Waiting in Slurm's queue: JobHeldAdmin", ""),
+    ]
+    assert events.of(cluster, "scheduler-started") == [
+        ("scheduler-started", f"Slurm job {job_id} started on node {node}", "")
+    ]
+    assert backend.exit_reason(cluster) == ""  # it left the queue, and runs
+    await reconciler.stop_cluster(cluster)
+    await until(lambda: cluster.status.is_done, "the cluster to stop")
+    await until(lambda: job_id not in active_jobs(), "the job to end")
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+def as_user(script: str) -> None:
+    subprocess.run(["runuser", "-u", USER, "--", "bash", "-c", script], check=True, cwd="/")
+
+
+async def test_job_output_is_read_as_logs_and_user_links_are_not_followed(slurm_user, tmp_path):
+    """The scheduler's and a worker's job output, through ``read_log`` (tail, offsets,
+    components from the gateway's records); then the user, who owns the staging
+    directory, swaps the files and the directory for links to root's secrets and a FIFO:
+    nothing of them is read, nothing blocks."""
+    backend = make_backend()
+    cert, key = new_keypair("slurmlogs")
+    cluster = Cluster(
+        name="slurmlogs" + os.urandom(4).hex(),
+        username=USER,
+        token="t" * 32,
+        options={},
+        config={
+            "scheduler_setup": SLEEP.format(marker="scheduler-output-line"),
+            "worker_setup": SLEEP.format(marker="worker-output-line"),
+        },
+        tls_cert=cert,
+        tls_key=key,
+    )
+    assert await backend.log_components(cluster) == []
+    try:
+        cluster.state = await backend.start_cluster(cluster)
+        worker = Worker(name="abc123", cluster_name=cluster.name)
+        cluster.workers[worker.name] = worker
+        unstarted = Worker(name="notyet", cluster_name=cluster.name)
+        cluster.workers[unstarted.name] = unstarted
+        worker.state = await backend.start_worker(cluster, worker)
+        assert await backend.log_components(cluster) == ["scheduler", "worker:abc123"]
+
+        async def text(component: str) -> str:
+            chunk = await backend.read_log(cluster, component, None, 1 << 20)
+            return "" if chunk is None else chunk.data.decode()
+
+        async def both_ran() -> bool:
+            return "scheduler-output-line" in await text(
+                "scheduler"
+            ) and "worker-output-line" in await text("worker:abc123")
+
+        end = time.monotonic() + DEADLINE
+        while not await both_ran():
+            assert time.monotonic() < end, "the jobs' output never appeared"
+            await asyncio.sleep(0.2)
+
+        whole = await backend.read_log(cluster, "scheduler", None, 1 << 20)
+        assert whole is not None and whole.start == 0 and whole.end == len(whole.data)
+        tail = await backend.read_log(cluster, "scheduler", None, 5)
+        assert tail is not None and tail.data == whole.data[-5:]
+        assert (tail.start, tail.end) == (whole.end - 5, whole.end)
+        later = await backend.read_log(cluster, "scheduler", 3, 1 << 20)
+        assert later is not None and later.data == whole.data[3:] and later.start == 3
+        past = await backend.read_log(cluster, "scheduler", whole.end + 100, 10)
+        assert past is not None and past.data == b"" and past.start == whole.end
+        # Only components the gateway knows of: never a name made up to reach other files.
+        for bogus in ("worker:notyet", "worker:../../.ssh/id", "worker:nosuch", "x", "worker:"):
+            assert await backend.read_log(cluster, bogus, None, 100) is None, bogus
+
+        # The attack: the user owns the staging directory and swaps what is in it.
+        staging = cluster.state["staging_dir"]
+        as_user(
+            f"cd {staging} && ln -sf /etc/shadow scheduler.log && "
+            f"rm worker-abc123.log && mkfifo worker-abc123.log"
+        )
+        assert await backend.read_log(cluster, "scheduler", None, 1 << 20) is None
+        assert await backend.read_log(cluster, "worker:abc123", None, 1 << 20) is None
+        # ... and the staging directory itself for a link to a directory of root's holding
+        # files named like the logs (root's, or made the user's by an unwitting admin).
+        decoy = tmp_path / "decoy"
+        decoy.mkdir()
+        (decoy / "scheduler.log").write_text("decoy of root's\n")
+        (decoy / "worker-abc123.log").write_text("decoy of the user's\n")
+        os.chown(decoy / "worker-abc123.log", slurm_user.pw_uid, slurm_user.pw_gid)
+        as_user(f"mv {staging} {staging}.moved && ln -s {decoy} {staging}")
+        assert await backend.read_log(cluster, "scheduler", None, 1 << 20) is None
+        assert await backend.read_log(cluster, "worker:abc123", None, 1 << 20) is None
+        # The legitimate read still works once the user puts it back.
+        as_user(f"rm {staging} && mv {staging}.moved {staging} && rm {staging}/scheduler.log")
+        as_user(f"echo back >{staging}/scheduler.log")
+        chunk = await backend.read_log(cluster, "scheduler", None, 100)
+        assert chunk is not None and chunk.data == b"back\n"
+    finally:
+        for w in cluster.workers.values():
+            if w.state:
+                await backend.stop_worker(cluster, w)
+        await backend.stop_cluster(cluster)
+    await until(lambda: active_jobs() == [], "the jobs to end")
