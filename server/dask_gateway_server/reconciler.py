@@ -946,10 +946,13 @@ class Reconciler:
                 cluster.status == JobStatus.SUBMITTED
                 and now_wall - cluster.start_time > s.cluster_start_timeout * 1000
             ):
+                # A batch system may say why (Slurm: "Slurm kept it pending: Resources").
+                why = self._waiting_reason(cluster)
                 await self.stop_cluster(
                     cluster,
                     failed=True,
-                    message=f"Cluster did not start within {s.cluster_start_timeout:g} s",
+                    message=f"Cluster did not start within {s.cluster_start_timeout:g} s"
+                    + (f"; {why}" if why else ""),
                 )
             elif (
                 cluster.status == JobStatus.RUNNING
@@ -974,11 +977,22 @@ class Reconciler:
                             cluster.name,
                             extra=about(cluster),
                         )
+                        why = self._waiting_reason(cluster, worker)
                         await self._worker_failed(
                             cluster,
                             worker,
-                            f"did not start within {s.worker_start_timeout:g} s",
+                            f"did not start within {s.worker_start_timeout:g} s"
+                            + (f"; {why}" if why else ""),
                         )
+
+    def _waiting_reason(self, cluster: Cluster, worker: Worker | None = None) -> str:
+        """What the backend says of a scheduler (or worker) that did not start in time,
+        e.g. the batch queue's reason for keeping it waiting; "" if nothing."""
+        try:
+            return self.backend.exit_reason(cluster, worker)
+        except Exception:
+            self.log.exception("exit_reason failed", extra=about(cluster))
+            return ""
 
     async def _check_clusters(self) -> None:
         clusters = [
