@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import waiting
+from support.gateway_process import GatewayProcess, free_port
+from support.http_helpers import basic, call, create
+from support.paths import CONFIGS
 
 from dask_gateway_server.backends.slurm import SlurmBackend
 from dask_gateway_server.models import Cluster, JobStatus, User, Worker
@@ -175,7 +179,7 @@ async def test_pending_reason_is_told_then_the_start_timeout_names_it(gateway, c
 
     await until(lambda: cluster.status.is_done, "the start timeout", deadline=DEADLINE + 8)
     assert cluster.status == JobStatus.FAILED
-    assert "did not start within 8 s" in cluster.message
+    assert cluster.message == "Cluster did not start within 8 s; Slurm kept it pending: BeginTime"
     failed = [
         r.getMessage() for r in caplog.records if f"Cluster {cluster.name} failed" in r.message
     ]
@@ -217,6 +221,52 @@ async def test_changed_reason_is_told_and_leaving_the_queue_names_the_node(gatew
     await reconciler.stop_cluster(cluster)
     await until(lambda: cluster.status.is_done, "the cluster to stop")
     await until(lambda: job_id not in active_jobs(), "the job to end")
+
+
+def test_pending_reason_and_failure_through_the_events_route(slurm_user, tmp_path):
+    """The same, as the user sees it: a gateway process, a held job (the test config's
+    "held" environment), the events route while it waits and after it failed."""
+    gw = GatewayProcess(
+        tmp_path / "gw",
+        [
+            f"--DaskGateway.address=127.0.0.1:{free_port()}",
+            "--SlurmBackend.cluster_start_timeout=10",
+            "--SlurmBackend.launcher_python=/usr/bin/python3",
+        ],
+        config=CONFIGS / "slurm_gateway_config.py",
+    )
+    gw.start()
+    try:
+        user = basic(USER)
+        name = create(gw, user, {"environment": "held"})
+
+        def events(query: str = "") -> dict:
+            r = call("GET", f"{gw.address}/api/v1/clusters/{name}/events{query}", headers=user)
+            assert r.status == 200, r.body
+            return r.json()
+
+        queued = waiting.wait_for(
+            lambda: [e for e in events()["events"] if e["kind"] == "queued"],
+            timeout=DEADLINE,
+            what="a queued event",
+        )
+        assert queued[0]["message"] == "Waiting in Slurm's queue: JobHeldUser"
+        assert "held" in queued[0]["detail"]
+
+        def ended() -> dict | None:
+            answer = events("?wait=5")
+            return answer if answer["done"] else None
+
+        done = waiting.wait_for(ended, timeout=DEADLINE, what="the cluster to fail")
+        kinds = [e["kind"] for e in done["events"]]
+        assert kinds.count("queued") == 1 and kinds[-1] == "failed", kinds
+        assert done["events"][-1]["message"] == (
+            "Cluster did not start within 10 s; Slurm kept it pending: JobHeldUser"
+        )
+        assert "Slurm kept it pending: JobHeldUser" in done["events"][-1]["detail"]
+    finally:
+        assert gw.stop() == 0, gw.log()
+    waiting.wait_for(lambda: active_jobs() == [], timeout=DEADLINE, what="no job left")
 
 
 # -- logs -------------------------------------------------------------------------------
