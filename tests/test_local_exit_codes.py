@@ -156,3 +156,40 @@ async def test_status_of_a_fork_server_that_died_is_lost_not_waited_for(tmp_path
         assert launcher.exit_status(state) is None
     finally:
         await launcher.close()
+
+
+def test_worker_ends_through_the_events_route(gateway):
+    """As the user reads it: a gateway process, a worker whose code calls os._exit(3) and one
+    SIGKILLed; each one's worker-failed event says how it ended."""
+    from support.http_helpers import basic, call
+    from support.waiting import wait_for
+
+    from dask_gateway import BasicAuth, Gateway
+
+    def failures(name: str) -> dict[str, str]:
+        r = call("GET", f"{gateway.address}/api/v1/clusters/{name}/events", headers=basic("ec"))
+        assert r.status == 200, r.body
+        events = r.json()["events"]
+        return {e["worker"]: e["message"] for e in events if e["kind"] == "worker-failed"}
+
+    with Gateway(gateway.address, auth=BasicAuth(username="ec", password="x")) as gw:
+        with gw.new_cluster() as cluster, cluster.get_client() as client:
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=DEADLINE)
+            info = client.scheduler_info()["workers"]
+            (exits, exits_addr), (killed, killed_addr) = sorted(
+                (w["name"], addr) for addr, w in info.items()
+            )
+            with pytest.raises(Exception):  # noqa: B017 (the worker is gone before it answers)
+                client.run(os._exit, 3, workers=[exits_addr])
+            pid = client.run(os.getpid, workers=[killed_addr])[killed_addr]
+            os.kill(pid, signal.SIGKILL)
+            failed = wait_for(
+                lambda: len(failures(cluster.name)) == 2 and failures(cluster.name),
+                timeout=DEADLINE,
+                what="two worker-failed events",
+            )
+            assert failed == {
+                exits: f"Worker {exits} failed: exited with code 3",
+                killed: f"Worker {killed} failed: killed by signal 9 (SIGKILL)",
+            }
