@@ -361,3 +361,44 @@ async def test_job_output_is_read_as_logs_and_user_links_are_not_followed(slurm_
                 await backend.stop_worker(cluster, w)
         await backend.stop_cluster(cluster)
     await until(lambda: active_jobs() == [], "the jobs to end")
+
+
+async def test_worker_pending_reason_is_told_with_the_worker(slurm_user):
+    """A worker's job Slurm keeps waiting: worker-queued naming the worker, once; its
+    exit reason (a worker start timeout) says Slurm's reason."""
+    backend = make_backend()
+    events = Events(backend)
+    cert, key = new_keypair("slurmwq")
+    cluster = Cluster(
+        name="slurmwq" + os.urandom(4).hex(),
+        username=USER,
+        token="t" * 32,
+        options={},
+        config={
+            "scheduler_setup": SLEEP.format(marker="scheduler"),
+            "worker_sbatch_options": ["--begin=now+1hour"],
+        },
+        tls_cert=cert,
+        tls_key=key,
+    )
+    worker = Worker(name="w1", cluster_name=cluster.name)
+    cluster.workers[worker.name] = worker
+    try:
+        cluster.state = await backend.start_cluster(cluster)
+        worker.state = await backend.start_worker(cluster, worker)
+        end = time.monotonic() + DEADLINE
+        while not events.of(cluster, "worker-queued"):
+            assert time.monotonic() < end, "no worker-queued event"
+            assert await backend.check_workers(cluster, [worker]) == [True]
+            await asyncio.sleep(0.2)
+        for _ in range(3):  # the same reason seen again: not told again
+            await asyncio.sleep(0.4)
+            assert await backend.check_workers(cluster, [worker]) == [True]
+        assert events.of(cluster) == [
+            ("worker-queued", "Waiting in Slurm's queue: BeginTime", "w1")
+        ]
+        assert backend.exit_reason(cluster, worker) == "Slurm kept it pending: BeginTime"
+    finally:
+        await backend.stop_worker(cluster, worker)
+        await backend.stop_cluster(cluster)
+    await until(lambda: active_jobs() == [], "the jobs to end")
