@@ -55,6 +55,9 @@ def start_ticks(pid):
 #: start ticks of the children not yet reaped (the gateway tells a reused pid by them).
 STATUS_FD = -1
 CHILDREN: "dict[int, int | None]" = {}
+#: Children reaped before their start ticks were recorded (a handler pending from an earlier
+#: child ran in between): told once they are.
+EARLY: "dict[int, int]" = {}
 
 
 def returncode(status):
@@ -85,7 +88,10 @@ def reap(signum, frame):
             return
         if pid == 0:
             return
-        tell_exit(pid, status)
+        if pid in CHILDREN:
+            tell_exit(pid, status)
+        else:
+            EARLY[pid] = status
 
 
 def set_title(request):
@@ -256,6 +262,8 @@ def main():
                 if pid == 0:
                     run_child(request, env_fd, channel.fileno())
                 ticks = CHILDREN[pid] = start_ticks(pid)
+                while EARLY:
+                    tell_exit(*EARLY.popitem())
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         except Exception as e:
