@@ -328,18 +328,26 @@ async def test_job_output_is_read_as_logs_and_user_links_are_not_followed(slurm_
         assert later is not None and later.data == whole.data[3:] and later.start == 3
         past = await backend.read_log(cluster, "scheduler", whole.end + 100, 10)
         assert past is not None and past.data == b"" and past.start == whole.end
+        # Where the gateway cannot read the user's files (a service account using sudo,
+        # root squashed on NFS), the user's own launcher reads them, the same way.
+        staging = cluster.state["staging_dir"]
+        for at in (None, 3):
+            via_user = await backend._read_as_user(cluster, staging, "scheduler.log", at, 1 << 20)
+            direct = await backend.read_log(cluster, "scheduler", at, 1 << 20)
+            assert via_user == direct, at
         # Only components the gateway knows of: never a name made up to reach other files.
         for bogus in ("worker:notyet", "worker:../../.ssh/id", "worker:nosuch", "x", "worker:"):
             assert await backend.read_log(cluster, bogus, None, 100) is None, bogus
 
         # The attack: the user owns the staging directory and swaps what is in it.
-        staging = cluster.state["staging_dir"]
         as_user(
             f"cd {staging} && ln -sf /etc/shadow scheduler.log && "
             f"rm worker-abc123.log && mkfifo worker-abc123.log"
         )
         assert await backend.read_log(cluster, "scheduler", None, 1 << 20) is None
         assert await backend.read_log(cluster, "worker:abc123", None, 1 << 20) is None
+        for file in ("scheduler.log", "worker-abc123.log"):
+            assert await backend._read_as_user(cluster, staging, file, None, 100) is None
         # ... and the staging directory itself for a link to a directory of root's holding
         # files named like the logs (root's, or made the user's by an unwitting admin).
         decoy = tmp_path / "decoy"

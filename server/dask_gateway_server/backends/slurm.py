@@ -10,6 +10,7 @@ call per status period for every job the gateway knows; ``scancel`` stops jobs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import getpass
 import ipaddress
@@ -132,7 +133,7 @@ def open_directory(path: str, trusted: set[int]) -> int:
                 continue
             here_trusted = os.fstat(fd).st_uid in trusted
             if part == ".." and not here_trusted:
-                raise OSError(errno.EACCES, f"'..' from a user's directory in {path}")
+                raise OSError(errno.EINVAL, f"'..' from a user's directory in {path}")
             try:
                 step = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
@@ -166,15 +167,21 @@ def read_user_file(
     """At most ``limit`` bytes of the file ``directory/name`` from ``offset`` (None: the last
     ``limit`` bytes; the newest when more follow ``offset``; past the end: none, at the end),
     as ``read_range`` reads a local log. None unless it is a regular file of ``owner``'s,
-    reached without following a link the user could plant (``open_directory``). Blocking."""
+    reached without following a link the user could plant (``open_directory``). Raises
+    PermissionError where this process may not read there at all (a service account; root
+    on a shared file system that squashes it): the user's own process must. Blocking."""
     if "/" in name or name in ("", ".", ".."):
         return None
     try:
         dir_fd = open_directory(directory, trusted)
+    except PermissionError:
+        raise
     except OSError:
         return None
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        raise
     except OSError:
         return None
     finally:
@@ -799,14 +806,46 @@ class SlurmBackend(DBBackendBase):
         if name is None or not staging:
             return None
 
-        def read() -> LogChunk | None:
+        def read() -> tuple[LogChunk | None, bool]:
+            """(the chunk, whether only the user can read it)."""
             try:
                 owner = self._jobs_uid(cluster.username)
             except KeyError:  # the account is gone
-                return None
-            return read_user_file(staging, name, offset, limit, owner, {0, os.geteuid()})
+                return None, False
+            if os.geteuid() not in (0, owner):
+                return None, True
+            try:
+                return read_user_file(staging, name, offset, limit, owner, {0, os.geteuid()}), False
+            except PermissionError:
+                return None, True
 
-        return await asyncio.get_running_loop().run_in_executor(None, read)
+        chunk, as_user = await asyncio.get_running_loop().run_in_executor(None, read)
+        if as_user:
+            chunk = await self._read_as_user(cluster, staging, name, offset, limit)
+        return chunk
+
+    async def _read_as_user(
+        self, cluster: Cluster, staging: str, name: str, offset: int | None, limit: int
+    ) -> LogChunk | None:
+        """A job output file read by the launcher, as the user (where the gateway cannot
+        read the user's files itself)."""
+        request = {
+            "action": "read",
+            "staging_dir": staging,
+            "name": name,
+            "offset": offset,
+            "limit": limit,
+        }
+        try:
+            answer = await self._launch(cluster.username, request)
+            if answer.get("missing"):
+                return None
+            data = base64.b64decode(answer["data"])
+            start = max(0, int(answer["start"]))
+        except Exception as e:  # the user's launcher: a failure is no log, never an error
+            self.log.debug("Could not read %s as %s: %s", name, cluster.username, e)
+            return None
+        return LogChunk(data[:limit], start, start + len(data[:limit]))
 
     def _jobs_uid(self, username: str) -> int:
         """The uid the cluster's jobs run as (blocking: NSS)."""
