@@ -223,9 +223,11 @@ async def test_changed_reason_is_told_and_leaving_the_queue_names_the_node(gatew
     await until(lambda: job_id not in active_jobs(), "the job to end")
 
 
-def test_pending_reason_and_failure_through_the_events_route(slurm_user, tmp_path):
+def test_pending_reason_failure_and_logs_through_the_routes(slurm_user, tmp_path):
     """The same, as the user sees it: a gateway process, a held job (the test config's
-    "held" environment), the events route while it waits and after it failed."""
+    "held" environment), the events route while it waits and after it failed; then a job
+    that fails (its environment does not activate): its output is the scheduler's log,
+    through the logs route after the cluster failed, and the failure's detail."""
     gw = GatewayProcess(
         tmp_path / "gw",
         [
@@ -236,34 +238,47 @@ def test_pending_reason_and_failure_through_the_events_route(slurm_user, tmp_pat
         config=CONFIGS / "slurm_gateway_config.py",
     )
     gw.start()
+    user = basic(USER)
+
+    def events(name: str, query: str = "") -> dict:
+        r = call("GET", f"{gw.address}/api/v1/clusters/{name}/events{query}", headers=user)
+        assert r.status == 200, r.body
+        return r.json()
+
+    def history(name: str) -> list[dict]:
+        def ended() -> list[dict] | None:
+            answer = events(name, "?wait=5")
+            return answer["events"] if answer["done"] else None
+
+        return waiting.wait_for(ended, timeout=DEADLINE, what=f"cluster {name} to end")
+
     try:
-        user = basic(USER)
-        name = create(gw, user, {"environment": "held"})
-
-        def events(query: str = "") -> dict:
-            r = call("GET", f"{gw.address}/api/v1/clusters/{name}/events{query}", headers=user)
-            assert r.status == 200, r.body
-            return r.json()
-
+        held = create(gw, user, {"environment": "held"})
         queued = waiting.wait_for(
-            lambda: [e for e in events()["events"] if e["kind"] == "queued"],
+            lambda: [e for e in events(held)["events"] if e["kind"] == "queued"],
             timeout=DEADLINE,
             what="a queued event",
         )
         assert queued[0]["message"] == "Waiting in Slurm's queue: JobHeldUser"
         assert "held" in queued[0]["detail"]
-
-        def ended() -> dict | None:
-            answer = events("?wait=5")
-            return answer if answer["done"] else None
-
-        done = waiting.wait_for(ended, timeout=DEADLINE, what="the cluster to fail")
-        kinds = [e["kind"] for e in done["events"]]
+        done = history(held)
+        kinds = [e["kind"] for e in done]
         assert kinds.count("queued") == 1 and kinds[-1] == "failed", kinds
-        assert done["events"][-1]["message"] == (
+        assert done[-1]["message"] == (
             "Cluster did not start within 10 s; Slurm kept it pending: JobHeldUser"
         )
-        assert "Slurm kept it pending: JobHeldUser" in done["events"][-1]["detail"]
+        assert "Slurm kept it pending: JobHeldUser" in done[-1]["detail"]
+
+        broken = create(gw, user, {"environment": "broken"})
+        failed = history(broken)[-1]
+        assert failed["kind"] == "failed"
+        assert "activating the broken environment" in failed["detail"], failed
+        r = call(
+            "GET", f"{gw.address}/api/v1/clusters/{broken}/logs?component=scheduler", headers=user
+        )
+        assert r.status == 200, r.body
+        assert "activating the broken environment" in r.json()["logs"]["scheduler"]
+        assert r.json()["done"] is True
     finally:
         assert gw.stop() == 0, gw.log()
     waiting.wait_for(lambda: active_jobs() == [], timeout=DEADLINE, what="no job left")
