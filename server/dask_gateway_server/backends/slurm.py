@@ -4,7 +4,10 @@ The gateway (root, or a user allowed to ``sudo`` to the others) runs a small lau
 cluster's user (``slurm_launcher.py``): it writes the cluster's TLS key and API token to a
 private staging directory and calls ``sbatch``. Secrets travel on the launcher's stdin, never
 on a command line, in the environment or in the job script. Status comes from one ``squeue``
-call per status period for every job the gateway knows; ``scancel`` stops jobs.
+call per status period for every job the gateway knows; ``scancel`` stops jobs. What that
+call shows of a waiting job (Slurm's pending reason, the node it then starts on) goes to the
+cluster's history (``Backend.emit``); the jobs' output files in the staging directory are
+the cluster's logs (``read_log``).
 """
 
 from __future__ import annotations
