@@ -8,15 +8,23 @@ _register_defaults()
 
 from .auth import BasicAuth, JupyterHubAuth, KerberosAuth  # noqa: E402
 from .client import Gateway, GatewayCluster  # noqa: E402
-from .errors import GatewayClusterError, GatewayServerError, GatewayWarning  # noqa: E402
+from .errors import (  # noqa: E402
+    GatewayClusterError,
+    GatewayServerError,
+    GatewayUnsupportedError,
+    GatewayWarning,
+)
+from .events import ClusterEvent  # noqa: E402
 from .options import Options  # noqa: E402
 
 __all__ = [
     "BasicAuth",
+    "ClusterEvent",
     "Gateway",
     "GatewayCluster",
     "GatewayClusterError",
     "GatewayServerError",
+    "GatewayUnsupportedError",
     "GatewayWarning",
     "JupyterHubAuth",
     "KerberosAuth",

@@ -23,7 +23,7 @@ from datetime import datetime
 from enum import IntEnum
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import dask.config
 from distributed.comm.core import CommClosedError
@@ -46,11 +46,15 @@ from .errors import (
     GatewayClusterError,
     GatewayRequestError,
     GatewayServerError,
+    GatewayUnsupportedError,
     GatewayWarning,
 )
+from .events import ClusterEvent, EventPage, start_failure_message, stop_reason
 from .options import Options
+from .progress import StartProgress, start_progress
 
 __all__ = [
+    "ClusterEvent",
     "ClusterReport",
     "ClusterStatus",
     "Gateway",
@@ -59,6 +63,7 @@ __all__ = [
     "GatewayRequestError",
     "GatewaySecurity",
     "GatewayServerError",
+    "GatewayUnsupportedError",
     "GatewayWarning",
     "cleanup_lingering_clusters",
 ]
@@ -244,6 +249,29 @@ def _error_message(resp: HTTPResponse) -> str:
         return text or (resp.reason or "")
 
 
+def _route_missing(resp: HTTPResponse) -> bool:
+    """A 404 for the path itself, not for a cluster: the public server answers an unknown
+    path with a plain-text ``404: Not Found``, this one (before it had the route) with
+    ``{"error": "Not Found"}``; an unknown cluster is ``{"error": "Cluster X not found"}``."""
+    if resp.code != 404:
+        return False
+    try:
+        data = json.loads(resp.body or b"")
+    except ValueError:
+        return True
+    return not isinstance(data, dict) or data.get("error") in (None, "Not Found")
+
+
+#: What a server without the events or logs routes cannot do, for the error it gives.
+_FEATURES = {
+    "events": "keep cluster events",
+    "logs": "keep cluster logs",
+}
+
+#: Longest long-poll the events route holds (seconds, its own limit).
+MAX_EVENTS_WAIT = 60
+
+
 class Gateway(SyncMethodMixin):
     """A connection to a dask-gateway server.
 
@@ -351,9 +379,18 @@ class Gateway(SyncMethodMixin):
             raise RuntimeError(f"{self!r} is closed")
 
     async def _request(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        feature: str | None = None,
     ) -> Any:
-        """Send an API request and return the decoded JSON (None for empty bodies)."""
+        """Send an API request and return the decoded JSON (None for empty bodies).
+
+        ``feature`` names a route not every server has (a key of ``_FEATURES``): its absence
+        raises ``GatewayUnsupportedError`` rather than a 404 about a cluster.
+        """
         self._check_open()
         if self._http is None:
             self._http = HTTPClient(_AuthHooks(self.auth), self._proxy)
@@ -361,6 +398,12 @@ class Gateway(SyncMethodMixin):
         payload = None if body is None else json.dumps(body).encode()
         resp = await self._http.fetch(method, self.address + path, payload, **kwargs)
         if resp.code >= 400:
+            if feature is not None and _route_missing(resp):
+                raise GatewayUnsupportedError(
+                    f"The gateway at {self.address} does not {_FEATURES[feature]}: it has no "
+                    f"{feature} route (the public dask-gateway-server, or an older version of "
+                    "this one). Its administrator can read the logs on the gateway's machine."
+                )
             msg = _error_message(resp)
             if resp.code in (404, 422):
                 raise GatewayRequestError(msg, resp.code)
@@ -462,12 +505,131 @@ class Gateway(SyncMethodMixin):
             if report.status == ClusterStatus.RUNNING:
                 return report
             if report.status == ClusterStatus.FAILED:
-                raise GatewayClusterError(
-                    f"Cluster {cluster_name!r} failed to start, see logs for more information"
-                )
+                raise GatewayClusterError(await self._start_failure(cluster_name))
             if report.status == ClusterStatus.STOPPED:
-                raise GatewayClusterError(f"Cluster {cluster_name!r} is already stopped")
+                raise GatewayClusterError(await self._stopped_message(cluster_name))
             await asyncio.sleep(0.5)
+
+    async def _history(self, cluster_name: str) -> list[ClusterEvent] | None:
+        """The cluster's events for an error message; None when they cannot be had (a server
+        without the route, a network error): the message then says less, but still comes."""
+        try:
+            return await self._events(cluster_name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("No events of %s for its error message: %s", cluster_name, exc)
+            return None
+
+    async def _start_failure(self, cluster_name: str) -> str:
+        """Why the cluster failed to start, in the words of its ``failed`` event."""
+        events = await self._history(cluster_name)
+        message = start_failure_message(cluster_name, events or [])
+        if message is not None:
+            return message
+        hint = "" if events is None else f" (its logs: gateway.get_logs({cluster_name!r}))"
+        return f"Cluster {cluster_name!r} failed to start, see logs for more information{hint}"
+
+    async def _stopped_message(self, cluster_name: str) -> str:
+        reason = stop_reason(await self._history(cluster_name) or [])
+        text = f"Cluster {cluster_name!r} is already stopped"
+        return f"{text}: {reason}" if reason else text
+
+    # ------------------------------------------------------------------ events and logs
+
+    async def _events_page(
+        self, cluster_name: str, after: int | None = None, wait: float | None = None
+    ) -> EventPage:
+        """One answer of the events route (events after ``after``, held up to ``wait`` s
+        until one comes), with its cursor and whether the cluster has ended."""
+        query: dict[str, Any] = {}
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+                raise ValueError(f"after must be a non-negative event id, got {after!r}")
+            query["after"] = after
+        if wait is not None:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+                raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
+            wait = min(float(wait), MAX_EVENTS_WAIT)
+            query["wait"] = f"{wait:g}"
+        path = f"/api/v1/clusters/{quote(cluster_name, safe='')}/events"
+        if query:
+            path += "?" + urlencode(query)
+        timeout = None if not wait else wait + 60
+        data = await self._request("GET", path, timeout=timeout, feature="events")
+        if not isinstance(data, dict):
+            raise GatewayServerError(f"Unexpected answer of the events route: {data!r}")
+        return EventPage._from_json(data, after or 0)
+
+    async def _events(
+        self, cluster_name: str, after: int | None = None, wait: float | None = None
+    ) -> list[ClusterEvent]:
+        page = await self._events_page(cluster_name, after, wait)
+        events = list(page.events)
+        if wait:
+            return events
+        # The route answers at most 1,000 events at a time: read on to the end.
+        while len(page.events) >= 1000 and page.cursor > (after or 0):
+            after = page.cursor
+            page = await self._events_page(cluster_name, after)
+            events.extend(page.events)
+        return events
+
+    def events(
+        self,
+        cluster_name: str,
+        after: int | None = None,
+        wait: float | None = None,
+        **kwargs: Any,
+    ) -> list[ClusterEvent]:
+        """The history of a cluster (also a stopped or failed one), oldest first.
+
+        ``after``: only events with a larger ``id`` (pass the last ``id`` you saw to read
+        on). ``wait``: when there is no such event yet and the cluster has not ended, wait up
+        to this many seconds (at most 60) for one. Servers that keep no events (the public
+        dask-gateway-server) raise ``GatewayUnsupportedError``.
+        """
+        return self.sync(self._events, cluster_name, after, wait, **kwargs)
+
+    async def _get_logs(
+        self, cluster_name: str, component: str | None = None, tail: int | None = None
+    ) -> dict[str, str]:
+        query: dict[str, Any] = {}
+        if component is not None:
+            if not isinstance(component, str) or not component:
+                raise ValueError(
+                    "component must be 'scheduler' or 'worker:NAME' (a key of get_logs()), "
+                    f"got {component!r}"
+                )
+            query["component"] = component
+        if tail is not None:
+            if isinstance(tail, bool) or not isinstance(tail, int) or tail < 1:
+                raise ValueError(f"tail must be a number of lines >= 1, got {tail!r}")
+            query["tail"] = tail
+        path = f"/api/v1/clusters/{quote(cluster_name, safe='')}/logs"
+        if query:
+            path += "?" + urlencode(query)
+        data = await self._request("GET", path, feature="logs")
+        logs = data.get("logs") if isinstance(data, dict) else None
+        if not isinstance(logs, dict):
+            raise GatewayServerError(f"Unexpected answer of the logs route: {data!r}")
+        return {str(k): str(v) for k, v in logs.items()}
+
+    def get_logs(
+        self,
+        cluster_name: str,
+        component: str | None = None,
+        tail: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, str]:
+        """The logs of a cluster (also a stopped or failed one): ``{component: text}``.
+
+        Components are ``"scheduler"`` and ``"worker:NAME"`` (scheduler first, then workers
+        by start time). ``component``: only that one; ``tail``: only the last lines of each.
+        The gateway keeps the newest part of each log (its size is capped). Servers that
+        keep no logs (the public dask-gateway-server) raise ``GatewayUnsupportedError``.
+        """
+        return self.sync(self._get_logs, cluster_name, component, tail, **kwargs)
 
     def connect(self, cluster_name: str, shutdown_on_close: bool = False) -> GatewayCluster:
         """Attach to an existing cluster (awaitable in asynchronous mode)."""
@@ -754,14 +916,44 @@ class GatewayCluster:
         super()._start_async()`` first), as with the public client.
         """
         self.status = "starting"
+        progress: StartProgress | None = None
         if self.name is None:
             self.name = await self.gateway._submit(self._cluster_options, **self._option_overrides)
-        report = await self.gateway._wait_for_start(self.name)
+            progress = self._start_progress(self.name)
+        try:
+            report = await self.gateway._wait_for_start(self.name)
+        except BaseException:
+            if progress is not None:
+                progress.abort()
+            raise
         self.scheduler_address = report.scheduler_address
         self.dashboard_link = report.dashboard_link
         self.security = report.security
-        await self._watch_workers()
+        # The last phases are shown while the scheduler is connected: no added wait.
+        shown = None if progress is None else asyncio.ensure_future(progress.finish())
+        try:
+            await self._watch_workers()
+        except BaseException:
+            if shown is not None:
+                shown.cancel()
+            raise
+        if shown is not None:
+            await shown
         self.status = "running"
+
+    def _start_progress(self, name: str) -> StartProgress | None:
+        """Shows the start-up phases of the cluster just submitted (config
+        ``gateway.progress``), reading its events beside the wait for it to run."""
+        gateway = self.gateway
+
+        async def fetch(after: int, wait: float) -> EventPage:
+            return await gateway._events_page(name, after, wait)
+
+        try:
+            return start_progress(name, fetch)
+        except ValueError as exc:  # a bad gateway.progress setting must not fail the start
+            warnings.warn(str(exc), stacklevel=2)
+            return None
 
     async def _watch_workers(self) -> None:
         """Subscribe to the scheduler's worker updates to keep ``scheduler_info`` live."""
@@ -840,6 +1032,21 @@ class GatewayCluster:
         """Scale automatically with the load, between ``minimum`` and ``maximum`` workers."""
         return self.gateway.adapt_cluster(
             self._submitted_name(), minimum=minimum, maximum=maximum, active=active, **kwargs
+        )
+
+    def events(
+        self, after: int | None = None, wait: float | None = None, **kwargs: Any
+    ) -> list[ClusterEvent]:
+        """This cluster's history, oldest first (see ``Gateway.events``)."""
+        return self.gateway.events(self._submitted_name(), after=after, wait=wait, **kwargs)
+
+    def get_logs(
+        self, component: str | None = None, tail: int | None = None, **kwargs: Any
+    ) -> dict[str, str]:
+        """This cluster's logs, ``{component: text}``: ``"scheduler"`` and
+        ``"worker:NAME"`` (see ``Gateway.get_logs``)."""
+        return self.gateway.get_logs(
+            self._submitted_name(), component=component, tail=tail, **kwargs
         )
 
     # ------------------------------------------------------------------ close

@@ -11,6 +11,7 @@ __all__ = [
     "GatewayClusterError",
     "GatewayRequestError",
     "GatewayServerError",
+    "GatewayUnsupportedError",
     "GatewayWarning",
 ]
 
@@ -29,6 +30,11 @@ class GatewayRequestError(ValueError):
 
 class GatewayServerError(Exception):
     """The gateway failed internally (HTTP 500)."""
+
+
+class GatewayUnsupportedError(GatewayServerError):
+    """The gateway has no route for the request: a server that does not offer the feature
+    (the public dask-gateway-server, or an older version of this one)."""
 
 
 class GatewayWarning(UserWarning):

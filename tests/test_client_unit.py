@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import json
 import ssl
@@ -24,10 +25,12 @@ from tornado.netutil import bind_sockets
 import dask_gateway
 from dask_gateway import (
     BasicAuth,
+    ClusterEvent,
     Gateway,
     GatewayCluster,
     GatewayClusterError,
     GatewayServerError,
+    GatewayUnsupportedError,
     GatewayWarning,
     JupyterHubAuth,
     KerberosAuth,
@@ -43,6 +46,8 @@ from dask_gateway.config import (
     resolve_proxy_address,
     resolve_public_address,
 )
+from dask_gateway.errors import GatewayRequestError
+from dask_gateway.events import EventPage
 from dask_gateway.options import Float, Integer, Mapping, Select, String
 
 OPTIONS_SPEC = {
@@ -428,12 +433,72 @@ def cluster_json(name, status="RUNNING"):
     }
 
 
+T0 = 1765000000000  # ms since the epoch: the fake clusters' first event
+
+BROKEN_LOG = [f"log line {i}" for i in range(1, 30)] + [
+    "ModuleNotFoundError: No module named 'distributed'"
+]
+
+# The fake's event histories; a cluster not listed has no events route, as on the public server.
+EVENTS = {
+    "broken": [
+        {"id": 1, "time": T0, "kind": "submitted", "message": "Submitted by alice"},
+        {"id": 2, "time": T0 + 100, "kind": "starting", "message": "Starting the scheduler"},
+        {
+            "id": 3,
+            "time": T0 + 2100,
+            "kind": "failed",
+            "message": "The scheduler exited before it started: "
+            "ModuleNotFoundError: No module named 'distributed'",
+            "detail": "\n".join(BROKEN_LOG) + "\n",
+        },
+    ],
+    "halted": [
+        {"id": 7, "time": T0, "kind": "submitted", "message": "Submitted by alice"},
+        {
+            "id": 8,
+            "time": T0 + 50,
+            "kind": "stop-requested",
+            "message": "Stop requested by admin bob",
+        },
+        {"id": 9, "time": T0 + 60, "kind": "stopped", "message": "Stopped"},
+    ],
+    "failing-quietly": [{"id": 1, "time": T0, "kind": "submitted", "message": "Submitted"}],
+    "a": [
+        {"id": 1, "time": T0, "kind": "submitted", "message": "Submitted by alice"},
+        {"id": 2, "time": T0 + 1000, "kind": "running", "message": "Scheduler running on h1"},
+        {
+            "id": 3,
+            "time": T0 + 5000,
+            "kind": "worker-failed",
+            "worker": "w1",
+            "message": "Worker w1 failed: exited with code 3",
+            "detail": "boom\n",
+            "cluster": "a",  # unknown keys are ignored
+        },
+    ],
+}
+LOGS = {"scheduler": "scheduler line 1\nscheduler line 2\n", "worker:w1": "worker line\n"}
+LIFECYCLES = {  # statuses a cluster goes through when polled with ?wait
+    "failing": "FAILED",
+    "stopped": "STOPPED",
+    "broken": "FAILED",
+    "halted": "STOPPED",
+    "failing-quietly": "FAILED",
+}
+
+
 class FakeState:
     def __init__(self):
         self.auth_headers = []  # Authorization headers received (None if absent)
         self.bodies = []  # (path, JSON body) of POSTs
         self.polls = 0
         self.deleted = []  # names of DELETEd clusters
+        self.event_queries = []  # (name, query arguments) of the events route
+        self.log_queries = []
+        # Set by a test: the fake answers PENDING until the events route has been read.
+        self.hold_until_events_read = False
+        self.events_read: asyncio.Event | None = None
 
 
 class Base(web.RequestHandler):
@@ -484,11 +549,14 @@ class Clusters(Base):
         if options.get("worker_cores", 1) > 4:
             return self.fail(422, "worker_cores must be <= 4.000000, got 10")
         self.set_status(201)
-        self.finish({"name": "failing" if options.get("environment") == "doomed" else "new"})
+        environment = options.get("environment")
+        if environment in LIFECYCLES:
+            return self.finish({"name": environment})
+        self.finish({"name": "failing" if environment == "doomed" else "new"})
 
 
 class Cluster(Base):
-    def get(self, name):
+    async def get(self, name):
         if name == "missing":
             return self.fail(404, f"Cluster {name} not found")
         if name == "forbidden":
@@ -496,10 +564,12 @@ class Cluster(Base):
         if name == "boom":
             self.set_status(500)
             return self.finish("500: Internal Server Error")
-        if name in ("failing", "stopped"):
+        if name in LIFECYCLES:
             self.state.polls += 1
             assert self.get_query_argument("wait", None) == ""
-            status = "PENDING" if self.state.polls == 1 else name.upper().replace("ING", "ED")
+            if self.state.hold_until_events_read and self.state.events_read is not None:
+                await self.state.events_read.wait()
+            status = "PENDING" if self.state.polls == 1 else LIFECYCLES[name]
             return self.finish(cluster_json(name, status))
         self.finish(cluster_json(name))
 
@@ -523,6 +593,52 @@ class Adapt(Base):
         self.finish({"ok": True, "msg": None})
 
 
+def _public_server_404(handler):
+    """What the public dask-gateway-server answers for a path it has no route for."""
+    handler.set_status(404)
+    handler.set_header("Content-Type", "text/plain; charset=utf-8")
+    handler.finish("404: Not Found")
+
+
+class Events(Base):
+    def get(self, name):
+        query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+        self.state.event_queries.append((name, query))
+        if name == "missing":
+            return self.fail(404, f"Cluster {name} not found")
+        if name == "old-ours":  # this project's server before it had the route
+            return self.fail(404, "Not Found")
+        if name not in EVENTS:
+            return _public_server_404(self)
+        after = int(query.get("after", 0))
+        events = [e for e in EVENTS[name] if e["id"] > after]
+        self.finish(
+            {
+                "events": events,
+                "cursor": events[-1]["id"] if events else after,
+                "done": name != "a",
+            }
+        )
+        if self.state.events_read is not None:
+            self.state.events_read.set()
+
+
+class Logs(Base):
+    def get(self, name):
+        query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+        self.state.log_queries.append((name, query))
+        if name != "a":
+            return _public_server_404(self)
+        logs = dict(LOGS)
+        component = query.get("component")
+        if component is not None:
+            if component not in logs:
+                known = ", ".join(logs)
+                return self.fail(404, f"No log {component!r} in cluster a (known: {known})")
+            logs = {component: logs[component]}
+        self.finish({"logs": logs})
+
+
 @pytest.fixture(scope="module")
 def fake_gateway():
     """A wire-protocol-speaking fake gateway running on its own thread."""
@@ -541,6 +657,8 @@ def fake_gateway():
                     (r"/api/v1/clusters/([^/]+)", Cluster, kw),
                     (r"/api/v1/clusters/([^/]+)/scale", Scale, kw),
                     (r"/api/v1/clusters/([^/]+)/adapt", Adapt, kw),
+                    (r"/api/v1/clusters/([^/]+)/events", Events, kw),
+                    (r"/api/v1/clusters/([^/]+)/logs", Logs, kw),
                 ]
             )
             sockets = bind_sockets(0, "127.0.0.1")
@@ -549,6 +667,7 @@ def fake_gateway():
             holder["port"] = sockets[0].getsockname()[1]
             holder["stop"] = asyncio.Event()
             holder["loop"] = asyncio.get_running_loop()
+            state.events_read = asyncio.Event()
             started.set()
             await holder["stop"].wait()
             server.stop()
@@ -753,3 +872,326 @@ def test_collected_gateway_never_blocks_the_collecting_thread(fake_gateway):
     # Once the lock is free, the collected Gateway's loop thread is still stopped.
     loop_thread.join(timeout=30)
     assert not loop_thread.is_alive()
+
+
+# ---------------------------------------------------------------------------- events and logs
+
+
+def test_cluster_event_from_json():
+    event = ClusterEvent._from_json(EVENTS["a"][2])
+    assert event == ClusterEvent(
+        id=3,
+        time=datetime.datetime(2025, 12, 6, 5, 46, 45, tzinfo=datetime.timezone.utc),
+        kind="worker-failed",
+        message="Worker w1 failed: exited with code 3",
+        worker="w1",
+        detail="boom\n",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.kind = "x"  # type: ignore[misc]
+    assert str(event).endswith(" worker-failed: Worker w1 failed: exited with code 3")
+    bare = ClusterEvent._from_json({"id": 1, "time": T0, "kind": "new-kind", "message": None})
+    assert (bare.kind, bare.message, bare.worker, bare.detail) == ("new-kind", "", None, "")
+
+
+def test_events_and_logs(gateway):
+    gateway, state = gateway
+    events = gateway.events("a")
+    assert [e.kind for e in events] == ["submitted", "running", "worker-failed"]
+    assert events[1].time - events[0].time == datetime.timedelta(seconds=1)
+    assert events[2].worker == "w1"
+    state.event_queries.clear()
+    assert [e.id for e in gateway.events("a", after=2, wait=5)] == [3]
+    assert gateway.events("a", after=3, wait=100) == []
+    assert state.event_queries == [
+        ("a", {"after": "2", "wait": "5"}),
+        ("a", {"after": "3", "wait": "60"}),  # the route's own limit
+    ]
+    with pytest.raises(ValueError, match="after must be a non-negative event id"):
+        gateway.events("a", after=-1)
+    with pytest.raises(ValueError, match="wait must be a number of seconds"):
+        gateway.events("a", wait="soon")
+    # An unknown cluster is the cluster's 404, not a missing feature.
+    with pytest.raises(GatewayRequestError, match="^Cluster missing not found$"):
+        gateway.events("missing")
+
+    assert gateway.get_logs("a") == LOGS
+    assert gateway.get_logs("a", component="worker:w1", tail=5) == {"worker:w1": "worker line\n"}
+    assert state.log_queries[-1] == ("a", {"component": "worker:w1", "tail": "5"})
+    with pytest.raises(GatewayRequestError, match=r"No log 'worker:zz' in cluster a \(known: sch"):
+        gateway.get_logs("a", component="worker:zz")
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="tail must be a number of lines >= 1"):
+            gateway.get_logs("a", tail=bad)
+
+
+@pytest.mark.parametrize("name", ["public", "old-ours"])
+def test_events_and_logs_of_a_server_without_them(gateway, name):
+    """The public server answers a plain-text 404 for the routes; ours before it had them a
+    JSON "Not Found": either way a clear error that says so, not a cluster's 404."""
+    gateway, _ = gateway
+    with pytest.raises(GatewayUnsupportedError) as info:
+        gateway.events(name)
+    assert str(info.value).startswith(
+        f"The gateway at {gateway.address} does not keep cluster events: it has no events route"
+    )
+    assert isinstance(info.value, GatewayServerError)
+    with pytest.raises(GatewayUnsupportedError, match="does not keep cluster logs"):
+        gateway.get_logs("public")
+
+
+async def test_events_and_logs_asynchronous(fake_gateway):
+    address, _ = fake_gateway
+    async with Gateway(address, auth=BasicAuth("alice", "pw"), asynchronous=True) as gateway:
+        assert [e.id for e in await gateway.events("a", after=1)] == [2, 3]
+        assert (await gateway.get_logs("a", component="scheduler")) == {
+            "scheduler": LOGS["scheduler"]
+        }
+        with pytest.raises(GatewayUnsupportedError):
+            await gateway.get_logs("public")
+
+
+def test_cluster_object_events_and_logs(gateway, monkeypatch):
+    """``GatewayCluster.events()`` / ``get_logs()`` ask about its own cluster."""
+    gateway, _ = gateway
+    cluster = GatewayCluster.__new__(GatewayCluster)
+    cluster.name = "a"
+    cluster.gateway = gateway
+    assert [e.kind for e in cluster.events(after=2)] == ["worker-failed"]
+    assert cluster.get_logs(tail=10) == LOGS
+    assert list(cluster.get_logs(component="scheduler")) == ["scheduler"]
+
+
+def test_failed_start_names_the_reason_and_the_last_log_lines(gateway):
+    gateway, state = gateway
+    state.polls = 0
+    state.deleted.clear()
+    with pytest.raises(GatewayClusterError) as info:
+        gateway.new_cluster(environment="broken")
+    message = str(info.value)
+    assert message.splitlines()[0] == (
+        "Cluster 'broken' failed to start: The scheduler exited before it started: "
+        "ModuleNotFoundError: No module named 'distributed'"
+    )
+    # The last 20 lines of the detail, indented, then where to read more.
+    assert message.splitlines()[1:21] == ["    " + line for line in BROKEN_LOG[-20:]]
+    assert "log line 10\n" not in message
+    assert message.splitlines()[21] == (
+        "(All of its history: gateway.events('broken'); its logs: gateway.get_logs('broken'))"
+    )
+    assert state.deleted == ["broken"]
+    # A stopped cluster says who stopped it.
+    state.polls = 0
+    with pytest.raises(GatewayClusterError, match=r"^Cluster 'halted' is already stopped: Stop "):
+        gateway.connect("halted")
+    # Events without a failure: today's sentence, and where the logs are.
+    state.polls = 0
+    with pytest.raises(GatewayClusterError) as info:
+        gateway.connect("failing-quietly")
+    assert str(info.value) == (
+        "Cluster 'failing-quietly' failed to start, see logs for more information "
+        "(its logs: gateway.get_logs('failing-quietly'))"
+    )
+
+
+def test_failed_start_shows_progress_on_stderr(gateway, capsys):
+    """With ``gateway.progress: true`` each phase is a line on stderr as it is read."""
+    gateway, state = gateway
+    state.polls = 0
+    state.events_read.clear()
+    state.hold_until_events_read = True  # the first events answer comes before the failure
+    try:
+        with dask.config.set({"gateway.progress": True}):
+            with pytest.raises(GatewayClusterError, match="No module named 'distributed'"):
+                gateway.new_cluster(environment="broken")
+    finally:
+        state.hold_until_events_read = False
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "dask-gateway: cluster broken: Submitted by alice",
+        "dask-gateway: cluster broken: Starting the scheduler (+0 s)",
+        "dask-gateway: cluster broken: The scheduler exited before it started: "
+        "ModuleNotFoundError: No module named 'distributed' (+2 s)",
+    ]
+
+
+def test_no_progress_from_a_server_without_events(gateway, capsys):
+    gateway, state = gateway
+    state.polls = 0
+    state.event_queries.clear()
+    with dask.config.set({"gateway.progress": True}):
+        with pytest.raises(GatewayClusterError, match="^Cluster 'failing' failed to start, see"):
+            gateway.new_cluster(environment="doomed")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "setting, tty, kernel, mode",
+    [
+        ("auto", False, False, None),
+        ("auto", True, False, "text"),
+        ("auto", False, True, "jupyter"),
+        (True, False, False, "text"),
+        ("true", False, False, "text"),
+        ("True", False, True, "jupyter"),
+        (False, True, True, None),
+        ("false", True, False, None),
+    ],
+)
+def test_progress_mode(monkeypatch, setting, tty, kernel, mode):
+    from dask_gateway import progress
+
+    monkeypatch.setattr(progress, "_stderr_is_tty", lambda: tty)
+    monkeypatch.setattr(progress, "in_jupyter_kernel", lambda: kernel)
+    with dask.config.set({"gateway.progress": setting}):
+        assert progress.progress_mode() == mode
+
+
+def test_progress_setting_default_and_bad_values(monkeypatch):
+    from dask_gateway import progress
+
+    assert dask.config.get("gateway.progress") == "auto"
+    with dask.config.set({"gateway.progress": "sometimes"}):
+        with pytest.raises(ValueError, match="gateway.progress must be true, false or 'auto'"):
+            progress.progress_mode()
+    assert progress.in_jupyter_kernel() is False  # pytest is no kernel
+
+
+def _event(id, seconds, kind, message):
+    return ClusterEvent(
+        id=id,
+        time=datetime.datetime.fromtimestamp(T0 / 1000 + seconds, tz=datetime.timezone.utc),
+        kind=kind,
+        message=message,
+    )
+
+
+class ScriptedEvents:
+    """The events route of a cluster being started, answering pages a test hands it."""
+
+    def __init__(self):
+        self.pages: asyncio.Queue = asyncio.Queue()
+        self.calls: list[tuple[int, float]] = []
+        self._called = asyncio.Event()
+
+    async def until_called(self, n):
+        """Until the reader has asked ``n`` times."""
+        while len(self.calls) < n:
+            self._called.clear()
+            await self._called.wait()
+
+    async def fetch(self, after, wait):
+        self.calls.append((after, wait))
+        self._called.set()
+        if wait == 0 and self.pages.empty():
+            return EventPage([], after, False)
+        page = await self.pages.get()
+        if isinstance(page, Exception):
+            raise page
+        return page
+
+
+class Lines:
+    def __init__(self):
+        self.shown = []
+
+    def show(self, lines, live, ended):
+        self.shown.append((list(lines), live, ended))
+
+
+async def test_start_progress_phases_and_queue_time():
+    from dask_gateway.progress import StartProgress
+
+    route, view = ScriptedEvents(), Lines()
+    progress = StartProgress("c1", route.fetch, view)
+    await route.pages.put(
+        EventPage(
+            [
+                _event(1, 0, "submitted", "Submitted by alice"),
+                _event(2, 0.2, "starting", "Starting the scheduler"),
+                _event(3, 1, "queued", "Waiting in Slurm's queue: Priority"),
+            ],
+            3,
+            False,
+        )
+    )
+    await route.pages.put(
+        EventPage(
+            [
+                _event(4, 20, "queued", "Waiting in Slurm's queue: Resources"),
+                _event(5, 21, "scaled", "Scaled to 2 workers by alice"),  # not a phase
+                _event(6, 43, "scheduler-started", "Scheduler started: Slurm job 7 on n1"),
+            ],
+            6,
+            False,
+        )
+    )
+    await route.pages.put(
+        EventPage([_event(7, 44, "running", "Scheduler running on n1")], 7, False)
+    )
+    await progress._reader  # ends by itself once it has read "running"
+    await progress.finish()
+    assert route.calls == [(0, 30), (3, 30), (6, 30)]  # nothing read after "running"
+    lines, live, ended = view.shown[-1]
+    assert ended and live is None
+    assert lines == [
+        "cluster c1: Submitted by alice",
+        "cluster c1: Starting the scheduler (+0 s)",
+        "cluster c1: Waiting in Slurm's queue: Priority (+1 s)",
+        "cluster c1: Waiting in Slurm's queue: Resources (+20 s)",
+        "cluster c1: Scheduler started: Slurm job 7 on n1 (+43 s, after 42 s in the queue)",
+        "cluster c1: Scheduler running on n1 (+44 s)",
+    ]
+    # While queued, the live line gives the time in the queue.
+    queued = view.shown[0]
+    assert queued[1].startswith(
+        "cluster c1: Waiting in Slurm's queue: Priority (+1 s): queued for "
+    )
+
+
+async def test_start_progress_finish_reads_what_the_reader_missed():
+    """The cluster runs before the reader saw it: ``finish`` reads once more without
+    waiting, then ends with a running line of its own if the event is not there yet."""
+    from dask_gateway.progress import StartProgress
+
+    route, view = ScriptedEvents(), Lines()
+    progress = StartProgress("c2", route.fetch, view)
+    await route.pages.put(EventPage([_event(1, 0, "submitted", "Submitted by bob")], 1, False))
+    await route.until_called(2)
+    assert route.calls == [(0, 30), (1, 30)]
+    await route.pages.put(EventPage([_event(2, 1, "starting", "Starting the scheduler")], 2, False))
+    await progress.finish()  # cancels the held read; the page above is read by the flush
+    assert route.calls[-1] == (1, 0)
+    assert view.shown[-1] == (
+        [
+            "cluster c2: Submitted by bob",
+            "cluster c2: Starting the scheduler (+1 s)",
+            "cluster c2: running",
+        ],
+        None,
+        True,
+    )
+
+
+async def test_start_progress_silent_without_the_route():
+    from dask_gateway.progress import StartProgress
+
+    route, view = ScriptedEvents(), Lines()
+    progress = StartProgress("c3", route.fetch, view)
+    await route.pages.put(GatewayUnsupportedError("no events route"))
+    await progress._reader
+    await progress.finish()
+    assert view.shown == [] and route.calls == [(0, 30)]  # no second try at the flush
+
+
+async def test_start_progress_abort_stops_reading():
+    from dask_gateway.progress import StartProgress
+
+    route, view = ScriptedEvents(), Lines()
+    progress = StartProgress("c4", route.fetch, view, tick=True)
+    await route.pages.put(EventPage([_event(1, 0, "submitted", "Submitted")], 1, False))
+    await route.until_called(2)
+    progress.abort()
+    await asyncio.gather(progress._reader, progress._ticker, return_exceptions=True)
+    assert progress._reader.cancelled() and progress._ticker.cancelled()
+    assert view.shown[-1] == (["cluster c4: Submitted"], None, True)
