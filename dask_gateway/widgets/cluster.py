@@ -1,4 +1,5 @@
-"""The cluster widget: status, live worker table, manual and adaptive scaling.
+"""The cluster widget: status, live worker table, manual and adaptive scaling, and the
+cluster's events and logs.
 
 * Live updates run on the gateway's event-loop thread (where ``scheduler_info`` is
   mutated by the scheduler's worker status stream), so reads never race with writes.
@@ -8,6 +9,10 @@
   Adapt defaults are therefore derived: minimum = current worker count, maximum =
   ``max(2 * current, minimum, 4)`` (see ``default_adapt_range``). The gateway still
   clamps to its own limit, and its warning is shown in the widget.
+* Events and logs are read from the gateway only when their section is opened (or its
+  Refresh button clicked): a closed section costs nothing. They stay readable after the
+  cluster stopped: a closed cluster's own gateway connection is gone, so a short-lived one
+  with the same address and auth is used.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from ._common import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..client import GatewayCluster
+    from ..client import Gateway, GatewayCluster
+    from ..events import ClusterEvent
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,57 @@ def _worker_table_html(info: dict[str, Any], max_rows: int = 30) -> str:
         "</table>"
     )
     return summary + "<table class='dgw-worker-list'>" + "".join(rows) + "</table>"
+
+
+#: Lines of each log fetched for the Logs section (the newest).
+LOG_TAIL = 1000
+
+
+def _events_html(events: list[ClusterEvent]) -> str:
+    if not events:
+        return "<i>No events</i>"
+    cell = "padding: 2px 8px; text-align: left; vertical-align: top"
+    rows = [
+        f"<tr><th style='{cell}'>Time</th><th style='{cell}'>Event</th>"
+        f"<th style='{cell}'>Message</th></tr>"
+    ]
+    for event in events:
+        when = event.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        message = escape(event.message)
+        if event.detail:
+            message += (
+                f"<details><summary>Details</summary><pre style='margin: 0'>"
+                f"{escape(event.detail)}</pre></details>"
+            )
+        style = f"{cell}; {_ERROR_STYLE}" if event.kind.endswith("failed") else cell
+        rows.append(
+            f"<tr class='dgw-event-row' data-kind='{escape(event.kind)}'>"
+            f"<td style='{cell}; white-space: nowrap'>{when}</td>"
+            f"<td style='{style}' class='dgw-event-kind'>{escape(event.kind)}</td>"
+            f"<td style='{cell}' class='dgw-event-message'>{message}</td></tr>"
+        )
+    return (
+        "<div style='max-height: 320px; overflow: auto'><table class='dgw-event-list'>"
+        + "".join(rows)
+        + "</table></div>"
+    )
+
+
+def _log_html(text: str) -> str:
+    if not text:
+        return "<i>This log is empty</i>"
+    return (
+        "<pre class='dgw-log-text' style='max-height: 400px; overflow: auto; margin: 0; "
+        f"font-size: 12px'>{escape(text)}</pre>"
+    )
+
+
+def _section(w: Any, title: str, body: Any, css: str) -> Any:
+    """A collapsible section, closed at first (one Accordion each: both may be open)."""
+    section = w.Accordion(children=[body], selected_index=None)
+    section.set_title(0, title)
+    section.add_class(css)
+    return section
 
 
 def _run_reporting_warnings(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
@@ -151,6 +208,43 @@ class ClusterWidget:
         self.adapt_state = w.HTML()
         self.adapt_state.add_class("dgw-adapt-state")
 
+        # Events and logs: fetched when their section opens.
+        self._cluster_name = cluster.name
+        gateway = cluster.gateway
+        self._gateway_kwargs: dict[str, Any] = {
+            "address": gateway.address,
+            "proxy_address": gateway.proxy_address,
+            "public_address": gateway._public_address,
+            "auth": gateway.auth,
+        }
+        self._logs: dict[str, str] = {}
+        self.events_view = w.HTML()
+        self.events_view.add_class("dgw-events")
+        self.events_refresh = w.Button(description="Refresh", icon="refresh")
+        self.events_refresh.add_class("dgw-events-refresh")
+        self.events_refresh.on_click(lambda _: self.show_events())
+        self.logs_component = w.Dropdown(
+            options=[], description="Component", layout=w.Layout(width="320px")
+        )
+        self.logs_component.add_class("dgw-logs-component")
+        self.logs_component.observe(lambda _: self._render_log(), names="value")
+        self.logs_refresh = w.Button(description="Refresh", icon="refresh")
+        self.logs_refresh.add_class("dgw-logs-refresh")
+        self.logs_refresh.on_click(lambda _: self.show_logs())
+        self.logs_view = w.HTML()
+        self.logs_view.add_class("dgw-logs")
+        self.events_section = _section(
+            w, "Events", w.VBox([self.events_refresh, self.events_view]), "dgw-events-section"
+        )
+        self.logs_section = _section(
+            w,
+            "Logs",
+            w.VBox([w.HBox([self.logs_component, self.logs_refresh]), self.logs_view]),
+            "dgw-logs-section",
+        )
+        self.events_section.observe(self._opened(self.show_events), names="selected_index")
+        self.logs_section.observe(self._opened(self.show_logs), names="selected_index")
+
         for widget, key in (
             (self.scale_workers, "scale"),
             (self.adapt_minimum, "adapt"),
@@ -194,6 +288,8 @@ class ClusterWidget:
                 self.status,
                 self.dashboard,
                 self.message,
+                self.events_section,
+                self.logs_section,
             ]
         )
         self.widget.add_class("dgw-cluster")
@@ -330,6 +426,63 @@ class ClusterWidget:
             self.adaptive = None
             self._render_adapt_state()
         return ok
+
+    # -- events and logs (run on the kernel's thread, when a section opens or on Refresh)
+
+    @staticmethod
+    def _opened(show: Callable[[], Any]) -> Callable[[dict], None]:
+        def handler(change: dict) -> None:
+            if change.get("new") is not None:
+                show()
+
+        return handler
+
+    def _read(self, fn: Callable[[Gateway, str], Any]) -> Any:
+        """Ask the gateway about this cluster: through the cluster's own connection while it
+        is open, else through a short-lived one (a stopped cluster's history stays)."""
+        cluster = self.cluster
+        name = self._cluster_name if cluster is None else cluster.name
+        if name is None:
+            raise RuntimeError("The cluster has not been submitted yet")
+        if cluster is not None and cluster.status != "closed" and not cluster.gateway._closed:
+            return fn(cluster.gateway, name)
+        from ..client import Gateway
+
+        with Gateway(**self._gateway_kwargs) as gateway:
+            return fn(gateway, name)
+
+    def show_events(self) -> bool:
+        """Fetch and show the cluster's events; False (with the reason shown) on error."""
+        try:
+            events = self._read(lambda gateway, name: gateway.events(name))
+        except Exception as exc:
+            self.events_view.value = _message_html(_error_text(exc), _ERROR_STYLE)
+            return False
+        self.events_view.value = _events_html(events)
+        return True
+
+    def show_logs(self) -> bool:
+        """Fetch the newest ``LOG_TAIL`` lines of every log and show the picked component;
+        False (with the reason shown) on error."""
+        try:
+            logs = self._read(lambda gateway, name: gateway.get_logs(name, tail=LOG_TAIL))
+        except Exception as exc:
+            self.logs_view.value = _message_html(_error_text(exc), _ERROR_STYLE)
+            return False
+        self._logs = logs
+        picked = self.logs_component.value
+        self.logs_component.options = list(logs)
+        if logs:
+            self.logs_component.value = picked if picked in logs else next(iter(logs))
+        self._render_log()
+        return True
+
+    def _render_log(self) -> None:
+        if not self._logs:
+            self.logs_view.value = "<i>The gateway keeps no logs of this cluster yet</i>"
+            return
+        component = self.logs_component.value
+        self.logs_view.value = _log_html(self._logs.get(component, ""))
 
     def _render_adapt_state(self) -> None:
         if self.adaptive is None:
