@@ -270,6 +270,8 @@ _FEATURES = {
 
 #: Longest long-poll the events route holds (seconds, its own limit).
 MAX_EVENTS_WAIT = 60
+#: Longest a failed start's error waits for the event that says why (seconds).
+HISTORY_WAIT = 10.0
 
 
 class Gateway(SyncMethodMixin):
@@ -510,20 +512,31 @@ class Gateway(SyncMethodMixin):
                 raise GatewayClusterError(await self._stopped_message(cluster_name))
             await asyncio.sleep(0.5)
 
-    async def _history(self, cluster_name: str) -> list[ClusterEvent] | None:
-        """The cluster's events for an error message; None when they cannot be had (a server
-        without the route, a network error): the message then says less, but still comes."""
+    async def _history(self, cluster_name: str, last: str) -> list[ClusterEvent] | None:
+        """An ended cluster's events for an error message, up to its ``last`` kind of event:
+        the gateway may show the cluster's end a moment before that event is stored, so read
+        on (the route waits) until it comes or the cluster is done, for at most
+        ``HISTORY_WAIT`` s. None when they cannot be had (a server without the route, a
+        network error): the message then says less, but still comes."""
+        deadline = asyncio.get_running_loop().time() + HISTORY_WAIT
+        events: list[ClusterEvent] = []
         try:
-            return await self._events(cluster_name)
+            page = await self._events_page(cluster_name)
+            while True:
+                events.extend(page.events)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if page.done or remaining <= 0 or any(e.kind == last for e in page.events):
+                    return events
+                page = await self._events_page(cluster_name, page.cursor, remaining)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.debug("No events of %s for its error message: %s", cluster_name, exc)
-            return None
+            return events or None
 
     async def _start_failure(self, cluster_name: str) -> str:
         """Why the cluster failed to start, in the words of its ``failed`` event."""
-        events = await self._history(cluster_name)
+        events = await self._history(cluster_name, "failed")
         message = start_failure_message(cluster_name, events or [])
         if message is not None:
             return message
@@ -531,7 +544,7 @@ class Gateway(SyncMethodMixin):
         return f"Cluster {cluster_name!r} failed to start, see logs for more information{hint}"
 
     async def _stopped_message(self, cluster_name: str) -> str:
-        reason = stop_reason(await self._history(cluster_name) or [])
+        reason = stop_reason(await self._history(cluster_name, "stopped") or [])
         text = f"Cluster {cluster_name!r} is already stopped"
         return f"{text}: {reason}" if reason else text
 
