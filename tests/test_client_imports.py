@@ -76,7 +76,9 @@ def test_import_dask_gateway_loads_no_widgets():
 
 def test_notebook_without_ipywidgets_shows_the_plain_reprs(gateway, monkeypatch, tmp_path):
     """In a real Jupyter kernel where ipywidgets cannot be imported: options, a gateway and a
-    running cluster display as text/HTML without error, and asking for a form says why not."""
+    running cluster display as text/HTML without error, and asking for a form says why not.
+    A new cluster's start-up progress (``gateway.progress: auto``, on in a kernel) needs no
+    ipywidgets either."""
     monkeypatch.setenv("DASK_GATEWAY__ADDRESS", gateway.address)
     monkeypatch.setenv("DASK_GATEWAY__AUTH__TYPE", "basic")
     monkeypatch.setenv("DASK_GATEWAY__AUTH__KWARGS__USERNAME", "no-ipywidgets")
@@ -109,7 +111,16 @@ def test_notebook_without_ipywidgets_shows_the_plain_reprs(gateway, monkeypatch,
     assert set(options_out.data) == {"text/plain"}
     assert options_out.data["text/plain"].startswith("Options<")
     assert "worker_cores=" in options_out.data["text/plain"]
-    (cluster_out,) = outputs(3)
+    # The start-up progress: one display, updated in place as the phases came (from the
+    # client's loop thread, yet in the cell that started the cluster), then the cluster.
+    progress_out, cluster_out = outputs(3)
+    assert progress_out.output_type == "display_data"
+    assert set(progress_out.data) == {"text/plain", "text/html"}
+    assert "dgw-start-progress" in progress_out.data["text/html"]
+    phases = progress_out.data["text/plain"].splitlines()
+    assert phases[0].endswith(": Cluster created by no-ipywidgets"), phases
+    assert phases[-1].endswith(": running") or ": Scheduler running on " in phases[-1], phases
+    assert cluster_out.output_type == "execute_result"
     assert set(cluster_out.data) == {"text/plain", "text/html"}
     assert "running" in cluster_out.data["text/html"]
     assert "Dashboard" in cluster_out.data["text/html"]

@@ -222,6 +222,64 @@ def test_cluster_widget_scales_the_real_cluster(gw):
     view.close()
 
 
+def test_cluster_widget_events_and_logs_sections(gw):
+    """The Events and Logs sections read the real cluster's history and logs when opened (not
+    before), again on Refresh, and still once the cluster has stopped."""
+
+    def _log_on_scheduler(marker: str) -> None:  # nested: pickled by value to the scheduler
+        import logging
+
+        logging.getLogger("distributed.scheduler").warning(marker)
+
+    cluster = gw.new_cluster(worker_memory=0.5)
+    name = cluster.name
+    try:
+        view = ClusterWidget(cluster, update_interval=0.1)
+        assert view.events_section.selected_index is None and view.events_view.value == ""
+        assert view.logs_section.selected_index is None and view.logs_view.value == ""
+        # Follow the history (long-polls, no sleeping) until the gateway recorded "running".
+        events = cluster.events()
+        while "running" not in [e.kind for e in events]:
+            events += cluster.events(after=events[-1].id, wait=30)
+
+        view.events_section.selected_index = 0  # the user opens the section
+        kinds = re.findall(r"data-kind='([^']+)'", view.events_view.value)
+        assert kinds[:2] == ["submitted", "starting"] and "running" in kinds, kinds
+        assert [e.message for e in events][0] in text(view.events_view)
+
+        with cluster.get_client(set_as_default=False) as client:
+            client.run_on_scheduler(_log_on_scheduler, f"first marker of {name}")
+            view.logs_section.selected_index = 0
+            assert view.logs_component.options == ("scheduler",)
+            assert view.logs_component.value == "scheduler"
+            assert f"first marker of {name}" in text(view.logs_view)
+            client.run_on_scheduler(_log_on_scheduler, f"second marker of {name}")
+            assert f"second marker of {name}" not in text(view.logs_view)
+            view.logs_refresh.click()
+            assert f"second marker of {name}" in text(view.logs_view)
+
+            cluster.scale(1)
+            client.wait_for_workers(1)
+        view.logs_refresh.click()
+        workers = [c for c in view.logs_component.options if c.startswith("worker:")]
+        assert len(workers) == 1 and view.logs_component.value == "scheduler"
+        view.logs_component.value = workers[0]  # the picker shows the worker's log
+        assert "dgw-log-text" in view.logs_view.value
+        assert f"first marker of {name}" not in text(view.logs_view)
+    finally:
+        cluster.shutdown()
+
+    # Closed: the widget reads through a connection of its own; the history goes on.
+    wait_for(
+        lambda: view.events_refresh.click() or "stopped" in view.events_view.value,
+        what="the stopped event in the widget",
+    )
+    view.logs_refresh.click()
+    view.logs_component.value = "scheduler"
+    assert f"second marker of {name}" in text(view.logs_view)
+    view.close()
+
+
 class _no_warning_escapes:
     """Fail if a GatewayWarning reaches the warnings machinery instead of the widget."""
 
