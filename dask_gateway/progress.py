@@ -122,7 +122,7 @@ class _JupyterView:
         shown = lines if live is None else [*lines[:-1], live]
         items = "".join(f"<li>{escape(line)}</li>" for line in shown)
         bundle = {
-            "text/plain": "\n".join(shown),
+            "text/plain": "".join(line + "\n" for line in shown),
             "text/html": f"<ul class='dgw-start-progress' style='margin: 0'>{items}</ul>",
         }
         try:
