@@ -117,6 +117,23 @@ def test_widgets_render_and_scale_in_jupyterlab(gateway, lab):
                 "on: 1 to 50 workers (limited by the gateway"
             )
             browser.screenshot("cluster-adaptive-warning", cluster)
+
+            # The start-up progress stayed in the cell that started the cluster, ending with
+            # the running phase.
+            expect(page.locator(".dgw-start-progress li").last).to_contain_text("running")
+            # The Events and Logs sections: closed at first, read from the gateway when opened.
+            expect(cluster.locator(".dgw-event-row")).to_have_count(0)
+            cluster.locator(".dgw-events-section").get_by_text("Events", exact=True).click()
+            expect(cluster.locator(".dgw-event-row[data-kind='submitted']")).to_have_count(1)
+            expect(cluster.locator(".dgw-event-row[data-kind='running']")).to_have_count(1)
+            expect(cluster.locator(".dgw-event-row[data-kind='scaled']").first).to_contain_text(
+                "Scaled to 2 workers"
+            )
+            browser.screenshot("cluster-events", cluster)
+            cluster.locator(".dgw-logs-section").get_by_text("Logs", exact=True).click()
+            expect(cluster.locator(".dgw-logs-component select")).to_have_value("scheduler")
+            expect(cluster.locator(".dgw-log-text")).to_contain_text("distributed.scheduler")
+            browser.screenshot("cluster-logs", cluster)
             browser.screenshot("gateway-widget", gateway_view)
             assert not [e for e in browser.console_errors if "dgw" in e or "widget" in e], (
                 browser.console_errors
