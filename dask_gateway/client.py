@@ -272,6 +272,8 @@ _FEATURES = {
 MAX_EVENTS_WAIT = 60
 #: Longest a failed start's error waits for the event that says why (seconds).
 HISTORY_WAIT = 10.0
+#: Longest a started cluster waits, after connecting, for its last progress lines (seconds).
+PROGRESS_GRACE = 0.5
 
 
 class Gateway(SyncMethodMixin):
@@ -852,6 +854,7 @@ class GatewayCluster:
         self._cluster_options = cluster_options
         self._option_overrides = option_overrides
         self._start_task: asyncio.Future | None = None
+        self._progress_shown: asyncio.Future | None = None
         self._scheduler_comm: rpc | None = None
         self._watch_comm: Any = None
         self._lease_comm: Any = None
@@ -942,7 +945,8 @@ class GatewayCluster:
         self.scheduler_address = report.scheduler_address
         self.dashboard_link = report.dashboard_link
         self.security = report.security
-        # The last phases are shown while the scheduler is connected: no added wait.
+        # The last phases are shown while the scheduler is connected: no added wait. (A slow
+        # gateway gets a moment more; past it, the lines come when they come.)
         shown = None if progress is None else asyncio.ensure_future(progress.finish())
         try:
             await self._watch_workers()
@@ -951,7 +955,8 @@ class GatewayCluster:
                 shown.cancel()
             raise
         if shown is not None:
-            await shown
+            await asyncio.wait([shown], timeout=PROGRESS_GRACE)
+            self._progress_shown = shown  # referenced until done
         self.status = "running"
 
     def _start_progress(self, name: str) -> StartProgress | None:
@@ -1067,6 +1072,10 @@ class GatewayCluster:
     async def _close_async(self, shutdown: bool) -> None:
         if self.status == "closed":
             return
+        if self._progress_shown is not None and not self._progress_shown.done():
+            # The start's last progress lines, late from a slow gateway (bounded): before
+            # anything about the close.
+            await asyncio.wait([self._progress_shown])
         if self._lease_comm is not None and not shutdown:
             # Left running on purpose: tell the scheduler it is not an orphan.
             try:

@@ -1195,3 +1195,21 @@ async def test_start_progress_abort_stops_reading():
     await asyncio.gather(progress._reader, progress._ticker, return_exceptions=True)
     assert progress._reader.cancelled() and progress._ticker.cancelled()
     assert view.shown[-1] == (["cluster c4: Submitted"], None, True)
+
+
+async def test_start_progress_finish_never_hangs_on_a_slow_gateway(monkeypatch):
+    """The last read after the start is bounded: a gateway that holds it gets the client's
+    own running line after ``FLUSH_TIMEOUT``."""
+    from dask_gateway import progress as progress_module
+    from dask_gateway.progress import StartProgress
+
+    monkeypatch.setattr(progress_module, "FLUSH_TIMEOUT", 0.05)
+
+    async def held(after, wait):
+        await asyncio.Event().wait()  # never answers
+
+    view = Lines()
+    progress = StartProgress("c5", held, view)
+    progress._add(_event(1, 0, "submitted", "Submitted"))
+    await progress.finish()
+    assert view.shown[-1] == (["cluster c5: Submitted", "cluster c5: running"], None, True)
