@@ -62,6 +62,26 @@ def resolve_public_address(public_address: str | None, address: str) -> str:
     return (public_address or address).rstrip("/")
 
 
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", "none", ""}
+
+
+def progress_setting() -> bool | str:
+    """Config ``gateway.progress`` as True, False or ``"auto"`` (an environment variable
+    gives a string): whether ``new_cluster()`` shows its start-up phases."""
+    value = dask.config.get("gateway.progress", "auto")
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"gateway.progress must be true, false or 'auto', got {value!r}")
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -101,6 +121,7 @@ def resolve_proxy_address(proxy_address: str | int | None, address: str) -> str:
 
 __all__ = [
     "format_template",
+    "progress_setting",
     "resolve_address",
     "resolve_proxy_address",
     "resolve_public_address",

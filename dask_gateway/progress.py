@@ -21,8 +21,7 @@ from datetime import datetime
 from html import escape
 from typing import Any, Protocol, TextIO
 
-import dask.config
-
+from .config import progress_setting
 from .errors import GatewayUnsupportedError
 from .events import LIFECYCLE_KINDS, ClusterEvent, EventPage
 
@@ -39,24 +38,6 @@ TICK = 1.0
 
 #: ``fetch(after, wait)``: one answer of the events route of the cluster being started.
 Fetch = Callable[[int, float], Awaitable[EventPage]]
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off", "none", ""}
-
-
-def _setting() -> bool | str:
-    """Config ``gateway.progress`` as True, False or "auto" (an env var gives a string)."""
-    value = dask.config.get("gateway.progress", "auto")
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"gateway.progress must be true, false or 'auto', got {value!r}")
 
 
 def in_jupyter_kernel() -> bool:
@@ -80,7 +61,7 @@ def _stderr_is_tty() -> bool:
 
 def progress_mode() -> str | None:
     """How to show start-up progress now: "jupyter", "text" (stderr), or None (not at all)."""
-    setting = _setting()
+    setting = progress_setting()
     if setting is False:
         return None
     if in_jupyter_kernel():
