@@ -509,10 +509,16 @@ class Gateway(SyncMethodMixin):
             if report.status == ClusterStatus.RUNNING:
                 return report
             if report.status == ClusterStatus.FAILED:
-                raise GatewayClusterError(await self._start_failure(cluster_name))
-            if report.status == ClusterStatus.STOPPED:
-                raise GatewayClusterError(await self._stopped_message(cluster_name))
-            await asyncio.sleep(0.5)
+                events = await self._history(cluster_name, "failed")
+                error = GatewayClusterError(self._start_failure(cluster_name, events))
+            elif report.status == ClusterStatus.STOPPED:
+                events = await self._history(cluster_name, "stopped")
+                error = GatewayClusterError(self._stopped_message(cluster_name, events))
+            else:
+                await asyncio.sleep(0.5)
+                continue
+            error.events = tuple(events or ())
+            raise error
 
     async def _history(self, cluster_name: str, last: str) -> list[ClusterEvent] | None:
         """An ended cluster's events for an error message, up to its ``last`` kind of event:
@@ -536,17 +542,18 @@ class Gateway(SyncMethodMixin):
             logger.debug("No events of %s for its error message: %s", cluster_name, exc)
             return events or None
 
-    async def _start_failure(self, cluster_name: str) -> str:
+    @staticmethod
+    def _start_failure(cluster_name: str, events: list[ClusterEvent] | None) -> str:
         """Why the cluster failed to start, in the words of its ``failed`` event."""
-        events = await self._history(cluster_name, "failed")
         message = start_failure_message(cluster_name, events or [])
         if message is not None:
             return message
         hint = "" if events is None else f" (its logs: gateway.get_logs({cluster_name!r}))"
         return f"Cluster {cluster_name!r} failed to start, see logs for more information{hint}"
 
-    async def _stopped_message(self, cluster_name: str) -> str:
-        reason = stop_reason(await self._history(cluster_name, "stopped") or [])
+    @staticmethod
+    def _stopped_message(cluster_name: str, events: list[ClusterEvent] | None) -> str:
+        reason = stop_reason(events or [])
         text = f"Cluster {cluster_name!r} is already stopped"
         return f"{text}: {reason}" if reason else text
 
@@ -938,9 +945,10 @@ class GatewayCluster:
             progress = self._start_progress(self.name)
         try:
             report = await self.gateway._wait_for_start(self.name)
-        except BaseException:
+        except BaseException as exc:
             if progress is not None:
-                progress.abort()
+                # The phases the reader had not shown yet, the failure among them.
+                progress.abort(getattr(exc, "events", ()))
             raise
         self.scheduler_address = report.scheduler_address
         self.dashboard_link = report.dashboard_link

@@ -7,6 +7,8 @@ importing the client. They are also importable from ``dask_gateway`` and
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "GatewayClusterError",
     "GatewayRequestError",
@@ -17,7 +19,13 @@ __all__ = [
 
 
 class GatewayClusterError(Exception):
-    """A cluster is in a state that does not allow the request (HTTP 409, failed start)."""
+    """A cluster is in a state that does not allow the request (HTTP 409, failed start).
+
+    ``events``: for a start that failed (or a cluster found stopped), the cluster's history
+    that the message was made of (``ClusterEvent``s; empty when the gateway keeps none).
+    """
+
+    events: tuple[Any, ...] = ()
 
 
 class GatewayRequestError(ValueError):

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from html import escape
 from typing import Any, Protocol, TextIO
@@ -207,9 +207,15 @@ class StartProgress:
             if task is not None and not task.done():
                 task.cancel()
 
-    def abort(self) -> None:
-        """The start failed or was interrupted: stop reading (the error says why)."""
+    def abort(self, history: Iterable[ClusterEvent] = ()) -> None:
+        """The start failed or was interrupted: stop reading, and show what the reader had
+        not shown yet of ``history`` (the events the error was made of: its end)."""
         self._stop_tasks()
+        if not self._unsupported:
+            for event in history:
+                if event.id > self._after:
+                    self._add(event)
+                    self._after = event.id
         self._ended = True
         if self._lines:
             self._render()

@@ -980,6 +980,8 @@ def test_failed_start_names_the_reason_and_the_last_log_lines(gateway):
         "(All of its history: gateway.events('broken'); its logs: gateway.get_logs('broken'))"
     )
     assert state.deleted == ["broken"]
+    # The history the message was made of comes with the error.
+    assert [e.kind for e in info.value.events] == ["submitted", "starting", "failed"]
     # A stopped cluster says who stopped it.
     state.polls = 0
     with pytest.raises(GatewayClusterError, match=r"^Cluster 'halted' is already stopped: Stop "):
@@ -1020,9 +1022,12 @@ def test_no_progress_from_a_server_without_events(gateway, capsys):
     state.polls = 0
     state.event_queries.clear()
     with dask.config.set({"gateway.progress": True}):
-        with pytest.raises(GatewayClusterError, match="^Cluster 'failing' failed to start, see"):
+        with pytest.raises(
+            GatewayClusterError, match="^Cluster 'failing' failed to start, see"
+        ) as info:
             gateway.new_cluster(environment="doomed")
     assert capsys.readouterr().err == ""
+    assert info.value.events == ()
 
 
 @pytest.mark.parametrize(
@@ -1213,3 +1218,31 @@ async def test_start_progress_finish_never_hangs_on_a_slow_gateway(monkeypatch):
     progress._add(_event(1, 0, "submitted", "Submitted"))
     await progress.finish()
     assert view.shown[-1] == (["cluster c5: Submitted", "cluster c5: running"], None, True)
+
+
+async def test_start_progress_abort_shows_the_end_the_reader_missed():
+    """The failure's history reached the error before the reader: ``abort`` shows the
+    events the reader had not (by id: none twice), the failure among them."""
+    from dask_gateway.progress import StartProgress
+
+    route, view = ScriptedEvents(), Lines()
+    progress = StartProgress("c6", route.fetch, view)
+    submitted = _event(1, 0, "submitted", "Submitted")
+    await route.pages.put(EventPage([submitted], 1, False))
+    await route.until_called(2)  # the first page shown; the second read is held
+    history = [
+        submitted,
+        _event(2, 1, "starting", "Starting the scheduler"),
+        _event(3, 2, "worker-failed", "not a phase"),
+        _event(4, 3, "failed", "The scheduler exited before it started: boom"),
+    ]
+    progress.abort(history)
+    assert view.shown[-1] == (
+        [
+            "cluster c6: Submitted",
+            "cluster c6: Starting the scheduler (+1 s)",
+            "cluster c6: The scheduler exited before it started: boom (+3 s)",
+        ],
+        None,
+        True,
+    )
