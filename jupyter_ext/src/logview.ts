@@ -126,6 +126,7 @@ export class LogsView extends Widget {
     let failures = 0;
     while (!signal.aborted) {
       const first = this.shown.offset === null;
+      const asked = Date.now();
       let answer;
       try {
         answer = await this.api.logs(
@@ -149,7 +150,8 @@ export class LogsView extends Widget {
         continue;
       }
       failures = 0;
-      this.append(answer.logs?.[component] ?? '', answer.start, answer.offset);
+      const chunk = answer.logs?.[component] ?? '';
+      this.append(chunk, answer.start, answer.offset);
       if (answer.done) {
         this.setStatus('The cluster has ended: this is its whole log.', 'ended');
         void this.loadComponents();
@@ -158,6 +160,9 @@ export class LogsView extends Widget {
       this.setStatus('Following new lines…', 'following');
       if (Date.now() - this.componentsAt > COMPONENTS_EVERY) {
         void this.loadComponents();
+      }
+      if (!first && !chunk && Date.now() - asked < 1000) {
+        await sleep(1000, signal); // a server that does not hold the request: do not spin
       }
     }
   }
