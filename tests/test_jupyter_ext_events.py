@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.server
 import logging
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -248,6 +250,115 @@ def test_listing_keeps_failed_and_stopped_clusters(site):
         for report in alice.list_clusters():
             alice.stop_cluster(report.name)
         alice.close()
+
+
+# -- what reaches the gateway ---------------------------------------------------------------
+
+
+class RecordingForwarder(http.server.ThreadingHTTPServer):
+    """Stands between a Jupyter server and the gateway: forwards every request and records
+    the headers and path the gateway would see."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str):
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.target = target
+        self.seen: list[tuple[str, dict[str, str]]] = []
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: RecordingForwarder
+    _HOP = ("host", "content-length", "connection", "transfer-encoding", "accept-encoding")
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        self.server.seen.append((self.path, dict(self.headers.items())))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self._HOP}
+        r = httpx.request(
+            self.command, self.server.target + self.path, headers=headers, content=body, timeout=120
+        )
+        self.send_response(r.status_code)
+        for key, value in r.headers.multi_items():
+            if key.lower() not in self._HOP + ("content-encoding",):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(r.content)))
+        self.end_headers()
+        self.wfile.write(r.content)
+
+    do_GET = do_POST = do_DELETE = _forward
+
+
+def test_relays_never_pass_the_browsers_credentials_on(site, tmp_path):
+    """Every request Alice's server makes to the gateway, recorded on the way: it carries her
+    gateway credentials (or the session they got her), never the Jupyter token nor the Cookie
+    and Authorization the browser sent, here Bob's valid gateway credentials."""
+    forwarder = RecordingForwarder(site.gateway.address)
+    thread = threading.Thread(target=forwarder.serve_forever, daemon=True)
+    thread.start()
+    server = JupyterServerProcess(
+        tmp_path / "alice", gateway_env(forwarder.address, ALICE), token="alice-recorded-token"
+    )
+    alice, bob = site.client(ALICE), site.client(BOB)
+    try:
+        server.start()
+        name, bobs = alice.submit(), bob.submit()
+        r = httpx.get(f"{site.gateway.address}/api/v1/clusters/", headers=basic(BOB), timeout=30)
+        bob_session = r.cookies.get("dask-gateway-session")
+        assert bob_session
+        browser = {"Cookie": f"dask-gateway-session={bob_session}; _xsrf=x", **basic(BOB)}
+
+        def relay(path: str, **params) -> httpx.Response:
+            return httpx.get(
+                f"{server.url}/dask-gateway/{path}",
+                params={"token": server.token, **params},
+                headers=browser,
+                timeout=90,
+            )
+
+        # Alice's own cluster: served, as Alice.
+        wait_for(lambda: relay(f"clusters/{name}/events").status_code == 200, what="events")
+        r = relay(f"clusters/{name}/events", after=0, wait=0)
+        assert r.status_code == 200 and r.json()["events"][0]["kind"] == "submitted", r.text
+        r = relay(f"clusters/{name}/logs", tail=5)
+        assert r.status_code == 200, r.text
+        listing = relay("clusters")
+        assert listing.status_code == 200 and bobs not in listing.text
+        # Bob's: refused, his credentials notwithstanding.
+        for route in ("events", "logs"):
+            error_of(relay(f"clusters/{bobs}/{route}"), 403)
+
+        assert forwarder.seen
+        alice_basic = basic(ALICE)["Authorization"]
+        for path, headers in forwarder.seen:
+            assert server.token not in path, path
+            lower = {k.lower(): v for k, v in headers.items()}
+            assert lower.get("authorization") in (None, alice_basic), (path, headers)
+            assert bob_session not in lower.get("cookie", ""), (path, headers)
+            assert "_xsrf" not in lower.get("cookie", ""), (path, headers)
+            for value in headers.values():
+                assert server.token not in value and bob_session not in value, (path, headers)
+        relayed = {path.split("?")[0] for path, _ in forwarder.seen}
+        assert f"/api/v1/clusters/{name}/events" in relayed
+        assert f"/api/v1/clusters/{bobs}/logs" in relayed
+    finally:
+        server.stop()
+        forwarder.shutdown()
+        forwarder.server_close()
+        for gw in (alice, bob):
+            for report in gw.list_clusters():
+                gw.stop_cluster(report.name)
+            gw.close()
+    assert "Traceback" not in server.log(), server.log()
 
 
 # -- the listing's load: only what it needs, from the last cursor ---------------------------
