@@ -327,7 +327,7 @@ export class GatewaySidebar extends Widget {
   /** The cluster the message is about, the state it says, and whether a list has shown the
    * cluster since (until then, its absence means nothing). Null: the message is not about a
    * cluster's state. */
-  private about: { name: string; status: string; seen: boolean } | null = null;
+  private about: { name: string; status: string; seen: boolean; before?: string } | null = null;
   private loaded = false;
   private listError = false;
   private commandStates = '';
@@ -548,19 +548,17 @@ export class GatewaySidebar extends Widget {
       return; // a list from before the cluster existed
     }
     const status = cluster ? cluster.status : 'GONE';
-    if (!isLater(status, about.status)) {
+    const reason = cluster?.reason ?? null;
+    // A failure's reason may come a poll after the failure (its event is stored just after).
+    const reasonCame = status === 'FAILED' && about.status === 'FAILED' && reason !== null;
+    if (!isLater(status, about.status) && !reasonCame) {
       return;
     }
-    const { text, warn } = clusterMessage(
-      about.name,
-      status,
-      about.status,
-      cluster?.reason ?? null
-    );
+    const { text, warn } = clusterMessage(about.name, status, about.status, reason);
     this.showMessage(text, warn ? 'warn' : 'info');
     this.message.dataset.cluster = about.name;
     about.status = status;
-    if (isFinal(status)) {
+    if (isFinal(status) && !(status === 'FAILED' && reason === null)) {
       this.about = null; // its last word
     }
   }
