@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,11 +30,39 @@ ALICE, BOB, ADMIN = "dgj-alice", "dgj-bob", "dgj-admin"
 USERS = (ALICE, BOB, ADMIN)
 NO_DISTRIBUTED = "No module named 'distributed'"
 
-CONFIG = f"""
-load_subconfig({str(CONFIGS / "broken_env_gateway_config.py")!r})
-c.Authenticator.admin_users = {{{ADMIN!r}}}
+CONFIG = """
+import sys
+from dask_gateway_server.options import Options, Select
+
+load_subconfig(BROKEN_ENV_CONFIG)
+c.Authenticator.admin_users = {ADMIN}
 # A busy machine can hold a scheduler's heartbeat for seconds.
 c.LocalBackend.cluster_heartbeat_timeout = 60
+c.LocalBackend.cluster_start_timeout = 120
+
+# "gated": the scheduler starts only once the test creates GATE: until then the cluster is
+# pending (its phase shows), for as long as the test needs, not for a guessed time.
+GATED = [
+    "sh", "-c", 'while [ ! -e "$DGJ_GATE" ]; do sleep 0.2; done; exec "$0" "$@"',
+    sys.executable, "-m", "distributed.cli.dask_scheduler",
+]
+NO_DISTRIBUTED = [sys.executable, "-S", "-m", "distributed.cli.dask_scheduler"]
+
+
+def options_handler(options):
+    out = {}
+    if options.environment == "no-distributed":
+        out["scheduler_cmd"] = NO_DISTRIBUTED
+    elif options.environment == "gated":
+        out["scheduler_cmd"] = GATED
+        out["environment"] = {"DGJ_GATE": GATE}
+    return out
+
+
+c.Backend.cluster_options = Options(
+    Select("environment", ["basic", "no-distributed", "gated"], label="Environment"),
+    handler=options_handler,
+)
 """
 
 wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.3)
@@ -42,9 +71,12 @@ wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.3)
 class Site:
     """One gateway, and a Jupyter server per user."""
 
-    def __init__(self, gateway: GatewayProcess, servers: dict[str, JupyterServerProcess]):
+    def __init__(
+        self, gateway: GatewayProcess, servers: dict[str, JupyterServerProcess], gate: Path
+    ):
         self.gateway = gateway
         self.servers = servers
+        self.gate = gate  # "gated" schedulers start once it exists
 
     def get(
         self, user: str, path: str, headers: dict | None = None, timeout: float = 90, **params
@@ -74,7 +106,10 @@ class Site:
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("relays")
     config = root / "gateway_config.py"
-    config.write_text(CONFIG)
+    config.write_text(
+        f"BROKEN_ENV_CONFIG = {str(CONFIGS / 'broken_env_gateway_config.py')!r}\n"
+        f"ADMIN = {ADMIN!r}\nGATE = {str(root / 'gate')!r}\n{CONFIG}"
+    )
     gw = GatewayProcess(root / "gateway", config=config)
     servers: dict[str, JupyterServerProcess] = {}
     try:
@@ -84,7 +119,7 @@ def site(tmp_path_factory):
                 root / user, gateway_env(gw.address, user), token=f"{user}-secret-token"
             )
             servers[user].start()
-        yield Site(gw, servers)
+        yield Site(gw, servers, root / "gate")
     finally:
         for server in servers.values():
             server.stop()
@@ -247,6 +282,33 @@ def test_listing_keeps_failed_and_stopped_clusters(site):
         for name in (broken, normal):
             assert site.listed(BOB, name) is None
     finally:
+        for report in alice.list_clusters():
+            alice.stop_cluster(report.name)
+        alice.close()
+
+
+def test_listing_shows_a_starting_clusters_phase(site):
+    """While its scheduler is held back, a pending cluster's phase is its latest event; once
+    it runs, there is no phase."""
+    alice = site.client(ALICE)
+    try:
+        name = alice.submit(environment="gated")
+        pending = wait_for(
+            lambda: (c := site.listed(ALICE, name)) and c["phase"] and c, what="a phase"
+        )
+        assert pending["status"] == "PENDING" and pending["reason"] is None
+        r = site.get(ALICE, f"clusters/{name}/events")
+        assert r.status_code == 200, r.text
+        messages = [e["message"] for e in r.json()["events"]]
+        assert pending["phase"] in messages, (pending["phase"], messages)
+        site.gate.touch()
+        running = wait_for(
+            lambda: (c := site.listed(ALICE, name)) and c["status"] == "RUNNING" and c,
+            what="running",
+        )
+        assert running["phase"] is None
+    finally:
+        site.gate.touch()
         for report in alice.list_clusters():
             alice.stop_cluster(report.name)
         alice.close()
