@@ -31,38 +31,10 @@ USERS = (ALICE, BOB, ADMIN)
 NO_DISTRIBUTED = "No module named 'distributed'"
 
 CONFIG = """
-import sys
-from dask_gateway_server.options import Options, Select
-
 load_subconfig(BROKEN_ENV_CONFIG)
 c.Authenticator.admin_users = {ADMIN}
 # A busy machine can hold a scheduler's heartbeat for seconds.
 c.LocalBackend.cluster_heartbeat_timeout = 60
-c.LocalBackend.cluster_start_timeout = 120
-
-# "gated": the scheduler starts only once the test creates GATE: until then the cluster is
-# pending (its phase shows), for as long as the test needs, not for a guessed time.
-GATED = [
-    "sh", "-c", 'while [ ! -e "$DGJ_GATE" ]; do sleep 0.2; done; exec "$0" "$@"',
-    sys.executable, "-m", "distributed.cli.dask_scheduler",
-]
-NO_DISTRIBUTED = [sys.executable, "-S", "-m", "distributed.cli.dask_scheduler"]
-
-
-def options_handler(options):
-    out = {}
-    if options.environment == "no-distributed":
-        out["scheduler_cmd"] = NO_DISTRIBUTED
-    elif options.environment == "gated":
-        out["scheduler_cmd"] = GATED
-        out["environment"] = {"DGJ_GATE": GATE}
-    return out
-
-
-c.Backend.cluster_options = Options(
-    Select("environment", ["basic", "no-distributed", "gated"], label="Environment"),
-    handler=options_handler,
-)
 """
 
 wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.3)
@@ -108,12 +80,14 @@ def site(tmp_path_factory):
     config = root / "gateway_config.py"
     config.write_text(
         f"BROKEN_ENV_CONFIG = {str(CONFIGS / 'broken_env_gateway_config.py')!r}\n"
-        f"ADMIN = {ADMIN!r}\nGATE = {str(root / 'gate')!r}\n{CONFIG}"
+        f"ADMIN = {ADMIN!r}\n{CONFIG}"
     )
     gw = GatewayProcess(root / "gateway", config=config)
     servers: dict[str, JupyterServerProcess] = {}
     try:
-        gw.start()
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("DGJ_SCHEDULER_GATE", str(root / "gate"))  # read by the gateway's config
+            gw.start()
         for user in USERS:
             servers[user] = JupyterServerProcess(
                 root / user, gateway_env(gw.address, user), token=f"{user}-secret-token"

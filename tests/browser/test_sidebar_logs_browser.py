@@ -22,14 +22,22 @@ SIDEBAR_TAB = '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-si
 
 
 @pytest.fixture
-def gateway(tmp_path):
+def gate(tmp_path):
+    """Schedulers of the "gated" environment start once this file exists."""
+    return tmp_path / "gate"
+
+
+@pytest.fixture
+def gateway(tmp_path, gate, monkeypatch):
     """A gateway whose "no-distributed" environment starts a scheduler that cannot import
-    distributed (and a patient heartbeat timeout: the machine may be busy)."""
+    distributed, and whose "gated" one a scheduler that waits for ``gate`` (and a patient
+    heartbeat timeout: the machine may be busy)."""
     gw = GatewayProcess(
         tmp_path / "gateway",
         ["--LocalBackend.cluster_heartbeat_timeout=60"],
         config=CONFIGS / "broken_env_gateway_config.py",
     )
+    monkeypatch.setenv("DGJ_SCHEDULER_GATE", str(gate))
     try:
         gw.start()
         yield gw
@@ -83,13 +91,34 @@ def open_sidebar(browser: LabBrowser):
 
 
 @pytest.mark.timeout(600)
-def test_failed_cluster_shows_its_reason_until_dismissed(gateway, client_gateway, lab):
+def test_failed_cluster_shows_its_reason_until_dismissed(gateway, gate, client_gateway, lab):
     from playwright.sync_api import expect
 
+    starting = client_gateway.submit(environment="gated")
     name = client_gateway.submit(environment="no-distributed")
     with LabBrowser(lab, SCREENSHOTS, viewport=(1400, 1000)) as browser:
         page = browser.page
         sidebar = open_sidebar(browser)
+
+        # A starting cluster (its scheduler held back) says its phase: its latest event.
+        held = cluster_row(page, starting)
+        expect(held.locator(".dgj-Cluster-status")).to_have_text("PENDING", timeout=60_000)
+        expect(held.locator(".dgj-Cluster-note")).not_to_be_empty(timeout=30_000)
+        phase = held.locator(".dgj-Cluster-note").inner_text()
+        events = lab.api("GET", f"/dask-gateway/clusters/{starting}/events")["events"]
+        assert phase in [e["message"] for e in events], (phase, events)
+        browser.screenshot("sidebar-starting-phase", sidebar)
+        gate.touch()
+        expect(held.locator(".dgj-Cluster-status")).to_have_text("RUNNING", timeout=120_000)
+        expect(held.locator(".dgj-Cluster-note")).to_be_empty()
+        # Stopped from Python, it stays listed, dimmed, until dismissed (here by the command).
+        client_gateway.stop_cluster(starting)
+        expect(held.locator(".dgj-Cluster-status")).to_have_text("STOPPED", timeout=60_000)
+        expect(held.locator(".dgj-Cluster-note")).to_contain_text("Stopped")
+        expect(held).to_have_class(re.compile(r"\bdgj-mod-ended\b"))
+        browser.execute_command("dask-gateway:dismiss", {"name": starting})
+        expect(held).to_have_count(0)
+
         row = cluster_row(page, name)
         expect(row.locator(".dgj-Cluster-status")).to_have_text("FAILED", timeout=120_000)
         # The reason, in the row, from the gateway's failure event.
