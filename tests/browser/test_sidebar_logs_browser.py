@@ -201,6 +201,21 @@ def test_logs_tab_follows_new_lines(gateway, client_gateway, lab):
             assert text.inner_text().index("MARKER-1") < text.inner_text().index("MARKER-2")
             browser.screenshot("logs-tab-following")
 
+            # A worker joins: the picker lists its log when opened, and shows it when picked.
+            cluster.scale(1)
+            expect(row.locator('[data-stat="workers"]')).to_have_text("1", timeout=120_000)
+            picker = logs.locator("select.dgj-Logs-component")
+            worker = picker.locator('option[value^="worker:"]')
+            text.focus()
+            picker.focus()  # the list is read afresh as the picker is about to open
+            expect(worker).to_have_count(1, timeout=30_000)
+            assert worker.inner_text().startswith("Worker ")
+            picker.select_option(worker.get_attribute("value"))
+            expect(text).to_contain_text("Start worker", timeout=30_000)
+            expect(text).not_to_contain_text("MARKER-1")
+            picker.select_option("scheduler")
+            expect(text).to_contain_text("MARKER-2", timeout=30_000)
+
             # The cluster ends: the tab says its log is complete, and stops asking.
             cluster.shutdown()
             expect(logs.locator(".dgj-Logs-status")).to_have_attribute(
