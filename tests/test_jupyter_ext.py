@@ -285,7 +285,12 @@ def test_cluster_lifecycle(api, jupyter):
 
         r = api.delete(f"clusters/{name}")
         assert r.status_code == 204
-        assert find(api, name) is None
+        # It stays listed, ended, for the sidebar to show dimmed until dismissed.
+        stopped = wait_for(
+            lambda: (c := find(api, name)) and c["status"] == "STOPPED" and c, what="STOPPED"
+        )
+        assert stopped["reason"] is None and isinstance(stopped["stop_time"], int)
+        assert stopped["adapt"] is None
 
         # A stopped cluster can no longer be scaled: the gateway's 409 passes through.
         r = api.post(f"clusters/{name}/scale", content='{"count": 1}')

@@ -3,8 +3,12 @@
 Each route is a thin, async translation onto the dask-gateway client's public API
 (``Gateway(asynchronous=True)``), so the Jupyter server's event loop never blocks and the
 gateway credentials never leave this process. Gateway errors come back as JSON
-``{"error": ..., "message": ...}`` with the gateway's status (404, 409, 422, ...); a gateway
-that cannot be reached gives 502.
+``{"error": ..., "message": ...}`` with the gateway's status (400, 403, 404, 409, 422, ...); a
+gateway that cannot be reached gives 502.
+
+The events and logs relays call the gateway's routes with this server's credentials; the
+browser's own cookies and Authorization header are never passed on (only the query arguments
+named here are).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
@@ -30,11 +34,22 @@ from dask_gateway.options import Options
 
 from .dashboard import DashboardHandler, DashboardRelay, DashboardWebSocketHandler
 from .errors import RouteError, translate_error
+from .notes import ClusterNotes
 
 #: The URL segment under the Jupyter server's base URL.
 NAMESPACE = "dask-gateway"
 #: jupyter_server authorization resource name for these routes.
 AUTH_RESOURCE = "dask_gateway"
+#: Stopped and failed clusters stay listed this long after they ended (until dismissed).
+ENDED_LISTED_FOR = 3600.0
+#: ...and at most this many of them, the most recent (the listing stays small and cheap).
+ENDED_LISTED_MAX = 20
+#: Every status: the listing asks for ended clusters too.
+ALL_STATUSES = list(ClusterStatus)
+#: Seconds a relayed request may take beyond the long-poll the browser asked for.
+RELAY_SLACK = 30.0
+#: The longest long-poll the gateway holds (its routes refuse more with a 400).
+MAX_WAIT = 60.0
 
 
 class GatewayManager:
@@ -51,6 +66,7 @@ class GatewayManager:
         self._gateway: Gateway | None = None
         self.adapt: dict[str, dict[str, int | None]] = {}
         self.dashboards = DashboardRelay(self)
+        self.notes = ClusterNotes(self.gateway_get, log)
         # warnings.catch_warnings is process-global: let one scale/adapt capture at a time.
         self.warnings_lock = asyncio.Lock()
 
@@ -80,6 +96,22 @@ class GatewayManager:
 
     async def list_clusters(self) -> list[ClusterReport]:
         return await self.gateway()._list_clusters()
+
+    async def list_all_clusters(self) -> list[ClusterReport]:
+        """Every cluster the gateway still knows of for this user, ended ones included."""
+        return await self.gateway()._list_clusters(ALL_STATUSES)
+
+    async def gateway_get(self, path: str, query: dict[str, str], timeout: float) -> Any:
+        """GET a route of the gateway with this server's credentials; the decoded JSON.
+
+        Used for the events and logs routes: the client's ``events``/``get_logs`` give
+        events and texts, while the relays pass on the cursors, offsets and ``done`` flags
+        the sidebar follows with, so they call the routes through the client's own HTTP path
+        (its auth, session cookie, proxy settings and error mapping).
+        """
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        return await self.gateway()._request("GET", path, timeout=timeout)
 
     async def get_cluster(self, name: str) -> ClusterReport:
         return await self.gateway()._get_cluster(name)
@@ -123,6 +155,20 @@ def gateway_errors(method: Callable[..., Awaitable[None]]) -> Callable[..., Awai
             self.send_error_json(err.status, err.message)
 
     return wrapper
+
+
+def listed(reports: list[ClusterReport], now: float) -> list[ClusterReport]:
+    """The clusters the sidebar lists: every active one, and the ``ENDED_LISTED_MAX`` most
+    recently ended ones that ended within ``ENDED_LISTED_FOR`` seconds."""
+    active = [r for r in reports if r.status <= ClusterStatus.STOPPING]
+    ended: list[tuple[float, ClusterReport]] = []
+    for r in reports:
+        if r.status > ClusterStatus.STOPPING:
+            when = (r.stop_time or r.start_time).timestamp()
+            if now - when <= ENDED_LISTED_FOR:
+                ended.append((when, r))
+    ended.sort(key=lambda pair: pair[0], reverse=True)
+    return active + [r for _, r in ended[:ENDED_LISTED_MAX]]
 
 
 def _format_options_error(exc: BaseException) -> str:
@@ -184,7 +230,8 @@ class BaseGatewayHandler(APIHandler):
         return body
 
     async def cluster_model(self, report: ClusterReport) -> dict[str, Any]:
-        """The cluster as the sidebar shows it, sizes from the gateway's opt-in route."""
+        """The cluster as the sidebar shows it, sizes from the gateway's opt-in route,
+        ``phase`` (a starting cluster's) and ``reason`` (a failed one's) from its events."""
         resources: dict[str, Any] = {}
         if report.status == ClusterStatus.RUNNING:
             try:
@@ -193,11 +240,16 @@ class BaseGatewayHandler(APIHandler):
                 self.log.debug("No resources for cluster %s: %s", report.name, e)
         elif report.status == ClusterStatus.PENDING:
             resources = {"workers": 0, "cores": 0, "memory": 0}
+        phase, reason = await self.manager.notes.note(report)
         start = report.start_time.timestamp() if report.start_time else time.time()
+        stop = report.stop_time.timestamp() if report.stop_time else None
         return {
             "name": report.name,
             "status": report.status.name,
             "start_time": int(start * 1000),
+            "stop_time": None if stop is None else int(stop * 1000),
+            "phase": phase,
+            "reason": reason,
             "age": max(0.0, time.time() - start),
             "dashboard_link": report.dashboard_link,
             "options": report.options,
@@ -228,12 +280,15 @@ class ClustersHandler(BaseGatewayHandler):
     @authorized
     @gateway_errors
     async def get(self) -> None:
-        """The user's pending and running clusters, with worker counts and sizes."""
+        """The user's clusters with worker counts and sizes: the pending and running ones,
+        and those that stopped or failed within the last hour (the sidebar dims them)."""
         gateway = self.manager.gateway()
-        reports = await self.manager.list_clusters()
+        reports = listed(await self.manager.list_all_clusters(), time.time())
         models = await asyncio.gather(*(self.cluster_model(r) for r in reports))
         models.sort(key=lambda m: m["start_time"])
-        live = {m["name"] for m in models}
+        names = {r.name for r in reports}
+        self.manager.notes.forget_except(names)
+        live = {r.name for r in reports if r.status <= ClusterStatus.STOPPING}
         for name in list(self.manager.adapt):
             if name not in live:
                 del self.manager.adapt[name]
@@ -339,6 +394,84 @@ class DashboardURLHandler(BaseGatewayHandler):
         self.finish(json.dumps({"url": url, "gateway_url": link}))
 
 
+def _wait_seconds(value: str | None) -> float:
+    """The long-poll the browser asked for, to size the relayed request's timeout (the
+    gateway itself refuses a bad value with a 400, which passes through)."""
+    try:
+        wait = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    return min(max(wait, 0.0), MAX_WAIT) if wait == wait else 0.0  # NaN: 0
+
+
+class RelayHandler(BaseGatewayHandler):
+    """GET one of the cluster's routes on the gateway and pass its JSON on unchanged.
+
+    Only the query arguments in ``ARGS`` go on; headers never do (the gateway hears this
+    server's credentials only). A long-poll the browser gives up on is cancelled here too.
+    """
+
+    #: The gateway route under ``/api/v1/clusters/{name}/``.
+    ROUTE = ""
+    #: The query arguments passed on.
+    ARGS: tuple[str, ...] = ()
+    _task: asyncio.Future[Any] | None = None
+    _gone = False
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        super().on_connection_close()
+
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self, name: str) -> None:
+        query: dict[str, str] = {}
+        for arg in self.ARGS:
+            value = self.get_query_argument(arg, None)
+            if value is not None:
+                query[arg] = value
+        self.check_query(query)
+        path = f"/api/v1/clusters/{quote(name, safe='')}/{self.ROUTE}"
+        timeout = _wait_seconds(query.get("wait")) + RELAY_SLACK
+        self._task = asyncio.ensure_future(self.manager.gateway_get(path, query, timeout))
+        try:
+            answer = await self._task
+        except asyncio.CancelledError:
+            if self._gone:
+                return  # the browser left: nobody to answer
+            raise
+        finally:
+            self._task = None
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(answer))
+
+    def check_query(self, query: dict[str, str]) -> None:
+        """Refuse what the relay does not do (the gateway checks the values themselves)."""
+
+
+class EventsHandler(RelayHandler):
+    """``?after=<id>&wait=<s>`` (and ``since``, ``limit``): the cluster's events, as the
+    gateway's ``GET /api/v1/clusters/{name}/events`` answers them."""
+
+    ROUTE = "events"
+    ARGS = ("after", "since", "limit", "wait")
+
+
+class LogsHandler(RelayHandler):
+    """``?component=&offset=&wait=&tail=``: the cluster's logs, as the gateway's
+    ``GET /api/v1/clusters/{name}/logs`` answers them (long-poll with ``offset``/``wait``)."""
+
+    ROUTE = "logs"
+    ARGS = ("component", "offset", "wait", "tail")
+
+    def check_query(self, query: dict[str, str]) -> None:
+        if self.get_query_argument("follow", None) is not None:
+            raise RouteError(400, "follow is not relayed: long-poll with offset and wait instead")
+
+
 class OptionsHandler(BaseGatewayHandler):
     @web.authenticated
     @authorized
@@ -382,6 +515,8 @@ def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
             (url_path_join(base, "clusters", name, "scale"), ScaleHandler),
             (url_path_join(base, "clusters", name, "adapt"), AdaptHandler),
             (url_path_join(base, "clusters", name, "dashboard"), DashboardURLHandler),
+            (url_path_join(base, "clusters", name, "events"), EventsHandler),
+            (url_path_join(base, "clusters", name, "logs"), LogsHandler),
             (
                 url_path_join(base, "dashboard", name, r"(?P<path>(?:.*/)?ws)"),
                 DashboardWebSocketHandler,

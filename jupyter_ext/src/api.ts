@@ -7,9 +7,27 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import type { IClusterList, IOptionField, IScaleResult, IValidation } from './types';
+import { queryString } from './logs';
+import type {
+  IClusterList,
+  IEventsAnswer,
+  ILogsAnswer,
+  ILogsQuery,
+  IOptionField,
+  IScaleResult,
+  IValidation
+} from './types';
 
-export type { ICluster, IClusterList, IOptionField, IScaleResult, IValidation } from './types';
+export type {
+  ICluster,
+  IClusterList,
+  IEventsAnswer,
+  ILogsAnswer,
+  ILogsQuery,
+  IOptionField,
+  IScaleResult,
+  IValidation
+} from './types';
 
 /** An error with the message the server (or the gateway behind it) gave. */
 export class GatewayError extends Error {
@@ -36,6 +54,10 @@ export interface IGatewayAPI {
   ): Promise<IScaleResult>;
   shutdown(name: string): Promise<null>;
   dashboard(name: string): Promise<{ url: string; gateway_url: string }>;
+  /** The cluster's events after `after`; `wait` s: long-poll until one comes. */
+  events(name: string, after?: number, wait?: number, signal?: AbortSignal): Promise<IEventsAnswer>;
+  /** The cluster's logs; with `component` and `offset`/`wait`, a long-poll for new text. */
+  logs(name: string, query: ILogsQuery, signal?: AbortSignal): Promise<ILogsAnswer>;
 }
 
 function jsonInit(method: string, body: unknown): RequestInit {
@@ -63,6 +85,9 @@ export class GatewayAPI implements IGatewayAPI {
     try {
       response = await ServerConnection.makeRequest(url, init, this.settings);
     } catch (error) {
+      if (init.signal?.aborted) {
+        throw error; // the caller gave up on it: not an error to show
+      }
       const reason = error instanceof Error ? error.message : String(error);
       throw new GatewayError(`Cannot reach the Jupyter server: ${reason}`, 0);
     }
@@ -126,5 +151,24 @@ export class GatewayAPI implements IGatewayAPI {
 
   dashboard(name: string): Promise<{ url: string; gateway_url: string }> {
     return this.request(clusterPath(name, 'dashboard'));
+  }
+
+  events(
+    name: string,
+    after?: number,
+    wait?: number,
+    signal?: AbortSignal
+  ): Promise<IEventsAnswer> {
+    return this.request(clusterPath(name, 'events') + queryString({ after, wait }), { signal });
+  }
+
+  logs(name: string, query: ILogsQuery, signal?: AbortSignal): Promise<ILogsAnswer> {
+    const { component, offset, wait, tail } = query;
+    return this.request(
+      clusterPath(name, 'logs') + queryString({ component, offset, wait, tail }),
+      {
+        signal
+      }
+    );
   }
 }

@@ -14,6 +14,8 @@ export namespace CommandIDs {
   export const openDashboard = 'dask-gateway:open-dashboard';
   export const insertCode = 'dask-gateway:insert-code';
   export const refresh = 'dask-gateway:refresh';
+  export const openLogs = 'dask-gateway:open-logs';
+  export const dismiss = 'dask-gateway:dismiss';
 }
 
 /** The command palette's category for these commands. */

@@ -10,13 +10,15 @@
 import { Dialog, ICommandPalette, InputDialog, showDialog } from '@jupyterlab/apputils';
 import {
   addIcon,
+  closeIcon,
   codeIcon,
   fastForwardIcon,
   launchIcon,
   numberingIcon,
   pauseIcon,
   refreshIcon,
-  stopIcon
+  stopIcon,
+  textEditorIcon
 } from '@jupyterlab/ui-components';
 import { CommandRegistry } from '@lumino/commands';
 import { ReadonlyJSONObject, ReadonlyPartialJSONObject } from '@lumino/coreutils';
@@ -24,6 +26,7 @@ import { ContextMenu, Widget } from '@lumino/widgets';
 
 import type { IGatewayAPI } from './api';
 import { CommandIDs, PALETTE_CATEGORY } from './commandids';
+import { isEnded } from './dismissed';
 import { shortName } from './format';
 import { parseCount } from './options';
 import type { GatewaySidebar } from './sidebar';
@@ -41,6 +44,8 @@ export interface ICommandsContext {
   openDashboard(name: string, url: string): void;
   /** Close the cluster's dashboard tab, if open. */
   closeDashboard(name: string): void;
+  /** Open (or focus) the tab that shows and follows the cluster's logs. */
+  openLogs(name: string): void;
   /** Insert the connect code into the active notebook; an error message, or null. */
   insertCode(name: string): string | null;
   /** The cluster of the row the last context menu was opened on, if any. */
@@ -53,7 +58,8 @@ type Args = ReadonlyPartialJSONObject;
 const FROM_CONTEXT_MENU: ReadonlyJSONObject = { origin: 'context-menu' };
 
 /** Whether a cluster (undefined: not listed yet) can still be scaled or shut down. */
-const isLive = (c: ICluster | undefined): boolean => !c || c.status !== 'STOPPING';
+const isLive = (c: ICluster | undefined): boolean =>
+  !c || c.status === 'PENDING' || c.status === 'RUNNING';
 const hasDashboard = (c: ICluster | undefined): boolean =>
   !c || (c.status === 'RUNNING' && Boolean(c.dashboard_link));
 
@@ -306,6 +312,37 @@ export function addCommands(commands: CommandRegistry, context: ICommandsContext
       })
   });
 
+  commands.addCommand(CommandIDs.openLogs, {
+    label: 'Show Cluster Logs',
+    caption: 'Open the logs of the scheduler and workers in a tab that follows new lines',
+    icon: textEditorIcon,
+    execute: args =>
+      attempt(async () => {
+        const name = await target(args, 'show the logs of', () => true);
+        if (name) {
+          context.openLogs(name);
+        }
+      })
+  });
+
+  commands.addCommand(CommandIDs.dismiss, {
+    label: 'Dismiss Cluster',
+    caption: 'Remove this stopped or failed cluster from the list',
+    icon: closeIcon,
+    isEnabled: enabledFor(c => !c || isEnded(c.status)),
+    execute: args =>
+      attempt(async () => {
+        const name = await target(
+          args,
+          'dismiss',
+          c => c !== undefined && isEnded(c.status) && !sidebar.isDismissed(c.name)
+        );
+        if (name) {
+          sidebar.dismiss(name);
+        }
+      })
+  });
+
   commands.addCommand(CommandIDs.openDashboard, {
     label: 'Open Cluster Dashboard',
     caption: 'Open the Dask dashboard in a tab',
@@ -328,7 +365,7 @@ export function addCommands(commands: CommandRegistry, context: ICommandsContext
     icon: codeIcon,
     execute: args =>
       attempt(async () => {
-        const name = await target(args, 'connect to', () => true);
+        const name = await target(args, 'connect to', isLive);
         if (!name) {
           return;
         }
@@ -346,11 +383,13 @@ export function addMenuItems(contextMenu: ContextMenu, palette: ICommandPalette 
   const rows = '.dgj-Sidebar .dgj-Cluster';
   const perCluster = [
     CommandIDs.openDashboard,
+    CommandIDs.openLogs,
     CommandIDs.insertCode,
     CommandIDs.scale,
     CommandIDs.adapt,
     CommandIDs.stopAdapting,
-    CommandIDs.shutdown
+    CommandIDs.shutdown,
+    CommandIDs.dismiss
   ];
   perCluster.forEach((command, rank) =>
     contextMenu.addItem({ command, selector: rows, rank, args: FROM_CONTEXT_MENU })

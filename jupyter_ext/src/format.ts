@@ -63,11 +63,13 @@ export function isFinal(status: string): boolean {
 }
 
 /** The message about cluster `name` in state `status` (GONE: no longer listed), and whether
- * it is a warning. `before` is the state the previous message said. */
+ * it is a warning. `before` is the state the previous message said; `reason`, a failed
+ * cluster's. */
 export function clusterMessage(
   name: string,
   status: string,
-  before: string
+  before: string,
+  reason: string | null = null
 ): { text: string; warn: boolean } {
   const short = shortName(name);
   switch (status) {
@@ -78,7 +80,7 @@ export function clusterMessage(
     case 'STOPPING':
       return { text: `${short} is shutting down`, warn: false };
     case 'FAILED':
-      return { text: `${short} failed`, warn: true };
+      return { text: reason ? `${short} failed: ${reason}` : `${short} failed`, warn: true };
     default:
       // Gone from the list: expected after a shutdown, not while it was starting or running.
       return before === 'STOPPING'
@@ -102,4 +104,29 @@ export function formatAdapt(
   adapt: { minimum: number | null; maximum: number | null } | null
 ): string {
   return adapt ? `Adaptive: ${adapt.minimum ?? 0} to ${adapt.maximum ?? 'limit'} workers` : '';
+}
+
+/** The line under a cluster's name: a starting cluster's phase, a failed cluster's reason,
+ * when an ended one ended; '' when there is nothing to say. `now` in ms since the epoch. */
+export function clusterNote(
+  cluster: {
+    status: string;
+    phase: string | null;
+    reason: string | null;
+    stop_time: number | null;
+  },
+  now: number
+): string {
+  const ago = (ms: number | null) =>
+    ms === null ? '' : ` ${formatAge(Math.max(0, now - ms) / 1000)} ago`;
+  switch (cluster.status) {
+    case 'PENDING':
+      return cluster.phase ?? '';
+    case 'FAILED':
+      return cluster.reason ?? `Failed${ago(cluster.stop_time)}; see its logs`;
+    case 'STOPPED':
+      return `Stopped${ago(cluster.stop_time)}`;
+    default:
+      return '';
+  }
 }

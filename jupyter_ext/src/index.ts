@@ -14,7 +14,9 @@ import { IFrame } from '@jupyterlab/ui-components';
 import { GatewayAPI } from './api';
 import { addCommands, addMenuItems } from './commands';
 import { connectCode } from './connect';
+import { dismissedKey } from './dismissed';
 import { gatewayIcon } from './icons';
+import { LogsView } from './logview';
 import { GatewaySidebar } from './sidebar';
 
 export { CommandIDs } from './commands';
@@ -63,6 +65,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
       dashboards.get(name)?.dispose();
     };
 
+    const logTabs = new Map<string, MainAreaWidget<LogsView>>();
+    const openLogs = (name: string): void => {
+      let widget = logTabs.get(name);
+      if (!widget || widget.isDisposed) {
+        widget = new MainAreaWidget({ content: new LogsView(api, name) });
+        widget.id = `dask-gateway-logs-${name}`;
+        widget.title.label = `Logs ${name.slice(0, 8)}`;
+        widget.title.caption = `Logs of cluster ${name}`;
+        widget.title.icon = gatewayIcon;
+        widget.title.closable = true;
+        logTabs.set(name, widget);
+        widget.disposed.connect(() => logTabs.delete(name));
+        labShell.add(widget, 'main');
+      }
+      labShell.activateById(widget.id);
+    };
+
     const insertCode = (name: string): string | null => {
       const panel = notebooks?.currentWidget;
       if (!panel) {
@@ -87,7 +106,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return null;
     };
 
-    const sidebar = new GatewaySidebar({ api, commands: app.commands, closeDashboard });
+    let storage: Storage | null;
+    try {
+      storage = window.localStorage;
+    } catch {
+      storage = null; // blocked by the browser: dismissals last until the page reloads
+    }
+    const sidebar = new GatewaySidebar({
+      api,
+      commands: app.commands,
+      closeDashboard,
+      storage,
+      storageKey: dismissedKey(app.serviceManager.serverSettings.baseUrl)
+    });
     sidebar.title.icon = gatewayIcon;
     sidebar.title.caption = 'Dask Gateway clusters';
 
@@ -97,6 +128,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       showSidebar: () => labShell.activateById(sidebar.id),
       openDashboard,
       closeDashboard,
+      openLogs,
       insertCode,
       contextCluster: () =>
         app.contextMenuHitTest(node => Boolean(node.dataset.clusterName))?.dataset.clusterName ??

@@ -15,9 +15,17 @@ import { Widget } from '@lumino/widgets';
 
 import type { IGatewayAPI } from './api';
 import { CommandIDs } from './commandids';
+import {
+  isEnded,
+  loadDismissed,
+  pruneDismissed,
+  saveDismissed,
+  visibleClusters
+} from './dismissed';
 import { OptionsForm } from './form';
 import {
   clusterMessage,
+  clusterNote,
   formatAdapt,
   formatAge,
   formatBytes,
@@ -36,6 +44,10 @@ export interface ISidebarOptions {
   commands: CommandRegistry;
   /** Close the cluster's dashboard tab, if open (its cluster is gone). */
   closeDashboard: (name: string) => void;
+  /** Where dismissed clusters are remembered (`window.localStorage`; null: nowhere). */
+  storage?: Storage | null;
+  /** The storage key (see `dismissedKey`). */
+  storageKey?: string;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -112,7 +124,10 @@ class CommandButton {
 class ClusterRow {
   readonly node: HTMLLIElement;
   private status: HTMLElement;
+  private note: HTMLElement;
   private stats: Record<string, HTMLElement> = {};
+  private live: HTMLElement[];
+  private dismiss: CommandButton;
   private adaptNote: HTMLElement;
   private buttons: CommandButton[] = [];
   private scaleInput: HTMLInputElement;
@@ -140,6 +155,8 @@ class ClusterRow {
     name.title = cluster.name;
     this.status = el('span', 'dgj-Cluster-status');
     head.append(name, this.status);
+    // A starting cluster's phase, a failed one's reason, when an ended one ended.
+    this.note = el('div', 'dgj-Cluster-note');
 
     const stats = el('dl', 'dgj-Cluster-stats');
     for (const [key, label] of [
@@ -165,10 +182,16 @@ class ClusterRow {
     };
 
     const actions = el('div', 'dgj-Cluster-actions');
+    const dashboard = button(CommandIDs.openDashboard, 'Dashboard', 'dgj-DashboardButton');
+    const insert = button(CommandIDs.insertCode, 'Insert code', 'dgj-InsertButton');
+    const shutdown = button(CommandIDs.shutdown, 'Shut down', 'jp-mod-warn dgj-ShutdownButton');
+    this.dismiss = button(CommandIDs.dismiss, 'Dismiss', 'dgj-DismissButton');
     actions.append(
-      button(CommandIDs.openDashboard, 'Dashboard', 'dgj-DashboardButton').node,
-      button(CommandIDs.insertCode, 'Insert code', 'dgj-InsertButton').node,
-      button(CommandIDs.shutdown, 'Shut down', 'jp-mod-warn dgj-ShutdownButton').node
+      dashboard.node,
+      button(CommandIDs.openLogs, 'Logs', 'dgj-LogsButton').node,
+      insert.node,
+      shutdown.node,
+      this.dismiss.node
     );
 
     const scale = el('div', 'dgj-Cluster-row');
@@ -207,7 +230,9 @@ class ClusterRow {
       this.stopAdapt.node
     );
 
-    li.append(head, stats, this.adaptNote, actions, scale, adapt);
+    li.append(head, this.note, stats, this.adaptNote, actions, scale, adapt);
+    // What an ended cluster no longer offers.
+    this.live = [stats, this.adaptNote, dashboard.node, insert.node, shutdown.node, scale, adapt];
     this.node = li;
     this.update(cluster);
   }
@@ -238,12 +263,20 @@ class ClusterRow {
     this.setText(this.status, status);
     this.status.dataset.status = status;
     this.node.dataset.status = status;
+    const ended = isEnded(status);
+    this.node.classList.toggle('dgj-mod-ended', ended);
+    for (const node of this.live) {
+      node.hidden = ended;
+    }
+    this.dismiss.node.hidden = !ended;
+    this.setText(this.note, clusterNote(cluster, Date.now()));
+    this.note.title = this.note.textContent ?? '';
     this.setText(this.stats.workers, formatWorkers(cluster.workers, cluster.requested));
     this.setText(this.stats.cores, cluster.cores === null ? '–' : String(cluster.cores));
     this.setText(this.stats.memory, cluster.memory === null ? '–' : formatBytes(cluster.memory));
     this.setText(this.stats.age, formatAge(cluster.age));
     this.setText(this.adaptNote, formatAdapt(cluster.adapt));
-    this.stopAdapt.node.hidden = !cluster.adapt;
+    this.stopAdapt.node.hidden = !cluster.adapt || ended;
     this.node.classList.toggle('dgj-mod-pending', status === 'PENDING');
     this.updateButtons();
   }
@@ -272,6 +305,13 @@ export class GatewaySidebar extends Widget {
   readonly api: IGatewayAPI;
   readonly commands: CommandRegistry;
   private closeDashboard: (name: string) => void;
+  private storage: Storage | null;
+  private storageKey: string;
+  private dismissed: Set<string>;
+  /** Clusters shut down from here: once stopped, they leave the list (their owner knows). */
+  private shutDownHere = new Set<string>();
+  /** The last list, dismissed clusters included. */
+  private listed: ICluster[] = [];
   private list: HTMLUListElement;
   private empty: HTMLElement;
   private message: HTMLElement;
@@ -287,7 +327,7 @@ export class GatewaySidebar extends Widget {
   /** The cluster the message is about, the state it says, and whether a list has shown the
    * cluster since (until then, its absence means nothing). Null: the message is not about a
    * cluster's state. */
-  private about: { name: string; status: string; seen: boolean } | null = null;
+  private about: { name: string; status: string; seen: boolean; before?: string } | null = null;
   private loaded = false;
   private listError = false;
   private commandStates = '';
@@ -298,6 +338,9 @@ export class GatewaySidebar extends Widget {
     this.api = options.api;
     this.commands = options.commands;
     this.closeDashboard = options.closeDashboard;
+    this.storage = options.storage ?? null;
+    this.storageKey = options.storageKey ?? 'dask-gateway-jupyterlab:dismissed';
+    this.dismissed = loadDismissed(this.storage, this.storageKey);
     this.id = 'dask-gateway-sidebar';
     this.addClass('dgj-Sidebar');
 
@@ -420,8 +463,24 @@ export class GatewaySidebar extends Widget {
     }
   }
 
+  /** Whether `name` was dismissed (it is no longer shown once it has ended). */
+  isDismissed(name: string): boolean {
+    return this.dismissed.has(name);
+  }
+
+  /** Hide an ended cluster from the list, in this browser, for good. */
+  dismiss(name: string): void {
+    this.dismissed.add(name);
+    saveDismissed(this.storage, this.storageKey, this.dismissed);
+    if (this.selectedName === name) {
+      this.selectedName = null;
+    }
+    this.render(this.listed);
+  }
+
   /** Show that `name` is shutting down until the list says more. */
   markStopping(name: string): void {
+    this.shutDownHere.add(name);
     const row = this.rows.get(name);
     if (row) {
       row.update({ ...row.cluster, status: 'STOPPING' });
@@ -489,14 +548,17 @@ export class GatewaySidebar extends Widget {
       return; // a list from before the cluster existed
     }
     const status = cluster ? cluster.status : 'GONE';
-    if (!isLater(status, about.status)) {
+    const reason = cluster?.reason ?? null;
+    // A failure's reason may come a poll after the failure (its event is stored just after).
+    const reasonCame = status === 'FAILED' && about.status === 'FAILED' && reason !== null;
+    if (!isLater(status, about.status) && !reasonCame) {
       return;
     }
-    const { text, warn } = clusterMessage(about.name, status, about.status);
+    const { text, warn } = clusterMessage(about.name, status, about.status, reason);
     this.showMessage(text, warn ? 'warn' : 'info');
     this.message.dataset.cluster = about.name;
     about.status = status;
-    if (isFinal(status)) {
+    if (isFinal(status) && !(status === 'FAILED' && reason === null)) {
       this.about = null; // its last word
     }
   }
@@ -522,10 +584,32 @@ export class GatewaySidebar extends Widget {
     this.loaded = true;
     this.address.textContent = data.address;
     this.address.title = `Gateway: ${data.address}`;
+    // A cluster shut down from here leaves once stopped; one that failed stays to say why.
+    let changed = false;
+    for (const c of data.clusters) {
+      if (this.shutDownHere.has(c.name) && isEnded(c.status)) {
+        this.shutDownHere.delete(c.name);
+        if (c.status === 'STOPPED') {
+          this.dismissed.add(c.name);
+          changed = true;
+        }
+      }
+    }
+    const kept = pruneDismissed(this.dismissed, data.clusters);
+    if (kept.size !== this.dismissed.size) {
+      this.dismissed = kept; // those the list dropped (ended over an hour ago)
+      changed = true;
+    }
+    if (changed) {
+      saveDismissed(this.storage, this.storageKey, this.dismissed);
+    }
     this.render(data.clusters);
   }
 
-  private render(clusters: ICluster[]): void {
+  /** Show `all` (the listed clusters) but the dismissed ones. */
+  private render(all: ICluster[]): void {
+    this.listed = all;
+    const clusters = visibleClusters(all, this.dismissed);
     const seen = new Set<string>();
     let previous: HTMLElement | null = null;
     for (const cluster of clusters) {
@@ -554,7 +638,7 @@ export class GatewaySidebar extends Widget {
     }
     this.empty.hidden = clusters.length > 0;
     this.empty.textContent = 'No clusters running. Create one with “New cluster”.';
-    this.updateMessage(clusters);
+    this.updateMessage(all);
     // What the commands' enabled states depend on; menus and the palette re-render on change.
     const states = clusters
       .map(c => `${c.name}:${c.status}:${c.adapt !== null}:${c.dashboard_link !== null}`)

@@ -8,6 +8,12 @@ export interface ICluster {
   name: string;
   status: string;
   start_time: number;
+  /** When it stopped or failed (ms since the epoch); null while it is active. */
+  stop_time: number | null;
+  /** A starting cluster's current phase (its last event), e.g. "Waiting in Slurm's queue". */
+  phase: string | null;
+  /** A failed cluster's reason, one sentence. */
+  reason: string | null;
   age: number;
   dashboard_link: string | null;
   options: Record<string, unknown>;
@@ -45,4 +51,38 @@ export interface IScaleResult {
 /** The Python client's message for each refused field; empty when every value is valid. */
 export interface IValidation {
   errors: Record<string, string>;
+}
+
+/** One event of a cluster (`GET dask-gateway/clusters/{name}/events`). */
+export interface IClusterEvent {
+  id: number;
+  time: number;
+  kind: string;
+  worker: string | null;
+  message: string;
+  detail: string;
+}
+
+/** The events after a cursor; `done`: the cluster ended, no more will come. */
+export interface IEventsAnswer {
+  events: IClusterEvent[];
+  cursor: number;
+  done: boolean;
+}
+
+/** A cluster's logs (`GET dask-gateway/clusters/{name}/logs`): `{component: text}`; with a
+ * `component`, also the byte positions of its text and whether the log can still grow. */
+export interface ILogsAnswer {
+  logs: Record<string, string>;
+  offset?: number;
+  start?: number;
+  done?: boolean;
+}
+
+/** The query of a logs request; absent values are not sent. */
+export interface ILogsQuery {
+  component?: string;
+  offset?: number;
+  wait?: number;
+  tail?: number;
 }

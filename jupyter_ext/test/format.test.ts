@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import {
   clusterMessage,
+  clusterNote,
   formatAdapt,
   formatAge,
   formatBytes,
@@ -93,5 +94,57 @@ describe('cluster wording', () => {
     expect(formatAdapt(null)).toBe('');
     expect(formatAdapt({ minimum: 1, maximum: 3 })).toBe('Adaptive: 1 to 3 workers');
     expect(formatAdapt({ minimum: null, maximum: null })).toBe('Adaptive: 0 to limit workers');
+  });
+});
+
+describe('clusterMessage with a reason', () => {
+  it('says why a cluster failed', () => {
+    const reason = "The scheduler exited before it started: No module named 'distributed'";
+    expect(clusterMessage('0123456789abcdef', 'FAILED', 'PENDING', reason)).toEqual({
+      text: `Cluster 01234567 failed: ${reason}`,
+      warn: true
+    });
+    expect(clusterMessage('0123456789abcdef', 'FAILED', 'PENDING', null).text).toBe(
+      'Cluster 01234567 failed'
+    );
+  });
+
+  it('says a stopped cluster stopped, as when it left the list', () => {
+    expect(clusterMessage('0123456789abcdef', 'STOPPED', 'STOPPING')).toEqual({
+      text: 'Cluster 01234567 has shut down',
+      warn: false
+    });
+    expect(clusterMessage('0123456789abcdef', 'STOPPED', 'RUNNING')).toEqual({
+      text: 'Cluster 01234567 stopped',
+      warn: true
+    });
+  });
+});
+
+describe('clusterNote', () => {
+  const now = 1_000_000_000;
+  const base = { phase: null, reason: null, stop_time: null };
+
+  it("shows a starting cluster's phase", () => {
+    expect(clusterNote({ ...base, status: 'PENDING' }, now)).toBe('');
+    expect(
+      clusterNote({ ...base, status: 'PENDING', phase: "Waiting in Slurm's queue: Resources" }, now)
+    ).toBe("Waiting in Slurm's queue: Resources");
+    // A phase is a starting cluster's only.
+    expect(clusterNote({ ...base, status: 'RUNNING', phase: 'Scheduler running' }, now)).toBe('');
+  });
+
+  it("shows a failed cluster's reason, or points at its logs", () => {
+    expect(clusterNote({ ...base, status: 'FAILED', reason: 'It broke.' }, now)).toBe('It broke.');
+    expect(clusterNote({ ...base, status: 'FAILED', stop_time: now - 90_000 }, now)).toBe(
+      'Failed 1 min ago; see its logs'
+    );
+  });
+
+  it('says when a stopped cluster stopped', () => {
+    expect(clusterNote({ ...base, status: 'STOPPED', stop_time: now - 5_000 }, now)).toBe(
+      'Stopped 5 s ago'
+    );
+    expect(clusterNote({ ...base, status: 'STOPPED' }, now)).toBe('Stopped');
   });
 });

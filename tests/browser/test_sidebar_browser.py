@@ -323,6 +323,8 @@ DASK_GATEWAY_COMMANDS = {
     "dask-gateway:open-dashboard",
     "dask-gateway:insert-code",
     "dask-gateway:refresh",
+    "dask-gateway:open-logs",
+    "dask-gateway:dismiss",
 }
 
 
