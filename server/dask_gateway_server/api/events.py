@@ -4,6 +4,7 @@ and ``wait`` long-polls for the next one."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -18,7 +19,14 @@ MAX_WAIT = 60.0
 
 
 class EventsBase(BaseHandler):
-    """The query arguments both routes share, checked (400 saying which is wrong)."""
+    """The query arguments both routes share, checked (400 saying which is wrong), and the
+    long-poll, which ends early when its client goes away."""
+
+    _gone: asyncio.Future[None] | None = None
+
+    def on_connection_close(self) -> None:
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
 
     def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
         value = self.get_query_argument(name, None)
@@ -71,7 +79,15 @@ class EventsBase(BaseHandler):
             remaining = deadline - time.monotonic()
             if found or ended or remaining <= 0:
                 return found, ended and len(found) < limit
-            await events.wait(key, seen, remaining)
+            if self._gone is None:
+                self._gone = asyncio.get_running_loop().create_future()
+            waiting = asyncio.ensure_future(events.wait(key, seen, remaining))
+            either: set[asyncio.Future[Any]] = {waiting, self._gone}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if self._gone.done():  # nobody to answer: stop waiting
+                waiting.cancel()
+                await asyncio.wait({waiting})
+                return [], False
 
 
 class ClusterEventsHandler(EventsBase):
