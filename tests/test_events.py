@@ -200,7 +200,9 @@ def test_killed_worker_fails_with_its_reason(gw):
         what="worker-failed",
     )
     assert failed[0]["worker"] == worker
-    assert failed[0]["message"].startswith(f"Worker {worker} failed: "), failed
+    assert failed[0]["message"] == f"Worker {worker} failed: killed by signal 9 (SIGKILL)"
+    # The detail: the end of its own log (distributed's start-up lines).
+    assert "Start worker at" in failed[0]["detail"], failed
     # The gateway replaces it (its count is still 1): a new worker joins after the failure.
     wait_for(
         lambda: [
