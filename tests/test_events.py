@@ -308,6 +308,8 @@ def test_who_may_read_events(gw):
         "?after=x",
         "?since=yesterday",
         "?since=-5",
+        f"?since={2**64}",
+        f"?after={2**64}",
         "?limit=0",
         "?limit=1001",
         "?wait=61",

@@ -16,6 +16,8 @@ from .clusters import _bool_arg
 
 MAX_LIMIT = 1000
 MAX_WAIT = 60.0
+#: The largest id or time a database integer holds.
+MAX_MS = 2**63 - 1
 
 
 class EventsBase(BaseHandler):
@@ -41,7 +43,7 @@ class EventsBase(BaseHandler):
         return number
 
     def _params(self) -> tuple[int, int | None, int, float]:
-        after = self._int_arg("after", 0, 0, 2**63 - 1)
+        after = self._int_arg("after", 0, 0, MAX_MS)
         limit = self._int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
         since = _parse_since(self.get_query_argument("since", None))
         value = self.get_query_argument("wait", None)
@@ -166,8 +168,8 @@ def _parse_since(value: str | None) -> int | None:
     except ValueError:
         pass
     else:
-        if number < 0:
-            raise APIError(400, f"since must not be negative, got {number}")
+        if not 0 <= number <= MAX_MS:
+            raise APIError(400, f"since must be between 0 and {MAX_MS} ms, got {number}")
         return number
     try:
         when = datetime.fromisoformat(value.strip())
