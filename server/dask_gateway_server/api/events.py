@@ -24,10 +24,11 @@ class EventsBase(BaseHandler):
     """The query arguments both routes share, checked (400 saying which is wrong), and the
     long-poll, which ends early when its client goes away."""
 
-    _gone: asyncio.Future[None] | None = None
+    def initialize(self) -> None:
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_connection_close(self) -> None:
-        if self._gone is not None and not self._gone.done():
+        if not self._gone.done():
             self._gone.set_result(None)
 
     def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
@@ -81,8 +82,6 @@ class EventsBase(BaseHandler):
             remaining = deadline - time.monotonic()
             if found or ended or remaining <= 0:
                 return found, ended and len(found) < limit
-            if self._gone is None:
-                self._gone = asyncio.get_running_loop().create_future()
             waiting = asyncio.ensure_future(events.wait(key, seen, remaining))
             either: set[asyncio.Future[Any]] = {waiting, self._gone}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
