@@ -3,11 +3,14 @@ a maximum lifetime is enforced."""
 
 from __future__ import annotations
 
+import getpass
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+from support.http_helpers import basic, call
 
 
 def wait_status(gw, name, status, timeout=30):
@@ -18,6 +21,15 @@ def wait_status(gw, name, status, timeout=30):
             return
         time.sleep(0.1)
     raise AssertionError(f"{name} is {current}, not {status}")
+
+
+def stop_requests(gw_proc, name) -> list[str]:
+    """The cluster's stop-requested events once it ended (its history says why it stopped)."""
+    url = f"{gw_proc.address}/api/v1/clusters/{name}/events?wait=5"
+    deadline = time.monotonic() + 30
+    while not (answer := call("GET", url, headers=basic(getpass.getuser())).json())["done"]:
+        assert time.monotonic() < deadline, answer
+    return [e["message"] for e in answer["events"] if e["kind"] == "stop-requested"]
 
 
 def start_and_crash(address: str, shutdown_on_close: bool) -> str:
@@ -48,6 +60,9 @@ def test_orphans_are_stopped_after_the_grace_period(fresh_gateway):
     kept = start_and_crash(gw_proc.address, shutdown_on_close=False)
     with Gateway(gw_proc.address, auth="basic") as gw:
         wait_status(gw, orphan, "STOPPED", timeout=30)
+        assert stop_requests(gw_proc, orphan) == [
+            "Its scheduler asked to stop: its client is gone (orphan timeout)"
+        ]
         # Well past the grace period, the cluster made to outlive its process still runs.
         time.sleep(4)
         assert gw.get_cluster(kept).status.name == "RUNNING"
@@ -70,6 +85,7 @@ def test_maximum_lifetime(fresh_gateway):
         name = gw.submit()
         wait_status(gw, name, "STOPPED", timeout=30)
         assert time.monotonic() - start >= 3
+        assert stop_requests(gw_proc, name) == ["Stopped at its maximum lifetime of 3 s"]
     assert (
         "Stopped at its maximum lifetime of 3 s" in gw_proc.log()
         or "reached its maximum lifetime" in gw_proc.log()

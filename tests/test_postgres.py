@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import getpass
 import os
 import signal
+import time
 
 import pytest
 import sqlalchemy as sa
+from support.http_helpers import basic, call
+
+from dask_gateway_server.store import Store
 
 
 @pytest.fixture
@@ -20,7 +25,7 @@ def pg_url():
         )
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # a clean database for each test
-        conn.execute(sa.text("DROP TABLE IF EXISTS workers, clusters"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS workers, clusters, events"))
     engine.dispose()
     return url
 
@@ -65,6 +70,47 @@ def test_gateway_on_postgres_keeps_clusters_across_restart(fresh_gateway, pg_url
         assert client.submit(lambda: "pg").result() == "pg"
         client.close()
         cluster.shutdown()
+    # Its history, from PostgreSQL: across the restarts, in order, ending with the stop.
+    url = f"{gw_proc.address}/api/v1/clusters/{name}/events?wait=10"
+    headers = basic(getpass.getuser())
+    deadline = time.monotonic() + 60
+    while not (history := call("GET", url, headers=headers).json())["done"]:
+        assert time.monotonic() < deadline, history
+    kinds = [e["kind"] for e in history["events"]]
+    assert kinds[:4] == ["submitted", "starting", "scheduler-started", "running"]
+    assert kinds[-3:] == ["stop-requested", "worker-left", "stopped"], kinds
+    assert "worker-started" in kinds  # (joined: only if a heartbeat came before the stop)
+
+
+async def test_event_retention_on_postgres(pg_url, monkeypatch):
+    """The retention's queries (ended clusters, forgotten ones without an end) in
+    PostgreSQL's SQL dialect."""
+    store = Store(pg_url, [base64.urlsafe_b64encode(os.urandom(32))])
+    await store.setup()
+    try:
+        for cluster, kind, time_ms in [
+            ("old", "submitted", 100),
+            ("old", "stopped", 200),
+            ("recent", "submitted", 100),
+            ("recent", "failed", 2000),
+            ("unended", "submitted", 100),
+        ]:
+            await store.add_event(
+                {
+                    "cluster": cluster,
+                    "username": "alice",
+                    "time": time_ms,
+                    "kind": kind,
+                    "worker": None,
+                    "message": kind,
+                    "detail": "",
+                }
+            )
+        assert await store.delete_events_ended_before(1000) == ["old", "unended"]
+        assert [e["kind"] for e in await store.query_events("recent", since=1000)] == ["failed"]
+        assert await store.event_owner("recent") == "alice"
+    finally:
+        await store.close()
 
 
 def test_custom_db_url_without_keys_is_a_clear_error(fresh_gateway, pg_url, monkeypatch):

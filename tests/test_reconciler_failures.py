@@ -466,3 +466,201 @@ async def test_gateway_shutdown_fails_and_stops_every_cluster(make):
         assert statuses(stored) == ([STOPPED] if cluster is not starting else [])
     assert gw.backend.cancelled == [starting.name]
     assert gw.backend.live == set() and gw.routes.routed == set()
+
+
+# -- events: what each failure tells the user --------------------------------------------
+
+
+async def stored_events(gw: Gateway, cluster: Cluster) -> list[tuple[str, str | None, str]]:
+    """(kind, worker, message) of the cluster's events once it ended (its last event is
+    written before ``ended`` is set), as a second Store reads them."""
+    await asyncio.wait_for(cluster.ended.wait(), DEADLINE)
+    await gw.reconciler.events.flush()
+    store = Store(gw.db_url, [gw.key])
+    try:
+        rows = await store.query_events(cluster.name)
+    finally:
+        await store.close()
+    return [(r["kind"], r["worker"], r["message"]) for r in rows]
+
+
+class SchedulerDiesOfAnImportError(SchedulerExitsBeforeConnecting):
+    """Its log ends with a traceback, as the local backend's ``failure_details`` gives."""
+
+    log = (
+        "Traceback (most recent call last):\n"
+        '  File "<frozen runpy>", line 189, in _run_module_as_main\n'
+        "ModuleNotFoundError: No module named 'distributed'\n"
+    )
+
+    def failure_details(self, cluster: Cluster) -> str:
+        return self.log
+
+
+async def test_events_of_a_scheduler_that_never_ran(make):
+    gw = await make(SchedulerDiesOfAnImportError)
+    cluster = await gw.create()
+    await gw.done(cluster)
+
+    sentence = (
+        "The scheduler exited before it started: ModuleNotFoundError: No module named 'distributed'"
+    )
+    assert cluster.message == sentence
+    assert await stored_events(gw, cluster) == [
+        ("submitted", None, "Cluster created by alice"),
+        ("starting", None, "Starting the scheduler"),
+        ("scheduler-started", None, "Scheduler started"),
+        ("failed", None, sentence),
+    ]
+    (failed,) = (await gw.store.query_events(cluster.name))[-1:]
+    assert failed["detail"] == SchedulerDiesOfAnImportError.log
+    assert (await gw.stored(cluster)).message == sentence
+
+
+async def test_events_of_workers_that_fail_to_start(make):
+    gw = await make(WorkerStartRaises, worker_start_failure_limit=2)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+
+    events = await stored_events(gw, cluster)
+    failed = [(w, m) for k, w, m in events if k == "worker-failed"]
+    assert failed == [
+        (w, f"Worker {w} failed: could not be started: {WorkerStartRaises.error}")
+        for w in cluster.workers
+    ]
+    assert events[-1] == ("failed", None, "2 workers failed to start in a row")
+    assert [k for k, _, _ in events][:4] == [
+        "submitted",
+        "starting",
+        "scheduler-started",
+        "running",
+    ]
+
+
+async def test_events_of_a_worker_that_hangs_and_one_that_exits(make):
+    gw = await make(WorkerStartHangs, worker_start_timeout=0.1, worker_start_failure_limit=1)
+    cluster = await running(gw, workers=1)
+    await gw.done(cluster)
+    (worker,) = cluster.workers
+    assert ("worker-failed", worker, f"Worker {worker} failed: did not start within 0.1 s") in (
+        await stored_events(gw, cluster)
+    )
+
+    gw2 = await make(WorkerExitsBeforeConnecting)
+    cluster = await running(gw2, workers=1)
+    await gw2.until(lambda: len(cluster.workers) == 2, "a replacement worker")
+    first = next(iter(cluster.workers))
+    await gw2.until(
+        lambda: cluster.workers[first].status == FAILED, "the first worker recorded FAILED"
+    )
+    await gw2.reconciler.stop_cluster(cluster, requested="Stop requested by alice")
+    await gw2.done(cluster)
+    events = await stored_events(gw2, cluster)
+    assert (
+        "worker-failed",
+        first,
+        f"Worker {first} failed: it exited before joining the scheduler",
+    ) in events
+    assert ("stop-requested", None, "Stop requested by alice") in events
+    # The replacement is stopped with its cluster, before the cluster's end.
+    assert [k for k, _, _ in events][-2:] == ["worker-left", "stopped"]
+
+
+async def test_heartbeat_counts_say_who_asked_and_which_limit(make):
+    """Counts a heartbeat changes: adaptive scaling's (or the scheduler's), clamped by the
+    cluster's limit or the user's, each named."""
+    gw = await make(FakeBackend)
+    gw.reconciler.count_limit = lambda cluster: 3
+    cluster = await gw.create()
+    cluster.config["cluster_max_workers"] = 5
+    await gw.until(lambda: cluster.status == SUBMITTED, "the scheduler to be submitted")
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=0))
+    gw.reconciler.adapt_requested(cluster, True)
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=2))
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=4))
+    gw.reconciler.count_limit = None
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=9))
+    gw.reconciler.scale_requested(cluster, 1)
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=1))  # the user's own: no event
+    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=0))
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+    scaled = [m for k, _, m in await stored_events(gw, cluster) if k == "scaled"]
+    assert scaled == [
+        "Adaptive scaling asked for 2 workers",
+        "Adaptive scaling asked for 4 workers, clamped to 3 by the limit of 3 workers per user",
+        "Adaptive scaling asked for 9 workers, clamped to 5 by the limit of 5 workers per cluster",
+        "The scheduler asked for 0 workers",
+    ]
+
+
+async def test_backend_emit_is_recorded(make):
+    """A backend's ``emit`` (Slurm's pending reasons) lands in the cluster's history."""
+    gw = await make(SlowSchedulerStart)
+    cluster = await gw.create()
+    await gw.backend.started.wait()
+    gw.backend.emit(cluster, "queued", "Waiting in Slurm's queue: Resources")
+    gw.backend.release.set()
+    await gw.until(lambda: cluster.status == SUBMITTED, "submitted")
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+    assert ("queued", None, "Waiting in Slurm's queue: Resources") in await stored_events(
+        gw, cluster
+    )
+
+
+async def test_recording_never_fails_the_caller(make, caplog):
+    """An unknown kind or a database that is gone: logged, never raised."""
+    gw = await make(FakeBackend)
+    cluster = await gw.create()
+    await gw.reconciler.events.record(cluster, "no-such-kind", "x")
+    store = Store(gw.db_url, [gw.key])
+    await store.close()  # its thread is gone: every operation fails
+    log = type(gw.reconciler.events)(store, logging.getLogger(LOGGER))
+    await log.record(cluster, "stopped", "Cluster stopped")
+    messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any("no-such-kind" in m for m in messages)
+    assert any("Could not record the stopped event" in m for m in messages)
+    await gw.reconciler.stop_cluster(cluster)
+    await gw.done(cluster)
+
+
+async def test_retention_removes_the_history_of_ended_clusters(tmp_path):
+    """Events of clusters that ended before the cut go; those of running clusters, of
+    clusters that ended after it, and of remembered clusters without an end stay."""
+    store = Store(
+        f"sqlite:///{tmp_path / 'gateway.sqlite'}", [load_or_create_key_file(str(tmp_path / "key"))]
+    )
+    await store.setup()
+    try:
+
+        async def add(cluster: str, kind: str, time: int) -> None:
+            await store.add_event(
+                {
+                    "cluster": cluster,
+                    "username": "alice",
+                    "time": time,
+                    "kind": kind,
+                    "worker": None,
+                    "message": kind,
+                    "detail": "",
+                }
+            )
+
+        await add("old", "submitted", 100)
+        await add("old", "stopped", 200)
+        await add("failed-old", "submitted", 100)
+        await add("failed-old", "failed", 300)
+        await add("recent", "submitted", 100)
+        await add("recent", "stopped", 2000)
+        await add("running", "submitted", 100)
+        await add("running", "scaled", 1500)
+        await add("unended", "submitted", 100)  # forgotten by the store, its end never written
+        assert await store.delete_events_ended_before(1000) == ["failed-old", "old", "unended"]
+        left = {e["cluster"] for e in await store.query_events()}
+        assert left == {"recent", "running"}
+        assert await store.event_owner("recent") == "alice"
+        assert await store.event_owner("old") is None
+    finally:
+        await store.close()

@@ -50,6 +50,7 @@ class FakeGateway:
         self.heartbeats: list[tuple[float, dict[str, Any], dict[str, str]]] = []
         self.failed_heartbeats: list[float] = []
         self.deletes: list[tuple[float, dict[str, str]]] = []
+        self.delete_reasons: list[str | None] = []  # ?reason= of each DELETE
         self.fail_next = 0
         self.url = ""
         self._server: httpserver.HTTPServer | None = None
@@ -73,6 +74,7 @@ class FakeGateway:
             def delete(self, name: str) -> None:
                 assert name == CLUSTER
                 gw.deletes.append((time.monotonic(), dict(self.request.headers)))
+                gw.delete_reasons.append(self.get_query_argument("reason", None))
                 self.set_status(204)
 
         app = web.Application(
@@ -348,6 +350,7 @@ async def test_idle_timeout_requests_delete(gateway, procs, tmp_path):
         await asyncio.sleep(0.1)
     t_del, headers = gateway.deletes[0]
     assert headers["Authorization"] == f"token {TOKEN}"
+    assert gateway.delete_reasons == ["idle"]  # for the cluster's events
     assert t_del - t_hb >= 0.9
     # The scheduler keeps running (and heartbeating) until the gateway stops it.
     await asyncio.sleep(1.5)

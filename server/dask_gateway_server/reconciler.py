@@ -312,7 +312,6 @@ class Reconciler:
             changes["count"] = count
         if changes:
             await self.store.update_cluster(cluster, **changes)
-            await self._record_scaled(cluster, requested, clamp)
         if became_running:
             self._add_route(cluster)
             cluster.ready.set()
@@ -326,6 +325,8 @@ class Reconciler:
             await self.events.record(
                 cluster, "running", f"Scheduler running on {host_of(cluster.scheduler_address)}"
             )
+        if "count" in changes:
+            await self._record_scaled(cluster, requested, clamp)
 
         closing = set(msg["closing_workers"])
         for name in set(msg["active_workers"]) | closing:
@@ -647,6 +648,13 @@ class Reconciler:
             raise errors[0]
         if starting:
             return
+        # A worker's stop that already set its final status may still be writing its
+        # event: the cluster's own end comes after it in the history.
+        for worker in list(cluster.workers.values()):
+            lock = self._worker_stops.get(worker.name)
+            if lock is not None:
+                async with lock:
+                    pass
         await self._keep_logs(cluster)
         error = await self._backend_stop(
             cluster,

@@ -4,6 +4,7 @@ and ``wait`` long-polls for the next one."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -15,10 +16,20 @@ from .clusters import _bool_arg
 
 MAX_LIMIT = 1000
 MAX_WAIT = 60.0
+#: The largest id or time a database integer holds.
+MAX_MS = 2**63 - 1
 
 
 class EventsBase(BaseHandler):
-    """The query arguments both routes share, checked (400 saying which is wrong)."""
+    """The query arguments both routes share, checked (400 saying which is wrong), and the
+    long-poll, which ends early when its client goes away."""
+
+    def initialize(self) -> None:
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_connection_close(self) -> None:
+        if not self._gone.done():
+            self._gone.set_result(None)
 
     def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
         value = self.get_query_argument(name, None)
@@ -33,7 +44,7 @@ class EventsBase(BaseHandler):
         return number
 
     def _params(self) -> tuple[int, int | None, int, float]:
-        after = self._int_arg("after", 0, 0, 2**63 - 1)
+        after = self._int_arg("after", 0, 0, MAX_MS)
         limit = self._int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
         since = _parse_since(self.get_query_argument("since", None))
         value = self.get_query_argument("wait", None)
@@ -71,7 +82,13 @@ class EventsBase(BaseHandler):
             remaining = deadline - time.monotonic()
             if found or ended or remaining <= 0:
                 return found, ended and len(found) < limit
-            await events.wait(key, seen, remaining)
+            waiting = asyncio.ensure_future(events.wait(key, seen, remaining))
+            either: set[asyncio.Future[Any]] = {waiting, self._gone}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if self._gone.done():  # nobody to answer: stop waiting
+                waiting.cancel()
+                await asyncio.wait({waiting})
+                return [], False
 
 
 class ClusterEventsHandler(EventsBase):
@@ -150,8 +167,8 @@ def _parse_since(value: str | None) -> int | None:
     except ValueError:
         pass
     else:
-        if number < 0:
-            raise APIError(400, f"since must not be negative, got {number}")
+        if not 0 <= number <= MAX_MS:
+            raise APIError(400, f"since must be between 0 and {MAX_MS} ms, got {number}")
         return number
     try:
         when = datetime.fromisoformat(value.strip())
