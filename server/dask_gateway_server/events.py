@@ -22,25 +22,24 @@ from .store import Store
 MAX_MESSAGE = 1000
 MAX_DETAIL = 20000
 
-#: Every kind the gateway records (ISSUE18's wire list); others are refused by ``record``.
-KINDS = frozenset(
-    {
-        "submitted",
-        "starting",
-        "queued",
-        "scheduler-started",
-        "running",
-        "scaled",
-        "adaptive",
-        "worker-queued",
-        "worker-started",
-        "worker-joined",
-        "worker-left",
-        "worker-failed",
-        "stop-requested",
-        "stopped",
-        "failed",
-    }
+#: Every kind the gateway records, in the order of a cluster's life (the OpenAPI document
+#: lists them from here); others are refused by ``record``.
+KINDS = (
+    "submitted",
+    "starting",
+    "queued",
+    "scheduler-started",
+    "running",
+    "scaled",
+    "adaptive",
+    "worker-queued",
+    "worker-started",
+    "worker-joined",
+    "worker-left",
+    "worker-failed",
+    "stop-requested",
+    "stopped",
+    "failed",
 )
 
 #: The key of every event's wake-up, besides its cluster's and its user's.

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from . import __version__
+from .events import KINDS
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 
@@ -755,25 +756,7 @@ _SPEC: dict[str, Any] = {
                 "properties": {
                     "id": {"type": "integer", "description": "Increases with each event."},
                     "time": {"type": "integer", "description": "Milliseconds since the epoch."},
-                    "kind": {
-                        "enum": [
-                            "submitted",
-                            "starting",
-                            "queued",
-                            "scheduler-started",
-                            "running",
-                            "scaled",
-                            "adaptive",
-                            "worker-queued",
-                            "worker-started",
-                            "worker-joined",
-                            "worker-left",
-                            "worker-failed",
-                            "stop-requested",
-                            "stopped",
-                            "failed",
-                        ]
-                    },
+                    "kind": {"enum": list(KINDS)},
                     "worker": {
                         "type": ["string", "null"],
                         "description": "The worker's name, for the worker-* kinds.",
