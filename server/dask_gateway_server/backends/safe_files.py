@@ -17,6 +17,8 @@ import re
 import shutil
 import stat
 
+from .base import LogChunk
+
 __all__ = [
     "UnsafePath",
     "ensure_private_dir",
@@ -186,6 +188,14 @@ def read_range(
     fd = _open_below(directory, relpath)
     if fd is None:
         return None
+    return _read_open(fd, offset, limit, owner)
+
+
+def _read_open(
+    fd: int, offset: int | None, limit: int, owner: int | None
+) -> tuple[bytes, int] | None:
+    """``read_range``'s read of an open descriptor (closed here): None unless a regular file
+    (of ``owner``'s, if given)."""
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (owner is not None and st.st_uid != owner):
@@ -196,6 +206,87 @@ def read_range(
             start = min(max(start, offset), size)
         f.seek(start)
         return f.read(size - start), start
+
+
+#: Log files are read at most this many links deep (as the kernel would).
+_MAX_LINKS = 40
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def open_directory(path: str, trusted: set[int]) -> int:
+    """A descriptor of the directory ``path`` (blocking). A symlink on the way is followed
+    only where a directory owned by a ``trusted`` uid holds it (a site's /home -> /data/home),
+    never in one a user owns (their ``~/.dask-gateway`` swapped for a link to another user's
+    files); its target is walked by the same rule. Raises OSError otherwise."""
+    parts = [p for p in os.path.normpath(os.path.abspath(path)).split("/") if p]
+    todo = list(reversed(parts))
+    links = 0
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        while todo:
+            part = todo.pop()
+            if part == ".":
+                continue
+            here_trusted = os.fstat(fd).st_uid in trusted
+            if part == ".." and not here_trusted:
+                raise OSError(errno.EINVAL, f"'..' from a user's directory in {path}")
+            try:
+                step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise
+                if not here_trusted or st.st_uid not in trusted:
+                    raise OSError(errno.ELOOP, f"a user's symlink {part!r} in {path}") from None
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, f"too many links in {path}") from None
+                target = os.readlink(part, dir_fd=fd)
+                todo.extend(reversed([p for p in target.split("/") if p]))
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                continue
+            os.close(fd)
+            fd = step
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_user_file(
+    directory: str, name: str, offset: int | None, limit: int, owner: int, trusted: set[int]
+) -> LogChunk | None:
+    """At most ``limit`` bytes of the file ``directory/name`` from ``offset`` (None: the last
+    ``limit`` bytes; the newest when more follow ``offset``; past the end: none, at the end),
+    as ``read_range`` reads a local log. None unless it is a regular file of ``owner``'s,
+    reached without following a link the user could plant (``open_directory``). Raises
+    PermissionError where this process may not read there at all (a service account; root
+    on a shared file system that squashes it): the user's own process must. Blocking."""
+    if "/" in name or name in ("", ".", ".."):
+        return None
+    try:
+        dir_fd = open_directory(directory, trusted)
+    except PermissionError:
+        raise
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        raise
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    got = _read_open(fd, offset, limit, owner)
+    if got is None:
+        return None
+    data, start = got
+    return LogChunk(data, start, start + len(data))
 
 
 def read_tail(directory: str, relpath: str, size: int, owner: int | None) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import getpass
 import ipaddress
 import json
@@ -25,7 +24,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +49,7 @@ from ..addresses import (
 from ..logs import about
 from ..models import Cluster, JobStatus, User, Worker
 from .base import ClusterConfig, DBBackendBase, LogChunk, config_of, local_account
+from .safe_files import read_user_file
 
 __all__ = ["SlurmBackend", "SlurmClusterConfig"]
 
@@ -113,94 +112,6 @@ PENDING_REASONS = {
     "Reservation": "it waits for its reservation to start",
     "Licenses": "it waits for licenses",
 }
-
-#: Log files are read at most this many links deep (as the kernel would).
-_MAX_LINKS = 40
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-
-
-def open_directory(path: str, trusted: set[int]) -> int:
-    """A descriptor of the directory ``path`` (blocking). A symlink on the way is followed
-    only where a directory owned by a ``trusted`` uid holds it (a site's /home -> /data/home),
-    never in one a user owns (their ``~/.dask-gateway`` swapped for a link to another user's
-    files); its target is walked by the same rule. Raises OSError otherwise."""
-    parts = [p for p in os.path.normpath(os.path.abspath(path)).split("/") if p]
-    todo = list(reversed(parts))
-    links = 0
-    fd = os.open("/", _DIR_FLAGS)
-    try:
-        while todo:
-            part = todo.pop()
-            if part == ".":
-                continue
-            here_trusted = os.fstat(fd).st_uid in trusted
-            if part == ".." and not here_trusted:
-                raise OSError(errno.EINVAL, f"'..' from a user's directory in {path}")
-            try:
-                step = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise
-                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode):
-                    raise
-                if not here_trusted or st.st_uid not in trusted:
-                    raise OSError(errno.ELOOP, f"a user's symlink {part!r} in {path}") from None
-                links += 1
-                if links > _MAX_LINKS:
-                    raise OSError(errno.ELOOP, f"too many links in {path}") from None
-                target = os.readlink(part, dir_fd=fd)
-                todo.extend(reversed([p for p in target.split("/") if p]))
-                if target.startswith("/"):
-                    os.close(fd)
-                    fd = os.open("/", _DIR_FLAGS)
-                continue
-            os.close(fd)
-            fd = step
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_user_file(
-    directory: str, name: str, offset: int | None, limit: int, owner: int, trusted: set[int]
-) -> LogChunk | None:
-    """At most ``limit`` bytes of the file ``directory/name`` from ``offset`` (None: the last
-    ``limit`` bytes; the newest when more follow ``offset``; past the end: none, at the end),
-    as ``read_range`` reads a local log. None unless it is a regular file of ``owner``'s,
-    reached without following a link the user could plant (``open_directory``). Raises
-    PermissionError where this process may not read there at all (a service account; root
-    on a shared file system that squashes it): the user's own process must. Blocking."""
-    if "/" in name or name in ("", ".", ".."):
-        return None
-    try:
-        dir_fd = open_directory(directory, trusted)
-    except PermissionError:
-        raise
-    except OSError:
-        return None
-    try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except PermissionError:
-        raise
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
-            return None
-        size = st.st_size
-        start = max(0, size - limit)
-        if offset is not None:
-            start = min(max(start, offset), size)
-        f.seek(start)
-        data = f.read(size - start)
-    return LogChunk(data, start, start + len(data))
-
 
 #: Seconds the launcher gets beyond ``command_timeout``: its own start and clean answer.
 LAUNCHER_MARGIN = 5.0
