@@ -63,8 +63,11 @@ class EventLog:
         # The newest event id recorded per key (cluster, user, ALL), and who waits for one.
         self._latest: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # for record_soon from threads
+        # One ordered queue and one writer: events queued while a write is under way go in
+        # the next transaction (group commit).
+        self._batch: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self,
@@ -75,38 +78,14 @@ class EventLog:
         worker: Worker | str | None = None,
         detail: str = "",
     ) -> None:
-        """Store one event of ``cluster`` (one INSERT); a failure is logged, never raised."""
-        try:
-            if kind not in KINDS:
-                raise ValueError(f"unknown event kind {kind!r}")
-            worker_name = worker.name if isinstance(worker, Worker) else worker
-            event_id = await self.store.add_event(
-                {
-                    "cluster": cluster.name,
-                    "username": cluster.username,
-                    "time": now_ms(),
-                    "kind": kind,
-                    "worker": worker_name,
-                    "message": _clip(message, MAX_MESSAGE),
-                    "detail": _clip(detail, MAX_DETAIL),
-                }
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.log.warning(
-                "Could not record the %s event of cluster %s: %s",
-                kind,
-                cluster.name,
-                e,
-                extra=about(cluster),
-            )
-            return
-        for key in (cluster_key(cluster.name), user_key(cluster.username), ALL):
-            self._latest[key] = max(event_id, self._latest.get(key, 0))
-            for waiter in self._waiters.pop(key, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+        """Store one event of ``cluster`` and return once it is stored (a failure is
+        logged, never raised): for what a reader must find once the caller goes on."""
+        stored = self._enqueue(cluster, kind, message, worker, detail)
+        if stored is not None:
+            try:
+                await asyncio.shield(stored)
+            except Exception:
+                pass  # the writer logged it
 
     def record_soon(
         self,
@@ -116,32 +95,93 @@ class EventLog:
         worker: Worker | str | None = None,
         detail: str = "",
     ) -> None:
-        """``record`` in a task of its own: for callers that cannot wait (a backend's
+        """Store one event without waiting for it (in order with every other): for callers
+        on a hot path (a cluster's start, its heartbeats) or that cannot wait (a backend's
         ``emit``). Safe from other threads too."""
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        if loop is None:
-            if self._loop is None:
-                return
-            self._loop.call_soon_threadsafe(
-                self.record_soon, cluster, kind, message, worker, detail
-            )
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(
+                    self._enqueue, cluster, kind, message, worker, detail
+                )
             return
+        self._enqueue(cluster, kind, message, worker, detail)
+
+    def _enqueue(
+        self,
+        cluster: Cluster,
+        kind: str,
+        message: str,
+        worker: Worker | str | None,
+        detail: str,
+    ) -> asyncio.Future[int] | None:
+        """Queue an event for the writer (in the order of the calls); the future of its id."""
+        if kind not in KINDS:
+            self.log.warning(
+                "Not recording an event of unknown kind %r", kind, extra=about(cluster)
+            )
+            return None
+        loop = asyncio.get_running_loop()
         self._loop = loop
-        task = loop.create_task(self.record(cluster, kind, message, worker=worker, detail=detail))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        values = {
+            "cluster": cluster.name,
+            "username": cluster.username,
+            "time": now_ms(),
+            "kind": kind,
+            "worker": worker.name if isinstance(worker, Worker) else worker,
+            "message": _clip(message, MAX_MESSAGE),
+            "detail": _clip(detail, MAX_DETAIL),
+        }
+        stored: asyncio.Future[int] = loop.create_future()
+        # Nobody may wait for it (record_soon): its outcome is read here, never "not retrieved".
+        stored.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._batch.append((values, stored))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_batches())
+        return stored
+
+    async def _write_batches(self) -> None:
+        """Write what is queued, then what came meanwhile, until nothing is left: a burst
+        (many clusters starting) costs a few transactions, not one per event."""
+        while self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                ids = await self.store.add_events([values for values, _ in batch])
+            except BaseException as e:  # cancelled too: no caller may wait for ever
+                first = batch[0][0]
+                self.log.warning(
+                    "Could not record the %s event of cluster %s%s: %s",
+                    first["kind"],
+                    first["cluster"],
+                    f" (and {len(batch) - 1} more)" if len(batch) > 1 else "",
+                    e,
+                    extra=about(first["cluster"]),
+                )
+                for _, stored in batch:
+                    if not stored.done():
+                        stored.set_exception(RuntimeError("the event was not recorded"))
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            for (values, stored), event_id in zip(batch, ids, strict=True):
+                keys = (cluster_key(values["cluster"]), user_key(values["username"]), ALL)
+                for key in keys:
+                    self._latest[key] = max(event_id, self._latest.get(key, 0))
+                    for waiter in self._waiters.pop(key, ()):
+                        if not waiter.done():
+                            waiter.set_result(None)
+                if not stored.done():
+                    stored.set_result(event_id)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop ``record_soon`` schedules on when called from another thread."""
         self._loop = loop
 
     async def flush(self) -> None:
-        """Wait for the events ``record_soon`` scheduled."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait until every event queued so far is written (or failed to be)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer})
 
     async def query(
         self,

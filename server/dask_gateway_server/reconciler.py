@@ -322,7 +322,7 @@ class Reconciler:
                     await asyncio.wait_for(started.wait(), 5)
                 except asyncio.TimeoutError:
                     pass
-            await self.events.record(
+            self.events.record_soon(
                 cluster, "running", f"Scheduler running on {host_of(cluster.scheduler_address)}"
             )
         if "count" in changes:
@@ -336,7 +336,7 @@ class Reconciler:
             if worker.status in (JobStatus.CREATED, JobStatus.SUBMITTED):
                 await self.store.update_worker(worker, status=JobStatus.RUNNING)
                 cluster.worker_start_failures = 0
-                await self.events.record(
+                self.events.record_soon(
                     cluster, "worker-joined", f"Worker {name} joined the scheduler", worker=name
                 )
             if name in closing and not worker.close_expected:
@@ -383,7 +383,7 @@ class Reconciler:
         message = f"{who} asked for {workers(requested)}"
         if clamp:
             message += f", clamped to {cluster.count} by {clamp}"
-        await self.events.record(cluster, "scaled", message)
+        self.events.record_soon(cluster, "scaled", message)
 
     async def _accept_addresses(self, cluster: Cluster, msg: dict) -> bool:
         """Set the cluster's addresses from its first heartbeat once the backend confirmed
@@ -578,7 +578,7 @@ class Reconciler:
 
     async def _start_scheduler(self, cluster: Cluster) -> None:
         self.log.info("Starting cluster %s", cluster.name, extra=about(cluster))
-        await self.events.record(cluster, "starting", "Starting the scheduler")
+        self.events.record_soon(cluster, "starting", "Starting the scheduler")
         key = (CLUSTER, cluster.name)
         abandon = self._starting[key] = asyncio.get_running_loop().create_future()
         try:
@@ -619,7 +619,7 @@ class Reconciler:
             )
         )
         if state:
-            await self.events.record(cluster, "scheduler-started", _started("Scheduler", state))
+            self.events.record_soon(cluster, "scheduler-started", _started("Scheduler", state))
         if not cluster.is_active:  # stopped while starting
             self.queue.put((CLUSTER, cluster.name))
 
@@ -805,7 +805,7 @@ class Reconciler:
             await self._until_stored(
                 lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
             )
-            await self.events.record(
+            self.events.record_soon(
                 cluster, "worker-started", _started(f"Worker {worker.name}", state), worker=worker
             )
         if worker.target != JobStatus.RUNNING or not cluster.is_active:
