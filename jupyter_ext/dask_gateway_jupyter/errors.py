@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tornado.httpclient import HTTPClientError
 
-from dask_gateway import GatewayClusterError, GatewayServerError
+from dask_gateway import GatewayClusterError, GatewayServerError, GatewayUnsupportedError
 from dask_gateway.client import GatewayRequestError
 
 
@@ -26,6 +26,8 @@ def translate_error(exc: BaseException, address: str | None) -> RouteError | Non
         return RouteError(exc.status, str(exc))
     if isinstance(exc, GatewayClusterError):
         return RouteError(409, str(exc))
+    if isinstance(exc, GatewayUnsupportedError):  # a gateway without the feature: not a fault
+        return RouteError(501, str(exc))
     if isinstance(exc, GatewayServerError):
         return RouteError(500, f"The Dask Gateway failed: {exc}")
     if isinstance(exc, HTTPClientError):
