@@ -1,7 +1,8 @@
 """The client's events, logs, failure reasons and start-up progress, against real gateways.
 
-Our gateway runs with the test configuration plus an environment ``broken`` whose scheduler
-cannot import distributed (its Python starts without site-packages: ``python -I -S``), so it
+Our gateway runs with the test configuration plus an environment ``no-distributed`` whose
+scheduler cannot import distributed (its Python starts without site-packages; the config
+``tests/configs/broken_env_gateway_config.py``, which the sidebar's tests use too), so it
 dies at start with the ImportError a user with a broken environment would see. The
 public dask-gateway-server keeps no events or logs: the client says so, and starts clusters
 on it as before, without progress noise.
@@ -18,7 +19,8 @@ import textwrap
 
 import cloudpickle
 import pytest
-from support.gateway_process import CONFIG, GatewayProcess, _kill_leftovers
+from support.gateway_process import GatewayProcess, _kill_leftovers
+from support.paths import CONFIGS
 from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
 from dask_gateway import BasicAuth, Gateway, GatewayClusterError, GatewayUnsupportedError
@@ -27,39 +29,11 @@ from dask_gateway import BasicAuth, Gateway, GatewayClusterError, GatewayUnsuppo
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 IMPORT_ERROR = re.compile(r"ModuleNotFoundError: No module named 'distributed'")
 
-BROKEN_CONFIG = """\
-import sys
-
-from dask_gateway_server.options import Float, Integer, Options, Select
-
-load_subconfig({base!r})
-
-
-def handler(options):
-    out = {{
-        "worker_cores": options.worker_cores,
-        "worker_memory": int(options.worker_memory * 2**30),
-    }}
-    if options.environment == "broken":
-        out["scheduler_cmd"] = [sys.executable, "-I", "-S", "-m", "distributed.cli.dask_scheduler"]
-    return out
-
-
-c.Backend.cluster_options = Options(
-    Integer("worker_cores", default=1, min=1, max=4),
-    Float("worker_memory", default=1, min=0.25, max=4),
-    Select("environment", ["basic", "broken"]),
-    handler=handler,
-)
-"""
-
 
 @pytest.fixture(scope="module")
 def gateway_with_broken_env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("client-events")
-    config = tmp / "config.py"
-    config.write_text(BROKEN_CONFIG.format(base=str(CONFIG)))
-    gw = GatewayProcess(tmp / "gw", config=config)
+    gw = GatewayProcess(tmp / "gw", config=CONFIGS / "broken_env_gateway_config.py")
     gw.start()
     yield gw
     code = gw.stop()
@@ -99,7 +73,7 @@ def run_client(script: str, **env: str) -> subprocess.CompletedProcess:
 def test_failed_start_names_the_import_error(gateway_with_broken_env):
     with gateway_with_broken_env.new_gateway(auth=BasicAuth("ev-broken")) as gateway:
         with pytest.raises(GatewayClusterError) as info:
-            gateway.new_cluster(environment="broken")
+            gateway.new_cluster(environment="no-distributed")
         message = str(info.value)
         first = message.splitlines()[0]
         name = re.match(r"Cluster '([0-9a-f]+)' failed to start: ", first)
@@ -212,7 +186,7 @@ def test_start_progress_on_stderr(gateway_with_broken_env):
 
     # A failed start: its phases, the failure among them, then the error.
     stdout, stderr = progress_run(
-        address, "ev-progress", {"environment": "broken"}, DASK_GATEWAY__PROGRESS="true"
+        address, "ev-progress", {"environment": "no-distributed"}, DASK_GATEWAY__PROGRESS="true"
     )
     assert stdout[0].startswith("FAILED Cluster ") and IMPORT_ERROR.search(stdout[0])
     lines = [line for line in stderr if line.startswith("dask-gateway:")]

@@ -11,18 +11,17 @@ script whose stderr is a file would.
 from __future__ import annotations
 
 import os
-import pwd
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from support import waiting
 from support.gateway_process import GatewayProcess, free_port
 from support.paths import CONFIGS
+from support.slurm_user import slurm_test_user
+from support.slurm_user import user_jobs as jobs_of
 
 USER = "dgslurmprog"
 DEADLINE = 120.0  # how long the test waits for what it expects (never a measured time)
@@ -39,34 +38,14 @@ SCRIPT = """\
 
 
 def user_jobs() -> list[str]:
-    out = subprocess.run(
-        ["squeue", "--noheader", f"--user={USER}", "--format=%i"], capture_output=True, text=True
-    )
-    return out.stdout.split()
+    return jobs_of(USER)
 
 
 @pytest.fixture(scope="module")
 def slurm_user():
-    """Slurm up (a failure, not a skip, when it is not) and a user whose jobs these are."""
-    assert os.geteuid() == 0, "the Slurm tests run as root, as the gateway does"
-    assert shutil.which("sbatch"), "Slurm is not installed; run scripts/services/start-slurm.sh"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    assert "is UP" in ping.stdout, f"Slurm is not running: {ping.stdout}{ping.stderr}"
-    created = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
-        created = True
-    try:
+    """Slurm up and a user whose jobs these are (its name)."""
+    for _ in slurm_test_user(USER):
         yield USER
-    finally:
-        subprocess.run(["scancel", f"--user={USER}"], capture_output=True)
-        if created:
-            end = time.monotonic() + 30
-            while user_jobs() and time.monotonic() < end:
-                time.sleep(0.2)
-            subprocess.run(["userdel", "--remove", USER], capture_output=True)
 
 
 def test_progress_shows_the_queue_and_slurms_reason(slurm_user, tmp_path):

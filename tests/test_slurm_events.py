@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -26,6 +25,7 @@ from support import waiting
 from support.gateway_process import GatewayProcess, free_port
 from support.http_helpers import basic, call, create
 from support.paths import CONFIGS
+from support.slurm_user import slurm_test_user
 
 from dask_gateway_server.backends.slurm import SlurmBackend
 from dask_gateway_server.models import Cluster, JobStatus, User, Worker
@@ -67,26 +67,8 @@ def active_jobs() -> list[str]:
 
 @pytest.fixture(scope="module")
 def slurm_user():
-    """Slurm up (a failure, not a skip, when it is not) and a user whose jobs these are."""
-    assert os.geteuid() == 0, "the Slurm tests run as root, as the gateway does"
-    assert shutil.which("sbatch"), "Slurm is not installed; run scripts/services/start-slurm.sh"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    assert "is UP" in ping.stdout, f"Slurm is not running: {ping.stdout}{ping.stderr}"
-    created = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
-        created = True
-    try:
-        yield pwd.getpwnam(USER)
-    finally:
-        subprocess.run(["scancel", f"--user={USER}"], capture_output=True)
-        if created:
-            end = time.monotonic() + 30
-            while active_jobs() and time.monotonic() < end:
-                time.sleep(0.2)
-            subprocess.run(["userdel", "--remove", USER], capture_output=True)
+    """Slurm up and a user whose jobs these are (its passwd entry)."""
+    yield from slurm_test_user(USER)
 
 
 def make_backend(**settings: Any) -> SlurmBackend:

@@ -1,0 +1,42 @@
+"""A local user whose Slurm jobs a test module owns: Slurm checked up (a failure, not a skip),
+the user made if missing, and afterwards its jobs cancelled and the user removed again."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+
+def user_jobs(user: str) -> list[str]:
+    """The ids of ``user``'s jobs still in Slurm's queue."""
+    out = subprocess.run(
+        ["squeue", "--noheader", f"--user={user}", "--format=%i"], capture_output=True, text=True
+    )
+    return out.stdout.split()
+
+
+def slurm_test_user(user: str) -> Iterator[pwd.struct_passwd]:
+    """For a module-scoped fixture: yields ``user``'s passwd entry."""
+    assert os.geteuid() == 0, "the Slurm tests run as root, as the gateway does"
+    assert shutil.which("sbatch"), "Slurm is not installed; run scripts/services/start-slurm.sh"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    assert "is UP" in ping.stdout, f"Slurm is not running: {ping.stdout}{ping.stderr}"
+    created = False
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", user], check=True)
+        created = True
+    try:
+        yield pwd.getpwnam(user)
+    finally:
+        subprocess.run(["scancel", f"--user={user}"], capture_output=True)
+        if created:
+            end = time.monotonic() + 30
+            while user_jobs(user) and time.monotonic() < end:
+                time.sleep(0.2)
+            subprocess.run(["userdel", "--remove", user], capture_output=True)
