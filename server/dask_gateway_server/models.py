@@ -111,6 +111,8 @@ class Cluster:
     stop_time: int | None = None
     message: str = ""
     id: int | None = None
+    #: The owner's groups when it was created (its accounting record in the store).
+    groups: frozenset[str] = frozenset()
     # Memory only: rebuilt at start-up.
     workers: dict[str, Worker] = field(default_factory=dict)
     last_heartbeat: float = 0.0

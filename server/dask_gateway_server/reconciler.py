@@ -228,6 +228,7 @@ class Reconciler:
             config=config,
             tls_cert=cert,
             tls_key=key,
+            groups=user.groups,
         )
         await self.store.add_cluster(cluster)
         self._remember(cluster)

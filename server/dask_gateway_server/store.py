@@ -84,6 +84,39 @@ events_table = sa.Table(
     sa.Index("ix_events_kind_time", "kind", "time"),
 )
 
+#: Accounting (usage.py): who each cluster was for, kept after the cluster row is forgotten
+#: (no foreign keys, like the events) and removed only by ``usage_max_age``.
+usage_clusters_table = sa.Table(
+    "usage_clusters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("cluster", sa.Unicode(255), nullable=False, unique=True),
+    sa.Column("username", sa.Unicode(255), nullable=False, index=True),
+    sa.Column("groups", sa.JSON, nullable=False),  # the owner's groups at creation, sorted
+    sa.Column("options", sa.JSON, nullable=False),  # the options the user chose
+    sa.Column("created", sa.BigInteger, nullable=False),  # ms
+)
+
+#: One row per scheduler or worker that ran: what it held (cores, bytes of memory) from
+#: ``start`` to ``stop`` (ms; NULL while it runs). Usage is computed from these, never kept
+#: as a running total: exact across restarts and crashes.
+allocations_table = sa.Table(
+    "allocations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("cluster", sa.Unicode(255), nullable=False, index=True),
+    sa.Column("username", sa.Unicode(255), nullable=False),
+    sa.Column("worker", sa.Unicode(255), nullable=True),  # NULL: the scheduler
+    sa.Column("cores", sa.Float, nullable=False),
+    sa.Column("memory", sa.BigInteger, nullable=False),
+    sa.Column("start", sa.BigInteger, nullable=False),
+    sa.Column("stop", sa.BigInteger, nullable=True),
+    # A user's (or everyone's) allocations overlapping a period: start < until and
+    # (stop IS NULL or stop > since).
+    sa.Index("ix_allocations_username_start", "username", "start"),
+    sa.Index("ix_allocations_start", "start"),
+)
+
 #: The kinds that end a cluster's history: retention counts from them.
 END_KINDS = ("stopped", "failed")
 
@@ -275,6 +308,14 @@ class Store:
                     start_time=row.start_time,
                     stop_time=row.stop_time,
                 )
+            u = usage_clusters_table.c
+            names = {c.name: c for c in clusters.values()}
+            for row in conn.execute(
+                sa.select(u.cluster, u.groups).where(
+                    u.cluster.in_(sa.select(clusters_table.c.name).scalar_subquery())
+                )
+            ):
+                names[row.cluster].groups = frozenset(row.groups)
             for row in conn.execute(sa.select(workers_table).order_by(workers_table.c.id)):
                 cluster = clusters.get(row.cluster_id)
                 if cluster is None:
@@ -294,6 +335,8 @@ class Store:
 
     # -- writes ------------------------------------------------------------
     async def add_cluster(self, cluster: Cluster) -> None:
+        """Insert ``cluster`` and its accounting record (owner, ``cluster.groups``, options)
+        in one transaction."""
         values = {c: _db_value(getattr(cluster, c)) for c in _CLUSTER_COLUMNS}
         values.update(
             name=cluster.name,
@@ -301,7 +344,21 @@ class Store:
             token=self._encrypt(cluster.token.encode()),
             tls_credentials=self._encrypt(cluster.tls_cert + b";" + cluster.tls_key),
         )
-        cluster.id = await self._run(self._insert, clusters_table, values)
+        account = {
+            "cluster": cluster.name,
+            "username": cluster.username,
+            "groups": sorted(cluster.groups),
+            "options": cluster.options,
+            "created": cluster.start_time,
+        }
+        cluster.id = await self._run(self._insert_cluster, values, account)
+
+    def _insert_cluster(self, values: dict, account: dict) -> int:
+        with self.engine.begin() as conn:
+            key = conn.execute(clusters_table.insert().values(**values)).inserted_primary_key
+            assert key is not None  # a one-row INSERT always has one
+            conn.execute(usage_clusters_table.insert().values(**account))
+            return key[0]
 
     async def add_worker(self, cluster: Cluster, worker: Worker) -> None:
         values = {c: _db_value(getattr(worker, c)) for c in _WORKER_COLUMNS}
@@ -459,6 +516,29 @@ class Store:
             for i in range(0, len(names), 500):  # bound the statement's parameters
                 conn.execute(events_table.delete().where(e.cluster.in_(names[i : i + 500])))
         return names
+
+    # -- accounting ----------------------------------------------------------
+    async def allocations_between(
+        self, since_ms: int, until_ms: int, usernames: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The allocations that overlap [since_ms, until_ms) (``usernames``: theirs only),
+        each with its cluster's ``groups`` (a list) from the accounting record."""
+        return await self._run(self._allocations_between, since_ms, until_ms, usernames)
+
+    def _allocations_between(
+        self, since_ms: int, until_ms: int, usernames: list[str] | None
+    ) -> list[dict[str, Any]]:
+        a = allocations_table.c
+        u = usage_clusters_table.c
+        query = (
+            sa.select(allocations_table, u.groups)
+            .join(usage_clusters_table, u.cluster == a.cluster, isouter=True)
+            .where(a.start < until_ms, sa.or_(a.stop.is_(None), a.stop > since_ms))
+        )
+        if usernames is not None:
+            query = query.where(a.username.in_(usernames))
+        with self.engine.connect() as conn:
+            return [{**row._mapping, "groups": row.groups or []} for row in conn.execute(query)]
 
 
 def _short(e: Exception) -> str:
