@@ -29,7 +29,7 @@ from .cluster_logs import ClusterLogs
 from .events import EventLog, host_of, last_exception_line, workers
 from .logs import about
 from .models import MAX_WORKER_COUNT, Cluster, JobStatus, User, Worker, now_ms
-from .store import Store, StoreUnavailable
+from .store import Allocation, Store, StoreUnavailable, held
 from .tls import new_keypair
 from .workqueue import WorkQueue
 
@@ -142,6 +142,13 @@ class Reconciler:
     async def start(self) -> None:
         """Load every cluster from the store and resume driving the unfinished ones."""
         self.events.bind(asyncio.get_running_loop())
+        repaired = await self.store.repair_allocations()
+        if repaired.closed or repaired.opened:
+            self.log.warning(
+                "Usage records repaired at start-up: %d allocation(s) closed, %d opened",
+                repaired.closed,
+                repaired.opened,
+            )
         for cluster in await self.store.load():
             self._remember(cluster)
             if cluster.status.is_done:
@@ -582,10 +589,14 @@ class Reconciler:
         self.events.record_soon(cluster, "starting", "Starting the scheduler")
         key = (CLUSTER, cluster.name)
         abandon = self._starting[key] = asyncio.get_running_loop().create_future()
+        allocate: Allocation | None = None
         try:
             state = await self._backend_start(
                 self.backend.start_cluster(cluster), self.settings.cluster_start_timeout, abandon
             )
+            # It holds its cores and memory from now until its cluster's end is recorded
+            # (also when a stop came meanwhile: what started is stopped with the cluster).
+            allocate = _allocation(cluster, "scheduler")
         except Exception as e:
             if cluster.is_active:
                 error: object = e
@@ -616,7 +627,10 @@ class Reconciler:
         # Only the store knows the scheduler runs (its state says how to stop it): insist.
         await self._until_stored(
             lambda: self.store.update_cluster(
-                cluster, status=max(cluster.status, JobStatus.SUBMITTED), state=state
+                cluster,
+                status=max(cluster.status, JobStatus.SUBMITTED),
+                state=state,
+                allocate=allocate,
             )
         )
         if state:
@@ -737,8 +751,10 @@ class Reconciler:
                 changes["message"] = "The scheduler exited before it started" + (
                     f": {why}" if why else ""
                 )
+        stop_time = now_ms()
+        # Whatever of the cluster still holds an allocation ends with it (its scheduler).
         await self.store.update_cluster(
-            cluster, status=cluster.target, stop_time=now_ms(), **changes
+            cluster, status=cluster.target, stop_time=stop_time, release=stop_time, **changes
         )
         if cluster.status == JobStatus.FAILED:
             await self.events.record(
@@ -776,12 +792,14 @@ class Reconciler:
         self.log.debug(
             "Starting worker %s of cluster %s", worker.name, cluster.name, extra=about(cluster)
         )
+        allocate: Allocation | None = None
         try:
             state = await self._backend_start(
                 self.backend.start_worker(cluster, worker),
                 self.settings.worker_start_timeout,
                 abandon,
             )
+            allocate = _allocation(cluster, "worker")
         except Exception as e:
             if worker.target == JobStatus.RUNNING and cluster.is_active:
                 self.log.warning(
@@ -804,7 +822,9 @@ class Reconciler:
             state = None  # stopped meanwhile (its cluster, or scaled down): not a failure
         if state is not None:
             await self._until_stored(
-                lambda: self.store.update_worker(worker, status=JobStatus.SUBMITTED, state=state)
+                lambda: self.store.update_worker(
+                    worker, status=JobStatus.SUBMITTED, state=state, allocate=allocate
+                )
             )
             self.events.record_soon(
                 cluster, "worker-started", _started(f"Worker {worker.name}", state), worker=worker
@@ -853,8 +873,14 @@ class Reconciler:
                         self._worker_reasons.setdefault(
                             worker.name, f"the backend could not stop it: {error}"
                         )
+                stop_time = now_ms()
+                # Its allocation (opened with its SUBMITTED status) ends with it.
                 await self.store.update_worker(
-                    worker, status=target, target=target, stop_time=now_ms()
+                    worker,
+                    status=target,
+                    target=target,
+                    stop_time=stop_time,
+                    release=stop_time if worker.status != JobStatus.CREATED else None,
                 )
                 reason = self._worker_reasons.pop(worker.name, None)
                 if target == JobStatus.FAILED:
@@ -1098,6 +1124,12 @@ class Reconciler:
         self.log.debug("Removed the events of %d ended clusters", len(names))
         if self.logs is not None:
             await self.logs.forget(names)
+
+
+def _allocation(cluster: Cluster, role: str) -> Allocation:
+    """What the ``role`` ("scheduler" or "worker") of ``cluster`` holds from now on."""
+    cores, memory = held(cluster.config, role)
+    return Allocation(cluster.username, cores, memory, now_ms())
 
 
 def _started(what: str, state: dict) -> str:

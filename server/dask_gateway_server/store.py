@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -104,7 +105,7 @@ allocations_table = sa.Table(
     "allocations",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("cluster", sa.Unicode(255), nullable=False, index=True),
+    sa.Column("cluster", sa.Unicode(255), nullable=False),
     sa.Column("username", sa.Unicode(255), nullable=False),
     sa.Column("worker", sa.Unicode(255), nullable=True),  # NULL: the scheduler
     sa.Column("cores", sa.Float, nullable=False),
@@ -115,6 +116,15 @@ allocations_table = sa.Table(
     # (stop IS NULL or stop > since).
     sa.Index("ix_allocations_username_start", "username", "start"),
     sa.Index("ix_allocations_start", "start"),
+    # One scheduler's or worker's (opened at most once), a cluster's (closed at its end).
+    sa.Index("ix_allocations_cluster_worker", "cluster", "worker"),
+    # The open ones (few), for the start-up repair, without reading every allocation.
+    sa.Index(
+        "ix_allocations_open",
+        "cluster",
+        sqlite_where=sa.text("stop IS NULL"),
+        postgresql_where=sa.text("stop IS NULL"),
+    ),
 )
 
 #: The kinds that end a cluster's history: retention counts from them.
@@ -135,6 +145,39 @@ _CLUSTER_COLUMNS = {
     "stop_time",
 }
 _WORKER_COLUMNS = {"status", "target", "state", "close_expected", "start_time", "stop_time"}
+
+#: Scheduler and worker statuses in which the backend's start has returned and no stop is
+#: recorded yet: each holds an open allocation.
+_STARTED = (int(JobStatus.SUBMITTED), int(JobStatus.RUNNING), int(JobStatus.CLOSING))
+_DONE = (int(JobStatus.STOPPED), int(JobStatus.FAILED))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What a scheduler or worker holds from ``start`` (ms): opened in the same
+    transaction as the status write that records its backend start."""
+
+    username: str
+    cores: float
+    memory: int
+    start: int
+
+
+def held(config: dict[str, Any], role: str) -> tuple[float, int]:
+    """(cores, bytes of memory) a ``role`` ("scheduler" or "worker") of a cluster with
+    ``config`` holds: its ``{role}_cores`` and ``{role}_memory``, 1 core and 0 bytes when
+    unset (as the user limits count them)."""
+    cores = config.get(f"{role}_cores")
+    memory = config.get(f"{role}_memory")
+    return float(1 if cores is None else cores), int(memory or 0)
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """What ``Store.repair_allocations`` changed: allocations closed, and opened."""
+
+    closed: int = 0
+    opened: int = 0
 
 
 def normalize_encrypt_key(key: str | bytes) -> bytes:
@@ -371,15 +414,44 @@ class Store:
             assert key is not None  # a one-row INSERT always has one
             return key[0]
 
-    async def update_cluster(self, cluster: Cluster, **changes: Any) -> None:
-        """Apply ``changes`` to ``cluster`` and persist them."""
-        await self._update(clusters_table, _CLUSTER_COLUMNS, cluster, changes)
+    async def update_cluster(
+        self,
+        cluster: Cluster,
+        *,
+        allocate: Allocation | None = None,
+        release: int | None = None,
+        **changes: Any,
+    ) -> None:
+        """Apply ``changes`` to ``cluster`` and persist them. In the same transaction (no
+        crash between them can lose or double a use): ``allocate`` opens its scheduler's
+        allocation (unless it has one: a retried write opens nothing twice), ``release``
+        closes every allocation of the cluster still open at that time (ms)."""
+        also = None
+        if allocate is not None or release is not None:
+            also = _allocating(cluster.name, None, allocate, release, whole_cluster=True)
+        await self._update(clusters_table, _CLUSTER_COLUMNS, cluster, changes, also)
 
-    async def update_worker(self, worker: Worker, **changes: Any) -> None:
-        await self._update(workers_table, _WORKER_COLUMNS, worker, changes)
+    async def update_worker(
+        self,
+        worker: Worker,
+        *,
+        allocate: Allocation | None = None,
+        release: int | None = None,
+        **changes: Any,
+    ) -> None:
+        """Like ``update_cluster``, for the worker's own allocation."""
+        also = None
+        if allocate is not None or release is not None:
+            also = _allocating(worker.cluster_name, worker.name, allocate, release)
+        await self._update(workers_table, _WORKER_COLUMNS, worker, changes, also)
 
     async def _update(
-        self, table: sa.Table, columns: set[str], obj: Cluster | Worker, changes: dict[str, Any]
+        self,
+        table: sa.Table,
+        columns: set[str],
+        obj: Cluster | Worker,
+        changes: dict[str, Any],
+        also: Callable[[sa.Connection], None] | None = None,
     ) -> None:
         bad = set(changes) - columns
         if bad:
@@ -391,16 +463,25 @@ class Store:
             setattr(obj, k, v)
         values = {k: _db_value(v) for k, v in changes.items()}
         try:
-            await self._run(self._update_row, table, obj.id, values)
+            await self._run(self._update_row, table, obj.id, values, also)
         except Exception:  # not on cancellation: the write may still happen
             for k, v in changes.items():
                 if getattr(obj, k) is v:  # not changed again meanwhile
                     setattr(obj, k, old[k])
             raise
 
-    def _update_row(self, table: sa.Table, id: int, values: dict) -> None:
+    def _update_row(
+        self,
+        table: sa.Table,
+        id: int,
+        values: dict,
+        also: Callable[[sa.Connection], None] | None = None,
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(table.update().where(table.c.id == id).values(**values))
+            if values:
+                conn.execute(table.update().where(table.c.id == id).values(**values))
+            if also is not None:
+                also(conn)
 
     async def delete_stopped_before(self, stop_time_ms: int) -> list[str]:
         """Forget clusters that stopped before ``stop_time_ms``; returns their names."""
@@ -518,6 +599,123 @@ class Store:
         return names
 
     # -- accounting ----------------------------------------------------------
+    async def repair_allocations(self) -> Repaired:
+        """Make the allocations agree with the rows after a crash (at start-up, before
+        ``load``; idempotent, one transaction).
+
+        - An open allocation whose scheduler or worker is done is closed at its row's
+          ``stop_time`` (a worker's row missing or without one: its cluster's).
+        - One whose row is forgotten (removed after ``db_cluster_max_age``) is closed at the
+          last time known: the worker's end event (worker-left/failed), else the cluster's
+          latest event, never before the allocation's start.
+        - A started scheduler or worker (SUBMITTED, RUNNING, CLOSING) without any allocation
+          gets one from its row: its cores and memory from the cluster's config, from the
+          row's ``start_time`` (its creation: the backend's start was not recorded).
+
+        The status writes carry their allocation writes in their own transactions, so
+        neither happens unless the database was changed by something else (an older
+        gateway, a hand edit): this is the safety net the accounting is exact with."""
+        return await self._run(self._repair_allocations)
+
+    def _repair_allocations(self) -> Repaired:
+        a, c, w = allocations_table.c, clusters_table.c, workers_table.c
+        closes: list[dict[str, Any]] = []
+        opens: list[dict[str, Any]] = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(
+                    a.id,
+                    a.cluster,
+                    a.worker,
+                    a.start,
+                    c.id.label("cluster_id"),
+                    c.status.label("cluster_status"),
+                    c.stop_time.label("cluster_stop"),
+                    w.id.label("worker_id"),
+                    w.status.label("worker_status"),
+                    w.stop_time.label("worker_stop"),
+                )
+                .select_from(allocations_table)
+                .join(clusters_table, c.name == a.cluster, isouter=True)
+                .join(
+                    workers_table, sa.and_(w.cluster_id == c.id, w.name == a.worker), isouter=True
+                )
+                .where(a.stop.is_(None))
+            ).all()
+            gone = []
+            for r in rows:
+                cluster_done = r.cluster_status in _DONE
+                if r.cluster_id is None or (r.worker is not None and r.worker_id is None):
+                    if cluster_done and r.cluster_stop is not None:
+                        closes.append({"id": r.id, "stop": r.cluster_stop})
+                    else:
+                        gone.append(r)
+                elif r.worker is not None and r.worker_status in _DONE:
+                    stop = r.worker_stop if r.worker_stop is not None else r.cluster_stop
+                    if stop is None:
+                        gone.append(r)
+                    else:
+                        closes.append({"id": r.id, "stop": stop})
+                elif cluster_done:
+                    if r.cluster_stop is None:
+                        gone.append(r)
+                    else:
+                        closes.append({"id": r.id, "stop": r.cluster_stop})
+            if gone:
+                last_of_cluster, end_of_worker = _gone_times(conn, gone)
+                for r in gone:
+                    last = end_of_worker.get((r.cluster, r.worker)) if r.worker else None
+                    if last is None:
+                        last = last_of_cluster.get(r.cluster, r.start)
+                    closes.append({"id": r.id, "stop": max(r.start, last)})
+            has_scheduler = sa.select(a.id).where(a.cluster == c.name, a.worker.is_(None)).exists()
+            for sched in conn.execute(
+                sa.select(c.name, c.username, c.config, c.start_time).where(
+                    c.status.in_(_STARTED), ~has_scheduler
+                )
+            ):
+                cores, memory = held(sched.config, "scheduler")
+                opens.append(
+                    {
+                        "cluster": sched.name,
+                        "username": sched.username,
+                        "worker": None,
+                        "cores": cores,
+                        "memory": memory,
+                        "start": sched.start_time,
+                        "stop": None,
+                    }
+                )
+            has_worker = sa.select(a.id).where(a.cluster == c.name, a.worker == w.name).exists()
+            for wrow in conn.execute(
+                sa.select(w.name, w.start_time, c.name.label("cluster"), c.username, c.config)
+                .select_from(workers_table)
+                .join(clusters_table, c.id == w.cluster_id)
+                .where(w.status.in_(_STARTED), c.status.not_in(_DONE), ~has_worker)
+            ):
+                cores, memory = held(wrow.config, "worker")
+                opens.append(
+                    {
+                        "cluster": wrow.cluster,
+                        "username": wrow.username,
+                        "worker": wrow.name,
+                        "cores": cores,
+                        "memory": memory,
+                        "start": wrow.start_time,
+                        "stop": None,
+                    }
+                )
+            if closes:
+                conn.execute(
+                    allocations_table.update()
+                    .where(a.id == sa.bindparam("_id"))
+                    .values(stop=sa.bindparam("_stop")),
+                    [{"_id": x["id"], "_stop": x["stop"]} for x in closes],
+                )
+            if opens:
+                conn.execute(allocations_table.insert(), opens)
+        return Repaired(closed=len(closes), opened=len(opens))
+
     async def allocations_between(
         self, since_ms: int, until_ms: int, usernames: list[str] | None = None
     ) -> list[dict[str, Any]]:
@@ -539,6 +737,76 @@ class Store:
             query = query.where(a.username.in_(usernames))
         with self.engine.connect() as conn:
             return [{**row._mapping, "groups": row.groups or []} for row in conn.execute(query)]
+
+
+#: Events that end a worker's history (its allocation's end if its row was forgotten).
+_WORKER_END_KINDS = ("worker-left", "worker-failed")
+
+
+def _allocating(
+    cluster: str,
+    worker: str | None,
+    allocate: Allocation | None,
+    release: int | None,
+    whole_cluster: bool = False,
+) -> Callable[[sa.Connection], None]:
+    """The allocation writes that go with a status write (run in its transaction): open
+    ``worker``'s (None: the scheduler's) allocation unless it already has one (each starts
+    once; a write retried after a commit whose answer was lost opens nothing twice), close
+    it (``whole_cluster``: every one of the cluster's) at ``release`` if still open."""
+    a = allocations_table.c
+    mine = sa.and_(
+        a.cluster == cluster, a.worker.is_(None) if worker is None else a.worker == worker
+    )
+
+    def write(conn: sa.Connection) -> None:
+        if allocate is not None:
+            found = conn.execute(sa.select(a.id).where(mine).limit(1)).first()
+            if found is None:
+                conn.execute(
+                    allocations_table.insert().values(
+                        cluster=cluster,
+                        username=allocate.username,
+                        worker=worker,
+                        cores=allocate.cores,
+                        memory=allocate.memory,
+                        start=allocate.start,
+                        stop=None,
+                    )
+                )
+        if release is not None:
+            which = a.cluster == cluster if whole_cluster else mine
+            conn.execute(
+                allocations_table.update().where(which, a.stop.is_(None)).values(stop=release)
+            )
+
+    return write
+
+
+def _gone_times(
+    conn: sa.Connection, gone: list[Any]
+) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """The last time known of clusters (and workers) whose rows are forgotten, from their
+    events: each cluster's latest event, and each worker's end event."""
+    e = events_table.c
+    names = sorted({r.cluster for r in gone})
+    clusters: dict[str, int] = {}
+    workers: dict[tuple[str, str], int] = {}
+    for i in range(0, len(names), 500):  # bound the statement's parameters
+        chunk = names[i : i + 500]
+        for row in conn.execute(
+            sa.select(e.cluster, sa.func.max(e.time).label("last"))
+            .where(e.cluster.in_(chunk))
+            .group_by(e.cluster)
+        ):
+            clusters[row.cluster] = row.last
+        for end in conn.execute(
+            sa.select(e.cluster, e.worker, sa.func.max(e.time).label("last"))
+            .where(e.cluster.in_(chunk), e.kind.in_(_WORKER_END_KINDS))
+            .group_by(e.cluster, e.worker)
+        ):
+            workers[(end.cluster, end.worker)] = end.last
+    return clusters, workers
 
 
 def _short(e: Exception) -> str:
