@@ -614,7 +614,9 @@ class SchedulerService:
     def _on_departure(self, name: str, expected: bool) -> None:
         if not expected:
             logger.info("dask-gateway: worker %s left unexpectedly", name)
-            self.heartbeat_soon()
+        # Retired ones too: the gateway records a worker's end (its usage) when it learns
+        # of it, which must not wait a whole heartbeat period.
+        self.heartbeat_soon()
 
     def _on_arrival(self, name: str) -> None:
         if len(self.tracker.active) > self.count:
