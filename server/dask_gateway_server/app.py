@@ -19,7 +19,7 @@ from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
 from . import __version__
-from .api import clusters, events, heartbeat, login, logs, server
+from .api import clusters, events, heartbeat, login, logs, server, usage
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
@@ -40,6 +40,7 @@ API_ROUTES: list[Route] = [
     *clusters.ROUTES,
     *events.ROUTES,
     *logs.ROUTES,
+    *usage.ROUTES,
     *heartbeat.ROUTES,
     *login.ROUTES,
 ]
