@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.http_helpers import basic, call
 from support.paths import CONFIGS
+from support.waiting import wait_for
 
 from dask_gateway_server.store import allocations_table, metadata, usage_clusters_table
 from dask_gateway_server.usage import GIB, period_bounds
@@ -266,3 +268,81 @@ def test_bad_input_is_a_400_with_the_reason(gw, query, words):
         r = usage(gw, who, **query)
         assert r.status == 400, (query, r.body)
         assert words in r.json()["error"], r.json()
+
+
+def scrape(gw) -> str:
+    r = call("GET", f"{gw.address}/metrics")
+    assert r.status == 200, r.body
+    return r.body.decode()
+
+
+def counters(text: str, name: str) -> dict[tuple[str, str], float]:
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(name + r'\{group="([^"]*)",user="([^"]*)"\} (\S+)', line)
+        if m:
+            out[m.group(2), m.group(1)] = float(m.group(3))
+    return out
+
+
+def test_usage_metrics_are_off_by_default(gw):
+    text = scrape(gw)
+    assert "dask_gateway_clusters" in text
+    assert "core_seconds" not in text and "alice" not in text
+
+
+def test_usage_metrics_by_user_and_group(tmp_path):
+    gateway = GatewayProcess(
+        tmp_path / "gw",
+        ["--DaskGateway.usage_metrics=True"],
+        config=write_config(tmp_path),
+    )
+    seed_database(gateway.data_dir, int(time.time() * 1000))
+    gateway.start()
+    try:
+        text = scrape(gateway)
+        cores = counters(text, "dask_gateway_core_seconds_total")
+        memory = counters(text, "dask_gateway_memory_byte_seconds_total")
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+        _kill_leftovers(gateway.data_dir)
+    # b1 (bio and physics) counts in each; clusters without a group under "".
+    running = cores.pop(("bob", ""))
+    assert cores == {
+        ("alice", ""): 1.5 * 3600 + 3601,
+        ("alice", "physics"): 4 * 3600,
+        ("bob", "bio"): 4 * 3600,
+        ("bob", "physics"): 4 * 3600,
+    }
+    assert running >= 4 * 3600  # bob's 4-core worker, still running: an hour at least
+    assert memory[("alice", "physics")] == 4 * 3600 * GIB
+    assert memory[("bob", "bio")] == 8 * 3600 * GIB
+
+
+def test_usage_retention(tmp_path):
+    """usage_max_age removes what stopped before it, and the records of clusters with
+    nothing left; what still runs stays."""
+    gateway = GatewayProcess(
+        tmp_path / "gw",
+        ["--DaskGateway.usage_max_age=86400", "--LocalBackend.db_cleanup_period=0.2"],
+        config=write_config(tmp_path),
+    )
+    seeded_at = int(time.time() * 1000)
+    seed_database(gateway.data_dir, seeded_at)
+    gateway.start()
+    try:
+        wait_for(
+            lambda: usage(gateway, ADMIN, by="cluster", **RANGE).json()["rows"] == [],
+            timeout=30,
+            what="the old allocations removed",
+        )
+        kept = usage(gateway, BOB, by="cluster", since=seeded_at - H).json()["rows"]
+        assert [r["cluster"] for r in kept] == ["b-now"]
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+        _kill_leftovers(gateway.data_dir)
+    engine = sa.create_engine(f"sqlite:///{gateway.data_dir / 'dask_gateway.sqlite'}")
+    with engine.connect() as conn:
+        records = set(conn.execute(sa.select(usage_clusters_table.c.cluster)).scalars())
+    engine.dispose()
+    assert {"a1", "a2", "b1"}.isdisjoint(records) and "b-now" in records

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .models import now_ms
-from .store import Store, UsageRow
+from .store import Store, StoreUnavailable, UsageRow
 
 GIB = 2**30
 PERIODS = ("day", "week", "month")
@@ -115,6 +116,47 @@ class Accounting:
         return await loop.run_in_executor(
             None, summarize, rows, since_ms, until_ms, now_ms(), by, group
         )
+
+    async def totals_by_user_group(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Everything on record, up to now: (core-seconds, memory byte-seconds) by (user,
+        group), "" for clusters of owners without a group; a cluster of several groups counts
+        in each. Summed by the database (one aggregate query, a few rows back)."""
+        out: dict[tuple[str, str], tuple[float, float]] = {}
+        for user, groups, cores, memory in await self.store.usage_totals(now_ms()):
+            for group in groups or ("",):
+                old = out.get((user, group), (0.0, 0.0))
+                out[user, group] = (old[0] + cores, old[1] + memory)
+        return out
+
+    async def delete_older_than(self, max_age: float) -> tuple[int, int]:
+        """Usage retention: forget allocations that stopped more than ``max_age`` seconds
+        ago, and the records of clusters with none left. Returns what went: (allocations,
+        clusters)."""
+        return await self.store.delete_usage_before(now_ms() - int(max_age * 1000))
+
+    async def retention_loop(
+        self, max_age: float, period: float, log: logging.Logger | None = None
+    ) -> None:
+        """Every ``period`` seconds, ``delete_older_than(max_age)`` (``usage_max_age``)."""
+        log = log or logging.getLogger("dask_gateway_server")
+        while True:
+            await asyncio.sleep(period)
+            try:
+                allocations, clusters = await self.delete_older_than(max_age)
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable:
+                continue  # the store logged it; the next period tries again
+            except Exception:
+                log.exception("Error removing old usage records")
+                continue
+            if allocations or clusters:
+                log.info(
+                    "Usage retention removed %d allocations and %d cluster records older than %g s",
+                    allocations,
+                    clusters,
+                    max_age,
+                )
 
 
 #: The columns of a report's rows before the numbers, by ``by``.
