@@ -311,6 +311,12 @@ def test_every_operation_answers_as_documented(gateway, api):
         assert all(e["user"] == "openapi-user" for e in mine["events"]), mine
         api("userEvents", 400, query="?since=yesterday")
         api("userEvents", 403, query="?all=1")
+        mine = api("getUsage", 200, query="?by=cluster").json()
+        assert all(r["user"] == "openapi-user" for r in mine["rows"]), mine
+        api("getUsage", 200, query="?by=day")
+        api("getUsage", 400, query="?by=week")
+        api("getUsage", 403, query="?user=someone-else")
+        api("getUsage", 401, user=None)
     finally:
         api("stopCluster", 204, {"cluster_name": name})
     api("stopCluster", 204, {"cluster_name": name})  # idempotent

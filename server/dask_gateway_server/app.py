@@ -19,7 +19,7 @@ from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
 from . import __version__
-from .api import clusters, events, heartbeat, login, logs, server
+from .api import clusters, events, heartbeat, login, logs, server, usage
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
@@ -33,6 +33,7 @@ from .proxy import HTTP_LIMITS, Proxy, ProxyLink, PublicPort
 from .reconciler import EVENTS_MAX_AGE, Reconciler
 from .store import Store, load_or_create_key_file
 from .traits import EntryPointType, MemoryLimit
+from .usage import Accounting
 
 #: Every API route, from the lists the API modules end with (in tornado's matching order).
 API_ROUTES: list[Route] = [
@@ -40,6 +41,7 @@ API_ROUTES: list[Route] = [
     *clusters.ROUTES,
     *events.ROUTES,
     *logs.ROUTES,
+    *usage.ROUTES,
     *heartbeat.ROUTES,
     *login.ROUTES,
 ]
@@ -141,6 +143,21 @@ class DaskGateway(Application):
         "cluster itself (db_cluster_max_age).",
         config=True,
     )
+    usage_metrics = Bool(
+        False,
+        help="Export each user's use on the metrics page: dask_gateway_core_seconds_total and "
+        "dask_gateway_memory_byte_seconds_total, labelled by user and group. Off by default: "
+        "the page needs no credentials, and user names in metrics are not always wanted.",
+        config=True,
+    )
+    usage_max_age = Float(
+        0,
+        min=0,
+        help="Seconds the usage accounting of a scheduler or worker is kept after it stopped "
+        "(0, the default: forever); older records are removed every db_cleanup_period "
+        "seconds, and with them the usage reports and metrics of that time.",
+        config=True,
+    )
     log_style = Enum(
         ["text", "json"],
         "text",
@@ -186,6 +203,7 @@ class DaskGateway(Application):
 
     def __init__(self, **kwargs: Any) -> None:
         self.classes = self._configurable_classes()
+        self._usage_retention: asyncio.Task | None = None
         super().__init__(**kwargs)
 
     @default("data_dir")
@@ -341,7 +359,8 @@ class DaskGateway(Application):
             events_max_age=self.events_max_age,
             logs=self.cluster_logs,
         )
-        self.metrics = Metrics(self.reconciler)
+        self.accounting = Accounting(self.store)
+        self.metrics = Metrics(self.reconciler, self.accounting if self.usage_metrics else None)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
             web_routes(self.proxy.prefix, self.proxy),
@@ -350,6 +369,7 @@ class DaskGateway(Application):
             reconciler=self.reconciler,
             limits=self.limits,
             metrics=self.metrics,
+            accounting=self.accounting,
             prefix=self.proxy.prefix,
             log=self.log,
             log_function=self._log_request,
@@ -372,6 +392,12 @@ class DaskGateway(Application):
         self.private_server.add_sockets(sockets)
         await self.public_port.start(self.web_app)
         self.metrics.start()
+        if self.usage_max_age > 0:
+            self._usage_retention = asyncio.create_task(
+                self.accounting.retention_loop(
+                    self.usage_max_age, getattr(self.backend, "db_cleanup_period", 600.0), self.log
+                )
+            )
         self.log.info("Dask Gateway %s started at %s", __version__, self.public_port.public_url)
 
     def _public_port(self) -> PublicPort:
@@ -409,6 +435,9 @@ class DaskGateway(Application):
     async def stop_async(self) -> None:
         self.log.info("Stopping the gateway")
         await self.metrics.stop()
+        if self._usage_retention is not None:
+            self._usage_retention.cancel()
+            await asyncio.gather(self._usage_retention, return_exceptions=True)
         await self.reconciler.stop()
         # Clusters left running keep their clients' connections: a separate proxy process
         # stays up for the next gateway to re-attach to.

@@ -2,12 +2,14 @@
 latency and errors by route, and how far behind the event loop and the reconciler run.
 
 Counts only, no user names or cluster names, so the page is safe to scrape unauthenticated
-and its size does not grow with the number of users.
+and its size does not grow with the number of users; except, when the operator turns on
+``DaskGateway.usage_metrics``, the usage counters by user and group (usage.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter as Tally
 
@@ -19,17 +21,27 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from tornado import web
 
 from .models import ClusterStatus, JobStatus
+from .store import StoreError
+from .usage import Accounting
+
+#: Seconds a scrape's usage figures are reused: scrapers (often several) and a reload of the
+#: page must not each sum the whole allocations table.
+USAGE_CACHE_SECONDS = 5.0
+
+log = logging.getLogger("dask_gateway_server")
 
 
 class Metrics:
     """One registry per gateway (not the process-global one), so tests can run several."""
 
-    def __init__(self, reconciler) -> None:
+    def __init__(self, reconciler, usage: Accounting | None = None) -> None:
+        """``usage``: also export the usage counters by user and group (off: None)."""
         self.reconciler = reconciler
+        self.usage = usage
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "dask_gateway_requests",
@@ -56,7 +68,26 @@ class Metrics:
             buckets=(0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
         )
         self.registry.register(_StateCollector(reconciler))
+        self._usage = _UsageCollector()
+        if usage is not None:
+            self.registry.register(self._usage)
+        self._usage_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+
+    async def refresh(self) -> None:
+        """Read the usage counters from the store, unless read less than
+        ``USAGE_CACHE_SECONDS`` ago (concurrent scrapes share one read). A database that
+        does not answer leaves the last figures: the rest of the page still comes."""
+        if self.usage is None:
+            return
+        async with self._usage_lock:
+            if time.monotonic() - self._usage.read_at < USAGE_CACHE_SECONDS:
+                return
+            try:
+                self._usage.totals = await self.usage.totals_by_user_group()
+            except StoreError as e:
+                log.warning("Usage metrics not refreshed: %s", e)
+            self._usage.read_at = time.monotonic()
 
     def observe_request(self, handler: web.RequestHandler) -> None:
         route = type(handler).__name__
@@ -120,7 +151,37 @@ class _StateCollector:
         )
 
 
+class _UsageCollector:
+    """Core-seconds and memory byte-seconds by user and group, as last read (``refresh``):
+    the scrape itself never waits on the database."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], tuple[float, float]] = {}
+        self.read_at = float("-inf")
+
+    def collect(self):
+        cores = CounterMetricFamily(
+            "dask_gateway_core_seconds",
+            "Cores held by clusters times seconds, by owner and owner's group at creation "
+            '("": none; a cluster of several groups counts in each); running ones up to now.',
+            labels=["user", "group"],
+        )
+        memory = CounterMetricFamily(
+            "dask_gateway_memory_byte_seconds",
+            "Bytes of memory held by clusters times seconds, by owner and group (as "
+            "dask_gateway_core_seconds_total).",
+            labels=["user", "group"],
+        )
+        for (user, group), (core_seconds, byte_seconds) in sorted(self.totals.items()):
+            cores.add_metric([user, group], core_seconds)
+            memory.add_metric([user, group], byte_seconds)
+        yield cores
+        yield memory
+
+
 class MetricsHandler(web.RequestHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
+        metrics = self.settings["metrics"]
+        await metrics.refresh()
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.settings["metrics"].render())
+        self.finish(metrics.render())

@@ -72,6 +72,19 @@ def _body(schema: dict, description: str) -> dict:
     }
 
 
+#: The numbers of a usage row and of its total.
+_USAGE_FIGURES: dict[str, Any] = {
+    "clusters": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Clusters with some use in the row.",
+    },
+    "core_seconds": {"type": "number", "description": "Cores × seconds (3 decimals)."},
+    "memory_byte_seconds": {"type": "number", "description": "Bytes × seconds (3 decimals)."},
+    "core_hours": {"type": "number", "description": "Cores × hours (6 decimals)."},
+    "memory_gib_hours": {"type": "number", "description": "GiB × hours (6 decimals)."},
+}
+
 _SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -98,6 +111,10 @@ _SPEC: dict[str, Any] = {
         {
             "name": "clusters",
             "description": "What users do: options, create, list, scale, adapt, stop.",
+        },
+        {
+            "name": "usage",
+            "description": "Who used how much: core-hours and memory GiB-hours over time.",
         },
         {"name": "internal", "description": "Called by schedulers and by the hub, not by users."},
     ],
@@ -480,6 +497,83 @@ _SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/v1/usage": {
+            "get": {
+                "tags": ["usage"],
+                "operationId": "getUsage",
+                "summary": "Core-seconds and memory byte-seconds by user, group, cluster or day "
+                "(not in the public dask-gateway).",
+                "description": "Computed from the recorded start and stop times of every "
+                "scheduler and worker, each clipped to [`since`, `until`); one still running "
+                "counts up to now. A user gets their own usage; an admin everyone's (or one "
+                "user's with `user`). With `by=group` a cluster counts in each of its owner's "
+                "groups (at its creation), so the rows may add up to more than `total`, which "
+                "counts every cluster of the query once, over every page. As CSV "
+                "(`format=csv` or `Accept: text/csv`): the rows with a header row, the same "
+                "columns and numbers (a cluster's groups joined with a space; a name starting "
+                "with `=`, `+`, `-` or `@` gets a leading `'` so spreadsheets do not run it), "
+                "as an attachment; the next page's offset in `X-Dask-Gateway-Next-Offset`.",
+                "parameters": [
+                    _query(
+                        "since",
+                        "The range's start: milliseconds since the epoch, or an ISO 8601 date or "
+                        "time (UTC unless it says otherwise). Default: the start of the current "
+                        "quota period (a calendar month unless configured).",
+                        {"type": "string"},
+                    ),
+                    _query(
+                        "until",
+                        "The range's end (excluded), as `since`. Default: now.",
+                        {"type": "string"},
+                    ),
+                    _query(
+                        "by",
+                        "One row per user, per group, per cluster, or per UTC day of the range "
+                        "(at most 3660 days).",
+                        {"enum": ["user", "group", "cluster", "day"], "default": "user"},
+                    ),
+                    _query(
+                        "user",
+                        "Only this user's clusters (a user may name only themselves).",
+                        {"type": "string"},
+                    ),
+                    _query(
+                        "group",
+                        "Only the clusters created for a member of this group.",
+                        {"type": "string"},
+                    ),
+                    _query(
+                        "format",
+                        "`csv` for a spreadsheet (also chosen by `Accept: text/csv`).",
+                        {"enum": ["json", "csv"], "default": "json"},
+                    ),
+                    _query(
+                        "limit",
+                        "At most this many rows.",
+                        {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                    ),
+                    _query(
+                        "offset",
+                        "Skip this many rows (the previous answer's `next_offset`).",
+                        {"type": "integer", "minimum": 0, "default": 0},
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The usage.",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Usage"},
+                            },
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                },
+            },
+        },
         "/api/v1/clusters/{cluster_name}/heartbeat": {
             "parameters": [_CLUSTER_NAME],
             "post": {
@@ -820,6 +914,45 @@ _SPEC: dict[str, Any] = {
                 },
                 "additionalProperties": False,
             },
+            "UsageFigures": {
+                "type": "object",
+                "required": list(_USAGE_FIGURES),
+                "properties": _USAGE_FIGURES,
+            },
+            "UsageRow": {
+                "type": "object",
+                "description": "The figures and, by `by`: `user`; `group` (null: owners "
+                "without a group); `cluster`, `user`, `groups`, `start_time`, `stop_time` "
+                "(null while it runs); `day` (`2026-12-05`, UTC).",
+                "required": list(_USAGE_FIGURES),
+                "properties": {
+                    "user": {"type": "string"},
+                    "group": {"type": ["string", "null"]},
+                    "cluster": {"type": "string"},
+                    "groups": {"type": "array", "items": {"type": "string"}},
+                    "start_time": {"type": "integer"},
+                    "stop_time": {"type": ["integer", "null"]},
+                    "day": {"type": "string", "format": "date"},
+                    **_USAGE_FIGURES,
+                },
+                "additionalProperties": False,
+            },
+            "Usage": {
+                "type": "object",
+                "required": ["since", "until", "by", "rows", "total", "next_offset"],
+                "properties": {
+                    "since": {"type": "integer", "description": "Milliseconds since the epoch."},
+                    "until": {"type": "integer", "description": "Milliseconds since the epoch."},
+                    "by": {"enum": ["user", "group", "cluster", "day"]},
+                    "rows": {"type": "array", "items": {"$ref": "#/components/schemas/UsageRow"}},
+                    "total": {"$ref": "#/components/schemas/UsageFigures"},
+                    "next_offset": {
+                        "type": ["integer", "null"],
+                        "description": "The `offset` of the next page; null on the last.",
+                    },
+                },
+                "additionalProperties": False,
+            },
             "Heartbeat": {
                 "type": "object",
                 "required": [
@@ -884,6 +1017,10 @@ _ERROR_OVERRIDES = {
     ("userEvents", "400"): "`after`, `since`, `limit` or `wait` is not valid; the message "
     "says which.",
     ("userEvents", "403"): "`all=1` from a user who is not an admin.",
+    ("getUsage", "400"): "A date that does not parse, `until` not after `since`, an unknown "
+    "`by` or `format`, `limit` or `offset` out of range, or `by=day` over more than 3660 "
+    "days; the message says which.",
+    ("getUsage", "403"): "A user asking for another user's usage.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
     "the host its job runs on, not its socket, link-local or a cloud "
