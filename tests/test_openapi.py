@@ -311,6 +311,9 @@ def test_every_operation_answers_as_documented(gateway, api):
         assert all(e["user"] == "openapi-user" for e in mine["events"]), mine
         api("userEvents", 400, query="?since=yesterday")
         api("userEvents", 403, query="?all=1")
+        assert api("getQuota", 200).json()["user"] == "openapi-user"
+        api("getQuota", 403, query="?user=intruder")
+        api("getQuota", 400, query="?user=")
     finally:
         api("stopCluster", 204, {"cluster_name": name})
     api("stopCluster", 204, {"cluster_name": name})  # idempotent

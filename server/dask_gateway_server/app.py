@@ -19,7 +19,7 @@ from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
 from . import __version__
-from .api import clusters, events, heartbeat, login, logs, server
+from .api import clusters, events, heartbeat, login, logs, quota, server
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
@@ -30,9 +30,11 @@ from .limits import UserLimits
 from .logs import cluster_in_path, logging_config, share_handlers
 from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy, ProxyLink, PublicPort
+from .quotas import UsageQuotas
 from .reconciler import EVENTS_MAX_AGE, Reconciler
 from .store import Store, load_or_create_key_file
 from .traits import EntryPointType, MemoryLimit
+from .usage import Accounting
 
 #: Every API route, from the lists the API modules end with (in tornado's matching order).
 API_ROUTES: list[Route] = [
@@ -40,6 +42,7 @@ API_ROUTES: list[Route] = [
     *clusters.ROUTES,
     *events.ROUTES,
     *logs.ROUTES,
+    *quota.ROUTES,
     *heartbeat.ROUTES,
     *login.ROUTES,
 ]
@@ -267,6 +270,7 @@ class DaskGateway(Application):
             Proxy,
             *with_bases(auth_trait.load_all(), Authenticator),
             UserLimits,
+            UsageQuotas,
             *with_bases(backends, Backend),
             *with_bases(cluster_configs, ClusterConfig),
         ]
@@ -283,6 +287,7 @@ class DaskGateway(Application):
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
         self.limits = UserLimits(parent=self)
+        self.quotas = UsageQuotas(parent=self)
         known: list[type] = [
             *self.classes,
             GenerateConfig,
@@ -290,7 +295,14 @@ class DaskGateway(Application):
             type(self.backend),
             type(self.authenticator),
         ]
-        configured = [self, self.authenticator, self.backend, self.proxy, self.limits]
+        configured = [
+            self,
+            self.authenticator,
+            self.backend,
+            self.proxy,
+            self.limits,
+            self.quotas,
+        ]
         for message in unrecognized_settings(self.config, known, configured):
             self.log.warning(message)
 
@@ -341,6 +353,9 @@ class DaskGateway(Application):
             events_max_age=self.events_max_age,
             logs=self.cluster_logs,
         )
+        self.quotas.bind(
+            Accounting(self.store), self.reconciler, owner=self.limits.owner, log=self.log
+        )
         self.metrics = Metrics(self.reconciler)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
@@ -349,6 +364,7 @@ class DaskGateway(Application):
             backend=self.backend,
             reconciler=self.reconciler,
             limits=self.limits,
+            quotas=self.quotas,
             metrics=self.metrics,
             prefix=self.proxy.prefix,
             log=self.log,
@@ -372,6 +388,7 @@ class DaskGateway(Application):
         self.private_server.add_sockets(sockets)
         await self.public_port.start(self.web_app)
         self.metrics.start()
+        self.quotas.start()
         self.log.info("Dask Gateway %s started at %s", __version__, self.public_port.public_url)
 
     def _public_port(self) -> PublicPort:
@@ -401,14 +418,21 @@ class DaskGateway(Application):
             api_host = "127.0.0.1"
         return f"http://{api_host}:{api_port}{self.proxy.prefix}/api"
 
-    def _count_limit(self, cluster) -> int | None:
-        return self.limits.max_count(
+    def _count_limit(self, cluster) -> int | tuple[int, str] | None:
+        """The most workers ``cluster`` may have: the user's limits, or a used-up quota's
+        cap (the count it has, ``when_exhausted = "no-new-workers"``), whichever is lower."""
+        limit = self.limits.max_count(
             self.limits.owner(cluster), self.reconciler.clusters.values(), cluster
         )
+        cap = self.quotas.cap(cluster)
+        if cap is not None and (limit is None or cap[0] < limit):
+            return cap
+        return limit
 
     async def stop_async(self) -> None:
         self.log.info("Stopping the gateway")
         await self.metrics.stop()
+        await self.quotas.stop()
         await self.reconciler.stop()
         # Clusters left running keep their clients' connections: a separate proxy process
         # stays up for the next gateway to re-attach to.
