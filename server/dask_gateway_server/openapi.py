@@ -945,6 +945,8 @@ _ERROR_MEANINGS = {
     "404": "No cluster of that name.",
     "409": "The cluster is not running (any more).",
     "422": "Invalid values; the message says which.",
+    "429": "A quota over time (`UsageQuotas`) is used up: the message names it, the use so "
+    "far and when the period ends; `Retry-After` is the seconds until then.",
     "500": "A failure on the gateway's side; its log has the details.",
     "502": "Something behind the gateway answered wrongly.",
     "503": "Something the gateway depends on is unreachable.",
@@ -970,6 +972,8 @@ _ERROR_OVERRIDES = {
     ("userEvents", "400"): "`after`, `since`, `limit` or `wait` is not valid; the message "
     "says which.",
     ("userEvents", "403"): "`all=1` from a user who is not an admin.",
+    ("getQuota", "400"): "An empty `user`.",
+    ("getQuota", "403"): "Another user's quota, asked by a user who is not an admin.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
     "the host its job runs on, not its socket, link-local or a cloud "
