@@ -19,11 +19,11 @@ import threading
 import warnings
 import weakref
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import IntEnum
 from html import escape
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import dask.config
 from distributed.comm.core import CommClosedError
@@ -249,6 +249,20 @@ def _error_message(resp: HTTPResponse) -> str:
         return text or (resp.reason or "")
 
 
+def _time_arg(key: str, value: Any) -> str:
+    """A ``since``/``until`` of ``Gateway.usage`` as the route takes it: ms or ISO 8601."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return str(int(value.timestamp() * 1000))
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(
+            f"{key} must be a datetime, milliseconds since the epoch or an ISO 8601 string, "
+            f"got {value!r}"
+        )
+    return str(int(value)) if isinstance(value, (int, float)) else value
+
+
 def _route_missing(resp: HTTPResponse) -> bool:
     """A 404 for the path itself, not for a cluster: the public server answers an unknown
     path with a plain-text ``404: Not Found``, this one (before it had the route) with
@@ -262,11 +276,21 @@ def _route_missing(resp: HTTPResponse) -> bool:
     return not isinstance(data, dict) or data.get("error") in (None, "Not Found")
 
 
-#: What a server without the events or logs routes cannot do, for the error it gives.
+#: What a server without the events, logs, usage or quota routes cannot do, for the error
+#: it gives.
 _FEATURES = {
     "events": "keep cluster events",
     "logs": "keep cluster logs",
+    "usage": "report usage",
+    "quota": "have quotas over time",
 }
+
+#: The header of a create, scale or adapt answer when a quota over time is nearly (or
+#: fully) used: its message, percent-encoded.
+WARNING_HEADER = "X-Dask-Gateway-Warning"
+
+#: The ways ``Gateway.usage`` can group the use.
+USAGE_BY = ("user", "group", "cluster", "day")
 
 #: Longest long-poll the events route holds (seconds, its own limit).
 MAX_EVENTS_WAIT = 60
@@ -395,6 +419,28 @@ class Gateway(SyncMethodMixin):
         ``feature`` names a route not every server has (a key of ``_FEATURES``): its absence
         raises ``GatewayUnsupportedError`` rather than a 404 about a cluster.
         """
+        resp = await self._fetch(method, path, body, timeout, feature)
+        return json.loads(resp.body) if resp.body else None
+
+    async def _request_warning(self, method: str, path: str, body: Any) -> tuple[Any, str | None]:
+        """As ``_request``, for a create, scale or adapt: also warns (``GatewayWarning``)
+        with the gateway's quota warning, and returns it (None: none)."""
+        resp = await self._fetch(method, path, body)
+        value = resp.headers.get(WARNING_HEADER) if resp.headers is not None else None
+        warning = unquote(value) if value else None
+        if warning:
+            warnings.warn(GatewayWarning(warning), stacklevel=3)
+        return (json.loads(resp.body) if resp.body else None), warning
+
+    async def _fetch(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = None,
+        feature: str | None = None,
+    ) -> HTTPResponse:
+        """Send an API request; raise the client's error for an error answer."""
         self._check_open()
         if self._http is None:
             self._http = HTTPClient(_AuthHooks(self.auth), self._proxy)
@@ -403,20 +449,25 @@ class Gateway(SyncMethodMixin):
         resp = await self._http.fetch(method, self.address + path, payload, **kwargs)
         if resp.code >= 400:
             if feature is not None and _route_missing(resp):
+                hint = (
+                    " Its administrator can read the logs on the gateway's machine."
+                    if feature in ("events", "logs")
+                    else ""
+                )
                 raise GatewayUnsupportedError(
                     f"The gateway at {self.address} does not {_FEATURES[feature]}: it has no "
                     f"{feature} route (the public dask-gateway-server, or an older version of "
-                    "this one). Its administrator can read the logs on the gateway's machine."
+                    f"this one).{hint}"
                 )
             msg = _error_message(resp)
-            if resp.code in (404, 422):
+            if resp.code in (404, 422, 429):
                 raise GatewayRequestError(msg, resp.code)
             if resp.code == 409:
                 raise GatewayClusterError(msg)
             if resp.code == 500:
                 raise GatewayServerError(msg)
             raise HTTPClientError(resp.code, message=msg, response=resp)
-        return json.loads(resp.body) if resp.body else None
+        return resp
 
     def _report(self, data: dict[str, Any]) -> ClusterReport:
         return ClusterReport._from_json(data, self._public_address, self.proxy_address)
@@ -482,6 +533,13 @@ class Gateway(SyncMethodMixin):
         return self.sync(self._cluster_options, use_local_defaults, **kwargs)
 
     async def _submit(self, cluster_options: Options | None = None, **kwargs: Any) -> str:
+        name, _ = await self._submit_warning(cluster_options, **kwargs)
+        return name
+
+    async def _submit_warning(
+        self, cluster_options: Options | None = None, **kwargs: Any
+    ) -> tuple[str, str | None]:
+        """Submit; the new cluster's name and the gateway's quota warning (None: none)."""
         if cluster_options is not None:
             if not isinstance(cluster_options, Options):
                 raise TypeError(
@@ -492,8 +550,10 @@ class Gateway(SyncMethodMixin):
         else:
             options = format_template(dask.config.get("gateway.cluster.options", None) or {})
         options.update(kwargs)
-        data = await self._request("POST", "/api/v1/clusters/", {"cluster_options": options})
-        return data["name"]
+        data, warning = await self._request_warning(
+            "POST", "/api/v1/clusters/", {"cluster_options": options}
+        )
+        return data["name"], warning
 
     def submit(self, cluster_options: Options | None = None, **kwargs: Any) -> str:
         """Ask for a new cluster without waiting for it to start; returns its name.
@@ -653,6 +713,71 @@ class Gateway(SyncMethodMixin):
         """
         return self.sync(self._get_logs, cluster_name, component, tail, **kwargs)
 
+    # ------------------------------------------------------------------ usage and quotas
+
+    async def _usage(
+        self,
+        since: Any = None,
+        until: Any = None,
+        by: str = "user",
+        user: str | None = None,
+        group: str | None = None,
+    ) -> dict[str, Any]:
+        if by not in USAGE_BY:
+            raise ValueError(f"by must be one of {', '.join(USAGE_BY)}, got {by!r}")
+        query: dict[str, Any] = {"by": by}
+        for key, value in (("since", since), ("until", until)):
+            if value is not None:
+                query[key] = _time_arg(key, value)
+        for key, name in (("user", user), ("group", group)):
+            if name is not None:
+                if not isinstance(name, str) or not name:
+                    raise ValueError(f"{key} must be a non-empty name, got {name!r}")
+                query[key] = name
+        data = await self._request("GET", "/api/v1/usage?" + urlencode(query), feature="usage")
+        if not isinstance(data, dict):
+            raise GatewayServerError(f"Unexpected answer of the usage route: {data!r}")
+        return data
+
+    def usage(
+        self,
+        since: Any = None,
+        until: Any = None,
+        by: str = "user",
+        user: str | None = None,
+        group: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Core-hours and memory GiB-hours used, as the gateway's usage report (a dict:
+        ``rows`` grouped ``by`` "user", "group", "cluster" or "day", and their ``total``).
+
+        ``since``/``until``: a ``datetime`` (naive: UTC), milliseconds since the epoch, or
+        an ISO 8601 string; default the current quota period up to now. ``user``/``group``:
+        only theirs (another user's needs an admin). Servers without usage accounting (the
+        public dask-gateway-server) raise ``GatewayUnsupportedError``.
+        """
+        return self.sync(self._usage, since, until, by, user, group, **kwargs)
+
+    async def _quota(self, user: str | None = None) -> dict[str, Any]:
+        path = "/api/v1/quota"
+        if user is not None:
+            if not isinstance(user, str) or not user:
+                raise ValueError(f"user must be a non-empty name, got {user!r}")
+            path += "?" + urlencode({"user": user})
+        data = await self._request("GET", path, feature="quota")
+        if not isinstance(data, dict):
+            raise GatewayServerError(f"Unexpected answer of the quota route: {data!r}")
+        return data
+
+    def quota(self, user: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Where this user (or, for an admin, ``user``) stands in the current period: the
+        ``use`` so far, each quota (``quotas``: limit, used, share), ``state`` ("ok",
+        "warning" or "exhausted") and a ``message`` saying which quota, how much is used
+        and when the period ends. Servers without quotas over time (the public
+        dask-gateway-server) raise ``GatewayUnsupportedError``.
+        """
+        return self.sync(self._quota, user, **kwargs)
+
     def connect(self, cluster_name: str, shutdown_on_close: bool = False) -> GatewayCluster:
         """Attach to an existing cluster (awaitable in asynchronous mode)."""
         return GatewayCluster.from_name(
@@ -690,7 +815,7 @@ class Gateway(SyncMethodMixin):
         return self.sync(self._stop_cluster, cluster_name, **kwargs)
 
     async def _post_with_warning(self, path: str, body: dict[str, Any]) -> None:
-        data = await self._request("POST", path, body)
+        data, _ = await self._request_warning("POST", path, body)
         if data and not data.get("ok", True) and data.get("msg"):
             warnings.warn(GatewayWarning(data["msg"]), stacklevel=2)
 
@@ -867,6 +992,9 @@ class GatewayCluster:
         self._lease_comm: Any = None
         self._watch_task: asyncio.Task | None = None
         self._clients: weakref.WeakSet = weakref.WeakSet()
+        #: The gateway's last quota warning for this cluster's creation (None: none); the
+        #: cluster widget shows it.
+        self.quota_warning: str | None = None
         self.gateway = Gateway(
             address=address,
             proxy_address=proxy_address,
@@ -941,7 +1069,9 @@ class GatewayCluster:
         self.status = "starting"
         progress: StartProgress | None = None
         if self.name is None:
-            self.name = await self.gateway._submit(self._cluster_options, **self._option_overrides)
+            self.name, self.quota_warning = await self.gateway._submit_warning(
+                self._cluster_options, **self._option_overrides
+            )
             progress = self._start_progress(self.name)
         try:
             report = await self.gateway._wait_for_start(self.name)

@@ -29,7 +29,8 @@ class GatewayClusterError(Exception):
 
 
 class GatewayRequestError(ValueError):
-    """The gateway refused a request (HTTP 404 or 422); ``status`` tells which, for proxies."""
+    """The gateway refused a request (HTTP 404 or 422, or 429: a quota over time is used up);
+    ``status`` tells which, for proxies."""
 
     def __init__(self, message: str, status: int):
         super().__init__(message)
@@ -46,4 +47,5 @@ class GatewayUnsupportedError(GatewayServerError):
 
 
 class GatewayWarning(UserWarning):
-    """The gateway applied a request only partially, e.g. scaling clamped to a limit."""
+    """The gateway applied a request only partially, e.g. scaling clamped to a limit, or a
+    quota over time is nearly (or fully) used."""

@@ -317,6 +317,9 @@ def test_every_operation_answers_as_documented(gateway, api):
         api("getUsage", 400, query="?by=week")
         api("getUsage", 403, query="?user=someone-else")
         api("getUsage", 401, user=None)
+        assert api("getQuota", 200).json()["user"] == "openapi-user"
+        api("getQuota", 403, query="?user=intruder")
+        api("getQuota", 400, query="?user=")
     finally:
         api("stopCluster", 204, {"cluster_name": name})
     api("stopCluster", 204, {"cluster_name": name})  # idempotent

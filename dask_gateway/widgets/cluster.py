@@ -9,6 +9,8 @@ cluster's events and logs.
   Adapt defaults are therefore derived: minimum = current worker count, maximum =
   ``max(2 * current, minimum, 4)`` (see ``default_adapt_range``). The gateway still
   clamps to its own limit, and its warning is shown in the widget.
+* Warnings of the gateway (a limit that lowered a request, a quota over time nearly or
+  fully used, including the one the cluster's creation got) are shown in its message line.
 * Events and logs are read from the gateway only when their section is opened (or its
   Refresh button clicked): a closed section costs nothing. They stay readable after the
   cluster stopped: a closed cluster's own gateway connection is gone, so a short-lived one
@@ -294,6 +296,10 @@ class ClusterWidget:
         )
         self.widget.add_class("dgw-cluster")
         self._render_adapt_state()
+        # A quota over time nearly (or fully) used when the cluster was created: the
+        # gateway's warning stays shown until the next action's outcome replaces it.
+        if getattr(cluster, "quota_warning", None):
+            self._show(str(cluster.quota_warning), _WARNING_STYLE)
         self._last: tuple = ()
         self.refresh()
         self._periodic: Any = None

@@ -19,7 +19,7 @@ from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
 from . import __version__
-from .api import clusters, events, heartbeat, login, logs, server, usage
+from .api import clusters, events, heartbeat, login, logs, quota, server, usage
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
@@ -30,6 +30,7 @@ from .limits import UserLimits
 from .logs import cluster_in_path, logging_config, share_handlers
 from .metrics import Metrics
 from .proxy import HTTP_LIMITS, Proxy, ProxyLink, PublicPort
+from .quotas import UsageQuotas
 from .reconciler import EVENTS_MAX_AGE, Reconciler
 from .store import Store, load_or_create_key_file
 from .traits import EntryPointType, MemoryLimit
@@ -42,6 +43,7 @@ API_ROUTES: list[Route] = [
     *events.ROUTES,
     *logs.ROUTES,
     *usage.ROUTES,
+    *quota.ROUTES,
     *heartbeat.ROUTES,
     *login.ROUTES,
 ]
@@ -285,6 +287,7 @@ class DaskGateway(Application):
             Proxy,
             *with_bases(auth_trait.load_all(), Authenticator),
             UserLimits,
+            UsageQuotas,
             *with_bases(backends, Backend),
             *with_bases(cluster_configs, ClusterConfig),
         ]
@@ -301,6 +304,7 @@ class DaskGateway(Application):
         self.backend = self.backend_class(parent=self, log=self.log)
         self.proxy = Proxy(parent=self, log=self.log)
         self.limits = UserLimits(parent=self)
+        self.quotas = UsageQuotas(parent=self)
         known: list[type] = [
             *self.classes,
             GenerateConfig,
@@ -308,7 +312,14 @@ class DaskGateway(Application):
             type(self.backend),
             type(self.authenticator),
         ]
-        configured = [self, self.authenticator, self.backend, self.proxy, self.limits]
+        configured = [
+            self,
+            self.authenticator,
+            self.backend,
+            self.proxy,
+            self.limits,
+            self.quotas,
+        ]
         for message in unrecognized_settings(self.config, known, configured):
             self.log.warning(message)
 
@@ -360,6 +371,7 @@ class DaskGateway(Application):
             logs=self.cluster_logs,
         )
         self.accounting = Accounting(self.store)
+        self.quotas.bind(self.accounting, self.reconciler, owner=self.limits.owner, log=self.log)
         self.metrics = Metrics(self.reconciler, self.accounting if self.usage_metrics else None)
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
@@ -368,6 +380,8 @@ class DaskGateway(Application):
             backend=self.backend,
             reconciler=self.reconciler,
             limits=self.limits,
+            quotas=self.quotas,
+            usage_period=self.quotas.period,
             metrics=self.metrics,
             accounting=self.accounting,
             prefix=self.proxy.prefix,
@@ -398,6 +412,7 @@ class DaskGateway(Application):
                     self.usage_max_age, getattr(self.backend, "db_cleanup_period", 600.0), self.log
                 )
             )
+        self.quotas.start()
         self.log.info("Dask Gateway %s started at %s", __version__, self.public_port.public_url)
 
     def _public_port(self) -> PublicPort:
@@ -427,10 +442,16 @@ class DaskGateway(Application):
             api_host = "127.0.0.1"
         return f"http://{api_host}:{api_port}{self.proxy.prefix}/api"
 
-    def _count_limit(self, cluster) -> int | None:
-        return self.limits.max_count(
+    def _count_limit(self, cluster) -> int | tuple[int, str] | None:
+        """The most workers ``cluster`` may have: the user's limits, or a used-up quota's
+        cap (the count it has, ``when_exhausted = "no-new-workers"``), whichever is lower."""
+        limit = self.limits.max_count(
             self.limits.owner(cluster), self.reconciler.clusters.values(), cluster
         )
+        cap = self.quotas.cap(cluster)
+        if cap is not None and (limit is None or cap[0] < limit):
+            return cap
+        return limit
 
     async def stop_async(self) -> None:
         self.log.info("Stopping the gateway")
@@ -438,6 +459,7 @@ class DaskGateway(Application):
         if self._usage_retention is not None:
             self._usage_retention.cancel()
             await asyncio.gather(self._usage_retention, return_exceptions=True)
+        await self.quotas.stop()
         await self.reconciler.stop()
         # Clusters left running keep their clients' connections: a separate proxy process
         # stays up for the next gateway to re-attach to.

@@ -233,7 +233,11 @@ _SPEC: dict[str, Any] = {
                 "description": "Answers at once; the cluster starts in the background (poll "
                 "`GET /api/v1/clusters/{cluster_name}?wait=1`). Options not "
                 "given take their defaults. Refused with 422 when an option is "
-                "invalid or the user's limits (`UserLimits`) would be exceeded.",
+                "invalid or the user's limits (`UserLimits`) would be exceeded, and with "
+                "429 (and `Retry-After`: seconds until the period ends) when a quota over "
+                "time (`UsageQuotas`) it would count towards is used up. From "
+                "`UsageQuotas.warn_at` of a quota on, the answer has the header "
+                "`X-Dask-Gateway-Warning` (percent-encoded UTF-8) saying so.",
                 "requestBody": _body(
                     {"$ref": "#/components/schemas/NewCluster"}, "The cluster's options."
                 ),
@@ -250,6 +254,7 @@ _SPEC: dict[str, Any] = {
                     "400": _ERROR,
                     "401": _ERROR,
                     "422": _ERROR,
+                    "429": _ERROR,
                 },
             },
         },
@@ -308,7 +313,10 @@ _SPEC: dict[str, Any] = {
                 "description": "A count over the cluster's `cluster_max_workers` is lowered "
                 "to it, with `ok: false` and a message the client shows as a "
                 "warning. A count the user's limits don't allow is a 422, and so "
-                "is one above 2147483647 (2**31 - 1) once lowered.",
+                "is one above 2147483647 (2**31 - 1) once lowered. Scaling up (above "
+                "the current count) while a quota over time it counts towards is used "
+                "up is a 429 with `Retry-After`; scaling down is always allowed. Near a "
+                "quota the answer has the header `X-Dask-Gateway-Warning`.",
                 "requestBody": _body(
                     {
                         "type": "object",
@@ -327,6 +335,7 @@ _SPEC: dict[str, Any] = {
                     "404": _ERROR,
                     "409": _ERROR,
                     "422": _ERROR,
+                    "429": _ERROR,
                 },
             },
         },
@@ -339,7 +348,9 @@ _SPEC: dict[str, Any] = {
                 "description": "Bounds beyond the cluster's or the user's limits are lowered, "
                 "with `ok: false` and a message; bounds still above 2147483647 "
                 "(2**31 - 1) after that are a 422. `active: false` stops "
-                "adapting and keeps the current workers.",
+                "adapting and keeps the current workers. While a quota over time is used "
+                "up the maximum is lowered to the current count (`ok: false`); near a "
+                "quota the answer has the header `X-Dask-Gateway-Warning`.",
                 "requestBody": _body(
                     {
                         "type": "object",
@@ -574,6 +585,33 @@ _SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/v1/quota": {
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "getQuota",
+                "summary": "The user's use this period against their quotas over time (not "
+                "in the public dask-gateway).",
+                "description": "The period is `UsageQuotas.period` (a UTC day, week or "
+                "month). `quotas` lists the user's own quotas (`scope: user`) and the totals "
+                "of their groups (`scope: group`); empty when none applies, `use` is still "
+                "filled. `state` is `warning` from `warn_at` of a quota on and `exhausted` "
+                "once one is used up, `message` then says which, the use and when the "
+                "period ends. A user the gateway does not know has an empty use.",
+                "parameters": [
+                    _query(
+                        "user",
+                        "Another user's (admins only; others get a 403).",
+                        {"type": "string", "minLength": 1},
+                    ),
+                ],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/QuotaState"}, "The state."),
+                    "400": _ERROR,
+                    "401": _ERROR,
+                    "403": _ERROR,
+                },
+            },
+        },
         "/api/v1/clusters/{cluster_name}/heartbeat": {
             "parameters": [_CLUSTER_NAME],
             "post": {
@@ -710,6 +748,54 @@ _SPEC: dict[str, Any] = {
             "Error": _json({"$ref": "#/components/schemas/Error"}, "An error meant for the user."),
         },
         "schemas": {
+            "QuotaState": {
+                "type": "object",
+                "required": [
+                    "user",
+                    "period",
+                    "period_start",
+                    "period_end",
+                    "warn_at",
+                    "when_exhausted",
+                    "use",
+                    "quotas",
+                    "state",
+                    "message",
+                ],
+                "properties": {
+                    "user": {"type": "string"},
+                    "period": {"enum": ["day", "week", "month"]},
+                    "period_start": {"type": "integer", "description": "ms since the epoch"},
+                    "period_end": {"type": "integer", "description": "ms since the epoch"},
+                    "warn_at": {"type": "number"},
+                    "when_exhausted": {"enum": ["keep", "no-new-workers", "stop"]},
+                    "use": {
+                        "type": "object",
+                        "required": ["core_hours", "memory_gib_hours"],
+                        "properties": {
+                            "core_hours": {"type": "number"},
+                            "memory_gib_hours": {"type": "number"},
+                        },
+                    },
+                    "quotas": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["kind", "scope", "group", "limit", "used", "share"],
+                            "properties": {
+                                "kind": {"enum": ["core_hours", "memory_gib_hours"]},
+                                "scope": {"enum": ["user", "group"]},
+                                "group": {"type": ["string", "null"]},
+                                "limit": {"type": "number"},
+                                "used": {"type": "number"},
+                                "share": {"type": "number"},
+                            },
+                        },
+                    },
+                    "state": {"enum": ["ok", "warning", "exhausted"]},
+                    "message": {"type": ["string", "null"]},
+                },
+            },
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -992,6 +1078,8 @@ _ERROR_MEANINGS = {
     "404": "No cluster of that name.",
     "409": "The cluster is not running (any more).",
     "422": "Invalid values; the message says which.",
+    "429": "A quota over time (`UsageQuotas`) is used up: the message names it, the use so "
+    "far and when the period ends; `Retry-After` is the seconds until then.",
     "500": "A failure on the gateway's side; its log has the details.",
     "502": "Something behind the gateway answered wrongly.",
     "503": "Something the gateway depends on is unreachable.",
@@ -1021,6 +1109,8 @@ _ERROR_OVERRIDES = {
     "`by` or `format`, `limit` or `offset` out of range, or `by=day` over more than 3660 "
     "days; the message says which.",
     ("getUsage", "403"): "A user asking for another user's usage.",
+    ("getQuota", "400"): "An empty `user`.",
+    ("getQuota", "403"): "Another user's quota, asked by a user who is not an admin.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
     "the host its job runs on, not its socket, link-local or a cloud "

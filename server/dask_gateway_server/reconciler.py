@@ -91,13 +91,13 @@ class Reconciler:
         backend: Backend,
         routes: Routes,
         log: logging.Logger | None = None,
-        count_limit: Callable[[Cluster], int | None] | None = None,
+        count_limit: Callable[[Cluster], int | tuple[int, str] | None] | None = None,
         events: EventLog | None = None,
         events_max_age: float = EVENTS_MAX_AGE,
         logs: ClusterLogs | None = None,
     ) -> None:
         """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
-        may ask for (per-user limits). ``events`` records each cluster's history (default: in
+        may ask for (per-user limits), or gives the cap and why (a used-up quota). ``events`` records each cluster's history (default: in
         ``store``), kept ``events_max_age`` seconds after the cluster ended, like the logs
         that ``logs`` keeps of each cluster when it stops."""
         self.count_limit = count_limit
@@ -313,9 +313,12 @@ class Reconciler:
             count = cluster.max_workers
             clamp = f"the limit of {workers(count)} per cluster"
         user_limit = self.count_limit(cluster) if self.count_limit else None
+        why = ""
+        if isinstance(user_limit, tuple):
+            user_limit, why = user_limit
         if user_limit is not None and count > user_limit:
             count = user_limit
-            clamp = f"the limit of {workers(count)} per user"
+            clamp = why or f"the limit of {workers(count)} per user"
         if count != cluster.count:
             changes["count"] = count
         if changes:

@@ -11,6 +11,7 @@ from ..backends.base import UserNotAllowed
 from ..events import workers
 from ..limits import LimitExceeded
 from ..models import MAX_WORKER_COUNT, Cluster, ClusterStatus, JobStatus
+from ..quotas import WARNING_HEADER, QuotaExhausted, UsageQuotas, header_value
 from ..reconciler import SchedulerUnreachable
 from .base import APIError, BaseHandler, Route, token_from
 
@@ -89,8 +90,28 @@ class ClustersHandler(BaseHandler):
             self.limits.check(self.current_user, self.reconciler.clusters.values(), config=config)
         except LimitExceeded as e:
             raise APIError(422, str(e)) from None
+        try:
+            warning = await _quotas(self).check_create(self.current_user)
+        except QuotaExhausted as e:
+            raise _refused(e) from None
+        _warn(self, warning)
         cluster = await self.reconciler.create_cluster(self.current_user, options, config)
         self.write_json({"name": cluster.name}, status=201)
+
+
+def _quotas(handler: BaseHandler) -> UsageQuotas:
+    return handler.settings["quotas"]
+
+
+def _refused(e: QuotaExhausted) -> APIError:
+    """A used-up quota as the client gets it: 429, and when to try again."""
+    return APIError(429, str(e), {"Retry-After": str(e.retry_after)})
+
+
+def _warn(handler: BaseHandler, warning: str | None) -> None:
+    """A quota nearly (or fully) used: say so in the answer's header."""
+    if warning:
+        handler.set_header(WARNING_HEADER, header_value(warning))
 
 
 def _bool_arg(value: str | None) -> bool:
@@ -188,6 +209,11 @@ class ScaleHandler(BaseHandler):
             )
         except LimitExceeded as e:
             raise APIError(422, str(e)) from None
+        try:
+            warning = await _quotas(self).check_scale(cluster, count)
+        except QuotaExhausted as e:
+            raise _refused(e) from None
+        _warn(self, warning)
         self.reconciler.scale_requested(cluster, count)
         await self._send(cluster, {"op": "scale", "count": count})
         user = self.current_user.name
@@ -246,6 +272,12 @@ class AdaptHandler(ScaleHandler):
             )
             maximum = user_max
             minimum = None if minimum is None else min(minimum, user_max)
+        if active:
+            lowered, why, warning = await _quotas(self).check_adapt(cluster, maximum)
+            _warn(self, warning)
+            if why is not None:
+                msg, maximum = why, lowered
+                minimum = None if minimum is None or maximum is None else min(minimum, maximum)
         for key, value in (("minimum", minimum), ("maximum", maximum)):
             if value is not None and value > MAX_WORKER_COUNT:
                 raise APIError(
