@@ -337,7 +337,7 @@ def test_gateway_killed_mid_way_loses_nothing(watched):
     stop_cluster(gw, watcher, name, ALICE)
 
     use, rows = recorded(gw, "alice")
-    assert [r["id"] for r in rows] == [r["id"] for r in before], "an allocation lost or added"
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in before), "one lost or added"
     assert len(watcher.of(name)) == 3, compare(watcher, rows, [name])
     assert all(r["stop"] is not None for r in rows)
     assert_matches(use, expected(watcher, name, 2, HALF_GIB), compare(watcher, rows, [name]))
