@@ -8,8 +8,9 @@ its end from the first poll (every 10 ms) that finds it gone. The core-seconds (
 memory byte-seconds) the gateway recorded, per user, must match lifetimes × cores (and
 bytes) within 2 %, also across a gateway SIGKILLed mid-way and restarted.
 
-The totals are read through ``dask_gateway_server.usage.Accounting`` on the gateway's own
-database (a second reader of its SQLite file), as the usage route computes them.
+The totals are read as users read them, through ``GET /api/v1/usage`` (each user their
+own; an admin everyone's); the allocations behind them (one per process, none lost or
+doubled by the gateway's death) from the gateway's database, with a second Store.
 """
 
 from __future__ import annotations
@@ -26,13 +27,21 @@ import pytest
 from support import waiting
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.http_helpers import basic, call, create
+from support.paths import CONFIGS
 
 from dask_gateway_server.models import now_ms
 from dask_gateway_server.store import Store, load_or_create_key_file
-from dask_gateway_server.usage import Accounting, Use
+from dask_gateway_server.usage import Use
 
 ALICE = basic("alice")
 BOB = basic("bob")
+ADMIN = basic("usage-admin")
+
+#: The test configuration, and an admin.
+CONFIG = f"""
+exec(open({str(CONFIGS / "gateway_config.py")!r}).read())
+c.Authenticator.admin_users = {{"usage-admin"}}
+"""
 
 #: How long the clusters run with all their workers: a measured time, never asserted on.
 HOLD = 25.0
@@ -164,7 +173,11 @@ class Watcher(threading.Thread):
 def watched(tmp_path):
     """``(gateway, watcher)``: a gateway of the test's own (clusters survive its death)
     and a watcher of its clusters' processes."""
-    gw = GatewayProcess(tmp_path / "gw", ["--LocalBackend.stop_clusters_on_shutdown=False"])
+    config = tmp_path / "usage_gateway_config.py"
+    config.write_text(CONFIG)
+    gw = GatewayProcess(
+        tmp_path / "gw", ["--LocalBackend.stop_clusters_on_shutdown=False"], config=config
+    )
     watcher = Watcher(gw.clusters_dir)
     watcher.start()
     yield gw, watcher
@@ -175,21 +188,29 @@ def watched(tmp_path):
         _kill_leftovers(gw.data_dir)
 
 
-def recorded(gw: GatewayProcess, user: str) -> tuple[Use, list[dict]]:
-    """What the gateway's database says ``user`` used (up to now), and their allocations."""
+def reported(gw: GatewayProcess, headers: dict, since: int) -> dict:
+    """The usage report since ``since`` (ms) until now, as the user of ``headers`` asks."""
+    r = call("GET", f"{gw.address}/api/v1/usage?since={since}", headers=headers)
+    assert r.status == 200, r.body
+    return r.json()
 
-    async def read() -> tuple[Use, list[dict]]:
+
+def use_in(row: dict) -> Use:
+    return Use(row["core_seconds"], row["memory_byte_seconds"])
+
+
+def allocations(gw: GatewayProcess, user: str) -> list[dict]:
+    """``user``'s allocations in the gateway's database."""
+
+    async def read() -> list[dict]:
         store = Store(
             "sqlite:///" + str(gw.data_dir / "dask_gateway.sqlite"),
             [load_or_create_key_file(str(gw.data_dir / "dask_gateway.key"))],
         )
         try:
-            until = now_ms() + 1
-            use = await Accounting(store).use_of(0, until, user=user)
-            rows = await store.allocations_between(0, until, [user])
+            return await store.allocations_between(0, now_ms() + 1, [user])
         finally:
             await store.close()
-        return use, rows
 
     return asyncio.run(read())
 
@@ -275,9 +296,10 @@ def assert_matches(use: Use, want: Use, detail: str) -> None:
 def test_two_users_core_seconds_match_lifetimes(watched):
     """Alice (1-core workers) and Bob (2-core workers) each run a cluster with two workers
     for a while; half-way Alice scales down to one and one of Bob's workers is killed (and
-    replaced). Each one's recorded use matches their own processes' lifetimes."""
+    replaced). Each one's reported use matches their own processes' lifetimes."""
     gw, watcher = watched
     gw.start()
+    since = now_ms()
     alice = start_cluster(gw, watcher, ALICE, cores=1, workers=2)
     bob = start_cluster(gw, watcher, BOB, cores=2, workers=2)
     wait_running(watcher, alice, 2)
@@ -305,14 +327,28 @@ def test_two_users_core_seconds_match_lifetimes(watched):
     stop_cluster(gw, watcher, alice, ALICE)
     stop_cluster(gw, watcher, bob, BOB)
 
-    for user, name, cores, processes in [("alice", alice, 1, 3), ("bob", bob, 2, 4)]:
-        use, rows = recorded(gw, user)
+    everyone = reported(gw, ADMIN, since)
+    assert sorted(row["user"] for row in everyone["rows"]) == ["alice", "bob"]
+    for user, headers, name, cores, processes in [
+        ("alice", ALICE, alice, 1, 3),
+        ("bob", BOB, bob, 2, 4),
+    ]:
+        rows = allocations(gw, user)
         # One allocation per process, closed; only this user's cluster.
         assert len(rows) == len(watcher.of(name)) == processes, compare(watcher, rows, [name])
         assert {r["cluster"] for r in rows} == {name}
         assert all(r["stop"] is not None for r in rows)
         want = expected(watcher, name, cores, HALF_GIB)
-        assert_matches(use, want, compare(watcher, rows, [name]))
+        # Each user sees their own use only; the admin sees the same numbers.
+        report = reported(gw, headers, since)
+        (own,) = report["rows"]
+        assert own["user"] == user and own["clusters"] == 1
+        assert own == {**report["total"], "user": user}
+        assert_matches(use_in(own), want, compare(watcher, rows, [name]))
+        (seen,) = [row for row in everyone["rows"] if row["user"] == user]
+        assert seen == own
+    other = call("GET", f"{gw.address}/api/v1/usage?user=bob&since={since}", headers=ALICE)
+    assert other.status == 403, other.body
 
 
 def test_gateway_killed_mid_way_loses_nothing(watched):
@@ -321,11 +357,12 @@ def test_gateway_killed_mid_way_loses_nothing(watched):
     the kill continue (none lost, none doubled) and the total matches the lifetimes."""
     gw, watcher = watched
     gw.start()
+    since = now_ms()
     name = start_cluster(gw, watcher, ALICE, cores=2, workers=2)
     wait_running(watcher, name, 2)
     time.sleep(HOLD / 2)
     assert gw.stop(signal.SIGKILL) == -signal.SIGKILL
-    before = recorded(gw, "alice")[1]
+    before = allocations(gw, "alice")
     assert len(before) == 3 and all(r["stop"] is None for r in before)
     assert all(life.end is None for life in watcher.of(name))  # nothing stopped with it
 
@@ -336,8 +373,10 @@ def test_gateway_killed_mid_way_loses_nothing(watched):
     time.sleep(HOLD / 2)
     stop_cluster(gw, watcher, name, ALICE)
 
-    use, rows = recorded(gw, "alice")
+    rows = allocations(gw, "alice")
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in before), "one lost or added"
     assert len(watcher.of(name)) == 3, compare(watcher, rows, [name])
     assert all(r["stop"] is not None for r in rows)
-    assert_matches(use, expected(watcher, name, 2, HALF_GIB), compare(watcher, rows, [name]))
+    (own,) = reported(gw, ALICE, since)["rows"]
+    want = expected(watcher, name, 2, HALF_GIB)
+    assert_matches(use_in(own), want, compare(watcher, rows, [name]))
