@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 import time
@@ -112,6 +113,16 @@ class GatewayManager:
         if query:
             path = f"{path}?{urlencode(query)}"
         return await self.gateway()._request("GET", path, timeout=timeout)
+
+    async def quota(self) -> dict[str, Any]:
+        """The user's use this period and their quotas: the client's public ``quota()``
+        (``GatewayUnsupportedError`` from a gateway that counts no use, e.g. the public one)."""
+        answer: Any = self.gateway().quota()
+        if inspect.isawaitable(answer):  # always, the client being asynchronous
+            answer = await answer
+        if not isinstance(answer, dict):
+            raise RouteError(502, f"Unexpected answer of the gateway's quota route: {answer!r}")
+        return answer
 
     async def get_cluster(self, name: str) -> ClusterReport:
         return await self.gateway()._get_cluster(name)
@@ -472,6 +483,20 @@ class LogsHandler(RelayHandler):
             raise RouteError(400, "follow is not relayed: long-poll with offset and wait instead")
 
 
+class QuotaHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self) -> None:
+        """The user's own use this quota period and their quotas, as the gateway's
+        ``GET /api/v1/quota`` answers them (no query is passed on: only this server's user,
+        never another's, even for an admin). 501 from a gateway without quotas: the sidebar
+        then hides its usage section."""
+        answer = await self.manager.quota()
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(answer))
+
+
 class OptionsHandler(BaseGatewayHandler):
     @web.authenticated
     @authorized
@@ -509,6 +534,7 @@ def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
         ".*$",
         [
             (url_path_join(base, "options"), OptionsHandler),
+            (url_path_join(base, "quota"), QuotaHandler),
             (url_path_join(base, "options", "validate"), OptionsValidateHandler),
             (url_path_join(base, "clusters") + "/?", ClustersHandler),
             (url_path_join(base, "clusters", name), ClusterHandler),

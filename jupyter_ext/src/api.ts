@@ -14,6 +14,7 @@ import type {
   ILogsAnswer,
   ILogsQuery,
   IOptionField,
+  IQuotaAnswer,
   IScaleResult,
   IValidation
 } from './types';
@@ -25,6 +26,8 @@ export type {
   ILogsAnswer,
   ILogsQuery,
   IOptionField,
+  IQuotaAnswer,
+  IQuotaEntry,
   IScaleResult,
   IValidation
 } from './types';
@@ -58,6 +61,9 @@ export interface IGatewayAPI {
   events(name: string, after?: number, wait?: number, signal?: AbortSignal): Promise<IEventsAnswer>;
   /** The cluster's logs; with `component` and `offset`/`wait`, a long-poll for new text. */
   logs(name: string, query: ILogsQuery, signal?: AbortSignal): Promise<ILogsAnswer>;
+  /** The user's use this quota period and their quotas; a `GatewayError` with status 501
+   * from a gateway that counts no use (the public dask-gateway-server). */
+  quota(): Promise<IQuotaAnswer>;
 }
 
 function jsonInit(method: string, body: unknown): RequestInit {
@@ -160,6 +166,10 @@ export class GatewayAPI implements IGatewayAPI {
     signal?: AbortSignal
   ): Promise<IEventsAnswer> {
     return this.request(clusterPath(name, 'events') + queryString({ after, wait }), { signal });
+  }
+
+  quota(): Promise<IQuotaAnswer> {
+    return this.request('quota');
   }
 
   logs(name: string, query: ILogsQuery, signal?: AbortSignal): Promise<ILogsAnswer> {

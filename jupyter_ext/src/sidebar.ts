@@ -34,6 +34,7 @@ import {
   isLater
 } from './format';
 import { parseCount } from './options';
+import { UsageSection } from './quota';
 import type { ICluster } from './types';
 
 /** How often the list refreshes while the panel is visible. */
@@ -332,6 +333,10 @@ export class GatewaySidebar extends Widget {
   private listError = false;
   private commandStates = '';
   private poll: Poll;
+  /** The user's use this period against their quotas (hidden when the gateway has none). */
+  readonly usage: UsageSection;
+  /** A refresh was asked for (an action, the Refresh command): the usage too, at once. */
+  private usageDue = true;
 
   constructor(options: ISidebarOptions) {
     super();
@@ -380,7 +385,8 @@ export class GatewaySidebar extends Widget {
     this.empty = el('div', 'dgj-Empty', 'Loading clusters…');
     this.list = el('ul', 'dgj-ClusterList');
     this.list.setAttribute('aria-label', 'Clusters');
-    this.node.append(header, this.message, this.formHost, this.empty, this.list);
+    this.usage = new UsageSection(this.api);
+    this.node.append(header, this.usage.node, this.message, this.formHost, this.empty, this.list);
 
     this.poll = new Poll({
       auto: false,
@@ -442,6 +448,7 @@ export class GatewaySidebar extends Widget {
 
   /** Refresh now (after an action, or from the Refresh command). */
   refresh(): void {
+    this.usageDue = true;
     if (!this.poll.isDisposed) {
       void this.poll.refresh();
     }
@@ -564,6 +571,9 @@ export class GatewaySidebar extends Widget {
   }
 
   private async load(): Promise<void> {
+    // Beside the list, not before it: the usage's errors never hold the list back.
+    this.usage.refresh(this.usageDue);
+    this.usageDue = false;
     let data;
     try {
       data = await this.api.listClusters();

@@ -86,3 +86,31 @@ export interface ILogsQuery {
   wait?: number;
   tail?: number;
 }
+
+/** One quota of the user (`quotas` of `GET dask-gateway/quota`): `kind` is what it limits,
+ * `scope` whose use counts ("user": the user's own; "group": the members of `group`
+ * together); `share` is `used / limit`. */
+export interface IQuotaEntry {
+  kind: string;
+  scope: string;
+  group: string | null;
+  limit: number;
+  used: number;
+  share: number;
+}
+
+/** The user's use this quota period and their quotas (`GET dask-gateway/quota`, the gateway's
+ * `GET /api/v1/quota`): `state` "ok", "warning" (a share at `warn_at` or more) or "exhausted"
+ * (a share at 1 or more); `message` says which quota and until when (null when ok). */
+export interface IQuotaAnswer {
+  user: string;
+  period: string;
+  period_start: number;
+  period_end: number;
+  warn_at: number;
+  when_exhausted: string;
+  use: { core_hours: number; memory_gib_hours: number };
+  quotas: IQuotaEntry[];
+  state: string;
+  message: string | null;
+}
