@@ -21,7 +21,7 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from jupyter_server.auth.decorator import authorized
@@ -36,6 +36,8 @@ from dask_gateway.options import Options
 from .dashboard import DashboardHandler, DashboardRelay, DashboardWebSocketHandler
 from .errors import RouteError, translate_error
 from .notes import ClusterNotes
+
+T = TypeVar("T")
 
 #: The URL segment under the Jupyter server's base URL.
 NAMESPACE = "dask-gateway"
@@ -271,19 +273,20 @@ class BaseGatewayHandler(APIHandler):
             "adapt": self.manager.adapt.get(report.name),
         }
 
-    async def capture_gateway_warning(self, call: Awaitable[None]) -> str | None:
-        """Await a scale/adapt call; return the gateway's warning (e.g. clamped to a limit)."""
+    async def capture_gateway_warning(self, call: Awaitable[T]) -> tuple[T, str | None]:
+        """Await a create/scale/adapt call; its result and the gateway's warning (clamped to
+        a limit, a quota nearly used up), which the browser shows rather than the log."""
         async with self.manager.warnings_lock:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                await call
+                result = await call
         message = None
         for w in caught:
             if issubclass(w.category, GatewayWarning):
                 message = str(w.message)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return message
+        return result, message
 
 
 class ClustersHandler(BaseGatewayHandler):
@@ -309,15 +312,16 @@ class ClustersHandler(BaseGatewayHandler):
     @authorized
     @gateway_errors
     async def post(self) -> None:
-        """Create a cluster from ``{"cluster_options": {field: value}}``; returns at once."""
+        """Create a cluster from ``{"cluster_options": {field: value}}``; returns at once,
+        with the gateway's warning if it gave one (``msg``: a quota nearly used up)."""
         values = self.option_values()
         options = await self.manager.cluster_options()
         errors = validate_options(options, values)
         if errors:
             raise RouteError(422, next(iter(errors.values())))
-        name = await self.manager.submit(options)
+        name, msg = await self.capture_gateway_warning(self.manager.submit(options))
         self.set_status(201)
-        self.finish(json.dumps({"name": name}))
+        self.finish(json.dumps({"name": name, "msg": msg}))
 
 
 class ClusterHandler(BaseGatewayHandler):
@@ -357,7 +361,7 @@ class ScaleHandler(BaseGatewayHandler):
     async def post(self, name: str) -> None:
         """``{"count": n}``: a fixed worker count (turns adaptive scaling off)."""
         count = _count(self.json_body(), "count")
-        msg = await self.capture_gateway_warning(self.manager.scale_cluster(name, count))
+        _, msg = await self.capture_gateway_warning(self.manager.scale_cluster(name, count))
         self.manager.adapt.pop(name, None)
         self.finish(json.dumps({"ok": msg is None, "msg": msg}))
 
@@ -376,7 +380,7 @@ class AdaptHandler(BaseGatewayHandler):
             raise RouteError(422, f"active must be true or false, got {json.dumps(active)}")
         if minimum is not None and maximum is not None and minimum > maximum:
             raise RouteError(422, f"minimum ({minimum}) must not exceed maximum ({maximum})")
-        msg = await self.capture_gateway_warning(
+        _, msg = await self.capture_gateway_warning(
             self.manager.adapt_cluster(name, minimum, maximum, active)
         )
         if active:

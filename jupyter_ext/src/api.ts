@@ -10,6 +10,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import { queryString } from './logs';
 import type {
   IClusterList,
+  ICreated,
   IEventsAnswer,
   ILogsAnswer,
   ILogsQuery,
@@ -22,6 +23,7 @@ import type {
 export type {
   ICluster,
   IClusterList,
+  ICreated,
   IEventsAnswer,
   ILogsAnswer,
   ILogsQuery,
@@ -47,7 +49,7 @@ export interface IGatewayAPI {
   listClusters(): Promise<IClusterList>;
   options(): Promise<{ cluster_options: IOptionField[] }>;
   validateOptions(values: Record<string, unknown>): Promise<IValidation>;
-  createCluster(values: Record<string, unknown>): Promise<{ name: string }>;
+  createCluster(values: Record<string, unknown>): Promise<ICreated>;
   scale(name: string, count: number): Promise<IScaleResult>;
   adapt(
     name: string,
@@ -134,7 +136,7 @@ export class GatewayAPI implements IGatewayAPI {
     return this.request('options/validate', jsonInit('POST', { cluster_options: values }));
   }
 
-  createCluster(values: Record<string, unknown>): Promise<{ name: string }> {
+  createCluster(values: Record<string, unknown>): Promise<ICreated> {
     return this.request('clusters', jsonInit('POST', { cluster_options: values }));
   }
 

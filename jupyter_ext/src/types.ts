@@ -48,6 +48,13 @@ export interface IScaleResult {
   msg: string | null;
 }
 
+/** A cluster just created; `msg` is the gateway's warning, if any (a quota nearly used up:
+ * the usage section, refreshed at once, shows it too). */
+export interface ICreated {
+  name: string;
+  msg?: string | null;
+}
+
 /** The Python client's message for each refused field; empty when every value is valid. */
 export interface IValidation {
   errors: Record<string, string>;
