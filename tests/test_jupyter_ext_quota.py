@@ -46,16 +46,17 @@ class Site:
         self.gateway = gateway
         self.servers = servers
 
-    def get(self, user: str, path: str, **params) -> httpx.Response:
-        server = self.servers[user]
+    def get(self, whose: str, path: str, **params) -> httpx.Response:
+        """GET a route of ``whose`` Jupyter server (``params``: its query)."""
+        server = self.servers[whose]
         return httpx.get(
             f"{server.url}/dask-gateway/{path}",
             params={"token": server.token, **params},
             timeout=90,
         )
 
-    def quota(self, user: str, **params) -> dict:
-        r = self.get(user, "quota", **params)
+    def quota(self, whose: str, **params) -> dict:
+        r = self.get(whose, "quota", **params)
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("application/json"), r.text
         assert r.headers["cache-control"] == "no-store"
@@ -132,7 +133,7 @@ def test_each_user_sees_their_own_use_and_quota(site):
         assert warned["user"] == ALICE
         assert warned["use"]["core_hours"] > 0
         quota = core_quota(warned)
-        assert quota["limit"] == 1000.0 and 0 < quota["share"] < 1
+        assert quota["limit"] == 1000.0 and quota["used"] > 0 and quota["share"] < 1
         assert warned["message"] and "core-hours" in warned["message"]
 
         # -- Bob's is used up: his own answer, and another cluster is refused with the reason

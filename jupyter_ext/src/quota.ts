@@ -22,7 +22,7 @@ export interface IQuotaBar {
   kind: string;
   /** What is counted and whose: "Core-hours", "GiB-hours of group physics". */
   label: string;
-  /** "85.2 of 100 core-hours (85 %)". */
+  /** "85.2 of 100 core-hours (85 %)" (the percent sign stays with its number). */
   text: string;
   /** The bar's filled part, 0..100 (a quota used past its limit fills it). */
   percent: number;
@@ -59,8 +59,8 @@ export function periodLabel(period: string): string {
   }
 }
 
-/** Hours as a person reads them: 12.5, 50, 0.25, 999.5, 1235; a little use is not none
- * (0.003 stays 0.003). */
+/** Hours as a person reads them: 1235, 85.2, 12.5, 50, 3.88, 0.25, 0.00521 (at least three
+ * significant digits below 10: a little use is not none, and is not rounded to its limit). */
 export function formatHours(hours: number): string {
   const h = finite(hours);
   if (h === 0) {
@@ -72,10 +72,8 @@ export function formatHours(hours: number): string {
     text = Math.round(h).toString();
   } else if (abs >= 10) {
     text = h.toFixed(1);
-  } else if (abs >= 0.01) {
-    text = h.toFixed(2);
   } else {
-    text = h.toPrecision(1);
+    text = h.toPrecision(3);
   }
   return text.includes('.') && !text.includes('e') ? text.replace(/\.?0+$/, '') : text;
 }
@@ -113,7 +111,7 @@ export function quotaBar(quota: IQuotaEntry, warnAt: number): IQuotaBar {
   return {
     kind: quota.kind,
     label,
-    text: `${formatHours(used)} of ${amount(limit, units.unit)} (${shown} %)`,
+    text: `${formatHours(used)} of ${amount(limit, units.unit)} (${shown}\u00a0%)`,
     percent: Math.min(100, Math.max(0, share * 100)),
     level: quotaLevel(share, warnAt)
   };

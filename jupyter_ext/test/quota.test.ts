@@ -67,6 +67,9 @@ describe('wording', () => {
     expect(formatHours(999.5)).toBe('999.5');
     expect(formatHours(1234.6)).toBe('1235');
     expect(formatHours(0.003)).toBe('0.003'); // a little use is not none
+    expect(formatHours(0.0052149)).toBe('0.00521');
+    expect(formatHours(9.999)).toBe('10');
+    expect(formatHours(1)).toBe('1');
     expect(formatHours(Number.NaN)).toBe('0');
   });
 });
@@ -82,14 +85,14 @@ describe('usageView', () => {
       {
         kind: 'core_hours',
         label: 'Core-hours',
-        text: '12.5 of 100 core-hours (12 %)',
+        text: '12.5 of 100 core-hours (12\u00a0%)',
         percent: 12.5,
         level: 'ok'
       },
       {
         kind: 'memory_gib_hours',
         label: 'GiB-hours of group physics',
-        text: '900 of 1000 GiB-hours (90 %)',
+        text: '900 of 1000 GiB-hours (90\u00a0%)',
         percent: 90,
         level: 'warning'
       }
@@ -125,7 +128,7 @@ describe('usageView', () => {
     expect(view.state).toBe('exhausted');
     expect(view.bars[0].level).toBe('exhausted');
     expect(view.bars[0].percent).toBe(100);
-    expect(view.bars[0].text).toBe('12.5 of 10 core-hours (125 %)');
+    expect(view.bars[0].text).toBe('12.5 of 10 core-hours (125\u00a0%)');
   });
 
   it('takes an unknown state as ok, and an answer missing parts without failing', () => {
@@ -158,7 +161,7 @@ describe('quotaBar', () => {
     } as unknown as Parameters<typeof quotaBar>[0];
     const bar = quotaBar(noShare, 0.8);
     expect(bar.level).toBe('warning');
-    expect(bar.text).toBe('999.5 of 1000 core-hours (99 %)');
+    expect(bar.text).toBe('999.5 of 1000 core-hours (99\u00a0%)');
     const zero = quotaBar({ ...noShare, limit: 0, used: 0.5 }, 0.8);
     expect(zero.level).toBe('exhausted');
   });
@@ -169,7 +172,7 @@ describe('quotaBar', () => {
       0.8
     );
     expect(bar.label).toBe('gpu_hours');
-    expect(bar.text).toBe('1 of 4 gpu_hours (25 %)');
+    expect(bar.text).toBe('1 of 4 gpu_hours (25\u00a0%)');
   });
 });
 
@@ -263,7 +266,7 @@ describe('UsageSection', () => {
     expect(node.text('dgj-Usage-headline')).toBe('This week: 12.5 core-hours, 50 GiB-hours');
     const quotas = node.find('dgj-Quota');
     expect(quotas.map(q => q.dataset.level)).toEqual(['ok', 'warning']);
-    expect(quotas[1].text('dgj-Quota-value')).toBe('900 of 1000 GiB-hours (90 %)');
+    expect(quotas[1].text('dgj-Quota-value')).toBe('900 of 1000 GiB-hours (90\u00a0%)');
     expect(quotas[1].find('dgj-Quota-fill')[0].style.width).toBe('90%');
     expect(quotas[1].find('dgj-Quota-bar')[0].attributes['aria-valuenow']).toBe('90');
     const message = node.find('dgj-Usage-message')[0];

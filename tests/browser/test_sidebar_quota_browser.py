@@ -145,7 +145,7 @@ def test_usage_section_warns_then_turns_red(gateway, tmp_path):
             bar = usage.locator('li.dgj-Quota[data-kind="core_hours"]')
             expect(bar).to_have_attribute("data-level", "warning")
             expect(bar.locator(".dgj-Quota-value")).to_contain_text(
-                f"({math.floor(core['share'] * 100)} %)"
+                f"({math.floor(core['share'] * 100)}\u00a0%)"
             )
             fill = bar.locator(".dgj-Quota-fill")
             track = bar.locator(".dgj-Quota-bar")
@@ -169,7 +169,7 @@ def test_usage_section_warns_then_turns_red(gateway, tmp_path):
             expect(form).to_be_visible(timeout=30_000)
             form.locator('[name="worker_cores"]').fill("1")
             form.locator('button[type="submit"]').click()
-            row = sidebar.locator("li.dgj-Cluster")
+            row = sidebar.locator("li.dgj-Cluster:not(.dgj-mod-ended)")
             expect(row.locator(".dgj-Cluster-status")).to_have_text("RUNNING", timeout=120_000)
             with user_gateway(gateway) as gw:
                 used_up = waiting.wait_for(
