@@ -8,7 +8,8 @@ gateway that cannot be reached gives 502.
 
 The events and logs relays call the gateway's routes with this server's credentials; the
 browser's own cookies and Authorization header are never passed on (only the query arguments
-named here are).
+named here are). The quota route (the sidebar's usage section) passes no query at all: it
+answers for this server's user only.
 """
 
 from __future__ import annotations
