@@ -4,9 +4,10 @@ Two users and an admin each run their own Jupyter server, with their own gateway
 credentials, against one real gateway with quotas: each sees their own use and quotas, and
 only their own (a ``user`` query is not passed on, and the admin's server shows the admin's
 use, not everyone's). The states come from real clusters: Alice's use passes the warning share
-of her large quota, Bob's uses up his tiny one, and creating another cluster past it is the
-gateway's 429 with its message. Against the public dask-gateway-server, the relay answers 501
-(the sidebar then hides its usage section).
+of her large quota (creating and scaling from her panel then carry the gateway's warning), Bob's
+uses up his tiny one, and creating another cluster past it is the gateway's 429 with its
+message. Against the public dask-gateway-server, the relay answers 501 (the sidebar then hides
+its usage section).
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ class Site:
         return httpx.get(
             f"{server.url}/dask-gateway/{path}",
             params={"token": server.token, **params},
+            timeout=90,
+        )
+
+    def post(self, whose: str, path: str, body: dict) -> httpx.Response:
+        server = self.servers[whose]
+        return httpx.post(
+            f"{server.url}/dask-gateway/{path}",
+            params={"token": server.token},
+            json=body,
             timeout=90,
         )
 
@@ -123,7 +133,7 @@ def test_each_user_sees_their_own_use_and_quota(site):
 
     alice, bob = site.client(ALICE), site.client(BOB)
     try:
-        alice.submit()
+        alices = alice.submit()
         bob.submit()
 
         # -- Alice's use passes the warning share: the answer says so, in her words
@@ -135,6 +145,14 @@ def test_each_user_sees_their_own_use_and_quota(site):
         quota = core_quota(warned)
         assert quota["limit"] == 1000.0 and quota["used"] > 0 and quota["share"] < 1
         assert warned["message"] and "core-hours" in warned["message"]
+        # Creating and scaling from her panel now: done, with the gateway's warning to show
+        # (captured by the relay rather than logged on the Jupyter server).
+        r = site.post(ALICE, "clusters", {"cluster_options": {}})
+        assert r.status_code == 201, r.text
+        assert "core-hours" in r.json()["msg"]
+        r = site.post(ALICE, f"clusters/{alices}/scale", {"count": 1})
+        assert r.status_code == 200, r.text
+        assert "core-hours" in r.json()["msg"]
 
         # -- Bob's is used up: his own answer, and another cluster is refused with the reason
         exhausted = wait_for(
@@ -143,13 +161,7 @@ def test_each_user_sees_their_own_use_and_quota(site):
         assert exhausted["user"] == BOB
         assert core_quota(exhausted)["share"] >= 1
         assert exhausted["message"] and "core-hours" in exhausted["message"]
-        r = httpx.post(
-            f"{site.servers[BOB].url}/dask-gateway/clusters",
-            params={"token": site.servers[BOB].token},
-            json={"cluster_options": {}},
-            timeout=90,
-        )
-        assert "core-hours" in error_of(r, 429)
+        assert "core-hours" in error_of(site.post(BOB, "clusters", {"cluster_options": {}}), 429)
 
         # -- only one's own: a user query is not passed on, and the admin sees the admin's
         # (no use, no quota), not the users'
