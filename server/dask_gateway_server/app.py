@@ -18,8 +18,8 @@ from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, 
 from traitlets.config import Application, Configurable, catch_config_error
 from traitlets.utils.importstring import import_item
 
-from . import __version__
-from .api import clusters, events, heartbeat, login, logs, quota, server, usage
+from . import __version__, console
+from .api import clusters, events, heartbeat, login, logs, overview, quota, server, usage
 from .api.base import NotFoundHandler, Route, loggable_uri, url_specs
 from .api.login import check_dashboard_access
 from .auth import Authenticator
@@ -44,15 +44,21 @@ API_ROUTES: list[Route] = [
     *logs.ROUTES,
     *usage.ROUTES,
     *quota.ROUTES,
+    *overview.ROUTES,
     *heartbeat.ROUTES,
     *login.ROUTES,
 ]
 
 
 def web_routes(prefix: str, proxy: Proxy) -> list:
-    """The gateway web app's URL specs: the API under ``prefix``, the dashboards, and a
-    JSON 404 for everything else."""
-    return [*url_specs(prefix, API_ROUTES), *proxy.dashboard_handlers(), (r".*", NotFoundHandler)]
+    """The gateway web app's URL specs: the API under ``prefix``, the web console (HTML, not
+    API: no OpenAPI entry), the dashboards, and a JSON 404 for everything else."""
+    return [
+        *url_specs(prefix, API_ROUTES),
+        *console.url_specs(prefix),
+        *proxy.dashboard_handlers(),
+        (r".*", NotFoundHandler),
+    ]
 
 
 def with_bases(classes: Iterable[type], root: type) -> list[type]:

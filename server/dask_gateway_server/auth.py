@@ -51,6 +51,12 @@ class Authenticator(LoggingConfigurable):
         config=True,
     )
     cache_max_size = Integer(10000, help="Most sessions remembered at once.", config=True)
+    login_max_age = Integer(
+        8 * 3600,
+        help="Seconds a web console login with a password (the login form) lasts before the "
+        "form asks again; logging out ends it at once.",
+        config=True,
+    )
     admin_users = Set(
         Unicode(), help="Users who may see and stop every user's clusters.", config=True
     )
@@ -95,6 +101,16 @@ class Authenticator(LoggingConfigurable):
         ``binding``: the user and where to go next."""
         raise AuthError(404, "This gateway has no browser login")
 
+    def has_password_login(self) -> bool:
+        """Whether the web console shows a login form (user name and password) whose answer
+        ``check_password`` judges."""
+        return False
+
+    async def check_password(self, name: str, password: str) -> User | None:
+        """The user ``name`` if ``password`` is theirs, else None (never raises for wrong
+        credentials: the login form answers them all alike)."""
+        return None
+
     # -- session cache ---------------------------------------------------
     def user_from_cookie(self, value: str | None) -> User | None:
         if not value:
@@ -108,15 +124,22 @@ class Authenticator(LoggingConfigurable):
             return None
         return user
 
-    def new_session(self, user: User) -> str:
+    def new_session(self, user: User, max_age: float | None = None) -> str:
+        """A new session cookie value for ``user``, good for ``max_age`` seconds (default
+        ``cache_max_age``)."""
         now = time.monotonic()
         if len(self._sessions) >= self.cache_max_size:
             self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
             while len(self._sessions) >= self.cache_max_size:
                 self._sessions.pop(next(iter(self._sessions)))
         value = uuid.uuid4().hex
-        self._sessions[value] = (user, now + self.cache_max_age)
+        self._sessions[value] = (user, now + (self.cache_max_age if max_age is None else max_age))
         return value
+
+    def end_session(self, value: str | None) -> None:
+        """Forget a session (logout): its cookie no longer authenticates anything."""
+        if value:
+            self._sessions.pop(value, None)
 
 
 def _check_username(name: str) -> str:
@@ -154,11 +177,25 @@ class SimpleAuthenticator(Authenticator):
         except UnicodeDecodeError:
             decoded = raw.decode("latin-1")  # what the public client sends
         username, _, password = decoded.partition(":")
-        if self.password is not None and not hmac.compare_digest(
-            password.encode(), self.password.encode()
-        ):
+        if not self._password_ok(password):
             raise AuthError(401, "Invalid password", "Basic")
         return self.make_user(_check_username(username))
+
+    def _password_ok(self, password: str) -> bool:
+        return self.password is None or hmac.compare_digest(
+            password.encode(), self.password.encode()
+        )
+
+    def has_password_login(self) -> bool:
+        return True
+
+    async def check_password(self, name: str, password: str) -> User | None:
+        if not self._password_ok(password):
+            return None
+        try:
+            return self.make_user(_check_username(name))
+        except AuthError:
+            return None
 
 
 def krb5_default_realm() -> str:

@@ -612,6 +612,50 @@ _SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/v1/overview": {
+            "get": {
+                "tags": ["clusters"],
+                "operationId": "overview",
+                "summary": "The user's clusters with their owner, groups, workers and what they "
+                "hold now (not in the public dask-gateway).",
+                "description": "What the web console shows: more than the eight-key cluster "
+                "JSON carries. `cores` and `memory` are what the cluster holds now: its "
+                "scheduler and the workers started and not yet stopped. Newest first.",
+                "parameters": [
+                    _query(
+                        "all",
+                        "`1`: every user's clusters (admins only; others get a 403).",
+                        {"type": "string", "enum": ["0", "1", "true", "false"]},
+                    ),
+                    _query(
+                        "user",
+                        "Only this user's clusters (`self`: the caller's). Another user's: "
+                        "admins only.",
+                        {"type": "string"},
+                    ),
+                    _query(
+                        "group",
+                        "Only clusters created by members of this group (the owner's groups "
+                        "when the cluster was created).",
+                        {"type": "string"},
+                    ),
+                    _query(
+                        "status",
+                        "Comma-separated statuses to include, as for `GET /api/v1/clusters/`. "
+                        "Without it: the active clusters (pending, running, stopping).",
+                        {"type": "string"},
+                    ),
+                ],
+                "responses": {
+                    "200": _json(
+                        {"$ref": "#/components/schemas/Overview"}, "The clusters, newest first."
+                    ),
+                    "401": _ERROR,
+                    "403": _ERROR,
+                    "422": _ERROR,
+                },
+            },
+        },
         "/api/v1/clusters/{cluster_name}/heartbeat": {
             "parameters": [_CLUSTER_NAME],
             "post": {
@@ -1039,6 +1083,78 @@ _SPEC: dict[str, Any] = {
                 },
                 "additionalProperties": False,
             },
+            "OverviewCluster": {
+                "type": "object",
+                "required": [
+                    "name",
+                    "user",
+                    "groups",
+                    "status",
+                    "workers",
+                    "cores",
+                    "memory",
+                    "start_time",
+                    "stop_time",
+                    "options",
+                    "dashboard_route",
+                ],
+                "properties": {
+                    "name": {"type": "string"},
+                    "user": {"type": "string", "description": "The owner."},
+                    "groups": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "The owner's groups when the cluster was created.",
+                    },
+                    "status": {"enum": ["PENDING", "RUNNING", "STOPPING", "STOPPED", "FAILED"]},
+                    "workers": {
+                        "type": "object",
+                        "required": ["requested", "running", "pending"],
+                        "properties": {
+                            "requested": {"type": "integer", "minimum": 0},
+                            "running": {"type": "integer", "minimum": 0},
+                            "pending": {"type": "integer", "minimum": 0},
+                        },
+                        "additionalProperties": False,
+                    },
+                    "cores": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "Cores held now: the scheduler's and the started workers'.",
+                    },
+                    "memory": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Memory held now, in bytes.",
+                    },
+                    "start_time": {
+                        "type": "integer",
+                        "description": "Milliseconds since the epoch.",
+                    },
+                    "stop_time": {"type": ["integer", "null"]},
+                    "options": {
+                        "type": "object",
+                        "description": "The options the cluster was created with.",
+                    },
+                    "dashboard_route": {
+                        "type": ["string", "null"],
+                        "description": "Path of the dashboard under the gateway's address, "
+                        "once running.",
+                    },
+                },
+                "additionalProperties": False,
+            },
+            "Overview": {
+                "type": "object",
+                "required": ["clusters"],
+                "properties": {
+                    "clusters": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/OverviewCluster"},
+                    },
+                },
+                "additionalProperties": False,
+            },
             "Heartbeat": {
                 "type": "object",
                 "required": [
@@ -1111,6 +1227,8 @@ _ERROR_OVERRIDES = {
     ("getUsage", "403"): "A user asking for another user's usage.",
     ("getQuota", "400"): "An empty `user`.",
     ("getQuota", "403"): "Another user's quota, asked by a user who is not an admin.",
+    ("overview", "403"): "`all=1`, or another user in `user`, from a user who is not an admin.",
+    ("overview", "422"): "An unknown status in `status`.",
     ("heartbeat", "401"): "Not the cluster's token.",
     ("heartbeat", "403"): "An address the backend cannot confirm as the scheduler's: not on "
     "the host its job runs on, not its socket, link-local or a cloud "

@@ -164,12 +164,16 @@ def is_https(handler: web.RequestHandler) -> bool:
     return handler.request.protocol == "https"
 
 
-def set_session_cookie(handler: web.RequestHandler, user: User) -> None:
+def set_session_cookie(
+    handler: web.RequestHandler, user: User, max_age: float | None = None
+) -> None:
+    """Start a session for ``user`` (``max_age`` seconds; default the authenticator's
+    ``cache_max_age``) and give the browser its cookie."""
     auth: Authenticator = handler.settings["authenticator"]
     handler.set_cookie(
         auth.cookie_name,
-        auth.new_session(user),
-        expires_days=2 * auth.cache_max_age / 86400,
+        auth.new_session(user, max_age),
+        expires_days=(2 * auth.cache_max_age if max_age is None else max_age) / 86400,
         path=_cookie_path(handler),
         httponly=True,
         samesite="Lax",
