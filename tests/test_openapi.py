@@ -23,6 +23,8 @@ import dask_gateway_server.api
 from dask_gateway_server.api.base import NotFoundHandler
 from dask_gateway_server.api.clusters import ClusterHandler
 from dask_gateway_server.app import API_ROUTES, web_routes
+from dask_gateway_server.console import ROUTES as CONSOLE_ROUTES
+from dask_gateway_server.console.handlers import ConsoleHandler
 from dask_gateway_server.openapi import openapi_spec
 from dask_gateway_server.proxy import Proxy
 
@@ -48,9 +50,23 @@ def concrete(template: str) -> str:
 
 def routes() -> list[tuple[str, type]]:
     """Every route the gateway app serves (API and dashboards), with its handler, as the
-    app builds them; the catch-all 404 aside."""
+    app builds them; the catch-all 404 and the web console's HTML pages (not API: no
+    OpenAPI entries) aside."""
     served = [(spec[0], spec[1]) for spec in web_routes("", Proxy())]
-    return [(pattern, handler) for pattern, handler in served if handler is not NotFoundHandler]
+    return [
+        (pattern, handler)
+        for pattern, handler in served
+        if handler is not NotFoundHandler and not issubclass(handler, ConsoleHandler)
+    ]
+
+
+def test_console_pages_are_not_api_routes():
+    """The console's pages are served, but are neither in the API's route list nor in the
+    document (they are HTML for browsers, not operations)."""
+    served = {spec[1] for spec in web_routes("", Proxy())}
+    assert all(handler in served for _, handler in CONSOLE_ROUTES)
+    assert not any(path.startswith("/console") for path in SPEC["paths"])
+    assert not set(CONSOLE_ROUTES) & set(API_ROUTES)
 
 
 def implemented(handler: type) -> set[str]:
@@ -320,6 +336,14 @@ def test_every_operation_answers_as_documented(gateway, api):
         assert api("getQuota", 200).json()["user"] == "openapi-user"
         api("getQuota", 403, query="?user=intruder")
         api("getQuota", 400, query="?user=")
+
+        mine = api("overview", 200).json()["clusters"]
+        assert [c["name"] for c in mine] == [name] and mine[0]["user"] == "openapi-user"
+        api("overview", 200, query="?status=running,stopped&user=self")
+        api("overview", 403, query="?all=1")
+        api("overview", 403, query="?user=someone-else")
+        api("overview", 422, query="?status=sleeping")
+        api("overview", 401, user=None)
     finally:
         api("stopCluster", 204, {"cluster_name": name})
     api("stopCluster", 204, {"cluster_name": name})  # idempotent
