@@ -99,6 +99,8 @@ class Console {
   private readonly clustersTable: HTMLTableElement;
   private readonly headRow = el('tr');
   private readonly empty = el('p', { class: 'dg-empty' }, 'Loading clusters...');
+  /** Why the last refresh failed (apart from the alert, which says what an action did). */
+  private readonly refreshError = el('p', { class: 'dg-error', id: 'dg-refresh-error' });
   private readonly rows = new Map<string, Row>();
   private readonly usageBody = el('div', { id: 'dg-usage', class: 'dg-usage' });
   private readonly usageTitle = el('h2', {}, 'Your usage this period');
@@ -232,6 +234,7 @@ class Console {
       { class: 'dg-section', id: 'dg-clusters-section' },
       el('h2', {}, 'Clusters'),
       controls,
+      this.refreshError,
       this.clustersTable,
       this.empty
     );
@@ -272,8 +275,13 @@ class Console {
         overviewPath(this.filters, this.ctx.admin)
       );
       this.renderClusters(answer.clusters);
+      replace(this.refreshError);
     } catch (err) {
-      this.failed(err);
+      if (err instanceof ApiError && err.status === 401) {
+        this.failed(err);
+      } else {
+        replace(this.refreshError, `Could not refresh the clusters: ${messageOf(err)}`);
+      }
     }
     if (!this.sessionEnded) {
       this.clustersTimer = window.setTimeout(() => void this.refreshClusters(), CLUSTERS_EVERY_MS);

@@ -173,15 +173,9 @@ export function quotaKind(kind: string): string {
   return kind === 'core_hours' ? 'core-hours' : kind === 'memory_gib_hours' ? 'GiB-hours' : kind;
 }
 
-/** Whom a quota is for: `your quota`, `group physics (shared)` ... */
+/** Whom a quota is for: the user's own, or a group's total its members share. */
 export function quotaScope(q: IQuotaEntry): string {
-  if (q.scope === 'group' && q.group) {
-    return `group ${q.group}`;
-  }
-  if (q.scope === 'group_total' && q.group) {
-    return `group ${q.group} (shared)`;
-  }
-  return q.scope;
+  return q.scope === 'group' && q.group ? `shared by group ${q.group}` : 'personal';
 }
 
 /** The bar's state for a share of a quota: ok, warning (at `warnAt`), exhausted. */

@@ -1,0 +1,27 @@
+# The test gateway (gateway_config.py) with one free-text option, so a cluster's options can
+# carry any text a user types (the console's tests show hostile text as text).
+from dask_gateway_server.options import Float, Integer, Options, Select, String
+
+load_subconfig("gateway_config.py")  # noqa: F821  (injected by the traitlets loader)
+
+
+def options_handler(options):
+    return {
+        "worker_cores": options.worker_cores,
+        "worker_memory": int(options.worker_memory * 2**30),
+        "python": options.python,
+    }
+
+
+c.Backend.cluster_options = Options(
+    Integer("worker_cores", default=1, min=1, max=4, label="Worker Cores"),
+    Float("worker_memory", default=0.5, min=0.25, max=4, label="Worker Memory (GiB)"),
+    Select(
+        "environment",
+        [("basic", __import__("sys").executable)],
+        label="Environment",
+        target="python",
+    ),
+    String("label", default="", label="Label"),
+    handler=options_handler,
+)
