@@ -685,7 +685,12 @@ class Row {
         'div',
         { class: 'dg-details-grid' },
         el('div', {}, el('h3', {}, 'Events'), this.events),
-        el('div', {}, el('h3', {}, 'Logs ', this.logPicker, ' ', refresh), this.logs)
+        el(
+          'div',
+          {},
+          el('h3', { class: 'dg-log-title' }, 'Logs', this.logPicker, refresh),
+          this.logs
+        )
       )
     );
   }
@@ -816,6 +821,8 @@ class Row {
   private showLog(): void {
     const text = this.logTexts[this.logPicker.value];
     replace(this.logs, text === undefined ? 'No logs.' : text || '(empty)');
+    // The newest lines matter most: show the end.
+    this.logs.scrollTop = this.logs.scrollHeight;
   }
 
   remove(): void {
