@@ -183,6 +183,11 @@ def test_user_sees_clusters_usage_and_hostile_text_as_text(gw, clusters, chromiu
         assert chart.locator("rect.dg-bar").count() >= 1
         assert "core-hours" in page.locator("#dg-usage-summary").inner_text()
 
+        # Its dashboard, through the gateway with the console's session.
+        href = cells.locator("a.dg-dashboard").get_attribute("href")
+        assert href == f"/clusters/{mine}/status"
+        assert page.request.get(gw.address + href).status == 200
+
         details = open_details(page, mine)
         assert "submitted" in details.locator(".dg-events").inner_text()
         # The page's CSP forbids eval, so waits use locators (wait_for_function would eval).
