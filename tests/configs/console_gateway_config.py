@@ -2,7 +2,7 @@
 # carry any text a user types (the console's tests show hostile text as text).
 from dask_gateway_server.options import Float, Integer, Options, Select, String
 
-load_subconfig("gateway_config.py")  # noqa: F821  (injected by the traitlets loader)
+load_subconfig("gateway_config.py")  # the loader gives config files load_subconfig and c
 
 
 def options_handler(options):
