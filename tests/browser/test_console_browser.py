@@ -182,6 +182,9 @@ def test_user_sees_clusters_usage_and_hostile_text_as_text(gw, clusters, chromiu
         chart.wait_for()
         assert chart.locator("rect.dg-bar").count() >= 1
         assert "core-hours" in page.locator("#dg-usage-summary").inner_text()
+        # The quota (100 core-hours a month): a bar, and a dashed level on the chart.
+        assert "of 100 core-hours (personal" in page.locator("#dg-quotas .dg-quota").inner_text()
+        assert chart.locator("line.dg-limit").count() == 1
 
         # Its dashboard, through the gateway with the console's session.
         href = cells.locator("a.dg-dashboard").get_attribute("href")

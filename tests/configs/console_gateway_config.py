@@ -25,3 +25,6 @@ c.Backend.cluster_options = Options(
     String("label", default="", label="Label"),
     handler=options_handler,
 )
+
+# A quota every user is far from (the console draws it as a bar and a level on its chart).
+c.UsageQuotas.core_hours = 100

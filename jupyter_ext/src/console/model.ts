@@ -250,7 +250,7 @@ export function chartGeometry(
   width = 640,
   height = 220
 ): IChart {
-  const plot = { left: 44, top: 10, right: width - 8, bottom: height - 24 };
+  const plot = { left: 44, top: 18, right: width - 8, bottom: height - 24 };
   const w = plot.right - plot.left;
   const h = plot.bottom - plot.top;
   let total = 0;
