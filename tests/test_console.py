@@ -18,6 +18,7 @@ from http.cookies import SimpleCookie
 import pytest
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.http_helpers import basic, call, create
+from support.paths import CONFIGS
 
 from dask_gateway_server.console.handlers import CSP
 
@@ -78,6 +79,8 @@ def gw(tmp_path_factory):
             f"--Authenticator.admin_users={{'{ADMIN}'}}",
             "--LocalBackend.cluster_heartbeat_timeout=60",
         ],
+        # alice in group physics, bob in chemistry and physics-students
+        config=CONFIGS / "console_gateway_config.py",
     )
     gw.start()
     yield gw
@@ -287,12 +290,12 @@ def test_overview_two_users_and_an_admin(gw):
             return c if c["status"] == "RUNNING" and c["workers"]["running"] == 1 else None
 
         mine = wait_for(settled)
-        assert mine["name"] == a and mine["user"] == ALICE and mine["groups"] == []
+        assert mine["name"] == a and mine["user"] == ALICE and mine["groups"] == ["physics"]
         assert mine["workers"] == {"requested": 1, "running": 1, "pending": 0}
         # What it holds: the scheduler (1 core, 2 GiB by default) and one worker.
         assert mine["cores"] == 1 + 2
         assert mine["memory"] == 2 * 2**30 + 2**29
-        assert mine["options"]["worker_memory"] == 0.5
+        assert mine["options"]["worker_memory"] == 0.5 and mine["options"]["label"] == ""
         assert mine["dashboard_route"] == f"/clusters/{a}/status"
 
         # Users see their own only; everyone's and other users' are for admins.
@@ -304,7 +307,13 @@ def test_overview_two_users_and_an_admin(gw):
         everyone = overview(gw, ADMIN, "?all=1")[1]["clusters"]
         assert {(c["name"], c["user"]) for c in everyone} >= {(a, ALICE), (b, BOB)}
         assert [c["name"] for c in overview(gw, ADMIN, f"?user={BOB}")[1]["clusters"]] == [b]
-        assert overview(gw, ADMIN, "?all=1&group=physics")[1]["clusters"] == []
+        # Groups: the owner's at creation, matched whole.
+        physics = overview(gw, ADMIN, "?all=1&group=physics")[1]["clusters"]
+        assert [c["name"] for c in physics] == [a]
+        (bobs,) = overview(gw, ADMIN, "?all=1&group=chemistry")[1]["clusters"]
+        assert bobs["name"] == b and bobs["groups"] == ["chemistry", "physics-students"]
+        assert overview(gw, ADMIN, "?all=1&group=biology")[1]["clusters"] == []
+        assert overview(gw, ADMIN, f"?all=1&group=physics&user={BOB}")[1]["clusters"] == []
         assert overview(gw, ADMIN)[1]["clusters"] == []  # the admin's own: none
 
         # The admin stops bob's cluster; it then shows among the ended ones only.

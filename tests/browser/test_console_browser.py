@@ -239,9 +239,18 @@ def test_admin_stops_another_users_cluster_and_a_user_cannot(gw, clusters, chrom
         expect(details.locator("pre.dg-log").last).to_contain_text(HOSTILE_LOG)
         assert_nothing_ran(page, watched)
 
-        # Everyone's clusters, and the usage table by user with its CSV download.
+        # By group: alice is in physics (bob in chemistry and physics-students).
         page.fill("#dg-filter-user", "")
-        page.press("#dg-filter-user", "Enter")
+        page.fill("#dg-filter-group", "physics")
+        page.press("#dg-filter-group", "Enter")
+        page.locator("#dg-usage-section h2", has_text="Usage of group physics").wait_for()
+        row(page, alices).wait_for()
+        assert row(page, bobs).count() == 0
+        assert "physics" in row(page, alices).locator(".dg-groups").inner_text()
+
+        # Everyone's clusters, and the usage table by user with its CSV download.
+        page.fill("#dg-filter-group", "")
+        page.press("#dg-filter-group", "Enter")
         row(page, bobs).wait_for()
         row(page, alices).wait_for()
         table = page.locator("#dg-usage-table table")

@@ -1,5 +1,7 @@
 # The test gateway (gateway_config.py) with one free-text option, so a cluster's options can
-# carry any text a user types (the console's tests show hostile text as text).
+# carry any text a user types (the console's tests show hostile text as text), and users in
+# groups (as JupyterHub gives them), so the console's group filter has something to find.
+from dask_gateway_server.auth import SimpleAuthenticator
 from dask_gateway_server.options import Float, Integer, Options, Select, String
 
 load_subconfig("gateway_config.py")  # the loader gives config files load_subconfig and c
@@ -28,3 +30,15 @@ c.Backend.cluster_options = Options(
 
 # A quota every user is far from (the console draws it as a bar and a level on its chart).
 c.UsageQuotas.core_hours = 100
+
+GROUPS = {"console-alice": {"physics"}, "console-bob": {"chemistry", "physics-students"}}
+
+
+class SimpleAuthenticatorWithGroups(SimpleAuthenticator):
+    """Simple auth whose users have the groups GROUPS lists for them."""
+
+    def make_user(self, name, groups=(), admin=False):
+        return super().make_user(name, GROUPS.get(name, groups), admin)
+
+
+c.DaskGateway.authenticator_class = SimpleAuthenticatorWithGroups
