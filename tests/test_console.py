@@ -19,6 +19,9 @@ import pytest
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.http_helpers import basic, call, create
 from support.paths import CONFIGS
+from test_hub_web_security import PREFIX as HUB_PREFIX
+from test_hub_web_security import Browser as HubBrowser
+from test_hub_web_security import hub_prefix  # noqa: F401  (a fixture: a hub and its gateway)
 
 from dask_gateway_server.console.handlers import CSP
 
@@ -370,3 +373,22 @@ def test_other_authenticators_log_in_their_own_way(fresh_gateway):
     assert challenge.headers["WWW-Authenticate"] == "Negotiate"
     assert_secure(challenge)
     assert "log in to the gateway" in challenge.text
+
+
+def test_console_through_the_hubs_login(hub_prefix):  # noqa: F811  (the imported fixture)
+    """With a real hub (the gateway its service behind the hub's proxy): a browser logged in
+    to the hub opens the console, goes through the hub's OAuth and lands back on it, logged
+    in as its hub user; logging out ends the gateway's session."""
+    hub, _ = hub_prefix
+    alice = HubBrowser()
+    alice.hub_login(hub, "alice")
+    status, url, body = alice.open(f"{hub.url}{HUB_PREFIX}/console/")
+    assert (status, url) == (200, f"{hub.url}{HUB_PREFIX}/console/")
+    assert b'data-user="alice"' in body and f'data-prefix="{HUB_PREFIX}"'.encode() in body
+    status, _, body = alice.open(f"{hub.url}{HUB_PREFIX}/api/v1/overview")
+    assert status == 200 and body == b'{"clusters": []}'
+    # Logging out (a POST from the page's own origin) forgets the session.
+    alice.opener.addheaders = [("Accept", "text/html"), ("Origin", hub.url)]
+    status, _, body = alice.open(f"{hub.url}{HUB_PREFIX}/console/logout", b"")
+    assert status == 200 and b"You have logged out" in body
+    assert alice.cookie(SESSION) is None
