@@ -197,6 +197,12 @@ def test_user_sees_clusters_usage_and_hostile_text_as_text(gw, clusters, chromiu
         expect(details.locator("pre.dg-log").last).to_contain_text(HOSTILE_LOG)
         assert_nothing_ran(page, watched)
         page.screenshot(path=str(SCREENSHOTS / "console-user.png"), full_page=True)
+        # JupyterLab's dark colours when the system prefers dark.
+        light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        page.emulate_media(color_scheme="dark")
+        dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (light, dark) == ("rgb(255, 255, 255)", "rgb(17, 17, 17)")
+        page.screenshot(path=str(SCREENSHOTS / "console-dark.png"), full_page=True)
 
         # A phone: 360 px wide, no horizontal scrolling; rows become stacked lines.
         phone = watched.page(viewport=(360, 740))
