@@ -9,6 +9,7 @@ The browser side (logging in, the clusters, the chart, stopping) is in
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import time
 import urllib.parse
@@ -18,10 +19,10 @@ from http.cookies import SimpleCookie
 import pytest
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.http_helpers import basic, call, create
+from support.hub import Hub
 from support.paths import CONFIGS
 from test_hub_web_security import PREFIX as HUB_PREFIX
 from test_hub_web_security import Browser as HubBrowser
-from test_hub_web_security import hub_prefix  # noqa: F401  (a fixture: a hub and its gateway)
 
 from dask_gateway_server.console.handlers import CSP
 
@@ -375,20 +376,78 @@ def test_other_authenticators_log_in_their_own_way(fresh_gateway):
     assert "log in to the gateway" in challenge.text
 
 
-def test_console_through_the_hubs_login(hub_prefix):  # noqa: F811  (the imported fixture)
-    """With a real hub (the gateway its service behind the hub's proxy): a browser logged in
-    to the hub opens the console, goes through the hub's OAuth and lands back on it, logged
-    in as its hub user; logging out ends the gateway's session."""
-    hub, _ = hub_prefix
-    alice = HubBrowser()
-    alice.hub_login(hub, "alice")
-    status, url, body = alice.open(f"{hub.url}{HUB_PREFIX}/console/")
+@pytest.fixture(scope="module")
+def short_hub(tmp_path_factory):
+    """A real hub, and a gateway that is its service behind the hub's proxy, checking tokens
+    with the hub every second (sessions last as long)."""
+    tmp = tmp_path_factory.mktemp("console-hub")
+    gw = GatewayProcess(
+        tmp / "gateway",
+        [f"--Proxy.prefix={HUB_PREFIX}", "--JupyterHubAuthenticator.token_cache_ttl=1"],
+        config=CONFIGS / "hub_gateway_config.py",
+    )
+    hub = Hub(tmp / "hub", gw.address)
+    hub.oauth_redirect_uri = f"{hub.url}{HUB_PREFIX}/oauth_callback"
+    hub.start()
+    os.environ["TEST_HUB_API_URL"] = hub.api_url
+    os.environ["TEST_HUB_GATEWAY_TOKEN"] = hub.gateway_token
+    try:
+        gw.start(health_path=f"{HUB_PREFIX}/api/health")
+        for user in ("alice", "bob"):
+            hub.add_user(user)
+        yield hub, gw
+    finally:
+        gw.stop()
+        _kill_leftovers(gw.data_dir)
+        hub.stop()
+        os.environ.pop("TEST_HUB_API_URL", None)
+        os.environ.pop("TEST_HUB_GATEWAY_TOKEN", None)
+
+
+def hub_console_login(hub, user: str) -> HubBrowser:
+    """A browser logged in to the hub, then to the console through the hub's OAuth."""
+    browser = HubBrowser()
+    browser.hub_login(hub, user)
+    status, url, body = browser.open(f"{hub.url}{HUB_PREFIX}/console/")
     assert (status, url) == (200, f"{hub.url}{HUB_PREFIX}/console/")
-    assert b'data-user="alice"' in body and f'data-prefix="{HUB_PREFIX}"'.encode() in body
-    status, _, body = alice.open(f"{hub.url}{HUB_PREFIX}/api/v1/overview")
-    assert status == 200 and body == b'{"clusters": []}'
-    # Logging out (a POST from the page's own origin) forgets the session.
-    alice.opener.addheaders = [("Accept", "text/html"), ("Origin", hub.url)]
-    status, _, body = alice.open(f"{hub.url}{HUB_PREFIX}/console/logout", b"")
+    assert f'data-user="{user}"'.encode() in body
+    assert f'data-prefix="{HUB_PREFIX}"'.encode() in body
+    return browser
+
+
+def test_console_through_the_hubs_login(short_hub):
+    """With a real hub: a browser logged in to the hub opens the console, goes through the
+    hub's OAuth and lands back on it, logged in as its hub user. The session outlives the
+    token check's second, renewed by asking the hub again with the login's token, until the
+    hub revokes that token; logging out ends it at once."""
+    hub, _ = short_hub
+    overview = f"{hub.url}{HUB_PREFIX}/api/v1/overview"
+    alice = hub_console_login(hub, "alice")
+    assert alice.open(overview)[::2] == (200, b'{"clusters": []}')
+    session = alice.cookie(SESSION).value
+    time.sleep(1.5)  # the session's second (cache_max_age) is over: renewed with the hub
+    assert alice.open(overview)[0] == 200
+    assert alice.cookie(SESSION).value == session
+
+    # The hub revokes the login's token: the next renewal fails, the session ends.
+    status, tokens = hub.api("GET", "/users/alice/tokens")
+    assert status == 200, tokens
+    oauth = [t["id"] for t in tokens["api_tokens"] if t.get("oauth_client")]
+    assert oauth, tokens
+    for token_id in oauth:
+        hub.revoke("alice", token_id)
+    time.sleep(1.5)  # past the session's second and the token cache's
+    assert alice.open(overview)[0] == 401
+    assert alice.open(overview)[0] == 401
+
+    # Logging out (a POST from the page's own origin) forgets the session and its renewal.
+    bob = hub_console_login(hub, "bob")
+    old = bob.cookie(SESSION).value
+    bob.opener.addheaders = [("Accept", "text/html"), ("Origin", hub.url)]
+    status, _, body = bob.open(f"{hub.url}{HUB_PREFIX}/console/logout", b"")
     assert status == 200 and b"You have logged out" in body
-    assert alice.cookie(SESSION) is None
+    assert bob.cookie(SESSION) is None
+    # A copy of the old cookie opens nothing, now or once it would have been renewed.
+    assert call("GET", overview, headers={"Cookie": f"{SESSION}={old}"}).status == 401
+    time.sleep(1.5)
+    assert call("GET", overview, headers={"Cookie": f"{SESSION}={old}"}).status == 401

@@ -53,8 +53,9 @@ class Authenticator(LoggingConfigurable):
     cache_max_size = Integer(10000, help="Most sessions remembered at once.", config=True)
     login_max_age = Integer(
         8 * 3600,
-        help="Seconds a web console login with a password (the login form) lasts before the "
-        "form asks again; logging out ends it at once.",
+        help="Seconds a browser login lasts: a login with the web console's form; a hub "
+        "login's session is renewed (its token checked with the hub again every "
+        "cache_max_age) for up to this long. Logging out ends either at once.",
         config=True,
     )
     admin_users = Set(
@@ -75,6 +76,8 @@ class Authenticator(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._sessions: dict[str, tuple[User, float]] = {}
+        #: session -> (the credential it was started with, until when it may renew it)
+        self._renewals: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     async def setup(self) -> None:
         """Start anything the authenticator needs (clients, caches)."""
@@ -124,9 +127,13 @@ class Authenticator(LoggingConfigurable):
             return None
         return user
 
-    def new_session(self, user: User, max_age: float | None = None) -> str:
+    def new_session(
+        self, user: User, max_age: float | None = None, renewal: str | None = None
+    ) -> str:
         """A new session cookie value for ``user``, good for ``max_age`` seconds (default
-        ``cache_max_age``)."""
+        ``cache_max_age``). With ``renewal`` (the credential a browser login got), the
+        session is renewed when its time runs out, for up to ``login_max_age``, as long as
+        ``check_renewal`` still accepts the credential."""
         now = time.monotonic()
         if len(self._sessions) >= self.cache_max_size:
             self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
@@ -134,12 +141,43 @@ class Authenticator(LoggingConfigurable):
                 self._sessions.pop(next(iter(self._sessions)))
         value = uuid.uuid4().hex
         self._sessions[value] = (user, now + (self.cache_max_age if max_age is None else max_age))
+        if renewal is not None:
+            self._renewals[value] = (renewal, now + self.login_max_age)
+            while len(self._renewals) > self.cache_max_size:
+                self._renewals.popitem(last=False)
         return value
+
+    async def renew_session(self, value: str | None) -> User | None:
+        """The user of a session whose time ran out, if it was started with a credential
+        (``new_session(renewal=...)``) that ``check_renewal`` still accepts: the session
+        goes on for another ``cache_max_age``. None otherwise (a revoked credential ends it)."""
+        entry = self._renewals.get(value or "")
+        if value is None or entry is None:
+            return None
+        credential, deadline = entry
+        if deadline < time.monotonic():
+            self._renewals.pop(value, None)
+            return None
+        try:
+            user = await self.check_renewal(credential)
+        except AuthError as e:
+            if e.status in (401, 403):  # no longer valid: the session ends
+                self._renewals.pop(value, None)
+            return None
+        if value in self._renewals:  # not logged out meanwhile
+            self._sessions[value] = (user, time.monotonic() + self.cache_max_age)
+        return user
+
+    async def check_renewal(self, credential: str) -> User:
+        """The user ``credential`` (kept by ``new_session(renewal=...)``) still stands for,
+        or AuthError."""
+        raise AuthError(401, "This session cannot be renewed")
 
     def end_session(self, value: str | None) -> None:
         """Forget a session (logout): its cookie no longer authenticates anything."""
         if value:
             self._sessions.pop(value, None)
+            self._renewals.pop(value, None)
 
 
 def _check_username(name: str) -> str:
@@ -452,7 +490,11 @@ class JupyterHubAuthenticator(Authenticator):
             raise AuthError(401, f"The hub did not accept the login ({e.code})") from None
         except (OSError, ValueError, KeyError) as e:
             raise AuthError(503, f"JupyterHub is unreachable: {e}") from None
-        return await self._ask_hub(token), entry[0]
+        user = await self._user_of_token(token)
+        # The session this login starts is renewed with this token (checked with the hub
+        # again each time, so a revoked token ends it), not asked again every few seconds.
+        request.session_renewal = token
+        return user, entry[0]
 
     async def setup(self) -> None:
         if not self.jupyterhub_api_url:
@@ -479,6 +521,13 @@ class JupyterHubAuthenticator(Authenticator):
         token = token.strip()
         if kind.lower() not in ("jupyterhub", "token", "bearer") or not token:
             raise AuthError(401, "Authentication required", "jupyterhub")
+        return await self._user_of_token(token)
+
+    async def check_renewal(self, credential: str) -> User:
+        return await self._user_of_token(credential)
+
+    async def _user_of_token(self, token: str) -> User:
+        """The hub's user of ``token``, remembered for ``token_cache_ttl`` seconds."""
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._tokens.get(key)
         now = time.monotonic()

@@ -165,15 +165,25 @@ def is_https(handler: web.RequestHandler) -> bool:
 
 
 def set_session_cookie(
-    handler: web.RequestHandler, user: User, max_age: float | None = None
+    handler: web.RequestHandler,
+    user: User,
+    max_age: float | None = None,
+    renewal: str | None = None,
 ) -> None:
     """Start a session for ``user`` (``max_age`` seconds; default the authenticator's
-    ``cache_max_age``) and give the browser its cookie."""
+    ``cache_max_age``; with ``renewal``, renewed up to ``login_max_age``) and give the
+    browser its cookie."""
     auth: Authenticator = handler.settings["authenticator"]
+    if max_age is not None:
+        lifetime = max_age
+    elif renewal is not None:
+        lifetime = max(auth.login_max_age, 2 * auth.cache_max_age)
+    else:
+        lifetime = 2 * auth.cache_max_age
     handler.set_cookie(
         auth.cookie_name,
-        auth.new_session(user, max_age),
-        expires_days=(2 * auth.cache_max_age if max_age is None else max_age) / 86400,
+        auth.new_session(user, max_age, renewal),
+        expires_days=lifetime / 86400,
         path=_cookie_path(handler),
         httponly=True,
         samesite="Lax",
@@ -190,7 +200,10 @@ async def authenticate_handler(handler: web.RequestHandler) -> User:
     cookie's owner. Without it the credentials are asked for again (401 and a challenge),
     which every client answers with its own header."""
     auth: Authenticator = handler.settings["authenticator"]
-    cookie_user = auth.user_from_cookie(handler.get_cookie(auth.cookie_name))
+    cookie = handler.get_cookie(auth.cookie_name)
+    cookie_user = auth.user_from_cookie(cookie)
+    if cookie_user is None and cookie:
+        cookie_user = await auth.renew_session(cookie)
     user = cookie_user
     if (
         user is not None

@@ -107,7 +107,7 @@ class OAuthCallbackHandler(BaseHandler):
         if not next_url.startswith("/") or next_url.startswith("//"):
             next_url = self.settings["prefix"] + "/"
         self.clear_cookie(binding_cookie, path=self.settings["prefix"] + "/oauth_callback")
-        set_session_cookie(self, user)
+        set_session_cookie(self, user, renewal=getattr(self.request, "session_renewal", None))
         self.redirect(next_url)
 
 

@@ -107,8 +107,10 @@ class ConsoleHandler(web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         """Writes are checked by ``refuse_cross_site`` and the login form's own token."""
 
-    def session_user(self) -> User | None:
-        return self.authenticator.user_from_cookie(self.get_cookie(self.authenticator.cookie_name))
+    async def session_user(self) -> User | None:
+        auth = self.authenticator
+        cookie = self.get_cookie(auth.cookie_name)
+        return auth.user_from_cookie(cookie) or await auth.renew_session(cookie)
 
     async def message_page(self, title: str, message: str, link: str | None = None) -> None:
         """A page saying ``message`` (plain text), with a link back into the console."""
@@ -159,7 +161,7 @@ class ShellHandler(ConsoleHandler):
 
     async def get(self) -> None:
         auth = self.authenticator
-        user = self.session_user()
+        user = await self.session_user()
         if user is None:
             if auth.has_password_login():
                 self.redirect(f"{self.prefix}/console/login")
