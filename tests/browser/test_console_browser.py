@@ -191,8 +191,17 @@ def test_user_sees_clusters_usage_and_hostile_text_as_text(gw, clusters, chromiu
         assert href == f"/clusters/{mine}/status"
         assert page.request.get(gw.address + href).status == 200
 
+        # Scale from the row: the gateway gets the request (with the client header the
+        # cookie needs for writes) and the event says who asked.
+        cells.locator(".dg-scale-input").fill("2")
+        cells.locator(".dg-scale").click()
+        page.locator("#dg-notice", has_text=f"Scaled {mine} to 2 workers").wait_for()
+        r = call("GET", f"{gw.address}/api/v1/overview", headers=basic(ALICE, PASSWORD))
+        assert r.json()["clusters"][0]["workers"]["requested"] == 2
+
         details = open_details(page, mine)
         assert "submitted" in details.locator(".dg-events").inner_text()
+        expect(details.locator(".dg-events")).to_contain_text(f"Scaled to 2 workers by {ALICE}")
         # The page's CSP forbids eval, so waits use locators (wait_for_function would eval).
         expect(details.locator("pre.dg-log").last).to_contain_text(HOSTILE_LOG)
         assert_nothing_ran(page, watched)
