@@ -324,6 +324,19 @@ def test_readme_examples_run_in_its_venv(running):
     assert left == {}
 
 
+def test_the_web_console_is_served_from_its_install(running):
+    """The README's console URL works in the README's install: its login page, and the
+    script and style sheet `pip install` built into the wheel (not taken from the checkout)."""
+    page = call("GET", f"{running.gateway}/console/")  # redirected to the login form
+    assert page.status == 200, page.body[:500]
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert 'name="password"' in page.body.decode()
+    for name, kind in (("console.js", "javascript"), ("console.css", "css")):
+        asset = call("GET", f"{running.gateway}/console/static/{name}")
+        assert asset.status == 200 and kind in asset.headers["Content-Type"], asset.body[:300]
+        assert len(asset.body) > 1000, asset.body
+
+
 def test_every_notebook_runs_in_its_venv(running):
     """All of notebooks/, at once, each as its own user (as in JupyterLab, with the address
     start.sh exports)."""
