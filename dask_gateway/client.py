@@ -734,8 +734,22 @@ class Gateway(SyncMethodMixin):
                 if not isinstance(name, str) or not name:
                     raise ValueError(f"{key} must be a non-empty name, got {name!r}")
                 query[key] = name
+        data = await self._usage_page(query)
+        # Paged (1,000 rows at a time): read on, over the same period as the first page
+        # (its until was "now" when not given).
+        offset = data.get("next_offset")
+        while isinstance(offset, int) and not isinstance(offset, bool):
+            query.update(since=data["since"], until=data["until"], offset=offset)
+            page = await self._usage_page(query)
+            data["rows"].extend(page.get("rows") or [])
+            following = page.get("next_offset")
+            offset = following if isinstance(following, int) and following > offset else None
+        data["next_offset"] = None
+        return data
+
+    async def _usage_page(self, query: dict[str, Any]) -> dict[str, Any]:
         data = await self._request("GET", "/api/v1/usage?" + urlencode(query), feature="usage")
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
             raise GatewayServerError(f"Unexpected answer of the usage route: {data!r}")
         return data
 
