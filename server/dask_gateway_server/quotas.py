@@ -12,7 +12,7 @@ Set defaults for everyone, then raise or lower them per hub group or per user, a
 A user's own entry wins; among their groups, the most generous value wins. A group total is
 a budget the members share: the use of every cluster created with that group counts.
 
-Use is read from the recorded allocations (``usage.Accounting``), never counted in memory,
+Use is read from the recorded allocations (``usage.Accounting.report``), never counted in memory,
 and cached a few seconds per user and group, so creating and scaling stay cheap; a user no
 quota applies to costs no query at all. Creating a cluster or scaling one up past a quota
 is refused; from ``warn_at`` on the answers carry a warning; a periodic check applies
@@ -384,10 +384,13 @@ class UsageQuotas(Configurable):
         cached = self._cache.get(key)
         if cached is not None and not fresh and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
+        # The report's total: summed per cluster by the database, the rest in an executor
+        # (a group's total reads every member's clusters of the period).
         if scope == "user":
-            use = await self.accounting.use_of(start, end, user=name)
+            _, total = await self.accounting.report(start, end, "user", user=name)
         else:
-            use = await self.accounting.use_of(start, end, groups=[name])
+            _, total = await self.accounting.report(start, end, "user", group=name)
+        use = Use(total["core_seconds"], total["memory_byte_seconds"])
         if cached is None:  # a new period (or name): forget the older periods' entries
             for old in [k for k in self._cache if k[2] != start]:
                 del self._cache[old]
