@@ -442,6 +442,8 @@ class UsageQuotas(Configurable):
     async def check_scale(self, cluster: Cluster, count: int) -> str | None:
         """Before ``cluster`` is scaled to ``count`` workers: scaling up past a used-up
         quota raises QuotaExhausted (scaling down is always allowed); else the warning."""
+        if not self.configured:
+            return None
         owner = self.owner(cluster)
         if not self.applies(owner, cluster.groups):
             return None
@@ -461,6 +463,8 @@ class UsageQuotas(Configurable):
         """Before adaptive scaling up to ``maximum`` workers (None: no bound) is set: with a
         used-up quota, the maximum becomes the workers the cluster has. Returns (the
         maximum, why it was lowered or None, the warning or None)."""
+        if not self.configured:
+            return maximum, None, None
         owner = self.owner(cluster)
         if not self.applies(owner, cluster.groups):
             return maximum, None, None
