@@ -767,8 +767,9 @@ class Gateway(SyncMethodMixin):
 
         ``since``/``until``: a ``datetime`` (naive: UTC), milliseconds since the epoch, or
         an ISO 8601 string; default the current quota period up to now. ``user``/``group``:
-        only theirs (another user's needs an admin). Servers without usage accounting (the
-        public dask-gateway-server) raise ``GatewayUnsupportedError``.
+        only theirs (another user's needs an admin). Every page of the report is read: all
+        the rows come back at once. Servers without usage accounting (the public
+        dask-gateway-server) raise ``GatewayUnsupportedError``.
         """
         return self.sync(self._usage, since, until, by, user, group, **kwargs)
 
