@@ -95,7 +95,8 @@ class QuotaLine:
         return 1.0  # a quota of 0: nothing may be used
 
     def name(self, user: str) -> str:
-        """ "the core-hours quota of alice", "the memory GiB-hours quota of group physics"."""
+        """How a sentence names it: "the core-hours quota of alice", "the memory GiB-hours
+        quota of group physics"."""
         who = user if self.scope == "user" else f"group {self.group}"
         return f"the {KINDS[self.kind]} quota of {who}"
 
@@ -149,8 +150,8 @@ class QuotaState:
         return f"the {self.period} ends {_utc(self.period_end)}"
 
     def used_up(self, line: QuotaLine) -> str:
-        """ "the core-hours quota of alice is used up (0.0021 of 0.002 core-hours today, 105
-        %) until the day ends 2026-12-07 00:00 UTC"."""
+        """E.g. "the core-hours quota of alice is used up (0.0021 of 0.002 core-hours today,
+        105 %) until the day ends 2026-12-07 00:00 UTC"."""
         percent = math.floor(line.share * 100)
         return (
             f"{line.name(self.user)} is used up ({self._numbers(line)}, {percent} %) until "
@@ -158,7 +159,8 @@ class QuotaState:
         )
 
     def why_stopped(self, line: QuotaLine) -> str:
-        """ "the core-hours quota of alice for this month is used up"."""
+        """Why a cluster is stopped: "the core-hours quota of alice for this month is used
+        up"."""
         return f"{line.name(self.user)} for {_THIS[self.period]} is used up"
 
     @property
