@@ -734,8 +734,22 @@ class Gateway(SyncMethodMixin):
                 if not isinstance(name, str) or not name:
                     raise ValueError(f"{key} must be a non-empty name, got {name!r}")
                 query[key] = name
+        data = await self._usage_page(query)
+        # Paged (1,000 rows at a time): read on, over the same period as the first page
+        # (its until was "now" when not given).
+        offset = data.get("next_offset")
+        while isinstance(offset, int) and not isinstance(offset, bool):
+            query.update(since=data["since"], until=data["until"], offset=offset)
+            page = await self._usage_page(query)
+            data["rows"].extend(page.get("rows") or [])
+            following = page.get("next_offset")
+            offset = following if isinstance(following, int) and following > offset else None
+        data["next_offset"] = None
+        return data
+
+    async def _usage_page(self, query: dict[str, Any]) -> dict[str, Any]:
         data = await self._request("GET", "/api/v1/usage?" + urlencode(query), feature="usage")
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
             raise GatewayServerError(f"Unexpected answer of the usage route: {data!r}")
         return data
 
@@ -753,8 +767,9 @@ class Gateway(SyncMethodMixin):
 
         ``since``/``until``: a ``datetime`` (naive: UTC), milliseconds since the epoch, or
         an ISO 8601 string; default the current quota period up to now. ``user``/``group``:
-        only theirs (another user's needs an admin). Servers without usage accounting (the
-        public dask-gateway-server) raise ``GatewayUnsupportedError``.
+        only theirs (another user's needs an admin). Every page of the report is read: all
+        the rows come back at once. Servers without usage accounting (the public
+        dask-gateway-server) raise ``GatewayUnsupportedError``.
         """
         return self.sync(self._usage, since, until, by, user, group, **kwargs)
 

@@ -36,6 +36,24 @@ def test_quota_of_our_gateway(gateway):
             g.quota(user="")
 
 
+def test_usage_of_our_gateway(gateway):
+    """The report as the usage route gives it; another user's is for admins."""
+    with Gateway(gateway.address, auth=BasicAuth("quota-client", "")) as g:
+        report = g.usage()
+        assert report["by"] == "user" and report["next_offset"] is None
+        assert set(report) >= {"since", "until", "rows", "total"}
+        assert all(row["user"] == "quota-client" for row in report["rows"])
+        days = g.usage(since=datetime(2026, 1, 1), until=datetime(2026, 1, 3), by="day")
+        assert days["since"] == int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+        assert days["total"]["core_seconds"] == 0
+        with pytest.raises(HTTPClientError) as info:
+            g.usage(user="someone-else")
+        assert info.value.code == 403
+        with pytest.raises(HTTPClientError) as info:
+            g.usage(since="yesterday")
+        assert info.value.code == 400
+
+
 async def test_quota_async(gateway):
     async with Gateway(gateway.address, auth=BasicAuth("quota-client", ""), asynchronous=True) as g:
         state = await g.quota()
@@ -70,7 +88,31 @@ class _Recorder(web.RequestHandler):
     def get(self) -> None:
         query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
         self.seen.append((self.request.path, query))
-        self.finish({"since": 0, "until": 1, "by": query.get("by"), "rows": [], "total": {}})
+        if query.get("by") == "cluster":  # three pages of two rows
+            offset = int(query.get("offset", 0))
+            rows = [{"cluster": f"c{i}"} for i in range(offset, min(offset + 2, 5))]
+            following = offset + 2 if offset + 2 < 5 else None
+            self.finish(
+                {
+                    "since": 10,
+                    "until": 20,
+                    "by": "cluster",
+                    "rows": rows,
+                    "total": {"clusters": 5},
+                    "next_offset": following,
+                }
+            )
+            return
+        self.finish(
+            {
+                "since": 0,
+                "until": 1,
+                "by": query.get("by"),
+                "rows": [],
+                "total": {},
+                "next_offset": None,
+            }
+        )
 
     def post(self) -> None:
         self.seen.append((self.request.path, {}))
@@ -132,7 +174,9 @@ def test_usage_query(recorder):
             user="alice",
             group="physics",
         )
-        g.usage(since=1764547200000, by="cluster")
+        paged = g.usage(since=1764547200000, by="cluster")
+        assert [r["cluster"] for r in paged["rows"]] == ["c0", "c1", "c2", "c3", "c4"]
+        assert paged["total"] == {"clusters": 5} and paged["next_offset"] is None
         assert seen == [
             ("/api/v1/usage", {"by": "user"}),
             (
@@ -147,6 +191,9 @@ def test_usage_query(recorder):
                 },
             ),
             ("/api/v1/usage", {"by": "cluster", "since": "1764547200000"}),
+            # The next pages: the same period as the first answer's.
+            ("/api/v1/usage", {"by": "cluster", "since": "10", "until": "20", "offset": "2"}),
+            ("/api/v1/usage", {"by": "cluster", "since": "10", "until": "20", "offset": "4"}),
         ]
         with pytest.raises(ValueError, match="by must be one of user, group, cluster, day"):
             g.usage(by="week")
@@ -154,7 +201,7 @@ def test_usage_query(recorder):
             g.usage(since=[2026])
         with pytest.raises(ValueError, match="group must be a non-empty name"):
             g.usage(group="")
-        assert len(seen) == 3  # nothing sent for the bad ones
+        assert len(seen) == 5  # nothing sent for the bad ones
 
 
 def test_the_warning_header_is_a_gateway_warning(recorder):

@@ -33,15 +33,21 @@ class FakeAccounting:
         self.group_memory: dict[str, float] = {}
         self.queries: list[tuple] = []
 
-    async def use_of(self, since_ms, until_ms, user=None, groups=None) -> Use:
-        self.queries.append((user, None if groups is None else tuple(groups)))
+    async def report(self, since_ms, until_ms, by, user=None, group=None) -> tuple[list, dict]:
+        """The report's total, as ``Accounting.report`` gives it."""
+        assert by == "user" and (user is None) != (group is None)
+        self.queries.append((user, None if group is None else (group,)))
         if user is not None:
             core = self.users.get(user, 0.0)
             gib = self.memory.get(user, 0.0)
         else:
-            core = sum(self.groups.get(g, 0.0) for g in groups or ())
-            gib = sum(self.group_memory.get(g, 0.0) for g in groups or ())
-        return Use(core * HOUR, gib * HOUR * 2**30)
+            core = self.groups.get(group, 0.0)
+            gib = self.group_memory.get(group, 0.0)
+        use = Use(core * HOUR, gib * HOUR * 2**30)
+        return [], {
+            "core_seconds": use.core_seconds,
+            "memory_byte_seconds": use.memory_byte_seconds,
+        }
 
 
 class FakeEvents:

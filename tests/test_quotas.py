@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import time
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from support import waiting
 from support.gateway_process import GatewayProcess, _kill_leftovers
@@ -21,6 +23,8 @@ from dask_gateway import BasicAuth, Gateway, GatewayWarning
 from dask_gateway.client import GatewayRequestError
 
 pytestmark = pytest.mark.timeout(300)
+# Functions of this module run in the scheduler, which cannot import the tests.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.2)
 
@@ -45,8 +49,13 @@ c.Authenticator.admin_users = {{{admin!r}}}
 {quotas}
 """
 
-#: A few core-seconds: a scheduler and a worker use it up in seconds.
+#: A few core-seconds (or GiB-seconds): a scheduler or a worker uses it up in seconds.
 TINY = 4 / 3600
+#: Schedulers hold no memory: a memory quota is used only once a worker runs, so a cluster
+#: can always be scaled to its first worker before the quota runs out.
+NO_SCHEDULER_MEMORY = "c.ClusterConfig.scheduler_memory = 0"
+#: Workers of a quarter GiB.
+SMALL = {"worker_memory": 0.25}
 
 
 def write_config(directory: Path, quotas: str) -> Path:
@@ -83,13 +92,20 @@ def kinds_and_messages(gw, user: str, name: str) -> list[tuple[str, str]]:
 
 
 def running(gw, user: str, name: str, workers: int = 0) -> None:
-    """Wait until ``name`` runs with ``workers`` workers joined."""
+    """Wait until ``name`` runs; with ``workers``, scale it to them and wait until they
+    joined."""
 
-    def ready() -> bool:
+    def joined(n: int) -> bool:
         events = [k for k, _ in kinds_and_messages(gw, user, name)]
-        return "running" in events and events.count("worker-joined") >= workers
+        return "running" in events and events.count("worker-joined") >= n
 
-    wait_for(ready, what=f"cluster {name} running with {workers} workers")
+    wait_for(lambda: joined(0), what=f"cluster {name} running")
+    if workers:
+        r = call(
+            "POST", f"{gw.address}/api/v1/clusters/{name}/scale", {"count": workers}, basic(user)
+        )
+        assert r.status == 200, r.body
+        wait_for(lambda: joined(workers), what=f"{workers} workers of {name}")
 
 
 def used_up(gw, user: str) -> dict:
@@ -97,6 +113,20 @@ def used_up(gw, user: str) -> dict:
         lambda: (q := quota(gw, user))["state"] == "exhausted" and q,
         what=f"the quota of {user} used up",
     )
+
+
+def _asked(dask_scheduler) -> int:
+    """Runs in the scheduler: the workers its gateway service asks for."""
+    from dask_gateway.scheduler_preload import SERVICE_ATTR
+
+    return getattr(dask_scheduler, SERVICE_ATTR).count
+
+
+async def _heartbeat(dask_scheduler) -> bool:
+    """Runs in the scheduler: a heartbeat now; True once the gateway took it."""
+    from dask_gateway.scheduler_preload import SERVICE_ATTR
+
+    return await getattr(dask_scheduler, SERVICE_ATTR).send_heartbeat()
 
 
 def stop(gw, user: str, name: str) -> None:
@@ -110,9 +140,10 @@ def keep_gw(tmp_path_factory):
     gw = start_gateway(
         tmp_path_factory.mktemp("quota-keep"),
         f"""
+{NO_SCHEDULER_MEMORY}
 c.UsageQuotas.period = "day"
-c.UsageQuotas.users = {{"q-alice": {{"core_hours": {TINY!r}}}}}
-c.UsageQuotas.group_totals = {{"physics": {{"core_hours": {TINY!r}}}}}
+c.UsageQuotas.users = {{"q-alice": {{"memory_gib_hours": {TINY!r}}}}}
+c.UsageQuotas.group_totals = {{"physics": {{"memory_gib_hours": {TINY!r}}}}}
 """,
     )
     yield gw
@@ -122,22 +153,21 @@ c.UsageQuotas.group_totals = {{"physics": {{"core_hours": {TINY!r}}}}}
 def test_a_used_up_quota_refuses_creating_and_scaling_up(keep_gw):
     gw = keep_gw
     alice = basic("q-alice")
-    name = create(gw, alice)
-    r = call("POST", f"{gw.address}/api/v1/clusters/{name}/scale", {"count": 1}, alice)
-    assert r.status == 200, r.body
+    name = create(gw, alice, SMALL)
     running(gw, "q-alice", name, workers=1)
     state = used_up(gw, "q-alice")
     [line] = state["quotas"]
-    assert line["kind"] == "core_hours" and line["scope"] == "user" and line["share"] >= 1
-    assert state["use"]["core_hours"] >= TINY
+    assert line["kind"] == "memory_gib_hours" and line["scope"] == "user" and line["share"] >= 1
+    assert state["use"]["memory_gib_hours"] >= TINY
 
     # Creating: 429, the quota, the use so far, the period's end, and when to come back.
     r = call("POST", f"{gw.address}/api/v1/clusters/", {}, alice)
     assert r.status == 429, r.body
     message = r.json()["error"]
     assert re.fullmatch(
-        r"Cannot create a cluster: the core-hours quota of q-alice is used up \([0-9.e-]+ of "
-        r"0\.00111 core-hours today, \d+ %\) until the day ends \d{4}-\d\d-\d\d 00:00 UTC",
+        r"Cannot create a cluster: the memory GiB-hours quota of q-alice is used up \([0-9.e-]+ "
+        r"of 0\.00111 memory GiB-hours today, \d+ %\) until the day ends "
+        r"\d{4}-\d\d-\d\d 00:00 UTC",
         message,
     ), message
     retry = int(r.headers["Retry-After"])
@@ -146,18 +176,21 @@ def test_a_used_up_quota_refuses_creating_and_scaling_up(keep_gw):
 
     with Gateway(gw.address, auth=BasicAuth("q-alice", "")) as gateway:
         # Our client: the refusal as a GatewayRequestError with the gateway's words.
-        with pytest.raises(GatewayRequestError, match="core-hours quota of q-alice is used up"):
+        with pytest.raises(GatewayRequestError, match="GiB-hours quota of q-alice is used up"):
             gateway.submit()
         # Scaling up: refused; scaling down: done, with the quota's warning.
         with pytest.raises(GatewayRequestError) as info:
             gateway.scale_cluster(name, 3)
         assert info.value.status == 429
         assert f"Cannot scale cluster {name} up to 3 workers" in str(info.value)
-        with pytest.warns(GatewayWarning, match="core-hours quota of q-alice is used up"):
+        with pytest.warns(GatewayWarning, match="GiB-hours quota of q-alice is used up"):
             gateway.scale_cluster(name, 0)
         # Adaptive scaling may not add workers: its maximum becomes the count it has.
-        with pytest.warns(GatewayWarning, match="Using `maximum=0` instead"):
+        with pytest.warns(GatewayWarning) as caught:
             gateway.adapt_cluster(name, minimum=0, maximum=5)
+        said = [str(w.message) for w in caught if w.category is GatewayWarning]
+        assert len(said) == 2 and "Using `maximum=0` instead" in said[1], said
+        assert said[0].startswith("The memory GiB-hours quota of q-alice is used up")
         assert gateway.get_cluster(name).status.name == "RUNNING"  # "keep": it runs on
         gateway.stop_cluster(name)
     events = kinds_and_messages(gw, "q-alice", name)
@@ -166,15 +199,15 @@ def test_a_used_up_quota_refuses_creating_and_scaling_up(keep_gw):
 
 def test_a_group_total_is_shared_by_the_members(keep_gw):
     gw = keep_gw
-    name = create(gw, basic("phys-carol"))
-    running(gw, "phys-carol", name)
+    name = create(gw, basic("phys-carol"), SMALL)
+    running(gw, "phys-carol", name, workers=1)
     state = used_up(gw, "phys-carol")
     assert [(q["scope"], q["group"]) for q in state["quotas"]] == [("group", "physics")]
-    assert state["message"].startswith("The core-hours quota of group physics is used up (")
+    assert state["message"].startswith("The memory GiB-hours quota of group physics is used up (")
 
     # Another member, who has used nothing himself, may not create either.
     dave = quota(gw, "phys-dave")
-    assert dave["use"]["core_hours"] == 0 and dave["state"] == "exhausted"
+    assert dave["use"]["memory_gib_hours"] == 0 and dave["state"] == "exhausted"
     r = call("POST", f"{gw.address}/api/v1/clusters/", {}, basic("phys-dave"))
     assert r.status == 429 and "quota of group physics is used up" in r.json()["error"]
     # Someone outside the group has no quota at all.
@@ -277,23 +310,49 @@ def test_no_new_workers_policy_caps_the_workers(tmp_path):
     gw = start_gateway(
         tmp_path,
         f"""
+{NO_SCHEDULER_MEMORY}
 c.UsageQuotas.period = "month"
-c.UsageQuotas.core_hours = {TINY!r}
+c.UsageQuotas.memory_gib_hours = {TINY!r}
 c.UsageQuotas.when_exhausted = "no-new-workers"
 c.UsageQuotas.check_interval = 0.5
 """,
     )
     try:
         grace = basic("q-grace")
-        name = create(gw, grace)
-        r = call("POST", f"{gw.address}/api/v1/clusters/{name}/scale", {"count": 1}, grace)
-        assert r.status == 200, r.body
-        running(gw, "q-grace", name, workers=1)
+        name = create(gw, grace, SMALL)
+        running(gw, "q-grace", name)
+        # Adaptive scaling from one worker on, set while nothing is used yet.
+        r = call(
+            "POST",
+            f"{gw.address}/api/v1/clusters/{name}/adapt",
+            {"minimum": 1, "maximum": 4},
+            grace,
+        )
+        assert r.status == 200 and r.json()["ok"] is True, r.body
         expected = (
             "scaled",
-            "Workers capped at 1 worker: the core-hours quota of q-grace for this month is used up",
+            "Workers capped at 1 worker: the memory GiB-hours quota of q-grace for this month "
+            "is used up",
         )
         wait_for(lambda: expected in kinds_and_messages(gw, "q-grace", name), what="the cap event")
+        # Work to do: adaptive scaling in the scheduler asks for more workers; once the
+        # gateway has answered a heartbeat that asks for them, the cluster still has one.
+        with Gateway(gw.address, auth=BasicAuth("q-grace", "")) as gateway:
+            cluster = gateway.connect(name)
+            client = cluster.get_client(set_as_default=False)
+            try:
+                futures = client.map(time.sleep, [0.5] * 200, pure=False)
+                wait_for(lambda: client.run_on_scheduler(_asked) > 1, what="more workers asked")
+                assert client.run_on_scheduler(_heartbeat) is True
+                r = call("GET", f"{gw.address}/api/v1/clusters/{name}/workers", headers=grace)
+                assert r.json()["requested"] == 1, r.body
+                client.cancel(futures)
+            finally:
+                client.close()
+                cluster.close()
+        # Nothing scaled it since it was capped.
+        scaled = [m for k, m in kinds_and_messages(gw, "q-grace", name) if k == "scaled"]
+        assert scaled[-1] == expected[1], scaled
         r = call("POST", f"{gw.address}/api/v1/clusters/{name}/scale", {"count": 2}, grace)
         assert r.status == 429, r.body
         r = call("POST", f"{gw.address}/api/v1/clusters/{name}/adapt", {"maximum": 4}, grace)

@@ -12,7 +12,7 @@ Set defaults for everyone, then raise or lower them per hub group or per user, a
 A user's own entry wins; among their groups, the most generous value wins. A group total is
 a budget the members share: the use of every cluster created with that group counts.
 
-Use is read from the recorded allocations (``usage.Accounting``), never counted in memory,
+Use is read from the recorded allocations (``usage.Accounting.report``), never counted in memory,
 and cached a few seconds per user and group, so creating and scaling stay cheap; a user no
 quota applies to costs no query at all. Creating a cluster or scaling one up past a quota
 is refused; from ``warn_at`` on the answers carry a warning; a periodic check applies
@@ -95,7 +95,8 @@ class QuotaLine:
         return 1.0  # a quota of 0: nothing may be used
 
     def name(self, user: str) -> str:
-        """ "the core-hours quota of alice", "the memory GiB-hours quota of group physics"."""
+        """How a sentence names it: "the core-hours quota of alice", "the memory GiB-hours
+        quota of group physics"."""
         who = user if self.scope == "user" else f"group {self.group}"
         return f"the {KINDS[self.kind]} quota of {who}"
 
@@ -149,8 +150,8 @@ class QuotaState:
         return f"the {self.period} ends {_utc(self.period_end)}"
 
     def used_up(self, line: QuotaLine) -> str:
-        """ "the core-hours quota of alice is used up (0.0021 of 0.002 core-hours today, 105
-        %) until the day ends 2026-12-07 00:00 UTC"."""
+        """E.g. "the core-hours quota of alice is used up (0.0021 of 0.002 core-hours today,
+        105 %) until the day ends 2026-12-07 00:00 UTC"."""
         percent = math.floor(line.share * 100)
         return (
             f"{line.name(self.user)} is used up ({self._numbers(line)}, {percent} %) until "
@@ -158,7 +159,8 @@ class QuotaState:
         )
 
     def why_stopped(self, line: QuotaLine) -> str:
-        """ "the core-hours quota of alice for this month is used up"."""
+        """Why a cluster is stopped: "the core-hours quota of alice for this month is used
+        up"."""
         return f"{line.name(self.user)} for {_THIS[self.period]} is used up"
 
     @property
@@ -384,10 +386,13 @@ class UsageQuotas(Configurable):
         cached = self._cache.get(key)
         if cached is not None and not fresh and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
+        # The report's total: summed per cluster by the database, the rest in an executor
+        # (a group's total reads every member's clusters of the period).
         if scope == "user":
-            use = await self.accounting.use_of(start, end, user=name)
+            _, total = await self.accounting.report(start, end, "user", user=name)
         else:
-            use = await self.accounting.use_of(start, end, groups=[name])
+            _, total = await self.accounting.report(start, end, "user", group=name)
+        use = Use(total["core_seconds"], total["memory_byte_seconds"])
         if cached is None:  # a new period (or name): forget the older periods' entries
             for old in [k for k in self._cache if k[2] != start]:
                 del self._cache[old]
@@ -439,6 +444,8 @@ class UsageQuotas(Configurable):
     async def check_scale(self, cluster: Cluster, count: int) -> str | None:
         """Before ``cluster`` is scaled to ``count`` workers: scaling up past a used-up
         quota raises QuotaExhausted (scaling down is always allowed); else the warning."""
+        if not self.configured:
+            return None
         owner = self.owner(cluster)
         if not self.applies(owner, cluster.groups):
             return None
@@ -458,6 +465,8 @@ class UsageQuotas(Configurable):
         """Before adaptive scaling up to ``maximum`` workers (None: no bound) is set: with a
         used-up quota, the maximum becomes the workers the cluster has. Returns (the
         maximum, why it was lowered or None, the warning or None)."""
+        if not self.configured:
+            return maximum, None, None
         owner = self.owner(cluster)
         if not self.applies(owner, cluster.groups):
             return maximum, None, None
