@@ -9,8 +9,11 @@ import asyncio
 import csv
 import io
 import json
+import os
+import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from dask_gateway_server.api.base import APIError
 from dask_gateway_server.api.usage import parse_time, safe_text, to_csv, wants_csv
@@ -32,11 +35,25 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def store(tmp_path):
-    """A Store on a fresh SQLite file with its tables; seed(...) adds clusters and
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A Store with its tables, on a fresh SQLite file or in a schema of its own in the test
+    PostgreSQL (the SQL differs: greatest/least, json); seed(...) adds clusters and
     allocations directly (what the reconciler records)."""
-    s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}", [KEY])
+    schema = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        base = os.environ.get("TEST_POSTGRES_URL")
+        if not base:
+            pytest.fail("TEST_POSTGRES_URL is not set: start one with scripts/services/start-pg.sh")
+        schema = f"usage_units_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(base)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in base else "?"
+        url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    s = Store(url, [KEY])
 
     async def setup():
         await s.setup()
@@ -44,6 +61,10 @@ def store(tmp_path):
     run(setup())
     yield s
     s.engine.dispose()
+    if schema is not None:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def seed(store: Store, clusters: list[dict], allocations: list[dict]) -> None:
@@ -73,8 +94,9 @@ def alloc(
 
 
 def report(store, since, until, by, now, user=None, group=None):
-    rows = run(store.usage_rows(since, until, None if user is None else [user]))
-    return summarize(rows, since, until, now, by, group)
+    users = None if user is None else [user]
+    clusters, intervals = run(store.usage_between(since, until, now, users, by == "day"))
+    return summarize(clusters, intervals, since, until, by, group)
 
 
 def test_clipped_at_since_and_until_and_running_up_to_now(store):

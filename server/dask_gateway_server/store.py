@@ -215,19 +215,20 @@ def load_or_create_key_file(path: str) -> bytes:
 log = logging.getLogger("dask_gateway_server")
 
 
-class UsageRow(NamedTuple):
-    """An allocation as the usage report reads it, with its cluster's accounting record
-    (``groups``: the owner's at creation; ``created``: None if the record is missing)."""
+class ClusterUse(NamedTuple):
+    """What one cluster used within a range, from its allocations and accounting record."""
 
     cluster: str
     username: str
-    worker: str | None
-    cores: float
-    memory: int
-    start: int
-    stop: int | None
-    groups: tuple[str, ...]
-    created: int | None
+    groups: tuple[str, ...]  # the owner's at the cluster's creation
+    start_time: int  # its creation (or its first allocation's start, without a record)
+    stop_time: int | None  # its scheduler's stop; None while it runs
+    core_seconds: float
+    memory_byte_seconds: float
+
+
+#: An allocation's part of a range: (cluster, cores, memory bytes, start ms, stop ms).
+Interval = tuple[str, float, int, int, int]
 
 
 class StoreError(Exception):
@@ -754,50 +755,93 @@ class Store:
         with self.engine.connect() as conn:
             return [{**row._mapping, "groups": row.groups or []} for row in conn.execute(query)]
 
-    async def usage_rows(
-        self, since_ms: int, until_ms: int, usernames: list[str] | None = None
-    ) -> list[UsageRow]:
-        """As ``allocations_between``, lighter: plain tuples, each cluster's groups decoded
-        once (a report reads tens of thousands of rows)."""
-        return await self._run(self._usage_rows, since_ms, until_ms, usernames)
+    async def usage_between(
+        self,
+        since_ms: int,
+        until_ms: int,
+        now_ms: int,
+        usernames: list[str] | None = None,
+        intervals: bool = False,
+    ) -> tuple[list[ClusterUse], list[Interval]]:
+        """What each cluster used within [since_ms, until_ms) (running allocations up to
+        ``now_ms``; ``usernames``: theirs only), summed by the database, one row a cluster;
+        with ``intervals`` also each allocation's part of the range (the report by day
+        splits them at midnight), read in the same transaction."""
+        return await self._run(
+            self._usage_between, since_ms, until_ms, now_ms, usernames, intervals
+        )
 
-    def _usage_rows(
-        self, since_ms: int, until_ms: int, usernames: list[str] | None
-    ) -> list[UsageRow]:
+    def _usage_between(
+        self,
+        since_ms: int,
+        until_ms: int,
+        now_ms: int,
+        usernames: list[str] | None,
+        intervals: bool,
+    ) -> tuple[list[ClusterUse], list[Interval]]:
         a = allocations_table.c
         u = usage_clusters_table.c
-        query = (
-            sa.select(
-                a.cluster,
-                a.username,
-                a.worker,
-                a.cores,
-                a.memory,
-                a.start,
-                a.stop,
-                # The stored text, decoded below once per distinct value, not once per row.
-                sa.type_coerce(u.groups, sa.UnicodeText),
-                u.created,
-            )
-            .join(usage_clusters_table, u.cluster == a.cluster, isouter=True)
-            .where(a.start < until_ms, sa.or_(a.stop.is_(None), a.stop > since_ms))
+        greatest, least = (
+            (sa.func.max, sa.func.min)  # SQLite's scalar max(x, y) and min(x, y)
+            if self.engine.dialect.name == "sqlite"
+            else (sa.func.greatest, sa.func.least)
         )
+        start = greatest(a.start, since_ms)
+        stop = least(sa.func.coalesce(a.stop, now_ms), until_ms)
+        ms = greatest(stop - start, 0)
+        scheduler = a.worker.is_(None)
+        overlap = [a.start < until_ms, sa.or_(a.stop.is_(None), a.stop > since_ms)]
         if usernames is not None:
-            query = query.where(a.username.in_(usernames))
-        decoded: dict[Any, tuple[str, ...]] = {}
-        out = []
+            overlap.append(a.username.in_(usernames))
+        # Summed per cluster first, then joined with the accounting records (one lookup a
+        # cluster, not one an allocation).
+        sums = (
+            sa.select(
+                a.cluster.label("cluster"),
+                sa.func.min(a.username).label("username"),
+                sa.func.min(a.start).label("first_start"),
+                sa.func.sum(ms * a.cores).label("core_ms"),
+                sa.func.sum(ms * sa.cast(a.memory, sa.Float)).label("byte_ms"),
+                sa.func.max(sa.case((scheduler, 1), else_=0)).label("has_scheduler"),
+                sa.func.max(sa.case((sa.and_(scheduler, a.stop.is_(None)), 1), else_=0)).label(
+                    "scheduler_runs"
+                ),
+                sa.func.max(sa.case((scheduler, a.stop))).label("scheduler_stop"),
+                sa.func.max(sa.case((a.stop.is_(None), 1), else_=0)).label("any_runs"),
+                sa.func.max(a.stop).label("last_stop"),
+            )
+            .where(*overlap)
+            .group_by(a.cluster)
+            .subquery()
+        )
+        per_cluster = sa.select(
+            sums,
+            sa.type_coerce(u.groups, sa.UnicodeText).label("groups"),  # decoded below
+            u.created,
+        ).join(usage_clusters_table, u.cluster == sums.c.cluster, isouter=True)
+        clusters = []
+        parts: list[Interval] = []
         with self.engine.connect() as conn:
-            for cluster, user, worker, cores, memory, start, stop, text, created in conn.execute(
-                query
-            ):
-                key = text if isinstance(text, str) or text is None else json.dumps(text)
-                groups = decoded.get(key)
-                if groups is None:
-                    groups = decoded[key] = _groups(text)
-                out.append(
-                    UsageRow(cluster, user, worker, cores, memory, start, stop, groups, created)
+            for r in conn.execute(per_cluster):
+                if r.has_scheduler:
+                    stop_time = None if r.scheduler_runs else r.scheduler_stop
+                else:
+                    stop_time = None if r.any_runs else r.last_stop
+                clusters.append(
+                    ClusterUse(
+                        r.cluster,
+                        r.username,
+                        _groups(r.groups),
+                        r.first_start if r.created is None else r.created,
+                        stop_time,
+                        float(r.core_ms or 0) / 1000,
+                        float(r.byte_ms or 0) / 1000,
+                    )
                 )
-        return out
+            if intervals:
+                query = sa.select(a.cluster, a.cores, a.memory, start, stop).where(*overlap)
+                parts = [(c, cores, memory, s, e) for c, cores, memory, s, e in conn.execute(query)]
+        return clusters, parts
 
     async def usage_totals(self, now_ms: int) -> list[tuple[str, tuple[str, ...], float, float]]:
         """Everything ever used, summed in the database: (username, groups, core-seconds,

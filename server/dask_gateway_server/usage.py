@@ -10,12 +10,12 @@ import asyncio
 import calendar
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .models import now_ms
-from .store import Store, StoreUnavailable, UsageRow
+from .store import ClusterUse, Interval, Store, StoreUnavailable
 
 GIB = 2**30
 PERIODS = ("day", "week", "month")
@@ -108,13 +108,16 @@ class Accounting:
         user: str | None = None,
         group: str | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """``summarize`` of the allocations of ``user`` (None: everyone's) overlapping
-        [since_ms, until_ms): one query on the store's thread, the sums in an executor (tens
-        of thousands of rows must not hold the event loop)."""
-        rows = await self.store.usage_rows(since_ms, until_ms, None if user is None else [user])
+        """``summarize`` of the use of ``user``'s clusters (None: everyone's) within
+        [since_ms, until_ms): summed per cluster by the database on the store's thread, the
+        rows made in an executor (by day, tens of thousands of allocations split at midnight
+        must not hold the event loop)."""
+        clusters, intervals = await self.store.usage_between(
+            since_ms, until_ms, now_ms(), None if user is None else [user], by == "day"
+        )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, summarize, rows, since_ms, until_ms, now_ms(), by, group
+            None, summarize, clusters, intervals, since_ms, until_ms, by, group
         )
 
     async def totals_by_user_group(self) -> dict[tuple[str, str], tuple[float, float]]:
@@ -197,125 +200,106 @@ def day_label(day: int) -> str:
 class _Sum:
     core_seconds: float = 0.0
     memory_byte_seconds: float = 0.0
-    clusters: set[str] = field(default_factory=set)
+    clusters: int = 0
 
-    def add(self, cluster: str, core_seconds: float, memory_byte_seconds: float) -> None:
-        self.core_seconds += core_seconds
-        self.memory_byte_seconds += memory_byte_seconds
-        self.clusters.add(cluster)
+    def add(self, c: ClusterUse) -> None:
+        self.core_seconds += c.core_seconds
+        self.memory_byte_seconds += c.memory_byte_seconds
+        self.clusters += 1
 
     def figures(self) -> dict[str, Any]:
-        return numbers(len(self.clusters), self.core_seconds, self.memory_byte_seconds)
-
-
-@dataclass
-class _ClusterInfo:
-    user: str
-    groups: tuple[str, ...]
-    start: int
-    scheduler_stop: int | None = None
-    has_scheduler: bool = False
-    latest_stop: int | None = None
-    running: bool = False
+        return numbers(self.clusters, self.core_seconds, self.memory_byte_seconds)
 
 
 def summarize(
-    rows: Iterable[UsageRow],
+    clusters: Iterable[ClusterUse],
+    intervals: Iterable[Interval],
     since: int,
     until: int,
-    now: int,
     by: str,
     group: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The report's rows (every one, in order) and its total, from the allocations
-    overlapping [since, until) (``rows``; the store's ``usage_rows``): each clipped to the
-    range, one still running counted up to ``now``. ``group``: only the clusters created for
-    a member of it (and with ``by="group"`` only its row). ``by="day"``: one row per UTC day
-    of the range, each allocation split at midnight. A cluster of several groups counts in
-    each group's row; the total counts every cluster once."""
+    """The report's rows (every one, in order) and its total, from the store's
+    ``usage_between``: what each cluster used within [since, until) and, for ``by="day"``,
+    each allocation's part of it (``intervals``), split here at UTC midnight. ``group``:
+    only the clusters created for a member of it (and with ``by="group"`` only its row). A
+    cluster of several groups counts in each group's row; the total counts every cluster
+    once."""
     if by not in BY:
         raise ValueError(f"Unknown by {by!r}: expected one of {', '.join(BY)}")
-    sums: dict[Any, _Sum] = {}
+    if group is not None:
+        clusters = [c for c in clusters if group in c.groups]
+    else:
+        clusters = list(clusters)
     total = _Sum()
-    info: dict[str, _ClusterInfo] = {}
-    for row in rows:
-        groups = row.groups
-        if group is not None and group not in groups:
-            continue
-        start = max(row.start, since)
-        stop = min(now if row.stop is None else row.stop, until)
-        stop = max(stop, start)
-        seconds = (stop - start) / 1000
-        core_seconds = seconds * row.cores
-        memory_byte_seconds = seconds * row.memory
-        total.add(row.cluster, core_seconds, memory_byte_seconds)
-        if by == "user":
-            _sum(sums, row.username).add(row.cluster, core_seconds, memory_byte_seconds)
-        elif by == "group":
-            for g in groups or (None,):
-                if group is None or g == group:
-                    _sum(sums, g).add(row.cluster, core_seconds, memory_byte_seconds)
-        elif by == "cluster":
-            _sum(sums, row.cluster).add(row.cluster, core_seconds, memory_byte_seconds)
-            _note_cluster(info, row)
-        else:
-            first, last = start // DAY_MS, max(start, stop - 1) // DAY_MS
-            for day in range(first, last + 1):
-                part = (min(stop, (day + 1) * DAY_MS) - max(start, day * DAY_MS)) / 1000
-                _sum(sums, day).add(row.cluster, part * row.cores, part * row.memory)
+    for c in clusters:
+        total.add(c)
     out: list[dict[str, Any]]
     if by == "user":
-        out = [{"user": k, **sums[k].figures()} for k in sorted(sums)]
+        users: dict[str, _Sum] = {}
+        for c in clusters:
+            users.setdefault(c.username, _Sum()).add(c)
+        out = [{"user": k, **users[k].figures()} for k in sorted(users)]
     elif by == "group":
-        keys = sorted(sums, key=lambda k: (k is None, k or ""))
-        out = [{"group": k, **sums[k].figures()} for k in keys]
+        groups: dict[str | None, _Sum] = {}
+        for c in clusters:
+            for g in c.groups or (None,):
+                if group is None or g == group:
+                    groups.setdefault(g, _Sum()).add(c)
+        keys = sorted(groups, key=lambda k: (k is None, k or ""))
+        out = [{"group": k, **groups[k].figures()} for k in keys]
     elif by == "cluster":
-        keys = sorted(sums, key=lambda k: (info[k].start, k))
-        out = [_cluster_row(k, info[k], sums[k]) for k in keys]
+        out = [
+            {
+                "cluster": c.cluster,
+                "user": c.username,
+                "groups": list(c.groups),
+                "start_time": c.start_time,
+                "stop_time": c.stop_time,
+                **numbers(1, c.core_seconds, c.memory_byte_seconds),
+            }
+            for c in sorted(clusters, key=lambda c: (c.start_time, c.cluster))
+        ]
     else:
-        empty = _Sum()
-        days = range(since // DAY_MS, (until - 1) // DAY_MS + 1)
-        out = [{"day": day_label(d), **sums.get(d, empty).figures()} for d in days]
+        out = _by_day(intervals, {c.cluster for c in clusters}, since, until)
     return out, total.figures()
 
 
-def _sum(sums: dict[Any, _Sum], key: Any) -> _Sum:
-    found = sums.get(key)
-    if found is None:
-        found = sums[key] = _Sum()
-    return found
-
-
-def _note_cluster(info: dict[str, _ClusterInfo], row: UsageRow) -> None:
-    """What a cluster's row says of it: from its accounting record (owner, groups,
-    creation) and its scheduler's allocation (when it stopped)."""
-    c = info.get(row.cluster)
-    if c is None:
-        created = row.created if row.created is not None else row.start
-        c = info[row.cluster] = _ClusterInfo(row.username, row.groups, created)
-    c.start = min(c.start, row.start)
-    if row.worker is None:
-        c.has_scheduler = True
-        c.scheduler_stop = row.stop
-    if row.stop is None:
-        c.running = True
-    elif c.latest_stop is None or row.stop > c.latest_stop:
-        c.latest_stop = row.stop
-
-
-def _cluster_row(name: str, c: _ClusterInfo, use: _Sum) -> dict[str, Any]:
-    if c.has_scheduler:
-        stop = c.scheduler_stop
-    else:
-        stop = None if c.running else c.latest_stop
-    return {
-        "cluster": name,
-        "user": c.user,
-        "groups": list(c.groups),
-        "start_time": c.start,
-        "stop_time": stop,
-        **use.figures(),
-    }
+def _by_day(
+    intervals: Iterable[Interval], wanted: set[str], since: int, until: int
+) -> list[dict[str, Any]]:
+    """One row per UTC day of [since, until): each interval (already clipped to the range)
+    split at midnight; a cluster counts on each day it used something."""
+    first_day, last_day = since // DAY_MS, (until - 1) // DAY_MS
+    n = last_day - first_day + 1
+    core_ms = [0.0] * n
+    byte_ms = [0.0] * n
+    seen: list[set[str]] = [set() for _ in range(n)]
+    for cluster, cores, memory, start, stop in intervals:
+        if cluster not in wanted:
+            continue
+        day = start // DAY_MS
+        if stop <= (day + 1) * DAY_MS:  # within one day: most allocations
+            ms = max(0, stop - start)
+            i = day - first_day
+            core_ms[i] += ms * cores
+            byte_ms[i] += ms * memory
+            seen[i].add(cluster)
+            continue
+        while start < stop:
+            end = min(stop, (day + 1) * DAY_MS)
+            i = day - first_day
+            core_ms[i] += (end - start) * cores
+            byte_ms[i] += (end - start) * memory
+            seen[i].add(cluster)
+            start, day = end, day + 1
+    return [
+        {
+            "day": day_label(first_day + i),
+            **numbers(len(seen[i]), core_ms[i] / 1000, byte_ms[i] / 1000),
+        }
+        for i in range(n)
+    ]
 
 
 def csv_cell(value: Any) -> str:
