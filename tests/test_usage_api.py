@@ -25,6 +25,8 @@ from dask_gateway_server.usage import GIB, period_bounds
 ALICE = basic("alice")
 BOB = basic("bob")
 ADMIN = basic("usage-admin")
+#: A user whose name a spreadsheet would run as a formula (simple auth takes any name).
+EVIL = "=1+2+cmd|' C calc'!A0"
 H = 3_600_000
 #: 2026-11-02 00:00 UTC: a fixed past range the seeded rows live in.
 T0 = 1_793_577_600_000
@@ -79,6 +81,7 @@ def seed_database(data_dir: Path, seeded_at: int) -> None:
                 rec("b1", "bob", ["bio", "physics"], T0),
                 rec("a-now", "alice", [], month - H),
                 rec("b-now", "bob", [], seeded_at - H),
+                rec("evil", EVIL, ["@team"], T0 - 10 * DAY),
             ],
         )
         conn.execute(
@@ -93,6 +96,7 @@ def seed_database(data_dir: Path, seeded_at: int) -> None:
                 # This month: alice 1 s of it (the hour before is last month's), bob running.
                 alloc("a-now", "alice", month - H, month + 1000),
                 alloc("b-now", "bob", seeded_at - H, None, 4),
+                alloc("evil", EVIL, T0 - 10 * DAY, T0 - 10 * DAY + H),
             ],
         )
     engine.dispose()
@@ -242,6 +246,26 @@ def test_csv_parses_back_to_the_json_numbers(gw):
     assert r.headers["X-Dask-Gateway-Next-Offset"] == "1"
 
 
+def test_a_name_cannot_become_a_formula_in_an_admins_spreadsheet(gw):
+    """CSV injection: a user names themselves like a spreadsheet formula, so that it runs
+    when an admin opens the usage CSV. The cell is quoted; the user still reads their own
+    usage under their name."""
+    span = {"since": T0 - 10 * DAY, "until": T0}
+    own = usage(gw, basic(EVIL), **span).json()
+    assert [r["user"] for r in own["rows"]] == [EVIL] and own["total"]["core_hours"] == 1.0
+    for by in ("user", "cluster", "group"):
+        r = usage(gw, ADMIN, by=by, format="csv", **span)
+        assert r.status == 200
+        table = list(csv.reader(io.StringIO(r.body.decode())))
+        assert len(table) == 2, table
+        for cell in table[1]:
+            assert not cell.startswith(("=", "+", "-", "@")), (by, cell)
+        if by != "group":
+            assert table[1][1 if by == "cluster" else 0] == "'" + EVIL
+        else:
+            assert table[1][0] == "'@team"
+
+
 @pytest.mark.parametrize(
     "query, words",
     [
@@ -313,6 +337,7 @@ def test_usage_metrics_by_user_and_group(tmp_path):
         ("alice", "physics"): 4 * 3600,
         ("bob", "bio"): 4 * 3600,
         ("bob", "physics"): 4 * 3600,
+        (EVIL, "@team"): 3600,
     }
     assert running >= 4 * 3600  # bob's 4-core worker, still running: an hour at least
     assert memory[("alice", "physics")] == 4 * 3600 * GIB

@@ -95,8 +95,8 @@ def alloc(
 
 def report(store, since, until, by, now, user=None, group=None):
     users = None if user is None else [user]
-    clusters, intervals = run(store.usage_between(since, until, now, users, by == "day"))
-    return summarize(clusters, intervals, since, until, by, group)
+    data = run(store.usage_between(since, until, now, users, by == "day"))
+    return summarize(data, since, until, by, group)
 
 
 def test_clipped_at_since_and_until_and_running_up_to_now(store):
@@ -126,17 +126,28 @@ def test_clipped_at_since_and_until_and_running_up_to_now(store):
 def test_split_at_utc_midnight_and_every_day_of_the_range(store):
     seed(
         store,
-        [cluster("c1", "alice", ["physics"], D0 + 22 * H)],
-        [alloc("c1", "alice", D0 + 22 * H, D0 + DAY_MS + 2 * H, cores=3)],
+        [cluster("c1", "alice", ["physics"], D0 + 22 * H), cluster("c2", "bob", [], D0)],
+        [
+            alloc("c1", "alice", D0 + 22 * H, D0 + DAY_MS + 2 * H, cores=3),  # across midnight
+            alloc("c2", "bob", D0 + 2 * DAY_MS + H, D0 + 2 * DAY_MS + 3 * H),  # within a day
+            alloc("c2", "bob", D0 + 2 * DAY_MS + 5 * H, D0 + 2 * DAY_MS + 6 * H, worker="w"),
+            alloc("c2", "bob", D0 + 3 * DAY_MS - H, None, cores=0.5),  # runs, up to now
+        ],
     )
-    rows, total = report(store, D0, D0 + 3 * DAY_MS, "day", D0 + 10 * DAY_MS)
-    assert [r["day"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03"]
-    assert [r["core_hours"] for r in rows] == [6.0, 6.0, 0.0]
-    assert [r["clusters"] for r in rows] == [1, 1, 0]
-    assert total["core_hours"] == 12.0 and total["clusters"] == 1
+    now = D0 + 3 * DAY_MS + 4 * H
+    rows, total = report(store, D0, D0 + 4 * DAY_MS, "day", now)
+    assert [r["day"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
+    assert [r["core_hours"] for r in rows] == [6.0, 6.0, 3.5, 2.0]
+    assert [r["clusters"] for r in rows] == [1, 1, 1, 1]
+    assert total["core_hours"] == 17.5 and total["clusters"] == 2
     # A range starting mid-day: its first row is that day, from since on.
-    rows, _ = report(store, D0 + 23 * H, D0 + DAY_MS + H, "day", D0 + 10 * DAY_MS)
+    rows, _ = report(store, D0 + 23 * H, D0 + DAY_MS + H, "day", now)
     assert [(r["day"], r["core_hours"]) for r in rows] == [("2026-12-01", 3.0), ("2026-12-02", 3.0)]
+    # Filters: a user's, a group's.
+    rows, total = report(store, D0, D0 + 4 * DAY_MS, "day", now, user="bob")
+    assert [r["core_hours"] for r in rows] == [0.0, 0.0, 3.5, 2.0] and total["clusters"] == 1
+    rows, total = report(store, D0, D0 + 4 * DAY_MS, "day", now, group="physics")
+    assert [r["clusters"] for r in rows] == [1, 1, 0, 0] and total["core_hours"] == 12.0
 
 
 def test_groups_counted_in_each_and_none_for_no_group(store):

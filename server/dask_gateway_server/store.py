@@ -229,6 +229,20 @@ class ClusterUse(NamedTuple):
 
 #: An allocation's part of a range: (cluster, cores, memory bytes, start ms, stop ms).
 Interval = tuple[str, float, int, int, int]
+#: What a cluster's allocations used within one UTC day (days since the epoch): (cluster,
+#: day, core-milliseconds, memory byte-milliseconds).
+DaySum = tuple[str, int, float, float]
+DAY_MS = 86_400_000
+
+
+class UsageData(NamedTuple):
+    """What ``Store.usage_between`` read."""
+
+    clusters: list[ClusterUse]
+    #: With ``by_day``: the parts of allocations within one UTC day, summed by the database,
+    days: list[DaySum]
+    #: and the parts spanning midnight, to split.
+    spans: list[Interval]
 
 
 class StoreError(Exception):
@@ -761,15 +775,12 @@ class Store:
         until_ms: int,
         now_ms: int,
         usernames: list[str] | None = None,
-        intervals: bool = False,
-    ) -> tuple[list[ClusterUse], list[Interval]]:
+        by_day: bool = False,
+    ) -> UsageData:
         """What each cluster used within [since_ms, until_ms) (running allocations up to
         ``now_ms``; ``usernames``: theirs only), summed by the database, one row a cluster;
-        with ``intervals`` also each allocation's part of the range (the report by day
-        splits them at midnight), read in the same transaction."""
-        return await self._run(
-            self._usage_between, since_ms, until_ms, now_ms, usernames, intervals
-        )
+        with ``by_day`` also by UTC day, read in the same transaction."""
+        return await self._run(self._usage_between, since_ms, until_ms, now_ms, usernames, by_day)
 
     def _usage_between(
         self,
@@ -777,8 +788,8 @@ class Store:
         until_ms: int,
         now_ms: int,
         usernames: list[str] | None,
-        intervals: bool,
-    ) -> tuple[list[ClusterUse], list[Interval]]:
+        by_day: bool,
+    ) -> UsageData:
         a = allocations_table.c
         u = usage_clusters_table.c
         greatest, least = (
@@ -789,7 +800,6 @@ class Store:
         start = greatest(a.start, since_ms)
         stop = least(sa.func.coalesce(a.stop, now_ms), until_ms)
         ms = greatest(stop - start, 0)
-        scheduler = a.worker.is_(None)
         overlap = [a.start < until_ms, sa.or_(a.stop.is_(None), a.stop > since_ms)]
         if usernames is not None:
             overlap.append(a.username.in_(usernames))
@@ -802,12 +812,8 @@ class Store:
                 sa.func.min(a.start).label("first_start"),
                 sa.func.sum(ms * a.cores).label("core_ms"),
                 sa.func.sum(ms * sa.cast(a.memory, sa.Float)).label("byte_ms"),
-                sa.func.max(sa.case((scheduler, 1), else_=0)).label("has_scheduler"),
-                sa.func.max(sa.case((sa.and_(scheduler, a.stop.is_(None)), 1), else_=0)).label(
-                    "scheduler_runs"
-                ),
-                sa.func.max(sa.case((scheduler, a.stop))).label("scheduler_stop"),
-                sa.func.max(sa.case((a.stop.is_(None), 1), else_=0)).label("any_runs"),
+                # Allocations still open (count(stop) skips NULLs).
+                (sa.func.count() - sa.func.count(a.stop)).label("running"),
                 sa.func.max(a.stop).label("last_stop"),
             )
             .where(*overlap)
@@ -820,28 +826,58 @@ class Store:
             u.created,
         ).join(usage_clusters_table, u.cluster == sums.c.cluster, isouter=True)
         clusters = []
-        parts: list[Interval] = []
+        days: list[DaySum] = []
+        spans: list[Interval] = []
         with self.engine.connect() as conn:
-            for r in conn.execute(per_cluster):
-                if r.has_scheduler:
-                    stop_time = None if r.scheduler_runs else r.scheduler_stop
-                else:
-                    stop_time = None if r.any_runs else r.last_stop
+            decoded: dict[Any, tuple[str, ...]] = {}
+            for (
+                name,
+                user,
+                first_start,
+                core_ms,
+                byte_ms,
+                running,
+                last_stop,
+                groups,
+                created,
+            ) in conn.execute(per_cluster):
+                key = groups if isinstance(groups, str) or groups is None else repr(groups)
+                found = decoded.get(key)
+                if found is None:
+                    found = decoded[key] = _groups(groups)
                 clusters.append(
                     ClusterUse(
-                        r.cluster,
-                        r.username,
-                        _groups(r.groups),
-                        r.first_start if r.created is None else r.created,
-                        stop_time,
-                        float(r.core_ms or 0) / 1000,
-                        float(r.byte_ms or 0) / 1000,
+                        name,
+                        user,
+                        found,
+                        first_start if created is None else created,
+                        # Its scheduler stops last (the cluster's end closes every one).
+                        None if running else last_stop,
+                        float(core_ms or 0) / 1000,
+                        float(byte_ms or 0) / 1000,
                     )
                 )
-            if intervals:
-                query = sa.select(a.cluster, a.cores, a.memory, start, stop).where(*overlap)
-                parts = [(c, cores, memory, s, e) for c, cores, memory, s, e in conn.execute(query)]
-        return clusters, parts
+            if by_day:
+                # Most allocations lie within one day: summed here per cluster and day; the
+                # few that span midnight come back as they are.
+                day = start // DAY_MS
+                one_day = sa.or_(stop <= start, (stop - 1) // DAY_MS == day)
+                within = (
+                    sa.select(
+                        a.cluster,
+                        day,
+                        sa.func.sum(ms * a.cores),
+                        sa.func.sum(ms * sa.cast(a.memory, sa.Float)),
+                    )
+                    .where(*overlap, one_day)
+                    .group_by(a.cluster, day)
+                )
+                days = [(c, int(d), float(cm), float(bm)) for c, d, cm, bm in conn.execute(within)]
+                spanning = sa.select(a.cluster, a.cores, a.memory, start, stop).where(
+                    *overlap, sa.not_(one_day)
+                )
+                spans = [(c, cores, mem, s, e) for c, cores, mem, s, e in conn.execute(spanning)]
+        return UsageData(clusters, days, spans)
 
     async def usage_totals(self, now_ms: int) -> list[tuple[str, tuple[str, ...], float, float]]:
         """Everything ever used, summed in the database: (username, groups, core-seconds,

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .models import now_ms
-from .store import ClusterUse, Interval, Store, StoreUnavailable
+from .store import DAY_MS, ClusterUse, Store, StoreUnavailable, UsageData
 
 GIB = 2**30
 PERIODS = ("day", "week", "month")
@@ -24,7 +24,6 @@ PERIODS = ("day", "week", "month")
 DEFAULT_PERIOD = "month"
 #: How a report groups its rows.
 BY = ("user", "group", "cluster", "day")
-DAY_MS = 86_400_000
 #: The longest range ``by=day`` covers: one row a day, ten years.
 MAX_DAYS = 3660
 
@@ -112,13 +111,11 @@ class Accounting:
         [since_ms, until_ms): summed per cluster by the database on the store's thread, the
         rows made in an executor (by day, tens of thousands of allocations split at midnight
         must not hold the event loop)."""
-        clusters, intervals = await self.store.usage_between(
+        data = await self.store.usage_between(
             since_ms, until_ms, now_ms(), None if user is None else [user], by == "day"
         )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, summarize, clusters, intervals, since_ms, until_ms, by, group
-        )
+        return await loop.run_in_executor(None, summarize, data, since_ms, until_ms, by, group)
 
     async def totals_by_user_group(self) -> dict[tuple[str, str], tuple[float, float]]:
         """Everything on record, up to now: (core-seconds, memory byte-seconds) by (user,
@@ -212,8 +209,7 @@ class _Sum:
 
 
 def summarize(
-    clusters: Iterable[ClusterUse],
-    intervals: Iterable[Interval],
+    data: UsageData,
     since: int,
     until: int,
     by: str,
@@ -221,16 +217,15 @@ def summarize(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The report's rows (every one, in order) and its total, from the store's
     ``usage_between``: what each cluster used within [since, until) and, for ``by="day"``,
-    each allocation's part of it (``intervals``), split here at UTC midnight. ``group``:
+    by UTC day (the parts spanning midnight are split here). ``group``:
     only the clusters created for a member of it (and with ``by="group"`` only its row). A
     cluster of several groups counts in each group's row; the total counts every cluster
     once."""
     if by not in BY:
         raise ValueError(f"Unknown by {by!r}: expected one of {', '.join(BY)}")
+    clusters = data.clusters
     if group is not None:
         clusters = [c for c in clusters if group in c.groups]
-    else:
-        clusters = list(clusters)
     total = _Sum()
     for c in clusters:
         total.add(c)
@@ -261,31 +256,29 @@ def summarize(
             for c in sorted(clusters, key=lambda c: (c.start_time, c.cluster))
         ]
     else:
-        out = _by_day(intervals, {c.cluster for c in clusters}, since, until)
+        out = _by_day(data, {c.cluster for c in clusters}, since, until)
     return out, total.figures()
 
 
-def _by_day(
-    intervals: Iterable[Interval], wanted: set[str], since: int, until: int
-) -> list[dict[str, Any]]:
-    """One row per UTC day of [since, until): each interval (already clipped to the range)
-    split at midnight; a cluster counts on each day it used something."""
+def _by_day(data: UsageData, wanted: set[str], since: int, until: int) -> list[dict[str, Any]]:
+    """One row per UTC day of [since, until): the sums by day, and each allocation spanning
+    midnight (already clipped to the range) split there; a cluster counts on each day it
+    held something."""
     first_day, last_day = since // DAY_MS, (until - 1) // DAY_MS
     n = last_day - first_day + 1
     core_ms = [0.0] * n
     byte_ms = [0.0] * n
     seen: list[set[str]] = [set() for _ in range(n)]
-    for cluster, cores, memory, start, stop in intervals:
+    for cluster, day, cores_ms, bytes_ms in data.days:
+        if cluster in wanted:
+            i = day - first_day
+            core_ms[i] += cores_ms
+            byte_ms[i] += bytes_ms
+            seen[i].add(cluster)
+    for cluster, cores, memory, start, stop in data.spans:
         if cluster not in wanted:
             continue
         day = start // DAY_MS
-        if stop <= (day + 1) * DAY_MS:  # within one day: most allocations
-            ms = max(0, stop - start)
-            i = day - first_day
-            core_ms[i] += ms * cores
-            byte_ms[i] += ms * memory
-            seen[i].add(cluster)
-            continue
         while start < stop:
             end = min(stop, (day + 1) * DAY_MS)
             i = day - first_day
