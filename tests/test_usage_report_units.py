@@ -140,6 +140,7 @@ def test_split_at_utc_midnight_and_every_day_of_the_range(store):
     assert [r["core_hours"] for r in rows] == [6.0, 6.0, 3.5, 2.0]
     assert [r["clusters"] for r in rows] == [1, 1, 1, 1]
     assert total["core_hours"] == 17.5 and total["clusters"] == 2
+    assert report(store, D0, D0 + 4 * DAY_MS, "user", now)[1] == total
     # A range starting mid-day: its first row is that day, from since on.
     rows, _ = report(store, D0 + 23 * H, D0 + DAY_MS + H, "day", now)
     assert [(r["day"], r["core_hours"]) for r in rows] == [("2026-12-01", 3.0), ("2026-12-02", 3.0)]

@@ -238,7 +238,8 @@ DAY_MS = 86_400_000
 class UsageData(NamedTuple):
     """What ``Store.usage_between`` read."""
 
-    clusters: list[ClusterUse]
+    #: One a cluster; None when not asked for (``by_day`` alone needs only the days).
+    clusters: list[ClusterUse] | None
     #: With ``by_day``: the parts of allocations within one UTC day, summed by the database,
     days: list[DaySum]
     #: and the parts spanning midnight, to split.
@@ -776,11 +777,14 @@ class Store:
         now_ms: int,
         usernames: list[str] | None = None,
         by_day: bool = False,
+        per_cluster: bool = True,
     ) -> UsageData:
         """What each cluster used within [since_ms, until_ms) (running allocations up to
-        ``now_ms``; ``usernames``: theirs only), summed by the database, one row a cluster;
-        with ``by_day`` also by UTC day, read in the same transaction."""
-        return await self._run(self._usage_between, since_ms, until_ms, now_ms, usernames, by_day)
+        ``now_ms``; ``usernames``: theirs only), summed by the database, one row a cluster
+        (``per_cluster``); with ``by_day`` also by UTC day, read in the same transaction."""
+        return await self._run(
+            self._usage_between, since_ms, until_ms, now_ms, usernames, by_day, per_cluster
+        )
 
     def _usage_between(
         self,
@@ -789,6 +793,7 @@ class Store:
         now_ms: int,
         usernames: list[str] | None,
         by_day: bool,
+        per_cluster: bool = True,
     ) -> UsageData:
         a = allocations_table.c
         u = usage_clusters_table.c
@@ -820,43 +825,17 @@ class Store:
             .group_by(a.cluster)
             .subquery()
         )
-        per_cluster = sa.select(
+        query = sa.select(
             sums,
             sa.type_coerce(u.groups, sa.UnicodeText).label("groups"),  # decoded below
             u.created,
         ).join(usage_clusters_table, u.cluster == sums.c.cluster, isouter=True)
-        clusters = []
+        clusters: list[ClusterUse] | None = [] if per_cluster else None
         days: list[DaySum] = []
         spans: list[Interval] = []
         with self.engine.connect() as conn:
-            decoded: dict[Any, tuple[str, ...]] = {}
-            for (
-                name,
-                user,
-                first_start,
-                core_ms,
-                byte_ms,
-                running,
-                last_stop,
-                groups,
-                created,
-            ) in conn.execute(per_cluster):
-                key = groups if isinstance(groups, str) or groups is None else repr(groups)
-                found = decoded.get(key)
-                if found is None:
-                    found = decoded[key] = _groups(groups)
-                clusters.append(
-                    ClusterUse(
-                        name,
-                        user,
-                        found,
-                        first_start if created is None else created,
-                        # Its scheduler stops last (the cluster's end closes every one).
-                        None if running else last_stop,
-                        float(core_ms or 0) / 1000,
-                        float(byte_ms or 0) / 1000,
-                    )
-                )
+            if clusters is not None:
+                clusters += self._cluster_uses(conn.execute(query))
             if by_day:
                 # Most allocations lie within one day: summed here per cluster and day; the
                 # few that span midnight come back as they are.
@@ -878,6 +857,29 @@ class Store:
                 )
                 spans = [(c, cores, mem, s, e) for c, cores, mem, s, e in conn.execute(spanning)]
         return UsageData(clusters, days, spans)
+
+    @staticmethod
+    def _cluster_uses(rows: Any) -> list[ClusterUse]:
+        out = []
+        decoded: dict[Any, tuple[str, ...]] = {}
+        for name, user, first_start, core_ms, byte_ms, running, last_stop, groups, created in rows:
+            key = groups if isinstance(groups, str) or groups is None else repr(groups)
+            found = decoded.get(key)
+            if found is None:
+                found = decoded[key] = _groups(groups)
+            out.append(
+                ClusterUse(
+                    name,
+                    user,
+                    found,
+                    first_start if created is None else created,
+                    # Its scheduler stops last (the cluster's end closes every allocation).
+                    None if running else last_stop,
+                    float(core_ms or 0) / 1000,
+                    float(byte_ms or 0) / 1000,
+                )
+            )
+        return out
 
     async def usage_totals(self, now_ms: int) -> list[tuple[str, tuple[str, ...], float, float]]:
         """Everything ever used, summed in the database: (username, groups, core-seconds,

@@ -111,8 +111,12 @@ class Accounting:
         [since_ms, until_ms): summed per cluster by the database on the store's thread, the
         rows made in an executor (by day, tens of thousands of allocations split at midnight
         must not hold the event loop)."""
+        users = None if user is None else [user]
+        by_day = by == "day"
+        # By day, the clusters' own sums are needed only to know their groups.
+        per_cluster = not by_day or group is not None
         data = await self.store.usage_between(
-            since_ms, until_ms, now_ms(), None if user is None else [user], by == "day"
+            since_ms, until_ms, now_ms(), users, by_day, per_cluster
         )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, summarize, data, since_ms, until_ms, by, group)
@@ -216,14 +220,19 @@ def summarize(
     group: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The report's rows (every one, in order) and its total, from the store's
-    ``usage_between``: what each cluster used within [since, until) and, for ``by="day"``,
-    by UTC day (the parts spanning midnight are split here). ``group``:
+    ``usage_between``: what each cluster used within [since, until) or, for ``by="day"``,
+    what was used each UTC day (the parts spanning midnight are split here). ``group``:
     only the clusters created for a member of it (and with ``by="group"`` only its row). A
     cluster of several groups counts in each group's row; the total counts every cluster
     once."""
     if by not in BY:
         raise ValueError(f"Unknown by {by!r}: expected one of {', '.join(BY)}")
-    clusters = data.clusters
+    if by == "day":
+        wanted = None
+        if data.clusters is not None:
+            wanted = {c.cluster for c in data.clusters if group is None or group in c.groups}
+        return _by_day(data, wanted, since, until)
+    clusters = data.clusters or []
     if group is not None:
         clusters = [c for c in clusters if group in c.groups]
     total = _Sum()
@@ -243,7 +252,7 @@ def summarize(
                     groups.setdefault(g, _Sum()).add(c)
         keys = sorted(groups, key=lambda k: (k is None, k or ""))
         out = [{"group": k, **groups[k].figures()} for k in keys]
-    elif by == "cluster":
+    else:
         out = [
             {
                 "cluster": c.cluster,
@@ -255,28 +264,28 @@ def summarize(
             }
             for c in sorted(clusters, key=lambda c: (c.start_time, c.cluster))
         ]
-    else:
-        out = _by_day(data, {c.cluster for c in clusters}, since, until)
     return out, total.figures()
 
 
-def _by_day(data: UsageData, wanted: set[str], since: int, until: int) -> list[dict[str, Any]]:
-    """One row per UTC day of [since, until): the sums by day, and each allocation spanning
-    midnight (already clipped to the range) split there; a cluster counts on each day it
-    held something."""
+def _by_day(
+    data: UsageData, wanted: set[str] | None, since: int, until: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per UTC day of [since, until), and the total: the sums by day, and each
+    allocation spanning midnight (already clipped to the range) split there; a cluster
+    counts on each day it held something. ``wanted``: only these clusters (None: all)."""
     first_day, last_day = since // DAY_MS, (until - 1) // DAY_MS
     n = last_day - first_day + 1
     core_ms = [0.0] * n
     byte_ms = [0.0] * n
     seen: list[set[str]] = [set() for _ in range(n)]
     for cluster, day, cores_ms, bytes_ms in data.days:
-        if cluster in wanted:
+        if wanted is None or cluster in wanted:
             i = day - first_day
             core_ms[i] += cores_ms
             byte_ms[i] += bytes_ms
             seen[i].add(cluster)
     for cluster, cores, memory, start, stop in data.spans:
-        if cluster not in wanted:
+        if wanted is not None and cluster not in wanted:
             continue
         day = start // DAY_MS
         while start < stop:
@@ -286,13 +295,15 @@ def _by_day(data: UsageData, wanted: set[str], since: int, until: int) -> list[d
             byte_ms[i] += (end - start) * memory
             seen[i].add(cluster)
             start, day = end, day + 1
-    return [
+    rows = [
         {
             "day": day_label(first_day + i),
             **numbers(len(seen[i]), core_ms[i] / 1000, byte_ms[i] / 1000),
         }
         for i in range(n)
     ]
+    total = numbers(len(set().union(*seen)), sum(core_ms) / 1000, sum(byte_ms) / 1000)
+    return rows, total
 
 
 def csv_cell(value: Any) -> str:
