@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -283,6 +284,15 @@ def test_totals_and_retention(store):
         ("alice", ("physics",)): (3 * 3600.0, 2 * 3600.0 * GIB),
         ("bob", ()): (3600.0, 2 * 3600.0 * GIB),
     }
+    # Split at a time: what stopped before it, and the rest (still running, or later).
+    cut = D0 + 9 * DAY_MS + H // 2
+    before = {(u, g): (c, m) for u, g, c, m in run(store.usage_totals(now, stopped_before=cut))}
+    after = {(u, g): (c, m) for u, g, c, m in run(store.usage_totals(now, stopped_from=cut))}
+    assert before == {("alice", ("physics",)): (3600.0, 3600.0 * GIB)}
+    assert after == {
+        ("alice", ("physics",)): (2 * 3600.0, 3600.0 * GIB),
+        ("bob", ()): (3600.0, 2 * 3600.0 * GIB),
+    }
     removed = run(store.delete_usage_before(D0 + 5 * DAY_MS))
     assert removed == (1, 1)  # "old"'s allocation and record; "pending" is still active
     with store.engine.connect() as conn:
@@ -315,3 +325,34 @@ def test_accept_and_safe_text():
     assert wants_csv("text/csv") and wants_csv("text/csv, application/json")
     assert not wants_csv("application/json, text/csv") and not wants_csv("*/*")
     assert safe_text("alice") == "alice" and safe_text("-1") == "'-1"
+
+
+def test_metric_totals_by_user_and_group(store):
+    """The metrics' totals: what stopped long ago (read once, then reused) plus the rest
+    (read each time), a cluster of several groups in each, running ones up to now."""
+    real_now = int(time.time() * 1000)
+    seed(
+        store,
+        [cluster("c1", "alice", ["a", "b"], D0), cluster("c2", "bob", [], real_now - H)],
+        [alloc("c1", "alice", D0, D0 + H), alloc("c2", "bob", real_now - H, None, cores=2)],
+    )
+    accounting = Accounting(store)
+
+    async def totals():
+        return await accounting.totals_by_user_group()
+
+    for _ in range(2):  # the second time from the settled part kept by the first
+        before = int(time.time() * 1000)
+        found = run(totals())
+        after = int(time.time() * 1000)
+        assert found[("alice", "a")] == found[("alice", "b")] == (3600.0, 3600.0 * GIB)
+        cores, _ = found[("bob", "")]
+        assert 2 * (before - real_now + H) / 1000 <= cores <= 2 * (after - real_now + H) / 1000
+    # Allocations that stop later than the settled part's cutoff are in the other part.
+    with store.engine.begin() as conn:
+        conn.execute(
+            allocations_table.update()
+            .where(allocations_table.c.cluster == "c2")
+            .values(stop=real_now)
+        )
+    assert run(totals())[("bob", "")] == (7200.0, 3600.0 * GIB)

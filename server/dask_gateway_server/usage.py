@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -26,6 +27,10 @@ DEFAULT_PERIOD = "month"
 BY = ("user", "group", "cluster", "day")
 #: The longest range ``by=day`` covers: one row a day, ten years.
 MAX_DAYS = 3660
+#: The metrics re-read the totals of allocations that stopped more than SETTLED_AFTER_MS
+#: ago every SETTLED_MAX_AGE seconds (retention may have removed some meanwhile).
+SETTLED_AFTER_MS = 3_600_000
+SETTLED_MAX_AGE = 600.0
 
 
 @dataclass
@@ -78,6 +83,9 @@ class Accounting:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # The metrics' totals of allocations that stopped before a time (they never change):
+        # (that time, totals, when read: time.monotonic()).
+        self._settled: tuple[int, dict[tuple[str, str], tuple[float, float]], float] | None = None
 
     async def use_of(
         self,
@@ -124,12 +132,21 @@ class Accounting:
     async def totals_by_user_group(self) -> dict[tuple[str, str], tuple[float, float]]:
         """Everything on record, up to now: (core-seconds, memory byte-seconds) by (user,
         group), "" for clusters of owners without a group; a cluster of several groups counts
-        in each. Summed by the database (one aggregate query, a few rows back)."""
-        out: dict[tuple[str, str], tuple[float, float]] = {}
-        for user, groups, cores, memory in await self.store.usage_totals(now_ms()):
-            for group in groups or ("",):
-                old = out.get((user, group), (0.0, 0.0))
-                out[user, group] = (old[0] + cores, old[1] + memory)
+        in each. Summed by the database: what stopped over an hour ago once every
+        ``SETTLED_MAX_AGE`` seconds (a stopped allocation never changes), the rest each time
+        (a scrape must not read a year of allocations)."""
+        now = now_ms()
+        if self._settled is None or time.monotonic() - self._settled[2] > SETTLED_MAX_AGE:
+            cutoff = now - SETTLED_AFTER_MS
+            settled = _by_user_group(await self.store.usage_totals(now, stopped_before=cutoff))
+            self._settled = (cutoff, settled, time.monotonic())
+        cutoff, settled, _ = self._settled
+        out = dict(settled)
+        for key, (cores, memory) in _by_user_group(
+            await self.store.usage_totals(now, stopped_from=cutoff)
+        ).items():
+            old = out.get(key, (0.0, 0.0))
+            out[key] = (old[0] + cores, old[1] + memory)
         return out
 
     async def delete_older_than(self, max_age: float) -> tuple[int, int]:
@@ -161,6 +178,17 @@ class Accounting:
                     clusters,
                     max_age,
                 )
+
+
+def _by_user_group(
+    rows: list[tuple[str, tuple[str, ...], float, float]],
+) -> dict[tuple[str, str], tuple[float, float]]:
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for user, groups, cores, memory in rows:
+        for group in groups or ("",):
+            old = out.get((user, group), (0.0, 0.0))
+            out[user, group] = (old[0] + cores, old[1] + memory)
+    return out
 
 
 #: The columns of a report's rows before the numbers, by ``by``.
