@@ -20,8 +20,8 @@ from .store import DAY_MS, ClusterUse, Store, StoreUnavailable, UsageData
 
 GIB = 2**30
 PERIODS = ("day", "week", "month")
-#: The period whose start is the report's default ``since``, until the quota settings
-#: (``UsageQuotas.period``) are wired in (the app passes ``usage_period`` to the handler).
+#: The period whose start is the report's default ``since`` when the app passes no
+#: ``usage_period`` (it passes ``UsageQuotas.period``).
 DEFAULT_PERIOD = "month"
 #: How a report groups its rows.
 BY = ("user", "group", "cluster", "day")
