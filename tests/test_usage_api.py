@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from support.gateway_process import GatewayProcess, _kill_leftovers
-from support.http_helpers import basic, call
+from support.http_helpers import basic, call, create
 from support.paths import CONFIGS
 from support.waiting import wait_for
 
@@ -25,6 +25,8 @@ from dask_gateway_server.usage import GIB, period_bounds
 ALICE = basic("alice")
 BOB = basic("bob")
 ADMIN = basic("usage-admin")
+#: A user whose name a spreadsheet would run as a formula (simple auth takes any name).
+EVIL = "=1+2+cmd|' C calc'!A0"
 H = 3_600_000
 #: 2026-11-02 00:00 UTC: a fixed past range the seeded rows live in.
 T0 = 1_793_577_600_000
@@ -79,6 +81,7 @@ def seed_database(data_dir: Path, seeded_at: int) -> None:
                 rec("b1", "bob", ["bio", "physics"], T0),
                 rec("a-now", "alice", [], month - H),
                 rec("b-now", "bob", [], seeded_at - H),
+                rec("evil", EVIL, ["@team"], T0 - 10 * DAY),
             ],
         )
         conn.execute(
@@ -90,9 +93,11 @@ def seed_database(data_dir: Path, seeded_at: int) -> None:
                 alloc("a2", "alice", T0 + DAY, T0 + DAY + 3 * H, 0.5, GIB // 2),
                 # bob: 4 h with 2 GiB.
                 alloc("b1", "bob", T0 + H, T0 + 5 * H, 1, 2 * GIB),
-                # This month: alice 1 s of it (the hour before is last month's), bob running.
+                # This month: alice 1 s of it (the hour before is last month's); bob, lately.
                 alloc("a-now", "alice", month - H, month + 1000),
-                alloc("b-now", "bob", seeded_at - H, None, 4),
+                # (Stopped: the start-up repair closes an open one without a cluster row.)
+                alloc("b-now", "bob", seeded_at - H, seeded_at - 1000, 4),
+                alloc("evil", EVIL, T0 - 10 * DAY, T0 - 10 * DAY + H),
             ],
         )
     engine.dispose()
@@ -192,16 +197,41 @@ def test_defaults_are_this_period_up_to_now(gw):
     assert body["since"] == month and body["until"] >= gw.seeded_at
     # Only the second of a-now's allocation that falls in this month.
     assert body["total"]["core_seconds"] == 1.0 and body["total"]["clusters"] == 1
-    # bob's worker runs: it counts up to now (at least the hour before seeding).
-    before = int(time.time() * 1000)
-    running = usage(gw, BOB, since=gw.seeded_at - H).json()
-    after = int(time.time() * 1000)
-    assert 4 * 3600 <= running["total"]["core_seconds"] <= 4 * (after - gw.seeded_at + H) / 1000
-    assert running["until"] >= before
     # An until in the future counts up to now only.
-    later = usage(gw, BOB, since=gw.seeded_at - H, until=after + 10 * DAY).json()
-    assert later["until"] == after + 10 * DAY
-    assert later["total"]["core_seconds"] <= 4 * (int(time.time() * 1000) - gw.seeded_at + H) / 1000
+    later = usage(gw, BOB, since=gw.seeded_at - H, until=gw.seeded_at + 10 * DAY).json()
+    assert later["until"] == gw.seeded_at + 10 * DAY
+    assert later["total"]["core_seconds"] == 4 * 3599
+
+
+def test_a_running_cluster_counts_up_to_now(gw):
+    """A real cluster: its scheduler's allocation counts up to now while it runs, and stops
+    counting once it stopped."""
+    carol = basic("usage-carol")
+    t0 = int(time.time() * 1000)
+    name = create(gw, carol)
+    url = f"{gw.address}/api/v1/clusters/{name}"
+    try:
+        wait_for(
+            lambda: call("GET", url + "?wait", headers=carol).json()["status"] == "RUNNING",
+            what="the cluster running",
+        )
+        first = usage(gw, carol, by="cluster", since=t0).json()["rows"]
+        t1 = int(time.time() * 1000)
+        assert [(r["cluster"], r["stop_time"]) for r in first] == [(name, None)]
+        # Its scheduler (1 core) started after t0 and counts up to now (it started before
+        # the first heartbeat made the cluster RUNNING: some time has passed).
+        assert 0 < first[0]["core_seconds"] <= (t1 - t0) / 1000
+    finally:
+        call("DELETE", url, headers=carol)
+    wait_for(
+        lambda: call("GET", url, headers=carol).json()["status"] == "STOPPED",
+        what="the cluster stopped",
+    )
+    t2 = int(time.time() * 1000)
+    ended = usage(gw, carol, by="cluster", since=t0).json()["rows"]
+    assert ended[0]["stop_time"] is not None and t0 < ended[0]["stop_time"] <= t2
+    assert first[0]["core_seconds"] <= ended[0]["core_seconds"] <= (t2 - t0) / 1000
+    assert usage(gw, carol, by="cluster", since=t0).json()["rows"] == ended  # counts no more
 
 
 def test_paging_and_total(gw):
@@ -240,6 +270,26 @@ def test_csv_parses_back_to_the_json_numbers(gw):
     assert r.headers["Content-Type"].startswith("text/csv")
     assert r.body.decode().splitlines()[0].startswith("cluster,user,groups,start_time")
     assert r.headers["X-Dask-Gateway-Next-Offset"] == "1"
+
+
+def test_a_name_cannot_become_a_formula_in_an_admins_spreadsheet(gw):
+    """CSV injection: a user names themselves like a spreadsheet formula, so that it runs
+    when an admin opens the usage CSV. The cell is quoted; the user still reads their own
+    usage under their name."""
+    span = {"since": T0 - 10 * DAY, "until": T0}
+    own = usage(gw, basic(EVIL), **span).json()
+    assert [r["user"] for r in own["rows"]] == [EVIL] and own["total"]["core_hours"] == 1.0
+    for by in ("user", "cluster", "group"):
+        r = usage(gw, ADMIN, by=by, format="csv", **span)
+        assert r.status == 200
+        table = list(csv.reader(io.StringIO(r.body.decode())))
+        assert len(table) == 2, table
+        for cell in table[1]:
+            assert not cell.startswith(("=", "+", "-", "@")), (by, cell)
+        if by != "group":
+            assert table[1][1 if by == "cluster" else 0] == "'" + EVIL
+        else:
+            assert table[1][0] == "'@team"
 
 
 @pytest.mark.parametrize(
@@ -307,14 +357,14 @@ def test_usage_metrics_by_user_and_group(tmp_path):
         assert gateway.stop() == 0, gateway.log()
         _kill_leftovers(gateway.data_dir)
     # b1 (bio and physics) counts in each; clusters without a group under "".
-    running = cores.pop(("bob", ""))
     assert cores == {
         ("alice", ""): 1.5 * 3600 + 3601,
+        ("bob", ""): 4 * 3599,
         ("alice", "physics"): 4 * 3600,
         ("bob", "bio"): 4 * 3600,
         ("bob", "physics"): 4 * 3600,
+        (EVIL, "@team"): 3600,
     }
-    assert running >= 4 * 3600  # bob's 4-core worker, still running: an hour at least
     assert memory[("alice", "physics")] == 4 * 3600 * GIB
     assert memory[("bob", "bio")] == 8 * 3600 * GIB
 

@@ -9,8 +9,12 @@ import asyncio
 import csv
 import io
 import json
+import os
+import time
+import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from dask_gateway_server.api.base import APIError
 from dask_gateway_server.api.usage import parse_time, safe_text, to_csv, wants_csv
@@ -32,11 +36,25 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture
-def store(tmp_path):
-    """A Store on a fresh SQLite file with its tables; seed(...) adds clusters and
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A Store with its tables, on a fresh SQLite file or in a schema of its own in the test
+    PostgreSQL (the SQL differs: greatest/least, json); seed(...) adds clusters and
     allocations directly (what the reconciler records)."""
-    s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}", [KEY])
+    schema = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        base = os.environ.get("TEST_POSTGRES_URL")
+        if not base:
+            pytest.fail("TEST_POSTGRES_URL is not set: start one with scripts/services/start-pg.sh")
+        schema = f"usage_units_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(base)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in base else "?"
+        url = f"{base}{sep}options=-csearch_path%3D{schema}"
+    s = Store(url, [KEY])
 
     async def setup():
         await s.setup()
@@ -44,6 +62,10 @@ def store(tmp_path):
     run(setup())
     yield s
     s.engine.dispose()
+    if schema is not None:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def seed(store: Store, clusters: list[dict], allocations: list[dict]) -> None:
@@ -73,8 +95,9 @@ def alloc(
 
 
 def report(store, since, until, by, now, user=None, group=None):
-    rows = run(store.usage_rows(since, until, None if user is None else [user]))
-    return summarize(rows, since, until, now, by, group)
+    users = None if user is None else [user]
+    data = run(store.usage_between(since, until, now, users, by == "day"))
+    return summarize(data, since, until, by, group)
 
 
 def test_clipped_at_since_and_until_and_running_up_to_now(store):
@@ -104,17 +127,29 @@ def test_clipped_at_since_and_until_and_running_up_to_now(store):
 def test_split_at_utc_midnight_and_every_day_of_the_range(store):
     seed(
         store,
-        [cluster("c1", "alice", ["physics"], D0 + 22 * H)],
-        [alloc("c1", "alice", D0 + 22 * H, D0 + DAY_MS + 2 * H, cores=3)],
+        [cluster("c1", "alice", ["physics"], D0 + 22 * H), cluster("c2", "bob", [], D0)],
+        [
+            alloc("c1", "alice", D0 + 22 * H, D0 + DAY_MS + 2 * H, cores=3),  # across midnight
+            alloc("c2", "bob", D0 + 2 * DAY_MS + H, D0 + 2 * DAY_MS + 3 * H),  # within a day
+            alloc("c2", "bob", D0 + 2 * DAY_MS + 5 * H, D0 + 2 * DAY_MS + 6 * H, worker="w"),
+            alloc("c2", "bob", D0 + 3 * DAY_MS - H, None, cores=0.5),  # runs, up to now
+        ],
     )
-    rows, total = report(store, D0, D0 + 3 * DAY_MS, "day", D0 + 10 * DAY_MS)
-    assert [r["day"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03"]
-    assert [r["core_hours"] for r in rows] == [6.0, 6.0, 0.0]
-    assert [r["clusters"] for r in rows] == [1, 1, 0]
-    assert total["core_hours"] == 12.0 and total["clusters"] == 1
+    now = D0 + 3 * DAY_MS + 4 * H
+    rows, total = report(store, D0, D0 + 4 * DAY_MS, "day", now)
+    assert [r["day"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03", "2026-12-04"]
+    assert [r["core_hours"] for r in rows] == [6.0, 6.0, 3.5, 2.0]
+    assert [r["clusters"] for r in rows] == [1, 1, 1, 1]
+    assert total["core_hours"] == 17.5 and total["clusters"] == 2
+    assert report(store, D0, D0 + 4 * DAY_MS, "user", now)[1] == total
     # A range starting mid-day: its first row is that day, from since on.
-    rows, _ = report(store, D0 + 23 * H, D0 + DAY_MS + H, "day", D0 + 10 * DAY_MS)
+    rows, _ = report(store, D0 + 23 * H, D0 + DAY_MS + H, "day", now)
     assert [(r["day"], r["core_hours"]) for r in rows] == [("2026-12-01", 3.0), ("2026-12-02", 3.0)]
+    # Filters: a user's, a group's.
+    rows, total = report(store, D0, D0 + 4 * DAY_MS, "day", now, user="bob")
+    assert [r["core_hours"] for r in rows] == [0.0, 0.0, 3.5, 2.0] and total["clusters"] == 1
+    rows, total = report(store, D0, D0 + 4 * DAY_MS, "day", now, group="physics")
+    assert [r["clusters"] for r in rows] == [1, 1, 0, 0] and total["core_hours"] == 12.0
 
 
 def test_groups_counted_in_each_and_none_for_no_group(store):
@@ -249,6 +284,15 @@ def test_totals_and_retention(store):
         ("alice", ("physics",)): (3 * 3600.0, 2 * 3600.0 * GIB),
         ("bob", ()): (3600.0, 2 * 3600.0 * GIB),
     }
+    # Split at a time: what stopped before it, and the rest (still running, or later).
+    cut = D0 + 9 * DAY_MS + H // 2
+    before = {(u, g): (c, m) for u, g, c, m in run(store.usage_totals(now, stopped_before=cut))}
+    after = {(u, g): (c, m) for u, g, c, m in run(store.usage_totals(now, stopped_from=cut))}
+    assert before == {("alice", ("physics",)): (3600.0, 3600.0 * GIB)}
+    assert after == {
+        ("alice", ("physics",)): (2 * 3600.0, 3600.0 * GIB),
+        ("bob", ()): (3600.0, 2 * 3600.0 * GIB),
+    }
     removed = run(store.delete_usage_before(D0 + 5 * DAY_MS))
     assert removed == (1, 1)  # "old"'s allocation and record; "pending" is still active
     with store.engine.connect() as conn:
@@ -281,3 +325,34 @@ def test_accept_and_safe_text():
     assert wants_csv("text/csv") and wants_csv("text/csv, application/json")
     assert not wants_csv("application/json, text/csv") and not wants_csv("*/*")
     assert safe_text("alice") == "alice" and safe_text("-1") == "'-1"
+
+
+def test_metric_totals_by_user_and_group(store):
+    """The metrics' totals: what stopped long ago (read once, then reused) plus the rest
+    (read each time), a cluster of several groups in each, running ones up to now."""
+    real_now = int(time.time() * 1000)
+    seed(
+        store,
+        [cluster("c1", "alice", ["a", "b"], D0), cluster("c2", "bob", [], real_now - H)],
+        [alloc("c1", "alice", D0, D0 + H), alloc("c2", "bob", real_now - H, None, cores=2)],
+    )
+    accounting = Accounting(store)
+
+    async def totals():
+        return await accounting.totals_by_user_group()
+
+    for _ in range(2):  # the second time from the settled part kept by the first
+        before = int(time.time() * 1000)
+        found = run(totals())
+        after = int(time.time() * 1000)
+        assert found[("alice", "a")] == found[("alice", "b")] == (3600.0, 3600.0 * GIB)
+        cores, _ = found[("bob", "")]
+        assert 2 * (before - real_now + H) / 1000 <= cores <= 2 * (after - real_now + H) / 1000
+    # Allocations that stop later than the settled part's cutoff are in the other part.
+    with store.engine.begin() as conn:
+        conn.execute(
+            allocations_table.update()
+            .where(allocations_table.c.cluster == "c2")
+            .values(stop=real_now)
+        )
+    assert run(totals())[("bob", "")] == (7200.0, 3600.0 * GIB)

@@ -126,6 +126,8 @@ allocations_table = sa.Table(
         sqlite_where=sa.text("stop IS NULL"),
         postgresql_where=sa.text("stop IS NULL"),
     ),
+    # The usage metrics: what still runs or stopped recently (stop IS NULL or stop >= t).
+    sa.Index("ix_allocations_stop", "stop"),
 )
 
 #: The kinds that end a cluster's history: retention counts from them.
@@ -215,19 +217,35 @@ def load_or_create_key_file(path: str) -> bytes:
 log = logging.getLogger("dask_gateway_server")
 
 
-class UsageRow(NamedTuple):
-    """An allocation as the usage report reads it, with its cluster's accounting record
-    (``groups``: the owner's at creation; ``created``: None if the record is missing)."""
+class ClusterUse(NamedTuple):
+    """What one cluster used within a range, from its allocations and accounting record."""
 
     cluster: str
     username: str
-    worker: str | None
-    cores: float
-    memory: int
-    start: int
-    stop: int | None
-    groups: tuple[str, ...]
-    created: int | None
+    groups: tuple[str, ...]  # the owner's at the cluster's creation
+    start_time: int  # its creation (or its first allocation's start, without a record)
+    stop_time: int | None  # its scheduler's stop; None while it runs
+    core_seconds: float
+    memory_byte_seconds: float
+
+
+#: An allocation's part of a range: (cluster, cores, memory bytes, start ms, stop ms).
+Interval = tuple[str, float, int, int, int]
+#: What a cluster's allocations used within one UTC day (days since the epoch): (cluster,
+#: day, core-milliseconds, memory byte-milliseconds).
+DaySum = tuple[str, int, float, float]
+DAY_MS = 86_400_000
+
+
+class UsageData(NamedTuple):
+    """What ``Store.usage_between`` read."""
+
+    #: One a cluster; None when not asked for (``by_day`` alone needs only the days).
+    clusters: list[ClusterUse] | None
+    #: With ``by_day``: the parts of allocations within one UTC day, summed by the database,
+    days: list[DaySum]
+    #: and the parts spanning midnight, to split.
+    spans: list[Interval]
 
 
 class StoreError(Exception):
@@ -754,79 +772,179 @@ class Store:
         with self.engine.connect() as conn:
             return [{**row._mapping, "groups": row.groups or []} for row in conn.execute(query)]
 
-    async def usage_rows(
-        self, since_ms: int, until_ms: int, usernames: list[str] | None = None
-    ) -> list[UsageRow]:
-        """As ``allocations_between``, lighter: plain tuples, each cluster's groups decoded
-        once (a report reads tens of thousands of rows)."""
-        return await self._run(self._usage_rows, since_ms, until_ms, usernames)
+    async def usage_between(
+        self,
+        since_ms: int,
+        until_ms: int,
+        now_ms: int,
+        usernames: list[str] | None = None,
+        by_day: bool = False,
+        per_cluster: bool = True,
+    ) -> UsageData:
+        """What each cluster used within [since_ms, until_ms) (running allocations up to
+        ``now_ms``; ``usernames``: theirs only), summed by the database, one row a cluster
+        (``per_cluster``); with ``by_day`` also by UTC day, read in the same transaction."""
+        return await self._run(
+            self._usage_between, since_ms, until_ms, now_ms, usernames, by_day, per_cluster
+        )
 
-    def _usage_rows(
-        self, since_ms: int, until_ms: int, usernames: list[str] | None
-    ) -> list[UsageRow]:
+    def _usage_between(
+        self,
+        since_ms: int,
+        until_ms: int,
+        now_ms: int,
+        usernames: list[str] | None,
+        by_day: bool,
+        per_cluster: bool = True,
+    ) -> UsageData:
         a = allocations_table.c
         u = usage_clusters_table.c
-        query = (
-            sa.select(
-                a.cluster,
-                a.username,
-                a.worker,
-                a.cores,
-                a.memory,
-                a.start,
-                a.stop,
-                # The stored text, decoded below once per distinct value, not once per row.
-                sa.type_coerce(u.groups, sa.UnicodeText),
-                u.created,
-            )
-            .join(usage_clusters_table, u.cluster == a.cluster, isouter=True)
-            .where(a.start < until_ms, sa.or_(a.stop.is_(None), a.stop > since_ms))
+        greatest, least = (
+            (sa.func.max, sa.func.min)  # SQLite's scalar max(x, y) and min(x, y)
+            if self.engine.dialect.name == "sqlite"
+            else (sa.func.greatest, sa.func.least)
         )
+        start = greatest(a.start, since_ms)
+        stop = least(sa.func.coalesce(a.stop, now_ms), until_ms)
+        ms = greatest(stop - start, 0)
+        overlap = [a.start < until_ms, sa.or_(a.stop.is_(None), a.stop > since_ms)]
         if usernames is not None:
-            query = query.where(a.username.in_(usernames))
-        decoded: dict[Any, tuple[str, ...]] = {}
-        out = []
+            overlap.append(a.username.in_(usernames))
+        # Summed per cluster first, then joined with the accounting records (one lookup a
+        # cluster, not one an allocation).
+        sums = (
+            sa.select(
+                a.cluster.label("cluster"),
+                sa.func.min(a.username).label("username"),
+                sa.func.min(a.start).label("first_start"),
+                sa.func.sum(ms * a.cores).label("core_ms"),
+                sa.func.sum(ms * sa.cast(a.memory, sa.Float)).label("byte_ms"),
+                # Allocations still open (count(stop) skips NULLs).
+                (sa.func.count() - sa.func.count(a.stop)).label("running"),
+                sa.func.max(a.stop).label("last_stop"),
+            )
+            .where(*overlap)
+            .group_by(a.cluster)
+            .subquery()
+        )
+        query = sa.select(
+            sums,
+            sa.type_coerce(u.groups, sa.UnicodeText).label("groups"),  # decoded below
+            u.created,
+        ).join(usage_clusters_table, u.cluster == sums.c.cluster, isouter=True)
+        clusters: list[ClusterUse] | None = [] if per_cluster else None
+        days: list[DaySum] = []
+        spans: list[Interval] = []
         with self.engine.connect() as conn:
-            for cluster, user, worker, cores, memory, start, stop, text, created in conn.execute(
-                query
-            ):
-                key = text if isinstance(text, str) or text is None else json.dumps(text)
-                groups = decoded.get(key)
-                if groups is None:
-                    groups = decoded[key] = _groups(text)
-                out.append(
-                    UsageRow(cluster, user, worker, cores, memory, start, stop, groups, created)
+            if clusters is not None:
+                clusters += self._cluster_uses(conn.execute(query))
+            if by_day:
+                # Most allocations lie within one day: summed here per cluster and day; the
+                # few that span midnight come back as they are.
+                day = start // DAY_MS
+                one_day = sa.or_(stop <= start, (stop - 1) // DAY_MS == day)
+                within = (
+                    sa.select(
+                        a.cluster,
+                        day,
+                        sa.func.sum(ms * a.cores),
+                        sa.func.sum(ms * sa.cast(a.memory, sa.Float)),
+                    )
+                    .where(*overlap, one_day)
+                    .group_by(a.cluster, day)
                 )
+                days = [(c, int(d), float(cm), float(bm)) for c, d, cm, bm in conn.execute(within)]
+                spanning = sa.select(a.cluster, a.cores, a.memory, start, stop).where(
+                    *overlap, sa.not_(one_day)
+                )
+                spans = [(c, cores, mem, s, e) for c, cores, mem, s, e in conn.execute(spanning)]
+        return UsageData(clusters, days, spans)
+
+    @staticmethod
+    def _cluster_uses(rows: Any) -> list[ClusterUse]:
+        out = []
+        decoded: dict[Any, tuple[str, ...]] = {}
+        for name, user, first_start, core_ms, byte_ms, running, last_stop, groups, created in rows:
+            key = groups if isinstance(groups, str) or groups is None else repr(groups)
+            found = decoded.get(key)
+            if found is None:
+                found = decoded[key] = _groups(groups)
+            out.append(
+                ClusterUse(
+                    name,
+                    user,
+                    found,
+                    first_start if created is None else created,
+                    # Its scheduler stops last (the cluster's end closes every allocation).
+                    None if running else last_stop,
+                    float(core_ms or 0) / 1000,
+                    float(byte_ms or 0) / 1000,
+                )
+            )
         return out
 
-    async def usage_totals(self, now_ms: int) -> list[tuple[str, tuple[str, ...], float, float]]:
-        """Everything ever used, summed in the database: (username, groups, core-seconds,
-        memory byte-seconds) per owner and set of groups; running allocations up to
-        ``now_ms``."""
-        return await self._run(self._usage_totals, now_ms)
+    async def usage_totals(
+        self, now_ms: int, stopped_before: int | None = None, stopped_from: int | None = None
+    ) -> list[tuple[str, tuple[str, ...], float, float]]:
+        """Everything used, summed in the database: (username, groups, core-seconds, memory
+        byte-seconds) per owner and set of groups; running allocations up to ``now_ms``.
+        Only the allocations that stopped before ``stopped_before``, or only those that did
+        not (still running, or stopped at ``stopped_from`` or later): the first part never
+        changes, so the metrics read it rarely and the second at each scrape."""
+        return await self._run(self._usage_totals, now_ms, stopped_before, stopped_from)
 
-    def _usage_totals(self, now_ms: int) -> list[tuple[str, tuple[str, ...], float, float]]:
+    def _usage_totals(
+        self, now_ms: int, stopped_before: int | None, stopped_from: int | None
+    ) -> list[tuple[str, tuple[str, ...], float, float]]:
         a = allocations_table.c
         u = usage_clusters_table.c
-        seconds = sa.cast(sa.func.coalesce(a.stop, now_ms) - a.start, sa.Float) / 1000.0
-        groups = sa.cast(u.groups, sa.UnicodeText)  # PostgreSQL cannot group by json
-        query = (
-            sa.select(
-                a.username,
-                groups,
-                sa.func.sum(seconds * a.cores),
-                sa.func.sum(seconds * sa.cast(a.memory, sa.Float)),
-            )
-            .join(usage_clusters_table, u.cluster == a.cluster, isouter=True)
-            .group_by(a.username, groups)
+        ms = sa.func.coalesce(a.stop, now_ms) - a.start
+        sums = sa.select(
+            a.cluster.label("cluster"),
+            sa.func.min(a.username).label("username"),
+            sa.func.sum(ms * a.cores).label("core_ms"),
+            sa.func.sum(ms * sa.cast(a.memory, sa.Float)).label("byte_ms"),
         )
-        sums: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        if stopped_before is not None:
+            sums = sums.where(a.stop < stopped_before)
+        groups = sa.cast(u.groups, sa.UnicodeText)  # PostgreSQL cannot group by json
+        if stopped_from is not None:
+            # Few (what runs, what stopped lately): found by the index on stop, joined
+            # directly.
+            # Grouped by an expression, not the column: SQLite (no statistics) would rather
+            # walk the username index in GROUP BY order, every allocation ever.
+            user = a.username.concat("")
+            query = (
+                sa.select(
+                    user,
+                    groups,
+                    sa.func.sum(ms * a.cores),
+                    sa.func.sum(ms * sa.cast(a.memory, sa.Float)),
+                )
+                .join(usage_clusters_table, u.cluster == a.cluster, isouter=True)
+                .where(sa.or_(a.stop.is_(None), a.stop >= stopped_from))
+                .group_by(user, groups)
+            )
+        else:
+            # Many: summed per cluster first, then one lookup a cluster.
+            per_cluster = sums.group_by(a.cluster).subquery()
+            query = (
+                sa.select(
+                    per_cluster.c.username,
+                    groups,
+                    sa.func.sum(per_cluster.c.core_ms),
+                    sa.func.sum(per_cluster.c.byte_ms),
+                )
+                .join(usage_clusters_table, u.cluster == per_cluster.c.cluster, isouter=True)
+                .group_by(per_cluster.c.username, groups)
+            )
+        sums_by: dict[tuple[str, tuple[str, ...]], list[float]] = {}
         with self.engine.connect() as conn:
-            for user, text, cores, memory in conn.execute(query):
-                entry = sums.setdefault((user, _groups(text)), [0.0, 0.0])
-                entry[0] += float(cores or 0)
-                entry[1] += float(memory or 0)
-        return [(user, g, c, m) for (user, g), (c, m) in sums.items()]
+            for user, text, core_ms, byte_ms in conn.execute(query):
+                entry = sums_by.setdefault((user, _groups(text)), [0.0, 0.0])
+                entry[0] += float(core_ms or 0) / 1000
+                entry[1] += float(byte_ms or 0) / 1000
+        return [(user, g, c, m) for (user, g), (c, m) in sums_by.items()]
 
     async def delete_usage_before(self, stop_ms: int) -> tuple[int, int]:
         """Usage retention: remove the allocations that stopped before ``stop_ms``, then

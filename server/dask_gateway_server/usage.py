@@ -9,24 +9,28 @@ from __future__ import annotations
 import asyncio
 import calendar
 import logging
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .models import now_ms
-from .store import Store, StoreUnavailable, UsageRow
+from .store import DAY_MS, ClusterUse, Store, StoreUnavailable, UsageData
 
 GIB = 2**30
 PERIODS = ("day", "week", "month")
-#: The period whose start is the report's default ``since``, until the quota settings
-#: (``UsageQuotas.period``) are wired in (the app passes ``usage_period`` to the handler).
+#: The period whose start is the report's default ``since`` when the app passes no
+#: ``usage_period`` (it passes ``UsageQuotas.period``).
 DEFAULT_PERIOD = "month"
 #: How a report groups its rows.
 BY = ("user", "group", "cluster", "day")
-DAY_MS = 86_400_000
 #: The longest range ``by=day`` covers: one row a day, ten years.
 MAX_DAYS = 3660
+#: The metrics re-read the totals of allocations that stopped more than SETTLED_AFTER_MS
+#: ago every SETTLED_MAX_AGE seconds (retention may have removed some meanwhile).
+SETTLED_AFTER_MS = 3_600_000
+SETTLED_MAX_AGE = 600.0
 
 
 @dataclass
@@ -79,6 +83,9 @@ class Accounting:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # The metrics' totals of allocations that stopped before a time (they never change):
+        # (that time, totals, when read: time.monotonic()).
+        self._settled: tuple[int, dict[tuple[str, str], tuple[float, float]], float] | None = None
 
     async def use_of(
         self,
@@ -108,24 +115,38 @@ class Accounting:
         user: str | None = None,
         group: str | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """``summarize`` of the allocations of ``user`` (None: everyone's) overlapping
-        [since_ms, until_ms): one query on the store's thread, the sums in an executor (tens
-        of thousands of rows must not hold the event loop)."""
-        rows = await self.store.usage_rows(since_ms, until_ms, None if user is None else [user])
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, summarize, rows, since_ms, until_ms, now_ms(), by, group
+        """``summarize`` of the use of ``user``'s clusters (None: everyone's) within
+        [since_ms, until_ms): summed per cluster by the database on the store's thread, the
+        rows made in an executor (by day, tens of thousands of allocations split at midnight
+        must not hold the event loop)."""
+        users = None if user is None else [user]
+        by_day = by == "day"
+        # By day, the clusters' own sums are needed only to know their groups.
+        per_cluster = not by_day or group is not None
+        data = await self.store.usage_between(
+            since_ms, until_ms, now_ms(), users, by_day, per_cluster
         )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, summarize, data, since_ms, until_ms, by, group)
 
     async def totals_by_user_group(self) -> dict[tuple[str, str], tuple[float, float]]:
         """Everything on record, up to now: (core-seconds, memory byte-seconds) by (user,
         group), "" for clusters of owners without a group; a cluster of several groups counts
-        in each. Summed by the database (one aggregate query, a few rows back)."""
-        out: dict[tuple[str, str], tuple[float, float]] = {}
-        for user, groups, cores, memory in await self.store.usage_totals(now_ms()):
-            for group in groups or ("",):
-                old = out.get((user, group), (0.0, 0.0))
-                out[user, group] = (old[0] + cores, old[1] + memory)
+        in each. Summed by the database: what stopped over an hour ago once every
+        ``SETTLED_MAX_AGE`` seconds (a stopped allocation never changes), the rest each time
+        (a scrape must not read a year of allocations)."""
+        now = now_ms()
+        if self._settled is None or time.monotonic() - self._settled[2] > SETTLED_MAX_AGE:
+            cutoff = now - SETTLED_AFTER_MS
+            settled = _by_user_group(await self.store.usage_totals(now, stopped_before=cutoff))
+            self._settled = (cutoff, settled, time.monotonic())
+        cutoff, settled, _ = self._settled
+        out = dict(settled)
+        for key, (cores, memory) in _by_user_group(
+            await self.store.usage_totals(now, stopped_from=cutoff)
+        ).items():
+            old = out.get(key, (0.0, 0.0))
+            out[key] = (old[0] + cores, old[1] + memory)
         return out
 
     async def delete_older_than(self, max_age: float) -> tuple[int, int]:
@@ -157,6 +178,17 @@ class Accounting:
                     clusters,
                     max_age,
                 )
+
+
+def _by_user_group(
+    rows: list[tuple[str, tuple[str, ...], float, float]],
+) -> dict[tuple[str, str], tuple[float, float]]:
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for user, groups, cores, memory in rows:
+        for group in groups or ("",):
+            old = out.get((user, group), (0.0, 0.0))
+            out[user, group] = (old[0] + cores, old[1] + memory)
+    return out
 
 
 #: The columns of a report's rows before the numbers, by ``by``.
@@ -197,125 +229,109 @@ def day_label(day: int) -> str:
 class _Sum:
     core_seconds: float = 0.0
     memory_byte_seconds: float = 0.0
-    clusters: set[str] = field(default_factory=set)
+    clusters: int = 0
 
-    def add(self, cluster: str, core_seconds: float, memory_byte_seconds: float) -> None:
-        self.core_seconds += core_seconds
-        self.memory_byte_seconds += memory_byte_seconds
-        self.clusters.add(cluster)
+    def add(self, c: ClusterUse) -> None:
+        self.core_seconds += c.core_seconds
+        self.memory_byte_seconds += c.memory_byte_seconds
+        self.clusters += 1
 
     def figures(self) -> dict[str, Any]:
-        return numbers(len(self.clusters), self.core_seconds, self.memory_byte_seconds)
-
-
-@dataclass
-class _ClusterInfo:
-    user: str
-    groups: tuple[str, ...]
-    start: int
-    scheduler_stop: int | None = None
-    has_scheduler: bool = False
-    latest_stop: int | None = None
-    running: bool = False
+        return numbers(self.clusters, self.core_seconds, self.memory_byte_seconds)
 
 
 def summarize(
-    rows: Iterable[UsageRow],
+    data: UsageData,
     since: int,
     until: int,
-    now: int,
     by: str,
     group: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The report's rows (every one, in order) and its total, from the allocations
-    overlapping [since, until) (``rows``; the store's ``usage_rows``): each clipped to the
-    range, one still running counted up to ``now``. ``group``: only the clusters created for
-    a member of it (and with ``by="group"`` only its row). ``by="day"``: one row per UTC day
-    of the range, each allocation split at midnight. A cluster of several groups counts in
-    each group's row; the total counts every cluster once."""
+    """The report's rows (every one, in order) and its total, from the store's
+    ``usage_between``: what each cluster used within [since, until) or, for ``by="day"``,
+    what was used each UTC day (the parts spanning midnight are split here). ``group``:
+    only the clusters created for a member of it (and with ``by="group"`` only its row). A
+    cluster of several groups counts in each group's row; the total counts every cluster
+    once."""
     if by not in BY:
         raise ValueError(f"Unknown by {by!r}: expected one of {', '.join(BY)}")
-    sums: dict[Any, _Sum] = {}
+    if by == "day":
+        wanted = None
+        if data.clusters is not None:
+            wanted = {c.cluster for c in data.clusters if group is None or group in c.groups}
+        return _by_day(data, wanted, since, until)
+    clusters = data.clusters or []
+    if group is not None:
+        clusters = [c for c in clusters if group in c.groups]
     total = _Sum()
-    info: dict[str, _ClusterInfo] = {}
-    for row in rows:
-        groups = row.groups
-        if group is not None and group not in groups:
-            continue
-        start = max(row.start, since)
-        stop = min(now if row.stop is None else row.stop, until)
-        stop = max(stop, start)
-        seconds = (stop - start) / 1000
-        core_seconds = seconds * row.cores
-        memory_byte_seconds = seconds * row.memory
-        total.add(row.cluster, core_seconds, memory_byte_seconds)
-        if by == "user":
-            _sum(sums, row.username).add(row.cluster, core_seconds, memory_byte_seconds)
-        elif by == "group":
-            for g in groups or (None,):
-                if group is None or g == group:
-                    _sum(sums, g).add(row.cluster, core_seconds, memory_byte_seconds)
-        elif by == "cluster":
-            _sum(sums, row.cluster).add(row.cluster, core_seconds, memory_byte_seconds)
-            _note_cluster(info, row)
-        else:
-            first, last = start // DAY_MS, max(start, stop - 1) // DAY_MS
-            for day in range(first, last + 1):
-                part = (min(stop, (day + 1) * DAY_MS) - max(start, day * DAY_MS)) / 1000
-                _sum(sums, day).add(row.cluster, part * row.cores, part * row.memory)
+    for c in clusters:
+        total.add(c)
     out: list[dict[str, Any]]
     if by == "user":
-        out = [{"user": k, **sums[k].figures()} for k in sorted(sums)]
+        users: dict[str, _Sum] = {}
+        for c in clusters:
+            users.setdefault(c.username, _Sum()).add(c)
+        out = [{"user": k, **users[k].figures()} for k in sorted(users)]
     elif by == "group":
-        keys = sorted(sums, key=lambda k: (k is None, k or ""))
-        out = [{"group": k, **sums[k].figures()} for k in keys]
-    elif by == "cluster":
-        keys = sorted(sums, key=lambda k: (info[k].start, k))
-        out = [_cluster_row(k, info[k], sums[k]) for k in keys]
+        groups: dict[str | None, _Sum] = {}
+        for c in clusters:
+            for g in c.groups or (None,):
+                if group is None or g == group:
+                    groups.setdefault(g, _Sum()).add(c)
+        keys = sorted(groups, key=lambda k: (k is None, k or ""))
+        out = [{"group": k, **groups[k].figures()} for k in keys]
     else:
-        empty = _Sum()
-        days = range(since // DAY_MS, (until - 1) // DAY_MS + 1)
-        out = [{"day": day_label(d), **sums.get(d, empty).figures()} for d in days]
+        out = [
+            {
+                "cluster": c.cluster,
+                "user": c.username,
+                "groups": list(c.groups),
+                "start_time": c.start_time,
+                "stop_time": c.stop_time,
+                **numbers(1, c.core_seconds, c.memory_byte_seconds),
+            }
+            for c in sorted(clusters, key=lambda c: (c.start_time, c.cluster))
+        ]
     return out, total.figures()
 
 
-def _sum(sums: dict[Any, _Sum], key: Any) -> _Sum:
-    found = sums.get(key)
-    if found is None:
-        found = sums[key] = _Sum()
-    return found
-
-
-def _note_cluster(info: dict[str, _ClusterInfo], row: UsageRow) -> None:
-    """What a cluster's row says of it: from its accounting record (owner, groups,
-    creation) and its scheduler's allocation (when it stopped)."""
-    c = info.get(row.cluster)
-    if c is None:
-        created = row.created if row.created is not None else row.start
-        c = info[row.cluster] = _ClusterInfo(row.username, row.groups, created)
-    c.start = min(c.start, row.start)
-    if row.worker is None:
-        c.has_scheduler = True
-        c.scheduler_stop = row.stop
-    if row.stop is None:
-        c.running = True
-    elif c.latest_stop is None or row.stop > c.latest_stop:
-        c.latest_stop = row.stop
-
-
-def _cluster_row(name: str, c: _ClusterInfo, use: _Sum) -> dict[str, Any]:
-    if c.has_scheduler:
-        stop = c.scheduler_stop
-    else:
-        stop = None if c.running else c.latest_stop
-    return {
-        "cluster": name,
-        "user": c.user,
-        "groups": list(c.groups),
-        "start_time": c.start,
-        "stop_time": stop,
-        **use.figures(),
-    }
+def _by_day(
+    data: UsageData, wanted: set[str] | None, since: int, until: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per UTC day of [since, until), and the total: the sums by day, and each
+    allocation spanning midnight (already clipped to the range) split there; a cluster
+    counts on each day it held something. ``wanted``: only these clusters (None: all)."""
+    first_day, last_day = since // DAY_MS, (until - 1) // DAY_MS
+    n = last_day - first_day + 1
+    core_ms = [0.0] * n
+    byte_ms = [0.0] * n
+    seen: list[set[str]] = [set() for _ in range(n)]
+    for cluster, day, cores_ms, bytes_ms in data.days:
+        if wanted is None or cluster in wanted:
+            i = day - first_day
+            core_ms[i] += cores_ms
+            byte_ms[i] += bytes_ms
+            seen[i].add(cluster)
+    for cluster, cores, memory, start, stop in data.spans:
+        if wanted is not None and cluster not in wanted:
+            continue
+        day = start // DAY_MS
+        while start < stop:
+            end = min(stop, (day + 1) * DAY_MS)
+            i = day - first_day
+            core_ms[i] += (end - start) * cores
+            byte_ms[i] += (end - start) * memory
+            seen[i].add(cluster)
+            start, day = end, day + 1
+    rows = [
+        {
+            "day": day_label(first_day + i),
+            **numbers(len(seen[i]), core_ms[i] / 1000, byte_ms[i] / 1000),
+        }
+        for i in range(n)
+    ]
+    total = numbers(len(set().union(*seen)), sum(core_ms) / 1000, sum(byte_ms) / 1000)
+    return rows, total
 
 
 def csv_cell(value: Any) -> str:
