@@ -97,9 +97,10 @@ class Reconciler:
         logs: ClusterLogs | None = None,
     ) -> None:
         """``routes`` is the proxy. ``count_limit(cluster)`` caps the workers a scheduler
-        may ask for (per-user limits), or gives the cap and why (a used-up quota). ``events`` records each cluster's history (default: in
-        ``store``), kept ``events_max_age`` seconds after the cluster ended, like the logs
-        that ``logs`` keeps of each cluster when it stops."""
+        may ask for (per-user limits), or gives the cap and why (a used-up quota).
+        ``events`` records each cluster's history (default: in ``store``), kept
+        ``events_max_age`` seconds after the cluster ended, like the logs that ``logs``
+        keeps of each cluster when it stops."""
         self.count_limit = count_limit
         self.logs = logs
         self.store = store

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from tornado import web
@@ -67,6 +67,29 @@ class BaseHandler(web.RequestHandler):
 
     async def authenticate(self) -> User:
         return await authenticate_handler(self)
+
+    @overload
+    def int_query(self, name: str, default: int, low: int, high: int | None = None) -> int: ...
+    @overload
+    def int_query(
+        self, name: str, default: None, low: int, high: int | None = None
+    ) -> int | None: ...
+    def int_query(
+        self, name: str, default: int | None, low: int, high: int | None = None
+    ) -> int | None:
+        """The integer query argument ``name`` within [low, high] (no ``high``: no upper
+        bound), or ``default`` when absent; 400 naming it otherwise."""
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise APIError(400, f"{name} must be an integer, got {value!r}") from None
+        if number < low or (high is not None and number > high):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise APIError(400, f"{name} must be {bounds}, got {number}")
+        return number
 
     def json_body(self) -> Any:
         if not self.request.body:

@@ -31,21 +31,9 @@ class EventsBase(BaseHandler):
         if not self._gone.done():
             self._gone.set_result(None)
 
-    def _int_arg(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.get_query_argument(name, None)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise APIError(400, f"{name} must be an integer, got {value!r}") from None
-        if not low <= number <= high:
-            raise APIError(400, f"{name} must be between {low} and {high}, got {number}")
-        return number
-
     def _params(self) -> tuple[int, int | None, int, float]:
-        after = self._int_arg("after", 0, 0, MAX_MS)
-        limit = self._int_arg("limit", MAX_LIMIT, 1, MAX_LIMIT)
+        after = self.int_query("after", 0, 0, MAX_MS)
+        limit = self.int_query("limit", MAX_LIMIT, 1, MAX_LIMIT)
         since = _parse_since(self.get_query_argument("since", None))
         value = self.get_query_argument("wait", None)
         wait = 0.0

@@ -46,8 +46,8 @@ class LogsHandler(BaseHandler):
     async def get(self, name: str) -> None:
         target = await self._target(name)
         component = self.get_query_argument("component", None)
-        tail = self._int_arg("tail", 1, MAX_TAIL)
-        offset = self._int_arg("offset", 0, None)
+        tail = self.int_query("tail", None, 1, MAX_TAIL)
+        offset = self.int_query("offset", None, 0)
         wait = self._wait_arg()
         follow = self._follow_arg()
         logs = self.logs
@@ -198,19 +198,6 @@ class LogsHandler(BaseHandler):
                 extra=cluster_in_path(self.request.path),
             )
             return None
-
-    def _int_arg(self, key: str, minimum: int, maximum: int | None) -> int | None:
-        value = self.get_query_argument(key, None)
-        if value is None:
-            return None
-        try:
-            number = int(value)
-        except ValueError:
-            raise APIError(400, f"{key} must be an integer, got {value!r}") from None
-        if number < minimum or (maximum is not None and number > maximum):
-            bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-            raise APIError(400, f"{key} must be {bounds}, got {number}")
-        return number
 
     def _wait_arg(self) -> float:
         value = self.get_query_argument("wait", None)

@@ -65,18 +65,6 @@ def parse_time(name: str, value: str) -> int:
     return number
 
 
-def _int_arg(value: str | None, name: str, default: int, low: int, high: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise APIError(400, f"{name} must be an integer, got {value!r}") from None
-    if not low <= number <= high:
-        raise APIError(400, f"{name} must be between {low} and {high}, got {number}")
-    return number
-
-
 def wants_csv(accept: str) -> bool:
     """``Accept`` asks for CSV before (or without) JSON."""
     for part in accept.split(","):
@@ -127,8 +115,8 @@ class UsageHandler(BaseHandler):
             form = "csv" if wants_csv(self.request.headers.get("Accept", "")) else "json"
         elif form not in FORMATS:
             raise APIError(400, f"format must be one of {', '.join(FORMATS)}, got {form!r}")
-        limit = _int_arg(arg("limit", None), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        offset = _int_arg(arg("offset", None), "offset", 0, 0, 2**31 - 1)
+        limit = self.int_query("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        offset = self.int_query("offset", 0, 0, 2**31 - 1)
         since, until = self._range()
         if by == "day" and until - since > MAX_DAYS * DAY_MS:
             raise APIError(
