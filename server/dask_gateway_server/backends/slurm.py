@@ -1115,16 +1115,28 @@ class SlurmBackend(DBBackendBase):
         if not job_id:
             return
         if worker.target == JobStatus.FAILED and job_id not in self._ended:
-            # Say why a lost worker's job ended (from the shared, per-period squeue).
-            states = await self._job_states([job_id])
+            # Say why a lost worker's job ended.
             self._alive(
                 job_id,
-                states[job_id],
+                await self._lost_job_state(job_id),
                 f"Worker {worker.name} of cluster {cluster.name}",
                 cluster.name,
             )
         await self._cancel(cluster.username, job_id)
         self._forget(job_id)
+
+    async def _lost_job_state(self, job_id: str) -> JobState:
+        """The state of the job of a worker its scheduler saw leave. The shared squeue of the
+        period may predate the job's end (the scheduler notices a killed worker first): ask
+        Slurm again, for up to ``completing_wait`` s, until the end shows."""
+        state = (await self._job_states([job_id]))[job_id]
+        deadline = time.monotonic() + self.completing_wait
+        while state.state not in ENDED_STATES and state.state != GONE:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+            state = (await self._squeue([job_id])).get(job_id, GONE_STATE)
+        return state
 
     def _forget(self, job_id: str) -> None:
         self._tracked.discard(job_id)
