@@ -3,6 +3,8 @@
  * The console (main.ts) turns these values into elements, always as text.
  */
 
+import type { IQuotaEntry } from '../types';
+
 /** A cluster as `GET /api/v1/overview` describes it. */
 export interface IOverviewCluster {
   name: string;
@@ -39,28 +41,8 @@ export interface IUsage {
   next_offset: number | null;
 }
 
-export interface IQuotaEntry {
-  kind: string;
-  scope: string;
-  group: string | null;
-  limit: number;
-  used: number;
-  share: number;
-}
-
-export interface IQuota {
-  user: string;
-  period: string;
-  period_start: number;
-  period_end: number;
-  warn_at: number;
-  when_exhausted: string;
-  use: { core_hours: number; memory_gib_hours: number };
-  quotas: IQuotaEntry[];
-  state: string;
-  message: string | null;
-}
-
+/** The gateway's `GET /api/v1/quota`, as the sidebar reads it too. */
+export type { IQuotaEntry, IQuotaAnswer as IQuota } from '../types';
 /** What the admin's filters ask for. */
 export interface IFilters {
   everyone: boolean;
