@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -32,138 +31,30 @@ from support.failing_backends import (
     WorkerStartRaises,
     heartbeat,
 )
+from support.inprocess_gateway import DEADLINE, InProcessGateway, running, started_gateways
 
-from dask_gateway_server.models import Cluster, JobStatus, User
-from dask_gateway_server.reconciler import Reconciler
+from dask_gateway_server.models import Cluster, JobStatus
 from dask_gateway_server.store import Store, load_or_create_key_file
 
 RUNNING, STOPPED, FAILED = JobStatus.RUNNING, JobStatus.STOPPED, JobStatus.FAILED
 SUBMITTED = JobStatus.SUBMITTED
 
-#: Settings every test starts from: periods short enough that a test takes well under a
-#: second, timeouts long enough that none fires unless the test shortens it.
-FAST: dict[str, Any] = {
-    "cluster_start_timeout": 10,
-    "worker_start_timeout": 10,
-    "cluster_heartbeat_timeout": 30,
-    "check_timeouts_period": 0.02,
-    "cluster_status_period": 0.05,
-    "worker_status_period": 0.05,
-    "backoff_base_delay": 0.005,
-    "backoff_max_delay": 0.05,
-    "parallelism": 4,
-    # The tests stop what they started; a stuck cluster must not make teardown wait.
-    "stop_clusters_on_shutdown": False,
-}
-
-#: How long a test waits for a state it expects before failing (never a measured time).
-DEADLINE = 5.0
-
 LOGGER = "test-reconciler-failures"
 
 
-class Routes:
-    """The proxy as the reconciler sees it: which clusters are routed."""
-
-    def __init__(self) -> None:
-        self.routed: set[str] = set()
-        self.ever_routed: list[str] = []
-
-    def add_route(
-        self,
-        cluster_name: str,
-        scheduler_address: str,
-        dashboard_address: str,
-        handoff: str | None = None,
-        handoff_uid: int | None = None,
-        dashboard_key: str | None = None,
-    ) -> None:
-        self.routed.add(cluster_name)
-        self.ever_routed.append(cluster_name)
-
-    def remove_route(self, cluster_name: str) -> None:
-        self.routed.discard(cluster_name)
-
-
-class Gateway:
-    """A store on a SQLite file, a failing backend and the reconciler between them."""
-
-    def __init__(self, tmp_path: Path, backend: FakeBackend) -> None:
-        self.db_url = f"sqlite:///{tmp_path / 'gateway.sqlite'}"
-        self.key = load_or_create_key_file(str(tmp_path / "key"))
-        self.store = Store(self.db_url, [self.key])
-        self.backend = backend
-        self.routes = Routes()
-        self.reconciler = Reconciler(
-            self.store, backend, self.routes, log=logging.getLogger(LOGGER)
-        )
-
-    async def create(self, user: str = "alice") -> Cluster:
-        """What the API's create handler does once the options are checked."""
-        return await self.reconciler.create_cluster(User(user), {}, {})
-
-    async def until(self, predicate: Callable[[], Any], what: str) -> None:
-        """Wait until ``predicate()`` holds; fail after DEADLINE seconds."""
-        deadline = time.monotonic() + DEADLINE
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.005)
-
-    async def done(self, cluster: Cluster) -> None:
-        """Wait until the cluster ended (its status is final, and ``ready`` set: waiters
-        such as the API's wait for a cluster to start are released)."""
-        await self.until(
-            lambda: cluster.status.is_done and cluster.ready.is_set(),
-            f"cluster to end ({cluster.status!r})",
-        )
-
-    async def stored(self, cluster: Cluster) -> Cluster:
-        """The cluster as the database holds it, read by a second Store on the same file."""
-        # The store changes an object in memory as it queues the write, and runs its
-        # operations one at a time in order: one more operation waits for those writes.
-        await self.store.load()
-        store = Store(self.db_url, [self.key])
-        try:
-            (found,) = [c for c in await store.load() if c.name == cluster.name]
-        finally:
-            await store.close()
-        return found
+class Gateway(InProcessGateway):
+    log_name = LOGGER
 
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """``await make(BackendClass, **settings)``: a started in-process Gateway."""
-    made: list[Gateway] = []
-
-    async def start(backend_class: type[FakeBackend], **settings: Any) -> Gateway:
-        gw = Gateway(tmp_path, backend_class(**{**FAST, **settings}))
-        await gw.store.setup()
-        await gw.reconciler.start()
-        made.append(gw)
-        return gw
-
-    yield start
-    for gw in made:
-        await gw.reconciler.stop()
-        await gw.store.close()
-    # Nothing of the reconciler or the backends may outlive them (a start or check left
-    # running, a task whose error nobody will see).
-    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    assert left == []
+    async with started_gateways(lambda backend: Gateway(tmp_path, backend)) as start:
+        yield start
 
 
 def statuses(cluster: Cluster) -> list[JobStatus]:
     return [w.status for w in cluster.workers.values()]
-
-
-async def running(gw: Gateway, workers: int = 0) -> Cluster:
-    """A cluster whose scheduler connected, asking for ``workers`` workers."""
-    cluster = await gw.create()
-    await gw.until(lambda: cluster.status == SUBMITTED, "the scheduler to be submitted")
-    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=workers))
-    assert cluster.status == RUNNING and cluster.name in gw.routes.routed
-    return cluster
 
 
 async def test_happy_path(make):
@@ -182,7 +73,7 @@ async def test_happy_path(make):
     assert gw.backend.live == set() and gw.routes.routed == set()
     assert sorted(gw.backend.called("stop_worker")) == sorted(names)
     assert gw.backend.stop_states[cluster.name] == {"scheduler": cluster.name}
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.target, stored.message) == (STOPPED, STOPPED, "")
     assert stored.stop_time is not None and stored.count == 2
     assert stored.state == {"scheduler": cluster.name}
@@ -200,7 +91,7 @@ async def test_scheduler_start_raises(make):
     assert cluster.message == f"Cluster failed to start: {SchedulerStartRaises.error}"
     assert gw.backend.called("stop_cluster") == [cluster.name]
     assert gw.backend.live == set() and gw.routes.ever_routed == []
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
     assert stored.stop_time is not None and stored.state == {}
 
@@ -216,7 +107,7 @@ async def test_scheduler_start_hangs_past_the_start_timeout(make):
     assert gw.backend.cancelled == [cluster.name]
     assert gw.backend.called("stop_cluster") == [cluster.name]
     assert gw.backend.live == set()
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.message) == (FAILED, cluster.message)
 
 
@@ -230,7 +121,7 @@ async def test_scheduler_never_connects(make):
     assert cluster.message == "Cluster did not start within 0.2 s"
     assert gw.backend.stop_states[cluster.name] == {"scheduler": cluster.name}
     assert gw.backend.live == set() and gw.routes.ever_routed == []
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
     assert stored.scheduler_address == ""
 
@@ -246,7 +137,7 @@ async def test_scheduler_exits_before_connecting(make):
     # It never ran: the sentence says so (its log, had the backend kept one, would say why).
     assert cluster.message == f"The scheduler exited before it started: {reason}"
     assert gw.backend.called("stop_cluster") == [cluster.name]
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.message) == (FAILED, cluster.message)
 
 
@@ -263,7 +154,7 @@ async def test_worker_start_raises_until_the_cluster_fails(make):
     # A start that raised may have begun something: it is stopped like any other.
     assert sorted(gw.backend.called("stop_worker")) == sorted(cluster.workers)
     assert gw.backend.live == set() and gw.routes.routed == set()
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.message) == (FAILED, cluster.message)
     assert statuses(stored) == [FAILED] * 3
     assert all(w.target == FAILED and w.stop_time for w in stored.workers.values())
@@ -279,12 +170,12 @@ async def test_one_worker_start_raises_then_a_replacement_connects(make):
 
     assert statuses(cluster) == [FAILED, RUNNING] and cluster.worker_start_failures == 0
     assert cluster.status == RUNNING
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert stored.status == RUNNING and statuses(stored) == [FAILED, RUNNING]
     await gw.reconciler.stop_cluster(cluster)
     await gw.done(cluster)
     assert gw.backend.live == set()
-    assert statuses(await gw.stored(cluster)) == [FAILED, STOPPED]
+    assert statuses(await gw.stored_cluster(cluster)) == [FAILED, STOPPED]
 
 
 async def test_worker_start_hangs_past_the_worker_start_timeout(make):
@@ -297,7 +188,7 @@ async def test_worker_start_hangs_past_the_worker_start_timeout(make):
     assert gw.backend.cancelled == [worker.name]
     assert gw.backend.called("stop_worker") == [worker.name]
     assert gw.backend.live == set()
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, statuses(stored)) == (FAILED, [FAILED])
 
 
@@ -314,7 +205,7 @@ async def test_worker_exits_between_start_and_connect(make):
     assert (first.status, second.status, cluster.status) == (FAILED, RUNNING, RUNNING)
     assert gw.backend.called("stop_worker") == [first.name]
     assert gw.backend.live == {cluster.name, second.name}
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, statuses(stored)) == (RUNNING, [FAILED, RUNNING])
     await gw.reconciler.stop_cluster(cluster)
     await gw.done(cluster)
@@ -329,7 +220,7 @@ async def test_worker_never_connects(make):
     assert cluster.message == "2 workers failed to start in a row"
     assert statuses(cluster) == [FAILED, FAILED]
     assert gw.backend.live == set()
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, statuses(stored)) == (FAILED, [FAILED, FAILED])
 
 
@@ -347,7 +238,7 @@ async def test_stop_raises_once_then_succeeds(make):
     assert len(gw.backend.called("stop_cluster_attempt")) == 2
     assert len(gw.backend.called("stop_worker_attempt")) == 2
     assert gw.backend.live == set() and gw.routes.routed == set()
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.message, statuses(stored)) == (STOPPED, "", [STOPPED])
 
 
@@ -373,7 +264,7 @@ async def test_stop_always_raises(make, caplog):
     assert f"Could not stop cluster {cluster.name}" in caplog.text
     # What the backend could not stop is still "live": only the log and the message say so.
     assert gw.backend.live == {cluster.name, *cluster.workers}
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.target, stored.message) == (FAILED, FAILED, cluster.message)
     assert statuses(stored) == [FAILED] and stored.stop_time is not None
 
@@ -401,9 +292,9 @@ async def test_status_checks_hang(make, caplog):
     assert "did not answer within" in caplog.text
     assert gw.backend.live == set()
     for cluster in (connected, silent):
-        stored = await gw.stored(cluster)
+        stored = await gw.stored_cluster(cluster)
         assert (stored.status, stored.message) == (FAILED, cluster.message)
-    assert statuses(await gw.stored(connected)) == [FAILED]
+    assert statuses(await gw.stored_cluster(connected)) == [FAILED]
 
 
 async def test_slow_start_cancelled_by_a_stop_request(make):
@@ -420,7 +311,7 @@ async def test_slow_start_cancelled_by_a_stop_request(make):
     assert gw.backend.cancelled == [cluster.name]
     assert gw.backend.stop_states[cluster.name] == {}
     assert gw.backend.live == set() and gw.routes.ever_routed == []
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, stored.target, stored.message) == (STOPPED, STOPPED, "")
 
 
@@ -439,7 +330,7 @@ async def test_cluster_stopped_while_a_worker_starts(make):
     assert gw.backend.live == set()
     calls = [c for c in gw.backend.calls if c[0].startswith("stop")]
     assert calls == [("stop_worker", worker.name), ("stop_cluster", cluster.name)]
-    stored = await gw.stored(cluster)
+    stored = await gw.stored_cluster(cluster)
     assert (stored.status, statuses(stored)) == (STOPPED, [STOPPED])
 
 
@@ -461,7 +352,7 @@ async def test_gateway_shutdown_fails_and_stops_every_cluster(make):
 
     for cluster in [*clusters, starting]:
         assert (cluster.status, cluster.message) == (FAILED, "The gateway shut down")
-        stored = await gw.stored(cluster)
+        stored = await gw.stored_cluster(cluster)
         assert (stored.status, stored.message) == (FAILED, "The gateway shut down")
         assert statuses(stored) == ([STOPPED] if cluster is not starting else [])
     assert gw.backend.cancelled == [starting.name]
@@ -514,7 +405,7 @@ async def test_events_of_a_scheduler_that_never_ran(make):
     ]
     (failed,) = (await gw.store.query_events(cluster.name))[-1:]
     assert failed["detail"] == SchedulerDiesOfAnImportError.log
-    assert (await gw.stored(cluster)).message == sentence
+    assert (await gw.stored_cluster(cluster)).message == sentence
 
 
 async def test_events_of_workers_that_fail_to_start(make):

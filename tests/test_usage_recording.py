@@ -12,8 +12,6 @@ compared with when the backend's start returned, stops with the stored stop time
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,38 +28,21 @@ from support.failing_backends import (
     WorkerStartRaises,
     heartbeat,
 )
+from support.inprocess_gateway import InProcessGateway, running, started_gateways
 
-from dask_gateway_server.models import Cluster, JobStatus, User, Worker, now_ms
-from dask_gateway_server.reconciler import Reconciler
+from dask_gateway_server.models import Cluster, JobStatus, Worker, now_ms
 from dask_gateway_server.store import (
     Allocation,
     Repaired,
     Store,
     allocations_table,
     clusters_table,
-    load_or_create_key_file,
     workers_table,
 )
 from dask_gateway_server.usage import Accounting
 
 RUNNING, STOPPED, FAILED = JobStatus.RUNNING, JobStatus.STOPPED, JobStatus.FAILED
 SUBMITTED = JobStatus.SUBMITTED
-
-FAST: dict[str, Any] = {
-    "cluster_start_timeout": 10,
-    "worker_start_timeout": 10,
-    "cluster_heartbeat_timeout": 30,
-    "check_timeouts_period": 0.02,
-    "cluster_status_period": 0.05,
-    "worker_status_period": 0.05,
-    "backoff_base_delay": 0.005,
-    "backoff_max_delay": 0.05,
-    "parallelism": 4,
-    "stop_clusters_on_shutdown": False,
-}
-
-#: How long a test waits for a state it expects before failing (never a measured time).
-DEADLINE = 5.0
 
 #: What the clusters hold: distinct numbers, so a scheduler's and a worker's cannot be mixed.
 CONFIG = {
@@ -118,55 +99,9 @@ class WorkerStartReturnsDespiteAStop(SlowWorkerStart):
             return {"worker": worker.name}
 
 
-class Routes:
-    def add_route(self, cluster_name: str, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def remove_route(self, cluster_name: str) -> None:
-        pass
-
-
-class Gateway:
-    """A store on a SQLite file, a backend and the reconciler between them."""
-
-    def __init__(self, tmp_path: Path, backend: FakeBackend) -> None:
-        self.db_url = f"sqlite:///{tmp_path / 'gateway.sqlite'}"
-        self.key = load_or_create_key_file(str(tmp_path / "key"))
-        self.store = Store(self.db_url, [self.key])
-        self.backend = backend
-        self.reconciler = Reconciler(
-            self.store, backend, Routes(), log=logging.getLogger("test-usage-recording")
-        )
-
-        self.closed = False
-
-    async def create(self, user: str = "alice") -> Cluster:
-        return await self.reconciler.create_cluster(User(user), {}, dict(CONFIG))
-
-    async def close(self) -> None:
-        """Stop reconciling and close the store; with ``stop_clusters_on_shutdown`` False
-        (the default here) this is a gateway killed: what runs keeps running."""
-        if not self.closed:
-            self.closed = True
-            await self.reconciler.stop()
-            await self.store.close()
-
-    async def until(self, predicate: Callable[[], Any], what: str) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.005)
-
-    async def done(self, cluster: Cluster) -> None:
-        await asyncio.wait_for(cluster.ended.wait(), DEADLINE)
-
-    async def second_store(self) -> Store:
-        # The store runs its operations one at a time in order: one more waits for them.
-        await self.store.load()
-        store = Store(self.db_url, [self.key])
-        await store.setup()
-        return store
+class Gateway(InProcessGateway):
+    log_name = "test-usage-recording"
+    config = CONFIG
 
     async def stored(self, cluster: Cluster) -> tuple[Cluster, list[dict[str, Any]]]:
         """The cluster and its allocations as the database holds them."""
@@ -185,30 +120,10 @@ class Gateway:
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """``await make(BackendClass, **settings)``: a started in-process Gateway."""
-    made: list[Gateway] = []
-
-    async def start(backend_class: type[FakeBackend], **settings: Any) -> Gateway:
-        gw = Gateway(tmp_path, recording(backend_class)(**{**FAST, **settings}))
-        await gw.store.setup()
-        await gw.reconciler.start()
-        made.append(gw)
-        return gw
-
-    yield start
-    for gw in made:
-        await gw.close()
-    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    assert left == []
-
-
-async def running(gw: Gateway, workers: int = 0, user: str = "alice") -> Cluster:
-    """A cluster whose scheduler connected, asking for ``workers`` workers."""
-    cluster = await gw.create(user)
-    await gw.until(lambda: cluster.status == SUBMITTED, "the scheduler to be submitted")
-    await gw.reconciler.on_heartbeat(cluster, heartbeat(count=workers))
-    assert cluster.status == RUNNING
-    return cluster
+    """``await make(BackendClass, **settings)``: a started in-process Gateway whose backend
+    records what it started."""
+    async with started_gateways(lambda backend: Gateway(tmp_path, backend), recording) as start:
+        yield start
 
 
 def by_id(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
