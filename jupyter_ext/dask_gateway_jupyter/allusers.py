@@ -80,7 +80,10 @@ def entry_model(
     now: float,
 ) -> dict[str, Any]:
     """One overview entry as the sidebar shows a cluster (the user's own listing's keys, and
-    ``user``: its owner). Counts are the gateway's: workers running, and requested."""
+    ``user``: its owner). Counts are the gateway's: workers running, and requested; cores and
+    memory are what the cluster holds now, its scheduler included (the overview's figures: the
+    owner's own list, from each cluster's workers route, counts running workers only, but
+    asking that route for every cluster of every user would cost one request each)."""
     workers = entry.get("workers")
     workers = workers if isinstance(workers, dict) else {}
     start = _ms(entry.get("start_time")) or int(now * 1000)
