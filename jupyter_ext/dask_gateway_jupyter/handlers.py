@@ -34,6 +34,7 @@ from dask_gateway import Gateway, GatewayWarning
 from dask_gateway.client import ClusterReport, ClusterStatus
 from dask_gateway.options import Options
 
+from .allusers import AllUsers, wants_all
 from .dashboard import DashboardHandler, DashboardRelay, DashboardWebSocketHandler
 from .errors import RouteError, translate_error
 from .notes import ClusterNotes
@@ -71,6 +72,7 @@ class GatewayManager:
         self.adapt: dict[str, dict[str, int | None]] = {}
         self.dashboards = DashboardRelay(self)
         self.notes = ClusterNotes(self.gateway_get, log)
+        self.all_users = AllUsers(self.gateway, self.adapt, log)
         # warnings.catch_warnings is process-global: let one scale/adapt capture at a time.
         self.warnings_lock = asyncio.Lock()
 
@@ -296,8 +298,13 @@ class ClustersHandler(BaseGatewayHandler):
     @gateway_errors
     async def get(self) -> None:
         """The user's clusters with worker counts and sizes: the pending and running ones,
-        and those that stopped or failed within the last hour (the sidebar dims them)."""
+        and those that stopped or failed within the last hour (the sidebar dims them).
+        ``?all=1``: every user's, each with its ``user`` (403 unless the gateway says admin)."""
         gateway = self.manager.gateway()
+        if wants_all(self.get_query_argument("all", None)):
+            models = await self.manager.all_users.listing()
+            self.finish(json.dumps({"address": gateway.address, "clusters": models}))
+            return
         reports = listed(await self.manager.list_all_clusters(), time.time())
         models = await asyncio.gather(*(self.cluster_model(r) for r in reports))
         models.sort(key=lambda m: m["start_time"])
@@ -502,6 +509,17 @@ class QuotaHandler(BaseGatewayHandler):
         self.finish(json.dumps(answer))
 
 
+class AdminHandler(BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    @gateway_errors
+    async def get(self) -> None:
+        """``{"admin": bool}``: whether the gateway lets this user list every user's clusters
+        (the sidebar then offers the all-users view)."""
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"admin": await self.manager.all_users.is_admin()}))
+
+
 class OptionsHandler(BaseGatewayHandler):
     @web.authenticated
     @authorized
@@ -540,6 +558,7 @@ def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
         [
             (url_path_join(base, "options"), OptionsHandler),
             (url_path_join(base, "quota"), QuotaHandler),
+            (url_path_join(base, "admin"), AdminHandler),
             (url_path_join(base, "options", "validate"), OptionsValidateHandler),
             (url_path_join(base, "clusters") + "/?", ClustersHandler),
             (url_path_join(base, "clusters", name), ClusterHandler),

@@ -16,6 +16,10 @@ export namespace CommandIDs {
   export const refresh = 'dask-gateway:refresh';
   export const openLogs = 'dask-gateway:open-logs';
   export const dismiss = 'dask-gateway:dismiss';
+  export const toggleSidebar = 'dask-gateway:toggle-sidebar';
+  export const toggleAllUsers = 'dask-gateway:toggle-all-users';
+  export const toggleShowStopped = 'dask-gateway:toggle-show-stopped';
+  export const setPollInterval = 'dask-gateway:set-poll-interval';
 }
 
 /** The command palette's category for these commands. */

@@ -9,14 +9,18 @@ import {
 } from '@jupyterlab/application';
 import { ICommandPalette, MainAreaWidget } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IFrame } from '@jupyterlab/ui-components';
 
+import { addAllUsersCommand, AllUsersView, showBanner } from './allusers';
 import { GatewayAPI } from './api';
 import { addCommands, addMenuItems } from './commands';
 import { connectCode } from './connect';
 import { dismissedKey } from './dismissed';
 import { gatewayIcon } from './icons';
 import { LogsView } from './logview';
+import { addSettingCommands, addSettingMenuItems } from './settingcommands';
+import { GatewaySettings } from './settings';
 import { GatewaySidebar } from './sidebar';
 
 export { CommandIDs } from './commands';
@@ -28,15 +32,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'List and manage your Dask Gateway clusters from a sidebar.',
   autoStart: true,
   requires: [ILabShell],
-  optional: [ILayoutRestorer, INotebookTracker, ICommandPalette],
+  optional: [ILayoutRestorer, INotebookTracker, ICommandPalette, ISettingRegistry],
   activate: (
     app: JupyterFrontEnd,
     labShell: ILabShell,
     restorer: ILayoutRestorer | null,
     notebooks: INotebookTracker | null,
-    palette: ICommandPalette | null
+    palette: ICommandPalette | null,
+    registry: ISettingRegistry | null
   ) => {
-    const api = new GatewayAPI(app.serviceManager.serverSettings);
+    const baseAPI = new GatewayAPI(app.serviceManager.serverSettings);
+    // An admin may switch the list to every user's clusters (allusers.ts).
+    const allUsers = new AllUsersView(baseAPI);
+    const api = allUsers.api();
     const dashboards = new Map<string, MainAreaWidget<IFrame>>();
 
     const openDashboard = (name: string, url: string): void => {
@@ -135,6 +143,37 @@ const plugin: JupyterFrontEndPlugin<void> = {
         null
     });
     addMenuItems(app.contextMenu, palette);
+
+    // Settings (schema/plugin.json), applied live; the admin's view; their commands.
+    const settings = new GatewaySettings();
+    settings.connect(values => {
+      sidebar.setPollInterval(values.pollInterval);
+      sidebar.showStopped = values.showStopped;
+    });
+    addSettingCommands(app.commands, {
+      settings,
+      save: registry ? (key, value) => registry.set(plugin.id, key, value) : null,
+      sidebarShown: () => sidebar.isVisible,
+      showSidebar: () => labShell.activateById(sidebar.id),
+      hideSidebar: () => labShell.collapseLeft(),
+      showError: error => sidebar.showError(error)
+    });
+    addAllUsersCommand(app.commands, allUsers, {
+      refresh: () => sidebar.refresh(),
+      showError: error => sidebar.showError(error)
+    });
+    addSettingMenuItems(app.contextMenu, palette);
+    showBanner(sidebar.node, allUsers);
+    void allUsers.check();
+    if (registry) {
+      registry
+        .load(plugin.id)
+        .then(loaded => {
+          settings.update(loaded.composite);
+          loaded.changed.connect(() => settings.update(loaded.composite));
+        })
+        .catch(reason => console.warn('dask-gateway-jupyterlab: settings not loaded', reason));
+    }
 
     labShell.add(sidebar, 'left', { rank: 210 });
     restorer?.add(sidebar, sidebar.id);

@@ -125,6 +125,7 @@ class CommandButton {
 class ClusterRow {
   readonly node: HTMLLIElement;
   private status: HTMLElement;
+  private owner: HTMLElement;
   private note: HTMLElement;
   private stats: Record<string, HTMLElement> = {};
   private live: HTMLElement[];
@@ -155,7 +156,9 @@ class ClusterRow {
     const name = el('span', 'dgj-Cluster-name', cluster.name);
     name.title = cluster.name;
     this.status = el('span', 'dgj-Cluster-status');
-    head.append(name, this.status);
+    // The owner, in an admin's all-users list (see `allusers.ts`).
+    this.owner = el('span', 'dgj-Cluster-owner');
+    head.append(name, this.owner, this.status);
     // A starting cluster's phase, a failed one's reason, when an ended one ended.
     this.note = el('div', 'dgj-Cluster-note');
 
@@ -264,6 +267,9 @@ class ClusterRow {
     this.setText(this.status, status);
     this.status.dataset.status = status;
     this.node.dataset.status = status;
+    this.setText(this.owner, cluster.user ?? '');
+    this.owner.title = cluster.user ? `Owner: ${cluster.user}` : '';
+    this.owner.hidden = !cluster.user;
     const ended = isEnded(status);
     this.node.classList.toggle('dgj-mod-ended', ended);
     for (const node of this.live) {
@@ -330,6 +336,8 @@ export class GatewaySidebar extends Widget {
    * cluster's state. */
   private about: { name: string; status: string; seen: boolean; before?: string } | null = null;
   private loaded = false;
+  /** Whether stopped and failed clusters are listed (the `showStopped` setting). */
+  private listEnded = true;
   private listError = false;
   private commandStates = '';
   private poll: Poll;
@@ -444,6 +452,35 @@ export class GatewaySidebar extends Widget {
     for (const [key, row] of this.rows) {
       row.selected = key === name;
     }
+  }
+
+  /** Poll every `seconds` from now on (the `pollInterval` setting). */
+  setPollInterval(seconds: number): void {
+    const interval = Math.round(seconds * 1000);
+    const max = Math.max(interval, 30 * 1000);
+    if (!this.poll.isDisposed && this.poll.frequency.interval !== interval) {
+      this.poll.frequency = { ...this.poll.frequency, interval, max };
+      this.refresh(); // the tick already scheduled would keep the old interval
+    }
+  }
+
+  /** The seconds between two polls. */
+  get pollInterval(): number {
+    return this.poll.frequency.interval / 1000;
+  }
+
+  /** List stopped and failed clusters, or not (the `showStopped` setting). */
+  set showStopped(value: boolean) {
+    if (value !== this.listEnded) {
+      this.listEnded = value;
+      if (this.loaded) {
+        this.render(this.listed);
+      }
+    }
+  }
+
+  get showStopped(): boolean {
+    return this.listEnded;
   }
 
   /** Refresh now (after an action, or from the Refresh command). */
@@ -619,7 +656,9 @@ export class GatewaySidebar extends Widget {
   /** Show `all` (the listed clusters) but the dismissed ones. */
   private render(all: ICluster[]): void {
     this.listed = all;
-    const clusters = visibleClusters(all, this.dismissed);
+    const clusters = visibleClusters(all, this.dismissed).filter(
+      c => this.listEnded || !isEnded(c.status)
+    );
     const seen = new Set<string>();
     let previous: HTMLElement | null = null;
     for (const cluster of clusters) {

@@ -22,6 +22,8 @@ export interface ICluster {
   memory: number | null;
   requested: number | null;
   adapt: { minimum: number | null; maximum: number | null } | null;
+  /** Its owner: only in an admin's all-users list (`GET dask-gateway/clusters?all=1`). */
+  user?: string;
 }
 
 export interface IClusterList {

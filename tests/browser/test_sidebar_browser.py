@@ -325,6 +325,10 @@ DASK_GATEWAY_COMMANDS = {
     "dask-gateway:refresh",
     "dask-gateway:open-logs",
     "dask-gateway:dismiss",
+    "dask-gateway:toggle-sidebar",
+    "dask-gateway:toggle-all-users",
+    "dask-gateway:toggle-show-stopped",
+    "dask-gateway:set-poll-interval",
 }
 
 
