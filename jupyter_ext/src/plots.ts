@@ -104,6 +104,7 @@ export function paneId(name: string, plot: string): string {
 }
 
 /** What a pane knows of its cluster. `unknown`: the gateway does not know it (404);
+ * `forbidden`: the gateway refuses it to this user (403, e.g. another user's cluster);
  * `unreachable`: the state could not be asked (the pane keeps what it shows, and retries). */
 export type PaneState =
   | { kind: 'checking' }
@@ -113,6 +114,7 @@ export type PaneState =
   | { kind: 'stopped' }
   | { kind: 'failed'; reason: string | null }
   | { kind: 'unknown' }
+  | { kind: 'forbidden'; message: string }
   | { kind: 'unreachable'; message: string };
 
 /** The state of a cluster status as the server extension gives it. */
@@ -135,7 +137,12 @@ export function paneState(status: string, reason: string | null = null): PaneSta
 
 /** Whether the cluster can no longer change: the pane stops watching. */
 export function isFinalState(state: PaneState): boolean {
-  return state.kind === 'stopped' || state.kind === 'failed' || state.kind === 'unknown';
+  return (
+    state.kind === 'stopped' ||
+    state.kind === 'failed' ||
+    state.kind === 'unknown' ||
+    state.kind === 'forbidden'
+  );
 }
 
 /** What a pane shows instead of its plot; null while the plot is shown. */
@@ -154,7 +161,9 @@ export function paneMessage(name: string, state: PaneState): string | null {
     case 'failed':
       return state.reason ? `Cluster ${name} failed: ${state.reason}` : `Cluster ${name} failed.`;
     case 'unknown':
-      return `Cluster ${name} not found: it ended long ago, or belongs to someone else.`;
+      return `Cluster ${name} not found: it may have ended long ago.`;
+    case 'forbidden':
+      return `Cluster ${name} cannot be shown: ${state.message}`;
     case 'unreachable':
       return `Cannot reach cluster ${name}: ${state.message}`;
   }

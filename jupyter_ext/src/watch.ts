@@ -13,7 +13,8 @@ import { isFinalState, paneState, PaneState, retryDelay } from './plots';
 
 /** The calls a watch makes (the server extension's routes, through `GatewayAPI`). */
 export interface IWatchAPI {
-  /** The cluster's state; rejects with an error having `status` 404 if it is unknown. */
+  /** The cluster's state; rejects with an error having `status` 404 if it is unknown, 403
+   * if it is not this user's to see. */
   cluster(name: string): Promise<{ status: string; reason: string | null }>;
   /** The events after `after`, holding up to `wait` s for one. */
   events(
@@ -125,8 +126,11 @@ export class ClusterWatch {
         state = paneState(cluster.status, cluster.reason);
         failures = 0;
       } catch (error) {
-        if (statusOf(error) === 404) {
+        const status = statusOf(error);
+        if (status === 404) {
           state = { kind: 'unknown' };
+        } else if (status === 403) {
+          state = { kind: 'forbidden', message: messageOf(error) };
         } else {
           state = { kind: 'unreachable', message: messageOf(error) };
           failures += 1;

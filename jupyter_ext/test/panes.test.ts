@@ -111,6 +111,7 @@ describe('pane messages', () => {
     expect(isFinalState(paneState('STOPPED'))).toBe(true);
     expect(isFinalState(paneState('FAILED'))).toBe(true);
     expect(isFinalState({ kind: 'unknown' })).toBe(true);
+    expect(isFinalState({ kind: 'forbidden', message: 'no' })).toBe(true);
     expect(isFinalState(paneState('RUNNING'))).toBe(false);
     expect(isFinalState({ kind: 'unreachable', message: 'x' })).toBe(false);
   });
@@ -215,6 +216,20 @@ describe('cluster watch', () => {
     await watch.whenDone();
     expect(seen).toEqual(['checking', 'unknown']);
     expect(api.eventCalls).toEqual([]);
+  });
+
+  it('says a cluster the gateway refuses cannot be shown, and stops asking', async () => {
+    const api = new FakeAPI();
+    api.statuses = [403];
+    const seen: string[] = [];
+    const watch = new ClusterWatch(api, NAME);
+    watch.listen(s => seen.push(s.kind));
+    await watch.whenDone();
+    expect(seen).toEqual(['checking', 'forbidden']);
+    expect(api.clusterCalls).toBe(1);
+    expect(paneMessage(NAME, watch.state)).toBe(
+      `Cluster ${NAME} cannot be shown: Cluster ${NAME} not found`
+    );
   });
 
   it('polls a gateway without the events route', async () => {
