@@ -18,6 +18,7 @@ import { dismissedKey } from './dismissed';
 import { gatewayIcon } from './icons';
 import { LogsView } from './logview';
 import { Panes, PlotList } from './panes';
+import { onlyRunning } from './plots';
 import { GatewaySidebar } from './sidebar';
 
 export { CommandIDs } from './commands';
@@ -152,7 +153,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       contextMenu: app.contextMenu,
       currentCluster: () =>
         app.contextMenuHitTest(node => Boolean(node.dataset.clusterName))?.dataset.clusterName ??
-        sidebar.selected,
+        sidebar.selected ??
+        onlyRunning(sidebar.clusters),
       showError: error => sidebar.showError(error)
     });
     panes.setup();

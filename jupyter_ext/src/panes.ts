@@ -147,7 +147,8 @@ export interface IPanesOptions {
   restorer: ILayoutRestorer | null;
   palette: ICommandPalette | null;
   contextMenu: ContextMenu;
-  /** The cluster a command without `{name}` acts on (context menu, selection), if any. */
+  /** The cluster a command without `{name}` acts on (context menu, selection, the only
+   * running one), if any. */
   currentCluster: () => string | null;
   /** The plots the default layout opens (the settings' `defaultLayout`, see slice 4). */
   defaultLayout?: () => readonly string[];

@@ -4,6 +4,15 @@
  * pane says about its cluster's state.
  */
 
+import type { ICluster } from './types';
+
+/** The one running cluster of `clusters`, if there is exactly one (what a plot command
+ * without a name, nothing selected, acts on). */
+export function onlyRunning(clusters: ICluster[]): string | null {
+  const running = clusters.filter(c => c.status === 'RUNNING');
+  return running.length === 1 ? running[0].name : null;
+}
+
 /** One individual plot of a scheduler's dashboard. */
 export interface IPlot {
   /** Its path under the dashboard, e.g. `individual-task-stream`. */

@@ -4,6 +4,7 @@ import {
   DEFAULT_LAYOUT,
   isFinalState,
   isPlotPath,
+  onlyRunning,
   paneId,
   paneMessage,
   paneState,
@@ -12,7 +13,7 @@ import {
   plotTitle,
   plotURL
 } from '../src/plots';
-import type { IClusterEvent } from '../src/types';
+import type { ICluster, IClusterEvent } from '../src/types';
 import { ClusterWatch, ClusterWatches, IWatchAPI } from '../src/watch';
 
 const NAME = 'a'.repeat(32);
@@ -92,6 +93,15 @@ describe('plot paths', () => {
   it('gives each pane a stable, unique id', () => {
     expect(paneId(NAME, 'statics/x.html')).toBe(`dask-gateway-pane-${NAME}-statics_x_html`);
     expect(paneId(NAME, 'individual-cpu')).not.toBe(paneId(NAME, 'individual-progress'));
+  });
+});
+
+describe('the cluster of a command without a name', () => {
+  it('is the only running cluster, if there is exactly one', () => {
+    const c = (name: string, status: string) => ({ name, status }) as ICluster;
+    expect(onlyRunning([c('a', 'STOPPED'), c('b', 'RUNNING'), c('c', 'PENDING')])).toBe('b');
+    expect(onlyRunning([c('a', 'RUNNING'), c('b', 'RUNNING')])).toBeNull();
+    expect(onlyRunning([])).toBeNull();
   });
 });
 

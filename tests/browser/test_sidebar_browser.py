@@ -325,6 +325,8 @@ DASK_GATEWAY_COMMANDS = {
     "dask-gateway:refresh",
     "dask-gateway:open-logs",
     "dask-gateway:dismiss",
+    "dask-gateway:open-plot",
+    "dask-gateway:open-default-layout",
 }
 
 
