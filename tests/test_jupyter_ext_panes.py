@@ -18,6 +18,7 @@ import pytest
 from support import waiting
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.jupyter_server import JupyterServerProcess, gateway_env
+from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
 ALICE, BOB, ADMIN = "dgp-alice", "dgp-bob", "dgp-admin"
 PLOT = "individual-task-stream"
@@ -143,3 +144,35 @@ def test_plot_panes_two_users_and_an_admin(setup):
     r = relay(alice, mine, "individual-plots.json")
     assert r.status_code == 404 and "Traceback" not in r.text
     assert httpx.get(alice.url + location, timeout=60).status_code == 404
+
+
+def test_plot_panes_on_the_public_gateway(tmp_path):
+    """The public dask-gateway-server: the plots come through the relay the same way, and
+    its missing events route is a plain 404 (the pane then polls the cluster's state)."""
+    password = "jupyter-panes-public"
+    with upstream_server(tmp_path / "upstream", password, UPSTREAM_CONFIG) as address:
+        env = {**gateway_env(address, "alice"), "DASK_GATEWAY__AUTH__KWARGS__PASSWORD": password}
+        server = JupyterServerProcess(tmp_path / "jupyter", env, token="public-panes-token")
+        server.start()
+        try:
+            name = start_cluster(server)
+            r = relay(server, name, "individual-plots.json")
+            assert r.status_code == 200 and f"/{PLOT}" in r.json().values(), r.text
+            r = relay(server, name, PLOT, headers=FRAME_LOAD)
+            assert r.status_code == 302, r.text
+            page = httpx.get(server.url + r.headers["location"], timeout=60)
+            assert page.status_code == 200 and "bokeh" in page.text.lower()
+            assert "allow-same-origin" not in page.headers["content-security-policy"]
+            with server.client() as api:
+                r = api.get(f"clusters/{name}/events")
+                assert r.status_code == 404 and r.json()["error"], r.text  # the watch polls
+                assert api.delete(f"clusters/{name}").status_code == 204
+                wait_for(
+                    lambda: (
+                        (r := api.get(f"clusters/{name}")).status_code == 404
+                        or r.json()["status"] == "STOPPED"
+                    )
+                )
+        finally:
+            server.stop()
+        assert "Traceback" not in server.log(), server.log()
