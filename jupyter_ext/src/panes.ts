@@ -298,6 +298,7 @@ export class PlotList {
   private shown: string | null = null;
   private cache = new Map<string, IPlot[]>();
   private loading: string | null = null;
+  private failedAt = 0;
 
   constructor(
     private panes: Panes,
@@ -334,6 +335,10 @@ export class PlotList {
   show(cluster: ICluster | null): void {
     const name = cluster && cluster.status === 'RUNNING' ? cluster.name : null;
     if (name === this.shown) {
+      // A list that failed (a dashboard not up yet) is asked again on the next change.
+      if (name !== null && !this.cache.has(name) && Date.now() - this.failedAt > 5000) {
+        void this.load(name);
+      }
       return;
     }
     this.shown = name;
@@ -367,6 +372,7 @@ export class PlotList {
         this.render(name, plots);
       }
     } catch (error) {
+      this.failedAt = Date.now();
       if (this.shown === name) {
         const text = error instanceof GatewayError ? error.message : String(error);
         this.note.textContent = `No plots: ${text}`;
