@@ -21,10 +21,13 @@ import { gatewayIcon } from './icons';
 import { LogsView } from './logview';
 import { addSettingCommands, addSettingMenuItems } from './settingcommands';
 import { GatewaySettings } from './settings';
+import { Panes, PlotList } from './panes';
+import { onlyRunning } from './plots';
 import { GatewaySidebar } from './sidebar';
 
 export { CommandIDs } from './commands';
 export { connectCode } from './connect';
+export { PaneCommandIDs } from './panes';
 export { gatewayIcon } from './icons';
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -177,6 +180,32 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     labShell.add(sidebar, 'left', { rank: 210 });
     restorer?.add(sidebar, sidebar.id);
+
+    // Dashboard plots as panes (panes.ts), and the selected cluster's plots in the sidebar.
+    const panes = new Panes({
+      api,
+      baseUrl: app.serviceManager.serverSettings.baseUrl,
+      labShell,
+      commands: app.commands,
+      restorer,
+      palette,
+      contextMenu: app.contextMenu,
+      currentCluster: () =>
+        app.contextMenuHitTest(node => Boolean(node.dataset.clusterName))?.dataset.clusterName ??
+        sidebar.selected ??
+        onlyRunning(sidebar.clusters),
+      defaultLayout: () => settings.current.defaultLayout,
+      showError: error => sidebar.showError(error)
+    });
+    panes.setup();
+    const plotList = new PlotList(panes, app.commands);
+    sidebar.node.appendChild(plotList.node);
+    const showPlots = () => {
+      const name = sidebar.selected;
+      plotList.show(name === null ? null : (sidebar.cluster(name) ?? null));
+    };
+    sidebar.selectionChanged.connect(showPlots);
+    app.commands.commandChanged.connect(showPlots); // the sidebar's rows changed state
   }
 };
 

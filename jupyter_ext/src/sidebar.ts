@@ -11,6 +11,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { CommandRegistry } from '@lumino/commands';
 import { Message } from '@lumino/messaging';
 import { Poll } from '@lumino/polling';
+import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import type { IGatewayAPI } from './api';
@@ -331,6 +332,8 @@ export class GatewaySidebar extends Widget {
   private toolbar: CommandButton[];
   private rows = new Map<string, ClusterRow>();
   private selectedName: string | null = null;
+  /** The selected row changed (its cluster's name, or null): the plot list follows it. */
+  readonly selectionChanged = new Signal<GatewaySidebar, string | null>(this);
   /** The cluster the message is about, the state it says, and whether a list has shown the
    * cluster since (until then, its absence means nothing). Null: the message is not about a
    * cluster's state. */
@@ -448,9 +451,13 @@ export class GatewaySidebar extends Widget {
   }
 
   select(name: string | null): void {
+    const changed = name !== this.selectedName;
     this.selectedName = name;
     for (const [key, row] of this.rows) {
       row.selected = key === name;
+    }
+    if (changed) {
+      this.selectionChanged.emit(name);
     }
   }
 

@@ -329,6 +329,8 @@ DASK_GATEWAY_COMMANDS = {
     "dask-gateway:toggle-all-users",
     "dask-gateway:toggle-show-stopped",
     "dask-gateway:set-poll-interval",
+    "dask-gateway:open-plot",
+    "dask-gateway:open-default-layout",
 }
 
 
