@@ -16,6 +16,7 @@ import { addCommands, addMenuItems } from './commands';
 import { connectCode } from './connect';
 import { dismissedKey } from './dismissed';
 import { gatewayIcon } from './icons';
+import { KernelWatch } from './kernelwatch';
 import { LogsView } from './logview';
 import { GatewaySidebar } from './sidebar';
 
@@ -135,6 +136,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
         null
     });
     addMenuItems(app.contextMenu, palette);
+
+    if (notebooks) {
+      new KernelWatch(notebooks, sidebar); // selects the active notebook's cluster
+    }
 
     labShell.add(sidebar, 'left', { rank: 210 });
     restorer?.add(sidebar, sidebar.id);
