@@ -242,3 +242,51 @@ def test_sidebar_follows_the_notebooks_cluster(gateway, lab, root):
         expect_selected(page, other)  # the second notebook's latest cluster now
         browser.screenshot("notebook-cluster-connected", page.locator(SIDEBAR))
         assert [e for e in browser.console_errors if "comm" in e.lower()] == []
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("server_extension", [False, True], ids=["public-lab", "no-lab-plugin"])
+def test_cell_stays_clean_without_our_lab_extension(gateway, root, tmp_path, server_extension):
+    """Without our lab extension nobody listens: the cell making a cluster still shows just
+    its own output and no error. In the public JupyterLab (neither of our extensions) the
+    kernel has no flag and sends nothing; with only our server extension (the lab plugin
+    disabled), JupyterLab rejects the comm by closing it and the kernel keeps nothing."""
+    scratch = tmp_path / "lab"
+    labconfig = scratch / "config" / "labconfig"
+    labconfig.mkdir(parents=True)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"dask-gateway-jupyterlab": True}})
+    )
+    extra = (
+        []
+        if server_extension
+        else ['--ServerApp.jpserver_extensions={"dask_gateway_jupyter": False}']
+    )
+    server = JupyterLab(root, scratch, env=lab_env(gateway), extra_args=extra)
+    server.start()
+    try:
+        with LabBrowser(server, SCREENSHOTS) as browser:
+            browser.open_notebook("first.ipynb")
+            run_cells(browser)
+            assert browser.page.locator(SIDEBAR).count() == 0
+            outputs = browser.page.evaluate(
+                """() => window.jupyterapp.shell.currentWidget.content.widgets[0]
+                        .model.outputs.toJSON().map(o => o.output_type)"""
+            )
+            # The start-up progress, then the cluster: nothing printed, nothing failed.
+            assert outputs == ["display_data", "execute_result"], outputs
+            state = browser.run_in_kernel(
+                "import os, comm\n"
+                "print(os.environ.get('DASK_GATEWAY_JUPYTERLAB_COMM'),"
+                " len([c for c in comm.get_comm_manager().comms.values()"
+                "      if c.target_name == 'dask-gateway']))"
+            )
+            assert state.split() == (["1", "0"] if server_extension else ["None", "0"])
+    finally:
+        server.stop()
+        gw = user_gateway(gateway)
+        try:
+            for report in gw.list_clusters():
+                gw.stop_cluster(report.name)
+        finally:
+            gw.close()
