@@ -227,7 +227,9 @@ def test_sidebar_follows_the_notebooks_cluster(gateway, lab, root):
         expect_selected(page, first)
 
         # -- a click elsewhere is the user's choice until the notebook says more
-        page.locator(f'{SIDEBAR} li.dgj-Cluster[data-cluster-name="{other}"]').click()
+        page.locator(
+            f'{SIDEBAR} li.dgj-Cluster[data-cluster-name="{other}"] .dgj-Cluster-name'
+        ).click()
         expect_selected(page, other)
 
         # -- a cell connecting to an existing cluster selects it too
