@@ -176,10 +176,14 @@ def expect_selected(page, name: str) -> None:
     expect(rows).to_have_attribute("data-cluster-name", name, timeout=60_000)
 
 
+def toggle_sidebar(page) -> None:
+    page.locator('.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]').click()
+
+
 def open_sidebar(page) -> None:
     from playwright.sync_api import expect
 
-    page.locator('.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-sidebar"]').click()
+    toggle_sidebar(page)
     expect(page.locator(SIDEBAR)).to_be_visible()
 
 
@@ -204,10 +208,14 @@ def test_sidebar_follows_the_notebooks_cluster(gateway, lab, root):
         expect(page.locator(f"{SIDEBAR} li.dgj-Cluster")).to_have_count(1, timeout=30_000)
         expect(selected_rows(page)).to_have_count(0)
 
-        # -- a cell makes a cluster: the sidebar selects it
+        # -- a cell makes a cluster (the panel closed meanwhile): the sidebar selects it
+        toggle_sidebar(page)
+        expect(page.locator(SIDEBAR)).to_be_hidden()
         run_cells(browser)
         first = kernel_cluster(browser)
         assert first and first != other
+        toggle_sidebar(page)
+        expect(page.locator(SIDEBAR)).to_be_visible()
         expect_selected(page, first)
         browser.screenshot("notebook-cluster-first", page.locator(SIDEBAR))
 
