@@ -50,6 +50,7 @@ from .errors import (
     GatewayWarning,
 )
 from .events import ClusterEvent, EventPage, start_failure_message, stop_reason
+from .jupyter_comm import announce_cluster
 from .options import Options
 from .progress import StartProgress, start_progress
 
@@ -1083,10 +1084,13 @@ class GatewayCluster:
         """
         self.status = "starting"
         progress: StartProgress | None = None
+        attaching = self.name is not None
         if self.name is None:
             self.name, self.quota_warning = await self.gateway._submit_warning(
                 self._cluster_options, **self._option_overrides
             )
+            # The notebook's sidebar selects it now, while it starts (once it exists).
+            announce_cluster(self.name, self.gateway.address)
             progress = self._start_progress(self.name)
         try:
             report = await self.gateway._wait_for_start(self.name)
@@ -1095,6 +1099,8 @@ class GatewayCluster:
                 # The phases the reader had not shown yet, the failure among them.
                 progress.abort(getattr(exc, "events", ()))
             raise
+        if attaching:  # once the gateway has confirmed the name
+            announce_cluster(self.name, self.gateway.address)
         self.scheduler_address = report.scheduler_address
         self.dashboard_link = report.dashboard_link
         self.security = report.security

@@ -7,6 +7,7 @@ user's ``JUPYTERHUB_API_TOKEN``), so the user's gateway credentials stay on the 
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
 from typing import Any
@@ -30,8 +31,12 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(server_app: Any) -> None:
-    """Register the REST routes under the server's base URL."""
+    """Register the REST routes under the server's base URL, and tell the kernels this
+    server starts that the sidebar listens for their clusters (they inherit the flag)."""
+    from dask_gateway.jupyter_comm import ENV_FLAG
+
     from .handlers import setup_handlers
 
     setup_handlers(server_app.web_app, server_app.log)
+    os.environ.setdefault(ENV_FLAG, "1")  # "0" set by hand keeps the kernels quiet
     server_app.log.info("dask_gateway_jupyter: Dask Gateway routes loaded")

@@ -18,6 +18,7 @@ import { addCommands, addMenuItems } from './commands';
 import { connectCode } from './connect';
 import { dismissedKey } from './dismissed';
 import { gatewayIcon } from './icons';
+import { KernelWatch } from './kernelwatch';
 import { LogsView } from './logview';
 import { addSettingCommands, addSettingMenuItems } from './settingcommands';
 import { GatewaySettings } from './settings';
@@ -176,6 +177,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
           loaded.changed.connect(() => settings.update(loaded.composite));
         })
         .catch(reason => console.warn('dask-gateway-jupyterlab: settings not loaded', reason));
+    }
+    if (notebooks) {
+      new KernelWatch(notebooks, sidebar); // selects the active notebook's cluster
     }
 
     labShell.add(sidebar, 'left', { rank: 210 });
