@@ -236,7 +236,9 @@ class StreamHandlerMixin(web.RequestHandler):
             await self.flush()
             while not closed.done():
                 getting = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getting, closed}, timeout=KEEPALIVE)
+                done, _ = await asyncio.wait(
+                    {getting, closed}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED
+                )
                 if getting in done:
                     event, data = getting.result()
                     self.write(sse(event, data))
