@@ -274,6 +274,7 @@ class BaseGatewayHandler(APIHandler):
             "cores": resources.get("cores"),
             "memory": resources.get("memory"),
             "requested": resources.get("requested"),
+            "pending": resources.get("pending"),
             "adapt": self.manager.adapt.get(report.name),
         }
 
