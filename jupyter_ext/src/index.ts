@@ -117,7 +117,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       commands: app.commands,
       closeDashboard,
       storage,
-      storageKey: dismissedKey(app.serviceManager.serverSettings.baseUrl)
+      storageKey: dismissedKey(app.serviceManager.serverSettings.baseUrl),
+      openStream: signal => api.openStream(signal)
     });
     sidebar.title.icon = gatewayIcon;
     sidebar.title.caption = 'Dask Gateway clusters';

@@ -13,7 +13,7 @@ import { Message } from '@lumino/messaging';
 import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
-import type { IGatewayAPI } from './api';
+import { GatewayError, type IGatewayAPI } from './api';
 import { CommandIDs } from './commandids';
 import {
   isEnded,
@@ -33,6 +33,7 @@ import {
   isFinal,
   isLater
 } from './format';
+import { Coalescer, LiveStream, pollInterval, type StreamOpener } from './live';
 import { parseCount } from './options';
 import { UsageSection } from './quota';
 import type { ICluster } from './types';
@@ -49,6 +50,8 @@ export interface ISidebarOptions {
   storage?: Storage | null;
   /** The storage key (see `dismissedKey`). */
   storageKey?: string;
+  /** Opens the server's event stream (`live.ts`); without it, the list is polled. */
+  openStream?: StreamOpener;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -272,7 +275,10 @@ class ClusterRow {
     this.dismiss.node.hidden = !ended;
     this.setText(this.note, clusterNote(cluster, Date.now()));
     this.note.title = this.note.textContent ?? '';
-    this.setText(this.stats.workers, formatWorkers(cluster.workers, cluster.requested));
+    this.setText(
+      this.stats.workers,
+      formatWorkers(cluster.workers, cluster.requested, cluster.pending ?? null)
+    );
     this.setText(this.stats.cores, cluster.cores === null ? '–' : String(cluster.cores));
     this.setText(this.stats.memory, cluster.memory === null ? '–' : formatBytes(cluster.memory));
     this.setText(this.stats.age, formatAge(cluster.age));
@@ -337,6 +343,11 @@ export class GatewaySidebar extends Widget {
   readonly usage: UsageSection;
   /** A refresh was asked for (an action, the Refresh command): the usage too, at once. */
   private usageDue = true;
+  /** The event stream (null: polling only) and the per-cluster refreshes it asks for. */
+  readonly live: LiveStream | null = null;
+  private refresher = new Coalescer(name => this.loadCluster(name));
+  /** The list's poll interval (ms) when the stream is not live. */
+  private fallbackInterval = POLL_INTERVAL;
 
   constructor(options: ISidebarOptions) {
     super();
@@ -396,9 +407,56 @@ export class GatewaySidebar extends Widget {
       standby: () => (this.isVisible ? 'when-hidden' : true),
       name: 'dask-gateway-jupyterlab:clusters'
     });
+    if (options.openStream) {
+      this.live = new LiveStream(options.openStream, {
+        onReady: () => this.refresh(),
+        onCluster: note => {
+          if (this.isVisible) {
+            void this.refreshCluster(note.cluster);
+          }
+        },
+        onState: state => {
+          this.node.dataset.live = state; // for styles and tests
+          this.setPollInterval(this.fallbackInterval);
+        }
+      });
+    }
+  }
+
+  /** Poll every `ms` while the stream is not live (its safety interval while it is). */
+  setPollInterval(ms: number): void {
+    this.fallbackInterval = ms;
+    const interval = pollInterval(this.live?.state ?? 'unsupported', ms);
+    this.poll.frequency = { interval, backoff: true, max: Math.max(30 * 1000, interval) };
+  }
+
+  /** Refresh one cluster's row now (coalesced: one request in flight per cluster). */
+  refreshCluster(name: string): Promise<void> {
+    return this.refresher.request(name);
+  }
+
+  private async loadCluster(name: string): Promise<void> {
+    let cluster: ICluster;
+    try {
+      cluster = await this.api.cluster(name);
+    } catch (error) {
+      if (error instanceof GatewayError && error.status === 404) {
+        this.refresh(); // gone: the list says what remains
+      }
+      return;
+    }
+    if (this.shutDownHere.has(name) && isEnded(cluster.status)) {
+      this.refresh(); // the list's rules for clusters shut down from here
+      return;
+    }
+    const listed = this.listed.filter(c => c.name !== name);
+    const index = this.listed.findIndex(c => c.name === name);
+    listed.splice(index < 0 ? listed.length : index, 0, cluster);
+    this.render(listed);
   }
 
   dispose(): void {
+    this.live?.stop();
     this.poll.dispose();
     this.form?.dispose();
     super.dispose();
@@ -421,6 +479,12 @@ export class GatewaySidebar extends Widget {
     if (this.isVisible) {
       void this.poll.start();
     }
+    this.live?.start();
+  }
+
+  protected onBeforeDetach(msg: Message): void {
+    this.live?.stop();
+    super.onBeforeDetach(msg);
   }
 
   /** The clusters of the last list, in its order. */
@@ -466,7 +530,14 @@ export class GatewaySidebar extends Widget {
       if (row) {
         row.busy = false;
       }
-      this.refresh();
+      if (this.live?.state === 'live') {
+        // The row at once, from the gateway's answer to the action (its new count);
+        // the list's other rows follow their own events.
+        void this.refreshCluster(name);
+        this.usage.refresh(true);
+      } else {
+        this.refresh();
+      }
     }
   }
 
