@@ -674,6 +674,54 @@ class Gateway(SyncMethodMixin):
         """
         return self.sync(self._events, cluster_name, after, wait, **kwargs)
 
+    async def _user_events(
+        self,
+        after: int | None = None,
+        wait: float | None = None,
+        since: Any = None,
+        all_users: bool = False,
+    ) -> EventPage:
+        query: dict[str, Any] = {}
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+                raise ValueError(f"after must be a non-negative event id, got {after!r}")
+            query["after"] = after
+        if since is not None:
+            query["since"] = _time_arg("since", since)
+        if wait is not None:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+                raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
+            wait = min(float(wait), MAX_EVENTS_WAIT)
+            query["wait"] = f"{wait:g}"
+        if all_users:
+            query["all"] = 1
+        path = "/api/v1/events" + ("?" + urlencode(query) if query else "")
+        timeout = None if not wait else wait + 60
+        data = await self._request("GET", path, timeout=timeout, feature="events")
+        if not isinstance(data, dict):
+            raise GatewayServerError(f"Unexpected answer of the events route: {data!r}")
+        return EventPage._from_json(data, after or 0)
+
+    def user_events(
+        self,
+        after: int | None = None,
+        wait: float | None = None,
+        since: Any = None,
+        all_users: bool = False,
+        **kwargs: Any,
+    ) -> EventPage:
+        """One page of the events of all this user's clusters (``all_users=True``: every
+        user's; admins only), oldest first, at most 1,000: ``(events, cursor, done)``.
+
+        Each event names its ``cluster`` and ``user``. To follow them, pass the page's
+        ``cursor`` as ``after`` of the next call; ``wait`` holds the call up to this many
+        seconds (at most 60) until an event comes, so one call at a time follows every
+        cluster at once. ``since`` (a ``datetime``, milliseconds since the epoch or an ISO
+        8601 string) starts from a time rather than a cursor. Servers that keep no events
+        (the public dask-gateway-server) raise ``GatewayUnsupportedError``.
+        """
+        return self.sync(self._user_events, after, wait, since, all_users, **kwargs)
+
     async def _get_logs(
         self, cluster_name: str, component: str | None = None, tail: int | None = None
     ) -> dict[str, str]:

@@ -48,12 +48,18 @@ class ClusterEvent:
     message: str
     worker: str | None = None
     detail: str = ""
+    #: The cluster and its owner: set by ``Gateway.user_events`` (one user's or, for an
+    #: admin, every user's events), None from a single cluster's history.
+    cluster: str | None = None
+    user: str | None = None
 
     @classmethod
     def _from_json(cls, data: Mapping[str, Any]) -> ClusterEvent:
         """Build from one event of the events route; keys this client does not know are
         ignored (the all-clusters route adds ``cluster`` and ``user``)."""
         worker = data.get("worker")
+        cluster = data.get("cluster")
+        user = data.get("user")
         return cls(
             id=int(data["id"]),
             time=datetime.fromtimestamp(int(data["time"]) / 1000, tz=timezone.utc),
@@ -61,6 +67,8 @@ class ClusterEvent:
             message=str(data.get("message") or ""),
             worker=None if worker is None else str(worker),
             detail=str(data.get("detail") or ""),
+            cluster=None if cluster is None else str(cluster),
+            user=None if user is None else str(user),
         )
 
     def __str__(self) -> str:

@@ -22,6 +22,7 @@ import pytest
 from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.paths import CONFIGS
 from support.upstream_server import UPSTREAM_CONFIG, upstream_server
+from tornado.httpclient import HTTPClientError
 
 from dask_gateway import BasicAuth, Gateway, GatewayClusterError, GatewayUnsupportedError
 
@@ -97,6 +98,44 @@ def test_failed_start_names_the_import_error(gateway_with_broken_env):
         assert why(first) in events[-1].detail
         assert why(first) in gateway.get_logs(name)["scheduler"]
         assert list(gateway.get_logs(name, component="scheduler", tail=1)) == ["scheduler"]
+
+
+def test_user_events_follow_every_cluster_of_the_user(gateway_with_broken_env):
+    """``Gateway.user_events``: one long-poll follows all of a user's clusters (the Jupyter
+    extension's live sidebar uses it), each event naming its cluster; another user's
+    events never show; ``all_users`` is for admins."""
+    gw = gateway_with_broken_env
+    with (
+        gw.new_gateway(auth=BasicAuth("ue-alice")) as alice,
+        gw.new_gateway(auth=BasicAuth("ue-bob")) as bob,
+    ):
+        first = alice.user_events()
+        assert (first.events, first.cursor, first.done) == ([], 0, False)
+        names = [alice.submit(environment="no-distributed") for _ in range(2)]
+        bobs = bob.submit(environment="no-distributed")
+        events, cursor = [], first.cursor
+        while {e.cluster for e in events if e.kind == "failed"} != set(names):
+            page = alice.user_events(after=cursor, wait=60)
+            assert page.events, "no event within 60 s"
+            assert page.cursor == page.events[-1].id > cursor
+            events += page.events
+            cursor = page.cursor
+        assert {e.cluster for e in events} == set(names)  # both, and not Bob's
+        assert {e.user for e in events} == {"ue-alice"}
+        assert [e.id for e in events] == sorted({e.id for e in events})
+        assert [e.kind for e in events if e.cluster == names[0]][0] == "submitted"
+        # since: from a time rather than a cursor.
+        assert alice.user_events(since=events[-1].time).events[-1].id == events[-1].id
+        assert bobs in {e.cluster for e in bob.user_events().events}
+        # A cluster's own history has no cluster/user (the route does not send them).
+        assert {e.cluster for e in alice.events(names[0])} == {None}
+
+        with pytest.raises(HTTPClientError) as info:
+            alice.user_events(all_users=True)
+        assert info.value.code == 403
+        for bad in ({"after": -1}, {"wait": -1}, {"wait": float("nan")}):
+            with pytest.raises(ValueError):
+                alice.user_events(**bad)
 
 
 def _log_on_scheduler(marker: str) -> None:
@@ -224,5 +263,7 @@ def test_public_server_keeps_no_events_and_shows_no_progress(tmp_path):
                 )
                 with pytest.raises(GatewayUnsupportedError, match="does not keep cluster events"):
                     cluster.events()
+                with pytest.raises(GatewayUnsupportedError, match="does not keep cluster events"):
+                    gateway.user_events(wait=1)
             finally:
                 cluster.shutdown()

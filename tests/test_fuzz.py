@@ -114,6 +114,12 @@ def test_worker_counts_beyond_what_the_store_holds_are_refused(fresh_gateway):
     r = call("POST", f"{url}/adapt", {"minimum": huge, "maximum": None}, ALICE)
     assert r.status == 422
     r = call("GET", f"{url}/workers", headers=ALICE)
-    assert r.json() == {"workers": 0, "cores": 0, "memory": 0, "requested": 0}
+    assert r.json() == {
+        "workers": 0,
+        "cores": 0,
+        "memory": 0,
+        "requested": 0,
+        "pending": 0,
+    }
     assert call("DELETE", url, headers=ALICE).status == 204
     assert call("GET", f"{gw.address}/api/health").status == 200

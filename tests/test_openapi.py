@@ -272,7 +272,7 @@ def test_every_operation_answers_as_documented(gateway, api):
         api("scaleCluster", 200, cluster, body={"count": 1})
 
         # The scale to 10 and back leaves one worker once the heartbeats settle.
-        want = {"workers": 1, "cores": 1, "memory": 2**29, "requested": 1}
+        want = {"workers": 1, "cores": 1, "memory": 2**29, "requested": 1, "pending": 0}
         deadline = time.monotonic() + 60
         while (workers := api("clusterWorkers", 200, cluster).json()) != want:
             assert time.monotonic() < deadline, f"workers never settled: {workers}"

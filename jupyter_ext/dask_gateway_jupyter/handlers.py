@@ -38,6 +38,7 @@ from .allusers import AllUsers, wants_all
 from .dashboard import DashboardHandler, DashboardRelay, DashboardWebSocketHandler
 from .errors import RouteError, translate_error
 from .notes import ClusterNotes
+from .stream import StreamHandlerMixin, StreamHub
 
 T = TypeVar("T")
 
@@ -73,6 +74,7 @@ class GatewayManager:
         self.dashboards = DashboardRelay(self)
         self.notes = ClusterNotes(self.gateway_get, log)
         self.all_users = AllUsers(self.gateway, self.adapt, log)
+        self.streams = StreamHub(self.gateway, log)
         # warnings.catch_warnings is process-global: let one scale/adapt capture at a time.
         self.warnings_lock = asyncio.Lock()
 
@@ -90,6 +92,7 @@ class GatewayManager:
 
     async def close(self) -> None:
         self.dashboards.close()
+        self.streams.close()
         if self._gateway is not None:
             gateway, self._gateway = self._gateway, None
             closing = gateway.close()  # an awaitable, since the client is asynchronous
@@ -273,6 +276,7 @@ class BaseGatewayHandler(APIHandler):
             "cores": resources.get("cores"),
             "memory": resources.get("memory"),
             "requested": resources.get("requested"),
+            "pending": resources.get("pending"),
             "adapt": self.manager.adapt.get(report.name),
         }
 
@@ -495,6 +499,19 @@ class LogsHandler(RelayHandler):
             raise RouteError(400, "follow is not relayed: long-poll with offset and wait instead")
 
 
+class StreamHandler(StreamHandlerMixin, BaseGatewayHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """Server-Sent Events: the gateway's events of this user's clusters (``?all=1``: of
+        every user's, for an admin), from one upstream long-poll shared by every tab (see
+        ``stream.py``); 501 from a gateway that keeps no events."""
+        all_users = self.get_query_argument("all", "") in ("1", "true")
+        await self.stream_events(
+            self.manager.streams, all_users, self.send_error_json, self.manager.address
+        )
+
+
 class QuotaHandler(BaseGatewayHandler):
     @web.authenticated
     @authorized
@@ -559,6 +576,7 @@ def setup_handlers(web_app: Any, log: logging.Logger | None = None) -> None:
             (url_path_join(base, "options"), OptionsHandler),
             (url_path_join(base, "quota"), QuotaHandler),
             (url_path_join(base, "admin"), AdminHandler),
+            (url_path_join(base, "stream"), StreamHandler),
             (url_path_join(base, "options", "validate"), OptionsValidateHandler),
             (url_path_join(base, "clusters") + "/?", ClustersHandler),
             (url_path_join(base, "clusters", name), ClusterHandler),

@@ -9,6 +9,7 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import { queryString } from './logs';
 import type {
+  ICluster,
   IClusterList,
   ICreated,
   IEventsAnswer,
@@ -47,6 +48,11 @@ export class GatewayError extends Error {
 /** What the sidebar, its form and its commands need of the server: one object, passed in. */
 export interface IGatewayAPI {
   listClusters(): Promise<IClusterList>;
+  /** One cluster, as the list has it (the live sidebar refreshes a row with it). */
+  cluster(name: string): Promise<ICluster>;
+  /** The server's event stream (`dask-gateway/stream`, Server-Sent Events): the raw
+   * response, its body read by `live.ts`. */
+  openStream(signal: AbortSignal, allUsers?: boolean): Promise<Response>;
   options(): Promise<{ cluster_options: IOptionField[] }>;
   validateOptions(values: Record<string, unknown>): Promise<IValidation>;
   createCluster(values: Record<string, unknown>): Promise<ICreated>;
@@ -126,6 +132,17 @@ export class GatewayAPI implements IGatewayAPI {
 
   listClusters(): Promise<IClusterList> {
     return this.request('clusters');
+  }
+
+  cluster(name: string): Promise<ICluster> {
+    return this.request(clusterPath(name));
+  }
+
+  /** The event stream; `allUsers`: every user's events (admins; others get a 403). */
+  openStream(signal: AbortSignal, allUsers = false): Promise<Response> {
+    const url =
+      URLExt.join(this.settings.baseUrl, 'dask-gateway', 'stream') + (allUsers ? '?all=1' : '');
+    return ServerConnection.makeRequest(url, { signal, cache: 'no-store' }, this.settings);
   }
 
   options(): Promise<{ cluster_options: IOptionField[] }> {

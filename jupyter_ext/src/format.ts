@@ -89,14 +89,19 @@ export function clusterMessage(
   }
 }
 
-/** The worker count as a row shows it: `2`, or `1 of 3` while workers are on their way. */
-export function formatWorkers(workers: number | null, requested: number | null): string {
+/** The worker count as a row shows it: `2`, or `1 of 3` while workers are on their way, with
+ * how many of them are starting (`1 of 3 (2 starting)`) when the gateway says. */
+export function formatWorkers(
+  workers: number | null,
+  requested: number | null,
+  pending: number | null = null
+): string {
   if (workers === null) {
     return '–';
   }
-  return requested !== null && requested !== workers
-    ? `${workers} of ${requested}`
-    : String(workers);
+  const text =
+    requested !== null && requested !== workers ? `${workers} of ${requested}` : String(workers);
+  return pending ? `${text} (${pending} starting)` : text;
 }
 
 /** The adaptive range a row notes, or '' when the cluster does not adapt. */

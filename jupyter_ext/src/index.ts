@@ -129,7 +129,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       commands: app.commands,
       closeDashboard,
       storage,
-      storageKey: dismissedKey(app.serviceManager.serverSettings.baseUrl)
+      storageKey: dismissedKey(app.serviceManager.serverSettings.baseUrl),
+      openStream: signal => baseAPI.openStream(signal, allUsers.active)
     });
     sidebar.title.icon = gatewayIcon;
     sidebar.title.caption = 'Dask Gateway clusters';
@@ -168,6 +169,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     addSettingMenuItems(app.contextMenu, palette);
     showBanner(sidebar.node, allUsers);
+    allUsers.connect(() => sidebar.restartStream()); // the events of the clusters listed
     void allUsers.check();
     if (registry) {
       registry

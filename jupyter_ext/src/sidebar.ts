@@ -14,7 +14,7 @@ import { Poll } from '@lumino/polling';
 import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
-import type { IGatewayAPI } from './api';
+import { GatewayError, type IGatewayAPI } from './api';
 import { CommandIDs } from './commandids';
 import {
   isEnded,
@@ -34,6 +34,7 @@ import {
   isFinal,
   isLater
 } from './format';
+import { Coalescer, LiveStream, pollInterval, type StreamOpener } from './live';
 import { parseCount } from './options';
 import { UsageSection } from './quota';
 import type { ICluster } from './types';
@@ -50,6 +51,8 @@ export interface ISidebarOptions {
   storage?: Storage | null;
   /** The storage key (see `dismissedKey`). */
   storageKey?: string;
+  /** Opens the server's event stream (`live.ts`); without it, the list is polled. */
+  openStream?: StreamOpener;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -279,7 +282,10 @@ class ClusterRow {
     this.dismiss.node.hidden = !ended;
     this.setText(this.note, clusterNote(cluster, Date.now()));
     this.note.title = this.note.textContent ?? '';
-    this.setText(this.stats.workers, formatWorkers(cluster.workers, cluster.requested));
+    this.setText(
+      this.stats.workers,
+      formatWorkers(cluster.workers, cluster.requested, cluster.pending ?? null)
+    );
     this.setText(this.stats.cores, cluster.cores === null ? '–' : String(cluster.cores));
     this.setText(this.stats.memory, cluster.memory === null ? '–' : formatBytes(cluster.memory));
     this.setText(this.stats.age, formatAge(cluster.age));
@@ -348,6 +354,11 @@ export class GatewaySidebar extends Widget {
   readonly usage: UsageSection;
   /** A refresh was asked for (an action, the Refresh command): the usage too, at once. */
   private usageDue = true;
+  /** The event stream (null: polling only) and the per-cluster refreshes it asks for. */
+  readonly live: LiveStream | null = null;
+  private refresher = new Coalescer(name => this.loadCluster(name));
+  /** The list's poll interval (ms) when the stream is not live. */
+  private fallbackInterval = POLL_INTERVAL;
 
   constructor(options: ISidebarOptions) {
     super();
@@ -407,9 +418,78 @@ export class GatewaySidebar extends Widget {
       standby: () => (this.isVisible ? 'when-hidden' : true),
       name: 'dask-gateway-jupyterlab:clusters'
     });
+    if (options.openStream) {
+      this.live = new LiveStream(options.openStream, {
+        onReady: () => this.refresh(),
+        onCluster: note => {
+          if (this.isVisible) {
+            void this.refreshCluster(note.cluster);
+          }
+        },
+        onState: state => {
+          this.node.dataset.live = state; // for styles and tests
+          this.applyPollInterval(false);
+        }
+      });
+    }
+  }
+
+  /** Poll at the interval the stream's state asks for: the setting while it is not live, its
+   * slow safety refresh while it is. `refresh`: tick now (the one scheduled keeps the old). */
+  private applyPollInterval(refresh: boolean): void {
+    const interval = pollInterval(this.live?.state ?? 'unsupported', this.fallbackInterval);
+    if (!this.poll.isDisposed && this.poll.frequency.interval !== interval) {
+      const max = Math.max(interval, 30 * 1000);
+      this.poll.frequency = { ...this.poll.frequency, interval, max };
+      if (refresh) {
+        this.refresh();
+      }
+    }
+  }
+
+  /** Refresh one cluster's row now (coalesced: one request in flight per cluster). */
+  refreshCluster(name: string): Promise<void> {
+    return this.refresher.request(name);
+  }
+
+  private async loadCluster(name: string): Promise<void> {
+    let cluster: ICluster;
+    try {
+      cluster = await this.api.cluster(name);
+    } catch (error) {
+      if (error instanceof GatewayError && error.status === 404) {
+        this.refresh(); // gone: the list says what remains
+      }
+      return;
+    }
+    if (this.shutDownHere.has(name) && isEnded(cluster.status)) {
+      this.refresh(); // the list's rules for clusters shut down from here
+      return;
+    }
+    const index = this.listed.findIndex(c => c.name === name);
+    const owned = this.listed.some(c => c.user !== undefined); // an admin's all-users list
+    if (owned && index < 0) {
+      this.refresh(); // a new cluster: the list names its owner
+      return;
+    }
+    if (index >= 0 && cluster.user === undefined && this.listed[index].user !== undefined) {
+      cluster = { ...cluster, user: this.listed[index].user }; // the owner stays shown
+    }
+    const listed = this.listed.filter(c => c.name !== name);
+    listed.splice(index < 0 ? listed.length : index, 0, cluster);
+    this.render(listed);
+  }
+
+  /** Reconnect the event stream: what it should carry changed (the admin's all-users view). */
+  restartStream(): void {
+    if (this.live && this.isAttached) {
+      this.live.stop();
+      this.live.start();
+    }
   }
 
   dispose(): void {
+    this.live?.stop();
     this.poll.dispose();
     this.form?.dispose();
     super.dispose();
@@ -432,6 +512,12 @@ export class GatewaySidebar extends Widget {
     if (this.isVisible) {
       void this.poll.start();
     }
+    this.live?.start();
+  }
+
+  protected onBeforeDetach(msg: Message): void {
+    this.live?.stop();
+    super.onBeforeDetach(msg);
   }
 
   /** The clusters of the last list, in its order. */
@@ -461,19 +547,16 @@ export class GatewaySidebar extends Widget {
     }
   }
 
-  /** Poll every `seconds` from now on (the `pollInterval` setting). */
+  /** Poll every `seconds` when the event stream is down or unsupported (the `pollInterval`
+   * setting); while the stream is live, only its safety refresh polls. */
   setPollInterval(seconds: number): void {
-    const interval = Math.round(seconds * 1000);
-    const max = Math.max(interval, 30 * 1000);
-    if (!this.poll.isDisposed && this.poll.frequency.interval !== interval) {
-      this.poll.frequency = { ...this.poll.frequency, interval, max };
-      this.refresh(); // the tick already scheduled would keep the old interval
-    }
+    this.fallbackInterval = Math.round(seconds * 1000);
+    this.applyPollInterval(true);
   }
 
-  /** The seconds between two polls. */
+  /** The seconds between two polls when the stream is not live. */
   get pollInterval(): number {
-    return this.poll.frequency.interval / 1000;
+    return this.fallbackInterval / 1000;
   }
 
   /** List stopped and failed clusters, or not (the `showStopped` setting). */
@@ -510,7 +593,14 @@ export class GatewaySidebar extends Widget {
       if (row) {
         row.busy = false;
       }
-      this.refresh();
+      if (this.live?.state === 'live') {
+        // The row at once, from the gateway's answer to the action (its new count);
+        // the list's other rows follow their own events.
+        void this.refreshCluster(name);
+        this.usage.refresh(true);
+      } else {
+        this.refresh();
+      }
     }
   }
 

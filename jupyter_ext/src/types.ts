@@ -21,6 +21,8 @@ export interface ICluster {
   cores: number | null;
   memory: number | null;
   requested: number | null;
+  /** Workers asked for and still starting (null: the gateway does not say). */
+  pending?: number | null;
   adapt: { minimum: number | null; maximum: number | null } | null;
   /** Its owner: only in an admin's all-users list (`GET dask-gateway/clusters?all=1`). */
   user?: string;

@@ -91,6 +91,8 @@ describe('cluster wording', () => {
     expect(formatWorkers(2, null)).toBe('2');
     expect(formatWorkers(2, 2)).toBe('2');
     expect(formatWorkers(1, 3)).toBe('1 of 3');
+    expect(formatWorkers(1, 3, 2)).toBe('1 of 3 (2 starting)');
+    expect(formatWorkers(2, 2, 0)).toBe('2');
     expect(formatAdapt(null)).toBe('');
     expect(formatAdapt({ minimum: 1, maximum: 3 })).toBe('Adaptive: 1 to 3 workers');
     expect(formatAdapt({ minimum: null, maximum: null })).toBe('Adaptive: 0 to limit workers');

@@ -953,7 +953,7 @@ _SPEC: dict[str, Any] = {
             },
             "Workers": {
                 "type": "object",
-                "required": ["workers", "cores", "memory", "requested"],
+                "required": ["workers", "cores", "memory", "requested", "pending"],
                 "properties": {
                     "workers": {"type": "integer", "minimum": 0, "description": "Running workers."},
                     "cores": {
@@ -970,6 +970,11 @@ _SPEC: dict[str, Any] = {
                         "type": "integer",
                         "minimum": 0,
                         "description": "Workers asked for (scale or adaptive).",
+                    },
+                    "pending": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Workers asked for and not running yet (starting).",
                     },
                 },
                 "additionalProperties": False,

@@ -197,9 +197,13 @@ def test_palette_shortcut_and_live_settings(gateway, tmp_path):
             page = browser.page
             lists: list[str] = []
             page.on("request", lambda r: is_list_request(r.url) and lists.append(r.url))
+            # The event stream cut on its way (as by a proxy that drops it): the sidebar
+            # falls back to polling the list, at the interval of the setting tested here.
+            page.route("**/dask-gateway/stream*", lambda route: route.abort())
             sidebar = open_lab(browser)
             row = cluster_row(page, name)
             expect(row.locator(".dgj-Cluster-status")).to_have_text("RUNNING", timeout=60_000)
+            expect(sidebar).to_have_attribute("data-live", "down")
             assert sidebar_property(page, "pollInterval") == 3600
 
             # -- the palette lists every command under "Dask Gateway"; no admin toggle here

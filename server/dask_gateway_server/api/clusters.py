@@ -311,7 +311,8 @@ class WorkersHandler(BaseHandler):
 
     async def get(self, name: str) -> None:
         cluster = self.get_cluster(name)
-        running = sum(1 for w in cluster.active_workers() if w.status == JobStatus.RUNNING)
+        active = cluster.active_workers()
+        running = sum(1 for w in active if w.status == JobStatus.RUNNING)
         config = cluster.config
         self.write_json(
             {
@@ -319,6 +320,8 @@ class WorkersHandler(BaseHandler):
                 "cores": running * int(config.get("worker_cores") or 0),
                 "memory": running * int(config.get("worker_memory") or 0),
                 "requested": cluster.count,
+                # Started but not yet running: the row beside the count asked for.
+                "pending": sum(1 for w in active if w.is_pending),
             }
         )
 
