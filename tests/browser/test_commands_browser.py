@@ -224,7 +224,7 @@ def test_palette_shortcut_and_live_settings(gateway, tmp_path):
                 lambda: alice.get_cluster_resources(name).get("requested") == 2, "2 workers asked"
             )
             expect(row.locator('[data-stat="workers"]')).to_have_text(
-                re.compile(r"^(\d of 2|2)$"), timeout=60_000
+                re.compile(r"^(\d of 2( \(\d starting\))?|2)$"), timeout=60_000
             )
 
             # -- the keyboard shortcut hides the sidebar, and shows it again
