@@ -293,6 +293,8 @@ def test_admin_switches_to_every_users_clusters(gateway, tmp_path):
         bobs = bob.submit(worker_cores=1, worker_memory=0.25)
         with lab, LabBrowser(lab, SCREENSHOTS, viewport=(1400, 1000)) as browser:
             page = browser.page
+            streams: list[str] = []
+            page.on("request", lambda r: "/dask-gateway/stream" in r.url and streams.append(r.url))
             sidebar = open_lab(browser)
             expect(sidebar.locator(".dgj-Empty")).to_contain_text("No clusters running")
             expect(cluster_row(page, alices)).to_have_count(0)
@@ -320,8 +322,27 @@ def test_admin_switches_to_every_users_clusters(gateway, tmp_path):
                 lambda: alice.get_cluster_resources(alices).get("requested") == 1, "alice's 1"
             )
             expect(row.locator('[data-stat="workers"]')).to_have_text(
-                re.compile(r"^(0 of 1|1)$"), timeout=60_000
+                re.compile(r"^(0 of 1( \(1 starting\))?|1)$"), timeout=60_000
             )
+
+            # -- Alice scales from Python: the admin's stream carries every user's events
+            # (?all=1), so her row is read again by itself (a GET of that cluster, which
+            # neither the list's poll nor the admin's actions make) and shows the new count
+            assert any("/dask-gateway/stream?all=1" in url for url in streams), streams
+            page.wait_for_function(  # the reads that followed the admin's own scale are done
+                """() => [...window.jupyterapp.shell.widgets('left')]
+                    .find(w => w.id === 'dask-gateway-sidebar').refresher.inFlight === 0"""
+            )
+            reads: list[str] = []
+            page.on(
+                "request", lambda r: r.url.split("?")[0].endswith(alices) and reads.append(r.url)
+            )
+            alice.scale_cluster(alices, 2)
+            expect(row.locator('[data-stat="workers"]')).to_have_text(
+                re.compile(r"^(\d of 2( \(\d starting\))?|2)$"), timeout=60_000
+            )
+            assert reads, "the row was not read after Alice's scale"
+            expect(row.locator(".dgj-Cluster-owner")).to_have_text(ALICE)
 
             # -- and stops Bob's, through the command (as the row's context menu runs it)
             browser.execute_command("dask-gateway:shutdown", {"name": bobs, "confirm": False})
