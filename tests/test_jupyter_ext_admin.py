@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import waiting
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from support import jupyter_site, waiting
 from support.jupyter_server import JupyterServerProcess, gateway_env
+from support.jupyter_site import error_of, running_site
 from support.paths import CONFIGS
 from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
@@ -34,23 +34,7 @@ c.LocalBackend.cluster_heartbeat_timeout = 60
 wait_for = functools.partial(waiting.wait_for, timeout=120, interval=0.3)
 
 
-class Site:
-    """One gateway, and a Jupyter server per user."""
-
-    def __init__(self, gateway: GatewayProcess, servers: dict[str, JupyterServerProcess]):
-        self.gateway = gateway
-        self.servers = servers
-
-    def request(self, whose: str, method: str, path: str, **kwargs) -> httpx.Response:
-        server = self.servers[whose]
-        return httpx.request(
-            method,
-            f"{server.url}/dask-gateway/{path}",
-            headers={"Authorization": f"token {server.token}"},
-            timeout=90,
-            **kwargs,
-        )
-
+class Site(jupyter_site.Site):
     def listing(self, whose: str, **params) -> list[dict]:
         r = self.request(whose, "GET", "clusters", params=params)
         assert r.status_code == 200, r.text
@@ -59,45 +43,16 @@ class Site:
     def row(self, whose: str, name: str, **params) -> dict | None:
         return next((c for c in self.listing(whose, **params) if c["name"] == name), None)
 
-    def client(self, user: str):
-        from dask_gateway.auth import BasicAuth
-
-        return self.gateway.new_gateway(auth=BasicAuth(user))
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("admin-view")
-    config = root / "gateway_config.py"
-    config.write_text(
+    config = (
         f"GATEWAY_CONFIG = {str(CONFIGS / 'gateway_config.py')!r}\n"
         f"ADMIN, ALICE, BOB = {ADMIN!r}, {ALICE!r}, {BOB!r}\n{CONFIG}"
     )
-    gw = GatewayProcess(root / "gateway", config=config)
-    servers: dict[str, JupyterServerProcess] = {}
-    try:
-        gw.start()
-        for user in USERS:
-            servers[user] = JupyterServerProcess(
-                root / user, gateway_env(gw.address, user), token=f"{user}-admin-token"
-            )
-            servers[user].start()
-        yield Site(gw, servers)
-    finally:
-        for server in servers.values():
-            server.stop()
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-    for server in servers.values():
-        assert "Traceback" not in server.log(), server.log()
-
-
-def error_of(r: httpx.Response, status: int) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json"), r.text
-    message = r.json()["error"]
-    assert message and "Traceback" not in message
-    return message
+    with running_site(root, USERS, config) as running:
+        yield Site(running.gateway, running.servers)
 
 
 def test_admin_lists_and_acts_on_every_users_clusters(site):

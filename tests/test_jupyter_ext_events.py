@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import waiting
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from support import jupyter_site, waiting
 from support.http_helpers import basic
 from support.jupyter_server import JupyterServerProcess, gateway_env
+from support.jupyter_site import error_of, running_site
 from support.paths import CONFIGS
 
 ALICE, BOB, ADMIN = "dgj-alice", "dgj-bob", "dgj-admin"
@@ -40,33 +40,10 @@ c.LocalBackend.cluster_heartbeat_timeout = 60
 wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.3)
 
 
-class Site:
-    """One gateway, and a Jupyter server per user."""
-
-    def __init__(
-        self, gateway: GatewayProcess, servers: dict[str, JupyterServerProcess], gate: Path
-    ):
-        self.gateway = gateway
-        self.servers = servers
+class Site(jupyter_site.Site):
+    def __init__(self, running: jupyter_site.Site, gate: Path):
+        super().__init__(running.gateway, running.servers)
         self.gate = gate  # "gated" schedulers start once it exists
-
-    def get(
-        self, user: str, path: str, headers: dict | None = None, timeout: float = 90, **params
-    ) -> httpx.Response:
-        """GET a route of ``user``'s server as a script with the Jupyter token would (in the
-        query: the Authorization header stays free for other credentials)."""
-        server = self.servers[user]
-        return httpx.get(
-            f"{server.url}/dask-gateway/{path}",
-            params={"token": server.token, **params},
-            headers=headers or {},
-            timeout=timeout,
-        )
-
-    def client(self, user: str):
-        from dask_gateway.auth import BasicAuth
-
-        return self.gateway.new_gateway(auth=BasicAuth(user))
 
     def listed(self, user: str, name: str) -> dict | None:
         r = self.get(user, "clusters")
@@ -77,39 +54,14 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("relays")
-    config = root / "gateway_config.py"
-    config.write_text(
+    config = (
         f"BROKEN_ENV_CONFIG = {str(CONFIGS / 'broken_env_gateway_config.py')!r}\n"
         f"ADMIN = {ADMIN!r}\n{CONFIG}"
     )
-    gw = GatewayProcess(root / "gateway", config=config)
-    servers: dict[str, JupyterServerProcess] = {}
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("DGJ_SCHEDULER_GATE", str(root / "gate"))  # read by the gateway's config
-            gw.start()
-        for user in USERS:
-            servers[user] = JupyterServerProcess(
-                root / user, gateway_env(gw.address, user), token=f"{user}-secret-token"
-            )
-            servers[user].start()
-        yield Site(gw, servers, root / "gate")
-    finally:
-        for server in servers.values():
-            server.stop()
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-    for server in servers.values():
-        assert "Traceback" not in server.log(), server.log()
-
-
-def error_of(r: httpx.Response, status: int) -> str:
-    """The JSON error of a refused request, checked to be the expected status."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json"), r.text
-    message = r.json()["error"]
-    assert message and "Traceback" not in message
-    return message
+    # DGJ_SCHEDULER_GATE: read by the gateway's config
+    gate = {"DGJ_SCHEDULER_GATE": str(root / "gate")}
+    with running_site(root, USERS, config, gateway_environ=gate) as running:
+        yield Site(running, root / "gate")
 
 
 def test_relays_serve_the_owner_and_admins_only(site):

@@ -16,8 +16,8 @@ import json
 import httpx
 import pytest
 from support import waiting
-from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.jupyter_server import JupyterServerProcess, gateway_env
+from support.jupyter_site import running_site
 from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
 ALICE, BOB, ADMIN = "dgp-alice", "dgp-bob", "dgp-admin"
@@ -31,28 +31,12 @@ wait_for = functools.partial(waiting.wait_for, timeout=120, interval=0.5)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A gateway with an admin, and one Jupyter server per user."""
-    tmp = tmp_path_factory.mktemp("panes")
-    config = tmp / "gateway_config.py"
-    config.write_text(f"c.Authenticator.admin_users = {{{ADMIN!r}}}\n")
-    gw = GatewayProcess(
-        tmp / "gateway", ["--LocalBackend.cluster_heartbeat_timeout=60"], config=config
+    config = (
+        f"c.Authenticator.admin_users = {{{ADMIN!r}}}\n"
+        "c.LocalBackend.cluster_heartbeat_timeout = 60\n"
     )
-    servers: dict[str, JupyterServerProcess] = {}
-    try:
-        gw.start()
-        for user in (ALICE, BOB, ADMIN):
-            servers[user] = JupyterServerProcess(
-                tmp / user, gateway_env(gw.address, user), token=f"{user}-token"
-            )
-            servers[user].start()
-        yield gw, servers
-    finally:
-        for server in servers.values():
-            server.stop()
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-    for server in servers.values():
-        assert "Traceback" not in server.log(), server.log()
+    with running_site(tmp_path_factory.mktemp("panes"), (ALICE, BOB, ADMIN), config) as site:
+        yield site.gateway, site.servers
 
 
 def relay(server: JupyterServerProcess, name: str, path: str, **kwargs) -> httpx.Response:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import waiting
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from support import jupyter_site, waiting
 from support.jupyter_server import JupyterServerProcess, gateway_env
+from support.jupyter_site import error_of, running_site
 from support.paths import CONFIGS
 from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
@@ -40,31 +40,7 @@ c.UsageQuotas.users = {ALICE: {"core_hours": 1000.0}, BOB: {"core_hours": 1e-9}}
 wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.3)
 
 
-class Site:
-    """One gateway with quotas, and a Jupyter server per user."""
-
-    def __init__(self, gateway: GatewayProcess, servers: dict[str, JupyterServerProcess]):
-        self.gateway = gateway
-        self.servers = servers
-
-    def get(self, whose: str, path: str, **params) -> httpx.Response:
-        """GET a route of ``whose`` Jupyter server (``params``: its query)."""
-        server = self.servers[whose]
-        return httpx.get(
-            f"{server.url}/dask-gateway/{path}",
-            params={"token": server.token, **params},
-            timeout=90,
-        )
-
-    def post(self, whose: str, path: str, body: dict) -> httpx.Response:
-        server = self.servers[whose]
-        return httpx.post(
-            f"{server.url}/dask-gateway/{path}",
-            params={"token": server.token},
-            json=body,
-            timeout=90,
-        )
-
+class Site(jupyter_site.Site):
     def quota(self, whose: str, **params) -> dict:
         r = self.get(whose, "quota", **params)
         assert r.status_code == 200, r.text
@@ -72,45 +48,16 @@ class Site:
         assert r.headers["cache-control"] == "no-store"
         return r.json()
 
-    def client(self, user: str):
-        from dask_gateway.auth import BasicAuth
-
-        return self.gateway.new_gateway(auth=BasicAuth(user))
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("quota-relay")
-    config = root / "gateway_config.py"
-    config.write_text(
+    config = (
         f"GATEWAY_CONFIG = {str(CONFIGS / 'gateway_config.py')!r}\n"
         f"ADMIN, ALICE, BOB = {ADMIN!r}, {ALICE!r}, {BOB!r}\n{CONFIG}"
     )
-    gw = GatewayProcess(root / "gateway", config=config)
-    servers: dict[str, JupyterServerProcess] = {}
-    try:
-        gw.start()
-        for user in USERS:
-            servers[user] = JupyterServerProcess(
-                root / user, gateway_env(gw.address, user), token=f"{user}-quota-token"
-            )
-            servers[user].start()
-        yield Site(gw, servers)
-    finally:
-        for server in servers.values():
-            server.stop()
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-    for server in servers.values():
-        assert "Traceback" not in server.log(), server.log()
-
-
-def error_of(r: httpx.Response, status: int) -> str:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json"), r.text
-    message = r.json()["error"]
-    assert message and "Traceback" not in message
-    return message
+    with running_site(root, USERS, config) as running:
+        yield Site(running.gateway, running.servers)
 
 
 def core_quota(answer: dict) -> dict:

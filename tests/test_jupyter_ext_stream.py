@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import waiting
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from support import jupyter_site, waiting
 from support.jupyter_server import JupyterServerProcess, gateway_env
+from support.jupyter_site import running_site
 from support.paths import CONFIGS
 from support.upstream_server import UPSTREAM_CONFIG, upstream_server
 
@@ -103,11 +103,7 @@ class Stream:
         self._client.close()
 
 
-class Site:
-    def __init__(self, gateway: GatewayProcess, servers: dict[str, JupyterServerProcess]):
-        self.gateway = gateway
-        self.servers = servers
-
+class Site(jupyter_site.Site):
     @contextlib.contextmanager
     def stream(self, user: str, **params: str) -> Iterator[Stream]:
         server = self.servers[user]
@@ -117,37 +113,15 @@ class Site:
         finally:
             s.close()
 
-    def client(self, user: str):
-        from dask_gateway.auth import BasicAuth
-
-        return self.gateway.new_gateway(auth=BasicAuth(user))
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
-    config = root / "gateway_config.py"
-    config.write_text(
-        f"GATEWAY_CONFIG = {str(CONFIGS / 'gateway_config.py')!r}\nADMIN = {ADMIN!r}\n{CONFIG}"
-    )
-    gw = GatewayProcess(root / "gateway", config=config)
-    servers: dict[str, JupyterServerProcess] = {}
-    try:
-        gw.start()
-        for user in USERS:
-            servers[user] = JupyterServerProcess(
-                root / user, gateway_env(gw.address, user), token=f"{user}-stream-token"
-            )
-            servers[user].start()
-        yield Site(gw, servers)
-    finally:
-        for server in servers.values():
-            server.stop()
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-    for server in servers.values():
+    config = f"GATEWAY_CONFIG = {str(CONFIGS / 'gateway_config.py')!r}\nADMIN = {ADMIN!r}\n{CONFIG}"
+    with running_site(root, USERS, config) as running:
+        yield Site(running.gateway, running.servers)
+    for server in running.servers.values():
         log = server.log()
-        assert "Traceback" not in log, log
         assert "[E " not in log, log  # no error logged (a tab leaving is no error)
 
 
