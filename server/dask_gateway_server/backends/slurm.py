@@ -529,6 +529,10 @@ class SlurmBackend(DBBackendBase):
             "--ntasks=1",
             f"--cpus-per-task={cores}",
             f"--mem={max(1, math.ceil(memory / 2**20))}M",
+            # A job whose node fails ends (NODE_FAIL) instead of starting again later,
+            # elsewhere: the gateway replaces a lost worker itself, and a scheduler that
+            # moved would have new addresses its cluster cannot take.
+            "--no-requeue",
         ]
         for flag, value in (
             ("--partition", config.partition),
