@@ -181,6 +181,27 @@ def node_down(node: str) -> None:
         subprocess.run(["kill", "-KILL", *pids], capture_output=True)
 
 
+def cut_link(node: str) -> None:
+    """The node's network fails; everything in it goes on running, unreachable."""
+    subprocess.run(["ip", "-n", f"dgwmn-{node}", "link", "set", "eth0", "down"], check=True)
+
+
+def user_processes_on(node: str) -> list[int]:
+    """The test user's processes inside the node (its scheduler, workers, job shells)."""
+    pids = subprocess.run(
+        ["ip", "netns", "pids", f"dgwmn-{node}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    uid = pwd.getpwnam(USER).pw_uid
+    mine = []
+    for pid in pids:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                mine.append(int(pid))
+        except OSError:
+            continue
+    return mine
+
+
 def node_up(node: str) -> None:
     out = subprocess.run(
         ["bash", str(START), "node", node], capture_output=True, text=True, timeout=120
@@ -453,3 +474,39 @@ def test_sbatch_uses_the_gateways_slurm(monkeypatch):
     assert backend._command_env()["SLURM_CONF"] == "/etc/slurm-site/slurm.conf"
     monkeypatch.delenv("SLURM_CONF")
     assert "SLURM_CONF" not in SlurmBackend()._job_env()
+
+
+def test_scheduler_node_cut_off(gateway):
+    """The scheduler's node loses its network while everything on it runs on: the cluster
+    FAILS, its jobs end in Slurm, and once the node is back Slurm ends the processes the
+    cluster left there (nothing of it runs anywhere)."""
+    cut = False
+    try:
+        with connect(gateway) as gw:
+            cluster = gw.new_cluster(scheduler_node="node3", shutdown_on_close=False)
+            name = cluster.name
+            cluster.scale(1)
+            client = cluster.get_client(set_as_default=False)
+            client.wait_for_workers(1, timeout=120)
+            assert user_processes_on("node3"), "no scheduler process on node3"
+
+            cut = True
+            cut_link("node3")
+            wait_for(lambda: gw.get_cluster(name).status.name == "FAILED", what="FAILED")
+            m = re.search(rf"Cluster {name} failed \((.*)\)", gateway.log())
+            assert m and re.search(r"No heartbeat from the scheduler|NODE_FAIL", m.group(1))
+            wait_for(lambda: jobs(name) == [], what="no jobs of the cluster left in Slurm")
+            assert user_processes_on("node3"), "the cut-off node went on running them"
+
+            node_up("node3")
+            cut = False
+            wait_for(
+                lambda: user_processes_on("node3") == [],
+                what="Slurm to end the cluster's processes on the node back",
+            )
+            assert jobs(name) == []
+            client.close(timeout=5)
+            cluster.close()
+    finally:
+        if cut:
+            node_up("node3")
