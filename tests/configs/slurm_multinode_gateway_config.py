@@ -50,3 +50,7 @@ c.SlurmBackend.cluster_status_period = 1
 c.SlurmBackend.worker_status_period = 1
 c.SlurmBackend.cluster_start_timeout = 90
 c.SlurmBackend.worker_start_timeout = 90
+# A node that dies silently sends no FIN: the scheduler learns its workers there are gone
+# when TCP gives up on them (distributed's keepalive and user timeout): 12 s here (the
+# least distributed takes), not 30.
+c.SlurmClusterConfig.environment = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP": "12s"}
