@@ -50,22 +50,23 @@ def multinode() -> Iterator[str]:
     skip), with SLURM_CONF set for this process and the gateway it starts; then stopped."""
     assert os.geteuid() == 0, "the multi-node Slurm tests run as root, as the gateway does"
     # One user of the namespaces and bridge at a time (another run would restart them).
-    lock = open(LOCK, "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    out = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"start-slurm-multinode.sh failed:\n{out.stdout}{out.stderr}"
-    conf = out.stdout.strip().splitlines()[-1].removeprefix("SLURM_CONF=")
-    before = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    try:
-        yield conf
-    finally:
-        subprocess.run(["bash", str(STOP)], capture_output=True, timeout=300)
-        if before is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = before
-        lock.close()
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = os.environ.get("SLURM_CONF")
+        try:
+            out = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
+            assert out.returncode == 0, (
+                f"start-slurm-multinode.sh failed:\n{out.stdout}{out.stderr}"
+            )
+            conf = out.stdout.strip().splitlines()[-1].removeprefix("SLURM_CONF=")
+            os.environ["SLURM_CONF"] = conf
+            yield conf
+        finally:
+            subprocess.run(["bash", str(STOP)], capture_output=True, timeout=300)
+            if before is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = before
 
 
 @pytest.fixture(scope="module")
