@@ -70,7 +70,9 @@ wait_node_state() {   # $1: node; waits until sinfo shows it usable
 start_slurmd() {   # $1: node. Its slurmd, in its namespaces, unless it runs already.
     local node=$1 pid
     pid=$(cat "$DIR/run/slurmd-$node.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && alive "$pid"; then return 0; fi
+    if [ -n "$pid" ] && alive "$pid" && [ "$(ps -o comm= -p "$pid")" = slurmd ]; then
+        return 0
+    fi
     mkdir -p "$DIR/spool/$node"
     # nsenter, not ip netns exec: that mounts a new /sys, without the cgroup file systems
     # slurmd needs. Its own mount namespace, for its own /etc/hosts.
