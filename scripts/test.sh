@@ -66,6 +66,9 @@ cleanup() {
     bash scripts/services/stop-pg.sh
     bash scripts/services/stop-kdc.sh
     bash scripts/services/stop-slurm.sh
+    # Started and stopped by tests/test_slurm_multinode.py itself; this only clears what
+    # an interrupted run left (namespaces, bridge, daemons).
+    bash scripts/services/stop-slurm-multinode.sh
 }
 trap cleanup EXIT
 TEST_POSTGRES_URL=$(bash scripts/services/start-pg.sh | tail -1)
@@ -75,6 +78,10 @@ eval "$(bash scripts/services/start-kdc.sh | tail -1)"
 # its default proctrack (pgid); that module restarts it with linuxproc and cgroup too, to run
 # under each, and leaves it as started here.
 bash scripts/services/start-slurm.sh
+# The multi-node Slurm (scripts/services/start-slurm-multinode.sh: three slurmd nodes in
+# network namespaces on a bridge, beside this one) is started by tests/test_slurm_multinode.py
+# for its own tests and stopped after them (2 s each way): nothing else uses it, and a node
+# failure test must not leave a half-dead cluster to the modules after it.
 
 cd "$ROOT"
 "$VENV/bin/pytest" -p no:cacheprovider "$@"

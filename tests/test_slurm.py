@@ -668,6 +668,7 @@ def test_public_server_module_path_and_sbatch_options():
         "--ntasks=1",
         "--cpus-per-task=2",
         "--mem=768M",
+        "--no-requeue",
         "--partition=gpu",
         "--qos=high",
         "--account=proj",

@@ -33,11 +33,14 @@ class GatewayProcess:
         python: str = sys.executable,
         clusters_dir: Path | None = None,
         ssl_context=None,
+        host: str = "127.0.0.1",
     ):
         """``ssl_context``: the gateway serves HTTPS (its extra args set the certificate);
-        this context trusts it."""
+        this context trusts it. ``host``: the address its public port listens on (one that
+        schedulers on other hosts reach, e.g. a bridge's)."""
         self.data_dir = data_dir
         self.ssl_context = ssl_context
+        self.host = host
         self.python = python
         # Under the data directory by default; a gateway whose clusters run as other users
         # needs one those users can reach (the data directory is the gateway's own).
@@ -51,11 +54,11 @@ class GatewayProcess:
     @property
     def address(self) -> str:
         scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def proxy_address(self) -> str:
-        return f"gateway://127.0.0.1:{self.port}"
+        return f"gateway://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30, health_path: str = "/api/health") -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,7 @@ class GatewayProcess:
             "-f",
             str(self.config),
             f"--DaskGateway.data_dir={self.data_dir}",
-            f"--Proxy.address=127.0.0.1:{self.port}",
+            f"--Proxy.address={self.host}:{self.port}",
             f"--LocalBackend.clusters_directory={self.clusters_dir}",
             "--log-level=DEBUG",
             *self.extra_args,

@@ -472,7 +472,11 @@ class SlurmBackend(DBBackendBase):
         return os.path.join(base, cluster.name)
 
     def _job_env(self) -> dict[str, str]:
-        return {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
+        """The environment of sbatch (and so of the jobs): ``inherited_environment``, and
+        SLURM_CONF if the gateway has one, so that sbatch submits to the Slurm that squeue
+        and scancel ask (a site's, or a test's, non-default configuration)."""
+        keep = [*self.inherited_environment, "SLURM_CONF"]
+        return {k: os.environ[k] for k in keep if k in os.environ}
 
     def _exports(
         self, cluster: Cluster, config: ClusterConfig, staging: str, role: str
@@ -525,6 +529,10 @@ class SlurmBackend(DBBackendBase):
             "--ntasks=1",
             f"--cpus-per-task={cores}",
             f"--mem={max(1, math.ceil(memory / 2**20))}M",
+            # A job whose node fails ends (NODE_FAIL) instead of starting again later,
+            # elsewhere: the gateway replaces a lost worker itself, and a scheduler that
+            # moved would have new addresses its cluster cannot take.
+            "--no-requeue",
         ]
         for flag, value in (
             ("--partition", config.partition),
