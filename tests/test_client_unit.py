@@ -474,7 +474,8 @@ EVENTS = {
             "worker": "w1",
             "message": "Worker w1 failed: exited with code 3",
             "detail": "boom\n",
-            "cluster": "a",  # unknown keys are ignored
+            "cluster": "a",
+            "colour": "red",  # unknown keys are ignored
         },
     ],
 }
@@ -886,6 +887,7 @@ def test_cluster_event_from_json():
         message="Worker w1 failed: exited with code 3",
         worker="w1",
         detail="boom\n",
+        cluster="a",
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.kind = "x"  # type: ignore[misc]
