@@ -378,7 +378,11 @@ class DaskGateway(Application):
         )
         self.accounting = Accounting(self.store)
         self.quotas.bind(self.accounting, self.reconciler, owner=self.limits.owner, log=self.log)
-        self.metrics = Metrics(self.reconciler, self.accounting if self.usage_metrics else None)
+        self.metrics = Metrics(
+            self.reconciler,
+            self.accounting if self.usage_metrics else None,
+            relay=self.public_port.relay_counts,
+        )
         self.reconciler.queue.on_wait = self.metrics.queue_wait.observe
         self.web_app = web.Application(
             web_routes(self.proxy.prefix, self.proxy),

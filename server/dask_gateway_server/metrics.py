@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,10 +39,17 @@ log = logging.getLogger("dask_gateway_server")
 class Metrics:
     """One registry per gateway (not the process-global one), so tests can run several."""
 
-    def __init__(self, reconciler, usage: Accounting | None = None) -> None:
-        """``usage``: also export the usage counters by user and group (off: None)."""
+    def __init__(
+        self,
+        reconciler,
+        usage: Accounting | None = None,
+        relay: Callable[[], Awaitable[dict[str, int] | None]] | None = None,
+    ) -> None:
+        """``usage``: also export the usage counters by user and group (off: None).
+        ``relay``: the public port's ``relay_counts`` (handoffs, tunnels, tunnelled bytes)."""
         self.reconciler = reconciler
         self.usage = usage
+        self.relay = relay
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "dask_gateway_requests",
@@ -71,13 +79,21 @@ class Metrics:
         self._usage = _UsageCollector()
         if usage is not None:
             self.registry.register(self._usage)
+        self._relay = _RelayCollector()
+        if relay is not None:
+            self.registry.register(self._relay)
         self._usage_lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
 
     async def refresh(self) -> None:
         """Read the usage counters from the store, unless read less than
         ``USAGE_CACHE_SECONDS`` ago (concurrent scrapes share one read). A database that
-        does not answer leaves the last figures: the rest of the page still comes."""
+        does not answer leaves the last figures: the rest of the page still comes. Also reads
+        the relay counts (from the proxy process, with ``Proxy.separate_process``)."""
+        if self.relay is not None:
+            counts = await self.relay()
+            if counts is not None:
+                self._relay.counts = counts
         if self.usage is None:
             return
         async with self._usage_lock:
@@ -148,6 +164,47 @@ class _StateCollector:
             "dask_gateway_reconcile_queue_length",
             "Clusters and workers waiting to be reconciled.",
             value=self.reconciler.queue.qsize(),
+        )
+
+
+class _RelayCollector:
+    """Scheduler connections of the public port: handed to local schedulers, or relayed
+    (with the bytes relayed), as last read by :meth:`Metrics.refresh`."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def collect(self):
+        c = self.counts
+        if not c:
+            return
+        family = CounterMetricFamily(
+            "dask_gateway_proxy_connections",
+            "Client connections to schedulers: passed to a local scheduler (handoff) or "
+            "relayed through the gateway (tunnel).",
+            labels=["path"],
+        )
+        family.add_metric(["handoff"], c.get("handoffs", 0))
+        family.add_metric(["tunnel"], c.get("tunnels", 0))
+        yield family
+        yield CounterMetricFamily(
+            "dask_gateway_proxy_handoff_fallbacks",
+            "Connections to a scheduler with a handoff socket that were tunnelled after all "
+            "(the scheduler did not take them).",
+            value=c.get("handoff_fallbacks", 0),
+        )
+        family = CounterMetricFamily(
+            "dask_gateway_proxy_tunnel_bytes",
+            "Bytes relayed by scheduler tunnels, by direction.",
+            labels=["direction"],
+        )
+        family.add_metric(["to_scheduler"], c.get("bytes_to_scheduler", 0))
+        family.add_metric(["to_client"], c.get("bytes_to_client", 0))
+        yield family
+        yield GaugeMetricFamily(
+            "dask_gateway_proxy_open_tunnels",
+            "Scheduler tunnels open now.",
+            value=c.get("open_tunnels", 0),
         )
 
 

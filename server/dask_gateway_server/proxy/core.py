@@ -51,9 +51,9 @@ from .dashboard import (
     DashboardSource,
 )
 from .sni import SNI_PREFIX, TLS_HANDSHAKE, ClientHelloError, parse_client_hello
-from .tunnels import HAVE_SPLICE, SpliceTunnel, Tunnel
+from .tunnels import HAVE_SPLICE, RelayCounts, SpliceTunnel, Tunnel
 
-__all__ = ["HTTP_LIMITS", "Proxy", "PublicPort", "Route"]
+__all__ = ["HTTP_LIMITS", "Proxy", "PublicPort", "RelayCounts", "Route"]
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -168,6 +168,8 @@ class PublicPort(Protocol):
     ) -> None: ...
 
     def remove_route(self, cluster_name: str) -> None: ...
+
+    async def relay_counts(self) -> dict[str, int] | None: ...
 
     async def start(self, app: web.Application) -> None: ...
 
@@ -324,6 +326,8 @@ class Proxy(LoggingConfigurable):
         self._remove_accept: list[Callable[[], None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._tunnels: set[Tunnel | SpliceTunnel] = set()
+        #: Handoffs, tunnels and the tunnels' bytes so far (see :meth:`relay_counts`).
+        self.counts = RelayCounts()
         self._websockets: set[DashboardProxyHandler] = set()
         self._http_server: HTTPServer | None = None
         self._http_client: SimpleAsyncHTTPClient | None = None
@@ -368,6 +372,11 @@ class Proxy(LoggingConfigurable):
     def open_tunnels(self) -> int:
         """Number of live scheduler tunnels."""
         return len(self._tunnels)
+
+    async def relay_counts(self) -> dict[str, int] | None:
+        """:class:`RelayCounts` of the process that routes scheduler connections, plus
+        ``open_tunnels``: here, this one (``process.ProxyLink`` asks its proxy process)."""
+        return {**self.counts.as_dict(), "open_tunnels": len(self._tunnels)}
 
     # -- routes --------------------------------------------------------------
 
@@ -649,20 +658,23 @@ class Proxy(LoggingConfigurable):
             sock.close()
             return
         handoff = self._handoffs.get(name)
-        if handoff is not None and await self._hand_off(sock, handoff, name):
-            self.log.debug(
-                "Connection from %s handed to the scheduler of cluster %s",
-                address,
-                name,
-                extra=about(name),
-            )
-            return
+        if handoff is not None:
+            if await self._hand_off(sock, handoff, name):
+                self.counts.handoffs += 1
+                self.log.debug(
+                    "Connection from %s handed to the scheduler of cluster %s",
+                    address,
+                    name,
+                    extra=about(name),
+                )
+                return
+            self.counts.handoff_fallbacks += 1
         host, port = _split_hostport(target)
         if self._kernel_splice:
             await self._open_splice_tunnel(sock, host, port, name, address)
             return
         loop = asyncio.get_running_loop()
-        tunnel = Tunnel(self._tunnels, name)
+        tunnel = Tunnel(self._tunnels, name, self.counts)
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: tunnel.upstream, host, port),
@@ -679,6 +691,7 @@ class Proxy(LoggingConfigurable):
             sock.close()
             return
         self._tunnels.add(tunnel)
+        self.counts.tunnels += 1
         try:
             await loop.connect_accepted_socket(lambda: tunnel.client, sock)
         except BaseException:
@@ -792,13 +805,14 @@ class Proxy(LoggingConfigurable):
             sock.close()
             raise
         try:
-            tunnel = SpliceTunnel(self._tunnels, self.log, sock, upstream)
+            tunnel = SpliceTunnel(self._tunnels, self.log, sock, upstream, self.counts)
         except OSError as exc:
             self.log.warning("Cannot open tunnel to cluster %s: %r", name, exc, extra=about(name))
             upstream.close()
             sock.close()
             return
         self._tunnels.add(tunnel)
+        self.counts.tunnels += 1
         tunnel.start()
         self.log.debug(
             "Tunnel open %s -> cluster %s (%s:%s)", address, name, host, port, extra=about(name)

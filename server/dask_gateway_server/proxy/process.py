@@ -15,6 +15,8 @@ the gateway's data directory (one JSON object per message, so no framing):
 * gateway -> proxy: ``attach`` (answered by ``hello`` with the bound ports),
   ``reset`` + ``add``... + ``synced`` (the full route table, swapped in at once
   so routing never sees a half table), then ``add``/``remove``; ``shutdown``.
+* gateway -> proxy ``stats``, answered by ``stats`` with the relay counts (``/metrics``;
+  a process too old to answer is simply not counted).
 * proxy -> gateway: ``http`` with the accepted connection's file descriptor
   (SCM_RIGHTS). Classification only peeks, so the gateway's tornado server
   reads the untouched byte stream: HTTP is served exactly as in-process, with
@@ -210,10 +212,26 @@ class ProxyLink:
         self._closing = False
         self._attached = False
         self._reattach: asyncio.Task | None = None
+        self._counts: asyncio.Future[dict] | None = None
 
     @property
     def public_url(self) -> str:
         return self.proxy.public_url
+
+    async def relay_counts(self) -> dict[str, int] | None:
+        """The proxy process's handoff and tunnel counts; None if it does not answer in a
+        second (detached, or a process older than the ``stats`` message)."""
+        channel = self.channel
+        if channel is None or channel.closed:
+            return None
+        if self._counts is None or self._counts.done():
+            self._counts = asyncio.get_running_loop().create_future()
+            channel.send({"op": "stats"})
+        try:
+            counts = await asyncio.wait_for(asyncio.shield(self._counts), 1.0)
+        except (asyncio.TimeoutError, ConnectionError):
+            return None
+        return {k: v for k, v in counts.items() if isinstance(v, int)}
 
     async def start(self, app: web.Application) -> None:
         """Attach to the running proxy process, or start one and attach to it."""
@@ -368,6 +386,11 @@ class ProxyLink:
             return
         for fd in fds:
             os.close(fd)
+        if op == "stats":
+            if self._counts is not None and not self._counts.done():
+                counts = msg.get("counts")
+                self._counts.set_result(counts if isinstance(counts, dict) else {})
+            return
         if self._hello is None or self._hello.done():
             return
         if op == "hello":
@@ -385,6 +408,9 @@ class ProxyLink:
             self.popen.poll()  # reap it if it died
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(ConnectionError("the proxy process closed the socket"))
+        if self._counts is not None and not self._counts.done():
+            self._counts.set_exception(ConnectionError("the proxy process closed the socket"))
+            self._counts.exception()  # retrieved: no warning if no one awaits it
         # Only the loss of an attached channel starts (one) re-attach loop; a failed
         # attempt is retried by the loop that made it.
         if self._closing or not self._attached:
@@ -613,6 +639,9 @@ class _DetachedProxy(Proxy):
             for name, route in staging.items():
                 self.add_route(name, *route)
             log.info("Route table of %d clusters received", len(staging))
+        elif op == "stats":
+            counts = {**self.counts.as_dict(), "open_tunnels": len(self._tunnels)}
+            channel.send({"op": "stats", "counts": counts})
         elif op == "shutdown":
             log.info("Stopping at the gateway's request")
             self.stopping.set()

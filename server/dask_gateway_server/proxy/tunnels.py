@@ -7,19 +7,36 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import asdict, dataclass
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["HAVE_SPLICE", "SpliceTunnel", "Tunnel"]
+__all__ = ["HAVE_SPLICE", "RelayCounts", "SpliceTunnel", "Tunnel"]
 
 # Splice tuning: large reads amortise per-syscall/event-loop overhead; the
 # write-buffer high-water mark bounds memory per direction while keeping both
 # sockets busy.
 _SPLICE_BUFSIZE = 256 * 1024
 _SPLICE_HIGH_WATER = 1024 * 1024
+
+
+@dataclass
+class RelayCounts:
+    """What the public port did with scheduler (TLS/SNI) connections since it started:
+    whether the handoff engaged, and what the tunnels carried. Totals only, no names, so
+    /metrics may show them; the benchmarks read them to say which path they measured."""
+
+    handoffs: int = 0  # connections passed to a local scheduler (bytes never seen here)
+    tunnels: int = 0  # connections relayed by a tunnel
+    handoff_fallbacks: int = 0  # had a handoff address, but were tunnelled after all
+    bytes_to_scheduler: int = 0
+    bytes_to_client: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class _Pipe(asyncio.BufferedProtocol):
@@ -36,6 +53,7 @@ class _Pipe(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.eof = False
         self.closed = False
+        self.to_scheduler = False  # the client's side: what it reads goes to the scheduler
         self._buf = memoryview(bytearray(_SPLICE_BUFSIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,6 +77,11 @@ class _Pipe(asyncio.BufferedProtocol):
         # transport.write sends immediately when it can and copies only the
         # unsent remainder, so reusing our buffer afterwards is safe.
         self.peer.transport.write(self._buf[:nbytes])  # type: ignore[union-attr]
+        counts = self.tunnel.counts
+        if self.to_scheduler:
+            counts.bytes_to_scheduler += nbytes
+        else:
+            counts.bytes_to_client += nbytes
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -100,10 +123,17 @@ class Tunnel:
     while either side is open.
     """
 
-    def __init__(self, registry: set[Tunnel | SpliceTunnel], cluster_name: str) -> None:
+    def __init__(
+        self,
+        registry: set[Tunnel | SpliceTunnel],
+        cluster_name: str,
+        counts: RelayCounts | None = None,
+    ) -> None:
         self.registry = registry
         self.cluster_name = cluster_name
+        self.counts = counts if counts is not None else RelayCounts()
         self.client = _Pipe(self)
+        self.client.to_scheduler = True
         self.upstream = _Pipe(self)
         self.client.peer = self.upstream
         self.upstream.peer = self.client
@@ -137,8 +167,11 @@ class _SplicePump:
     dst once the pipe is empty (half-close).
     """
 
-    def __init__(self, tunnel: SpliceTunnel, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(
+        self, tunnel: SpliceTunnel, src: socket.socket, dst: socket.socket, to_scheduler: bool
+    ) -> None:
         self.tunnel = tunnel
+        self.to_scheduler = to_scheduler
         self.loop = tunnel.loop
         self.src = src.fileno()
         self.dst_sock = dst
@@ -206,6 +239,10 @@ class _SplicePump:
                 self.tunnel.fail(exc)
                 return
             self.pending -= m
+            if self.to_scheduler:
+                self.tunnel.counts.bytes_to_scheduler += m
+            else:
+                self.tunnel.counts.bytes_to_client += m
             if not self.reading and not self.eof:
                 self._want_read(True)  # room again in the pipe
         self._want_write(False)
@@ -237,9 +274,11 @@ class SpliceTunnel:
         log: logging.Logger,
         client: socket.socket,
         upstream: socket.socket,
+        counts: RelayCounts | None = None,
     ) -> None:
         self.registry = registry
         self.log = log
+        self.counts = counts if counts is not None else RelayCounts()
         self.loop = asyncio.get_running_loop()
         self.client = client
         self.upstream = upstream
@@ -251,8 +290,8 @@ class SpliceTunnel:
         self.pumps: list[_SplicePump] = []
         self.closed = False
         try:  # pipes can run out (EMFILE): release what we got, let the caller close
-            self.pumps.append(_SplicePump(self, client, upstream))
-            self.pumps.append(_SplicePump(self, upstream, client))
+            self.pumps.append(_SplicePump(self, client, upstream, to_scheduler=True))
+            self.pumps.append(_SplicePump(self, upstream, client, to_scheduler=False))
         except OSError:
             for p in self.pumps:
                 p.close()
