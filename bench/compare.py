@@ -38,6 +38,7 @@ ROW_RPS_20 = "list_clusters() requests/s, 4 clients, 20 clusters"
 ROW_LIST_N = "list_clusters() latency, {n} clusters in the database, {per} the user's (ms)"
 ROW_RPS_N = "list_clusters() requests/s, 4 clients, {n} clusters in the database"
 ROW_IDLE_CPU = "gateway CPU while idle with {n} clusters (% of one core)"
+PAIRED = "{mb} MB {way}: proxy / direct, paired by round, median of {n} (%)"
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,36 +268,125 @@ def stop_all(gateway, names: list[str]) -> None:
     )
 
 
-def transfer_rates(client, nbytes: int, runs: int) -> tuple[float, float]:
-    """Median MB/s of a scatter and of a gather of ``nbytes`` through the scheduler."""
+def one_transfer(client, data) -> tuple[float, float]:
+    """MB/s of one scatter and then one gather of ``data`` through the scheduler."""
+    t0 = time.perf_counter()
+    future = client.scatter(data, direct=False)
+    t1 = time.perf_counter()
+    back = client.gather(future, direct=False)
+    t2 = time.perf_counter()
+    assert len(back) == len(data)
+    del back
+    future.release()
+    time.sleep(0.5)  # let the worker free it before the next one
+    return len(data) / MB / (t1 - t0), len(data) / MB / (t2 - t1)
+
+
+def transfer_samples(
+    clients: dict[str, object], nbytes: int, runs: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """``runs`` scatters and gathers of ``nbytes`` on each client (label -> client), after
+    one untimed warm-up each; the clients take turns, each round starting with the other
+    one, so a busy machine's noise and the scheduler's and worker's warm-up hit all alike.
+    Returns label -> (scatter MB/s samples, gather MB/s samples)."""
     import numpy as np
 
     data = np.frombuffer(os.urandom(nbytes), dtype=np.uint8)
-    up, down = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        future = client.scatter(data, direct=False)
-        t1 = time.perf_counter()
-        back = client.gather(future, direct=False)
-        t2 = time.perf_counter()
-        assert len(back) == nbytes
-        del back
-        future.release()
-        up.append(nbytes / MB / (t1 - t0))
-        down.append(nbytes / MB / (t2 - t1))
-        time.sleep(0.5)
-    return statistics.median(up), statistics.median(down)
+    for client in clients.values():
+        one_transfer(client, data)
+    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in clients}
+    labels = list(clients)
+    for i in range(runs):
+        for label in labels if i % 2 == 0 else labels[::-1]:
+            up, down = one_transfer(clients[label], data)
+            out[label][0].append(up)
+            out[label][1].append(down)
+    return out
+
+
+def spread(samples: list[float]) -> float:
+    """(max - min) / median, in %: how far one transfer may be from the figure."""
+    return 100 * (max(samples) - min(samples)) / statistics.median(samples)
+
+
+def relay_counts(server: Server) -> dict[str, float]:
+    """Our gateway's relay counters from /metrics (handoffs, tunnels, tunnelled bytes);
+    empty for the public server, which has none."""
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(server.address + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("dask_gateway_proxy_"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def measure_transfers(server: Server, args, cluster, client, r: dict[str, float]) -> None:
+    """The transfer rows: medians of ``--transfer-runs`` through the ``gateway://`` proxy and
+    over a direct TLS connection to the same scheduler, with their spread, and (ours) which
+    path the proxied connections took: handed off to the scheduler or tunnelled."""
+    from distributed import Client
+
+    direct_address = client.scheduler_info()["address"]
+    before = relay_counts(server)
+    with Client(direct_address, security=cluster.security, set_as_default=False) as direct:
+        samples = transfer_samples(
+            {"proxy": client, "direct": direct}, args.mb * MB, args.transfer_runs
+        )
+    after = relay_counts(server)
+    n = args.transfer_runs
+    for label, name in (("proxy", "via gateway:// proxy"), ("direct", "direct TLS to scheduler")):
+        for way, values in zip(("scatter", "gather"), samples[label], strict=True):
+            sep = " " if label == "proxy" else ", "
+            r[f"{args.mb} MB {way}{sep}{name} (MB/s)"] = statistics.median(values)
+            r[f"{args.mb} MB {way}{sep}{name}: spread, (max-min)/median of {n} (%)"] = spread(
+                values
+            )
+            print(
+                f"  [{server.label}] {way:7s} {label:6s} MB/s: "
+                + " ".join(f"{v:.0f}" for v in values),
+                flush=True,
+            )
+    for i, way in enumerate(("scatter", "gather")):
+        # Each round's two transfers ran back to back: their ratio is less at the mercy of
+        # what else the machine did than a ratio of two medians.
+        pairs = zip(samples["proxy"][i], samples["direct"][i], strict=True)
+        r[PAIRED.format(mb=args.mb, way=way, n=n)] = 100 * statistics.median(
+            p / d for p, d in pairs
+        )
+    if after:  # ours: which path did the proxied connections take?
+        key = "dask_gateway_proxy_tunnel_bytes_total"
+        tunnelled = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith(key))
+        handed = after.get('dask_gateway_proxy_connections_total{path="handoff"}', 0)
+        r["connections handed to the scheduler (whole run so far)"] = handed
+        r["MB relayed by the gateway's tunnels during the transfers"] = tunnelled / MB
+        print(
+            f"  [{server.label}] proxied connections handed off so far: {handed:.0f}; "
+            f"tunnelled during the transfers: {tunnelled / MB:.1f} MB",
+            flush=True,
+        )
 
 
 def measure(server: Server, args) -> dict[str, float]:
     """Everything but the 1,000-cluster row, on one running server."""
     import dask.array as da
-    from distributed import Client
 
     from dask_gateway.client import ClusterStatus
 
     r: dict[str, float] = {}
     say = lambda msg: print(f"  [{server.label}] {msg}", flush=True)  # noqa: E731
+    if args.transfers_only:
+        with server.gateway() as gateway, gateway.new_cluster() as cluster:
+            cluster.scale(2)
+            with cluster.get_client(set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=300)
+                say(f"{args.mb} MB scatter/gather, proxy vs direct TLS, {args.transfer_runs} each")
+                measure_transfers(server, args, cluster, client, r)
+        return r
     with server.gateway() as gateway:
         say("warm-up cluster")
         with gateway.new_cluster() as cluster:
@@ -340,18 +430,11 @@ def measure(server: Server, args) -> dict[str, float]:
             x = da.ones((2000, 2000), chunks=(500, 500))
             computes.append(timed(lambda x=x, client=client: x.sum().compute(scheduler=client)))
             if i == args.scale_runs - 1:
-                say(f"{args.mb} MB scatter/gather, proxy vs direct TLS")
-                nbytes = args.mb * MB
-                up, down = transfer_rates(client, nbytes, args.transfer_runs)
-                r[f"{args.mb} MB scatter via gateway:// proxy (MB/s)"] = up
-                r[f"{args.mb} MB gather via gateway:// proxy (MB/s)"] = down
-                direct_address = client.scheduler_info()["address"]
-                with Client(
-                    direct_address, security=cluster.security, set_as_default=False
-                ) as direct:
-                    up, down = transfer_rates(direct, nbytes, args.transfer_runs)
-                r[f"{args.mb} MB scatter, direct TLS to scheduler (MB/s)"] = up
-                r[f"{args.mb} MB gather, direct TLS to scheduler (MB/s)"] = down
+                say(
+                    f"{args.mb} MB scatter/gather, proxy vs direct TLS, "
+                    f"{args.transfer_runs} each, interleaved"
+                )
+                measure_transfers(server, args, cluster, client, r)
             client.close()
             cluster.shutdown()
         r["get_client() connect through proxy (s)"] = statistics.median(connects)
@@ -578,11 +661,13 @@ def print_targets(ours: dict[str, float], theirs: dict[str, float], args) -> Non
     for way in ("scatter", "gather"):
         proxied = f"{args.mb} MB {way} via gateway:// proxy (MB/s)"
         direct = f"{args.mb} MB {way}, direct TLS to scheduler (MB/s)"
+        paired = PAIRED.format(mb=args.mb, way=way, n=args.transfer_runs)
         a, b = (
             div(get(ours, proxied), get(ours, direct)),
             div(get(theirs, proxied), get(theirs, direct)),
         )
         a, b = (None if a is None else 100 * a), (None if b is None else 100 * b)
+        a, b = get(ours, paired) or a, get(theirs, paired) or b
         rows.append(
             (
                 f"{way} via proxy, % of direct TLS",
@@ -622,7 +707,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="new_cluster/shutdown cycles")
     parser.add_argument("--scale-runs", type=int, default=3, help="scale(2)/compute cycles")
     parser.add_argument("--mb", type=int, default=200, help="MB to scatter and gather")
-    parser.add_argument("--transfer-runs", type=int, default=2)
+    parser.add_argument(
+        "--transfer-runs",
+        type=int,
+        default=5,
+        help="scatter/gather pairs per path (medians and spread of these)",
+    )
     parser.add_argument(
         "--fake-clusters",
         type=int,
@@ -644,9 +734,16 @@ def main() -> None:
         "no nanny) instead of the shared `dask scheduler`/`dask worker`",
     )
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller sizes")
+    parser.add_argument(
+        "--transfers-only",
+        action="store_true",
+        help="only the scatter/gather rows (one cluster with 2 workers per server)",
+    )
     args = parser.parse_args()
+    if args.transfers_only:
+        args.fake_clusters = 0
     if args.quick:
-        args.runs, args.scale_runs, args.mb, args.transfer_runs = 3, 1, 50, 1
+        args.runs, args.scale_runs, args.mb, args.transfer_runs = 3, 1, 50, 3
         args.fake_clusters, args.idle_seconds = min(args.fake_clusters, 100), 10
 
     # Our client has pandas, some scheduler environments not: not worth a warning here.
