@@ -1,6 +1,16 @@
 """Throughput of a TLS connection through the gateway's public port vs direct.
 
 Usage: python bench/proxy_throughput.py [--mb 200] [--runs 3] [--impl splice|transport]
+       python bench/proxy_throughput.py --remote [--mb 200] [--runs 5] [--separate-process]
+
+``--remote`` (root, Linux): a real gateway and a real cluster whose scheduler and worker run
+on "another host", a network namespace joined by a veth pair (tests/support/netns.py,
+10.88.0.0/24): dask scatter(direct=False) and gather(direct=False) of N MB through the
+gateway's tunnel and over a direct TLS connection to the same scheduler, taking turns, each
+``--runs`` times after a warm-up; medians, spread, the ratio paired by round, what the relay
+counted, and the gateway's (or its proxy process's) CPU per GB relayed.
+
+Without ``--remote``:
 
 Three processes, as in production: a TLS sink/source server (stands in for a
 scheduler), the Proxy (stands in for the gateway), and this client. Each run
@@ -25,7 +35,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import cpu_seconds
+from compare import MB, PAIRED, cpu_seconds, relay_counts, spread, transfer_samples
 
 CHUNK = 1024 * 1024
 
@@ -123,12 +133,80 @@ def one_run(port: int, cert: str, size: int) -> tuple[float, float]:
     return mb / (t1 - t0), mb / (t2 - t1)
 
 
+def remote(args: argparse.Namespace) -> None:
+    """A real gateway, its cluster in a network namespace: tunnel vs direct TLS."""
+    from pathlib import Path
+
+    from distributed import Client
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from support.gateway_process import proxy_processes
+    from support.netns import netns_gateway, veth_netns
+
+    from dask_gateway import Gateway
+
+    extra = ["--Proxy.separate_process=True"] if args.separate_process else []
+    tmp = Path(tempfile.mkdtemp(prefix="dg-tunnel-"))
+    with (
+        veth_netns(0) as ns,
+        netns_gateway(tmp / "gateway", ns, extra) as gw,
+        Gateway(gw.address, auth="basic") as gateway,
+        gateway.new_cluster() as cluster,
+    ):
+        cluster.scale(1)
+        with cluster.get_client(set_as_default=False) as client:
+            client.wait_for_workers(1, timeout=120)
+            address = client.scheduler_info()["address"]
+            print(f"scheduler {address} in namespace {ns.name}; gateway {gw.address}")
+            relay_pid = proxy_processes(gw.data_dir)[0] if args.separate_process else gw.proc.pid
+            with Client(address, security=cluster.security, set_as_default=False) as direct:
+                before, cpu0 = relay_counts(gw), cpu_seconds(relay_pid)
+                samples = transfer_samples(
+                    {"tunnel": client, "direct": direct}, args.mb * MB, args.runs
+                )
+                after, cpu1 = relay_counts(gw), cpu_seconds(relay_pid)
+    print(f"\n{args.mb} MB each, {args.runs} runs per path after a warm-up, paths taking turns")
+    for label in ("tunnel", "direct"):
+        for i, way in enumerate(("scatter", "gather")):
+            values = samples[label][i]
+            print(
+                f"{way:7s} {label:6s} median {statistics.median(values):7.1f} MB/s  "
+                f"spread {spread(values):5.1f} %   samples " + " ".join(f"{v:.0f}" for v in values)
+            )
+    for i, way in enumerate(("scatter", "gather")):
+        pairs = zip(samples["tunnel"][i], samples["direct"][i], strict=True)
+        paired = statistics.median(t / d for t, d in pairs)
+        ratio = statistics.median(samples["tunnel"][i]) / statistics.median(samples["direct"][i])
+        print(
+            f"{PAIRED.format(mb=args.mb, way=way, n=args.runs).replace('proxy', 'tunnel')}: "
+            f"{100 * paired:.1f}   (ratio of medians {100 * ratio:.1f} %)"
+        )
+    key = "dask_gateway_proxy_tunnel_bytes_total"
+    relayed = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith(key))
+    handoffs = after.get('dask_gateway_proxy_connections_total{path="handoff"}', 0)
+    print(
+        f"relayed by the gateway's tunnels: {relayed / MB:.0f} MB (handoffs: {handoffs:.0f}); "
+        f"{'proxy process' if args.separate_process else 'gateway process'} CPU "
+        f"{(cpu1 - cpu0) / (relayed / 1e9) if relayed else float('nan'):.2f} s per GB relayed "
+        "(its CPU over the whole measurement, direct turns included)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=None, help="default 3; 5 with --remote")
     parser.add_argument("--impl", default="splice", choices=["splice", "transport"])
+    parser.add_argument("--remote", action="store_true", help="scheduler in a network namespace")
+    parser.add_argument(
+        "--separate-process", action="store_true", help="--remote: Proxy.separate_process"
+    )
     args = parser.parse_args()
+    if args.remote:
+        args.runs = args.runs or 5
+        remote(args)
+        return
+    args.runs = args.runs or 3
     size = args.mb * 1024 * 1024
 
     tmp = tempfile.mkdtemp()

@@ -21,6 +21,10 @@ __all__ = ["HAVE_SPLICE", "RelayCounts", "SpliceTunnel", "Tunnel"]
 # sockets busy.
 _SPLICE_BUFSIZE = 256 * 1024
 _SPLICE_HIGH_WATER = 1024 * 1024
+# A pump's pipe grows to _SPLICE_HIGH_WATER after a read of at least _BULK_READ bytes, and
+# shrinks back to the default once empty after one of less than _SMALL_READ (hysteresis).
+_BULK_READ = 16 * 1024
+_SMALL_READ = 4 * 1024
 
 
 @dataclass
@@ -177,11 +181,14 @@ class _SplicePump:
         self.dst_sock = dst
         self.dst = dst.fileno()
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _SPLICE_HIGH_WATER)
-        except OSError:
-            pass  # keep the default (64 KiB); still works, just more wakeups
-        self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+        # Pipes start at the default size (64 KiB) and grow to _SPLICE_HIGH_WATER only while
+        # a transfer fills them (see _grow/_shrink): the kernel charges a user's pipes at
+        # their size (fs/pipe-user-pages-soft: 64 MiB), and past that a non-root gateway's
+        # new pipes would get 8 KiB and no growing: 1 MiB each from the start ran out
+        # after 32 tunnels, idle or not.
+        self.small = self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+        self.grow_after = 0.0  # loop time before which growing is not tried again
+        self.last_read = 0
         self.pending = 0
         self.reading = False
         self.writing = False
@@ -218,6 +225,8 @@ class _SplicePump:
                 # `capacity` bytes. Stop watching src (a readable socket would
                 # otherwise spin us) until the pipe drains a little.
                 self._want_read(False)
+                if self.capacity < _SPLICE_HIGH_WATER:
+                    self._grow()
             return
         except OSError as exc:
             self.tunnel.fail(exc)
@@ -226,7 +235,28 @@ class _SplicePump:
             self.eof = True
             self._want_read(False)
         self.pending += n
+        self.last_read = n
+        if n >= _BULK_READ and self.capacity < _SPLICE_HIGH_WATER:
+            self._grow()
         self._flush()
+
+    def _grow(self) -> None:
+        """A large read (or a full pipe): a transfer is on, make room for larger reads. (A
+        read is bounded by the pipe's slots, one per received segment, so a transfer over
+        a 1500-byte-MTU link fills 16 slots with ~23 KiB: hence "large", not "full".)"""
+        if self.loop.time() < self.grow_after:
+            return
+        try:
+            self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, _SPLICE_HIGH_WATER)
+        except OSError:  # over the user's pipe quota (or pipe-max-size): try again later
+            self.grow_after = self.loop.time() + 1.0
+
+    def _shrink(self) -> None:
+        """The pipe is empty after a small read: the transfer is over; give the room back."""
+        try:
+            self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, self.small)
+        except OSError:
+            pass
 
     def _flush(self) -> None:
         while self.pending:
@@ -246,6 +276,8 @@ class _SplicePump:
             if not self.reading and not self.eof:
                 self._want_read(True)  # room again in the pipe
         self._want_write(False)
+        if self.capacity > self.small and self.last_read < _SMALL_READ:
+            self._shrink()
         if self.eof:
             try:
                 self.dst_sock.shutdown(socket.SHUT_WR)
