@@ -163,7 +163,8 @@ _SPEC: dict[str, Any] = {
                 "summary": "Prometheus metrics (text format).",
                 "description": "Clusters and workers by status, request counts and latency by "
                 "route and status code, event-loop lag and reconcile-queue "
-                "waits. Counts only: no user or cluster names.",
+                "waits, client connections to schedulers handed off or tunnelled "
+                "(and the bytes tunnelled). Counts only: no user or cluster names.",
                 "security": [],
                 "responses": {
                     "200": {
