@@ -38,3 +38,7 @@ class NetnsBackend(UnsafeLocalBackend):
 
 
 c.DaskGateway.backend_class = NetnsBackend
+# Large transfers (the tunnel test's, the bench's 200 MB) keep a scheduler's event loop busy
+# for seconds on a loaded machine: its heartbeats must not be missed for that (the default
+# config's 4 s would fail the cluster in the middle of a transfer).
+c.LocalBackend.cluster_heartbeat_timeout = 120
