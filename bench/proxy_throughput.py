@@ -35,7 +35,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import MB, PAIRED, cpu_seconds, relay_counts, spread, transfer_samples
+from compare import MB, cpu_seconds, one_transfer, relay_counts, spread
 
 CHUNK = 1024 * 1024
 
@@ -135,8 +135,10 @@ def one_run(port: int, cert: str, size: int) -> tuple[float, float]:
 
 def remote(args: argparse.Namespace) -> None:
     """A real gateway, its cluster in a network namespace: tunnel vs direct TLS."""
+    import resource
     from pathlib import Path
 
+    import numpy as np
     from distributed import Client
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -145,8 +147,18 @@ def remote(args: argparse.Namespace) -> None:
 
     from dask_gateway import Gateway
 
+    def own_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     extra = ["--Proxy.separate_process=True"] if args.separate_process else []
     tmp = Path(tempfile.mkdtemp(prefix="dg-tunnel-"))
+    data = np.frombuffer(os.urandom(args.mb * MB), dtype=np.uint8)
+    # label -> [scatter MB/s], [gather MB/s], [CPU s per GB moved, all processes]
+    samples: dict[str, tuple[list[float], list[float], list[float]]] = {
+        "tunnel": ([], [], []),
+        "direct": ([], [], []),
+    }
     with (
         veth_netns(0) as ns,
         netns_gateway(tmp / "gateway", ns, extra) as gw,
@@ -159,13 +171,35 @@ def remote(args: argparse.Namespace) -> None:
             address = client.scheduler_info()["address"]
             print(f"scheduler {address} in namespace {ns.name}; gateway {gw.address}")
             relay_pid = proxy_processes(gw.data_dir)[0] if args.separate_process else gw.proc.pid
+            # Same pid namespace: `ip netns exec` changes the network only.
+            pids = [
+                gw.proc.pid,
+                relay_pid,
+                client.run_on_scheduler(os.getpid),
+                *client.run(os.getpid).values(),
+            ]
+            pids = list(dict.fromkeys(pids))
+
+            def total_cpu() -> float:
+                return own_cpu() + sum(cpu_seconds(pid) for pid in pids)
+
             with Client(address, security=cluster.security, set_as_default=False) as direct:
-                before, cpu0 = relay_counts(gw), cpu_seconds(relay_pid)
-                samples = transfer_samples(
-                    {"tunnel": client, "direct": direct}, args.mb * MB, args.runs
-                )
-                after, cpu1 = relay_counts(gw), cpu_seconds(relay_pid)
-    print(f"\n{args.mb} MB each, {args.runs} runs per path after a warm-up, paths taking turns")
+                clients = {"tunnel": client, "direct": direct}
+                for c in clients.values():
+                    one_transfer(c, data)  # warm-up
+                before, relay0 = relay_counts(gw), cpu_seconds(relay_pid)
+                for i in range(args.runs):
+                    for label in ("tunnel", "direct") if i % 2 == 0 else ("direct", "tunnel"):
+                        cpu0 = total_cpu()
+                        up, down = one_transfer(clients[label], data)
+                        samples[label][0].append(up)
+                        samples[label][1].append(down)
+                        samples[label][2].append((total_cpu() - cpu0) / (2 * len(data) / 1e9))
+                after, relay1 = relay_counts(gw), cpu_seconds(relay_pid)
+    print(
+        f"\n{args.mb} MB each way, {args.runs} runs per path after a warm-up each, paths taking "
+        "turns (each round starting with the other one)"
+    )
     for label in ("tunnel", "direct"):
         for i, way in enumerate(("scatter", "gather")):
             values = samples[label][i]
@@ -178,17 +212,23 @@ def remote(args: argparse.Namespace) -> None:
         paired = statistics.median(t / d for t, d in pairs)
         ratio = statistics.median(samples["tunnel"][i]) / statistics.median(samples["direct"][i])
         print(
-            f"{PAIRED.format(mb=args.mb, way=way, n=args.runs).replace('proxy', 'tunnel')}: "
-            f"{100 * paired:.1f}   (ratio of medians {100 * ratio:.1f} %)"
+            f"{way:7s} tunnel / direct: {100 * ratio:5.1f} % (ratio of medians), "
+            f"{100 * paired:5.1f} % (paired by round, median)"
         )
+    cpu = {label: statistics.median(samples[label][2]) for label in samples}
+    print(
+        "CPU of client + gateway + scheduler + worker per GB moved (scatter + gather), "
+        f"median: tunnel {cpu['tunnel']:.2f} s, direct {cpu['direct']:.2f} s; "
+        f"direct / tunnel {100 * cpu['direct'] / cpu['tunnel']:.1f} % (the throughput ratio "
+        "where CPU is the limit, as on this shared machine; robust to its load)"
+    )
     key = "dask_gateway_proxy_tunnel_bytes_total"
     relayed = sum(v - before.get(k, 0) for k, v in after.items() if k.startswith(key))
     handoffs = after.get('dask_gateway_proxy_connections_total{path="handoff"}', 0)
     print(
         f"relayed by the gateway's tunnels: {relayed / MB:.0f} MB (handoffs: {handoffs:.0f}); "
         f"{'proxy process' if args.separate_process else 'gateway process'} CPU "
-        f"{(cpu1 - cpu0) / (relayed / 1e9) if relayed else float('nan'):.2f} s per GB relayed "
-        "(its CPU over the whole measurement, direct turns included)"
+        f"{(relay1 - relay0) / (relayed / 1e9) if relayed else float('nan'):.2f} s per GB relayed"
     )
 
 
