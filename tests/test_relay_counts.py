@@ -63,3 +63,44 @@ def test_tunnelled_connections_and_bytes_are_counted(fresh_gateway, separate):
     assert after[TUNNELS] >= 1
     assert after[TO_SCHEDULER] >= NBYTES
     assert after[TO_CLIENT] >= NBYTES
+
+
+async def test_counts_from_a_proxy_process_old_or_new():
+    """The gateway asks its separate proxy process for the counts; one that does not know
+    the question (a process older than it) is asked once, not at every scrape."""
+    import asyncio
+    import json
+    import socket
+
+    from dask_gateway_server.proxy import Proxy, ProxyLink
+    from dask_gateway_server.proxy.process import _Channel
+
+    loop = asyncio.get_running_loop()
+    for answers in (True, False):
+        link = ProxyLink(Proxy())
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.setblocking(False)
+        asked: list[dict] = []
+
+        def on_question(theirs=theirs, asked=asked, answers=answers) -> None:
+            msg = json.loads(theirs.recv(65536))
+            asked.append(msg)
+            if answers:
+                counts = {"handoffs": 3, "tunnels": 2, "bytes_to_client": 7, "bad": "x"}
+                theirs.send(json.dumps({"op": "stats", "counts": counts}).encode())
+
+        loop.add_reader(theirs.fileno(), on_question)
+        link.channel = _Channel(ours, link._on_message, link._on_close)
+        try:
+            first = await link.relay_counts()
+            second = await link.relay_counts()
+        finally:
+            loop.remove_reader(theirs.fileno())
+            link.channel.close()
+            theirs.close()
+        if answers:
+            assert first == second == {"handoffs": 3, "tunnels": 2, "bytes_to_client": 7}
+            assert asked == [{"op": "stats"}] * 2
+        else:
+            assert first is None and second is None
+            assert asked == [{"op": "stats"}]  # not asked again

@@ -213,6 +213,7 @@ class ProxyLink:
         self._attached = False
         self._reattach: asyncio.Task | None = None
         self._counts: asyncio.Future[dict] | None = None
+        self._no_counts: _Channel | None = None  # attached to a process that did not answer
 
     @property
     def public_url(self) -> str:
@@ -222,14 +223,17 @@ class ProxyLink:
         """The proxy process's handoff and tunnel counts; None if it does not answer in a
         second (detached, or a process older than the ``stats`` message)."""
         channel = self.channel
-        if channel is None or channel.closed:
+        if channel is None or channel.closed or channel is self._no_counts:
             return None
         if self._counts is None or self._counts.done():
             self._counts = asyncio.get_running_loop().create_future()
             channel.send({"op": "stats"})
         try:
             counts = await asyncio.wait_for(asyncio.shield(self._counts), 1.0)
-        except (asyncio.TimeoutError, ConnectionError):
+        except asyncio.TimeoutError:
+            self._no_counts = channel  # an older process: don't make every scrape wait
+            return None
+        except ConnectionError:
             return None
         return {k: v for k, v in counts.items() if isinstance(v, int)}
 
