@@ -170,6 +170,7 @@ def remote(args: argparse.Namespace) -> None:
             client.wait_for_workers(1, timeout=120)
             address = client.scheduler_info()["address"]
             print(f"scheduler {address} in namespace {ns.name}; gateway {gw.address}")
+            print(f"(logs of the gateway and the cluster under {tmp}; remove it afterwards)")
             relay_pid = proxy_processes(gw.data_dir)[0] if args.separate_process else gw.proc.pid
             # Same pid namespace: `ip netns exec` changes the network only.
             pids = [
