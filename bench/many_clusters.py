@@ -39,11 +39,13 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
 import compare  # puts tests/ on sys.path (support.*)
 from compare import PASSWORD, Server, cpu_seconds, fmt, peak_rss_mb, requests_per_second
+from load import parse_metrics
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +167,24 @@ def list_latency(address: str, user: str, calls: int, per_user: int) -> float:
     return statistics.median(times)
 
 
+def served(address: str) -> tuple[float, float] | None:
+    """(seconds, count) the gateway spent answering ``GET /api/v1/clusters/`` (ClustersHandler) so far, from
+    its own request-duration histogram (ours only: None elsewhere)."""
+    try:
+        with urllib.request.urlopen(address + "/metrics", timeout=30) as f:
+            text = f.read().decode()
+    except OSError:
+        return None
+    total = count = None
+    for name, labels, value in parse_metrics(text):
+        if labels.get("method") == "GET" and labels.get("route") == "ClustersHandler":
+            if name == "dask_gateway_request_duration_seconds_sum":
+                total = value
+            elif name == "dask_gateway_request_duration_seconds_count":
+                count = value
+    return None if total is None or count is None else (total, count)
+
+
 def idle(pid: int, seconds: float) -> float:
     """The process's CPU over ``seconds`` with nothing asked of it, in % of one core."""
     time.sleep(2)  # let the last requests' work settle
@@ -183,11 +203,22 @@ def figures(server: Server, users: list[str], per_user: int, args, label: str) -
     )
     say(f"list_clusters(): {r['list_clusters() latency, median (ms)']:.2f} ms")
     clients = users[:4] if len(users) >= 4 else [users[0]] * 4
-    r["requests/s, 4 clients"] = requests_per_second(
+    pids = server.pids()
+    cpu0 = sum(cpu_seconds(p) for p in pids.values())
+    served0 = served(server.address)
+    r["requests/s, 4 clients"] = rps = requests_per_second(
         server.address, clients=4, duration=args.duration, users=clients
     )
-    say(f"requests/s: {r['requests/s, 4 clients']:.0f}")
-    pids = server.pids()
+    say(f"requests/s: {rps:.0f}")
+    # What the server spent per request, whatever the clients and the machine did: its
+    # CPU (gateway + proxy process), and (ours) its own answer time from its /metrics.
+    cpu = sum(cpu_seconds(p) for p in pids.values()) - cpu0
+    r["server CPU per list request (ms)"] = 1000 * cpu / (rps * args.duration)
+    served1 = served(server.address)
+    if served0 is not None and served1 is not None and served1[1] > served0[1]:
+        r["server answer time per list request, mean (ms)"] = (
+            1000 * (served1[0] - served0[0]) / (served1[1] - served0[1])
+        )
     if args.idle_seconds:
         r["idle CPU (% of one core)"] = sum(idle(p, args.idle_seconds) for p in pids.values())
         say(f"idle CPU: {r['idle CPU (% of one core)']:.2f} %")

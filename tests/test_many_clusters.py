@@ -270,3 +270,33 @@ async def test_requests_read_only_their_users_clusters(app, api):
     metrics = (await api("alice", "GET", "/metrics")).body.decode()
     assert 'dask_gateway_clusters{status="STOPPED"} 4.0' in metrics
     assert 'dask_gateway_clusters{status="RUNNING"} 1.0' in metrics
+
+
+def test_a_full_session_cache_is_not_gone_through_at_every_login():
+    """A client sending its credentials with every request (never the cookie) makes a
+    session each time: once the cache is full, logins make room a tenth at a time, not by
+    a pass over every session each; the newest sessions stay valid."""
+    from dask_gateway_server.auth import SimpleAuthenticator
+
+    auth = SimpleAuthenticator(cache_max_size=100)
+    passes = []
+    make_room = auth._make_room
+
+    def counted(now: float) -> None:
+        passes.append(len(auth._sessions))
+        make_room(now)
+
+    auth._make_room = counted  # type: ignore[method-assign]
+    values = [auth.new_session(User(f"user{i % 7}")) for i in range(1000)]
+    assert len(auth._sessions) <= 100
+    assert len(passes) <= (1000 - 100) // 10 + 1
+    assert all(
+        auth.user_from_cookie(v) == User(f"user{i % 7}") for i, v in enumerate(values[-90:], 910)
+    )
+    assert auth.user_from_cookie(values[0]) is None
+    # Expired sessions go first: a full cache of expired ones keeps every new one.
+    auth = SimpleAuthenticator(cache_max_size=10)
+    for _ in range(10):
+        auth.new_session(User("old"), max_age=-1)
+    fresh = auth.new_session(User("new"))
+    assert list(auth._sessions) == [fresh]
