@@ -300,3 +300,21 @@ def test_a_full_session_cache_is_not_gone_through_at_every_login():
         auth.new_session(User("old"), max_age=-1)
     fresh = auth.new_session(User("new"))
     assert list(auth._sessions) == [fresh]
+
+
+async def test_a_clusters_flags_make_an_event_only_for_waiters():
+    """``ready`` and ``ended`` wake their waiters as an asyncio.Event would; a flag nobody
+    waited for (every ended cluster's, thousands) holds no event and no queue."""
+    from dask_gateway_server.models import Flag
+
+    flag = Flag()
+    waiters = [asyncio.ensure_future(flag.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not flag.is_set() and not any(w.done() for w in waiters)
+    flag.set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert flag.is_set() and await flag.wait()
+    assert flag._event is None
+    quiet = Flag()
+    quiet.set()
+    assert quiet._event is None and await asyncio.wait_for(quiet.wait(), 1)
