@@ -1,30 +1,35 @@
 """10,000 tracked clusters on one gateway: list latency, requests/s, idle CPU, memory.
 
-    .venv/bin/python bench/many_clusters.py [--users 500] [--per-user 20] [--quick]
+    .venv/bin/python bench/many_clusters.py [--users 500] [--per-user 20] [--rounds 3]
 
 Issue 21: with 10,000 clusters tracked (500 users x 20), one user's ``list_clusters()``
 (its 20) must stay under 10 ms, requests/s must be at least 1.5x the public
 dask-gateway-server's with 20 clusters, the gateway idle must use under 2 % of a core, and
-its memory is reported. One invocation measures, in order:
+its memory is reported. One invocation runs both servers at once (each idle while the other
+is measured), with bench/compare_config.py and the fake backend of
+tests/support/fake_backend.py (as compare.py's 1,000-cluster rows; ours with its default
+status-check periods):
 
-1. **Ours, 10,000 RUNNING.** Our gateway (bench/compare_config.py with the fake backend of
-   tests/support/fake_backend.py, as compare.py's 1,000-cluster rows, but with our default
-   status-check periods) gets ``--users`` x ``--per-user`` clusters created through the API
-   (``POST /api/v1/clusters/``, ``--concurrency`` requests in flight); each becomes RUNNING
-   through its first heartbeat, as a real scheduler's. Then: ``list_clusters()`` latency of
-   one user (median of ``--calls``), requests/s (4 processes logged in as 4 users, each
-   listing its own 20, for ``--duration`` s), the gateway's CPU over ``--idle-seconds`` with
-   nothing happening, its RSS and peak RSS.
-2. **Ours, 10,000 tracked, most ended.** The clusters of all but ``--keep-users`` users are
-   stopped through the API (``DELETE``) and the same figures taken again: what a gateway
-   holds in a working day (``db_cluster_max_age`` keeps stopped clusters 24 h), a few
-   hundred running and thousands ended.
-3. **Theirs, 20.** The public server (``--upstream-venv``, default /work/main/.venv-upstream
-   or ``$DASK_GATEWAY_UPSTREAM_VENV``), same config and fake backend, one user with 20
-   clusters: ``list_clusters()`` latency and requests/s (4 processes as that user).
+* **theirs**, the public server (``--upstream-venv``, default ``.venv-upstream`` here or
+  /work/main/.venv-upstream or ``$DASK_GATEWAY_UPSTREAM_VENV``): one user with 20 clusters;
+* **ours**: ``--users`` x ``--per-user`` clusters created through the API
+  (``POST /api/v1/clusters/``, ``--concurrency`` requests in flight, credentials with each
+  request as a script would send them); each becomes RUNNING through its first heartbeat,
+  as a real scheduler's.
+
+Then, in two states of ours: **all RUNNING**, and **most ended** (the clusters of all but
+``--keep-users`` users stopped through the API: what a gateway holds in a working day, as
+``db_cluster_max_age`` keeps stopped clusters 24 h), ``--rounds`` rounds alternating ours and
+theirs (each round starting with the other): ``list_clusters()`` latency of one user (our
+client, median of ``--calls``), requests/s (4 processes, each logged in as one user listing
+its own clusters, for ``--duration`` s), the server's CPU per request (gateway + proxy
+process) and ours' own answer time (its /metrics). The medians of the rounds are printed, and
+each round's requests/s ratio; the target uses the median of those ratios, so that the
+machine's load (shared, 2 cores) hits both alike. Then ours' CPU over ``--idle-seconds``
+with nothing happening, RSS and peak RSS (theirs' once, at the start).
 
 The fake clusters send no further heartbeats (a long heartbeat timeout keeps them RUNNING):
-"idle" means what a gateway does by itself: its timers, status checks, its metrics loop. A
+"idle" means what a gateway does by itself: its timers, status checks, metrics loop. A
 benchmark, not a test: it never fails because something is slow. See bench/README.md.
 """
 
@@ -49,6 +54,11 @@ from load import parse_metrics
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 ROOT = Path(__file__).resolve().parent.parent
+LATENCY = "list_clusters() latency, median (ms)"
+RPS = "requests/s, 4 clients"
+CPU_PER_REQUEST = "server CPU per list request (ms)"
+SERVED = "server answer time per list request, mean (ms)"
+IDLE = "idle CPU (% of one core)"
 
 
 def rss_mb(pid: int) -> float:
@@ -194,83 +204,124 @@ def idle(pid: int, seconds: float) -> float:
     return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - t0)
 
 
-def figures(server: Server, users: list[str], per_user: int, args, label: str) -> dict[str, float]:
-    """The figures of one state: list latency, requests/s, idle CPU, memory."""
-    say = lambda msg: print(f"  [{label}] {msg}", flush=True)  # noqa: E731
+def one_round(server: Server, user_list: list[str], per_user: int, args) -> dict[str, float]:
+    """One round of the timed figures on one server: list latency, requests/s, and what
+    the server spent per request."""
     r: dict[str, float] = {}
-    r["list_clusters() latency, median (ms)"] = 1000 * list_latency(
-        server.address, users[0], args.calls, per_user
-    )
-    say(f"list_clusters(): {r['list_clusters() latency, median (ms)']:.2f} ms")
-    clients = users[:4] if len(users) >= 4 else [users[0]] * 4
+    r[LATENCY] = 1000 * list_latency(server.address, user_list[0], args.calls, per_user)
+    clients = user_list[:4] if len(user_list) >= 4 else [user_list[0]] * 4
     pids = server.pids()
     cpu0 = sum(cpu_seconds(p) for p in pids.values())
     served0 = served(server.address)
-    r["requests/s, 4 clients"] = rps = requests_per_second(
+    r[RPS] = rps = requests_per_second(
         server.address, clients=4, duration=args.duration, users=clients
     )
-    say(f"requests/s: {rps:.0f}")
     # What the server spent per request, whatever the clients and the machine did: its
     # CPU (gateway + proxy process), and (ours) its own answer time from its /metrics.
     cpu = sum(cpu_seconds(p) for p in pids.values()) - cpu0
-    r["server CPU per list request (ms)"] = 1000 * cpu / (rps * args.duration)
+    r[CPU_PER_REQUEST] = 1000 * cpu / (rps * args.duration)
     served1 = served(server.address)
     if served0 is not None and served1 is not None and served1[1] > served0[1]:
-        r["server answer time per list request, mean (ms)"] = (
-            1000 * (served1[0] - served0[0]) / (served1[1] - served0[1])
-        )
-    if args.idle_seconds:
-        r["idle CPU (% of one core)"] = sum(idle(p, args.idle_seconds) for p in pids.values())
-        say(f"idle CPU: {r['idle CPU (% of one core)']:.2f} %")
-    r["gateway RSS (MB)"] = sum(rss_mb(p) for p in pids.values())
-    r["gateway peak RSS (MB)"] = sum(peak_rss_mb(p) for p in pids.values())
+        r[SERVED] = 1000 * (served1[0] - served0[0]) / (served1[1] - served0[1])
     return r
 
 
-def run_ours(args, home: Path) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    ours_bin = Path(sys.executable).parent / "dask-gateway-server"
-    server = Server("ours", ours_bin, home, fake=True)
-    users = [f"user{i}" for i in range(args.users)]
-    n = args.users * args.per_user
-    setup: dict[str, float] = {}
-    os.environ["BENCH_FAKE_DEFAULT_PERIODS"] = "1"  # read by compare_config.py at start
-    with server.running():
-        del os.environ["BENCH_FAKE_DEFAULT_PERIODS"]
-        print(f"ours: creating {n} clusters ({args.users} users x {args.per_user})", flush=True)
-        t0 = time.perf_counter()
-        owned = create_clusters(server.address, users, args.per_user, args.concurrency)
-        names = [name for ns in owned.values() for name in ns]
-        wait_statuses(server.address, users, names, "RUNNING", args.budget, args.concurrency)
-        setup["clusters created and RUNNING per second"] = n / (time.perf_counter() - t0)
-        print(f"  {setup['clusters created and RUNNING per second']:.0f} clusters/s", flush=True)
-        running = figures(server, users, args.per_user, args, f"ours, {n} running")
-        keep = users[: args.keep_users]
-        stop = {u: owned[u] for u in users[args.keep_users :]}
-        stopping = [name for ns in stop.values() for name in ns]
-        print(f"ours: stopping {len(stopping)} clusters", flush=True)
-        t0 = time.perf_counter()
-        stop_clusters(server.address, stop, args.concurrency)
-        wait_statuses(server.address, users, stopping, "STOPPED", args.budget, args.concurrency)
-        setup["clusters stopped per second"] = len(stopping) / (time.perf_counter() - t0)
-        mixed = figures(
-            server, keep, args.per_user, args, f"ours, {n - len(stopping)} running of {n}"
-        )
-    return setup, running, mixed
+def side_by_side(
+    ours: Server, ours_users: list[str], theirs: Server, args, label: str
+) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    """``args.rounds`` rounds, ours and theirs alternating (each round starting with the
+    other), so the machine's load hits both alike: the median of each figure for each, and
+    each round's requests/s ratio (ours / theirs)."""
+    rounds: dict[str, list[dict[str, float]]] = {"ours": [], "theirs": []}
+    ratios = []
+    for i in range(args.rounds):
+        order = [("ours", ours, ours_users), ("theirs", theirs, ["bench"])]
+        for which, server, user_list in order if i % 2 == 0 else order[::-1]:
+            rounds[which].append(one_round(server, user_list, args.per_user, args))
+            got = rounds[which][-1]
+            print(
+                f"  [{label}] round {i + 1}, {which}: {got[LATENCY]:.2f} ms, "
+                f"{got[RPS]:.0f} requests/s, {got[CPU_PER_REQUEST]:.2f} ms CPU/request",
+                flush=True,
+            )
+        ratios.append(rounds["ours"][-1][RPS] / rounds["theirs"][-1][RPS])
+    medians = [
+        {k: statistics.median(r[k] for r in rs) for k in rs[0] if all(k in r for r in rs)}
+        for rs in (rounds["ours"], rounds["theirs"])
+    ]
+    return medians[0], medians[1], ratios
 
 
-def run_theirs(args, home: Path) -> dict[str, float]:
+def resting(server: Server, args, label: str) -> dict[str, float]:
+    """Idle CPU and memory of a server."""
+    pids = server.pids()
+    r: dict[str, float] = {}
+    if args.idle_seconds:
+        r[IDLE] = sum(idle(p, args.idle_seconds) for p in pids.values())
+        print(f"  [{label}] idle CPU: {r[IDLE]:.2f} %", flush=True)
+    r["RSS (MB)"] = sum(rss_mb(p) for p in pids.values())
+    r["peak RSS (MB)"] = sum(peak_rss_mb(p) for p in pids.values())
+    return r
+
+
+def upstream_bin(args) -> Path:
     venv = Path(
         args.upstream_venv
         or os.environ.get("DASK_GATEWAY_UPSTREAM_VENV")
         or (ROOT / ".venv-upstream" if (ROOT / ".venv-upstream").exists() else "")
         or "/work/main/.venv-upstream"
     )
-    server = Server("theirs", venv / "bin" / "dask-gateway-server", home, fake=True)
-    with server.running():
+    return venv / "bin" / "dask-gateway-server"
+
+
+def run(args, tmp: Path) -> tuple[dict[str, float], list[tuple[str, dict, dict, list[float]]]]:
+    """Both servers up at once (theirs idle while ours works, and the reverse); returns
+    ours' set-up rates and, per state, (label, ours, theirs, requests/s ratios)."""
+    users = [f"user{i}" for i in range(args.users)]
+    n = args.users * args.per_user
+    setup: dict[str, float] = {}
+    states = []
+    theirs = Server("theirs", upstream_bin(args), tmp / "theirs", fake=True)
+    ours = Server(
+        "ours", Path(sys.executable).parent / "dask-gateway-server", tmp / "ours", fake=True
+    )
+    with theirs.running():
         print(f"theirs: creating {args.per_user} clusters", flush=True)
-        owned = create_clusters(server.address, ["bench"], args.per_user, 4)
-        wait_statuses(server.address, ["bench"], owned["bench"], "RUNNING", args.budget, 4)
-        return figures(server, ["bench"], args.per_user, args, f"theirs, {args.per_user}")
+        owned = create_clusters(theirs.address, ["bench"], args.per_user, 4)
+        wait_statuses(theirs.address, ["bench"], owned["bench"], "RUNNING", args.budget, 4)
+        theirs_rest = resting(theirs, args, f"theirs, {args.per_user}")
+        os.environ["BENCH_FAKE_DEFAULT_PERIODS"] = "1"  # read by compare_config.py at start
+        with ours.running():
+            del os.environ["BENCH_FAKE_DEFAULT_PERIODS"]
+            print(f"ours: creating {n} clusters ({args.users} users x {args.per_user})", flush=True)
+            t0 = time.perf_counter()
+            owned = create_clusters(ours.address, users, args.per_user, args.concurrency)
+            names = [name for ns in owned.values() for name in ns]
+            wait_statuses(ours.address, users, names, "RUNNING", args.budget, args.concurrency)
+            setup["clusters created and RUNNING per second"] = n / (time.perf_counter() - t0)
+            print(
+                f"  {setup['clusters created and RUNNING per second']:.0f} clusters/s", flush=True
+            )
+            label = f"ours, {n} running"
+            o, t, ratios = side_by_side(ours, users, theirs, args, label)
+            states.append(
+                (label, {**o, **resting(ours, args, label)}, {**t, **theirs_rest}, ratios)
+            )
+
+            keep = users[: args.keep_users]
+            stop = {u: owned[u] for u in users[args.keep_users :]}
+            stopping = [name for ns in stop.values() for name in ns]
+            print(f"ours: stopping {len(stopping)} clusters", flush=True)
+            t0 = time.perf_counter()
+            stop_clusters(ours.address, stop, args.concurrency)
+            wait_statuses(ours.address, users, stopping, "STOPPED", args.budget, args.concurrency)
+            setup["clusters stopped per second"] = len(stopping) / (time.perf_counter() - t0)
+            label = f"ours, {n - len(stopping)} running + {len(stopping)} stopped"
+            o, t, ratios = side_by_side(ours, keep, theirs, args, label)
+            states.append(
+                (label, {**o, **resting(ours, args, label)}, {**t, **theirs_rest}, ratios)
+            )
+    return setup, states
 
 
 def main() -> None:
@@ -283,6 +334,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="list_clusters() calls timed")
     parser.add_argument("--duration", type=float, default=10, help="seconds of requests/s")
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds, ours/theirs")
     parser.add_argument("--concurrency", type=int, default=8, help="API requests in flight")
     parser.add_argument("--budget", type=float, default=1800, help="seconds to create/stop")
     parser.add_argument("--upstream-venv", help="venv with the public dask-gateway-server")
@@ -291,48 +343,50 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.quick:
-        args.users, args.keep_users, args.calls = 20, 5, 20
+        args.users, args.keep_users, args.calls, args.rounds = 20, 5, 20, 1
         args.duration, args.idle_seconds = 2, 5
     warnings.filterwarnings("ignore", message="Mismatched versions found")
     t0 = time.monotonic()
     n = args.users * args.per_user
     with tempfile.TemporaryDirectory(prefix="dg-many-") as tmp:
-        setup, running, mixed = run_ours(args, Path(tmp) / "ours")
-        theirs = run_theirs(args, Path(tmp) / "theirs")
-    kept = args.keep_users * args.per_user
-    cols = [
-        f"ours, {n} running",
-        f"ours, {kept} running + {n - kept} stopped",
-        f"theirs, {args.per_user}",
-    ]
+        setup, states = run(args, Path(tmp))
     print()
     for key, value in setup.items():
         print(f"ours: {key}: {value:.1f}")
-    width = max(len(k) for k in running)
-    print(f"\n| {'figure':{width}} | " + " | ".join(cols) + " |")
-    print(f"|{'-' * (width + 2)}|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
-    for key in running:
-        row = [running.get(key), mixed.get(key), theirs.get(key)]
+    theirs_label = f"theirs, {args.per_user}"
+    for label, ours, theirs, ratios in states:
+        keys = list(dict.fromkeys([*ours, *theirs]))
+        width = max(len(k) for k in keys)
+        cols = [label, theirs_label, "ratio"]
+        print(f"\n| {'figure':{width}} | " + " | ".join(cols) + " |")
+        print(f"|{'-' * (width + 2)}|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
+        for key in keys:
+            a, b = ours.get(key), theirs.get(key)
+            ratio = a / b if a is not None and b else None
+            row = [a, b, ratio]
+            print(
+                f"| {key:{width}} | "
+                + " | ".join(f"{fmt(v):>{len(c)}}" for v, c in zip(row, cols, strict=True))
+                + " |"
+            )
         print(
-            f"| {key:{width}} | "
-            + " | ".join(f"{fmt(v):>{len(c)}}" for v, c in zip(row, cols, strict=True))
-            + " |"
+            "requests/s ratio of each round (ours / theirs): "
+            + ", ".join(f"{r:.2f}" for r in ratios)
         )
-    rps_t = theirs.get("requests/s, 4 clients") or float("nan")
-    lat = running["list_clusters() latency, median (ms)"]
     print("\nTargets (issue 21):")
+    label, ours, theirs, ratios = states[0]
+    lat, ratio = ours[LATENCY], statistics.median(ratios)
     checks = [
         (f"list_clusters() of a user with {args.per_user}, {n} tracked < 10 ms", lat, lat < 10),
         (
-            f"requests/s at {n} >= 1.5x theirs at {args.per_user}",
-            running["requests/s, 4 clients"] / rps_t,
-            running["requests/s, 4 clients"] >= 1.5 * rps_t,
+            f"requests/s at {n} >= 1.5x theirs at {args.per_user} (median of the rounds' ratios)",
+            ratio,
+            ratio >= 1.5,
         ),
     ]
-    for label, state in ((cols[0], running), (cols[1], mixed)):
-        if "idle CPU (% of one core)" in state:
-            cpu = state["idle CPU (% of one core)"]
-            checks.append((f"idle CPU < 2 % of a core ({label})", cpu, cpu < 2))
+    for label, ours, _, _ in states:
+        if IDLE in ours:
+            checks.append((f"idle CPU < 2 % of a core ({label})", ours[IDLE], ours[IDLE] < 2))
     for label, value, met in checks:
         print(f"  {label}: {fmt(value)} -> {'yes' if met else 'NO'}")
     print(

@@ -493,6 +493,8 @@ class DaskGateway(Application):
             level = logging.WARNING
         else:
             level = logging.ERROR
+        if not self.log.isEnabledFor(level):  # the polls, mostly: no need to format them
+            return
         self.log.log(
             level,
             "%d %s %s %.1fms",
