@@ -227,7 +227,7 @@ async def test_requests_read_only_their_users_clusters(app, api):
     for name, user in zip(ended, ("alice", "alice", "bob"), strict=True):
         r = await api(user, "DELETE", f"/api/v1/clusters/{name}")
         assert r.code == 204
-    await _until(lambda: all(rec.clusters[n].status.is_done for n in ended), "ended")
+    await _until(lambda: all(rec.clusters[n].ended.is_set() for n in ended), "ended")
     no_scan(rec)
 
     alice = [await _create(api, "alice") for _ in range(3)]
@@ -266,7 +266,7 @@ async def test_requests_read_only_their_users_clusters(app, api):
 
     r = await api("admin", "DELETE", f"/api/v1/clusters/{bob}")
     assert r.code == 204
-    await _until(lambda: rec.clusters[bob].status.is_done, "bob's cluster ended")
+    await _until(lambda: rec.clusters[bob].ended.is_set(), "bob's cluster ended")
     metrics = (await api("alice", "GET", "/metrics")).body.decode()
     assert 'dask_gateway_clusters{status="STOPPED"} 4.0' in metrics
     assert 'dask_gateway_clusters{status="RUNNING"} 1.0' in metrics
@@ -318,3 +318,33 @@ async def test_a_clusters_flags_make_an_event_only_for_waiters():
     quiet = Flag()
     quiet.set()
     assert quiet._event is None and await asyncio.wait_for(quiet.wait(), 1)
+
+
+async def test_shutdown_records_every_stop_in_one_write(make):
+    """With stop_clusters_on_shutdown, the stop of every running cluster is recorded in one
+    write (thousands may run), and each still ends FAILED, in memory and in the database."""
+    gw = await make(FakeBackend, stop_clusters_on_shutdown=True)
+    clusters = [await running(gw, user=f"user{i % 3}") for i in range(30)]
+    one_by_one: list[str] = []
+    batches: list[int] = []
+    update_cluster, update_clusters = gw.store.update_cluster, gw.store.update_clusters
+
+    async def one(cluster: Cluster, **changes: Any) -> None:
+        if "target" in changes:
+            one_by_one.append(cluster.name)
+        await update_cluster(cluster, **changes)
+
+    async def many(clusters: list[Cluster], **changes: Any) -> None:
+        batches.append(len(clusters))
+        await update_clusters(clusters, **changes)
+
+    gw.store.update_cluster = one  # type: ignore[method-assign]
+    gw.store.update_clusters = many  # type: ignore[method-assign]
+    await gw.reconciler.stop()
+    assert batches == [30] and one_by_one == []
+    for cluster in clusters:
+        assert (cluster.status, cluster.message) == (JobStatus.FAILED, "The gateway shut down")
+        stored = await gw.stored_cluster(cluster)
+        assert (stored.status, stored.message) == (JobStatus.FAILED, "The gateway shut down")
+    assert gw.backend.live == set() and gw.reconciler.live == {}
+    assert gw.reconciler.ended_counts == {"FAILED": 30}

@@ -121,8 +121,9 @@ class _StateCollector:
 
     def collect(self):
         # The ended clusters (most of them on a busy gateway) are counted as they end.
+        # (One whose final status is being written is still live: counted once, here.)
         clusters = Tally(self.reconciler.ended_counts)
-        clusters.update(c.model_status.name for c in self.reconciler.live_clusters())
+        clusters.update(c.model_status.name for c in list(self.reconciler.live.values()))
         family = GaugeMetricFamily(
             "dask_gateway_clusters", "Clusters by status.", labels=["status"]
         )

@@ -195,9 +195,25 @@ class Reconciler:
     async def stop(self) -> None:
         """Stop reconciling; with ``stop_clusters_on_shutdown`` fail and stop every cluster."""
         if self.settings.stop_clusters_on_shutdown:
-            active = [c for c in self.live.values() if not c.status.is_done]
-            for c in active:
-                await self.stop_cluster(c, failed=True, message="The gateway shut down")
+            active = self.live_clusters()
+            # Their targets in one write, not one each: thousands may run, and each write
+            # would come before the stops themselves begin.
+            stopping = [c for c in active if c.is_active]
+            try:
+                if stopping:
+                    await self.store.update_clusters(
+                        stopping, target=JobStatus.FAILED, message="The gateway shut down"
+                    )
+            except StoreUnavailable:
+                self.log.warning(
+                    "Could not record the stop of %d clusters: the database is unavailable",
+                    len(stopping),
+                )
+                active = [c for c in active if not c.is_active]  # those already stopping
+            else:
+                for c in stopping:
+                    self._abandon_start((CLUSTER, c.name))
+                    self.queue.put((CLUSTER, c.name))
             await self._until_ended(active, timeout=60)
         self.queue.close()
         for t in self._tasks:
