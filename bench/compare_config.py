@@ -2,7 +2,7 @@
 # only traits both document, so the two runs differ by the server alone. Each server runs
 # schedulers and workers with the `dask` command of its own environment.
 # Set by compare.py: BENCH_HOME, BENCH_PORT, BENCH_PASSWORD, BENCH_DB_KEY, BENCH_FAKE (0/1),
-# BENCH_DEFAULT_CMDS (0/1).
+# BENCH_DEFAULT_CMDS (0/1), BENCH_FAKE_DEFAULT_PERIODS (0/1).
 import os
 import sys
 
@@ -46,4 +46,5 @@ if os.environ.get("BENCH_FAKE") == "1":
     sys.path.insert(0, tests)
     c.DaskGateway.backend_class = "support.fake_backend.FakeBackend"
     c.DBBackendBase.cluster_heartbeat_timeout = 24 * 3600
-    c.DBBackendBase.cluster_status_period = 3600
+    if os.environ.get("BENCH_FAKE_DEFAULT_PERIODS") != "1":  # many_clusters.py: defaults
+        c.DBBackendBase.cluster_status_period = 3600

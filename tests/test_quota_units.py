@@ -67,6 +67,9 @@ class FakeReconciler:
     def clusters_of(self, name: str) -> list[Cluster]:
         return [c for c in self.clusters.values() if c.username == name]
 
+    def live_clusters(self) -> list[Cluster]:
+        return [c for c in self.clusters.values() if not c.status.is_done]
+
     async def stop_cluster(self, cluster, failed=False, message="", requested="") -> None:
         self.stopped.append((cluster.name, requested))
         cluster.target = JobStatus.STOPPED

@@ -455,8 +455,9 @@ class DaskGateway(Application):
     def _count_limit(self, cluster) -> int | tuple[int, str] | None:
         """The most workers ``cluster`` may have: the user's limits, or a used-up quota's
         cap (the count it has, ``when_exhausted = "no-new-workers"``), whichever is lower."""
+        # Called on every heartbeat: the owner's clusters only, not everyone's.
         limit = self.limits.max_count(
-            self.limits.owner(cluster), self.reconciler.clusters.values(), cluster
+            self.limits.owner(cluster), self.reconciler.clusters_of(cluster.username), cluster
         )
         cap = self.quotas.cap(cluster)
         if cap is not None and (limit is None or cap[0] < limit):
@@ -496,6 +497,8 @@ class DaskGateway(Application):
             level = logging.WARNING
         else:
             level = logging.ERROR
+        if not self.log.isEnabledFor(level):  # the polls, mostly: no need to format them
+            return
         self.log.log(
             level,
             "%d %s %s %.1fms",

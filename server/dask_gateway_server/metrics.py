@@ -136,7 +136,10 @@ class _StateCollector:
         self.reconciler = reconciler
 
     def collect(self):
-        clusters = Tally(c.model_status.name for c in self.reconciler.clusters.values())
+        # The ended clusters (most of them on a busy gateway) are counted as they end.
+        # (One whose final status is being written is still live: counted once, here.)
+        clusters = Tally(self.reconciler.ended_counts)
+        clusters.update(c.model_status.name for c in list(self.reconciler.live.values()))
         family = GaugeMetricFamily(
             "dask_gateway_clusters", "Clusters by status.", labels=["status"]
         )
@@ -145,7 +148,7 @@ class _StateCollector:
         yield family
         workers = Tally(
             w.status.name
-            for c in self.reconciler.clusters.values()
+            for c in self.reconciler.live_clusters()
             for w in c.workers.values()
             if not w.status.is_done
         )

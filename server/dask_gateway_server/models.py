@@ -69,6 +69,34 @@ class User:
         return self.admin or self.name == cluster.username
 
 
+class Flag:
+    """What ``asyncio.Event`` offers a cluster (set, is_set, wait), but the event, with
+    its queue of waiters, is made only when someone waits before it is set: a gateway keeps
+    thousands of ended clusters, whose flags are set and never waited for."""
+
+    __slots__ = ("_set", "_event")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: asyncio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+            self._event = None  # the waiters are woken; nobody needs it any more
+
+    async def wait(self) -> bool:
+        if not self._set:
+            if self._event is None:
+                self._event = asyncio.Event()
+            await self._event.wait()
+        return True
+
+
 @dataclass(eq=False)
 class Worker:
     name: str
@@ -117,8 +145,8 @@ class Cluster:
     workers: dict[str, Worker] = field(default_factory=dict)
     last_heartbeat: float = 0.0
     worker_start_failures: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)  # RUNNING, or ended
-    ended: asyncio.Event = field(default_factory=asyncio.Event)  # final status written
+    ready: Flag = field(default_factory=Flag)  # RUNNING, or ended
+    ended: Flag = field(default_factory=Flag)  # final status written
     _json: tuple[tuple, str] | None = field(default=None, repr=False)
 
     @property

@@ -517,7 +517,7 @@ class UsageQuotas(Configurable):
             self._caps.clear()
             return
         caps: dict[str, str] = {}
-        for cluster in list(self.reconciler.clusters.values()):
+        for cluster in self.reconciler.live_clusters():
             if not cluster.is_active:
                 continue
             owner = self.owner(cluster)

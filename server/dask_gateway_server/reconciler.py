@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -120,6 +121,12 @@ class Reconciler:
         self.by_token: dict[str, Cluster] = {}
         # Listing a user's clusters must not cost more with every other user's clusters.
         self.by_user: dict[str, dict[str, Cluster]] = {}
+        # The clusters not yet ended: what the timers, the metrics and the quota checks go
+        # through. Ended ones stay in ``clusters`` for ``db_cluster_max_age`` (a day by
+        # default: thousands on a busy gateway) and must cost nothing meanwhile; only their
+        # number by final status is kept for the metrics.
+        self.live: dict[str, Cluster] = {}
+        self.ended_counts: Counter[str] = Counter()
         self.queue: WorkQueue[Key] = WorkQueue()
         self._failures: dict[Key, int] = {}
         self.stop_attempts = STOP_ATTEMPTS
@@ -188,9 +195,25 @@ class Reconciler:
     async def stop(self) -> None:
         """Stop reconciling; with ``stop_clusters_on_shutdown`` fail and stop every cluster."""
         if self.settings.stop_clusters_on_shutdown:
-            active = [c for c in self.clusters.values() if not c.status.is_done]
-            for c in active:
-                await self.stop_cluster(c, failed=True, message="The gateway shut down")
+            active = self.live_clusters()
+            # Their targets in one write, not one each: thousands may run, and each write
+            # would come before the stops themselves begin.
+            stopping = [c for c in active if c.is_active]
+            try:
+                if stopping:
+                    await self.store.update_clusters(
+                        stopping, target=JobStatus.FAILED, message="The gateway shut down"
+                    )
+            except StoreUnavailable:
+                self.log.warning(
+                    "Could not record the stop of %d clusters: the database is unavailable",
+                    len(stopping),
+                )
+                active = [c for c in active if not c.is_active]  # those already stopping
+            else:
+                for c in stopping:
+                    self._abandon_start((CLUSTER, c.name))
+                    self.queue.put((CLUSTER, c.name))
             await self._until_ended(active, timeout=60)
         self.queue.close()
         for t in self._tasks:
@@ -210,16 +233,35 @@ class Reconciler:
         self.clusters[cluster.name] = cluster
         self.by_token[cluster.token] = cluster
         self.by_user.setdefault(cluster.username, {})[cluster.name] = cluster
+        if cluster.status.is_done:
+            self.ended_counts[cluster.status.name] += 1
+        else:
+            self.live[cluster.name] = cluster
+
+    def _ended(self, cluster: Cluster) -> None:
+        """``cluster``'s final status is recorded: no timer looks at it any more."""
+        if self.live.pop(cluster.name, None) is not None:
+            self.ended_counts[cluster.status.name] += 1
 
     def _forget(self, name: str) -> None:
         cluster = self.clusters.pop(name, None)
         self._first_heartbeats.pop(name, None)
         if cluster is not None:
+            if self.live.pop(name, None) is None and cluster.status.is_done:
+                self.ended_counts[cluster.status.name] -= 1
+                if self.ended_counts[cluster.status.name] <= 0:
+                    del self.ended_counts[cluster.status.name]
             self.by_token.pop(cluster.token, None)
             mine = self.by_user.get(cluster.username, {})
             mine.pop(name, None)
             if not mine:
                 self.by_user.pop(cluster.username, None)
+
+    def live_clusters(self) -> list[Cluster]:
+        """The clusters not yet ended (a copy: the caller may await while going through
+        it). One whose final status is being written is skipped, and stays until the write
+        succeeded (a failed one is undone, and retried)."""
+        return [c for c in self.live.values() if not c.status.is_done]
 
     def clusters_of(self, username: str) -> list[Cluster]:
         return list(self.by_user.get(username, {}).values())
@@ -760,6 +802,7 @@ class Reconciler:
         await self.store.update_cluster(
             cluster, status=cluster.target, stop_time=stop_time, release=stop_time, **changes
         )
+        self._ended(cluster)
         if cluster.status == JobStatus.FAILED:
             await self.events.record(
                 cluster, "failed", cluster.message or "The cluster failed", detail=details
@@ -970,7 +1013,7 @@ class Reconciler:
         s = self.settings
         now_wall = now_ms()
         now = time.monotonic()
-        for cluster in list(self.clusters.values()):
+        for cluster in self.live_clusters():
             if not cluster.is_active or cluster.status.is_done:
                 continue
             lifetime = cluster.config.get("max_lifetime") or 0
@@ -1036,7 +1079,7 @@ class Reconciler:
     async def _check_clusters(self) -> None:
         clusters = [
             c
-            for c in self.clusters.values()
+            for c in self.live_clusters()
             if c.is_active and c.status in (JobStatus.SUBMITTED, JobStatus.RUNNING)
         ]
         if not clusters:
@@ -1064,7 +1107,7 @@ class Reconciler:
                 )
 
     async def _check_workers(self) -> None:
-        for cluster in list(self.clusters.values()):
+        for cluster in self.live_clusters():
             if not cluster.is_active or cluster.status != JobStatus.RUNNING:
                 continue
             starting = [

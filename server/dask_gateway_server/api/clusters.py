@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 
 from traitlets import TraitError
 
@@ -55,11 +56,13 @@ class ClustersHandler(BaseHandler):
         all_users = _bool_arg(self.get_query_argument("all", None))
         if all_users and not user.admin:
             raise APIError(403, f"User {user.name} is not an admin: ?all=1 is for admins")
-        clusters = (
-            self.reconciler.clusters.values()
-            if all_users
-            else self.reconciler.clusters_of(user.name)
-        )
+        clusters: list[Cluster] | Iterable[Cluster]
+        if not all_users:
+            clusters = self.reconciler.clusters_of(user.name)
+        elif statuses is None:  # the active ones only: not the thousands that ended
+            clusters = self.reconciler.live_clusters()
+        else:
+            clusters = self.reconciler.clusters.values()
         parts = []
         for cluster in clusters:
             if statuses is None:
@@ -87,7 +90,11 @@ class ClustersHandler(BaseHandler):
         except (ValueError, TypeError, TraitError, KeyError) as e:
             raise APIError(422, str(e)) from None
         try:
-            self.limits.check(self.current_user, self.reconciler.clusters.values(), config=config)
+            self.limits.check(
+                self.current_user,
+                self.reconciler.clusters_of(self.current_user.name),
+                config=config,
+            )
         except LimitExceeded as e:
             raise APIError(422, str(e)) from None
         try:
@@ -203,7 +210,7 @@ class ScaleHandler(BaseHandler):
         try:
             self.limits.check(
                 self.limits.owner(cluster),
-                self.reconciler.clusters.values(),
+                self.reconciler.clusters_of(cluster.username),
                 changed=cluster,
                 count=count,
             )
@@ -263,7 +270,7 @@ class AdaptHandler(ScaleHandler):
                 )
             minimum, maximum = new_min, new_max
         user_max = self.limits.max_count(
-            self.limits.owner(cluster), self.reconciler.clusters.values(), cluster
+            self.limits.owner(cluster), self.reconciler.clusters_of(cluster.username), cluster
         )
         if user_max is not None and (maximum is None or maximum > user_max):
             msg = (

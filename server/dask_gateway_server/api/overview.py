@@ -65,10 +65,15 @@ class OverviewHandler(BaseHandler):
                 raise APIError(
                     403, f"User {user.name} is not an admin: only their own clusters are shown"
                 )
-        if all_users or (owner is not None and owner != user.name):
-            clusters: list[Cluster] = list(self.reconciler.clusters.values())
-        else:
+        clusters: list[Cluster]
+        if owner is not None:
+            clusters = self.reconciler.clusters_of(owner)
+        elif not all_users:
             clusters = self.reconciler.clusters_of(user.name)
+        elif statuses is None:  # the active ones only: not the thousands that ended
+            clusters = self.reconciler.live_clusters()
+        else:
+            clusters = list(self.reconciler.clusters.values())
         out = []
         for cluster in clusters:
             if owner is not None and cluster.username != owner:
