@@ -1248,8 +1248,11 @@ class SlurmBackend(DBBackendBase):
         self._told.pop(job_id, None)
 
     async def _cancel(self, username: str, job_id: str) -> None:
-        """scancel ``job_id``; concurrent cancellations share one scancel call."""
-        prefix = tuple(self._user_prefix(username)) if os.geteuid() != 0 else ()
+        """scancel ``job_id`` as the jobs' user, even when the gateway is root: job ids come
+        from the launcher, a process of that user (who may ptrace it and change its answer),
+        so Slurm itself must refuse to cancel another user's job under a forged id.
+        Concurrent cancellations (of one user) share one scancel call."""
+        prefix = tuple(self._user_prefix(username))
         key = " ".join(prefix)
         batcher = self._cancel_batchers.get(key)
         if batcher is None:
