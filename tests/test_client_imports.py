@@ -64,9 +64,12 @@ def test_no_import_cycles():
 
 
 def test_import_dask_gateway_loads_no_widgets():
-    """The lazy imports above are lazy: importing the package (client, options and all) loads
-    neither our widgets nor ipywidgets."""
-    code = "import sys, json, dask_gateway; print(json.dumps(sorted(sys.modules)))"
+    """The lazy imports above are lazy: importing the package and its client (``Gateway``,
+    imported on first use) loads neither our widgets nor ipywidgets."""
+    code = (
+        "import sys, json, dask_gateway; dask_gateway.Gateway; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = json.loads(out.stdout)
     assert "dask_gateway.client" in loaded and "dask_gateway.options" in loaded

@@ -43,6 +43,7 @@ def slurm_jobs(cluster_name: str, states: str = ACTIVE) -> list[dict]:
         [
             "squeue",
             "--noheader",
+            "--array",  # a pending job array's tasks one by one
             f"--states={states}",
             f"--user={USER}",
             "--format=%i|%j|%k|%u|%T|%C|%m|%r",
@@ -347,13 +348,21 @@ def process_names(pids: list[int]) -> list[str]:
 
 def job_of(pid: int) -> str:
     """The job ``pid`` is the batch script of (it was exec'd): its parent is "slurmstepd:
-    [JOB.batch]"."""
+    [JOB.batch]", JOB being Slurm's unique id; as squeue names it (``ARRAY_TASK`` for a task
+    of a job array: scancel ignores a task's unique id unless it is the array's own)."""
     stat = Path(f"/proc/{pid}/stat").read_bytes()
     parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
     title = Path(f"/proc/{parent}/cmdline").read_bytes().decode(errors="replace")
     m = re.search(r"slurmstepd: \[(\d+)\.batch\]", title)
     assert m, title
-    return m.group(1)
+    out = subprocess.run(
+        ["squeue", "--noheader", "--array", f"--user={USER}", "--format=%A|%i"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = dict(line.split("|") for line in out.split())
+    return names[m.group(1)]
 
 
 def test_jobs_end_at_once_after_scancel_and_shutdown(slurm, slurm_gateway):

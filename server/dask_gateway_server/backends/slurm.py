@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from traitlets import Enum, Float, List, Type, Unicode, default
+from traitlets import Bool, Enum, Float, List, Type, Unicode, default
 
 from ..addresses import (
     AddressNotYetKnown,
@@ -116,6 +116,12 @@ PENDING_REASONS = {
 #: Seconds the launcher gets beyond ``command_timeout``: its own start and clean answer.
 LAUNCHER_MARGIN = 5.0
 
+#: Seconds the first of a burst of worker starts waits for the rest (see _Batcher.gather).
+WORKER_GATHER = 0.02
+
+#: Seconds the first of a burst of cancellations (a cluster's shutdown) waits for the rest.
+CANCEL_GATHER = 0.01
+
 #: scancel complaints that mean "nothing left to cancel".
 _BENIGN_SCANCEL = ("already completing or completed", "Invalid job id", "Job has finished")
 
@@ -127,9 +133,15 @@ _BENIGN_SCANCEL = ("already completing or completed", "Invalid job id", "Job has
 #: fails the parse and the process is skipped, so scancel never signals it, the job stays
 #: COMPLETING until the process ends by itself, and the node's resources stay held. Every
 #: title is kept, in ps; only the thread name loses its spaces ("dask-scheduler").
+#: Once the module is done (its main returned or called sys.exit, e.g. after SIGTERM from
+#: scancel), the process runs its atexit handlers (logging's flush among them), flushes its
+#: output and ends with os._exit: the interpreter's own teardown (joining idle pool threads,
+#: freeing every module) takes a dask worker or scheduler most of a second more, and Slurm
+#: counts a job ending until its last process is gone. (A worker's scratch directory left
+#: behind is purged by the next worker on that node, as after any killed worker.)
 #: Standard library only (setproctitle if the environment has it).
 JOB_BOOTSTRAP = """\
-import runpy, sys
+import atexit, os, runpy, sys
 try:
     import setproctitle as spt
 except ImportError:
@@ -145,7 +157,23 @@ if spt is not None:
             ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
     spt.setproctitle = _title
 del sys.argv[0]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as e:
+    code = e.code
+if code is not None and not isinstance(code, int):
+    print(code, file=sys.stderr)
+    code = 1
+try:
+    atexit._run_exitfuncs()
+finally:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code or 0)
 """
 
 
@@ -229,7 +257,7 @@ class _Batcher:
     """Calls ``fn(items)`` once for all items that arrive while a previous call runs.
 
     A burst of requests (twenty workers to start) becomes one call, with no added delay for a
-    lone request. ``fn`` returns one result per item: a value, or an exception to raise.
+    lone request (but ``gather``). ``fn`` returns one result per item: a value, or an exception to raise.
     Callers that give up (cancelled) don't stop the call; ``on_abandoned`` gets their results.
     """
 
@@ -237,9 +265,13 @@ class _Batcher:
         self,
         fn: Callable[[list], Awaitable[list]],
         on_abandoned: Callable[[Any], object] | None = None,
+        gather: float = 0.0,
     ) -> None:
         self.fn = fn
         self.on_abandoned = on_abandoned
+        #: Seconds a first request waits for more (while more keep coming, up to 5 times
+        #: that): a burst the reconciler sends over several store writes is one call.
+        self.gather = gather
         self.pending: list[tuple[Any, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
 
@@ -251,6 +283,12 @@ class _Batcher:
         return await fut
 
     async def _drain(self) -> None:
+        if self.gather > 0:
+            deadline = time.monotonic() + 5 * self.gather
+            seen = -1
+            while len(self.pending) != seen and time.monotonic() < deadline:
+                seen = len(self.pending)
+                await asyncio.sleep(self.gather)
         while self.pending:
             batch, self.pending = self.pending, []
             try:
@@ -328,6 +366,14 @@ class SlurmBackend(DBBackendBase):
     partition_cache_ttl = Float(
         60,
         help="Seconds the list of Slurm partitions (to check options) is reused.",
+        config=True,
+    )
+
+    worker_job_arrays = Bool(
+        True,
+        help="Submit workers started together (a scale-up) as one Slurm job array: one "
+        "sbatch, and Slurm starts all the tasks in one scheduling pass. Each task is still "
+        "its own job to Slurm (its own resources, cancelled on its own). False: one job each.",
         config=True,
     )
 
@@ -511,9 +557,33 @@ class SlurmBackend(DBBackendBase):
         lines.append("exec " + shlex.join(cmd))
         return "\n".join(lines) + "\n"
 
+    def _array_script(
+        self, exports: dict[str, str], setup: str, commands: list[list[str]], logs: list[str]
+    ) -> str:
+        """The script of a job array: task i writes its output to ``logs[i]`` and runs
+        ``commands[i]`` (after the shared exports and setup)."""
+        lines = ["#!/bin/bash", "# Submitted by dask-gateway."]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
+        lines.append('case "${SLURM_ARRAY_TASK_ID:-}" in')
+        lines += [f"{i}) exec >>{shlex.quote(log)} 2>&1 ;;" for i, log in enumerate(logs)]
+        lines += ["*) echo 'not a task of this job array' >&2; exit 1 ;;", "esac"]
+        if setup.strip():
+            lines.append(setup.rstrip())
+        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+        lines += [f"{i}) exec {shlex.join(cmd)} ;;" for i, cmd in enumerate(commands)]
+        lines.append("esac")
+        return "\n".join(lines) + "\n"
+
     def _sbatch_args(
-        self, cluster: Cluster, config: SlurmClusterConfig, role: str, staging: str, log_name: str
+        self,
+        cluster: Cluster,
+        config: SlurmClusterConfig,
+        role: str,
+        staging: str,
+        log_name: str | None,
     ) -> list[str]:
+        """sbatch's options for a job of ``role``; its output goes to ``log_name`` in the
+        staging directory (None: nowhere, the job script redirects it)."""
         if role == "scheduler":
             cores, memory = config.scheduler_cores, config.scheduler_memory
             time_limit, extra = config.scheduler_time_limit, config.scheduler_sbatch_options
@@ -524,7 +594,7 @@ class SlurmBackend(DBBackendBase):
             f"--job-name={self.job_name_prefix}-{role}",
             f"--comment={cluster.name}",
             f"--chdir={staging}",
-            f"--output={os.path.join(staging, log_name)}",
+            f"--output={os.path.join(staging, log_name) if log_name else '/dev/null'}",
             "--nodes=1",
             "--ntasks=1",
             f"--cpus-per-task={cores}",
@@ -579,6 +649,7 @@ class SlurmBackend(DBBackendBase):
                 self.squeue,
                 "--noheader",
                 "--states=all",
+                "--array",  # a pending job array's tasks one by one, not "ID_[0-9]"
                 "--jobs=" + ",".join(ids),
                 "--format=%i|%T|%r|%N",
             ],
@@ -785,6 +856,7 @@ class SlurmBackend(DBBackendBase):
         job_id = cluster.state.get("job_id")
         if not job_id:
             raise AddressNotYetKnown("the scheduler's Slurm job is not submitted yet")
+        started = time.monotonic()
         node = await self._job_node(job_id)
         node_ips, here = await self._node_addresses(node)
         loop = asyncio.get_running_loop()
@@ -798,6 +870,13 @@ class SlurmBackend(DBBackendBase):
             pids = await self._job_pids(job_id)
         await loop.run_in_executor(
             None, self._confirm_addresses, addresses, job_id, node, node_ips, here, uid, pids
+        )
+        self.log.info(
+            "Confirmed the scheduler's addresses: Slurm job %s on node %s (%.0f ms)",
+            job_id,
+            node,
+            1000 * (time.monotonic() - started),
+            extra=about(cluster),
         )
 
     async def _job_pids(self, job_id: str) -> set[int]:
@@ -1074,6 +1153,7 @@ class SlurmBackend(DBBackendBase):
                 lambda job_id: asyncio.ensure_future(
                     self._cancel_quietly(cluster.username, job_id)
                 ),
+                gather=WORKER_GATHER,
             )
         job_id = await batcher.submit(worker)
         self._tracked.add(job_id)
@@ -1087,23 +1167,34 @@ class SlurmBackend(DBBackendBase):
         return {"job_id": job_id}
 
     async def _submit_workers(self, cluster: Cluster, workers: list[Worker]) -> list:
-        """Submit one job per worker with one launcher run; a job id or an error each."""
+        """Submit the workers with one launcher run: one job for a lone worker, else one job
+        array (one sbatch, and Slurm starts all its tasks in one scheduling pass); a job id
+        (``ARRAY_TASK`` for array tasks) or an error each."""
         config = self.cluster_config(cluster)
         staging = cluster.state.get("staging_dir") or await self._staging_dir(cluster, config)
         exports = self._exports(cluster, config, staging, "worker")
-        jobs = [
-            {
-                "script": self._script(
-                    exports,
-                    config.worker_setup,
-                    named_for_slurm(self.worker_command(cluster, config, w)),
-                ),
-                "args": self._sbatch_args(
-                    cluster, config, "worker", staging, f"worker-{w.name}.log"
-                ),
-            }
-            for w in workers
-        ]
+        commands = [named_for_slurm(self.worker_command(cluster, config, w)) for w in workers]
+        if len(workers) == 1 or not self.worker_job_arrays:
+            jobs = [
+                {
+                    "script": self._script(exports, config.worker_setup, cmd),
+                    "args": self._sbatch_args(
+                        cluster, config, "worker", staging, f"worker-{w.name}.log"
+                    ),
+                }
+                for w, cmd in zip(workers, commands, strict=True)
+            ]
+        else:
+            logs = [os.path.join(staging, f"worker-{w.name}.log") for w in workers]
+            jobs = [
+                {
+                    "script": self._array_script(exports, config.worker_setup, commands, logs),
+                    "args": [
+                        *self._sbatch_args(cluster, config, "worker", staging, None),
+                        f"--array=0-{len(workers) - 1}",
+                    ],
+                }
+            ]
         answer = await self._launch(
             cluster.username,
             {
@@ -1114,9 +1205,13 @@ class SlurmBackend(DBBackendBase):
                 "jobs": jobs,
             },
         )
-        return [
-            r["job_id"] if "job_id" in r else RuntimeError(r["error"]) for r in answer["results"]
-        ]
+        results = answer["results"]
+        if len(jobs) != len(workers):  # one array
+            (result,) = results
+            if "error" in result:
+                return [RuntimeError(result["error"])] * len(workers)
+            return [f"{result['job_id']}_{i}" for i in range(len(workers))]
+        return [r["job_id"] if "job_id" in r else RuntimeError(r["error"]) for r in results]
 
     async def stop_worker(self, cluster: Cluster, worker: Worker) -> None:
         job_id = worker.state.get("job_id")
@@ -1153,13 +1248,16 @@ class SlurmBackend(DBBackendBase):
         self._told.pop(job_id, None)
 
     async def _cancel(self, username: str, job_id: str) -> None:
-        """scancel ``job_id``; concurrent cancellations share one scancel call."""
-        prefix = tuple(self._user_prefix(username)) if os.geteuid() != 0 else ()
+        """scancel ``job_id`` as the jobs' user, even when the gateway is root: job ids come
+        from the launcher, a process of that user (who may ptrace it and change its answer),
+        so Slurm itself must refuse to cancel another user's job under a forged id.
+        Concurrent cancellations (of one user) share one scancel call."""
+        prefix = tuple(self._user_prefix(username))
         key = " ".join(prefix)
         batcher = self._cancel_batchers.get(key)
         if batcher is None:
             batcher = self._cancel_batchers[key] = _Batcher(
-                lambda ids: self._scancel(list(prefix), ids)
+                lambda ids: self._scancel(list(prefix), ids), gather=CANCEL_GATHER
             )
         await batcher.submit(job_id)
 
