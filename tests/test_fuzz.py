@@ -99,7 +99,10 @@ def test_worker_counts_beyond_what_the_store_holds_are_refused(fresh_gateway):
     gw = fresh_gateway(["--ClusterConfig.cluster_max_workers=None"])
     gw.start(timeout=120)  # a busy machine starts it slowly
     name = create(gw, ALICE)
-    model = call("GET", f"{gw.address}/api/v1/clusters/{name}?wait=1", headers=ALICE).json()
+    for _ in range(10):  # ?wait holds each call until a change (bounded): a slow start
+        model = call("GET", f"{gw.address}/api/v1/clusters/{name}?wait=1", headers=ALICE).json()
+        if model["status"] != "PENDING":
+            break
     assert model["status"] == "RUNNING"
     url = f"{gw.address}/api/v1/clusters/{name}"
     huge = 2**63
