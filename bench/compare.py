@@ -47,7 +47,10 @@ PAIRED = "{mb} MB {way}: proxy / direct, paired by round, median of {n} (%)"
 
 
 class Server:
-    """One gateway started as an admin would: ``dask-gateway-server -f compare_config.py``."""
+    """One gateway started as an admin would: ``dask-gateway-server -f compare_config.py``
+    (another bench's subclass: its own ``config``, ``environment`` and ``after_stop``)."""
+
+    config = CONFIG
 
     def __init__(
         self,
@@ -85,11 +88,12 @@ class Server:
             BENCH_DB_KEY=Fernet.generate_key().decode(),
             BENCH_FAKE="1" if self.fake else "0",
             BENCH_DEFAULT_CMDS="1" if self.default_cmds else "0",
+            **self.environment(),
         )
         env.pop("VIRTUAL_ENV", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [*self.command, "-f", str(CONFIG)],
+                [*self.command, "-f", str(self.config)],
                 cwd=self.home,
                 env=env,
                 stdout=log,
@@ -118,6 +122,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+            self.after_stop()
+
+    def environment(self) -> dict[str, str]:
+        """More of the server's environment (its config reads them)."""
+        return {}
+
+    def after_stop(self) -> None:
+        """Clear what the server left (it has stopped)."""
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

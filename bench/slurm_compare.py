@@ -29,12 +29,10 @@ Runs as root, as a Slurm gateway does (it submits as each user); the public back
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pwd
 import re
 import shutil
-import signal
 import stat
 import statistics
 import subprocess
@@ -42,14 +40,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import compare  # bench/compare.py: its Server
 from support.gateway_process import free_port  # the test suite's helpers (tests/support)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,74 +206,24 @@ def open_for_others(paths: list[str]) -> list[tuple[str, int]]:
     return changed
 
 
-class Server:
+class Server(compare.Server):
     """One gateway started as an admin would: ``dask-gateway-server -f slurm_compare_config.py``."""
 
+    config = CONFIG
+
     def __init__(self, label: str, server_bin: Path, home: Path, users: list[str], default_cmds):
-        self.label = label
-        self.server_bin = server_bin
-        self.home = home
+        super().__init__(label, server_bin, home, default_cmds=default_cmds)
         self.users = users
-        self.default_cmds = default_cmds
-        self.port = free_port()
-        self.api_port = free_port()
-        self.address = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "server.log"
-        self.proc: subprocess.Popen | None = None
+        self.api_port = free_port()  # Slurm jobs report to the private API port
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Server]:
-        from cryptography.fernet import Fernet
+    def environment(self) -> dict[str, str]:
+        return {"BENCH_API_PORT": str(self.api_port)}
 
-        self.home.mkdir(parents=True, exist_ok=True)
-        env = dict(
-            os.environ,
-            BENCH_HOME=str(self.home),
-            BENCH_PORT=str(self.port),
-            BENCH_API_PORT=str(self.api_port),
-            BENCH_PASSWORD=PASSWORD,
-            BENCH_DB_KEY=Fernet.generate_key().decode(),
-            BENCH_DEFAULT_CMDS="1" if self.default_cmds else "0",
-        )
-        env.pop("VIRTUAL_ENV", None)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(self.server_bin), "-f", str(CONFIG)],
-                cwd=self.home,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.label} server exited:\n{self.log_tail()}")
-                try:
-                    with urllib.request.urlopen(self.address + "/api/health", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{self.label} server not up:\n{self.log_tail()}"
-                        ) from None
-                    time.sleep(0.1)
-            yield self
-        finally:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            for user in self.users:
-                subprocess.run(["scancel", f"--user={user}"], capture_output=True)
+    def after_stop(self) -> None:
+        for user in self.users:
+            subprocess.run(["scancel", f"--user={user}"], capture_output=True)
 
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def gateway(self, user: str):
+    def gateway(self, user: str):  # type: ignore[override]  # every user here has a name
         from dask_gateway import BasicAuth, Gateway
 
         return Gateway(self.address, auth=BasicAuth(user, PASSWORD))
