@@ -33,7 +33,6 @@ import os
 import pwd
 import re
 import shutil
-import stat
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import compare  # bench/compare.py: its Server
 from support.gateway_process import free_port  # the test suite's helpers (tests/support)
+from support.slurm_user import open_for_others
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "slurm_compare_config.py"
@@ -190,20 +190,6 @@ def ensure_users(names: list[str]) -> list[str]:
             )
             created.append(name)
     return created
-
-
-def open_for_others(paths: list[str]) -> list[tuple[str, int]]:
-    """Let other users traverse to the environments the jobs run from."""
-    changed = []
-    for path in paths:
-        parts = Path(os.path.realpath(path)).parts
-        for i in range(1, len(parts)):
-            d = os.path.join(*parts[:i])
-            mode = os.stat(d).st_mode
-            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-                os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
-                changed.append((d, stat.S_IMODE(mode)))
-    return changed
 
 
 class Server(compare.Server):

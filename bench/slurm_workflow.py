@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import signal
-import stat
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import workflow  # bench/workflow.py: starting a gateway
 from support.gateway_process import free_port  # tests/support, on sys.path through workflow
+from support.slurm_user import open_for_others
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "configs" / "slurm_gateway_config.py"
@@ -39,20 +39,6 @@ def start_gateway(data_dir: str) -> tuple[subprocess.Popen, str]:
         [f"--DaskGateway.address=127.0.0.1:{free_port()}"],
         log=os.path.join(data_dir, "gateway.log"),
     )
-
-
-def open_for_others(paths: list[str]) -> list[tuple[str, int]]:
-    """Let other users traverse to our Python (e.g. /root/.pyenv under a 0700 /root)."""
-    changed = []
-    for path in paths:
-        parts = Path(os.path.realpath(path)).parts
-        for i in range(1, len(parts)):
-            d = os.path.join(*parts[:i])
-            mode = os.stat(d).st_mode
-            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-                os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
-                changed.append((d, stat.S_IMODE(mode)))
-    return changed
 
 
 def cluster_jobs(user: str, name: str) -> list[str]:

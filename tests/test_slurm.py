@@ -26,6 +26,7 @@ import pytest
 from support import waiting
 from support.gateway_process import GatewayProcess, free_port
 from support.paths import CONFIGS, ROOT
+from support.slurm_user import open_for_others
 
 CONFIG = CONFIGS / "slurm_gateway_config.py"
 START_SLURM = ROOT / "scripts" / "services" / "start-slurm.sh"
@@ -137,21 +138,6 @@ def slurm(request):
         restart_slurm(DEFAULT_PROCTRACK)
 
 
-def _open_for_others(paths: list[str]) -> list[tuple[str, int]]:
-    """Give others search (x) permission on the directories above ``paths`` that lack it
-    (e.g. /root when Python lives under /root/.pyenv); returns what to restore."""
-    changed = []
-    for path in paths:
-        parts = Path(os.path.realpath(path)).parts
-        for i in range(1, len(parts)):
-            d = os.path.join(*parts[:i])
-            mode = os.stat(d).st_mode
-            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-                os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
-                changed.append((d, stat.S_IMODE(mode)))
-    return changed
-
-
 @pytest.fixture(scope="module")
 def slurm_user(slurm):
     """A non-root user who can run the project's Python; removed afterwards."""
@@ -166,7 +152,7 @@ def slurm_user(slurm):
 
     import dask_gateway
 
-    restore = _open_for_others(
+    restore = open_for_others(
         [sys.executable, sys.prefix, dask_gateway.__file__, distributed.__file__]
     )
     try:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def user_jobs(user: str) -> list[str]:
@@ -40,3 +42,19 @@ def slurm_test_user(user: str) -> Iterator[pwd.struct_passwd]:
             while user_jobs(user) and time.monotonic() < end:
                 time.sleep(0.2)
             subprocess.run(["userdel", "--remove", user], capture_output=True)
+
+
+def open_for_others(paths: list[str]) -> list[tuple[str, int]]:
+    """Give others search (x) permission on the directories above ``paths`` that lack it
+    (e.g. /root when Python lives under /root/.pyenv), so jobs run as another user reach
+    them; returns the (directory, mode) pairs to restore."""
+    changed = []
+    for path in paths:
+        parts = Path(os.path.realpath(path)).parts
+        for i in range(1, len(parts)):
+            d = os.path.join(*parts[:i])
+            mode = os.stat(d).st_mode
+            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+                os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append((d, stat.S_IMODE(mode)))
+    return changed
