@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -151,33 +152,24 @@ class DashboardGuard(httputil.HTTPServerConnectionDelegate):
         self.inner.on_close(server_conn)
 
 
-class _GuardedRequest(httputil.HTTPMessageDelegate):
-    """One request: passed on to the application once its headers carry the key."""
+class _PassedOn(httputil.HTTPMessageDelegate):
+    """One request of a wrapper in front of the scheduler's HTTP application: what the
+    wrapper lets through goes to the application's own delegate (``self.delegate``)."""
 
     def __init__(
-        self, guard: DashboardGuard, server_conn: object, request_conn: httputil.HTTPConnection
+        self,
+        inner: httputil.HTTPServerConnectionDelegate,
+        server_conn: object,
+        request_conn: httputil.HTTPConnection,
     ) -> None:
-        self.guard = guard
+        self.inner = inner
         self.server_conn = server_conn
         self.request_conn = request_conn
         self.delegate: httputil.HTTPMessageDelegate | None = None
 
-    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
-        given = headers.get(DASHBOARD_KEY_HEADER, "").encode("latin-1", "replace")
-        if hmac.compare_digest(given, self.guard.key):
-            self.delegate = self.guard.inner.start_request(self.server_conn, self.request_conn)
-            return self.delegate.headers_received(start_line, headers)
-        body = json.dumps({"error": "This dashboard is reached through the Dask Gateway"})
-        data = body.encode()
-        self.request_conn.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", 403, "Forbidden"),
-            httputil.HTTPHeaders(
-                {"Content-Type": "application/json", "Content-Length": str(len(data))}
-            ),
-        )
-        self.request_conn.write(data)
-        self.request_conn.finish()  # tornado drops any body and closes after it
-        return None
+    def pass_on(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        self.delegate = self.inner.start_request(self.server_conn, self.request_conn)
+        return self.delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Any:
         if self.delegate is not None:
@@ -193,6 +185,32 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
             self.delegate.on_connection_close()
 
 
+class _GuardedRequest(_PassedOn):
+    """One request: passed on to the application once its headers carry the key."""
+
+    def __init__(
+        self, guard: DashboardGuard, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> None:
+        super().__init__(guard.inner, server_conn, request_conn)
+        self.guard = guard
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        given = headers.get(DASHBOARD_KEY_HEADER, "").encode("latin-1", "replace")
+        if hmac.compare_digest(given, self.guard.key):
+            return self.pass_on(start_line, headers)
+        body = json.dumps({"error": "This dashboard is reached through the Dask Gateway"})
+        data = body.encode()
+        self.request_conn.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", 403, "Forbidden"),
+            httputil.HTTPHeaders(
+                {"Content-Type": "application/json", "Content-Length": str(len(data))}
+            ),
+        )
+        self.request_conn.write(data)
+        self.request_conn.finish()  # tornado drops any body and closes after it
+        return None
+
+
 def guard_dashboard(scheduler: Any, token: str) -> bool:
     """Require the dashboard key on every request of the scheduler's HTTP server; False
     if it has none (or an unexpected one, left as it is)."""
@@ -204,6 +222,91 @@ def guard_dashboard(scheduler: Any, token: str) -> bool:
         return False
     if not isinstance(app, DashboardGuard):
         server.request_callback = DashboardGuard(app, dashboard_key(token))
+    return True
+
+
+# ---------------------------------------------------------------------------
+# The dashboard, loaded when first asked for
+# ---------------------------------------------------------------------------
+
+DASHBOARD_MODULE = "distributed.dashboard.scheduler"
+
+
+class DashboardOnDemand(httputil.HTTPServerConnectionDelegate):
+    """Put in front of the HTTP server of a scheduler started with ``--no-dashboard``: the
+    first request loads and connects the Bokeh dashboard (about 0.9 s of CPU and 18 MB a
+    scheduler nobody looks at never spends, and a cluster is RUNNING that much sooner);
+    requests wait for it, then go on as usual."""
+
+    def __init__(self, inner: httputil.HTTPServerConnectionDelegate, scheduler: Any) -> None:
+        self.inner = inner
+        self.scheduler = scheduler
+        self.loaded = False
+        self._loading: asyncio.Future[None] | None = None
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        if self.loaded:
+            return self.inner.start_request(server_conn, request_conn)
+        return _OnDemandRequest(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.inner.on_close(server_conn)
+
+    async def load(self) -> None:
+        """Load the dashboard once (concurrent callers share the one load)."""
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:  # the import in a thread: the scheduler keeps serving meanwhile
+            module = await loop.run_in_executor(None, importlib.import_module, DASHBOARD_MODULE)
+            module.connect(
+                self.scheduler.http_application, self.scheduler.http_server, self.scheduler
+            )
+        except Exception as e:  # bokeh missing or broken: distributed's own pages still work
+            logger.warning("dask-gateway: the dashboard could not be loaded: %s", e)
+        else:
+            logger.info("dask-gateway: dashboard loaded in %.2f s", time.monotonic() - started)
+        self.loaded = True
+
+
+class _OnDemandRequest(_PassedOn):
+    """One request that arrived before the dashboard was loaded: waits for the load."""
+
+    def __init__(
+        self,
+        owner: DashboardOnDemand,
+        server_conn: object,
+        request_conn: httputil.HTTPConnection,
+    ) -> None:
+        super().__init__(owner.inner, server_conn, request_conn)
+        self.owner = owner
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        return self._after_load(start_line, headers)  # tornado awaits it before the body
+
+    async def _after_load(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
+        await self.owner.load()
+        result = self.pass_on(start_line, headers)
+        if result is not None:
+            await result
+
+
+def dashboard_on_demand(scheduler: Any) -> bool:
+    """Load the dashboard at the first request of the scheduler's HTTP server; False if
+    the scheduler has no HTTP server, or a dashboard already."""
+    server = getattr(scheduler, "http_server", None)
+    app = getattr(server, "request_callback", None)
+    if not isinstance(app, httputil.HTTPServerConnectionDelegate):
+        return False
+    if any(type(a).__name__ == "BokehTornado" for a in getattr(app, "applications", [])):
+        return False
+    server.request_callback = DashboardOnDemand(app, scheduler)  # type: ignore[union-attr]
     return True
 
 
@@ -938,6 +1041,12 @@ def _subscribe_worker_status_handler(
     show_default=True,
     help="Stop the cluster this many seconds after the client that owned it died; 0 disables.",
 )
+@click.option(
+    "--dg-dashboard-on-demand",
+    is_flag=True,
+    default=False,
+    help="Load the dashboard at its first request (start the scheduler with --no-dashboard).",
+)
 async def dask_setup(
     scheduler: Any,
     dg_api_address: str,
@@ -945,6 +1054,7 @@ async def dask_setup(
     dg_adaptive_period: float,
     dg_idle_timeout: float,
     dg_orphan_timeout: float = 0.0,
+    dg_dashboard_on_demand: bool = False,
 ) -> None:
     """Start the gateway service inside the scheduler (called by distributed)."""
     config = GatewayConfig.from_env(
@@ -964,6 +1074,8 @@ async def dask_setup(
         return Status.dont_reply
 
     scheduler.handlers["dask_gateway_lease"] = dask_gateway_lease
+    if dg_dashboard_on_demand and not dashboard_on_demand(scheduler):
+        logger.info("dask-gateway: the dashboard loads at start (it was not turned off)")
     if config.dashboard_auth and not guard_dashboard(scheduler, config.api_token):
         logger.warning("dask-gateway: no HTTP server to protect with the dashboard key")
     await service.start()

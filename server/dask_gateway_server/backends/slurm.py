@@ -857,14 +857,10 @@ class SlurmBackend(DBBackendBase):
         if not job_id:
             raise AddressNotYetKnown("the scheduler's Slurm job is not submitted yet")
         started = time.monotonic()
-        node = await self._job_node(job_id)
-        node_ips, here = await self._node_addresses(node)
         loop = asyncio.get_running_loop()
-        if self._user_prefix(cluster.username):
-            entry = await loop.run_in_executor(None, pwd.getpwnam, cluster.username)
-            uid = entry.pw_uid
-        else:  # jobs run as the gateway's user
-            uid = os.getuid()
+        uid = await loop.run_in_executor(None, self._jobs_uid, cluster.username)
+        node = await self._job_node(job_id, uid)
+        node_ips, here = await self._node_addresses(node)
         pids: set[int] | None = None
         if here and (uid == os.getuid() or os.geteuid() == 0):
             pids = await self._job_pids(job_id)
@@ -898,10 +894,12 @@ class SlurmBackend(DBBackendBase):
             if line.split() and line.split()[0].isdigit()
         }
 
-    async def _job_node(self, job_id: str) -> str:
+    async def _job_node(self, job_id: str, uid: int) -> str:
         """The node running the job's batch script (the scheduler); raises
-        AddressNotYetKnown while the job does not run. (squeue's fixed fields, not scontrol's
-        text, where a user may rename their job to anything.)"""
+        AddressNotYetKnown while the job does not run, and AddressRefused if the job is not
+        ``uid``'s: its id came from the launcher, a process of the user, who can change what
+        it answers. (squeue's fixed fields, not scontrol's text, where a user may rename
+        their job to anything.)"""
         try:
             code, out, err = await self._run(
                 [
@@ -909,19 +907,24 @@ class SlurmBackend(DBBackendBase):
                     "--noheader",
                     "--states=all",
                     f"--jobs={job_id}",
-                    "--format=%i|%T|%B",
+                    "--format=%i|%T|%B|%U",
                 ],
                 what="squeue",
             )
         except RuntimeError as e:  # squeue timed out or is missing
             raise AddressNotYetKnown(str(e)) from None
         rows = [line.strip().split("|") for line in out.splitlines()]
-        rows = [r for r in rows if len(r) == 3 and r[0] == job_id]
+        rows = [r for r in rows if len(r) == 4 and r[0] == job_id]
         if code != 0 or not rows:
             raise AddressNotYetKnown(
                 f"Slurm does not list the scheduler's job {job_id}: {err.strip() or out.strip()}"
             )
-        _, state, node = rows[0]
+        _, state, node, owner = rows[0]
+        if owner != str(uid):
+            raise AddressRefused(
+                f"Slurm job {job_id} is not a job of the cluster's user (uid {uid}): "
+                f"Slurm says it is uid {owner}'s"
+            )
         if state != "RUNNING" or not node or node in ("n/a", "(null)"):
             raise AddressNotYetKnown(f"the scheduler's Slurm job {job_id} is not running ({state})")
         return node
