@@ -17,6 +17,12 @@ Reusable by any test that needs a browser on JupyterLab (widgets, the sidebar, .
   ``executable_path`` (no ``playwright install``: no download is needed or possible).
 
 Both stop what they started, by process id, in ``stop()``/``close()`` and on ``with`` exit.
+
+The set-up the browser tests share lives here too: ``code_notebook``/``write_code_notebook``
+(an .ipynb of code cells), ``slow_heartbeat_gateway`` (a test's own gateway), ``gateway_env``
+and ``gateway_lab`` (a JupyterLab whose kernels use it), ``user_client`` and
+``user_client_stopping_clusters`` (a user's client, and clean-up), ``user_lab_fixtures``,
+``wait_gateway``.
 """
 
 from __future__ import annotations
@@ -33,12 +39,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+import pytest
 from support.chromium import CHROMIUM, CHROMIUM_ARGS
-from support.gateway_process import free_port
+from support.gateway_process import CONFIG, GatewayProcess, _kill_leftovers, free_port
+
+if TYPE_CHECKING:
+    from dask_gateway import Gateway
 
 #: JupyterLab user settings every test wants: no news/update toasts covering the page,
 #: and every cell kept rendered (windowing would hide off-screen outputs from locators).
@@ -373,3 +385,136 @@ class LabBrowser:
             locator.scroll_into_view_if_needed()
             locator.screenshot(path=str(path))
         return path
+
+
+# -- notebooks
+
+
+def code_notebook(*sources: str) -> dict[str, Any]:
+    """An .ipynb document (nbformat 4.5, the ``python3`` kernel) with one code cell per
+    source, none run yet: what a test serves to JupyterLab to open and run."""
+    return {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"cell{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+            for i, source in enumerate(sources)
+        ],
+        "metadata": {
+            "kernelspec": {
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+                "name": "python3",
+            }
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def write_code_notebook(path: Path, *sources: str) -> Path:
+    """Write ``code_notebook(*sources)`` to ``path``."""
+    path.write_text(json.dumps(code_notebook(*sources)))
+    return path
+
+
+# -- a gateway, and JupyterLab on it
+
+#: The shared test config fails a cluster after 4 s without a heartbeat; a scheduler busy
+#: rendering its dashboard, on a busy machine, can stay silent longer.
+SLOW_HEARTBEAT = "--LocalBackend.cluster_heartbeat_timeout=60"
+
+
+@contextmanager
+def slow_heartbeat_gateway(
+    data_dir: Path, extra_args: Sequence[str] = (), config: Path = CONFIG
+) -> Iterator[GatewayProcess]:
+    """A started gateway of the test's own, patient with heartbeats (``SLOW_HEARTBEAT``);
+    on exit it is stopped and any scheduler or worker it left is killed."""
+    gw = GatewayProcess(data_dir, [SLOW_HEARTBEAT, *extra_args], config=config)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+        _kill_leftovers(gw.data_dir)
+
+
+def gateway_env(address: str, user: str | None = None) -> dict[str, str]:
+    """The dask config, as environment, for a JupyterLab (its server extension and kernels)
+    to use the gateway at ``address`` with basic auth, as ``user`` when given."""
+    env = {"DASK_GATEWAY__ADDRESS": address, "DASK_GATEWAY__AUTH__TYPE": "basic"}
+    if user is not None:
+        env["DASK_GATEWAY__AUTH__KWARGS__USERNAME"] = user
+    return env
+
+
+def gateway_lab(tmp_path: Path, address: str, user: str | None = None, **kwargs: Any) -> JupyterLab:
+    """A JupyterLab (not started) serving a new ``tmp_path / "notebooks"``, with its scratch
+    dirs in ``tmp_path / "lab"`` and ``gateway_env(address, user)``; ``kwargs`` go to
+    ``JupyterLab``."""
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    return JupyterLab(root, tmp_path / "lab", env=gateway_env(address, user), **kwargs)
+
+
+def user_client(gateway: GatewayProcess, user: str) -> Gateway:
+    """``user``'s client of the gateway (basic auth), as their notebook would have it."""
+    from dask_gateway.auth import BasicAuth
+
+    return gateway.new_gateway(auth=BasicAuth(user))
+
+
+@contextmanager
+def user_client_stopping_clusters(gateway: GatewayProcess, user: str) -> Iterator[Gateway]:
+    """``user_client``; on exit, every cluster of ``user``'s is stopped and it is closed."""
+    client = user_client(gateway, user)
+    try:
+        yield client
+    finally:
+        try:
+            for report in client.list_clusters():
+                client.stop_cluster(report.name)
+        finally:
+            client.close()
+
+
+def stop_user_clusters(gateway: GatewayProcess, user: str) -> None:
+    """Stop every cluster of ``user``'s (a test's clean-up)."""
+    with user_client_stopping_clusters(gateway, user):
+        pass
+
+
+def user_lab_fixtures(user: str) -> tuple[Any, Any]:
+    """The fixtures ``client_gateway`` (``user``'s client in the test; their clusters stopped
+    after it) and ``lab`` (a running ``gateway_lab`` as ``user``), both on the test module's
+    ``gateway`` fixture. Bind them in the module: ``client_gateway, lab = user_lab_fixtures(USER)``.
+    """
+
+    @pytest.fixture
+    def client_gateway(gateway: GatewayProcess) -> Iterator[Gateway]:
+        with user_client_stopping_clusters(gateway, user) as client:
+            yield client
+
+    @pytest.fixture
+    def lab(gateway: GatewayProcess, tmp_path: Path) -> Iterator[JupyterLab]:
+        with gateway_lab(tmp_path, gateway.address, user) as server:
+            yield server
+
+    return client_gateway, lab
+
+
+def wait_gateway(predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll the gateway (not the page) until ``predicate()`` holds; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"the gateway never showed {what}")
