@@ -13,8 +13,7 @@ import re
 import time
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from jupyterlab_harness import LabBrowser, slow_heartbeat_gateway, user_lab_fixtures
 from support.paths import ROOT
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -59,47 +58,12 @@ CANVAS_DRAWN = """() => {
 
 @pytest.fixture
 def gateway(tmp_path):
-    gw = GatewayProcess(tmp_path / "gateway", ["--LocalBackend.cluster_heartbeat_timeout=60"])
-    try:
-        gw.start()
+    with slow_heartbeat_gateway(tmp_path / "gateway") as gw:
         yield gw
-    finally:
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
 
 
-@pytest.fixture
-def client_gateway(gateway):
-    """The user's gateway client in the test (as their notebook would use it)."""
-    from dask_gateway.auth import BasicAuth
-
-    gw = gateway.new_gateway(auth=BasicAuth(USER))
-    try:
-        yield gw
-    finally:
-        for report in gw.list_clusters():
-            gw.stop_cluster(report.name)
-        gw.close()
-
-
-@pytest.fixture
-def lab(gateway, tmp_path):
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    server = JupyterLab(
-        root,
-        tmp_path / "lab",
-        env={
-            "DASK_GATEWAY__ADDRESS": gateway.address,
-            "DASK_GATEWAY__AUTH__TYPE": "basic",
-            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-        },
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+#: The user's gateway client in the test (as their notebook would use it), and their lab.
+client_gateway, lab = user_lab_fixtures(USER)
 
 
 def pane(page, name: str, plot: str):

@@ -13,8 +13,15 @@ import json
 from pathlib import Path
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from jupyterlab_harness import (
+    JupyterLab,
+    LabBrowser,
+    gateway_env,
+    slow_heartbeat_gateway,
+    stop_user_clusters,
+    user_client,
+    write_code_notebook,
+)
 from support.paths import ROOT
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -30,54 +37,10 @@ MAKE_CLUSTER = (
 )
 
 
-def notebook(*sources: str) -> dict:
-    return {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "id": f"cell{i}",
-                "metadata": {},
-                "outputs": [],
-                "source": source,
-            }
-            for i, source in enumerate(sources)
-        ],
-        "metadata": {
-            "kernelspec": {
-                "display_name": "Python 3 (ipykernel)",
-                "language": "python",
-                "name": "python3",
-            }
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-
-
-def user_gateway(gateway):
-    from dask_gateway.auth import BasicAuth
-
-    return gateway.new_gateway(auth=BasicAuth(USER))
-
-
 @pytest.fixture
 def gateway(tmp_path):
-    gw = GatewayProcess(tmp_path / "gateway", ["--LocalBackend.cluster_heartbeat_timeout=60"])
-    try:
-        gw.start()
+    with slow_heartbeat_gateway(tmp_path / "gateway") as gw:
         yield gw
-    finally:
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-
-
-def lab_env(gateway) -> dict[str, str]:
-    return {
-        "DASK_GATEWAY__ADDRESS": gateway.address,
-        "DASK_GATEWAY__AUTH__TYPE": "basic",
-        "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-    }
 
 
 @pytest.fixture
@@ -85,22 +48,15 @@ def root(tmp_path) -> Path:
     root = tmp_path / "notebooks"
     root.mkdir()
     for name in ("first.ipynb", "second.ipynb"):
-        (root / name).write_text(json.dumps(notebook(MAKE_CLUSTER)))
+        write_code_notebook(root / name, MAKE_CLUSTER)
     return root
 
 
 @pytest.fixture
 def lab(gateway, root, tmp_path):
-    server = JupyterLab(root, tmp_path / "lab", env=lab_env(gateway))
-    server.start()
-    yield server
-    server.stop()
-    gw = user_gateway(gateway)
-    try:
-        for report in gw.list_clusters():
-            gw.stop_cluster(report.name)
-    finally:
-        gw.close()
+    with JupyterLab(root, tmp_path / "lab", env=gateway_env(gateway.address, USER)) as server:
+        yield server
+    stop_user_clusters(gateway, USER)
 
 
 # -- driving JupyterLab
@@ -192,7 +148,7 @@ def test_sidebar_follows_the_notebooks_cluster(gateway, lab, root):
     from playwright.sync_api import expect
 
     # A cluster made elsewhere (another process), for a cell to connect to.
-    gw = user_gateway(gateway)
+    gw = user_client(gateway, USER)
     try:
         elsewhere = gw.new_cluster(shutdown_on_close=False)
         other = elsewhere.name
@@ -272,7 +228,7 @@ def test_cell_stays_clean_without_our_lab_extension(gateway, root, tmp_path, ser
         if server_extension
         else ['--ServerApp.jpserver_extensions={"dask_gateway_jupyter": False}']
     )
-    server = JupyterLab(root, scratch, env=lab_env(gateway), extra_args=extra)
+    server = JupyterLab(root, scratch, env=gateway_env(gateway.address, USER), extra_args=extra)
     server.start()
     try:
         with LabBrowser(server, SCREENSHOTS) as browser:
@@ -294,9 +250,4 @@ def test_cell_stays_clean_without_our_lab_extension(gateway, root, tmp_path, ser
             assert state.split() == (["1", "0"] if server_extension else ["None", "0"])
     finally:
         server.stop()
-        gw = user_gateway(gateway)
-        try:
-            for report in gw.list_clusters():
-                gw.stop_cluster(report.name)
-        finally:
-            gw.close()
+        stop_user_clusters(gateway, USER)

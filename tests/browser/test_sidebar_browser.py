@@ -7,84 +7,41 @@ way a user would: open the sidebar, fill in the form, click the buttons. Screens
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from jupyterlab_harness import (
+    LabBrowser,
+    gateway_lab,
+    slow_heartbeat_gateway,
+    stop_user_clusters,
+    user_client_stopping_clusters,
+    wait_gateway,
+    write_code_notebook,
+)
 from support.paths import ROOT
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 USER = "sidebar-user"
 SIDEBAR = "#dask-gateway-sidebar"
 
-EMPTY_NOTEBOOK = {
-    "cells": [
-        {
-            "cell_type": "code",
-            "execution_count": None,
-            "id": "first",
-            "metadata": {},
-            "outputs": [],
-            "source": [],
-        }
-    ],
-    "metadata": {
-        "kernelspec": {
-            "display_name": "Python 3 (ipykernel)",
-            "language": "python",
-            "name": "python3",
-        }
-    },
-    "nbformat": 4,
-    "nbformat_minor": 5,
-}
-
-
-def user_gateway(gateway):
-    from dask_gateway.auth import BasicAuth
-
-    return gateway.new_gateway(auth=BasicAuth(USER))
-
 
 @pytest.fixture
 def gateway(tmp_path):
     """A gateway of this test's own: the shared test config fails a cluster after 4 s
     without a heartbeat, and rendering its dashboard can hold a busy scheduler longer."""
-    gw = GatewayProcess(tmp_path / "gateway", ["--LocalBackend.cluster_heartbeat_timeout=60"])
-    try:
-        gw.start()
+    with slow_heartbeat_gateway(tmp_path / "gateway") as gw:
         yield gw
-    finally:
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
 
 
 @pytest.fixture
 def lab(gateway, tmp_path):
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    (root / "analysis.ipynb").write_text(json.dumps(EMPTY_NOTEBOOK))
-    server = JupyterLab(
-        root,
-        tmp_path / "lab",
-        env={
-            "DASK_GATEWAY__ADDRESS": gateway.address,
-            "DASK_GATEWAY__AUTH__TYPE": "basic",
-            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-        },
-    )
-    server.start()
-    yield server
-    server.stop()
-    gw = user_gateway(gateway)
-    try:
-        for report in gw.list_clusters():
-            gw.stop_cluster(report.name)
-    finally:
-        gw.close()
+    server = gateway_lab(tmp_path, gateway.address, USER)
+    write_code_notebook(server.root_dir / "analysis.ipynb", "")
+    with server:
+        yield server
+    stop_user_clusters(gateway, USER)
 
 
 def is_list_request(r) -> bool:
@@ -288,17 +245,8 @@ def test_sidebar_shows_gateway_errors(tmp_path):
     from support.gateway_process import free_port
 
     port = free_port()
-    root = tmp_path / "notebooks"
-    root.mkdir()
     with (
-        JupyterLab(
-            root,
-            tmp_path / "lab",
-            env={
-                "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{port}",
-                "DASK_GATEWAY__AUTH__TYPE": "basic",
-            },
-        ) as lab,
+        gateway_lab(tmp_path, f"http://127.0.0.1:{port}") as lab,
         LabBrowser(lab, SCREENSHOTS) as browser,
     ):
         browser.goto("/lab", reset="")
@@ -335,24 +283,12 @@ DASK_GATEWAY_COMMANDS = {
 }
 
 
-def wait_gateway(predicate, what: str, timeout: float = 60):
-    """Poll the gateway (not the page) until ``predicate()`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"the gateway never showed {what}")
-
-
 @pytest.mark.timeout(600)
 def test_sidebar_actions_are_commands(gateway, lab):
     """The palette and a row's context menu run the sidebar's actions on the gateway."""
     from playwright.sync_api import expect
 
-    gw = user_gateway(gateway)
-    try:
+    with user_client_stopping_clusters(gateway, USER) as gw:
         name = gw.submit(worker_cores=1, worker_memory=0.25)
         other = gw.submit(worker_cores=1, worker_memory=0.25)
         with LabBrowser(lab, SCREENSHOTS, viewport=(1400, 1000)) as browser:
@@ -427,7 +363,3 @@ def test_sidebar_actions_are_commands(gateway, lab):
 
             ours = [e for e in browser.console_errors if "dask-gateway" in e]
             assert ours == [], ours
-    finally:
-        for report in gw.list_clusters():
-            gw.stop_cluster(report.name)
-        gw.close()

@@ -12,8 +12,8 @@ import re
 
 import pytest
 import test_sidebar_browser as base
-from jupyterlab_harness import LabBrowser
-from test_sidebar_browser import SCREENSHOTS, SIDEBAR, cluster_row, user_gateway
+from jupyterlab_harness import LabBrowser, user_client
+from test_sidebar_browser import SCREENSHOTS, SIDEBAR, USER, cluster_row
 
 # The sidebar test's fixtures: a gateway of the test's own, a JupyterLab using it.
 gateway = base.gateway
@@ -57,7 +57,7 @@ def kind_of(entry: tuple[str, str], name: str) -> str:
 def test_scale_shows_in_the_row_without_a_poll(gateway, lab):
     from playwright.sync_api import expect
 
-    with user_gateway(gateway) as gw:
+    with user_client(gateway, USER) as gw:
         name = gw.submit()  # made from Python: the sidebar learns of it by its events
     with LabBrowser(lab, SCREENSHOTS, viewport=(1400, 1000)) as browser:
         page = browser.page

@@ -10,8 +10,7 @@ import logging
 import re
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from jupyterlab_harness import LabBrowser, slow_heartbeat_gateway, user_lab_fixtures
 from support.paths import CONFIGS, ROOT
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -32,52 +31,15 @@ def gateway(tmp_path, gate, monkeypatch):
     """A gateway whose "no-distributed" environment starts a scheduler that cannot import
     distributed, and whose "gated" one a scheduler that waits for ``gate`` (and a patient
     heartbeat timeout: the machine may be busy)."""
-    gw = GatewayProcess(
-        tmp_path / "gateway",
-        ["--LocalBackend.cluster_heartbeat_timeout=60"],
-        config=CONFIGS / "broken_env_gateway_config.py",
-    )
     monkeypatch.setenv("DGJ_SCHEDULER_GATE", str(gate))
-    try:
-        gw.start()
+    with slow_heartbeat_gateway(
+        tmp_path / "gateway", config=CONFIGS / "broken_env_gateway_config.py"
+    ) as gw:
         yield gw
-    finally:
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
 
 
-@pytest.fixture
-def client_gateway(gateway):
-    """The user's gateway client in the test (as their notebook would use it)."""
-    from dask_gateway.auth import BasicAuth
-
-    gw = gateway.new_gateway(auth=BasicAuth(USER))
-    try:
-        yield gw
-    finally:
-        for report in gw.list_clusters():
-            gw.stop_cluster(report.name)
-        gw.close()
-
-
-@pytest.fixture
-def lab(gateway, tmp_path):
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    server = JupyterLab(
-        root,
-        tmp_path / "lab",
-        env={
-            "DASK_GATEWAY__ADDRESS": gateway.address,
-            "DASK_GATEWAY__AUTH__TYPE": "basic",
-            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-        },
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+#: The user's gateway client in the test (as their notebook would use it), and their lab.
+client_gateway, lab = user_lab_fixtures(USER)
 
 
 def cluster_row(page, name: str):
