@@ -15,14 +15,22 @@ Screenshots go to ``test-artifacts/screenshots/``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import time
 import urllib.request
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from jupyterlab_harness import (
+    JupyterLab,
+    LabBrowser,
+    gateway_lab,
+    slow_heartbeat_gateway,
+    stop_user_clusters,
+    user_client,
+)
+from jupyterlab_harness import wait_gateway as patient_wait_gateway
+from support.gateway_process import GatewayProcess
 from support.paths import CONFIGS, ROOT
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -53,7 +61,6 @@ ALL_USERS_LABEL = "Show Every User’s Clusters"
 CONFIG = """
 load_subconfig(GATEWAY_CONFIG)
 c.Authenticator.admin_users = {ADMIN}
-c.LocalBackend.cluster_heartbeat_timeout = 60
 """
 
 
@@ -65,52 +72,23 @@ def gateway(tmp_path_factory):
         f"GATEWAY_CONFIG = {str(CONFIGS / 'gateway_config.py')!r}\n"
         f"ADMIN, ALICE, BOB = {ADMIN!r}, {ALICE!r}, {BOB!r}\n{CONFIG}"
     )
-    gw = GatewayProcess(root / "gateway", config=config)
-    try:
-        gw.start()
+    with slow_heartbeat_gateway(root / "gateway", config=config) as gw:
         yield gw
-    finally:
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
-
-
-def client(gateway: GatewayProcess, user: str):
-    from dask_gateway.auth import BasicAuth
-
-    return gateway.new_gateway(auth=BasicAuth(user))
 
 
 def stop_all(gateway: GatewayProcess) -> None:
     for user in (ALICE, BOB):
-        with client(gateway, user) as gw:
-            for report in gw.list_clusters():
-                gw.stop_cluster(report.name)
+        stop_user_clusters(gateway, user)
 
 
 def lab_for(gateway: GatewayProcess, user: str, tmp_path, settings: dict | None = None):
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    return JupyterLab(
-        root,
-        tmp_path / "lab",
-        env={
-            "DASK_GATEWAY__ADDRESS": gateway.address,
-            "DASK_GATEWAY__AUTH__TYPE": "basic",
-            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": user,
-        },
-        settings={SETTINGS_KEY: settings} if settings else None,
+    return gateway_lab(
+        tmp_path, gateway.address, user, settings={SETTINGS_KEY: settings} if settings else None
     )
 
 
-def wait_gateway(predicate, what: str, timeout: float = 120):
-    """Poll the gateway (not the page) until ``predicate()`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"the gateway never showed {what}")
+#: The harness's ``wait_gateway`` with this module's longer default timeout.
+wait_gateway = functools.partial(patient_wait_gateway, timeout=120)
 
 
 def cluster_row(page, name: str):
@@ -189,7 +167,7 @@ def test_palette_shortcut_and_live_settings(gateway, tmp_path):
     from playwright.sync_api import expect
 
     lab = lab_for(gateway, ALICE, tmp_path, settings={"pollInterval": 3600})
-    alice = client(gateway, ALICE)
+    alice = user_client(gateway, ALICE)
     try:
         name = alice.submit(worker_cores=1, worker_memory=0.25)
         wait_gateway(lambda: alice.get_cluster(name).status.name == "RUNNING", "running")
@@ -287,7 +265,7 @@ def test_admin_switches_to_every_users_clusters(gateway, tmp_path):
     from playwright.sync_api import expect
 
     lab = lab_for(gateway, ADMIN, tmp_path)
-    alice, bob = client(gateway, ALICE), client(gateway, BOB)
+    alice, bob = user_client(gateway, ALICE), user_client(gateway, BOB)
     try:
         alices = alice.submit(worker_cores=1, worker_memory=0.25)
         bobs = bob.submit(worker_cores=1, worker_memory=0.25)

@@ -9,9 +9,9 @@ and run nothing. Screenshots go to ``test-artifacts/screenshots/``.
 from __future__ import annotations
 
 import pytest
+from jupyterlab_harness import slow_heartbeat_gateway
 from playwright.sync_api import expect
 from support.chromium import CHROMIUM, CHROMIUM_ARGS
-from support.gateway_process import GatewayProcess, _kill_leftovers
 from support.http_helpers import basic, call
 from support.paths import CONFIGS, ROOT
 
@@ -31,19 +31,15 @@ HOSTILE_LOG = (
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("console-browser")
-    gw = GatewayProcess(
+    with slow_heartbeat_gateway(
         data_dir,
         [
             f"--SimpleAuthenticator.password={PASSWORD}",
             f"--Authenticator.admin_users={{'{ADMIN}'}}",
-            "--LocalBackend.cluster_heartbeat_timeout=60",
         ],
         config=CONFIGS / "console_gateway_config.py",
-    )
-    gw.start()
-    yield gw
-    gw.stop()
-    _kill_leftovers(data_dir)
+    ) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")

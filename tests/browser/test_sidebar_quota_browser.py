@@ -15,9 +15,15 @@ import re
 import warnings
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
+from jupyterlab_harness import (
+    LabBrowser,
+    gateway_lab,
+    slow_heartbeat_gateway,
+    stop_user_clusters,
+    user_client,
+)
 from support import waiting
-from support.gateway_process import GatewayProcess, _kill_leftovers
+from support.gateway_process import GatewayProcess
 from support.paths import ROOT
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -27,24 +33,10 @@ SIDEBAR_TAB = '.jp-SideBar.jp-mod-left li.lm-TabBar-tab[data-id="dask-gateway-si
 SHARE = 0.85
 
 
-def user_gateway(gateway: GatewayProcess):
-    from dask_gateway.auth import BasicAuth
-
-    return gateway.new_gateway(auth=BasicAuth(USER))
-
-
 @pytest.fixture
 def gateway(tmp_path):
-    gw = GatewayProcess(
-        tmp_path / "gateway",
-        ["--LocalBackend.cluster_heartbeat_timeout=60", "--UsageQuotas.period=month"],
-    )
-    try:
-        gw.start()
+    with slow_heartbeat_gateway(tmp_path / "gateway", ["--UsageQuotas.period=month"]) as gw:
         yield gw
-    finally:
-        gw.stop()
-        _kill_leftovers(gw.data_dir)
 
 
 def run_and_stop_a_cluster(gateway: GatewayProcess) -> dict:
@@ -52,7 +44,7 @@ def run_and_stop_a_cluster(gateway: GatewayProcess) -> dict:
     stopped; the gateway's quota answer once nothing runs any more (the use is fixed)."""
     from dask_gateway import GatewayWarning
 
-    with user_gateway(gateway) as gw:
+    with user_client(gateway, USER) as gw:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GatewayWarning)
             cluster = gw.new_cluster(worker_cores=2, worker_memory=0.5)
@@ -110,24 +102,14 @@ def test_usage_section_warns_then_turns_red(gateway, tmp_path):
         "--UsageQuotas.memory_gib_hours=1000",
     ]
     gateway.start()
-    with user_gateway(gateway) as gw:
+    with user_client(gateway, USER) as gw:
         quota = gw.quota()
     assert quota["state"] == "warning", quota
     assert quota["use"] == before["use"]
     core = next(q for q in quota["quotas"] if q["kind"] == "core_hours")
     assert core["share"] == pytest.approx(SHARE, abs=0.01)
 
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    lab = JupyterLab(
-        root,
-        tmp_path / "lab",
-        env={
-            "DASK_GATEWAY__ADDRESS": gateway.address,
-            "DASK_GATEWAY__AUTH__TYPE": "basic",
-            "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-        },
-    )
+    lab = gateway_lab(tmp_path, gateway.address, USER)
     try:
         with lab, LabBrowser(lab, SCREENSHOTS, viewport=(1400, 1000)) as browser:
             page = browser.page
@@ -171,7 +153,7 @@ def test_usage_section_warns_then_turns_red(gateway, tmp_path):
             form.locator('button[type="submit"]').click()
             row = sidebar.locator("li.dgj-Cluster:not(.dgj-mod-ended)")
             expect(row.locator(".dgj-Cluster-status")).to_have_text("RUNNING", timeout=120_000)
-            with user_gateway(gateway) as gw:
+            with user_client(gateway, USER) as gw:
                 used_up = waiting.wait_for(
                     lambda: (q := gw.quota())["state"] == "exhausted" and q,
                     timeout=300,
@@ -193,6 +175,4 @@ def test_usage_section_warns_then_turns_red(gateway, tmp_path):
             ours = [e for e in browser.console_errors if "dask-gateway" in e]
             assert ours == [], ours
     finally:
-        with user_gateway(gateway) as gw:
-            for report in gw.list_clusters():
-                gw.stop_cluster(report.name)
+        stop_user_clusters(gateway, USER)

@@ -11,7 +11,7 @@ import functools
 import shutil
 
 import pytest
-from jupyterlab_harness import JupyterLab, LabBrowser
+from jupyterlab_harness import LabBrowser, gateway_lab
 from support import waiting
 from support.paths import ROOT
 
@@ -24,17 +24,8 @@ wait_for = functools.partial(waiting.wait_for, timeout=90, interval=0.2)
 
 @pytest.fixture
 def lab(gateway, tmp_path):
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)  # autosave must not touch the repo copy
-    server = JupyterLab(
-        root,
-        tmp_path / "lab",
-        env={
-            "DASK_GATEWAY__ADDRESS": gateway.address,
-            "DASK_GATEWAY__AUTH__TYPE": "basic",
-        },
-    )
+    server = gateway_lab(tmp_path, gateway.address)
+    shutil.copy(NOTEBOOK, server.root_dir / NOTEBOOK.name)  # autosave must not touch the repo copy
     server.start()
     yield server
     server.stop()
