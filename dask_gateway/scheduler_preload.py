@@ -39,6 +39,7 @@ import click
 from distributed.comm.addressing import get_address_host
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.http.utils import get_handlers
 from distributed.scheduler import WorkerStatusPlugin
 from tornado import httpserver, httputil, netutil, web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -230,6 +231,7 @@ def guard_dashboard(scheduler: Any, token: str) -> bool:
 # ---------------------------------------------------------------------------
 
 DASHBOARD_MODULE = "distributed.dashboard.scheduler"
+MISSING_BOKEH_MODULE = "distributed.http.scheduler.missing_bokeh"
 
 
 class DashboardOnDemand(httputil.HTTPServerConnectionDelegate):
@@ -263,12 +265,14 @@ class DashboardOnDemand(httputil.HTTPServerConnectionDelegate):
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        app = self.scheduler.http_application
         try:  # the import in a thread: the scheduler keeps serving meanwhile
             module = await loop.run_in_executor(None, importlib.import_module, DASHBOARD_MODULE)
-            module.connect(
-                self.scheduler.http_application, self.scheduler.http_server, self.scheduler
-            )
-        except Exception as e:  # bokeh missing or broken: distributed's own pages still work
+            module.connect(app, self.scheduler.http_server, self.scheduler)
+        except ImportError as e:  # no bokeh: distributed's own page saying so, as at start
+            logger.warning("dask-gateway: no dashboard: %s", e)
+            app.add_handlers(".*", get_handlers(self.scheduler, [MISSING_BOKEH_MODULE]))
+        except Exception as e:  # broken: distributed's own pages still work
             logger.warning("dask-gateway: the dashboard could not be loaded: %s", e)
         else:
             logger.info("dask-gateway: dashboard loaded in %.2f s", time.monotonic() - started)

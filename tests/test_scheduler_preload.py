@@ -549,3 +549,25 @@ async def test_dashboard_on_demand_loads_at_the_first_request(gateway, procs, ht
         "websocket": 101,
     }, allowed
     assert log.read_text().count("dashboard loaded") == 1
+
+
+async def test_dashboard_on_demand_without_bokeh_says_so(gateway, procs, http, tmp_path):
+    """In an environment without bokeh, the dashboard loaded on demand is distributed's own
+    page naming what to install (as a scheduler started with its dashboard shows), not a
+    404 or an error."""
+    shadow = tmp_path / "no-bokeh"
+    (shadow / "bokeh").mkdir(parents=True)
+    (shadow / "bokeh" / "__init__.py").write_text("raise ImportError('No module named bokeh')\n")
+    _, log = start_scheduler(
+        procs,
+        gateway,
+        tmp_path,
+        "--no-dashboard",
+        "--dg-dashboard-on-demand",
+        env={"PYTHONPATH": str(shadow)},
+    )
+    _, first = await wait_first_heartbeat(gateway, log)
+    r = await http.fetch(first["dashboard_address"] + "/status", raise_error=False)
+    assert r.code == 200 and b"Dask needs bokeh" in r.body, (r.code, r.body[:300])
+    health = await http.fetch(first["dashboard_address"] + "/health", raise_error=False)
+    assert health.code == 200
