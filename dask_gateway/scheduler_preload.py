@@ -11,6 +11,8 @@ Loaded with ``dask-scheduler --preload dask_gateway.scheduler_preload``. It
 * with ``DASK_GATEWAY_DASHBOARD_AUTH`` set (by our gateway), refuses every request to the
   scheduler's HTTP server (dashboard pages, Bokeh's websockets, JSON, metrics) that lacks
   the cluster's dashboard key, which only the gateway's proxy adds.
+* with ``DASK_GATEWAY_DASHBOARD_ON_DEMAND`` set (by our gateway), loads the scheduler's
+  dashboard at its first request rather than at the scheduler's start.
 
 Configuration comes from the preload options below and the environment
 variables ``DASK_GATEWAY_API_URL``, ``DASK_GATEWAY_API_TOKEN`` (the token, or a
@@ -29,7 +31,9 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
+import types
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -232,17 +236,74 @@ def guard_dashboard(scheduler: Any, token: str) -> bool:
 
 DASHBOARD_MODULE = "distributed.dashboard.scheduler"
 MISSING_BOKEH_MODULE = "distributed.http.scheduler.missing_bokeh"
+#: Set (by our gateway) in a scheduler's environment to load its dashboard on demand.
+ON_DEMAND_ENV = "DASK_GATEWAY_DASHBOARD_ON_DEMAND"
+#: Attribute on the scheduler holding the arguments its dashboard is to be connected with.
+DEFERRED_ATTR = "dask_gateway_deferred_dashboard"
+
+
+class _DashboardStandIn(types.ModuleType):
+    """Stands in for distributed's dashboard module while the scheduler is built.
+
+    distributed imports a scheduler's preloads in ``Scheduler.__init__``, just before it
+    imports the dashboard module (Bokeh: about 0.9 s of CPU and 18 MB) and calls its
+    ``connect(application, http_server, scheduler, prefix=...)``. This stand-in's
+    ``connect`` keeps those arguments on the scheduler for ``DashboardOnDemand`` instead,
+    and gives the real module its place back. Nothing of this happens without
+    ``ON_DEMAND_ENV``, so a scheduler started otherwise, or a preload that does not know it
+    (the public dask-gateway's), gets its dashboard at start as always.
+    """
+
+    def __init__(self, package: types.ModuleType) -> None:
+        super().__init__(DASHBOARD_MODULE)
+        self.package = package
+
+    def install(self) -> None:
+        sys.modules[DASHBOARD_MODULE] = self
+        self.package.scheduler = self  # type: ignore[attr-defined]
+
+    def uninstall(self) -> None:
+        if sys.modules.get(DASHBOARD_MODULE) is self:
+            del sys.modules[DASHBOARD_MODULE]
+        if getattr(self.package, "scheduler", None) is self:
+            del self.package.scheduler
+
+    def connect(self, application: Any, http_server: Any, scheduler: Any, **kwargs: Any) -> None:
+        self.uninstall()
+        setattr(scheduler, DEFERRED_ATTR, (application, http_server, kwargs))
+
+
+def _defer_dashboard() -> _DashboardStandIn | None:
+    """Install the stand-in if this scheduler is to load its dashboard on demand and the
+    real module is not imported yet (a fork server's child has it already: nothing to
+    save)."""
+    if not os.environ.get(ON_DEMAND_ENV) or DASHBOARD_MODULE in sys.modules:
+        return None
+    import distributed.dashboard  # an empty package: the stand-in is its ``scheduler``
+
+    stand_in = _DashboardStandIn(distributed.dashboard)
+    stand_in.install()
+    return stand_in
+
+
+_STAND_IN = _defer_dashboard()
 
 
 class DashboardOnDemand(httputil.HTTPServerConnectionDelegate):
-    """Put in front of the HTTP server of a scheduler started with ``--no-dashboard``: the
-    first request loads and connects the Bokeh dashboard (about 0.9 s of CPU and 18 MB a
-    scheduler nobody looks at never spends, and a cluster is RUNNING that much sooner);
-    requests wait for it, then go on as usual."""
+    """Put in front of the HTTP server of a scheduler whose dashboard was deferred: the
+    first request loads and connects the Bokeh dashboard (a scheduler nobody looks at never
+    spends that, and a cluster is RUNNING that much sooner); requests wait for it, then go
+    on as usual."""
 
-    def __init__(self, inner: httputil.HTTPServerConnectionDelegate, scheduler: Any) -> None:
+    def __init__(
+        self,
+        inner: httputil.HTTPServerConnectionDelegate,
+        scheduler: Any,
+        deferred: tuple[Any, Any, dict[str, Any]],
+    ) -> None:
         self.inner = inner
         self.scheduler = scheduler
+        self.deferred = deferred
         self.loaded = False
         self._loading: asyncio.Future[None] | None = None
 
@@ -265,13 +326,15 @@ class DashboardOnDemand(httputil.HTTPServerConnectionDelegate):
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        app = self.scheduler.http_application
+        application, http_server, kwargs = self.deferred
         try:  # the import in a thread: the scheduler keeps serving meanwhile
             module = await loop.run_in_executor(None, importlib.import_module, DASHBOARD_MODULE)
-            module.connect(app, self.scheduler.http_server, self.scheduler)
+            module.connect(application, http_server, self.scheduler, **kwargs)
         except ImportError as e:  # no bokeh: distributed's own page saying so, as at start
             logger.warning("dask-gateway: no dashboard: %s", e)
-            app.add_handlers(".*", get_handlers(self.scheduler, [MISSING_BOKEH_MODULE]))
+            prefix = kwargs.get("prefix", "")
+            routes = get_handlers(self.scheduler, [MISSING_BOKEH_MODULE], prefix)
+            application.add_handlers(".*", routes)
         except Exception as e:  # broken: distributed's own pages still work
             logger.warning("dask-gateway: the dashboard could not be loaded: %s", e)
         else:
@@ -302,15 +365,16 @@ class _OnDemandRequest(_PassedOn):
 
 
 def dashboard_on_demand(scheduler: Any) -> bool:
-    """Load the dashboard at the first request of the scheduler's HTTP server; False if
-    the scheduler has no HTTP server, or a dashboard already."""
+    """If the stand-in deferred this scheduler's dashboard, load it at the first request
+    of the scheduler's HTTP server (True); otherwise leave everything as it is."""
+    if _STAND_IN is not None:
+        _STAND_IN.uninstall()  # its connect was never called (a scheduler without dashboard)
+    deferred = getattr(scheduler, DEFERRED_ATTR, None)
     server = getattr(scheduler, "http_server", None)
     app = getattr(server, "request_callback", None)
-    if not isinstance(app, httputil.HTTPServerConnectionDelegate):
+    if deferred is None or not isinstance(app, httputil.HTTPServerConnectionDelegate):
         return False
-    if any(type(a).__name__ == "BokehTornado" for a in getattr(app, "applications", [])):
-        return False
-    server.request_callback = DashboardOnDemand(app, scheduler)  # type: ignore[union-attr]
+    server.request_callback = DashboardOnDemand(app, scheduler, deferred)  # type: ignore[union-attr]
     return True
 
 
@@ -1045,12 +1109,6 @@ def _subscribe_worker_status_handler(
     show_default=True,
     help="Stop the cluster this many seconds after the client that owned it died; 0 disables.",
 )
-@click.option(
-    "--dg-dashboard-on-demand",
-    is_flag=True,
-    default=False,
-    help="Load the dashboard at its first request (start the scheduler with --no-dashboard).",
-)
 async def dask_setup(
     scheduler: Any,
     dg_api_address: str,
@@ -1058,7 +1116,6 @@ async def dask_setup(
     dg_adaptive_period: float,
     dg_idle_timeout: float,
     dg_orphan_timeout: float = 0.0,
-    dg_dashboard_on_demand: bool = False,
 ) -> None:
     """Start the gateway service inside the scheduler (called by distributed)."""
     config = GatewayConfig.from_env(
@@ -1078,8 +1135,8 @@ async def dask_setup(
         return Status.dont_reply
 
     scheduler.handlers["dask_gateway_lease"] = dask_gateway_lease
-    if dg_dashboard_on_demand and not dashboard_on_demand(scheduler):
-        logger.info("dask-gateway: the dashboard loads at start (it was not turned off)")
+    if dashboard_on_demand(scheduler):
+        logger.info("dask-gateway: the dashboard loads at its first request")
     if config.dashboard_auth and not guard_dashboard(scheduler, config.api_token):
         logger.warning("dask-gateway: no HTTP server to protect with the dashboard key")
     await service.start()

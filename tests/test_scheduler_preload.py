@@ -442,6 +442,19 @@ def test_adapt_scales_up_at_once_and_down_slowly():
     assert counts == [4, 4, 4, 2, 2, 1]
 
 
+#: What ``_dashboard_statuses`` finds on a scheduler's whole dashboard, key given (but the
+#: sitemap, which distributed itself answers with a 500).
+WHOLE_DASHBOARD = {
+    "/status": 200,
+    "/individual-plots.json": 200,
+    "/health": 200,
+    "/info/main/workers.html": 200,
+    "/statics/css/base.css": 200,
+    "/no-such-page": 404,
+    "websocket": 101,
+}
+
+
 async def _dashboard_statuses(http: AsyncHTTPClient, base: str, headers: dict) -> dict:
     """Status of each kind of page of a scheduler's HTTP server, and of Bokeh's websocket."""
     out = {}
@@ -490,15 +503,7 @@ async def test_dashboard_requires_the_key_the_gateway_sends(gateway, procs, http
     assert json.loads(r.body) == {"error": "This dashboard is reached through the Dask Gateway"}
     allowed = await _dashboard_statuses(http, base, {DASHBOARD_KEY_HEADER: dashboard_key(TOKEN)})
     allowed.pop("/sitemap.json")  # distributed's own 500 (KeyError 'path'), key or not
-    assert allowed == {
-        "/status": 200,
-        "/individual-plots.json": 200,
-        "/health": 200,
-        "/info/main/workers.html": 200,
-        "/statics/css/base.css": 200,
-        "/no-such-page": 404,
-        "websocket": 101,
-    }, allowed
+    assert allowed == WHOLE_DASHBOARD, allowed
 
 
 async def test_dashboard_is_open_without_the_gateways_request(gateway, procs, http, tmp_path):
@@ -510,18 +515,17 @@ async def test_dashboard_is_open_without_the_gateways_request(gateway, procs, ht
     assert r.code == 200 and b"bokeh" in r.body.lower()
 
 
+#: What our gateway sets for a scheduler with ``ClusterConfig.dashboard_on_demand`` (the default).
+ON_DEMAND = {"DASK_GATEWAY_DASHBOARD_ON_DEMAND": "1"}
+
+
 async def test_dashboard_on_demand_loads_at_the_first_request(gateway, procs, http, tmp_path):
-    """Started as our gateway starts it (--no-dashboard --dg-dashboard-on-demand), the
-    scheduler reports RUNNING without the Bokeh dashboard; requests refused for lack of the
+    """Started as our gateway starts it (DASK_GATEWAY_DASHBOARD_ON_DEMAND), the scheduler
+    reports RUNNING without the Bokeh dashboard; requests refused for lack of the
     key load nothing; the first allowed requests (several at once) wait for the one load
     and get the whole dashboard: pages, the individual plots' list, Bokeh's websocket."""
     _, log = start_scheduler(
-        procs,
-        gateway,
-        tmp_path,
-        "--no-dashboard",
-        "--dg-dashboard-on-demand",
-        env={"DASK_GATEWAY_DASHBOARD_AUTH": "1"},
+        procs, gateway, tmp_path, env={**ON_DEMAND, "DASK_GATEWAY_DASHBOARD_AUTH": "1"}
     )
     _, first = await wait_first_heartbeat(gateway, log)
     base = first["dashboard_address"]
@@ -539,15 +543,7 @@ async def test_dashboard_on_demand_loads_at_the_first_request(gateway, procs, ht
     assert status.code == 200 and b"bokeh" in status.body.lower()
     allowed = await _dashboard_statuses(http, base, key)
     allowed.pop("/sitemap.json")  # distributed's own 500 (KeyError 'path'), key or not
-    assert allowed == {
-        "/status": 200,
-        "/individual-plots.json": 200,
-        "/health": 200,
-        "/info/main/workers.html": 200,
-        "/statics/css/base.css": 200,
-        "/no-such-page": 404,
-        "websocket": 101,
-    }, allowed
+    assert allowed == WHOLE_DASHBOARD, allowed
     assert log.read_text().count("dashboard loaded") == 1
 
 
@@ -558,14 +554,7 @@ async def test_dashboard_on_demand_without_bokeh_says_so(gateway, procs, http, t
     shadow = tmp_path / "no-bokeh"
     (shadow / "bokeh").mkdir(parents=True)
     (shadow / "bokeh" / "__init__.py").write_text("raise ImportError('No module named bokeh')\n")
-    _, log = start_scheduler(
-        procs,
-        gateway,
-        tmp_path,
-        "--no-dashboard",
-        "--dg-dashboard-on-demand",
-        env={"PYTHONPATH": str(shadow)},
-    )
+    _, log = start_scheduler(procs, gateway, tmp_path, env={**ON_DEMAND, "PYTHONPATH": str(shadow)})
     _, first = await wait_first_heartbeat(gateway, log)
     r = await http.fetch(first["dashboard_address"] + "/status", raise_error=False)
     assert r.code == 200 and b"Dask needs bokeh" in r.body, (r.code, r.body[:300])

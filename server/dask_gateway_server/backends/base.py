@@ -128,10 +128,9 @@ class ClusterConfig(Configurable):
     dashboard_on_demand = Bool(
         True,
         help="Load a scheduler's dashboard at its first request rather than at its start: "
-        "clusters are RUNNING about a second sooner and idle schedulers use less CPU and "
-        "memory; the first view of a dashboard waits for it (about a second). Needs "
-        "dask-gateway's own scheduler preload in the clusters' environment; turn it off for "
-        "an environment with an older one, or a scheduler_cmd with a --dashboard-prefix.",
+        "clusters are RUNNING sooner and idle schedulers use less CPU and memory; the first "
+        "view of a dashboard waits for it (about a second). A clusters' environment with "
+        "an older or the public dask-gateway's scheduler preload loads it at start anyway.",
         config=True,
     )
     max_lifetime = Float(
@@ -485,6 +484,14 @@ class DBBackendBase(Backend):
         """The interpreter that runs the cluster's processes."""
         return config.python or sys.executable
 
+    def scheduler_preload_env(self, config: ClusterConfig) -> dict[str, str]:
+        """What the scheduler preload reads besides the API's address and token."""
+        return {
+            # Its dashboard answers only requests carrying the key the gateway's proxy adds.
+            "DASK_GATEWAY_DASHBOARD_AUTH": "1",
+            **({"DASK_GATEWAY_DASHBOARD_ON_DEMAND": "1"} if config.dashboard_on_demand else {}),
+        }
+
     def scheduler_command(self, cluster: Cluster, config: ClusterConfig) -> list[str]:
         """The scheduler's command line: TLS, free ports, the gateway preload."""
         base = config.scheduler_cmd or [self.python(config), "-m", "distributed.cli.dask_scheduler"]
@@ -498,7 +505,6 @@ class DBBackendBase(Backend):
             *(["--host", host] if host else []),
             "--dashboard-address",
             f"{host}:0",
-            *(["--no-dashboard"] if config.dashboard_on_demand else []),
             "--preload",
             "dask_gateway.scheduler_preload",
             "--dg-api-address",
@@ -509,9 +515,8 @@ class DBBackendBase(Backend):
             str(config.adaptive_period),
             "--dg-idle-timeout",
             str(config.idle_timeout),
-            # Only when set: the public dask-gateway's preload does not know these options.
+            # Only when set: the public dask-gateway's preload does not know this option.
             *(["--dg-orphan-timeout", str(config.orphan_timeout)] if config.orphan_timeout else []),
-            *(["--dg-dashboard-on-demand"] if config.dashboard_on_demand else []),
         ]
 
     def worker_command(self, cluster: Cluster, config: ClusterConfig, worker: Worker) -> list[str]:

@@ -207,8 +207,7 @@ class LocalBackend(DBBackendBase):
         )
         if role == "scheduler":  # only the scheduler takes connections from the proxy
             env["DASK_GATEWAY_HANDOFF_ADDRESS"] = self.handoff_address(cluster) or ""
-            # Its dashboard answers only requests carrying the key the gateway's proxy adds.
-            env["DASK_GATEWAY_DASHBOARD_AUTH"] = "1"
+            env.update(self.scheduler_preload_env(config))
         return env
 
     def handoff_uid(self, cluster: Cluster) -> int | None:

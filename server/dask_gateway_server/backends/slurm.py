@@ -544,9 +544,8 @@ class SlurmBackend(DBBackendBase):
             env["DASK_GATEWAY_API_URL"] = self.api_url
             # A value holding '/' is a file the preload reads the token from.
             env["DASK_GATEWAY_API_TOKEN"] = os.path.join(staging, "api-token")
-            # Its dashboard (on every interface of the node) answers only requests carrying
-            # the key the gateway's proxy adds.
-            env["DASK_GATEWAY_DASHBOARD_AUTH"] = "1"
+            # Its dashboard listens on every interface of the node: the key guards it.
+            env.update(self.scheduler_preload_env(config))
         return env
 
     def _script(self, exports: dict[str, str], setup: str, cmd: list[str]) -> str:
