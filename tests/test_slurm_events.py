@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -25,13 +24,12 @@ from support import waiting
 from support.gateway_process import GatewayProcess, free_port
 from support.http_helpers import basic, call, create
 from support.paths import CONFIGS
-from support.slurm_user import slurm_test_user
+from support.slurm_user import SYSTEM_PYTHON, job_cluster, slurm_test_user
 
 from dask_gateway_server.backends.slurm import SlurmBackend
 from dask_gateway_server.models import Cluster, JobStatus, User, Worker
 from dask_gateway_server.reconciler import Reconciler
 from dask_gateway_server.store import Store, load_or_create_key_file
-from dask_gateway_server.tls import new_keypair
 
 USER = "dgslurmev"
 DEADLINE = 60.0  # how long a test waits for what it expects (never a measured time)
@@ -73,8 +71,7 @@ def slurm_user():
 
 def make_backend(**settings: Any) -> SlurmBackend:
     return SlurmBackend(
-        # Standard library only: any Python 3 the user can run.
-        launcher_python=shutil.which("python3", path="/usr/bin:/bin") or "python3",
+        launcher_python=SYSTEM_PYTHON,
         api_url="http://127.0.0.1:9/api",
         cluster_status_period=0.3,
         worker_status_period=0.3,
@@ -279,18 +276,13 @@ async def test_job_output_is_read_as_logs_and_user_links_are_not_followed(slurm_
     directory, swaps the files and the directory for links to root's secrets and a FIFO:
     nothing of them is read, nothing blocks."""
     backend = make_backend()
-    cert, key = new_keypair("slurmlogs")
-    cluster = Cluster(
-        name="slurmlogs" + os.urandom(4).hex(),
-        username=USER,
-        token="t" * 32,
-        options={},
-        config={
+    cluster = job_cluster(
+        "slurmlogs",
+        USER,
+        {
             "scheduler_setup": SLEEP.format(marker="scheduler-output-line"),
             "worker_setup": SLEEP.format(marker="worker-output-line"),
         },
-        tls_cert=cert,
-        tls_key=key,
     )
     assert await backend.log_components(cluster) == []
     try:
@@ -373,18 +365,13 @@ async def test_worker_pending_reason_is_told_with_the_worker(slurm_user):
     exit reason (a worker start timeout) says Slurm's reason."""
     backend = make_backend()
     events = Events(backend)
-    cert, key = new_keypair("slurmwq")
-    cluster = Cluster(
-        name="slurmwq" + os.urandom(4).hex(),
-        username=USER,
-        token="t" * 32,
-        options={},
-        config={
+    cluster = job_cluster(
+        "slurmwq",
+        USER,
+        {
             "scheduler_setup": SLEEP.format(marker="scheduler"),
             "worker_sbatch_options": ["--begin=now+1hour"],
         },
-        tls_cert=cert,
-        tls_key=key,
     )
     worker = Worker(name="w1", cluster_name=cluster.name)
     cluster.workers[worker.name] = worker

@@ -23,17 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.slurm_user import slurm_test_user
+from support.slurm_user import SYSTEM_PYTHON, job_cluster, slurm_test_user
 
 from dask_gateway_server.addresses import AddressRefused, parse_address
 from dask_gateway_server.backends.slurm import SlurmBackend
 from dask_gateway_server.models import Cluster
-from dask_gateway_server.tls import new_keypair
 
 ATTACKER = "dgslurmforge"
 VICTIM = "dgslurmvictim"
 DEADLINE = 60.0  # how long a test waits for what it expects (never a measured time)
-PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "python3"
 
 #: The attacker's doing, as it would be with ptrace on their launcher: the real launcher
 #: runs (and submits the real job), and its answer names the victim's job instead.
@@ -56,7 +54,7 @@ def forging_launcher(victim_job: str) -> Iterator[str]:
     try:
         os.chmod(wrapper_dir, 0o755)
         wrapper = Path(wrapper_dir) / "python"
-        wrapper.write_text(FORGING_LAUNCHER.format(python=PYTHON, victim_job=victim_job))
+        wrapper.write_text(FORGING_LAUNCHER.format(python=SYSTEM_PYTHON, victim_job=victim_job))
         wrapper.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
         yield str(wrapper)
     finally:
@@ -81,16 +79,7 @@ def state_of(job_id: str) -> str:
 
 
 def cluster_of(user: str) -> Cluster:
-    cert, key = new_keypair("forge")
-    return Cluster(
-        name="forge" + os.urandom(4).hex(),
-        username=user,
-        token="t" * 32,
-        options={},
-        config={"scheduler_setup": "echo scheduler; sleep 600"},
-        tls_cert=cert,
-        tls_key=key,
-    )
+    return job_cluster("forge", user, {"scheduler_setup": "echo scheduler; sleep 600"})
 
 
 def submit_as(user: str) -> str:
@@ -128,7 +117,7 @@ async def test_forged_job_id_does_not_cancel_another_users_job(users):
         scancel(f"--user={ATTACKER}")
 
     # The legitimate use: the user's own cluster's job is cancelled.
-    backend = SlurmBackend(launcher_python=PYTHON, api_url="http://127.0.0.1:9/api")
+    backend = SlurmBackend(launcher_python=SYSTEM_PYTHON, api_url="http://127.0.0.1:9/api")
     cluster = cluster_of(ATTACKER)
     cluster.state = await backend.start_cluster(cluster)
     job = cluster.state["job_id"]

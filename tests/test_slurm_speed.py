@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from support.slurm_user import slurm_test_user
+from support.slurm_user import SYSTEM_PYTHON, job_cluster, slurm_test_user
 
 from dask_gateway_server.backends.slurm import JOB_BOOTSTRAP, SlurmBackend, _Batcher
 from dask_gateway_server.models import Cluster, Worker
-from dask_gateway_server.tls import new_keypair
 
 USER = "dgslurmspeed"
 DEADLINE = 60.0  # how long a test waits for what it expects (never a measured time)
@@ -47,22 +45,14 @@ async def test_workers_started_together_are_one_job_array_each_task_its_own_job(
     """Three workers started at once: one job array (ids ARRAY_0..2); each task runs as the
     user, writes its own log (read through read_log), is alive to check_workers, and is
     cancelled on its own while the others keep running."""
-    backend = SlurmBackend(
-        launcher_python=shutil.which("python3", path="/usr/bin:/bin") or "python3",
-        api_url="http://127.0.0.1:9/api",
-    )
-    cert, key = new_keypair("slurmarray")
-    cluster = Cluster(
-        name="slurmarray" + os.urandom(4).hex(),
-        username=USER,
-        token="t" * 32,
-        options={},
-        config={
+    backend = SlurmBackend(launcher_python=SYSTEM_PYTHON, api_url="http://127.0.0.1:9/api")
+    cluster = job_cluster(
+        "slurmarray",
+        USER,
+        {
             "scheduler_setup": "echo scheduler-line; sleep 600",
             "worker_setup": 'echo "worker-line $SLURM_ARRAY_TASK_ID"; sleep 600',
         },
-        tls_cert=cert,
-        tls_key=key,
     )
     workers = [Worker(name=f"w{i}", cluster_name=cluster.name) for i in range(3)]
     for w in workers:

@@ -11,6 +11,31 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dask_gateway_server.models import Cluster
+
+#: A Python 3 every test user can run: the Slurm launcher needs the standard library only.
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+
+
+def job_cluster(prefix: str, username: str, config: dict[str, Any]) -> Cluster:
+    """A cluster record of ``username`` for a SlurmBackend a test drives itself (no
+    gateway): a fresh name starting with ``prefix``, its own TLS keypair, ``config``."""
+    from dask_gateway_server.models import Cluster
+    from dask_gateway_server.tls import new_keypair
+
+    cert, key = new_keypair(prefix)
+    return Cluster(
+        name=prefix + os.urandom(4).hex(),
+        username=username,
+        token="t" * 32,
+        options={},
+        config=config,
+        tls_cert=cert,
+        tls_key=key,
+    )
 
 
 def user_jobs(user: str) -> list[str]:

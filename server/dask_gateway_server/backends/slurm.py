@@ -549,28 +549,35 @@ class SlurmBackend(DBBackendBase):
         return env
 
     def _script(self, exports: dict[str, str], setup: str, cmd: list[str]) -> str:
-        lines = ["#!/bin/bash", "# Submitted by dask-gateway."]
-        lines += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
-        if setup.strip():
-            lines.append(setup.rstrip())
-        lines.append("exec " + shlex.join(cmd))
-        return "\n".join(lines) + "\n"
+        return self._job_script(exports, setup, ["exec " + shlex.join(cmd)])
 
     def _array_script(
         self, exports: dict[str, str], setup: str, commands: list[list[str]], logs: list[str]
     ) -> str:
         """The script of a job array: task i writes its output to ``logs[i]`` and runs
         ``commands[i]`` (after the shared exports and setup)."""
+        redirect = ['case "${SLURM_ARRAY_TASK_ID:-}" in']
+        redirect += [f"{i}) exec >>{shlex.quote(log)} 2>&1 ;;" for i, log in enumerate(logs)]
+        redirect += ["*) echo 'not a task of this job array' >&2; exit 1 ;;", "esac"]
+        run = ['case "$SLURM_ARRAY_TASK_ID" in']
+        run += [f"{i}) exec {shlex.join(cmd)} ;;" for i, cmd in enumerate(commands)]
+        run.append("esac")
+        return self._job_script(exports, setup, run, before_setup=redirect)
+
+    def _job_script(
+        self,
+        exports: dict[str, str],
+        setup: str,
+        run: list[str],
+        before_setup: list[str] | None = None,
+    ) -> str:
+        """A batch script: the exports, ``before_setup``, the user's setup, then ``run``."""
         lines = ["#!/bin/bash", "# Submitted by dask-gateway."]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
-        lines.append('case "${SLURM_ARRAY_TASK_ID:-}" in')
-        lines += [f"{i}) exec >>{shlex.quote(log)} 2>&1 ;;" for i, log in enumerate(logs)]
-        lines += ["*) echo 'not a task of this job array' >&2; exit 1 ;;", "esac"]
+        lines += before_setup or []
         if setup.strip():
             lines.append(setup.rstrip())
-        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
-        lines += [f"{i}) exec {shlex.join(cmd)} ;;" for i, cmd in enumerate(commands)]
-        lines.append("esac")
+        lines += run
         return "\n".join(lines) + "\n"
 
     def _sbatch_args(
